@@ -1,0 +1,3 @@
+from brushtaild.daemon.main import main
+
+raise SystemExit(main())
