@@ -1,0 +1,83 @@
+"""What the engine decides, as values the I/O edges carry out.
+
+The engine never touches a socket, a clock or the disk: it returns a Decision, and the daemon
+writes `lease_writes` durably before it sends any reply that depends on them.
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from brushtaild.dhcp.message import Message
+from brushtaild.dhcp.reasons import DropReason
+from brushtaild.engine.leases import Lease
+
+
+@dataclass(frozen=True, slots=True)
+class Ingress:
+    """Where and how a request arrived, as seen below the DHCP layer."""
+
+    ifindex: int
+    src_mac: bytes
+    src_ip: int
+    dst_ip: int
+    vlans: tuple[int, ...] = ()
+
+    @property
+    def l3_broadcast(self) -> bool:
+        return self.dst_ip == 0xFFFFFFFF
+
+
+class DestKind(Enum):
+    RELAY = "relay"  # unicast to giaddr, server port 67 (routed by the kernel)
+    UNICAST = "unicast"  # unicast to ciaddr, client port 68 (routed by the kernel)
+    BROADCAST = "broadcast"  # 255.255.255.255 / ff:ff:ff:ff:ff:ff on the link
+    LINK_UNICAST = "link_unicast"  # to yiaddr at chaddr, without ARP (client has no address)
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    kind: DestKind
+    ip: int
+    port: int
+    mac: bytes = b""
+
+
+@dataclass(slots=True)
+class Reply:
+    message: Message
+    dest: Destination
+    # Largest DHCP message (BOOTP header + options) the client accepts: option 57 less IP/UDP.
+    max_size: int
+    # Ingress this reply answers, so the edge can keep VLAN tags and pick the interface.
+    ingress: Ingress
+
+
+class LeaseEventKind(Enum):
+    OFFER = "offer"
+    ACK = "ack"
+    NAK = "nak"
+    RELEASE = "release"
+    DECLINE = "decline"
+    EXPIRE = "expire"
+    INFORM = "inform"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseEvent:
+    """One line of the lease log: who got what, where, and why."""
+
+    kind: LeaseEventKind
+    client_id: bytes
+    hwaddr: bytes
+    address: int
+    pool: str
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class Decision:
+    replies: list[Reply] = field(default_factory=list)
+    lease_writes: list[Lease] = field(default_factory=list)
+    lease_deletes: list[int] = field(default_factory=list)
+    events: list[LeaseEvent] = field(default_factory=list)
+    drop: DropReason | None = None

@@ -1,0 +1,27 @@
+"""Lease records, as the engine keeps them and the store persists them."""
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class LeaseState(IntEnum):
+    """Persisted state of an address binding; the numbers are stored on disk."""
+
+    BOUND = 1
+    RELEASED = 2  # client gave it back; remembered so the client gets it again while free
+    EXPIRED = 3  # lease ran out; remembered likewise
+    DECLINED = 4  # client reported a conflict; quarantined until `expires`
+
+
+@dataclass(slots=True)
+class Lease:
+    """One address binding. Times are Unix seconds (wall clock), so they survive reboots
+    and mean the same on every site; the XDP edge converts to CLOCK_BOOTTIME."""
+
+    address: int
+    client_id: bytes  # option 61, else htype + chaddr; empty for a declined address
+    hwaddr: bytes
+    pool: str
+    state: LeaseState
+    expires: float
+    updated: float  # client last transaction time (cltt)
