@@ -45,9 +45,9 @@ class Destination:
 @dataclass(slots=True)
 class Reply:
     message: Message
+    # The message encoded by the engine, already fitted to the client's maximum size.
+    payload: bytes
     dest: Destination
-    # Largest DHCP message (BOOTP header + options) the client accepts: option 57 less IP/UDP.
-    max_size: int
     # Ingress this reply answers, so the edge can keep VLAN tags and pick the interface.
     ingress: Ingress
 

@@ -1,0 +1,106 @@
+"""Address allocation for one pool: which addresses are free, nothing about leases.
+
+Cost per allocation does not depend on the pool size. Addresses never handed out yet are
+taken from a cursor that walks the ranges once; addresses that come back (release, expiry,
+end of quarantine) join a FIFO free list, so the address a client held longest ago is reused
+first and a returning client usually finds its old address still free. The free list is
+checked lazily: an address taken directly (a client's old address, a requested address)
+stays in the list and is skipped when it reaches the front.
+"""
+
+from collections import deque
+from ipaddress import IPv4Network
+
+from brushtaild.engine.config import Pool
+
+
+def reserved_addresses(pool: Pool, server_id: int) -> frozenset[int]:
+    """Addresses in the pool's subnet that are never handed out."""
+    net: IPv4Network = pool.subnet
+    always = {int(net.network_address), int(net.broadcast_address), server_id, *pool.routers}
+    return frozenset(always) | pool.exclude
+
+
+class PoolAllocator:
+    def __init__(self, pool: Pool, server_id: int) -> None:
+        self.pool = pool
+        self._reserved = reserved_addresses(pool, server_id)
+        self._ranges = [(r.first, r.last) for r in pool.ranges]
+        self._in_use: set[int] = set()
+        # Addresses the cursor must skip because they live on the free list now.
+        self._recycled: set[int] = set()
+        self._free: deque[int] = deque()
+        self._range_index = 0
+        self._cursor = self._ranges[0][0] if self._ranges else 0
+        self.total = sum(
+            last - first + 1 - sum(1 for a in self._reserved if first <= a <= last)
+            for first, last in self._ranges
+        )
+
+    def contains(self, address: int) -> bool:
+        """True if the pool may ever hand out this address."""
+        if address in self._reserved:
+            return False
+        return any(first <= address <= last for first, last in self._ranges)
+
+    def is_free(self, address: int) -> bool:
+        return address not in self._in_use and self.contains(address)
+
+    @property
+    def assigned(self) -> int:
+        """Addresses leased, offered or quarantined."""
+        return len(self._in_use)
+
+    def take(self, address: int) -> bool:
+        """Reserve a specific address; False if it is not free."""
+        if not self.is_free(address):
+            return False
+        self._in_use.add(address)
+        return True
+
+    def allocate(self) -> int | None:
+        """Reserve any free address, or None when the pool is exhausted."""
+        address = self._next_unused()
+        if address is None:
+            address = self._next_recycled()
+        if address is not None:
+            self._in_use.add(address)
+        return address
+
+    def release(self, address: int) -> None:
+        """Return an address; releasing a free one is a no-op, so callers need not track."""
+        if address in self._in_use:
+            self._in_use.discard(address)
+            self._recycled.add(address)
+            self._free.append(address)
+
+    def recycle(self, address: int) -> None:
+        """Mark a free address as previously used (e.g. an expired lease loaded at start),
+        so it is handed out only after the never-used ones."""
+        if self.is_free(address) and address not in self._recycled:
+            self._recycled.add(address)
+            self._free.append(address)
+
+    def _next_unused(self) -> int | None:
+        while self._range_index < len(self._ranges):
+            last = self._ranges[self._range_index][1]
+            while self._cursor <= last:
+                address = self._cursor
+                self._cursor += 1
+                if (
+                    address not in self._in_use
+                    and address not in self._recycled
+                    and address not in self._reserved
+                ):
+                    return address
+            self._range_index += 1
+            if self._range_index < len(self._ranges):
+                self._cursor = self._ranges[self._range_index][0]
+        return None
+
+    def _next_recycled(self) -> int | None:
+        while self._free:
+            address = self._free.popleft()
+            if address not in self._in_use:
+                return address
+        return None
