@@ -1,8 +1,22 @@
-"""Typed configuration. Validation lives here too: nothing starts half-configured."""
+"""Typed configuration. Validation lives here too: nothing starts half-configured.
 
-from dataclasses import dataclass
-from ipaddress import IPv4Network
+`parse_config` checks everything it can before giving up, so an operator sees every problem
+in one run of `brushtail check-config` instead of fixing them one restart at a time. The
+daemon's start-up and SIGHUP reload use the same functions, so a file that passes the check
+is a file the daemon accepts.
+"""
+
+import difflib
+import re
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field, fields
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +38,22 @@ class Pool:
     rebinding_time: int = 3150  # T2, default 87.5% of lease_time
     exclude: frozenset[int] = frozenset()
 
+    def implicit_exclusions(self, server_id: int) -> frozenset[int]:
+        """Addresses never leased whatever `exclude` says: handing them out would break
+        the subnet (network, broadcast), the server itself or the clients' gateway."""
+        network = int(self.subnet.network_address)
+        broadcast = int(self.subnet.broadcast_address)
+        return frozenset((network, broadcast, server_id, *self.routers))
+
+    def address_count(self, server_id: int) -> int:
+        """How many addresses the allocator can hand out from this pool."""
+        total = sum(r.last - r.first + 1 for r in self.ranges)
+        # Ranges never overlap, so each unavailable address is subtracted at most once.
+        unavailable = self.exclude | self.implicit_exclusions(server_id)
+        return total - sum(
+            1 for a in unavailable if any(r.first <= a <= r.last for r in self.ranges)
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -36,3 +66,634 @@ class Config:
     decline_hold: int = 86400  # seconds a DECLINEd address stays quarantined
     metrics_listen: tuple[str, int] = ("127.0.0.1", 9967)
     log_level: str = "info"
+
+    def address_count(self) -> int:
+        return sum(p.address_count(self.server_id) for p in self.pools)
+
+
+class ConfigError(Exception):
+    """Every problem found in one configuration file.
+
+    `errors` holds (where, reason) pairs. `where` is a key path such as
+    `pools[0].ranges[1]`; for problems found before keys are known (YAML syntax) it is
+    `line N, column M`, and `<file>` or `<top level>` when there is nothing more precise.
+    """
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+    def __str__(self) -> str:
+        return "\n".join(f"{where}: {reason}" for where, reason in self.errors)
+
+
+TOP_LEVEL_KEYS = (
+    "site",
+    "interface",
+    "server_id",
+    "state_dir",
+    "offer_hold",
+    "decline_hold",
+    "metrics_listen",
+    "log_level",
+    "pools",
+)
+POOL_KEYS = (
+    "name",
+    "subnet",
+    "ranges",
+    "routers",
+    "dns_servers",
+    "domain",
+    "lease_time",
+    "renewal_time",
+    "rebinding_time",
+    "exclude",
+)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+ONE_YEAR = 365 * 86400
+# Exclusions are stored expanded, one int per address; a bound keeps a typo such as a
+# /8-sized exclude from costing gigabytes. Shrinking `ranges` is the way to carve big holes.
+MAX_EXCLUDED_PER_POOL = 65536
+# /31 and /32 have no addresses left once network and broadcast are taken out.
+LONGEST_PREFIX = 30
+
+_TOP = "<top level>"  # where-label for problems with the document as a whole
+_SITE_RE = re.compile(r"[a-z0-9-]{1,63}")
+_POOL_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
+_DNS_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+# Characters the kernel's dev_valid_name() refuses in an interface name, besides whitespace.
+_IFNAME_FORBIDDEN = frozenset("/:\0")
+_IFNAMSIZ = 16  # including the terminating NUL
+
+
+def _type_name(value: object) -> str:
+    """The YAML spelling of a value's type, which is what an operator wrote."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "mapping"
+    return type(value).__name__
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else repr(text)
+
+
+def _ip(value: int) -> str:
+    return str(IPv4Address(value))
+
+
+def _span_text(first: int, last: int) -> str:
+    return _ip(first) if first == last else f"{_ip(first)}-{_ip(last)}"
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _default(cls: type[Config] | type[Pool], name: str) -> Any:
+    """A dataclass field's default; slotted dataclasses do not keep it as a class attribute."""
+    return next(f.default for f in fields(cls) if f.name == name)
+
+
+@dataclass(slots=True)
+class _Span:
+    """A parsed range or pool subnet, remembered for the checks that span pools."""
+
+    first: int
+    last: int
+    where: str
+    order: int  # position in the file, so the later of two clashing entries is blamed
+
+
+@dataclass(slots=True)
+class _Parser:
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    ranges: list[_Span] = field(default_factory=list)
+    pool_names: dict[str, str] = field(default_factory=dict)
+    subnets: list[tuple[IPv4Network, str]] = field(default_factory=list)
+
+    def fail(self, where: str, reason: str) -> None:
+        self.errors.append((where, reason))
+
+    def wrong_type(self, where: str, expected: str, value: object) -> None:
+        got = _type_name(value)
+        # YAML turns unquoted yes/no/on/off, numbers and dates into non-strings.
+        hint = "; quote the value" if expected.startswith("string") and value is not None else ""
+        self.fail(where, f"expected {expected}, got {got}{hint}")
+
+    # -- structure ---------------------------------------------------------------------
+
+    def mapping(self, value: object, where: str, known: tuple[str, ...]) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            self.wrong_type(where or _TOP, "mapping", value)
+            return None
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                self.fail(where or _TOP, f"key {key!r} is not a string")
+            elif key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                self.fail(_join(where, _printable(key)), f"unknown key{hint}")
+            else:
+                out[key] = item
+        return out
+
+    def required(
+        self,
+        m: Mapping[str, object],
+        where: str,
+        key: str,
+        parse: Callable[[object, str], T | None],
+    ) -> T | None:
+        path = _join(where, key)
+        if key not in m:
+            self.fail(path, "required key missing")
+            return None
+        return parse(m[key], path)
+
+    def optional(
+        self,
+        m: Mapping[str, object],
+        where: str,
+        key: str,
+        parse: Callable[[object, str], T | None],
+        default: T,
+    ) -> T | None:
+        if key not in m:
+            return default
+        return parse(m[key], _join(where, key))
+
+    def list_of(
+        self, item: Callable[[object, str], T | None], *, non_empty: bool = False
+    ) -> Callable[[object, str], tuple[T, ...] | None]:
+        def parse(value: object, where: str) -> tuple[T, ...] | None:
+            if not isinstance(value, list):
+                self.wrong_type(where, "list", value)
+                return None
+            if non_empty and not value:
+                self.fail(where, "must not be empty")
+                return None
+            items = [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            parsed = [v for v in items if v is not None]
+            return tuple(parsed) if len(parsed) == len(items) else None
+
+        return parse
+
+    # -- scalars -----------------------------------------------------------------------
+
+    def string(self, value: object, where: str) -> str | None:
+        if not isinstance(value, str):
+            self.wrong_type(where, "string", value)
+            return None
+        return value
+
+    def integer(self, lo: int, hi: int) -> Callable[[object, str], int | None]:
+        def parse(value: object, where: str) -> int | None:
+            # bool is an int in Python, but `offer_hold: yes` is a mistake, not 1 second.
+            if not isinstance(value, int) or isinstance(value, bool):
+                self.wrong_type(where, "integer (seconds)", value)
+                return None
+            if not lo <= value <= hi:
+                self.fail(where, f"{value} is out of range {lo}..{hi}")
+                return None
+            return value
+
+        return parse
+
+    def ipv4(self, value: object, where: str) -> int | None:
+        text = self.string(value, where)
+        if text is None:
+            return None
+        try:
+            return int(IPv4Address(text))
+        except ValueError:
+            self.fail(where, f"{_printable(text)} is not a valid IPv4 address")
+            return None
+
+    def address_span(self, value: object, where: str) -> tuple[int, int] | None:
+        """`a.b.c.d-e.f.g.h` or a single `a.b.c.d`, as an inclusive (first, last)."""
+        if not isinstance(value, str):
+            self.wrong_type(where, 'string "a.b.c.d-e.f.g.h" or "a.b.c.d"', value)
+            return None
+        parts = [p.strip() for p in value.split("-")]
+        if len(parts) > 2:
+            self.fail(where, f"{_printable(value)} is not a range a.b.c.d-e.f.g.h")
+            return None
+        ends: list[int] = []
+        for part in parts:
+            try:
+                ends.append(int(IPv4Address(part)))
+            except ValueError:
+                self.fail(where, f"{_printable(part)} is not a valid IPv4 address")
+                return None
+        first, last = ends[0], ends[-1]
+        if first > last:
+            self.fail(where, f"start {_ip(first)} is after end {_ip(last)}")
+            return None
+        return first, last
+
+    # -- top-level keys ----------------------------------------------------------------
+
+    def site(self, value: object, where: str) -> str | None:
+        text = self.string(value, where)
+        if text is not None and not _SITE_RE.fullmatch(text):
+            self.fail(where, f"{_printable(text)} must be 1-63 characters of a-z, 0-9 and '-'")
+            return None
+        return text
+
+    def interface(self, value: object, where: str) -> str | None:
+        text = self.string(value, where)
+        if text is None:
+            return None
+        size = len(text.encode())
+        if not 0 < size < _IFNAMSIZ:
+            self.fail(where, f"{_printable(text)} must be 1-{_IFNAMSIZ - 1} bytes long")
+        elif text in (".", "..") or any(c in _IFNAME_FORBIDDEN or c.isspace() for c in text):
+            self.fail(
+                where,
+                f"{_printable(text)} is not a valid interface name "
+                "(no '/', ':', whitespace, '.' or '..')",
+            )
+        else:
+            return text
+        return None
+
+    def server_id(self, value: object, where: str) -> int | None:
+        address = self.ipv4(value, where)
+        if address is None:
+            return None
+        ip = IPv4Address(address)
+        if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_reserved:
+            self.fail(where, f"{ip} is not a unicast address clients can reach")
+            return None
+        return address
+
+    def state_dir(self, value: object, where: str) -> Path | None:
+        text = self.string(value, where)
+        if text is None:
+            return None
+        if "\0" in text or not text.startswith("/"):
+            self.fail(where, f"{_printable(text)} is not an absolute path")
+            return None
+        return Path(text)
+
+    def metrics_listen(self, value: object, where: str) -> tuple[str, int] | None:
+        text = self.string(value, where)
+        if text is None:
+            return None
+        host, sep, port = text.rpartition(":")
+        address: IPv4Address | IPv6Address | None = None
+        try:
+            if host.startswith("[") and host.endswith("]"):
+                address = IPv6Address(host[1:-1])
+            elif sep:
+                address = IPv4Address(host)
+        except ValueError:
+            address = None
+        if address is None or not _PORT_RE.fullmatch(port) or not 0 < int(port) < 65536:
+            self.fail(
+                where,
+                f"{_printable(text)} is not 'a.b.c.d:port' or '[ipv6]:port' (port 1-65535)",
+            )
+            return None
+        return str(address), int(port)
+
+    def log_level(self, value: object, where: str) -> str | None:
+        text = self.string(value, where)
+        if text is not None and text not in LOG_LEVELS:
+            self.fail(where, f"{_printable(text)} is not one of {', '.join(LOG_LEVELS)}")
+            return None
+        return text
+
+    def config(self, raw: object) -> Config | None:
+        if raw is None:  # what YAML makes of an empty or all-comment file
+            self.fail(_TOP, "the configuration is empty")
+            return None
+        m = self.mapping(raw, "", TOP_LEVEL_KEYS)
+        if m is None:
+            return None
+        site = self.required(m, "", "site", self.site)
+        interface = self.required(m, "", "interface", self.interface)
+        server_id = self.required(m, "", "server_id", self.server_id)
+        state_dir = self.optional(m, "", "state_dir", self.state_dir, _default(Config, "state_dir"))
+        offer_hold = self.optional(
+            m, "", "offer_hold", self.integer(1, 3600), _default(Config, "offer_hold")
+        )
+        decline_hold = self.optional(
+            m, "", "decline_hold", self.integer(1, ONE_YEAR), _default(Config, "decline_hold")
+        )
+        metrics_listen = self.optional(
+            m, "", "metrics_listen", self.metrics_listen, _default(Config, "metrics_listen")
+        )
+        log_level = self.optional(m, "", "log_level", self.log_level, _default(Config, "log_level"))
+        pools = self.required(m, "", "pools", self.list_of(self.pool, non_empty=True))
+        self.check_across_pools()
+        if (
+            site is None
+            or interface is None
+            or server_id is None
+            or state_dir is None
+            or offer_hold is None
+            or decline_hold is None
+            or metrics_listen is None
+            or log_level is None
+            or pools is None
+        ):
+            return None
+        return Config(
+            site=site,
+            interface=interface,
+            server_id=server_id,
+            pools=pools,
+            state_dir=state_dir,
+            offer_hold=offer_hold,
+            decline_hold=decline_hold,
+            metrics_listen=metrics_listen,
+            log_level=log_level,
+        )
+
+    # -- pools -------------------------------------------------------------------------
+
+    def pool_name(self, value: object, where: str) -> str | None:
+        text = self.string(value, where)
+        if text is None:
+            return None
+        if not _POOL_NAME_RE.fullmatch(text):
+            self.fail(
+                where, f"{_printable(text)} must be 1-63 characters of A-Z, a-z, 0-9, '.', '_', '-'"
+            )
+            return None
+        if text in self.pool_names:
+            self.fail(where, f"duplicate pool name {text!r} (also {self.pool_names[text]})")
+            return None
+        self.pool_names[text] = where
+        return text
+
+    def subnet(self, value: object, where: str) -> IPv4Network | None:
+        text = self.string(value, where)
+        if text is None:
+            return None
+        if "/" not in text:
+            self.fail(where, f"{_printable(text)} needs a prefix length, as in 198.18.0.0/16")
+            return None
+        try:
+            subnet = IPv4Network(text, strict=True)
+        except ValueError as exc:
+            try:
+                # Only host bits were wrong: name the subnet the operator most likely meant.
+                loose = IPv4Network(text, strict=False)
+                self.fail(where, f"{text} has host bits set; did you mean {loose}?")
+            except ValueError:
+                self.fail(where, f"{_printable(text)} is not a valid IPv4 subnet ({exc})")
+            return None
+        if subnet.prefixlen > LONGEST_PREFIX:
+            self.fail(
+                where,
+                f"{subnet} leaves no addresses to lease; use /{LONGEST_PREFIX} or shorter",
+            )
+            return None
+        self.subnets.append((subnet, where))
+        return subnet
+
+    def inside(self, subnet: IPv4Network | None, span: tuple[int, int], where: str) -> bool:
+        if subnet is None:  # already reported; nothing to check against
+            return True
+        if int(subnet.network_address) <= span[0] and span[1] <= int(subnet.broadcast_address):
+            return True
+        self.fail(where, f"{_span_text(*span)} is not inside subnet {subnet}")
+        return False
+
+    def pool(self, value: object, where: str) -> Pool | None:
+        m = self.mapping(value, where, POOL_KEYS)
+        if m is None:
+            return None
+        name = self.required(m, where, "name", self.pool_name)
+        subnet = self.required(m, where, "subnet", self.subnet)
+
+        def in_subnet_span(value: object, item_where: str) -> AddressRange | None:
+            span = self.address_span(value, item_where)
+            if span is None or not self.inside(subnet, span, item_where):
+                return None
+            return AddressRange(*span)
+
+        def leasable_range(value: object, item_where: str) -> AddressRange | None:
+            span = in_subnet_span(value, item_where)
+            if span is not None:
+                self.ranges.append(_Span(span.first, span.last, item_where, len(self.ranges)))
+            return span
+
+        def router(value: object, item_where: str) -> int | None:
+            address = self.ipv4(value, item_where)
+            if address is None or not self.inside(subnet, (address, address), item_where):
+                return None
+            if subnet is not None and address in (
+                int(subnet.network_address),
+                int(subnet.broadcast_address),
+            ):
+                self.fail(item_where, f"{_ip(address)} is the network or broadcast address")
+                return None
+            return address
+
+        ranges = self.required(m, where, "ranges", self.list_of(leasable_range, non_empty=True))
+
+        def exclusions(value: object, item_where: str) -> frozenset[int] | None:
+            spans = self.list_of(in_subnet_span)(value, item_where)
+            return None if spans is None else self.expand(spans, item_where)
+
+        routers = self.optional(
+            m, where, "routers", self.list_of(router), _default(Pool, "routers")
+        )
+        dns_servers = self.optional(
+            m, where, "dns_servers", self.list_of(self.ipv4), _default(Pool, "dns_servers")
+        )
+        domain = self.optional(m, where, "domain", self.domain, _default(Pool, "domain"))
+        excluded = self.optional(m, where, "exclude", exclusions, _default(Pool, "exclude"))
+        lease_time = self.optional(
+            m, where, "lease_time", self.integer(60, ONE_YEAR), _default(Pool, "lease_time")
+        )
+        timers = self.timers(m, where, lease_time)
+        if (
+            name is None
+            or subnet is None
+            or ranges is None
+            or routers is None
+            or dns_servers is None
+            or excluded is None
+            or lease_time is None
+            or timers is None
+        ):
+            return None
+        return Pool(
+            name=name,
+            subnet=subnet,
+            ranges=ranges,
+            routers=routers,
+            dns_servers=dns_servers,
+            domain=domain,
+            lease_time=lease_time,
+            renewal_time=timers[0],
+            rebinding_time=timers[1],
+            exclude=excluded,
+        )
+
+    def domain(self, value: object, where: str) -> str | None:
+        text = self.string(value, where)
+        if text is None:
+            return None
+        labels = text.split(".")
+        if len(text) > 253 or not all(_DNS_LABEL_RE.fullmatch(label) for label in labels):
+            self.fail(where, f"{_printable(text)} is not a valid DNS name")
+            return None
+        return text
+
+    def expand(self, spans: tuple[AddressRange, ...], where: str) -> frozenset[int] | None:
+        if sum(s.last - s.first + 1 for s in spans) > MAX_EXCLUDED_PER_POOL:
+            self.fail(
+                where,
+                f"excludes more than {MAX_EXCLUDED_PER_POOL} addresses; shrink ranges instead",
+            )
+            return None
+        return frozenset(a for s in spans for a in range(s.first, s.last + 1))
+
+    def timers(
+        self, m: Mapping[str, object], where: str, lease_time: int | None
+    ) -> tuple[int, int] | None:
+        """T1 and T2, explicit or derived from lease_time as RFC 2131 section 4.4.5 says."""
+        t1 = self.optional(m, where, "renewal_time", self.integer(1, ONE_YEAR), None)
+        t2 = self.optional(m, where, "rebinding_time", self.integer(1, ONE_YEAR), None)
+        t1_set, t2_set = "renewal_time" in m, "rebinding_time" in m
+        if lease_time is None or (t1_set and t1 is None) or (t2_set and t2 is None):
+            return None
+        if t1 is None:
+            t1 = lease_time // 2
+        if t2 is None:
+            t2 = lease_time * 7 // 8
+        if t1 >= t2:
+            # Blame the value the operator wrote, and say where the other one came from.
+            if t1_set:
+                other = "" if t2_set else " (default, 87.5% of lease_time)"
+                self.fail(
+                    f"{where}.renewal_time",
+                    f"renewal_time (T1) {t1} must be less than rebinding_time (T2) {t2}{other}",
+                )
+            else:
+                self.fail(
+                    f"{where}.rebinding_time",
+                    f"rebinding_time (T2) {t2} must be greater than renewal_time (T1) {t1}"
+                    " (default, 50% of lease_time)",
+                )
+            return None
+        if t2 >= lease_time:
+            self.fail(
+                f"{where}.rebinding_time",
+                f"rebinding_time (T2) {t2} must be less than lease_time {lease_time}",
+            )
+            return None
+        return t1, t2
+
+    def check_across_pools(self) -> None:
+        # Partly overlapping subnets would give one address two netmasks and two broadcast
+        # addresses; identical subnets are one shared network split into several pools.
+        for i, (a, a_where) in enumerate(self.subnets):
+            for b, b_where in self.subnets[i + 1 :]:
+                if a != b and a.overlaps(b):
+                    self.fail(
+                        b_where,
+                        f"{b} overlaps {a} of {a_where.removesuffix('.subnet')}; "
+                        "pool subnets must be identical or disjoint",
+                    )
+        # Sorted by start, a range overlaps an earlier one exactly when it starts at or
+        # before the furthest end seen so far.
+        furthest: _Span | None = None
+        for span in sorted(self.ranges, key=lambda s: (s.first, s.order)):
+            if furthest is not None and span.first <= furthest.last:
+                earlier, later = sorted((furthest, span), key=lambda s: s.order)
+                self.fail(
+                    later.where,
+                    f"{_span_text(later.first, later.last)} overlaps {earlier.where} "
+                    f"({_span_text(earlier.first, earlier.last)})",
+                )
+            if furthest is None or span.last > furthest.last:
+                furthest = span
+
+
+def parse_config(raw: object) -> Config:
+    """Validate a YAML-loaded object; raises ConfigError listing every problem found."""
+    parser = _Parser()
+    config = parser.config(raw)
+    # The None checks inside the parser only narrow types; the error list is what decides,
+    # since an invalid optional value (a bad `domain`, say) can leave a plausible object.
+    if parser.errors or config is None:
+        raise ConfigError(parser.errors or [(_TOP, "invalid configuration")])
+    return config
+
+
+_YAML_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, which plain YAML silently resolves to the
+    last one: a second `pools:` would otherwise drop every pool above it."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        first_seen: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            # Merge keys (`<<: *defaults`) are meant to be overridden; complex keys are
+            # left to PyYAML, which rejects them as unhashable.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _YAML_MERGE_TAG:
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in first_seen:
+                raise yaml.MarkedYAMLError(
+                    problem=f"duplicate key {key_node.value!r} (first on line {first_seen[key]})",
+                    problem_mark=key_node.start_mark,
+                )
+            first_seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_error(exc: yaml.YAMLError) -> ConfigError:
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return ConfigError([("<file>", f"invalid YAML: {exc}")])
+    mark = exc.problem_mark
+    reason = f"invalid YAML: {exc.problem}"
+    if exc.context and exc.context_mark is not None:
+        reason += f" ({exc.context} on line {exc.context_mark.line + 1})"
+    return ConfigError([(f"line {mark.line + 1}, column {mark.column + 1}", reason)])
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a YAML file. OSError (missing, unreadable) passes through untouched
+    so callers can tell "cannot read" from "read, but wrong"; anything wrong with the
+    contents raises ConfigError."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([("<file>", f"not UTF-8 text (byte {exc.start})")]) from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc) from None
+    except ValueError as exc:
+        # PyYAML's constructors raise plain ValueError for values that match a YAML type
+        # but cannot exist, such as the date 2024-13-40.
+        raise ConfigError([("<file>", f"invalid YAML value: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError([("<file>", "invalid YAML: nested too deeply")]) from None
+    return parse_config(raw)
