@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType
+from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.reasons import DropReason
 from brushtaild.engine.allocator import PoolAllocator
 from brushtaild.engine.leases import LeaseState
@@ -52,6 +53,20 @@ client_ops = st.lists(
 )
 
 
+def _message(op: str, client: int, address: int) -> Message:
+    if op == "discover":
+        return request(MessageType.DISCOVER, client)
+    if op == "select":
+        return request(MessageType.REQUEST, client, requested=address, server_id=SERVER)
+    if op == "renew":
+        return request(MessageType.REQUEST, client, ciaddr=address)
+    if op == "reboot":
+        return request(MessageType.REQUEST, client, requested=address)
+    if op == "release":
+        return request(MessageType.RELEASE, client, ciaddr=address)
+    return request(MessageType.DECLINE, client, requested=address, server_id=SERVER)
+
+
 @settings(max_examples=300, deadline=None)
 @given(client_ops)
 def test_no_address_is_ever_active_for_two_clients(ops: list[tuple[str, int, int]]) -> None:
@@ -63,18 +78,7 @@ def test_no_address_is_ever_active_for_two_clients(ops: list[tuple[str, int, int
             now += 15
             server.tick(now)
             continue
-        msg = {
-            "discover": lambda: request(MessageType.DISCOVER, client),
-            "select": lambda: request(
-                MessageType.REQUEST, client, requested=address, server_id=SERVER
-            ),
-            "renew": lambda: request(MessageType.REQUEST, client, ciaddr=address),
-            "reboot": lambda: request(MessageType.REQUEST, client, requested=address),
-            "release": lambda: request(MessageType.RELEASE, client, ciaddr=address),
-            "decline": lambda: request(
-                MessageType.DECLINE, client, requested=address, server_id=SERVER
-            ),
-        }[op]()
+        msg = _message(op, client, address)
         decision = server.handle(msg, INGRESS, now)
         if decision.drop is DropReason.POOL_EXHAUSTED:
             total, assigned = server.pool_usage()[POOL.name]
