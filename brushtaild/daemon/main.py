@@ -1,0 +1,243 @@
+"""brushtaild: wires the engine to its edges and drives them.
+
+This is the only module that reads the clock for the engine, reads and sends packets, and
+writes the lease store. One loop, one thread: receive a batch of requests, decide each with
+the engine, write every lease change of the batch in one durable commit (group commit),
+then send the replies. Nothing is acknowledged before it is on disk.
+"""
+
+import argparse
+import logging
+import selectors
+import signal
+import socket
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from brushtaild import __version__
+from brushtaild.daemon import clock
+from brushtaild.daemon.metrics import Metrics
+from brushtaild.dhcp.codec import parse
+from brushtaild.dhcp.options import format_ip, format_mac
+from brushtaild.dhcp.reasons import DropReason, MalformedPacket
+from brushtaild.engine.config import Config, ConfigError, load_config
+from brushtaild.engine.decisions import Decision, LeaseEvent
+from brushtaild.engine.leases import Lease
+from brushtaild.engine.server import Server
+from brushtaild.net.packet_io import PacketIO
+from brushtaild.store.lease_store import LeaseStore
+
+DEFAULT_CONFIG = Path("/etc/brushtail/brushtail.yaml")
+EX_CONFIG = 78  # sysexits.h; systemd shows it as "config" and does not restart-loop on it
+BATCH = 256
+# Upper bound on sleeping, so kernel drop counters and timers are looked at regularly.
+IDLE_WAKEUP = 1.0
+DROP_LOG_INTERVAL = 10.0
+# Keys a SIGHUP cannot change on a running daemon: they name sockets, files and identity.
+RESTART_KEYS = ("interface", "server_id", "state_dir", "metrics_listen", "site")
+
+log = logging.getLogger("brushtaild")
+
+
+class DropLog:
+    """Logs drops by reason at most once per interval, with how many were suppressed, so a
+    flood of garbage cannot flood the journal."""
+
+    def __init__(self, interval: float = DROP_LOG_INTERVAL) -> None:
+        self._interval = interval
+        self._next: dict[DropReason, float] = {}
+        self._suppressed: dict[DropReason, int] = {}
+
+    def drop(self, reason: DropReason, detail: str, now: float) -> None:
+        if now < self._next.get(reason, 0.0):
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return
+        suppressed = self._suppressed.pop(reason, 0)
+        more = f" ({suppressed} more since last report)" if suppressed else ""
+        log.warning("drop reason=%s %s%s", reason.label, detail, more)
+        self._next[reason] = now + self._interval
+
+
+def format_event(event: LeaseEvent, path: str) -> str:
+    text = (
+        f"{event.kind.value} client={event.client_id.hex()} mac={format_mac(event.hwaddr)} "
+        f"ip={format_ip(event.address)} pool={event.pool or '-'} path={path}"
+    )
+    return f"{text} detail={event.detail!r}" if event.detail else text
+
+
+def _collapse(decisions: Iterable[Decision]) -> tuple[list[Lease], list[int]]:
+    """The net effect of a batch on the store: the last change per address wins, so a delete
+    and a later write of the same address (or the reverse) cannot be applied out of order."""
+    final: dict[int, Lease | None] = {}
+    for decision in decisions:
+        for address in decision.lease_deletes:
+            final[address] = None
+        for lease in decision.lease_writes:
+            final[lease.address] = lease
+    writes = [lease for lease in final.values() if lease is not None]
+    deletes = [address for address, lease in final.items() if lease is None]
+    return writes, deletes
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.store = LeaseStore.open(config.state_dir)
+        leases = self.store.load()
+        self.server = Server(config, leases, clock.wall())
+        self.metrics = Metrics(lambda: self.server.pool_usage())
+        self.io = PacketIO(config.interface, config.server_id)
+        self.drops = DropLog()
+        self._running = True
+        self._reload = False
+        log.info(
+            "brushtaild %s started site=%s interface=%s server_id=%s leases=%d pools=%s",
+            __version__,
+            config.site,
+            config.interface,
+            format_ip(config.server_id),
+            len(leases),
+            ",".join(p.name for p in config.pools),
+        )
+
+    def run(self) -> int:
+        host, port = self.config.metrics_listen
+        self.metrics.serve(host, port)
+        wakeup_r, wakeup_w = socket.socketpair()
+        wakeup_r.setblocking(False)
+        wakeup_w.setblocking(False)
+        signal.set_wakeup_fd(wakeup_w.fileno())
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.io.fileno(), selectors.EVENT_READ, "packets")
+            selector.register(wakeup_r, selectors.EVENT_READ, "signal")
+            try:
+                while self._running:
+                    for key, _ in selector.select(self._timeout()):
+                        if key.data == "signal":
+                            wakeup_r.recv(64)
+                        else:
+                            self._serve_batch()
+                    if self._reload:
+                        self._reload = False
+                        self._reload_config()
+                    self._housekeeping()
+            finally:
+                signal.set_wakeup_fd(-1)
+                wakeup_r.close()
+                wakeup_w.close()
+                self.io.close()
+                self.store.close()
+        log.info("brushtaild stopped; every acknowledged lease is on disk")
+        return 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._running = False
+
+    def _timeout(self) -> float:
+        deadline = self.server.next_deadline()
+        if deadline is None:
+            return IDLE_WAKEUP
+        return min(max(deadline - clock.wall(), 0.0), IDLE_WAKEUP)
+
+    def _serve_batch(self) -> None:
+        started = clock.ticks()
+        packets, malformed_frames = self.io.receive_batch(BATCH)
+        now = clock.wall()
+        for _ in range(malformed_frames):
+            self.metrics.count_drop(DropReason.BAD_FRAME)
+        if malformed_frames:
+            self.drops.drop(DropReason.BAD_FRAME, f"frames={malformed_frames}", now)
+        decisions: list[Decision] = []
+        for payload, ingress in packets:
+            try:
+                msg = parse(payload)
+            except MalformedPacket as exc:
+                self.metrics.count_drop(exc.reason)
+                self.drops.drop(exc.reason, f"src_mac={format_mac(ingress.src_mac)}", now)
+                continue
+            decision = self.server.handle(msg, ingress, now)
+            if decision.drop is not None:
+                self.metrics.count_drop(decision.drop)
+                self.drops.drop(decision.drop, f"mac={format_mac(msg.hwaddr)}", now)
+            decisions.append(decision)
+        self._commit(decisions)
+        for decision in decisions:
+            for reply in decision.replies:
+                self.io.send(reply.payload, reply.dest, reply.ingress)
+                self.metrics.count_reply(reply.message.message_type)
+            self._log_events(decision)
+        elapsed = clock.ticks() - started
+        for decision in decisions:
+            if decision.replies:
+                self.metrics.latency.observe(elapsed)
+
+    def _commit(self, decisions: list[Decision]) -> None:
+        """Durably write a batch's lease changes. A store failure propagates and stops the
+        daemon: acknowledging a lease that is not on disk is never an option."""
+        writes, deletes = _collapse(decisions)
+        if not writes and not deletes:
+            return
+        started = clock.ticks()
+        self.store.apply(writes, deletes)
+        self.metrics.commits.observe(clock.ticks() - started)
+        self.metrics.committed.inc(len(writes) + len(deletes))
+
+    def _log_events(self, decision: Decision) -> None:
+        for event in decision.events:
+            log.info("%s", format_event(event, "slow"))
+
+    def _housekeeping(self) -> None:
+        decision = self.server.tick(clock.wall())
+        self._commit([decision])
+        self._log_events(decision)
+        dropped = self.io.kernel_drops()
+        if dropped:
+            self.metrics.socket_drops.inc(dropped)
+
+    def _reload_config(self) -> None:
+        try:
+            new = load_config(self.config_path)
+        except (ConfigError, OSError) as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        changed = [key for key in RESTART_KEYS if getattr(new, key) != getattr(self.config, key)]
+        if changed:
+            log.error(
+                "reload refused, keeping the running config: %s cannot change without a restart",
+                ", ".join(changed),
+            )
+            return
+        self.server = self.server.reconfigured(new, clock.wall())
+        self.config = new
+        logging.getLogger().setLevel(new.log_level.upper())
+        log.info("config reloaded from %s", self.config_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="brushtaild", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config file")
+    parser.add_argument("--version", action="version", version=__version__)
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        log.error("config %s refused:\n%s", args.config, exc)
+        return EX_CONFIG
+    except OSError as exc:
+        log.error("cannot read config %s: %s", args.config, exc.strerror or exc)
+        return EX_CONFIG
+    logging.getLogger().setLevel(config.log_level.upper())
+    return Daemon(config, args.config).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Prometheus metrics: one registry for the daemon, served on the configured address.
+
+The fast path and replication add their metrics to this same registry.
+"""
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from brushtaild.dhcp.constants import MessageType
+from brushtaild.dhcp.reasons import DropReason
+
+# Slow-path latency runs from tens of microseconds (an OFFER) to a few milliseconds (an ACK
+# waiting for its fsync); buckets resolve both ends.
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+
+
+class _PoolCollector(Collector):
+    """Reads pool usage at scrape time, so the request loop never updates gauges."""
+
+    def __init__(self, usage: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        self._usage = usage
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        total = GaugeMetricFamily(
+            "dhcp_pool_addresses_total", "Addresses a pool can hand out", labels=["pool"]
+        )
+        assigned = GaugeMetricFamily(
+            "dhcp_pool_addresses_assigned",
+            "Addresses of a pool leased, offered or quarantined",
+            labels=["pool"],
+        )
+        for pool, (n_total, n_assigned) in self._usage().items():
+            total.add_metric([pool], n_total)
+            assigned.add_metric([pool], n_assigned)
+        yield total
+        yield assigned
+
+
+class Metrics:
+    def __init__(self, pool_usage: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "dhcp_slowpath_requests_total",
+            "Requests handled in userspace, by outcome (reply type or drop reason)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "dhcp_slowpath_latency_seconds",
+            "Time from receiving a request to sending its reply, durable commit included",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.dropped = Counter(
+            "dhcp_packets_dropped_total",
+            "Packets dropped without a reply, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.socket_drops = Counter(
+            "dhcp_socket_drops_total",
+            "Packets the kernel dropped because the receive queue was full",
+            registry=self.registry,
+        )
+        self.commits = Histogram(
+            "dhcp_lease_commit_seconds",
+            "Duration of one durable group commit of lease changes",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.committed = Counter(
+            "dhcp_lease_writes_total",
+            "Lease changes written durably to the lease store",
+            registry=self.registry,
+        )
+        self.registry.register(_PoolCollector(pool_usage))
+        # Resolve label children once: the request loop must not pay for label lookups.
+        self._drop_children = {r: self.dropped.labels(r.label) for r in DropReason}
+        self._request_drop_children = {r: self.requests.labels(r.label) for r in DropReason}
+        self._reply_children: dict[MessageType | None, Counter] = {}
+
+    def count_reply(self, mtype: MessageType | None) -> None:
+        child = self._reply_children.get(mtype)
+        if child is None:
+            label = mtype.name.lower() if mtype is not None else "reply"
+            child = self._reply_children[mtype] = self.requests.labels(label)
+        child.inc()
+
+    def count_drop(self, reason: DropReason) -> None:
+        self._drop_children[reason].inc()
+        self._request_drop_children[reason].inc()
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
