@@ -1,0 +1,401 @@
+"""The daemon's only DHCP socket module: raw frames in, Ethernet frames or UDP datagrams out.
+
+Receive: one AF_PACKET socket per served interface. A UDP socket cannot see the broadcast
+DISCOVERs and REQUESTs of clients that have no address yet together with their source MAC,
+and once the XDP fast path is loaded, the frames it declines (XDP_PASS) go up this same
+path, so one raw socket is the single receive point for every request. A classic-BPF
+filter runs in the kernel so we are only woken for IPv4 UDP to port 67 that was addressed
+to this host (unicast to our MAC or broadcast); everything else, including frames the
+interface only sees because it is promiscuous, never leaves the kernel.
+PACKET_IGNORE_OUTGOING keeps our own transmissions, notably relay replies to port 67, from
+looping back into the socket.
+
+The socket is bound with ETH_P_ALL rather than ETH_P_IP because only the ETH_P_ALL taps
+run on the parent interface before VLAN demultiplexing; that is where 802.1Q/QinQ support
+will come from. The kernel strips the outer tag before packet taps see the frame and
+reports it out of band (PACKET_AUXDATA, tp_vlan_tci); until that is read, the filter
+rejects tagged frames so they are never mistaken for untagged ones.
+
+Send: BROADCAST and LINK_UNICAST replies go to clients that have no usable address, so
+they are built here as complete Ethernet/IPv4/UDP frames and written to the AF_PACKET
+socket: LINK_UNICAST reaches chaddr at yiaddr without ARP, as RFC 2131 section 4.1 asks.
+RELAY (giaddr:67) and UNICAST (ciaddr:68) replies go to hosts that have an address, so an
+ordinary UDP socket bound to (server_id, 67) sends them and the kernel routes and ARPs.
+That socket's receive queue is never read, so a drop-everything filter keeps it empty; it
+is bound all the same, because the bound port is what stops the kernel answering unicast
+requests (which we read from the raw socket) with ICMP port-unreachable.
+
+UDP checksums are not verified on receive: a datagram that a local stack sent across a
+veth (perfdhcp, a relay in another namespace) still carries CHECKSUM_PARTIAL, i.e. only
+the pseudo-header sum, and the Ethernet FCS already covers the link. The IPv4 header
+checksum is always computed in software by the sender, so it is verified.
+"""
+
+import ctypes
+import errno
+import socket
+import struct
+from typing import NamedTuple
+
+from brushtaild.dhcp.constants import SERVER_PORT
+from brushtaild.engine.decisions import Destination, DestKind, Ingress
+
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+IPPROTO_UDP = 17
+
+# linux/if_packet.h; not all of them are exported by the socket module.
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+PACKET_IGNORE_OUTGOING = 23
+PACKET_BROADCAST = 1
+SO_RCVBUFFORCE = 33
+
+RCVBUF_BYTES = 4 << 20
+
+ETH_HLEN = 14
+IP_MIN_HLEN = 20
+UDP_HLEN = 8
+# The largest frame an IPv4 datagram can make; the filter keeps this much so the parser's
+# total-length check is the only place a long frame can be judged truncated.
+SNAPLEN = ETH_HLEN + 0xFFFF
+
+_BROADCAST_MAC = b"\xff" * 6
+_IP_MF_OR_OFFSET = 0x3FFF
+_IP_OFFSET = 0x1FFF
+_TTL = 64
+
+
+# --- classic BPF ---------------------------------------------------------------------------
+# linux/filter.h opcodes: class | size | mode for loads, class | op | source for jumps.
+_BPF_LD, _BPF_LDX, _BPF_JMP, _BPF_RET = 0x00, 0x01, 0x05, 0x06
+_BPF_W, _BPF_H, _BPF_B = 0x00, 0x08, 0x10
+_BPF_ABS, _BPF_IND, _BPF_MSH = 0x20, 0x40, 0xA0
+_BPF_JEQ, _BPF_JGT, _BPF_JSET = 0x10, 0x20, 0x40
+_BPF_K = 0x00
+# Ancillary loads read skb metadata instead of packet bytes.
+_SKF_AD_OFF = -0x1000
+_SKF_AD_PKTTYPE = 4
+_SKF_AD_VLAN_TAG_PRESENT = 48
+
+SO_ATTACH_FILTER = 26
+
+
+class Insn(NamedTuple):
+    """One cBPF instruction; jumps name their targets by label, None meaning the next one."""
+
+    code: int
+    k: int = 0
+    true: str | None = None
+    false: str | None = None
+    label: str | None = None
+
+
+def load_word_meta(offset: int) -> Insn:
+    return Insn(_BPF_LD | _BPF_W | _BPF_ABS, (_SKF_AD_OFF + offset) & 0xFFFFFFFF)
+
+
+def load_half(offset: int) -> Insn:
+    return Insn(_BPF_LD | _BPF_H | _BPF_ABS, offset)
+
+
+def load_byte(offset: int) -> Insn:
+    return Insn(_BPF_LD | _BPF_B | _BPF_ABS, offset)
+
+
+def load_half_x(offset: int) -> Insn:
+    """A = halfword at X + offset."""
+    return Insn(_BPF_LD | _BPF_H | _BPF_IND, offset)
+
+
+def load_x_ip_hlen(offset: int) -> Insn:
+    """X = 4 * (byte at offset & 0xf): the IPv4 header length from its IHL nibble."""
+    return Insn(_BPF_LDX | _BPF_B | _BPF_MSH, offset)
+
+
+def jump(op: int, k: int, true: str | None = None, false: str | None = None) -> Insn:
+    return Insn(_BPF_JMP | op | _BPF_K, k, true, false)
+
+
+def ret(k: int, label: str) -> Insn:
+    return Insn(_BPF_RET | _BPF_K, k, label=label)
+
+
+# IPv4 UDP to port 67, received as unicast to us or broadcast, untagged, and either
+# unfragmented or the first fragment: a first fragment still shows the port, and the
+# parser counts it as malformed; later fragments carry no UDP header to match on.
+DHCP_SERVER_FILTER: tuple[Insn, ...] = (
+    load_word_meta(_SKF_AD_PKTTYPE),
+    jump(_BPF_JGT, PACKET_BROADCAST, true="drop"),
+    load_word_meta(_SKF_AD_VLAN_TAG_PRESENT),
+    jump(_BPF_JEQ, 0, false="drop"),
+    load_half(12),
+    jump(_BPF_JEQ, ETH_P_IP, false="drop"),
+    load_byte(ETH_HLEN + 9),
+    jump(_BPF_JEQ, IPPROTO_UDP, false="drop"),
+    load_half(ETH_HLEN + 6),
+    jump(_BPF_JSET, _IP_OFFSET, true="drop"),
+    load_x_ip_hlen(ETH_HLEN),
+    load_half_x(ETH_HLEN + 2),
+    jump(_BPF_JEQ, SERVER_PORT, false="drop"),
+    ret(SNAPLEN, label="accept"),
+    ret(0, label="drop"),
+)
+
+DROP_ALL_FILTER: tuple[Insn, ...] = (ret(0, label="drop"),)
+
+
+def assemble(program: tuple[Insn, ...]) -> bytes:
+    """Encode as an array of struct sock_filter, resolving labels to relative offsets."""
+    labels = {insn.label: pc for pc, insn in enumerate(program) if insn.label}
+    out = bytearray()
+    for pc, insn in enumerate(program):
+        jt = labels[insn.true] - pc - 1 if insn.true else 0
+        jf = labels[insn.false] - pc - 1 if insn.false else 0
+        if not (0 <= jt <= 255 and 0 <= jf <= 255):
+            raise ValueError(f"cBPF jump out of range at instruction {pc}")
+        out += struct.pack("=HBBI", insn.code, jt, jf, insn.k)
+    return bytes(out)
+
+
+def attach_filter(sock: socket.socket, program: tuple[Insn, ...]) -> None:
+    code = ctypes.create_string_buffer(assemble(program))
+    # struct sock_fprog: the kernel copies the instructions during the call, so `code`
+    # only has to outlive setsockopt.
+    fprog = struct.pack("@HP", len(program), ctypes.addressof(code))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+# --- checksums -----------------------------------------------------------------------------
+
+
+def internet_checksum_residue(data: bytes | bytearray | memoryview) -> int:
+    """The one's-complement sum of `data` as 16-bit big-endian words, modulo 0xffff.
+
+    2**16 is 1 modulo 0xffff, so the whole buffer read as one big integer has the same
+    residue as the sum of its words; int.from_bytes does that in C, far faster than a
+    word loop in Python. An odd length is padded with a zero byte, as RFC 1071 says.
+    """
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8
+    return value % 0xFFFF
+
+
+def checksum_field(residue: int) -> int:
+    """The value to store in a checksum field, given the residue of everything else.
+
+    A residue of 0 gives 0xffff, which is the right transmission of a zero UDP checksum
+    (RFC 768) and an equally valid IPv4 header checksum.
+    """
+    return 0xFFFF - residue
+
+
+# --- frame parsing -------------------------------------------------------------------------
+
+# Ethertype, then the IPv4 header up to the addresses.
+_ETH_IP = struct.Struct("!HBxHxxHxBxxII")
+_UDP = struct.Struct("!xxxxHxx")
+_ETH_IP_OFFSET = 12
+
+
+def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ingress] | None:
+    """The DHCP payload and its Ingress, or None if the frame is malformed at L2-L4.
+
+    `frame[:length]` is one Ethernet frame (it may carry link-layer padding after the IP
+    datagram). Fragments are malformed here: DHCP messages never need fragmenting, and
+    reassembling in user space would be an amplification target.
+    """
+    if length < ETH_HLEN + IP_MIN_HLEN + UDP_HLEN:
+        return None
+    ethertype, ver_ihl, total_len, frag, proto, src_ip, dst_ip = _ETH_IP.unpack_from(
+        frame, _ETH_IP_OFFSET
+    )
+    ip_hlen = (ver_ihl & 0x0F) << 2
+    l4 = ETH_HLEN + ip_hlen
+    if (
+        ethertype != ETH_P_IP
+        or ver_ihl >> 4 != 4
+        or ip_hlen < IP_MIN_HLEN
+        or total_len < ip_hlen + UDP_HLEN
+        or ETH_HLEN + total_len > length
+        or frag & _IP_MF_OR_OFFSET
+        or proto != IPPROTO_UDP
+        # Inlined residue (see internet_checksum_residue): the header length is a multiple of
+        # four, so no odd-byte padding, and a valid header sums to 0xffff, residue 0.
+        or int.from_bytes(frame[ETH_HLEN:l4], "big") % 0xFFFF
+    ):
+        return None
+    (udp_len,) = _UDP.unpack_from(frame, l4)
+    if udp_len < UDP_HLEN or udp_len > total_len - ip_hlen:
+        return None
+    payload = bytes(memoryview(frame)[l4 + UDP_HLEN : l4 + udp_len])
+    return payload, Ingress(ifindex, bytes(frame[6:12]), src_ip, dst_ip)
+
+
+# --- the sockets ---------------------------------------------------------------------------
+
+_FRAME_HEADERS = ETH_HLEN + IP_MIN_HLEN + UDP_HLEN
+# Ethernet, IPv4 without options, UDP: every field of a reply frame's headers in one pack.
+_REPLY_HEADERS = struct.Struct("!6s6sH BBHHHBBHII HHHH")
+_CHECKSUM = struct.Struct("!H")
+_IP_CHECKSUM_OFFSET = ETH_HLEN + 10
+_UDP_OFFSET = ETH_HLEN + IP_MIN_HLEN
+_UDP_CHECKSUM_OFFSET = _UDP_OFFSET + 6
+_PSEUDO_ADDRS_OFFSET = ETH_HLEN + 12
+_TPACKET_STATS = struct.Struct("=II")
+
+
+class PacketIO:
+    """DHCP server I/O on one interface; see the module docstring for why it is built so."""
+
+    def __init__(self, ifname: str, server_ip: int) -> None:
+        try:
+            self.ifindex = socket.if_nametoindex(ifname)
+        except OSError as exc:
+            raise OSError(errno.ENODEV, f"interface {ifname!r}: {exc.strerror or exc}") from exc
+        self.ifname = ifname
+        self.server_ip = server_ip
+        self._raw = self._open_raw(ifname)
+        try:
+            self._udp = self._open_udp(server_ip)
+        except BaseException:
+            self._raw.close()
+            raise
+        self.mac: bytes = self._raw.getsockname()[4]
+        self._recv_buf = bytearray(SNAPLEN)
+        self._send_buf = bytearray(SNAPLEN)
+        self._send_view = memoryview(self._send_buf)
+        self._ip_id = 0
+
+    @staticmethod
+    def _open_raw(ifname: str) -> socket.socket:
+        # Protocol 0 until bound: the socket receives nothing before the filter is in place,
+        # so no unfiltered frame can be queued in between.
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            attach_filter(sock, DHCP_SERVER_FILTER)
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
+            except PermissionError:
+                # Without CAP_NET_ADMIN the request is capped at net.core.rmem_max.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+            try:
+                sock.bind((ifname, ETH_P_ALL))
+            except OSError as exc:
+                raise OSError(exc.errno, f"interface {ifname!r}: {exc.strerror or exc}") from exc
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    @staticmethod
+    def _open_udp(server_ip: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            attach_filter(sock, DROP_ALL_FILTER)
+            # One PacketIO per served interface, and interfaces may share a server_id.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.bind((socket.inet_ntoa(server_ip.to_bytes(4, "big")), SERVER_PORT))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def receive_batch(self, limit: int) -> tuple[list[tuple[bytes, Ingress]], int]:
+        """Drain up to `limit` queued frames without blocking.
+
+        Returns the DHCP payloads with their Ingress, and how many frames were malformed
+        below DHCP (fragments, bad IHL or header checksum, truncated IP or UDP).
+        """
+        received: list[tuple[bytes, Ingress]] = []
+        malformed = 0
+        recv_into = self._raw.recv_into
+        buf = self._recv_buf
+        ifindex = self.ifindex
+        for _ in range(limit):
+            try:
+                length = recv_into(buf)
+            except BlockingIOError:
+                break
+            parsed = parse_frame(buf, length, ifindex)
+            if parsed is None:
+                malformed += 1
+            else:
+                received.append(parsed)
+        return received, malformed
+
+    def send(self, payload: bytes, dest: Destination, ingress: Ingress) -> None:
+        if ingress.ifindex != self.ifindex or ingress.vlans:
+            raise ValueError(f"reply for ingress {ingress} cannot leave via {self.ifname}")
+        kind = dest.kind
+        if kind is DestKind.RELAY or kind is DestKind.UNICAST:
+            self._udp.sendto(payload, (socket.inet_ntoa(dest.ip.to_bytes(4, "big")), dest.port))
+            return
+        if kind is DestKind.BROADCAST:
+            mac = _BROADCAST_MAC
+        elif len(dest.mac) == 6:
+            mac = dest.mac
+        else:
+            raise ValueError(f"link unicast needs a 6-byte MAC, got {dest.mac.hex()!r}")
+        self._raw.send(self._build_frame(payload, mac, dest.ip, dest.port))
+
+    def _build_frame(self, payload: bytes, mac: bytes, ip: int, port: int) -> memoryview:
+        buf = self._send_buf
+        udp_len = UDP_HLEN + len(payload)
+        end = _FRAME_HEADERS + len(payload)
+        if end > SNAPLEN:
+            raise ValueError(f"payload of {len(payload)} bytes does not fit one IPv4 datagram")
+        self._ip_id = (self._ip_id + 1) & 0xFFFF
+        _REPLY_HEADERS.pack_into(
+            buf,
+            0,
+            mac,
+            self.mac,
+            ETH_P_IP,
+            0x45,  # version 4, no options
+            0,  # DSCP/ECN
+            IP_MIN_HLEN + udp_len,
+            self._ip_id,
+            0,  # flags: DF off, so a path with a smaller MTU may still fragment
+            _TTL,
+            IPPROTO_UDP,
+            0,  # header checksum, filled in below
+            self.server_ip,
+            ip,
+            SERVER_PORT,
+            port,
+            udp_len,
+            0,  # checksum, filled in below
+        )
+        buf[_FRAME_HEADERS:end] = payload
+        view = self._send_view
+        ip_residue = internet_checksum_residue(view[ETH_HLEN:_UDP_OFFSET])
+        _CHECKSUM.pack_into(buf, _IP_CHECKSUM_OFFSET, checksum_field(ip_residue))
+        # Pseudo-header: the two addresses sit in the IP header right before the UDP header,
+        # so one residue covers them, the UDP header and the payload; add protocol and length.
+        residue = internet_checksum_residue(view[_PSEUDO_ADDRS_OFFSET:end])
+        udp_sum = checksum_field((residue + IPPROTO_UDP + udp_len) % 0xFFFF)
+        _CHECKSUM.pack_into(buf, _UDP_CHECKSUM_OFFSET, udp_sum)
+        return view[:end]
+
+    def kernel_drops(self) -> int:
+        """Frames the kernel dropped for this socket since the previous call.
+
+        Reading PACKET_STATISTICS resets the kernel's counters, so each call sees only what
+        happened since the last one.
+        """
+        stats = self._raw.getsockopt(SOL_PACKET, PACKET_STATISTICS, _TPACKET_STATS.size)
+        _packets, drops = _TPACKET_STATS.unpack(stats)
+        return int(drops)
+
+    def close(self) -> None:
+        self._raw.close()
+        self._udp.close()

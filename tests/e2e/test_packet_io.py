@@ -1,0 +1,327 @@
+"""PacketIO on a real veth: raw receive with its kernel filter, frame and UDP sends.
+
+Frames are built and checked here with a deliberately plain word-loop checksum, independent
+of the residue arithmetic in packet_io, so the two cross-check each other.
+"""
+
+import contextlib
+import select
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from brushtaild.engine.decisions import Destination, DestKind, Ingress
+from brushtaild.net import packet_io
+from brushtaild.net.packet_io import PacketIO
+from tests.e2e import netns
+from tests.e2e.netns import Link, in_netns
+
+SERVER_IP = 0xC6120001  # 198.18.0.1
+RELAY_IP = 0xC6120002  # 198.18.0.2
+YIADDR = 0xC6120063  # 198.18.0.99
+BROADCAST_IP = 0xFFFFFFFF
+BROADCAST_MAC = b"\xff" * 6
+ETH_P_ALL = 0x0003
+WAIT = 2.0
+
+
+def ones_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\x00"
+    total = 0
+    for (word,) in struct.iter_unpack("!H", data):
+        total += word
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def ip_header(src: int, dst: int, l4_len: int, *, frag: int = 0, options: bytes = b"",
+              proto: int = 17, ihl: int | None = None,
+              good_checksum: bool = True) -> bytes:  # fmt: skip
+    words = ihl if ihl is not None else 5 + len(options) // 4
+    hdr = struct.pack(
+        "!BBHHHBBHII", 0x40 | words, 0, 20 + len(options) + l4_len, 0x1234, frag, 64, proto, 0,
+        src, dst,
+    ) + options  # fmt: skip
+    checksum = 0xFFFF - ones_sum(hdr)
+    if not good_checksum:
+        checksum ^= 0x0101
+    return hdr[:10] + struct.pack("!H", checksum) + hdr[12:]
+
+
+def udp_frame(src_mac: bytes, dst_mac: bytes, src: int, dst: int, payload: bytes, *,
+              sport: int = 68, dport: int = 67, udp_len: int | None = None, frag: int = 0,
+              options: bytes = b"", proto: int = 17, ihl: int | None = None,
+              good_checksum: bool = True) -> bytes:  # fmt: skip
+    length = udp_len if udp_len is not None else 8 + len(payload)
+    udp = struct.pack("!HHHH", sport, dport, length, 0) + payload
+    ip = ip_header(src, dst, len(udp), frag=frag, options=options, proto=proto, ihl=ihl,
+                   good_checksum=good_checksum)  # fmt: skip
+    return dst_mac + src_mac + b"\x08\x00" + ip + udp
+
+
+def discover(mac: bytes, xid: int = 0x0BADCAFE) -> bytes:
+    """A minimal DHCPDISCOVER, padded to the 300 octets BOOTP clients send."""
+    fixed = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0, xid, 0, 0x8000,
+                        b"", b"", b"", b"", mac, b"", b"")  # fmt: skip
+    options = b"\x63\x82\x53\x63" + b"\x35\x01\x01" + b"\xff"
+    return (fixed + options).ljust(300, b"\x00")
+
+
+@contextlib.contextmanager
+def server_io(link: Link) -> Iterator[PacketIO]:
+    with in_netns(link.server_ns):
+        io = PacketIO(netns.SERVER_IF, SERVER_IP)
+    try:
+        yield io
+    finally:
+        io.close()
+
+
+@contextlib.contextmanager
+def client_raw(link: Link) -> Iterator[socket.socket]:
+    with in_netns(link.client_ns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    try:
+        sock.bind((netns.CLIENT_IF, ETH_P_ALL))
+        sock.settimeout(WAIT)
+        yield sock
+    finally:
+        sock.close()
+
+
+def receive(io: PacketIO, want: int = 1) -> tuple[list[tuple[bytes, Ingress]], int]:
+    """Collect until `want` frames (good or malformed) arrived, or WAIT passed."""
+    got: list[tuple[bytes, Ingress]] = []
+    malformed = 0
+    deadline = time.monotonic() + WAIT
+    while len(got) + malformed < want and time.monotonic() < deadline:
+        select.select([io], [], [], max(0.0, deadline - time.monotonic()))
+        batch, bad = io.receive_batch(64)
+        got += batch
+        malformed += bad
+    return got, malformed
+
+
+def next_udp_to(sock: socket.socket, port: int) -> bytes:
+    """The next IPv4/UDP frame to `port` seen on the raw socket."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        frame = sock.recv(65535)
+        if frame[12:14] == b"\x08\x00" and frame[23] == 17:
+            ihl = (frame[14] & 0x0F) * 4
+            if struct.unpack_from("!H", frame, 14 + ihl + 2)[0] == port:
+                return frame
+    raise AssertionError(f"no UDP frame to port {port} within {WAIT}s")
+
+
+def check_reply_frame(frame: bytes, *, dst_mac: bytes, src_mac: bytes, dst_ip: int,
+                      payload: bytes) -> None:  # fmt: skip
+    assert frame[0:6] == dst_mac
+    assert frame[6:12] == src_mac
+    ip = frame[14:34]
+    ver_ihl, _tos, total, _id, frag, ttl, proto, _csum, src, dst = struct.unpack(
+        "!BBHHHBBHII", ip
+    )
+    assert (ver_ihl, ttl, proto, frag) == (0x45, 64, 17, 0)  # DF off, no options
+    assert (src, dst) == (SERVER_IP, dst_ip)
+    assert ones_sum(ip) == 0xFFFF, "bad IPv4 header checksum"
+    udp = frame[34 : 14 + total]
+    sport, dport, udp_len, udp_csum = struct.unpack_from("!HHHH", udp)
+    assert (sport, dport, udp_len) == (67, 68, 8 + len(payload))
+    assert udp_csum != 0, "UDP checksum must be filled in"
+    pseudo = ip[12:20] + struct.pack("!BBH", 0, 17, udp_len)
+    assert ones_sum(pseudo + udp) == 0xFFFF, "bad UDP checksum"
+    assert udp[8:] == payload
+
+
+# --- without namespaces -------------------------------------------------------------------
+
+
+@given(st.binary(max_size=600))
+def test_residue_matches_word_sum(data: bytes) -> None:
+    residue = packet_io.internet_checksum_residue(data)
+    assert residue == ones_sum(data) % 0xFFFF
+
+
+def test_filter_jumps_resolve_to_labels() -> None:
+    code = packet_io.assemble(packet_io.DHCP_SERVER_FILTER)
+    insns = list(struct.iter_unpack("=HBBI", code))
+    drop = len(insns) - 1
+    assert insns[drop] == (0x06, 0, 0, 0)
+    for pc, (opcode, jt, jf, _k) in enumerate(insns):
+        if opcode & 0x07 == 0x05:  # a jump
+            assert drop in (pc + 1 + jt, pc + 1 + jf)
+
+
+def test_parse_frame_accepts_ip_options_and_link_padding() -> None:
+    mac = bytes.fromhex("020000000001")
+    payload = discover(mac)
+    frame = udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, payload,
+                      options=b"\x94\x04\x00\x00") + bytes(20)  # fmt: skip
+    buf = bytearray(packet_io.SNAPLEN)
+    buf[: len(frame)] = frame
+    assert packet_io.parse_frame(buf, len(frame), 7) == (
+        payload,
+        Ingress(7, mac, 0, BROADCAST_IP),
+    )
+
+
+MAC = bytes.fromhex("020000000001")
+
+
+def _bootp(**kwargs: Any) -> bytes:
+    return udp_frame(MAC, BROADCAST_MAC, 0, BROADCAST_IP, bytes(300), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(_bootp(frag=0x2000), id="first-fragment"),
+        pytest.param(_bootp(frag=0x0010), id="later-fragment"),
+        pytest.param(_bootp(ihl=4), id="ihl-too-small"),
+        pytest.param(
+            udp_frame(MAC, BROADCAST_MAC, 0, BROADCAST_IP, b"", ihl=15), id="ihl-past-datagram"
+        ),
+        pytest.param(_bootp(good_checksum=False), id="ip-checksum"),
+        pytest.param(_bootp(udp_len=7), id="udp-length-too-small"),
+        pytest.param(_bootp(udp_len=400), id="udp-truncated"),
+        pytest.param(_bootp()[:41], id="runt"),
+    ],
+)
+def test_parse_frame_rejects_malformed(frame: bytes) -> None:
+    buf = bytearray(packet_io.SNAPLEN)
+    buf[: len(frame)] = frame
+    assert packet_io.parse_frame(buf, len(frame), 1) is None
+
+
+# --- on a veth between namespaces ---------------------------------------------------------
+
+
+def test_missing_interface_names_it() -> None:
+    reason = netns.available()
+    if reason is not None:
+        pytest.skip(reason)
+    with pytest.raises(OSError, match="no-such-if0"):
+        PacketIO("no-such-if0", SERVER_IP)
+
+
+def test_receives_broadcast_discover(link: Link) -> None:
+    client_mac = link.client_mac
+    payload = discover(client_mac)
+    with server_io(link) as io, client_raw(link) as cli:
+        cli.send(udp_frame(client_mac, BROADCAST_MAC, 0, BROADCAST_IP, payload))
+        got, malformed = receive(io)
+        sub0 = link.ifindex(link.server_ns, netns.SERVER_IF)
+        assert got == [(payload, Ingress(sub0, client_mac, 0, BROADCAST_IP))]
+        assert malformed == 0
+        assert io.kernel_drops() == 0
+
+
+def test_fragment_and_bad_headers_are_counted_malformed(link: Link) -> None:
+    mac = link.client_mac
+    bad = [
+        udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac), frag=0x2000),
+        udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac), good_checksum=False),
+        udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac), udp_len=1000),
+    ]
+    with server_io(link) as io, client_raw(link) as cli:
+        for frame in bad:
+            cli.send(frame)
+        cli.send(udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac)))
+        got, malformed = receive(io, want=4)
+        assert (len(got), malformed) == (1, 3)
+
+
+def test_filter_keeps_other_traffic_in_the_kernel(link: Link) -> None:
+    mac = link.client_mac
+    server_mac = link.server_mac
+    # Promiscuous, the veth also delivers frames for other MACs: those must not reach us.
+    link.run_in(link.server_ns, ["ip", "link", "set", netns.SERVER_IF, "promisc", "on"])
+    noise = [
+        udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac), dport=68),
+        udp_frame(mac, bytes.fromhex("020000000099"), 0, BROADCAST_IP, discover(mac)),
+        udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac), proto=6),
+        udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac), frag=0x0010),
+        BROADCAST_MAC + mac + b"\x08\x06" + bytes(28),  # ARP
+    ]
+    last = discover(mac, xid=42)
+    with server_io(link) as io, client_raw(link) as cli:
+        for frame in noise:
+            cli.send(frame)
+        cli.send(udp_frame(mac, server_mac, 0, SERVER_IP, last))
+        # The veth keeps order, so once `last` is here the noise has been judged.
+        got, malformed = receive(io)
+        assert [p for p, _ in got] == [last]
+        assert malformed == 0
+
+
+def test_broadcast_and_link_unicast_replies_arrive_with_valid_checksums(link: Link) -> None:
+    client_mac = link.client_mac
+    ingress = Ingress(link.ifindex(link.server_ns, netns.SERVER_IF), client_mac, 0, BROADCAST_IP)
+    with server_io(link) as io, client_raw(link) as cli:
+        for payload in (b"\x02" + bytes(299), b"\x02" + bytes(300)):  # even and odd length
+            io.send(payload, Destination(DestKind.BROADCAST, BROADCAST_IP, 68), ingress)
+            check_reply_frame(
+                next_udp_to(cli, 68),
+                dst_mac=BROADCAST_MAC, src_mac=io.mac, dst_ip=BROADCAST_IP, payload=payload,
+            )  # fmt: skip
+            dest = Destination(DestKind.LINK_UNICAST, YIADDR, 68, client_mac)
+            io.send(payload, dest, ingress)
+            check_reply_frame(
+                next_udp_to(cli, 68),
+                dst_mac=client_mac, src_mac=io.mac, dst_ip=YIADDR, payload=payload,
+            )  # fmt: skip
+
+
+def test_relay_and_unicast_replies_go_through_the_kernel(relay_link: Link) -> None:
+    link = relay_link
+    ingress = Ingress(link.ifindex(link.server_ns, netns.SERVER_IF), link.client_mac,
+                      RELAY_IP, SERVER_IP)  # fmt: skip
+    with in_netns(link.client_ns):
+        relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with server_io(link) as io, relay, client:
+        relay.bind((netns.RELAY_IP, 67))
+        client.bind((netns.RELAY_IP, 68))
+        relay.settimeout(WAIT)
+        client.settimeout(WAIT)
+        io.send(b"relayed", Destination(DestKind.RELAY, RELAY_IP, 67), ingress)
+        assert relay.recvfrom(2048) == (b"relayed", (netns.SERVER_IP, 67))
+        io.send(b"renewed", Destination(DestKind.UNICAST, RELAY_IP, 68), ingress)
+        assert client.recvfrom(2048) == (b"renewed", (netns.SERVER_IP, 67))
+        # Our own reply to port 67 left through sub0; the raw socket must not read it back.
+        time.sleep(0.1)
+        assert io.receive_batch(16) == ([], 0)
+
+
+def test_unicast_request_is_read_raw_and_not_refused(relay_link: Link) -> None:
+    link = relay_link
+    with in_netns(link.client_ns):
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with server_io(link) as io, client:
+        client.bind((netns.RELAY_IP, 68))
+        client.connect((netns.SERVER_IP, 67))
+        client.send(b"request")
+        got, _ = receive(io)
+        assert [(p, i.src_ip, i.dst_ip) for p, i in got] == [(b"request", RELAY_IP, SERVER_IP)]
+        # Without the bound UDP socket the kernel would answer ICMP port-unreachable, which a
+        # connected socket reports as ECONNREFUSED on its next call.
+        time.sleep(0.1)
+        client.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            client.recv(16)
+
+
+def test_reply_for_another_interface_is_refused(link: Link) -> None:
+    with server_io(link) as io:
+        ingress = Ingress(io.ifindex + 1, link.client_mac, 0, BROADCAST_IP)
+        with pytest.raises(ValueError, match="sub0"):
+            io.send(b"x", Destination(DestKind.BROADCAST, BROADCAST_IP, 68), ingress)
