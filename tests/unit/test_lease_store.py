@@ -1,0 +1,230 @@
+"""LeaseStore: persistence semantics, locking, and how it fails."""
+
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.store.lease_store import (
+    DB_NAME,
+    SCHEMA_VERSION,
+    LeaseStore,
+    StoreError,
+    StoreLockedError,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def lease(address: int, **changes: object) -> Lease:
+    hwaddr = b"\x52\x54\x00" + (address & 0xFFFFFF).to_bytes(3, "big")
+    fields: dict[str, object] = {
+        "address": address,
+        "client_id": b"\x01" + hwaddr,
+        "hwaddr": hwaddr,
+        "pool": "residential",
+        "state": LeaseState.BOUND,
+        "expires": 1_760_000_000.25 + address,
+        "updated": 1_759_990_000.125 + address,
+    }
+    fields.update(changes)
+    return Lease(**fields)  # type: ignore[arg-type]
+
+
+def test_round_trip_of_every_field(tmp_path: Path) -> None:
+    written = [
+        lease(0, client_id=b"", state=LeaseState.DECLINED),  # declined: no client
+        lease(0x0A000001, client_id=bytes(range(255)), hwaddr=bytes(16)),
+        lease(0xC0A80001, pool="büro-🐨", state=LeaseState.RELEASED, expires=-1.5),
+        lease(0xFFFFFFFF, state=LeaseState.EXPIRED, expires=1e300, updated=5e-324),
+    ]
+    with LeaseStore.open(tmp_path) as store:
+        store.apply(written, [])
+        loaded = store.load()
+    assert loaded == written
+    assert all(type(got.state) is LeaseState for got in loaded)
+    assert all(type(got.client_id) is bytes and type(got.hwaddr) is bytes for got in loaded)
+
+
+def test_any_lease_round_trips_exactly(tmp_path: Path) -> None:
+    leases = st.builds(
+        Lease,
+        address=st.integers(0, 2**32 - 1),
+        client_id=st.binary(max_size=255),
+        hwaddr=st.binary(max_size=16),
+        pool=st.text(max_size=64),
+        state=st.sampled_from(LeaseState),
+        # NaN cannot be stored: SQLite turns it into NULL, which the schema refuses.
+        expires=st.floats(allow_nan=False),
+        updated=st.floats(allow_nan=False),
+    )
+    with LeaseStore.open(tmp_path) as store:
+
+        @settings(max_examples=100, deadline=None)
+        @given(leases)
+        def check(written: Lease) -> None:
+            store.apply([written], [])
+            assert store.load() == [written]
+            store.apply([], [written.address])
+
+        check()
+
+
+def test_upsert_replaces_the_row_for_an_address(tmp_path: Path) -> None:
+    with LeaseStore.open(tmp_path) as store:
+        store.apply([lease(1), lease(2)], [])
+        renewed = lease(1, client_id=b"\x01other", state=LeaseState.RELEASED, expires=99.5)
+        store.apply([renewed], [])
+        assert store.load() == [renewed, lease(2)]
+
+
+def test_within_a_batch_the_last_write_wins_and_deletes_come_last(tmp_path: Path) -> None:
+    with LeaseStore.open(tmp_path) as store:
+        store.apply([lease(1, pool="a"), lease(1, pool="b"), lease(2)], [2])
+        assert store.load() == [lease(1, pool="b")]
+
+
+def test_delete(tmp_path: Path) -> None:
+    with LeaseStore.open(tmp_path) as store:
+        store.apply([lease(1), lease(2), lease(3)], [])
+        store.apply([], [2, 12345])  # deleting an absent address is not an error
+        assert store.load() == [lease(1), lease(3)]
+
+
+def test_reload_after_close(tmp_path: Path) -> None:
+    with LeaseStore.open(tmp_path) as store:
+        store.apply([lease(3), lease(1)], [])
+        store.apply([lease(2)], [3])
+    with LeaseStore.open(tmp_path) as store:
+        assert store.load() == [lease(1), lease(2)]
+
+
+def test_empty_apply_is_a_no_op(tmp_path: Path) -> None:
+    with LeaseStore.open(tmp_path) as store:
+        store.apply([lease(1)], [])
+        store.apply([], [])
+        assert store.load() == [lease(1)]
+
+
+def test_100k_leases_in_one_apply_and_reload(tmp_path: Path) -> None:
+    written = [lease(0x0A000000 + i) for i in range(100_000)]
+    with LeaseStore.open(tmp_path) as store:
+        store.apply(written, [])
+    with LeaseStore.open(tmp_path) as store:
+        assert store.load() == written
+
+
+def test_lock_held_by_another_process_names_dir_and_pid(tmp_path: Path) -> None:
+    holder_code = (
+        "import sys; from pathlib import Path; from brushtaild.store.lease_store import LeaseStore;"
+        "store = LeaseStore.open(Path(sys.argv[1])); print('ready', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", holder_code, str(tmp_path)],
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        with pytest.raises(StoreLockedError) as raised:
+            LeaseStore.open(tmp_path)
+        assert raised.value.pid == holder.pid
+        assert str(tmp_path) in str(raised.value)
+        assert f"pid {holder.pid}" in str(raised.value)
+    finally:
+        holder.communicate(timeout=30)  # EOF on stdin: the holder exits
+    with LeaseStore.open(tmp_path):
+        pass
+
+
+def test_lock_refuses_a_second_open_in_the_same_process(tmp_path: Path) -> None:
+    # flock belongs to the open file, not the process, so this catches a daemon that
+    # accidentally opens its store twice.
+    with LeaseStore.open(tmp_path), pytest.raises(StoreLockedError):
+        LeaseStore.open(tmp_path)
+
+
+def test_creates_missing_dirs_private_and_records_schema_version(tmp_path: Path) -> None:
+    state_dir = tmp_path / "var" / "brushtail"
+    with LeaseStore.open(state_dir) as store:
+        store.apply([lease(1)], [])
+        assert stat.S_IMODE(state_dir.stat().st_mode) == 0o750
+        for name in (DB_NAME, DB_NAME + "-wal", "lock"):
+            assert stat.S_IMODE((state_dir / name).stat().st_mode) == 0o640, name
+    with sqlite3.connect(state_dir / DB_NAME) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+def test_durability_settings_are_in_effect(tmp_path: Path) -> None:
+    # A SIGKILL test passes even with synchronous=OFF (the page cache survives the process),
+    # so check directly that power-loss durability is configured.
+    with LeaseStore.open(tmp_path) as store:
+        conn = store._conn
+        assert conn is not None
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+
+
+def test_refuses_a_newer_schema(tmp_path: Path) -> None:
+    with LeaseStore.open(tmp_path):
+        pass
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer"):
+        LeaseStore.open(tmp_path)
+    with pytest.raises(StoreError, match="newer"):  # the failed open released the lock
+        LeaseStore.open(tmp_path)
+
+
+def test_refuses_some_other_sqlite_database(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        conn.execute("CREATE TABLE something (x)")
+    with pytest.raises(StoreError, match="not a brushtail lease store"):
+        LeaseStore.open(tmp_path)
+
+
+def test_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    (tmp_path / DB_NAME).write_bytes(b"lease 10.0.0.1 { starts 4 2025/01/01 00:00:00; }\n" * 100)
+    with pytest.raises(StoreError, match=DB_NAME):
+        LeaseStore.open(tmp_path)
+
+
+def test_disk_full_raises_store_error_and_keeps_committed_leases(tmp_path: Path) -> None:
+    with LeaseStore.open(tmp_path) as store:
+        store.apply([lease(1)], [])
+        conn = store._conn
+        assert conn is not None
+        # Capping the page count makes SQLite fail with SQLITE_FULL exactly as on a full disk.
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(StoreError, match="SQLITE_FULL") as raised:
+            store.apply([lease(0x0A000000 + i) for i in range(10_000)], [])
+        assert "must not be acknowledged" in str(raised.value)
+        # After a failed commit nothing more is accepted, even a batch that would fit.
+        with pytest.raises(StoreError, match="unusable after an earlier failure"):
+            store.apply([lease(2)], [])
+    with LeaseStore.open(tmp_path) as store:
+        assert store.load() == [lease(1)]
+
+
+def test_rejects_an_address_outside_ipv4(tmp_path: Path) -> None:
+    with LeaseStore.open(tmp_path) as store, pytest.raises(StoreError, match="CHECK"):
+        store.apply([lease(2**32)], [])
+
+
+def test_use_after_close_raises_store_error(tmp_path: Path) -> None:
+    store = LeaseStore.open(tmp_path)
+    store.close()
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.apply([lease(1)], [])
+    with pytest.raises(StoreError, match="closed"):
+        store.load()
