@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from brushtaild import __version__
+from brushtaild.engine.allocator import PoolAllocator
 from brushtaild.engine.config import ConfigError, load_config
 
 EXIT_OK = 0
@@ -32,7 +33,9 @@ def _check_config(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_UNREADABLE
-    print(f"{path}: OK ({len(config.pools)} pools, {config.address_count()} addresses)")
+    # Counted by the allocator itself, so the number matches what the daemon can lease.
+    leasable = sum(PoolAllocator(p, config.server_id).total for p in config.pools)
+    print(f"{path}: OK ({len(config.pools)} pools, {leasable} addresses)")
     return EXIT_OK
 
 

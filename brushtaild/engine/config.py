@@ -38,22 +38,6 @@ class Pool:
     rebinding_time: int = 3150  # T2, default 87.5% of lease_time
     exclude: frozenset[int] = frozenset()
 
-    def implicit_exclusions(self, server_id: int) -> frozenset[int]:
-        """Addresses never leased whatever `exclude` says: handing them out would break
-        the subnet (network, broadcast), the server itself or the clients' gateway."""
-        network = int(self.subnet.network_address)
-        broadcast = int(self.subnet.broadcast_address)
-        return frozenset((network, broadcast, server_id, *self.routers))
-
-    def address_count(self, server_id: int) -> int:
-        """How many addresses the allocator can hand out from this pool."""
-        total = sum(r.last - r.first + 1 for r in self.ranges)
-        # Ranges never overlap, so each unavailable address is subtracted at most once.
-        unavailable = self.exclude | self.implicit_exclusions(server_id)
-        return total - sum(
-            1 for a in unavailable if any(r.first <= a <= r.last for r in self.ranges)
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -66,9 +50,6 @@ class Config:
     decline_hold: int = 86400  # seconds a DECLINEd address stays quarantined
     metrics_listen: tuple[str, int] = ("127.0.0.1", 9967)
     log_level: str = "info"
-
-    def address_count(self) -> int:
-        return sum(p.address_count(self.server_id) for p in self.pools)
 
 
 class ConfigError(Exception):
@@ -149,7 +130,8 @@ def _type_name(value: object) -> str:
 
 
 def _printable(text: str) -> str:
-    return text if text.isprintable() else repr(text)
+    """A key as it can appear in a one-line key path."""
+    return text if text and text.isprintable() else repr(text)
 
 
 def _ip(value: int) -> str:
@@ -171,7 +153,7 @@ def _default(cls: type[Config] | type[Pool], name: str) -> Any:
 
 @dataclass(slots=True)
 class _Span:
-    """A parsed range or pool subnet, remembered for the checks that span pools."""
+    """A parsed lease range, remembered for the overlap check that spans pools."""
 
     first: int
     last: int
@@ -282,7 +264,7 @@ class _Parser:
         try:
             return int(IPv4Address(text))
         except ValueError:
-            self.fail(where, f"{_printable(text)} is not a valid IPv4 address")
+            self.fail(where, f"{text!r} is not a valid IPv4 address")
             return None
 
     def address_span(self, value: object, where: str) -> tuple[int, int] | None:
@@ -292,14 +274,14 @@ class _Parser:
             return None
         parts = [p.strip() for p in value.split("-")]
         if len(parts) > 2:
-            self.fail(where, f"{_printable(value)} is not a range a.b.c.d-e.f.g.h")
+            self.fail(where, f"{value!r} is not a range a.b.c.d-e.f.g.h")
             return None
         ends: list[int] = []
         for part in parts:
             try:
                 ends.append(int(IPv4Address(part)))
             except ValueError:
-                self.fail(where, f"{_printable(part)} is not a valid IPv4 address")
+                self.fail(where, f"{part!r} is not a valid IPv4 address")
                 return None
         first, last = ends[0], ends[-1]
         if first > last:
@@ -312,7 +294,7 @@ class _Parser:
     def site(self, value: object, where: str) -> str | None:
         text = self.string(value, where)
         if text is not None and not _SITE_RE.fullmatch(text):
-            self.fail(where, f"{_printable(text)} must be 1-63 characters of a-z, 0-9 and '-'")
+            self.fail(where, f"{text!r} must be 1-63 characters of a-z, 0-9 and '-'")
             return None
         return text
 
@@ -322,12 +304,11 @@ class _Parser:
             return None
         size = len(text.encode())
         if not 0 < size < _IFNAMSIZ:
-            self.fail(where, f"{_printable(text)} must be 1-{_IFNAMSIZ - 1} bytes long")
+            self.fail(where, f"{text!r} must be 1-{_IFNAMSIZ - 1} bytes long")
         elif text in (".", "..") or any(c in _IFNAME_FORBIDDEN or c.isspace() for c in text):
             self.fail(
                 where,
-                f"{_printable(text)} is not a valid interface name "
-                "(no '/', ':', whitespace, '.' or '..')",
+                f"{text!r} is not a valid interface name (no '/', ':', whitespace, '.' or '..')",
             )
         else:
             return text
@@ -348,7 +329,7 @@ class _Parser:
         if text is None:
             return None
         if "\0" in text or not text.startswith("/"):
-            self.fail(where, f"{_printable(text)} is not an absolute path")
+            self.fail(where, f"{text!r} is not an absolute path")
             return None
         return Path(text)
 
@@ -368,7 +349,7 @@ class _Parser:
         if address is None or not _PORT_RE.fullmatch(port) or not 0 < int(port) < 65536:
             self.fail(
                 where,
-                f"{_printable(text)} is not 'a.b.c.d:port' or '[ipv6]:port' (port 1-65535)",
+                f"{text!r} is not 'a.b.c.d:port' or '[ipv6]:port' (port 1-65535)",
             )
             return None
         return str(address), int(port)
@@ -376,7 +357,7 @@ class _Parser:
     def log_level(self, value: object, where: str) -> str | None:
         text = self.string(value, where)
         if text is not None and text not in LOG_LEVELS:
-            self.fail(where, f"{_printable(text)} is not one of {', '.join(LOG_LEVELS)}")
+            self.fail(where, f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
             return None
         return text
 
@@ -434,12 +415,11 @@ class _Parser:
         if text is None:
             return None
         if not _POOL_NAME_RE.fullmatch(text):
-            self.fail(
-                where, f"{_printable(text)} must be 1-63 characters of A-Z, a-z, 0-9, '.', '_', '-'"
-            )
+            self.fail(where, f"{text!r} must be 1-63 characters of A-Z, a-z, 0-9, '.', '_', '-'")
             return None
         if text in self.pool_names:
-            self.fail(where, f"duplicate pool name {text!r} (also {self.pool_names[text]})")
+            first = self.pool_names[text].removesuffix(".name")
+            self.fail(where, f"duplicate pool name {text!r}, already used by {first}")
             return None
         self.pool_names[text] = where
         return text
@@ -449,7 +429,7 @@ class _Parser:
         if text is None:
             return None
         if "/" not in text:
-            self.fail(where, f"{_printable(text)} needs a prefix length, as in 198.18.0.0/16")
+            self.fail(where, f"{text!r} needs a prefix length, as in 198.18.0.0/16")
             return None
         try:
             subnet = IPv4Network(text, strict=True)
@@ -457,9 +437,9 @@ class _Parser:
             try:
                 # Only host bits were wrong: name the subnet the operator most likely meant.
                 loose = IPv4Network(text, strict=False)
-                self.fail(where, f"{text} has host bits set; did you mean {loose}?")
+                self.fail(where, f"{text!r} has host bits set; did you mean {loose}?")
             except ValueError:
-                self.fail(where, f"{_printable(text)} is not a valid IPv4 subnet ({exc})")
+                self.fail(where, f"{text!r} is not a valid IPv4 subnet ({exc})")
             return None
         if subnet.prefixlen > LONGEST_PREFIX:
             self.fail(
@@ -557,7 +537,7 @@ class _Parser:
             return None
         labels = text.split(".")
         if len(text) > 253 or not all(_DNS_LABEL_RE.fullmatch(label) for label in labels):
-            self.fail(where, f"{_printable(text)} is not a valid DNS name")
+            self.fail(where, f"{text!r} is not a valid DNS name")
             return None
         return text
 

@@ -1,0 +1,120 @@
+"""`brushtail check-config`: exit codes and output, in-process and as a real process."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from brushtaild.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "docs" / "examples" / "brushtail.yaml"
+FULL_EXAMPLE = REPO / "docs" / "examples" / "brushtail-full.yaml"
+
+INVALID = """\
+site: edge-a
+interface: sub0
+server_id: 198.18.0.1
+pools:
+  - name: residential
+    subnet: 198.18.0.0/16
+    ranges: ["198.18.1.0-198.18.1.255", "198.18.2.0-198.18.1.0"]
+    lease_tme: 3600
+"""
+INVALID_ERRORS = [
+    "pools[0].lease_tme: unknown key; did you mean 'lease_time'?",
+    "pools[0].ranges[1]: start 198.18.2.0 is after end 198.18.1.0",
+]
+
+
+@pytest.fixture
+def invalid(tmp_path: Path) -> Path:
+    path = tmp_path / "invalid.yaml"
+    path.write_text(INVALID)
+    return path
+
+
+def test_valid_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(EXAMPLE)]) == 0
+    out, err = capsys.readouterr()
+    # 198.18.1.0-198.18.255.254 holds 255 * 256 - 1 addresses, none reserved.
+    assert out == f"{EXAMPLE}: OK (1 pools, 65279 addresses)\n"
+    assert err == ""
+
+
+def test_full_example_counts_exclusions(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(FULL_EXAMPLE)]) == 0
+    # 127 * 256 + 128 * 256 - 1 residential, 253 business less 11 excluded.
+    assert capsys.readouterr().out == f"{FULL_EXAMPLE}: OK (3 pools, 65521 addresses)\n"
+
+
+def test_invalid_file_lists_every_error(invalid: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(invalid)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == INVALID_ERRORS
+
+
+def test_yaml_syntax_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("site: edge-a\npools: [\n")
+    assert main(["check-config", str(path)]) == 1
+    assert capsys.readouterr().err.startswith("line 3, column 1: invalid YAML: ")
+
+
+def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "absent.yaml"
+    assert main(["check-config", str(path)]) == 2
+    assert capsys.readouterr().err == f"{path}: cannot read: No such file or directory\n"
+
+
+def test_directory_instead_of_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"{tmp_path}: cannot read: Is a directory\n"
+
+
+@pytest.mark.parametrize("argv", [[], ["check-config"], ["no-such-command"]])
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "usage: brushtail" in capsys.readouterr().err
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    # sys.executable is the venv's python when run through .venv/bin/pytest; the repository
+    # goes on PYTHONPATH because the package is used from the source tree, not installed.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "brushtaild.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_subprocess_valid() -> None:
+    result = run("check-config", str(EXAMPLE))
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        f"{EXAMPLE}: OK (1 pools, 65279 addresses)\n",
+        "",
+    )
+
+
+def test_subprocess_invalid(invalid: Path) -> None:
+    result = run("check-config", str(invalid))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == INVALID_ERRORS
+
+
+def test_subprocess_missing(tmp_path: Path) -> None:
+    result = run("check-config", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2
+    assert "cannot read: No such file or directory" in result.stderr
