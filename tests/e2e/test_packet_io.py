@@ -127,9 +127,7 @@ def check_reply_frame(frame: bytes, *, dst_mac: bytes, src_mac: bytes, dst_ip: i
     assert frame[0:6] == dst_mac
     assert frame[6:12] == src_mac
     ip = frame[14:34]
-    ver_ihl, _tos, total, _id, frag, ttl, proto, _csum, src, dst = struct.unpack(
-        "!BBHHHBBHII", ip
-    )
+    ver_ihl, _tos, total, _id, frag, ttl, proto, _csum, src, dst = struct.unpack("!BBHHHBBHII", ip)
     assert (ver_ihl, ttl, proto, frag) == (0x45, 64, 17, 0)  # DF off, no options
     assert (src, dst) == (SERVER_IP, dst_ip)
     assert ones_sum(ip) == 0xFFFF, "bad IPv4 header checksum"
