@@ -178,22 +178,17 @@ def _fill_fields(items: list[bytes], capacities: list[int]) -> list[list[bytes]]
     """Place each item in the first field, in wire order, with room for it (first fit).
 
     Options of different codes may change order, which has no meaning, to pack the fields
-    tighter. Pieces of one split option must not: the receiver concatenates them in field
-    order (RFC 3396), so a piece never goes to a field before the previous piece's field.
+    tighter. Pieces of one split option keep theirs, as RFC 3396 concatenation needs: every
+    piece but the last is 257 bytes, which only the options field can hold.
     """
     fields: list[list[bytes]] = [[] for _ in capacities]
     rooms = list(capacities)
-    field_of_code: dict[int, int] = {}
     for item in items:
-        code = item[0]
-        for index in range(field_of_code.get(code, 0), len(rooms)):
-            if len(item) <= rooms[index]:
-                break
-        else:
+        index = next((i for i, room in enumerate(rooms) if len(item) <= room), None)
+        if index is None:
             raise MessageTooLarge(sum(map(len, items)), sum(capacities))
         fields[index].append(item)
         rooms[index] -= len(item)
-        field_of_code[code] = index
     return fields
 
 
