@@ -168,16 +168,24 @@ class Daemon:
                 self.metrics.count_drop(decision.drop)
                 self.drops.drop(decision.drop, f"mac={format_mac(msg.hwaddr)}", now)
             decisions.append(decision)
-        self._commit(decisions)
+        # Replies that change no lease (OFFER, NAK, INFORM) need not wait for the commit.
+        durable = [d for d in decisions if d.lease_writes or d.lease_deletes]
         for decision in decisions:
-            for reply in decision.replies:
-                self.io.send(reply.payload, reply.dest, reply.ingress)
-                self.metrics.count_reply(reply.message.message_type)
-            self._log_events(decision)
+            if not (decision.lease_writes or decision.lease_deletes):
+                self._send(decision)
+        self._commit(durable)
+        for decision in durable:
+            self._send(decision)
         elapsed = clock.ticks() - started
         for decision in decisions:
             if decision.replies:
                 self.metrics.latency.observe(elapsed)
+
+    def _send(self, decision: Decision) -> None:
+        for reply in decision.replies:
+            self.io.send(reply.payload, reply.dest, reply.ingress)
+            self.metrics.count_reply(reply.message.message_type)
+        self._log_events(decision)
 
     def _commit(self, decisions: list[Decision]) -> None:
         """Durably write a batch's lease changes. A store failure propagates and stops the
