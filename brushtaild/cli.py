@@ -8,12 +8,16 @@ not be read at all (argparse uses 2 for usage errors too).
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from brushtaild import __version__
+from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.engine.allocator import PoolAllocator
-from brushtaild.engine.config import ConfigError, load_config
+from brushtaild.engine.config import DEFAULT_CONFIG, ConfigError, load_config
+from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.store.lease_store import StoreError, read_snapshot
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -50,6 +54,57 @@ def _add_check_config(commands: "argparse._SubParsersAction[argparse.ArgumentPar
     parser.set_defaults(run=_check_config)
 
 
+def _leases(args: argparse.Namespace) -> int:
+    state_dir: Path | None = args.state_dir
+    if state_dir is None:
+        try:
+            state_dir = load_config(args.config).state_dir
+        except (ConfigError, OSError) as exc:
+            print(f"{args.config}: {exc}", file=sys.stderr)
+            return EXIT_UNREADABLE
+    try:
+        leases = read_snapshot(state_dir)
+    except StoreError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_UNREADABLE
+    now = time.time()
+    if not args.all:
+        leases = [lease for lease in leases if _is_current(lease, now)]
+    print(f"{'ADDRESS':<16} {'STATE':<9} {'EXPIRES IN':>10}  {'MAC':<17}  {'POOL':<12} CLIENT-ID")
+    for lease in leases:
+        remaining = f"{lease.expires - now:.0f}s" if lease.expires > now else "-"
+        print(
+            f"{format_ip(lease.address):<16} {_state_name(lease, now):<9} {remaining:>10}  "
+            f"{format_mac(lease.hwaddr):<17}  {lease.pool:<12} {lease.client_id.hex() or '-'}"
+        )
+    return EXIT_OK
+
+
+def _is_current(lease: Lease, now: float) -> bool:
+    return lease.state in (LeaseState.BOUND, LeaseState.DECLINED) and lease.expires > now
+
+
+def _state_name(lease: Lease, now: float) -> str:
+    # A bound lease past its expiry is expired even if the daemon has not rewritten it.
+    if lease.state is LeaseState.BOUND and lease.expires <= now:
+        return "expired"
+    return lease.state.name.lower()
+
+
+def _add_leases(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = commands.add_parser(
+        "leases",
+        help="list the leases in the lease store",
+        description="List leases from the lease store, read-only (safe while brushtaild "
+        "runs). By default only bound leases and quarantined addresses; --all adds released "
+        "and expired ones, which the server remembers to give clients their old address.",
+    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE")
+    parser.add_argument("--state-dir", type=Path, help="read this state dir, not the config's")
+    parser.add_argument("--all", action="store_true", help="include released and expired")
+    parser.set_defaults(run=_leases)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brushtail", description="Operate a brushtail DHCPv4 server."
@@ -57,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_check_config(commands)
+    _add_leases(commands)
     return parser
 
 

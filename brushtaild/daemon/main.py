@@ -21,14 +21,13 @@ from brushtaild.daemon.metrics import Metrics
 from brushtaild.dhcp.codec import parse
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
-from brushtaild.engine.config import Config, ConfigError, load_config
+from brushtaild.engine.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from brushtaild.engine.decisions import Decision, LeaseEvent
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO
 from brushtaild.store.lease_store import LeaseStore
 
-DEFAULT_CONFIG = Path("/etc/brushtail/brushtail.yaml")
 EX_CONFIG = 78  # sysexits.h; systemd shows it as "config" and does not restart-loop on it
 BATCH = 256
 # Upper bound on sleeping, so kernel drop counters and timers are looked at regularly.

@@ -19,6 +19,8 @@ import yaml
 T = TypeVar("T")
 
 
+DEFAULT_CONFIG = Path("/etc/brushtail/brushtail.yaml")
+
 @dataclass(frozen=True, slots=True)
 class AddressRange:
     first: int  # host-order IPv4, inclusive
@@ -106,7 +108,7 @@ _POOL_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
 _DNS_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 # Characters the kernel's dev_valid_name() refuses in an interface name, besides whitespace.
-_IFNAME_FORBIDDEN = frozenset("/:\0")
+_IFNAME_FORBIDDEN = frozenset("/:")
 _IFNAMSIZ = 16  # including the terminating NUL
 
 
@@ -302,14 +304,19 @@ class _Parser:
         text = self.string(value, where)
         if text is None:
             return None
-        size = len(text.encode())
-        if not 0 < size < _IFNAMSIZ:
-            self.fail(where, f"{text!r} must be 1-{_IFNAMSIZ - 1} bytes long")
-        elif text in (".", "..") or any(c in _IFNAME_FORBIDDEN or c.isspace() for c in text):
+        # Non-printable characters (control codes, lone surrogates from YAML escapes) are
+        # refused as well: the kernel would take some, but no operator means them.
+        if (
+            not text.isprintable()
+            or text in (".", "..")
+            or any(c in _IFNAME_FORBIDDEN or c.isspace() for c in text)
+        ):
             self.fail(
                 where,
                 f"{text!r} is not a valid interface name (no '/', ':', whitespace, '.' or '..')",
             )
+        elif not 0 < len(text.encode()) < _IFNAMSIZ:
+            self.fail(where, f"{text!r} must be 1-{_IFNAMSIZ - 1} bytes long")
         else:
             return text
         return None

@@ -121,21 +121,7 @@ class LeaseStore:
 
     def load(self) -> list[Lease]:
         """Every stored lease, in address order."""
-        conn = self._connection()
-        try:
-            rows = conn.execute(_SELECT_ALL).fetchall()
-        except sqlite3.Error as e:
-            raise StoreError(f"lease store {self.path}: load failed: {_describe(e)}") from e
-        try:
-            return [
-                Lease(address, client_id, hwaddr, pool, _STATES[state], expires, updated)
-                for address, client_id, hwaddr, pool, state, expires, updated in rows
-            ]
-        except KeyError as e:
-            raise StoreError(
-                f"lease store {self.path}: unknown lease state {e.args[0]!r}; "
-                "written by a newer brushtaild?"
-            ) from e
+        return _select_all(self._connection(), self.path)
 
     def apply(self, writes: Sequence[Lease], deletes: Sequence[int]) -> None:
         """Upsert `writes` and delete the addresses in `deletes` in one transaction, and
@@ -202,6 +188,39 @@ class LeaseStore:
         if self._conn is None:
             raise StoreError(f"lease store {self.path} is closed")
         return self._conn
+
+
+def read_snapshot(state_dir: Path) -> list[Lease]:
+    """Every stored lease, read without taking the lock: for operators' tools, while the
+    daemon runs. WAL lets this reader see the last committed state without blocking it."""
+    path = state_dir / DB_NAME
+    if not path.exists():
+        raise StoreError(f"no lease store at {path}")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open lease store {path}: {_describe(e)}") from e
+    try:
+        return _select_all(conn, path)
+    finally:
+        conn.close()
+
+
+def _select_all(conn: sqlite3.Connection, path: Path) -> list[Lease]:
+    try:
+        rows = conn.execute(_SELECT_ALL).fetchall()
+    except sqlite3.Error as e:
+        raise StoreError(f"lease store {path}: load failed: {_describe(e)}") from e
+    try:
+        return [
+            Lease(address, client_id, hwaddr, pool, _STATES[state], expires, updated)
+            for address, client_id, hwaddr, pool, state, expires, updated in rows
+        ]
+    except KeyError as e:
+        raise StoreError(
+            f"lease store {path}: unknown lease state {e.args[0]!r}; "
+            "written by a newer brushtaild?"
+        ) from e
 
 
 def _rows(writes: Sequence[Lease]) -> Iterator[tuple[int, bytes, bytes, str, int, float, float]]:
