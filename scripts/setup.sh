@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 machine (as root) to build, run and test brushtail. Idempotent: a
+# second run changes nothing and skips apt when every package is already installed.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+WORK=$(mktemp -d /tmp/brushtail-setup.XXXXXX)
+LOG=$WORK/log
+trap 'rm -rf "$WORK"' EXIT
+
+# Runtime libraries come from Debian so BCC (python3-bpfcc exists only there) and its
+# neighbours share one interpreter, /usr/bin/python3; the test tools go into the venv.
+PACKAGES=(
+    python3 python3-venv python3-pip
+    python3-yaml python3-prometheus-client python3-systemd python3-pyroute2
+    python3-bpfcc bpfcc-tools python3-openssl python3-cryptography
+    iproute2 isc-dhcp-client udhcpc kea-admin kea-dhcp4-server tcpdump util-linux
+)
+PIP_TOOLS=(pytest pytest-timeout hypothesis ruff mypy types-PyYAML)
+# Steps send their chatter to a log shown only on failure; fd 3 is the terminal.
+exec 3>&1
+
+step() {
+    local name=$1 rc=0
+    shift
+    echo "==> $name"
+    # A subshell outside any `if`/`||`, so set -e really stops the step at its first
+    # failing command (bash ignores -e in functions called from a condition).
+    set +e
+    (
+        set -e
+        "$@"
+    ) >"$LOG" 2>&1
+    rc=$?
+    set -e
+    if [ $rc -ne 0 ]; then
+        echo "setup.sh: step '$name' failed (exit $rc); its output:" >&2
+        tail -n 40 "$LOG" >&2
+        exit 1
+    fi
+}
+
+missing_packages() {
+    local pkg
+    for pkg in "$@"; do
+        if ! dpkg-query -W -f '${db:Status-Status}' "$pkg" 2>/dev/null | grep -qx installed; then
+            echo "$pkg"
+        fi
+    done
+}
+
+apt_update() {
+    # Steps run in subshells, so a marker file remembers that the lists are fresh.
+    if [ ! -e "$WORK/apt-updated" ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        touch "$WORK/apt-updated"
+    fi
+}
+
+apt_install() {
+    local missing
+    mapfile -t missing < <(missing_packages "$@")
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "    installing: ${missing[*]}" >&3
+    # No maintainer script may start a service while we install (kea-dhcp4-server would):
+    # policy-rc.d answering 101 is Debian's switch for that, for SysV and systemd alike.
+    # Steps run in their own subshell, so the EXIT trap removes the file when this one ends.
+    local policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt_update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+keep_kea_stopped() {
+    # kea-dhcp4-server is only a benchmark peer that tests start by hand in a namespace; a
+    # host-wide instance would answer on every interface.
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now kea-dhcp4-server
+    elif [ -x /etc/init.d/kea-dhcp4-server ]; then
+        update-rc.d kea-dhcp4-server disable
+        if /etc/init.d/kea-dhcp4-server status; then
+            /etc/init.d/kea-dhcp4-server stop
+        fi
+    fi
+}
+
+kernel_headers() {
+    local release modules
+    release=$(uname -r)
+    modules=/lib/modules/$release
+    if [ -e "$modules/build/Makefile" ]; then
+        return 0
+    fi
+    # BCC compiles against the running kernel's headers. Custom kernels (VMs, CI sandboxes)
+    # have no matching package; Debian's own headers are the closest usable set.
+    apt_update
+    if apt-cache show "linux-headers-$release" >/dev/null 2>&1; then
+        apt_install "linux-headers-$release"
+        return 0
+    fi
+    apt_install linux-headers-amd64
+    local build common
+    build=$(find /usr/src -maxdepth 1 -name 'linux-headers-*-amd64' -type d | sort -V | tail -n 1)
+    common=${build%-amd64}-common
+    if [ -z "$build" ] || [ ! -d "$common" ]; then
+        echo "no linux-headers-*-amd64 with a matching -common under /usr/src" >&2
+        exit 1
+    fi
+    mkdir -p "$modules"
+    ln -sfn "$build" "$modules/build"
+    ln -sfn "$common" "$modules/source"
+}
+
+mount_bpffs() {
+    mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+}
+
+make_venv() {
+    local cfg=.venv/pyvenv.cfg
+    # Only a venv over Debian's interpreter, with its site-packages visible, can import bcc.
+    if [ -f "$cfg" ] && grep -qx 'home = /usr/bin' "$cfg" &&
+        grep -qx 'include-system-site-packages = true' "$cfg"; then
+        return 0
+    fi
+    rm -rf .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv
+}
+
+pip_tools() {
+    .venv/bin/python -m pip install -q "${PIP_TOOLS[@]}"
+}
+
+pip_project() {
+    # Already editable from this checkout: nothing to do (a rebuild would only cost time).
+    if .venv/bin/python -m pip show -f brushtaild 2>/dev/null | grep -q "$REPO"; then
+        return 0
+    fi
+    .venv/bin/python -m pip install -q -e .
+}
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh must run as root (try: sudo bash scripts/setup.sh)" >&2
+    exit 1
+fi
+
+# Setup runs may overlap (several checkouts, CI); apt and the venv take one at a time.
+exec 9>/run/lock/brushtail-setup.lock
+flock 9
+
+step "Debian packages" apt_install "${PACKAGES[@]}"
+step "kea-dhcp4-server service off" keep_kea_stopped
+step "kernel headers for BCC" kernel_headers
+step "bpffs on /sys/fs/bpf" mount_bpffs
+step "venv .venv (/usr/bin/python3, system site-packages)" make_venv
+step "test tools in .venv" pip_tools
+step "brushtaild editable in .venv" pip_project
+echo "==> setup done"
