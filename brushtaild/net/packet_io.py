@@ -8,7 +8,8 @@ filter runs in the kernel so we are only woken for IPv4 UDP to port 67 that was 
 to this host (unicast to our MAC or broadcast); everything else, including frames the
 interface only sees because it is promiscuous, never leaves the kernel.
 PACKET_IGNORE_OUTGOING keeps our own transmissions, notably relay replies to port 67, from
-looping back into the socket.
+looping back into the socket; the filter's packet-type check would reject them as well, but
+only after the kernel had cloned each one for us.
 
 The socket is bound with ETH_P_ALL rather than ETH_P_IP because only the ETH_P_ALL taps
 run on the parent interface before VLAN demultiplexing; that is where 802.1Q/QinQ support

@@ -243,12 +243,16 @@ def test_filter_keeps_other_traffic_in_the_kernel(link: Link) -> None:
     server_mac = link.server_mac
     # Promiscuous, the veth also delivers frames for other MACs: those must not reach us.
     link.run_in(link.server_ns, ["ip", "link", "set", netns.SERVER_IF, "promisc", "on"])
+    tagged = udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac))
     noise = [
         udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac), dport=68),
         udp_frame(mac, bytes.fromhex("020000000099"), 0, BROADCAST_IP, discover(mac)),
         udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac), proto=6),
         udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac), frag=0x0010),
         BROADCAST_MAC + mac + b"\x08\x06" + bytes(28),  # ARP
+        # 802.1Q VLAN 100: the kernel moves the tag out of band, leaving what looks like an
+        # untagged DISCOVER; only the filter's tag check keeps it out.
+        tagged[:12] + b"\x81\x00\x00\x64" + tagged[12:],
     ]
     last = discover(mac, xid=42)
     with server_io(link) as io, client_raw(link) as cli:
@@ -323,3 +327,21 @@ def test_reply_for_another_interface_is_refused(link: Link) -> None:
         ingress = Ingress(io.ifindex + 1, link.client_mac, 0, BROADCAST_IP)
         with pytest.raises(ValueError, match="sub0"):
             io.send(b"x", Destination(DestKind.BROADCAST, BROADCAST_IP, 68), ingress)
+
+
+def test_overflow_is_counted_as_kernel_drops(link: Link) -> None:
+    mac = link.client_mac
+    frame = udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac))
+    sent = 20_000
+    with server_io(link) as io, client_raw(link) as cli:
+        for _ in range(sent):
+            cli.send(frame)
+        drops = io.kernel_drops()
+        assert io.kernel_drops() == 0, "the counter resets on each read"
+        queued = 0
+        while batch := io.receive_batch(1024)[0]:
+            queued += len(batch)
+    assert drops > 0
+    assert queued + drops <= sent
+    # The default 208 KiB buffer holds a few hundred of these; 4 MiB holds thousands.
+    assert queued > 2_000
