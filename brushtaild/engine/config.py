@@ -18,8 +18,9 @@ import yaml
 
 T = TypeVar("T")
 
-
+# Where brushtaild and brushtail read the configuration when not given --config.
 DEFAULT_CONFIG = Path("/etc/brushtail/brushtail.yaml")
+
 
 @dataclass(frozen=True, slots=True)
 class AddressRange:

@@ -379,6 +379,11 @@ def test_missing_file_is_an_os_error_not_a_config_error(tmp_path: Path) -> None:
         ),
         (
             "interface",
+            "sub\ud800",
+            "'sub\\ud800' is not a valid interface name (no '/', ':', whitespace, '.' or '..')",
+        ),
+        (
+            "interface",
             "sub 0",
             "'sub 0' is not a valid interface name (no '/', ':', whitespace, '.' or '..')",
         ),
@@ -621,6 +626,7 @@ SCALARS = (
     | st.integers()
     | st.floats()
     | st.text(max_size=12)
+    | st.text(st.characters(exclude_categories=()), max_size=4)  # lone surrogates too
     | st.sampled_from(
         ["198.18.0.1", "198.18.0.0/16", "198.18.1.0-198.18.1.9", "[::1]:1", "sub0", "edge-a"]
     )
