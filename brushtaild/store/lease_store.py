@@ -207,19 +207,30 @@ def read_snapshot(state_dir: Path) -> list[Lease]:
 
 
 def _select_all(conn: sqlite3.Connection, path: Path) -> list[Lease]:
-    try:
-        rows = conn.execute(_SELECT_ALL).fetchall()
-    except sqlite3.Error as e:
-        raise StoreError(f"lease store {path}: load failed: {_describe(e)}") from e
+    # Every row carries its own copy of its pool name; sharing one str per name saves
+    # ~60 MB at 1M leases. Building straight from the cursor, not from fetchall(), avoids
+    # holding 1M row tuples and 1M Leases at once.
+    pools: dict[str, str] = {}
     try:
         return [
-            Lease(address, client_id, hwaddr, pool, _STATES[state], expires, updated)
-            for address, client_id, hwaddr, pool, state, expires, updated in rows
+            Lease(
+                address,
+                client_id,
+                hwaddr,
+                pools.setdefault(pool, pool),
+                _STATES[state],
+                expires,
+                updated,
+            )
+            for address, client_id, hwaddr, pool, state, expires, updated in conn.execute(
+                _SELECT_ALL
+            )
         ]
+    except sqlite3.Error as e:
+        raise StoreError(f"lease store {path}: load failed: {_describe(e)}") from e
     except KeyError as e:
         raise StoreError(
-            f"lease store {path}: unknown lease state {e.args[0]!r}; "
-            "written by a newer brushtaild?"
+            f"lease store {path}: unknown lease state {e.args[0]!r}; written by a newer brushtaild?"
         ) from e
 
 

@@ -228,3 +228,12 @@ def test_use_after_close_raises_store_error(tmp_path: Path) -> None:
         store.apply([lease(1)], [])
     with pytest.raises(StoreError, match="closed"):
         store.load()
+
+
+def test_unknown_state_on_disk_is_a_store_error(tmp_path: Path) -> None:
+    with LeaseStore.open(tmp_path) as store:
+        store.apply([lease(1)], [])
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        conn.execute("UPDATE lease SET state = 99")
+    with LeaseStore.open(tmp_path) as store, pytest.raises(StoreError, match="unknown lease state"):
+        store.load()
