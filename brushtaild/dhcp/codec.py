@@ -204,9 +204,12 @@ def encode(msg: Message, max_size: int = MIN_MAX_SIZE) -> bytes:
     Raises `MessageTooLarge` when the options do not fit even with sname and file carrying
     options, so the caller can drop optional ones and retry.
     """
-    for name, value, size in (("sname", msg.sname, _SNAME_LEN), ("file", msg.file, _FILE_LEN)):
-        if len(value) > size:
-            raise ValueError(f"{name} is {len(value)} bytes, the field holds {size}")
+    # struct would silently cut a too-long boot file name from the configuration.
+    if len(msg.sname) > _SNAME_LEN or len(msg.file) > _FILE_LEN:
+        raise ValueError(
+            f"sname/file are {len(msg.sname)}/{len(msg.file)} bytes, "
+            f"the fields hold {_SNAME_LEN}/{_FILE_LEN}"
+        )
     limit = max(max_size, MIN_MAX_SIZE)
     items = _option_items(msg.options)
     options_room = limit - OPTIONS_OFFSET - len(_END_BYTE)

@@ -108,7 +108,7 @@ def respond(ifname: str) -> None:
         answer = answers.get(request.message_type) if request.message_type else None
         if answer is None:
             continue
-        options = {
+        options: dict[int, bytes] = {
             OptionCode.MESSAGE_TYPE: bytes((answer,)),
             OptionCode.SERVER_ID: ip(parse_ip(SERVER_IP)),
             OptionCode.LEASE_TIME: u32(600),
@@ -128,7 +128,7 @@ def respond(ifname: str) -> None:
             yiaddr=parse_ip(OFFERED_IP),
             siaddr=parse_ip(SERVER_IP),
             chaddr=request.chaddr,
-            options={int(code): value for code, value in options.items()},
+            options=options,
         )
         if request.giaddr:
             sock.sendto(encode(reply), (format_ip(request.giaddr), 67))
