@@ -7,6 +7,7 @@ not be read at all (argparse uses 2 for usage errors too).
 """
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -119,7 +120,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     run: Handler = args.run
-    return run(args)
+    try:
+        return run(args)
+    except BrokenPipeError:
+        # `brushtail leases | head`: the reader has all it wanted. Point stdout at /dev/null
+        # so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

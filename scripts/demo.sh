@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The brushtail demo: a subscriber link in network namespaces, brushtaild serving it, and
+# real DHCP clients (ISC dhclient, busybox udhcpc, Kea's perfdhcp as a relay) getting,
+# renewing and releasing leases. Run as root on Debian 12: `sudo bash scripts/demo.sh`.
+# Everything it creates is named bt-demo-* and removed on exit, even on failure or ^C.
+#
+#   bt-demo-srv            bt-demo-sw                         subscribers
+#   [brushtaild]--sub0 ==== up0--[br0]--p1 ==== eth0 [bt-demo-cpe1: dhclient]
+#    198.18.0.1/16                   |--p2 ==== eth0 [bt-demo-cpe2: udhcpc]
+#                                    `--p3 ==== eth0 [bt-demo-relay: perfdhcp, 198.18.0.2]
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+LEASE_TIME=${LEASE_TIME:-60}  # short, so dhclient renews (at T1 = 50%) during the demo
+ns_srv=bt-demo-srv ns_sw=bt-demo-sw ns_cpe1=bt-demo-cpe1 ns_cpe2=bt-demo-cpe2 ns_relay=bt-demo-relay
+all_ns=("$ns_srv" "$ns_sw" "$ns_cpe1" "$ns_cpe2" "$ns_relay")
+work=$(mktemp -d /tmp/brushtail-demo.XXXXXX)
+python=$repo/.venv/bin/python
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+fail() { printf '\n\033[1;31mdemo failed: %s\033[0m\n' "$*" >&2; exit 1; }
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+# wait_for FILE PATTERN SECONDS: until a line of FILE matches PATTERN.
+wait_for() {
+    local deadline=$((SECONDS + $3))
+    until grep -q "$2" "$1" 2>/dev/null; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.1
+    done
+}
+
+remove_namespaces() {
+    for ns in "${all_ns[@]}"; do
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill -TERM 2>/dev/null
+    done
+    sleep 0.5
+    for ns in "${all_ns[@]}"; do
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+        ip netns del "$ns" 2>/dev/null
+    done
+}
+cleanup() {
+    set +e
+    remove_namespaces
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [[ $EUID -ne 0 ]]; then
+    echo "demo.sh needs root (network namespaces): sudo bash scripts/demo.sh" >&2
+    exit 1
+fi
+
+step "Installing what the demo needs (Debian packages, BCC headers, venv)"
+bash scripts/setup.sh
+
+step "Building the subscriber link in network namespaces"
+remove_namespaces 2>/dev/null || true  # left over from an interrupted run
+for ns in "${all_ns[@]}"; do
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    in_ns "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+done
+ip link add sub0 netns "$ns_srv" type veth peer name up0 netns "$ns_sw"
+ip -n "$ns_sw" link add br0 type bridge
+ip -n "$ns_sw" link set up0 master br0
+for i in 1 2 3; do
+    peer=$([[ $i == 3 ]] && echo "$ns_relay" || echo "bt-demo-cpe$i")
+    ip link add "p$i" netns "$ns_sw" type veth peer name eth0 netns "$peer"
+    ip -n "$ns_sw" link set "p$i" master br0 up
+    ip -n "$peer" link set eth0 up
+done
+ip -n "$ns_sw" link set up0 up
+ip -n "$ns_sw" link set br0 up
+ip -n "$ns_srv" addr add 198.18.0.1/16 dev sub0
+ip -n "$ns_srv" link set sub0 up
+ip -n "$ns_relay" addr add 198.18.0.2/16 dev eth0
+echo "server sub0 198.18.0.1/16; subscribers cpe1, cpe2 and a relay on one bridged link"
+
+step "Starting brushtaild (lease time ${LEASE_TIME}s)"
+cat >"$work/brushtail.yaml" <<EOF
+site: demo
+interface: sub0
+server_id: 198.18.0.1
+state_dir: $work/state
+pools:
+  - name: residential
+    subnet: 198.18.0.0/16
+    ranges: ["198.18.1.0-198.18.255.254"]
+    routers: [198.18.0.1]
+    dns_servers: [198.18.0.1]
+    lease_time: $LEASE_TIME
+EOF
+"$python" -m brushtaild.cli check-config "$work/brushtail.yaml"
+in_ns "$ns_srv" "$python" -m brushtaild --config "$work/brushtail.yaml" >"$work/brushtaild.log" 2>&1 &
+tail -n +1 -f "$work/brushtaild.log" --pid=$$ 2>/dev/null | sed -u 's/^/  brushtaild: /' &
+wait_for "$work/brushtaild.log" "started" 20 || fail "brushtaild did not start"
+
+step "cpe1: ISC dhclient gets a lease"
+dh=(dhclient -4 -v -sf "$repo/tests/e2e/dhclient-script.sh" -e "BT_EVENTS=$work/cpe1.events"
+    -lf "$work/cpe1.leases" -pf "$work/cpe1.pid" eth0)
+in_ns "$ns_cpe1" "${dh[@]}" -d >"$work/dhclient.log" 2>&1 &
+wait_for "$work/cpe1.events" BOUND 15 || fail "dhclient got no lease"
+echo "cpe1 eth0: $(ip -n "$ns_cpe1" -4 -br addr show dev eth0)"
+
+step "cpe2: busybox udhcpc gets a lease, then renews it (SIGUSR1: unicast REQUEST)"
+# Not through in_ns: $! must be udhcpc itself, which the signals below are for.
+ip netns exec "$ns_cpe2" env BT_EVENTS="$work/cpe2.events" \
+    udhcpc -f -i eth0 -s "$repo/tests/e2e/udhcpc-script.sh" -t 5 -T 1 >"$work/udhcpc.log" 2>&1 &
+udhcpc_pid=$!
+wait_for "$work/cpe2.events" bound 15 || fail "udhcpc got no lease"
+echo "cpe2 eth0: $(ip -n "$ns_cpe2" -4 -br addr show dev eth0)"
+sleep 1
+kill -USR1 "$udhcpc_pid"
+wait_for "$work/cpe2.events" renew 5 || fail "udhcpc did not renew"
+echo "cpe2 events: $(tr '\n' ';' <"$work/cpe2.events")"
+
+step "relay: perfdhcp sends 100 relayed clients through giaddr 198.18.0.2"
+in_ns "$ns_relay" perfdhcp -4 -l eth0 -r 50 -R 100 -n 100 -W 1000000 198.18.0.1 \
+    >"$work/perfdhcp.txt" 2>&1 || true  # exit 3 only means some exchange was not answered
+grep -E '^(Rate|\*\*\*Statistics for|sent packets|received packets|drops:)' "$work/perfdhcp.txt" |
+    sed 's/^/  perfdhcp: /'
+grep -q '^received packets: [1-9]' "$work/perfdhcp.txt" || fail "perfdhcp got no answer"
+
+step "cpe1: waiting for dhclient to renew on its own at T1 ($((LEASE_TIME / 2))s)"
+wait_for "$work/cpe1.events" RENEW $((LEASE_TIME / 2 + 10)) || fail "dhclient did not renew"
+echo "cpe1 events: $(tr '\n' ';' <"$work/cpe1.events")"
+
+step "Both subscribers release their leases"
+kill -USR2 "$udhcpc_pid"
+in_ns "$ns_cpe1" "${dh[@]}" -r >/dev/null 2>&1
+sleep 0.5
+
+step "What the server counted (Prometheus, 127.0.0.1:9967 in the server namespace)"
+in_ns "$ns_srv" "$python" - <<'EOF'
+import urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:9967/metrics", timeout=5).read().decode()
+for line in text.splitlines():
+    if line.startswith(("dhcp_slowpath_requests_total{", "dhcp_pool_addresses",
+                        "dhcp_lease_writes_total ", "dhcp_lease_commit_seconds_count")):
+        if not line.endswith(" 0.0"):
+            print("  " + line)
+EOF
+
+step "Stopping brushtaild (SIGTERM); the leases stay on disk"
+ip netns pids "$ns_srv" | xargs -r kill -TERM
+sleep 1
+"$python" -m brushtaild.cli leases --all --state-dir "$work/state" | head -8
+echo
+echo "Demo complete: dhclient and udhcpc got, renewed and released leases on the slow path."
