@@ -3,11 +3,14 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from brushtaild.cli import main
+from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.store.lease_store import LeaseStore
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "docs" / "examples" / "brushtail.yaml"
@@ -118,3 +121,26 @@ def test_subprocess_missing(tmp_path: Path) -> None:
     result = run("check-config", str(tmp_path / "absent.yaml"))
     assert result.returncode == 2
     assert "cannot read: No such file or directory" in result.stderr
+
+
+def test_leases_lists_current_leases_while_the_store_is_open(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = time.time()
+    bound = Lease(0xC6120105, b"\x01" + bytes(range(6)), bytes(range(6)), "residential",
+                  LeaseState.BOUND, now + 600, now)  # fmt: skip
+    released = Lease(0xC6120106, b"\x01abcdef", b"abcdef", "residential",
+                     LeaseState.RELEASED, now, now)  # fmt: skip
+    with LeaseStore.open(tmp_path) as store:  # held open, as the daemon does
+        store.apply([bound, released], [])
+        assert main(["leases", "--state-dir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert "198.18.1.5" in out and "bound" in out and "00:01:02:03:04:05" in out
+        assert "198.18.1.6" not in out
+        assert main(["leases", "--all", "--state-dir", str(tmp_path)]) == 0
+        assert "198.18.1.6       released" in capsys.readouterr().out
+
+
+def test_leases_without_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["leases", "--state-dir", str(tmp_path)]) == 2
+    assert "no lease store" in capsys.readouterr().err
