@@ -15,7 +15,7 @@ PACKAGES=(
     python3 python3-venv python3-pip
     python3-yaml python3-prometheus-client python3-systemd python3-pyroute2
     python3-bpfcc bpfcc-tools python3-openssl python3-cryptography
-    iproute2 isc-dhcp-client udhcpc kea-admin kea-dhcp4-server tcpdump util-linux
+    iproute2 isc-dhcp-client udhcpc kea-admin kea-dhcp4-server tcpdump util-linux strace
 )
 PIP_TOOLS=(pytest pytest-timeout hypothesis ruff mypy types-PyYAML)
 # Steps send their chatter to a log shown only on failure; fd 3 is the terminal.

@@ -26,9 +26,10 @@ from brushtaild.engine.decisions import Decision, LeaseEvent
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO
-from brushtaild.store.lease_store import LeaseStore
+from brushtaild.store.lease_store import LeaseStore, StoreError
 
 EX_CONFIG = 78  # sysexits.h; systemd shows it as "config" and does not restart-loop on it
+EXIT_START_FAILED = 1
 BATCH = 256
 # Upper bound on sleeping, so kernel drop counters and timers are looked at regularly.
 IDLE_WAKEUP = 1.0
@@ -243,7 +244,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot read config %s: %s", args.config, exc.strerror or exc)
         return EX_CONFIG
     logging.getLogger().setLevel(config.log_level.upper())
-    return Daemon(config, args.config).run()
+    try:
+        daemon = Daemon(config, args.config)
+    except (OSError, StoreError) as exc:
+        # A missing interface, a locked or unreadable state dir: say which, no traceback.
+        log.error("cannot start: %s", exc)
+        return EXIT_START_FAILED
+    return daemon.run()
 
 
 if __name__ == "__main__":

@@ -170,3 +170,29 @@ def test_sigkill_loses_no_acknowledged_lease(
         )  # fmt: skip
     again = dict(line.split() for line in replayed.read_text().splitlines())
     assert again == dict(acked)
+
+
+def test_start_failures_are_one_clear_line(link: Link, tmp_path: Path) -> None:
+    first = Brushtaild(link, tmp_path)
+    with first.start():
+        # A second daemon on the same state dir must refuse, naming the holder.
+        second = link.run_in(
+            link.server_ns,
+            [PYTHON, "-m", "brushtaild", "--config", str(first.config_file)],
+            check=False,
+        )
+        assert second.returncode == 1
+        assert "cannot start: state dir" in second.stderr and "locked by pid" in second.stderr
+        assert "Traceback" not in second.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    missing = Brushtaild(link, other)
+    missing.config_file.write_text(
+        missing.config_file.read_text().replace("interface: sub0", "interface: nosuch0")
+    )
+    done = link.run_in(
+        link.server_ns,
+        [PYTHON, "-m", "brushtaild", "--config", str(missing.config_file)],
+        check=False,
+    )
+    assert done.returncode == 1 and "nosuch0" in done.stderr and "Traceback" not in done.stderr
