@@ -8,24 +8,30 @@ acts as a relay from 198.18.0.2, so every server answers to giaddr:67. Per serve
 1. probe: a few exchanges until the server answers (it is never loaded before that);
 2. latency: new clients at a light rate (--light-rate, default 25/s) for --duration seconds,
    DISCOVER-OFFER and REQUEST-ACK delays from perfdhcp's per-packet timestamps (-x t);
-3. throughput: new clients offered at --rate (default 20000/s, more than any server here
-   takes) for --duration seconds; DORA/s = ACKs received / duration.
+3. with --capacity: the highest paced rate at which >= 97.5% of exchanges complete,
+   bracketed in at most 6 steps of --capacity-step seconds;
+4. overload: new clients offered at --rate (default 20000/s, more than any server here
+   takes; 0 = no -r, as fast as perfdhcp can) for --duration seconds; DORA/s = ACKs
+   received / duration.
 
-Every exchange is a new client (-R 4294967295, perfdhcp's largest client count). Runs are
-interleaved (run 1 of every server, then run 2, ...) so load from other tenants of the
-machine hits all servers alike. Figures are medians over --runs with the range.
+Every exchange is a new client: perfdhcp numbers clients from a base MAC, and each call
+gets its own base (-b), so no phase renews the clients of another. Runs are interleaved
+(run 1 of every server, then run 2, ...) so load from other tenants of the machine hits
+all servers alike. Figures are medians over --runs with the range. The server's and
+perfdhcp's CPU time and time spent waiting for a CPU (/proc schedstat) are recorded, so a
+run starved by other tenants shows as such.
 
 For brushtail the Prometheus endpoint (127.0.0.1:9967 in the server namespace) is scraped
-before and after the throughput phase: durable commits vs lease writes (the group-commit
+before and after the overload phase: durable commits vs lease writes (the group-commit
 factor) and the slow-path latency histogram. The daemon is then SIGKILLed, not stopped, and
 its SQLite file opened: BOUND rows must be >= the ACKs perfdhcp received over all phases.
 
 Run as root from the checkout (peers that are not installed are skipped):
 
     /work/main/.venv/bin/python bench/slowpath.py [--runs 3] [--duration 10] \
-        [--servers brushtail,kea,dnsmasq,dhcpd] [--profile]
+        [--servers brushtail,kea,dnsmasq,dhcpd] [--capacity] [--profile]
 
---profile adds one brushtail throughput run (not counted in the table) with py-spy
+--profile adds one brushtail overload phase (not counted in the table) with py-spy
 recording the daemon (pip install py-spy into the venv) and reports its hot spots.
 The report goes to stdout and to bench/results/slowpath-<date>.md (plus .json raw data).
 """
@@ -33,11 +39,11 @@ The report goes to stdout and to bench/results/slowpath-<date>.md (plus .json ra
 import argparse
 import contextlib
 import datetime as dt
+import itertools
 import json
 import math
 import os
 import platform
-import random
 import re
 import shutil
 import signal
@@ -71,8 +77,8 @@ POOL_FIRST = "198.18.1.0"
 POOL_LAST = "198.19.255.254"
 POOL_SIZE = (2 << 16) - 256 - 1  # 198.18.1.0 .. 198.19.255.254
 LEASE_TIME = 3600
-# perfdhcp draws each exchange's MAC at random among -R clients: the largest value makes
-# repeats negligible (about n^2 / 2^33: ~0.1 for 30,000 exchanges).
+# perfdhcp gives each exchange the next MAC after a base until -R clients are used, then
+# starts over: the largest -R means no exchange of a call reuses a client.
 CLIENTS = 4294967295
 METRICS_URL = "http://127.0.0.1:9967/metrics"
 EXIT_WAIT_US = 1_000_000  # perfdhcp -W: keep listening 1 s after the last send
@@ -272,7 +278,7 @@ class LoadStats:
     wait_pct: float | None = None
 
 
-_seeds = random.SystemRandom()
+_mac_bases = itertools.count()
 
 
 def perfdhcp(
@@ -280,15 +286,17 @@ def perfdhcp(
 ) -> tuple[PerfdhcpResult, str, LoadStats]:
     """Run perfdhcp as a relay from the client namespace, pinned to CLIENT_CPU.
 
-    Each call gets a fresh random seed (-s): with perfdhcp's default (no seed) every call
-    draws the same MAC sequence, so a later phase would renew the clients of an earlier one
-    instead of bringing new ones.
+    perfdhcp numbers its clients from a base MAC (00:0c:01:02:03:04 unless -b), one new
+    MAC per exchange, so every call would start over with the clients of the one before
+    and a later phase would renew them instead of bringing new ones: each call gets its own
+    base, 02:bd:NN:00:00:00 (locally administered), room for 2^24 clients.
     """
+    base = f"mac=02:bd:{next(_mac_bases) % 256:02x}:00:00:00"
     argv = [
         "ip", "netns", "exec", link.client_ns,
         "taskset", "-c", CLIENT_CPU, "perfdhcp", "-4", "-l", CLIENT_IF,
         *(["-r", str(rate)] if rate else []),  # no -r: as fast as perfdhcp can send
-        "-R", str(CLIENTS), "-s", str(_seeds.randint(1, 2**31 - 1)),
+        "-R", str(CLIENTS), "-b", base,
         "-p", str(duration), "-W", str(EXIT_WAIT_US), *extra, SERVER_IP,
     ]  # fmt: skip
     with tempfile.TemporaryFile() as out:
@@ -917,7 +925,8 @@ def report(
         f"offered at {offered} for {args.duration} s; DORA/s = ACKs received / {args.duration} "
         "s; answered = ACKs / DISCOVERs sent; server CPU = its on-CPU time, and waiting = "
         "time it was runnable while other processes held its CPU, both per wall second of "
-        "the phase (the same for perfdhcp, the load generator); socket drops = receive-queue overflows of the socket it reads. "
+        "the phase (the same for perfdhcp, the load generator); socket drops = "
+        "receive-queue overflows of the socket it reads. "
         f"**Light load**: new clients at {args.light_rate}/s for {args.duration} s, median "
         "(perfdhcp's avg) of the per-exchange delays printed by `perfdhcp -x t`, in ms.",
         "",
