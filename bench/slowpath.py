@@ -9,7 +9,7 @@ acts as a relay from 198.18.0.2, so every server answers to giaddr:67. Per serve
 2. latency: new clients at a light rate (--light-rate, default 25/s) for --duration seconds,
    DISCOVER-OFFER and REQUEST-ACK delays from perfdhcp's per-packet timestamps (-x t);
 3. with --capacity: the highest paced rate at which >= 97.5% of exchanges complete,
-   bracketed in at most 6 steps of --capacity-step seconds;
+   bracketed in at most 5 steps of --capacity-step seconds;
 4. overload: new clients offered at --rate (default 20000/s, more than any server here
    takes; 0 = no -r, as fast as perfdhcp can) for --duration seconds; DORA/s = ACKs
    received / duration.
@@ -86,9 +86,9 @@ DRAIN_TIMEOUT = 20.0
 # Capacity search (--capacity): the highest paced offered rate at which at least 97.5% of
 # the DISCOVERs sent end in an ACK, ISC's criterion for its Kea performance reports.
 CAPACITY_OK = 0.975
-CAPACITY_START = 200
+CAPACITY_START = 400
 CAPACITY_MAX = 40000
-CAPACITY_STEPS = 6
+CAPACITY_STEPS = 5
 
 PEER_BINARIES = {
     "kea": "kea-dhcp4",
@@ -125,6 +125,7 @@ class Throughput:
     socket_drops: int | None  # receive-queue overflows of the socket the server reads
     perfdhcp_cpu_pct: float | None  # the load generator's own CPU use and wait
     perfdhcp_wait_pct: float | None
+    steal_pct: float | None  # of the server's CPU, taken by the hypervisor
     dora_per_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -170,7 +171,8 @@ class RunResult:
     run: int
     throughput: Throughput | None = None
     latency: Latency | None = None
-    brushtail: BrushtailStats | None = None
+    brushtail: BrushtailStats | None = None  # overload phase
+    brushtail_light: BrushtailStats | None = None  # light-load phase
     capacity: float | None = None  # highest paced rate with >= CAPACITY_OK answered
     capacity_steps: list[tuple[int, float]] = field(default_factory=list)
     loadavg: float | None = None  # 1-minute load average when the run started
@@ -222,6 +224,15 @@ def schedstat(pid: int) -> tuple[float, float] | None:
     except (OSError, IndexError, ValueError):
         return None
     return run / 1e9, wait / 1e9
+
+
+def steal() -> float | None:
+    """Seconds of the server CPU's time stolen by the hypervisor since boot (/proc/stat)."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith(f"cpu{SERVER_CPU} "):
+                return int(line.split()[8]) / os.sysconf("SC_CLK_TCK")
+    return None
 
 
 def fsync_probe(directory: Path, samples: int = 50) -> dict[str, float]:
@@ -635,9 +646,10 @@ def throughput_phase(
     link: Link, started: Started, rate: int, duration: int
 ) -> tuple[Throughput, PerfdhcpResult]:
     pid = started.proc.pid
-    drops0, sched0, t0 = receive_drops(link), schedstat(pid), time.monotonic()
+    drops0, sched0, steal0, t0 = receive_drops(link), schedstat(pid), steal(), time.monotonic()
     result, _, load = perfdhcp(link, rate=rate, duration=duration)
-    sched1, wall, drops1 = schedstat(pid), time.monotonic() - t0, receive_drops(link)
+    sched1, steal1, wall = schedstat(pid), steal(), time.monotonic() - t0
+    drops1 = receive_drops(link)
     do = result.exchanges.get("DISCOVER-OFFER")
     ra = result.exchanges.get("REQUEST-ACK")
     if do is None or ra is None:
@@ -659,6 +671,9 @@ def throughput_phase(
             socket_drops=drops1 - drops0 if drops0 is not None and drops1 is not None else None,
             perfdhcp_cpu_pct=load.cpu_pct,
             perfdhcp_wait_pct=load.wait_pct,
+            steal_pct=100 * (steal1 - steal0) / wall
+            if steal0 is not None and steal1 is not None
+            else None,
         ),
         result,
     )
@@ -726,8 +741,11 @@ def run_one(server: str, run: int, args: argparse.Namespace, root: Path) -> RunR
     ):
         started = STARTERS[server](link, work, log)
         acks = wait_ready(link, started)
+        light0 = scrape(link) if server == "brushtail" else {}
         result.latency, light_acks = latency_phase(link, args.light_rate, args.duration)
         acks += light_acks
+        if server == "brushtail":
+            result.brushtail_light = brushtail_stats(light0, scrape(link))
         if args.capacity:
             result.capacity, result.capacity_steps, cap_acks = capacity_phase(
                 link, args.capacity_step
@@ -924,15 +942,16 @@ def report(
         f"Medians of {args.runs} runs, [min-max] over the runs. **Overload**: new clients "
         f"offered at {offered} for {args.duration} s; DORA/s = ACKs received / {args.duration} "
         "s; answered = ACKs / DISCOVERs sent; server CPU = its on-CPU time, and waiting = "
-        "time it was runnable while other processes held its CPU, both per wall second of "
-        "the phase (the same for perfdhcp, the load generator); socket drops = "
+        "time it was runnable while other processes held its CPU, steal = time the "
+        "hypervisor took from its CPU, all per wall second of the phase (the same for "
+        "perfdhcp, the load generator, whose two threads share one CPU); socket drops = "
         "receive-queue overflows of the socket it reads. "
         f"**Light load**: new clients at {args.light_rate}/s for {args.duration} s, median "
         "(perfdhcp's avg) of the per-exchange delays printed by `perfdhcp -x t`, in ms.",
         "",
     ]
     header = (
-        "| server | overload DORA/s | vs Kea | answered | server CPU / waiting "
+        "| server | overload DORA/s | vs Kea | answered | server CPU / waiting / steal "
         "| perfdhcp CPU / waiting | socket drops "
     )
     rule = "|---|---|---|---|---|---|---|"
@@ -949,7 +968,8 @@ def report(
         row = (
             f"| {s} | {cell(s, dora)} | {versus(s, dora)} | {cell(s, answered, 1)}% "
             f"| {fmt(med(s, tput('server_cpu_pct')), 0, '%')} / "
-            f"{fmt(med(s, tput('server_wait_pct')), 0, '%')} "
+            f"{fmt(med(s, tput('server_wait_pct')), 0, '%')} / "
+            f"{fmt(med(s, tput('steal_pct')), 0, '%')} "
             f"| {fmt(med(s, tput('perfdhcp_cpu_pct')), 0, '%')} / "
             f"{fmt(med(s, tput('perfdhcp_wait_pct')), 0, '%')} "
             f"| {cell(s, tput('socket_drops'))} "
@@ -1010,6 +1030,27 @@ def report(
                 f"| {fmt(b.durable_bound)} | {fmt(b.acks_received)} "
                 f"| {'yes' if b.durable_ok else 'NO'} |"
             )
+        light = [r.brushtail_light for r in bt if r.brushtail_light]
+        if light:
+
+            def commit_avg_ms(b: BrushtailStats) -> float | None:
+                return 1000 * b.commit_seconds / b.commits if b.commits else None
+
+            def latency_avg_ms(b: BrushtailStats) -> float | None:
+                return 1000 * b.latency_sum / b.latency_count if b.latency_count else None
+
+            def per(get: Callable[[BrushtailStats], float | None], digits: int) -> str:
+                values = [get(b) for b in light]
+                return f"{fmt(median(values), digits)} [{fmt_range(values, digits)}]"
+
+            lines += [
+                "",
+                f"Light-load phase ({args.light_rate}/s), medians [range] of runs: "
+                f"{per(lambda b: b.writes, 0)} lease writes in {per(lambda b: b.commits, 0)} "
+                f"commits, commit avg "
+                f"{per(commit_avg_ms, 2)} ms, slow-path latency avg {per(latency_avg_ms, 2)}"
+                " ms (every ACK waits for its own commit at this rate).",
+            ]
         factors = [r.brushtail.group_factor for r in bt if r.brushtail]
         lines += [
             "",
@@ -1059,9 +1100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--capacity",
         action="store_true",
-        help="also search each server's paced capacity (adds ~30 s per run)",
+        help="also search each server's paced capacity (adds ~20 s per server and run)",
     )
-    parser.add_argument("--capacity-step", type=int, default=3, help="seconds per step")
+    parser.add_argument("--capacity-step", type=int, default=2, help="seconds per step")
     parser.add_argument("--profile", action="store_true", help="py-spy one extra brushtail run")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
