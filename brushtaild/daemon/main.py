@@ -17,12 +17,13 @@ from pathlib import Path
 
 from brushtaild import __version__
 from brushtaild.daemon import clock
+from brushtaild.daemon.lease_log import LeaseLog
 from brushtaild.daemon.metrics import Metrics
 from brushtaild.dhcp.codec import parse
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
 from brushtaild.engine.config import DEFAULT_CONFIG, Config, ConfigError, load_config
-from brushtaild.engine.decisions import Decision, LeaseEvent
+from brushtaild.engine.decisions import Decision
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO
@@ -59,14 +60,6 @@ class DropLog:
         self._next[reason] = now + self._interval
 
 
-def format_event(event: LeaseEvent, path: str) -> str:
-    text = (
-        f"{event.kind.value} client={event.client_id.hex()} mac={format_mac(event.hwaddr)} "
-        f"ip={format_ip(event.address)} pool={event.pool or '-'} path={path}"
-    )
-    return f"{text} detail={event.detail!r}" if event.detail else text
-
-
 def _collapse(decisions: Iterable[Decision]) -> tuple[list[Lease], list[int]]:
     """The net effect of a batch on the store: the last change per address wins, so a delete
     and a later write of the same address (or the reverse) cannot be applied out of order."""
@@ -91,6 +84,7 @@ class Daemon:
         self.metrics = Metrics(lambda: self.server.pool_usage())
         self.io = PacketIO(config.interface, config.server_id)
         self.drops = DropLog()
+        self.lease_log = LeaseLog(sys.stderr, log.isEnabledFor(logging.INFO))
         self._running = True
         self._reload = False
         log.info(
@@ -176,6 +170,7 @@ class Daemon:
         self._commit(durable)
         for decision in durable:
             self._send(decision)
+        self.lease_log.flush()
         elapsed = clock.ticks() - started
         for decision in decisions:
             if decision.replies:
@@ -185,7 +180,7 @@ class Daemon:
         for reply in decision.replies:
             self.io.send(reply.payload, reply.dest, reply.ingress)
             self.metrics.count_reply(reply.message.message_type)
-        self._log_events(decision)
+        self.lease_log.add(decision.events, "slow")
 
     def _commit(self, decisions: list[Decision]) -> None:
         """Durably write a batch's lease changes. A store failure propagates and stops the
@@ -198,14 +193,11 @@ class Daemon:
         self.metrics.commits.observe(clock.ticks() - started)
         self.metrics.committed.inc(len(writes) + len(deletes))
 
-    def _log_events(self, decision: Decision) -> None:
-        for event in decision.events:
-            log.info("%s", format_event(event, "slow"))
-
     def _housekeeping(self) -> None:
         decision = self.server.tick(clock.wall())
         self._commit([decision])
-        self._log_events(decision)
+        self.lease_log.add(decision.events, "slow")
+        self.lease_log.flush()
         dropped = self.io.kernel_drops()
         if dropped:
             self.metrics.socket_drops.inc(dropped)
@@ -226,6 +218,7 @@ class Daemon:
         self.server = self.server.reconfigured(new, clock.wall())
         self.config = new
         logging.getLogger().setLevel(new.log_level.upper())
+        self.lease_log.enabled = log.isEnabledFor(logging.INFO)
         log.info("config reloaded from %s", self.config_path)
 
 

@@ -198,9 +198,17 @@ def _terminated(items: list[bytes], size: int) -> bytes:
     return body + bytes(size - len(body))
 
 
-def encode(msg: Message, max_size: int = MIN_MAX_SIZE) -> bytes:
+def encode_options(options: dict[int, bytes]) -> bytes:
+    """The options as they appear in the options field (53 first, long ones split), with
+    no end option: what `encode` writes when they fit without overload."""
+    return b"".join(_option_items(options))
+
+
+def encode(msg: Message, max_size: int = MIN_MAX_SIZE, options_wire: bytes | None = None) -> bytes:
     """The wire form of msg, at most max_size bytes (never taken below 548).
 
+    `options_wire`, if given, must be `encode_options(msg.options)`, computed earlier: a
+    server reusing the same options for many replies then only packs the fixed fields.
     Raises `MessageTooLarge` when the options do not fit even with sname and file carrying
     options, so the caller can drop optional ones and retry.
     """
@@ -211,16 +219,17 @@ def encode(msg: Message, max_size: int = MIN_MAX_SIZE) -> bytes:
             f"the fields hold {_SNAME_LEN}/{_FILE_LEN}"
         )
     limit = max(max_size, MIN_MAX_SIZE)
-    items = _option_items(msg.options)
     options_room = limit - OPTIONS_OFFSET - len(_END_BYTE)
     sname = msg.sname
     file = msg.file
 
-    if sum(map(len, items)) <= options_room:
-        body = b"".join(items)
+    if options_wire is None:
+        options_wire = encode_options(msg.options)
+    if len(options_wire) <= options_room:
+        body = options_wire
     else:
         options_items, file_items, sname_items = _fill_fields(
-            items,
+            _option_items(msg.options),
             [
                 options_room - _OVERLOAD_OPTION_LEN,
                 _FILE_LEN - len(_END_BYTE),

@@ -4,6 +4,9 @@ from dataclasses import dataclass, field
 
 from brushtaild.dhcp.constants import BROADCAST_FLAG, MessageType, OptionCode
 
+_MESSAGE_TYPE_CODE = int(OptionCode.MESSAGE_TYPE)
+_MESSAGE_TYPES = {bytes((t,)): t for t in MessageType}
+
 
 @dataclass(slots=True)
 class Message:
@@ -34,13 +37,9 @@ class Message:
 
     @property
     def message_type(self) -> MessageType | None:
-        raw = self.options.get(OptionCode.MESSAGE_TYPE)
-        if raw is None or len(raw) != 1:
-            return None
-        try:
-            return MessageType(raw[0])
-        except ValueError:
-            return None
+        # A dict lookup by raw bytes: calling MessageType(n) costs more than the rest of
+        # this property, and it runs several times per packet.
+        return _MESSAGE_TYPES.get(self.options.get(_MESSAGE_TYPE_CODE, b""))
 
     @property
     def hwaddr(self) -> bytes:

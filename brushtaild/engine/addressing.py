@@ -6,6 +6,7 @@ from brushtaild.engine.decisions import Destination, DestKind
 
 BROADCAST_IP = 0xFFFFFFFF
 BROADCAST_MAC = b"\xff" * 6
+_BROADCAST = Destination(DestKind.BROADCAST, BROADCAST_IP, CLIENT_PORT, BROADCAST_MAC)
 
 
 def reply_destination(request: Message, reply_type: MessageType, yiaddr: int) -> Destination:
@@ -15,10 +16,10 @@ def reply_destination(request: Message, reply_type: MessageType, yiaddr: int) ->
     if request.giaddr:
         return Destination(DestKind.RELAY, request.giaddr, SERVER_PORT)
     if reply_type is MessageType.NAK:
-        return Destination(DestKind.BROADCAST, BROADCAST_IP, CLIENT_PORT, BROADCAST_MAC)
+        return _BROADCAST
     if request.ciaddr:
         return Destination(DestKind.UNICAST, request.ciaddr, CLIENT_PORT)
     if request.broadcast or not yiaddr or request.hlen != 6:
         # Without a 6-byte Ethernet chaddr there is no link address to unicast to.
-        return Destination(DestKind.BROADCAST, BROADCAST_IP, CLIENT_PORT, BROADCAST_MAC)
+        return _BROADCAST
     return Destination(DestKind.LINK_UNICAST, yiaddr, CLIENT_PORT, request.chaddr[:6])

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from brushtaild.dhcp import options as opt
-from brushtaild.dhcp.codec import MessageTooLarge, encode
+from brushtaild.dhcp.codec import MessageTooLarge, encode, encode_options
 from brushtaild.dhcp.constants import (
     IP_UDP_HEADERS,
     MIN_IP_DATAGRAM,
@@ -38,8 +38,8 @@ from brushtaild.engine.leases import Lease, LeaseState
 
 # Replies never exceed what fits an Ethernet frame, whatever option 57 claims.
 MAX_IP_DATAGRAM = 1500
-# Options every OFFER/ACK carries whatever the parameter request list says (RFC 2131 table 3).
-_LEASE_OPTIONS = (OptionCode.LEASE_TIME, OptionCode.RENEWAL_TIME, OptionCode.REBINDING_TIME)
+# Distinct (pool, reply type, request list) templates kept before the cache starts over.
+MAX_TEMPLATES = 4096
 
 
 @dataclass(slots=True)
@@ -50,6 +50,13 @@ class Hold:
     address: int
     pool: str
     expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTemplate:
+    options: dict[int, bytes]  # shared by every reply made from it: never mutated
+    wire: bytes  # the options encoded, so a reply only packs its fixed fields
+    optional: tuple[int, ...]  # requested options, in request order: dropped last-first to fit
 
 
 @dataclass(slots=True)
@@ -99,6 +106,7 @@ class Server:
             for p in config.pools
         ]
         self._options = {p.name: _pool_options(p) for p in config.pools}
+        self._templates: dict[tuple[str, MessageType, bool, bytes | None], ReplyTemplate] = {}
         self._by_client: dict[bytes, Lease] = {}
         self._by_address: dict[int, Lease] = {}
         self._holds: dict[bytes, Hold] = {}
@@ -502,24 +510,9 @@ class Server:
         with_lease: bool = True,
     ) -> None:
         request = ctx.message
-        options: dict[int, bytes] = {
-            OptionCode.MESSAGE_TYPE: bytes((mtype,)),
-            OptionCode.SERVER_ID: self._server_id,
-        }
-        if with_lease:
-            options[OptionCode.LEASE_TIME] = opt.u32(pool.lease_time)
-            options[OptionCode.RENEWAL_TIME] = opt.u32(pool.renewal_time)
-            options[OptionCode.REBINDING_TIME] = opt.u32(pool.rebinding_time)
-        pool_options = self._options[pool.name]
-        options[OptionCode.SUBNET_MASK] = pool_options[OptionCode.SUBNET_MASK]
-        prl = request.options.get(OptionCode.PARAMETER_REQUEST_LIST)
-        optional = [
-            c
-            for c in (prl if prl is not None else pool_options)
-            if c in pool_options and c != OptionCode.SUBNET_MASK
-        ]
-        for code in optional:
-            options.setdefault(code, pool_options[code])
+        template = self._template(
+            pool, mtype, with_lease, request.options.get(OptionCode.PARAMETER_REQUEST_LIST)
+        )
         reply = Message(
             op=Op.BOOTREPLY,
             xid=request.xid,
@@ -530,12 +523,50 @@ class Server:
             yiaddr=yiaddr,
             giaddr=request.giaddr,
             chaddr=request.chaddr,
-            options=options,
+            options=template.options,
         )
-        self._finish(ctx, decision, reply, mtype, optional)
+        self._finish(ctx, decision, reply, mtype, template)
+
+    def _template(
+        self, pool: Pool, mtype: MessageType, with_lease: bool, prl: bytes | None
+    ) -> ReplyTemplate:
+        """The options of a reply, which depend only on the pool, the reply type and the
+        client's parameter request list: rendered once, reused for every such reply."""
+        key = (pool.name, mtype, with_lease, prl)
+        template = self._templates.get(key)
+        if template is not None:
+            return template
+        options: dict[int, bytes] = {
+            OptionCode.MESSAGE_TYPE: bytes((mtype,)),
+            OptionCode.SERVER_ID: self._server_id,
+        }
+        if with_lease:
+            options[OptionCode.LEASE_TIME] = opt.u32(pool.lease_time)
+            options[OptionCode.RENEWAL_TIME] = opt.u32(pool.renewal_time)
+            options[OptionCode.REBINDING_TIME] = opt.u32(pool.rebinding_time)
+        pool_options = self._options[pool.name]
+        options[OptionCode.SUBNET_MASK] = pool_options[OptionCode.SUBNET_MASK]
+        optional = [
+            c
+            for c in (prl if prl is not None else pool_options)
+            if c in pool_options and c != OptionCode.SUBNET_MASK
+        ]
+        for code in optional:
+            options.setdefault(code, pool_options[code])
+        if len(self._templates) >= MAX_TEMPLATES:
+            # Clients choose the request lists: never let them grow this without bound.
+            self._templates.clear()
+        template = ReplyTemplate(options, encode_options(options), tuple(optional))
+        self._templates[key] = template
+        return template
 
     def _nak(self, ctx: ClientContext, decision: Decision, why: str) -> None:
         request = ctx.message
+        options: dict[int, bytes] = {
+            OptionCode.MESSAGE_TYPE: bytes((MessageType.NAK,)),
+            OptionCode.SERVER_ID: self._server_id,
+            OptionCode.MESSAGE: why.encode("ascii"),
+        }
         reply = Message(
             op=Op.BOOTREPLY,
             xid=request.xid,
@@ -545,13 +576,10 @@ class Server:
             flags=request.flags | (0x8000 if request.giaddr else 0),
             giaddr=request.giaddr,
             chaddr=request.chaddr,
-            options={
-                OptionCode.MESSAGE_TYPE: bytes((MessageType.NAK,)),
-                OptionCode.SERVER_ID: self._server_id,
-                OptionCode.MESSAGE: why.encode("ascii"),
-            },
+            options=options,
         )
-        self._finish(ctx, decision, reply, MessageType.NAK, [])
+        template = ReplyTemplate(options, encode_options(options), ())
+        self._finish(ctx, decision, reply, MessageType.NAK, template)
         address = ctx.requested or request.ciaddr
         decision.events.append(self._event(LeaseEventKind.NAK, ctx, address, "", why))
 
@@ -561,24 +589,35 @@ class Server:
         decision: Decision,
         reply: Message,
         mtype: MessageType,
-        optional: list[int],
+        template: ReplyTemplate,
     ) -> None:
         request = ctx.message
+        wire = template.wire
         relay_info = request.options.get(OptionCode.RELAY_AGENT_INFO)
         if relay_info is not None:
             # RFC 3046 2.2: echoed verbatim, after all other options.
-            reply.options[OptionCode.RELAY_AGENT_INFO] = relay_info
+            echo: dict[int, bytes] = {OptionCode.RELAY_AGENT_INFO: relay_info}
+            reply.options = {**reply.options, **echo}
+            wire += encode_options(echo)
         max_size = self._max_size(request)
+        try:
+            payload = encode(reply, max_size, wire)
+        except MessageTooLarge:
+            payload = self._trimmed(reply, max_size, list(template.optional))
+        dest = reply_destination(request, mtype, reply.yiaddr)
+        decision.replies.append(Reply(reply, payload, dest, ctx.ingress))
+
+    @staticmethod
+    def _trimmed(reply: Message, max_size: int, optional: list[int]) -> bytes:
+        """Drop requested options from the end of the request list until the reply fits."""
+        reply.options = dict(reply.options)
         while True:
             try:
-                payload = encode(reply, max_size)
-                break
+                return encode(reply, max_size)
             except MessageTooLarge:
                 if not optional:
                     raise
                 del reply.options[optional.pop()]
-        dest = reply_destination(request, mtype, reply.yiaddr)
-        decision.replies.append(Reply(reply, payload, dest, ctx.ingress))
 
     @staticmethod
     def _max_size(request: Message) -> int:

@@ -1,0 +1,38 @@
+"""The lease log: one line per lease event (who, what address, which path).
+
+Under load the slow path produces tens of thousands of events a second, and a logging call
+per event (record, handler lock, formatter, one write(2) each) cost a fifth of the daemon's
+time. Events are therefore formatted straight to text and written once per batch of
+requests; with systemd, journald still stores each line as its own entry.
+"""
+
+from collections.abc import Iterable
+from typing import TextIO
+
+from brushtaild.dhcp.options import format_ip, format_mac
+from brushtaild.engine.decisions import LeaseEvent
+
+
+def format_event(event: LeaseEvent, path: str) -> str:
+    text = (
+        f"{event.kind.value} client={event.client_id.hex()} mac={format_mac(event.hwaddr)} "
+        f"ip={format_ip(event.address)} pool={event.pool or '-'} path={path}"
+    )
+    return f"{text} detail={event.detail!r}" if event.detail else text
+
+
+class LeaseLog:
+    def __init__(self, stream: TextIO, enabled: bool = True) -> None:
+        self._stream = stream
+        self.enabled = enabled  # off when the configured log level is above info
+        self._lines: list[str] = []
+
+    def add(self, events: Iterable[LeaseEvent], path: str) -> None:
+        if self.enabled:
+            self._lines.extend(f"INFO {format_event(e, path)}\n" for e in events)
+
+    def flush(self) -> None:
+        if self._lines:
+            self._stream.write("".join(self._lines))
+            self._stream.flush()
+            self._lines.clear()
