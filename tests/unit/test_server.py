@@ -1,5 +1,7 @@
 """The server engine, driven message by message with an explicit clock."""
 
+from dataclasses import replace
+
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
 from brushtaild.dhcp.reasons import DropReason
@@ -250,3 +252,37 @@ def test_server_messages_and_bootreplies_are_dropped() -> None:
     reply = request(D, 1)
     reply.op = 2
     assert server.handle(reply, INGRESS, 0).drop is DropReason.NOT_FROM_CLIENT
+
+
+def test_option_82_echo_does_not_leak_into_the_next_reply() -> None:
+    server = Server(make_config(), [], 0.0)
+    giaddr = opt.parse_ip("198.18.0.2")
+    relay_info = opt.build_relay_agent_info([(RelayAgentSubOption.CIRCUIT_ID, b"port-1")])
+    relayed = request(D, 1, giaddr=giaddr, extra={OptionCode.RELAY_AGENT_INFO: relay_info})
+    assert OptionCode.RELAY_AGENT_INFO in only_reply(server.handle(relayed, INGRESS, 0.0)).options
+    plain = only_reply(server.handle(request(D, 2, giaddr=giaddr), INGRESS, 0.0))
+    assert OptionCode.RELAY_AGENT_INFO not in plain.options
+
+
+def test_reply_fits_the_clients_maximum_message_size() -> None:
+    many_dns = tuple(opt.parse_ip(f"198.18.0.{n}") for n in range(10, 70))  # 240 bytes
+    server = Server(make_config(replace(make_pool(), dns_servers=many_dns)), [], 0.0)
+    relay_info = bytes(200)  # a large option 82 from a relay, echoed in full
+    prl = bytes([OptionCode.ROUTERS, OptionCode.DOMAIN_NAME, OptionCode.DNS_SERVERS])
+    msg = request(
+        D,
+        1,
+        giaddr=opt.parse_ip("198.18.0.2"),
+        extra={
+            OptionCode.PARAMETER_REQUEST_LIST: prl,
+            OptionCode.MAX_MESSAGE_SIZE: opt.u16(576),
+            OptionCode.RELAY_AGENT_INFO: relay_info,
+        },
+    )
+    decision = server.handle(msg, INGRESS, 0.0)
+    offer = only_reply(decision)
+    assert len(decision.replies[0].payload) <= 576 - 28
+    assert offer.options[OptionCode.RELAY_AGENT_INFO] == relay_info
+    assert OptionCode.LEASE_TIME in offer.options and OptionCode.SERVER_ID in offer.options
+    # The last requested option is the one given up for room.
+    assert OptionCode.DNS_SERVERS not in offer.options and OptionCode.ROUTERS in offer.options
