@@ -101,6 +101,11 @@ PACKAGES = (
 )  # fmt: skip
 
 
+# Where the daemon under test is imported from: a snapshot taken when the run starts (see
+# snapshot_brushtail), so edits to the working tree during a run cannot mix versions.
+_brushtail_path: Path = REPO
+
+
 class Skip(Exception):
     """A server cannot be benchmarked here (binary missing)."""
 
@@ -198,11 +203,26 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def revision() -> str:
-    """The commit benchmarked, and whether brushtaild/ had uncommitted changes."""
+def snapshot_brushtail(dest: Path, rev: str | None) -> str:
+    """Copy the daemon's package to `dest` (the commit `rev` of it, or the working tree as
+    it is now) and return a description of what was copied."""
+    dest.mkdir(parents=True)
+    if rev is not None:
+        commit = sh(["git", "-C", str(REPO), "rev-parse", "--short", f"{rev}^{{commit}}"])
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", commit, "brushtaild"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+        return f"commit {commit}"
+    shutil.copytree(
+        REPO / "brushtaild", dest / "brushtaild", ignore=shutil.ignore_patterns("__pycache__")
+    )
     head = sh(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) or "unknown"
     dirty = sh(["git", "-C", str(REPO), "status", "--porcelain", "--", "brushtaild"])
-    return f"{head} (brushtaild/ with uncommitted changes)" if dirty else head
+    return f"working tree at {head}" + (" with uncommitted changes in brushtaild/" if dirty else "")
 
 
 def cpu_model() -> str:
@@ -368,7 +388,7 @@ def start_brushtail(link: Link, work: Path, log: IO[bytes]) -> Started:
         f"    dns_servers: [{SERVER_IP}]\n"
         f"    lease_time: {LEASE_TIME}\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(_brushtail_path)}
     argv = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "brushtaild", "--config"]
     argv.append(str(config))
     proc = link.popen_in(link.server_ns, argv, stdout=log, stderr=log, env=env)
@@ -921,8 +941,8 @@ def report(
         "",
         f"Command (as root, from the repository root): `{env['command']}`",
         "",
-        f"- Host: `nproc` {env['nproc']}, {env['cpu']}, kernel {env['kernel']}; brushtail "
-        f"at {env['revision']}.",
+        f"- Host: `nproc` {env['nproc']}, {env['cpu']}, kernel {env['kernel']}; brushtaild "
+        f"from {env['revision']}.",
         f"- Load average (1 min) when the run started: {env['loadavg']}; at the start of each "
         "server's runs: "
         + ", ".join(f"{s} {fmt_range([r.loadavg for r in by_server[s]], 1)}" for s in servers)
@@ -1104,6 +1124,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--capacity-step", type=int, default=2, help="seconds per step")
     parser.add_argument("--profile", action="store_true", help="py-spy one extra brushtail run")
+    parser.add_argument(
+        "--rev",
+        help="benchmark this commit's brushtaild/ (default: the working tree, copied at start)",
+    )
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
                         help="parent of the state dirs; on disk, not tmpfs")  # fmt: skip
@@ -1138,7 +1162,6 @@ def main(argv: list[str] | None = None) -> int:
         "kernel": platform.release(),
         "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "packages": package_versions(),
-        "revision": revision(),
     }
     skipped: dict[str, str] = {}
     servers = []
@@ -1152,6 +1175,14 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     env["fsync_before"] = fsync_probe(args.workdir)
     root = Path(tempfile.mkdtemp(prefix="bt-slowpath-", dir=args.workdir))
+    global _brushtail_path
+    _brushtail_path = root / "src"
+    try:
+        env["revision"] = snapshot_brushtail(_brushtail_path, args.rev)
+    except (OSError, subprocess.SubprocessError) as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"slowpath.py: cannot snapshot brushtaild: {exc}", file=sys.stderr)
+        return 2
     results: list[RunResult] = []
     profile = None
     args.results.mkdir(parents=True, exist_ok=True)
