@@ -3,11 +3,13 @@
 Under load the slow path produces tens of thousands of events a second, and a logging call
 per event (record, handler lock, formatter, one write(2) each) cost a fifth of the daemon's
 time. Events are therefore formatted straight to text and written once per batch of
-requests; with systemd, journald still stores each line as its own entry.
+requests; journald, when stderr goes to it, still stores each line as its own entry.
+Under journald `journal.JournalLeaseLog` replaces this with structured entries that
+`journalctl` can filter by subscriber; both keep the `LeaseSink` interface.
 """
 
 from collections.abc import Iterable
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.engine.decisions import LeaseEvent
@@ -21,10 +23,23 @@ def format_event(event: LeaseEvent, path: str) -> str:
     return f"{text} detail={event.detail!r}" if event.detail else text
 
 
+class LeaseSink(Protocol):
+    """Where the daemon's lease events go: collected per batch of requests, written by
+    `flush()` once the batch's replies are sent, so logging never delays an ACK."""
+
+    enabled: bool  # off when the configured log level is above info
+
+    def add(self, events: Iterable[LeaseEvent], path: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+
 class LeaseLog:
+    """Lease events as text lines on a stream, one write per batch."""
+
     def __init__(self, stream: TextIO, enabled: bool = True) -> None:
         self._stream = stream
-        self.enabled = enabled  # off when the configured log level is above info
+        self.enabled = enabled
         self._lines: list[str] = []
 
     def add(self, events: Iterable[LeaseEvent], path: str) -> None:

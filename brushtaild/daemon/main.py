@@ -15,10 +15,13 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from prometheus_client import Counter
+
 from brushtaild import __version__
-from brushtaild.daemon import clock
-from brushtaild.daemon.lease_log import LeaseLog
+from brushtaild.daemon import clock, journal
+from brushtaild.daemon.lease_log import LeaseLog, LeaseSink
 from brushtaild.daemon.metrics import Metrics
+from brushtaild.daemon.systemd import Notifier, Watchdog
 from brushtaild.dhcp.codec import parse
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
@@ -35,6 +38,8 @@ BATCH = 256
 # Upper bound on sleeping, so kernel drop counters and timers are looked at regularly.
 IDLE_WAKEUP = 1.0
 DROP_LOG_INTERVAL = 10.0
+# How often `systemctl status` gets a fresh STATUS= line; also the window of its rates.
+STATUS_INTERVAL = 5.0
 # Keys a SIGHUP cannot change on a running daemon: they name sockets, files and identity.
 RESTART_KEYS = ("interface", "server_id", "state_dir", "metrics_listen", "site")
 
@@ -74,8 +79,21 @@ def _collapse(decisions: Iterable[Decision]) -> tuple[list[Lease], list[int]]:
     return writes, deletes
 
 
+def _counter_total(counter: Counter) -> float:
+    """Sum of a Prometheus counter over all its label sets, read from its samples so the
+    request loop never keeps a second count."""
+    return float(
+        sum(
+            sample.value
+            for family in counter.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        )
+    )
+
+
 class Daemon:
-    def __init__(self, config: Config, config_path: Path) -> None:
+    def __init__(self, config: Config, config_path: Path, *, journald: bool = False) -> None:
         self.config = config
         self.config_path = config_path
         self.store = LeaseStore.open(config.state_dir)
@@ -84,9 +102,17 @@ class Daemon:
         self.metrics = Metrics(lambda: self.server.pool_usage())
         self.io = PacketIO(config.interface, config.server_id)
         self.drops = DropLog()
-        self.lease_log = LeaseLog(sys.stderr, log.isEnabledFor(logging.INFO))
+        self.lease_log: LeaseSink = (
+            journal.JournalLeaseLog(config.site, log.isEnabledFor(logging.INFO))
+            if journald
+            else LeaseLog(sys.stderr, log.isEnabledFor(logging.INFO))
+        )
+        self.notifier = Notifier()
+        self.watchdog = Watchdog()
         self._running = True
         self._reload = False
+        self._status_due = 0.0
+        self._status_window = (0.0, 0.0)  # (ticks, requests counted) at the last STATUS
         log.info(
             "brushtaild %s started site=%s interface=%s server_id=%s leases=%d pools=%s",
             __version__,
@@ -110,6 +136,7 @@ class Daemon:
             selector.register(self.io.fileno(), selectors.EVENT_READ, "packets")
             selector.register(wakeup_r, selectors.EVENT_READ, "signal")
             try:
+                self._start_complete()
                 while self._running:
                     for key, _ in selector.select(self._timeout()):
                         if key.data == "signal":
@@ -118,16 +145,47 @@ class Daemon:
                             self._serve_batch()
                     if self._reload:
                         self._reload = False
+                        # ticks() is CLOCK_MONOTONIC on Linux, the clock systemd expects.
+                        self.notifier.reloading(int(clock.ticks() * 1_000_000))
                         self._reload_config()
+                        self.notifier.ready(self._status(clock.ticks()))
                     self._housekeeping()
+                self.notifier.stopping()
             finally:
                 signal.set_wakeup_fd(-1)
                 wakeup_r.close()
                 wakeup_w.close()
                 self.io.close()
                 self.store.close()
+                self.notifier.close()
         log.info("brushtaild stopped; every acknowledged lease is on disk")
         return 0
+
+    def _start_complete(self) -> None:
+        """The single point where start-up ends: leases are loaded, the packet socket is
+        open and signals are handled (a SIGHUP from `systemctl reload` must not kill us).
+
+        The XDP fast-path attach joins here, before READY=1, so that systemd calls the unit
+        active only once known subscribers are answered in the kernel."""
+        now = clock.ticks()
+        self.watchdog.start(now)
+        self.notifier.ready(self._status(now))
+
+    def _status(self, now: float) -> str:
+        """The STATUS= line: what an operator needs from `systemctl status` at a glance."""
+        requests = _counter_total(self.metrics.requests)
+        since, counted = self._status_window
+        rate = (requests - counted) / (now - since) if since and now > since else 0.0
+        self._status_window = (now, requests)
+        self._status_due = now + STATUS_INTERVAL
+        usage = self.server.pool_usage().values()
+        total = sum(n_total for n_total, _ in usage)
+        assigned = sum(n_assigned for _, n_assigned in usage)
+        share = 100 * assigned / total if total else 0.0
+        return (
+            f"serving {self.config.interface}: {assigned} leases ({share:.0f}% of {total}), "
+            f"slow path {rate:.0f} req/s, fast path: not loaded, peers: none configured"
+        )
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if signum == signal.SIGHUP:
@@ -136,10 +194,13 @@ class Daemon:
             self._running = False
 
     def _timeout(self) -> float:
+        timeout = IDLE_WAKEUP
         deadline = self.server.next_deadline()
-        if deadline is None:
-            return IDLE_WAKEUP
-        return min(max(deadline - clock.wall(), 0.0), IDLE_WAKEUP)
+        if deadline is not None:
+            timeout = min(max(deadline - clock.wall(), 0.0), timeout)
+        # A sleep past the watchdog's ping time would get a healthy daemon killed.
+        ping = self.watchdog.wait(clock.ticks())
+        return timeout if ping is None else min(ping, timeout)
 
     def _serve_batch(self) -> None:
         started = clock.ticks()
@@ -201,6 +262,14 @@ class Daemon:
         dropped = self.io.kernel_drops()
         if dropped:
             self.metrics.socket_drops.inc(dropped)
+        # Pinged from the loop itself: a loop stuck anywhere (a hung fsync, a wedged socket)
+        # stops the pings, and systemd restarts the daemon.
+        now = clock.ticks()
+        if self.watchdog.due(now):
+            self.notifier.ping()
+            self.watchdog.pinged(now)
+        if self.notifier.enabled and now >= self._status_due:
+            self.notifier.status(self._status(now))
 
     def _reload_config(self) -> None:
         try:
@@ -227,7 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config file")
     parser.add_argument("--version", action="version", version=__version__)
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
+    journald = journal.connected(sys.stderr)
+    if journald:
+        logging.basicConfig(level=logging.INFO, handlers=[journal.handler()])
+    else:
+        logging.basicConfig(
+            stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s"
+        )
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -238,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
     logging.getLogger().setLevel(config.log_level.upper())
     try:
-        daemon = Daemon(config, args.config)
+        daemon = Daemon(config, args.config, journald=journald)
     except (OSError, StoreError) as exc:
         # A missing interface, a locked or unreadable state dir: say which, no traceback.
         log.error("cannot start: %s", exc)

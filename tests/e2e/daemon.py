@@ -2,6 +2,7 @@
 
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -42,8 +43,10 @@ class Brushtaild:
         first: str = "198.18.1.0",
         last: str = "198.18.255.254",
         offer_hold: int = 30,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.link = link
+        self.env = dict(env or {})
         self.workdir = workdir
         self.state_dir = workdir / "state"
         self.config_file = workdir / "brushtail.yaml"
@@ -70,7 +73,7 @@ class Brushtaild:
                 [PYTHON, "-m", "brushtaild", "--config", str(self.config_file)],
                 stdout=log,
                 stderr=log,
-                env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **self.env},
             )
         deadline = time.monotonic() + timeout
         while "brushtaild 0" not in self.log():
