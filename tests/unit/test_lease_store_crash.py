@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -98,42 +99,81 @@ def writer(state_dir: Path, seed: int) -> None:
             out.write(f"batch {encode(batch)}\n".encode())
             out.flush()
             store.apply(*batch)
-            # One write(2) of fewer than PIPE_BUF bytes, so the kill cannot cut this line:
-            # a cut line is always a batch announcement.
+            # One write(2) of fewer than PIPE_BUF bytes, so the kill cannot cut this line: a
+            # cut line is always (a prefix of) a batch announcement, which may take several.
             out.write(b"committed\n")
             out.flush()
 
 
-def run_writer_and_kill(state_dir: Path, seed: int, commits: int, rng: random.Random) -> str:
+def run_writer_and_kill(state_dir: Path, seed: int, commits: int, rng: random.Random) -> bytes:
     """Start a writer, SIGKILL it after `commits` confirmed batches, return all it printed."""
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.unit.test_lease_store_crash", str(state_dir), str(seed)],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    # A hung writer would otherwise hang the test: killing it ends readline() with EOF.
-    watchdog = threading.Timer(WATCHDOG_SECONDS, child.kill)
-    watchdog.start()
-    try:
-        assert child.stdout is not None
-        output = []
-        seen = 0
-        while seen < commits:
-            line = child.stdout.readline()
-            if not line:
-                pytest.fail(f"writer exited early: {child.communicate()[1]}")
-            output.append(line)
-            seen += line == "committed\n"
-        # The writer runs on meanwhile, so the kill lands at a random point of a later batch.
-        time.sleep(rng.uniform(0, 0.01))
-        child.send_signal(signal.SIGKILL)
-        rest, errors = child.communicate()
-    finally:
-        watchdog.cancel()
-    assert child.returncode == -signal.SIGKILL, errors
-    return "".join(output) + rest
+    # All of stdout is read through the one buffered reader, never communicate(): with two
+    # pipes communicate() os.read()s the descriptor and silently drops whatever readline()
+    # had already buffered past the line it returned. stderr goes to a file, so nothing
+    # but stdout is ever read from a pipe and a chatty writer cannot block on a full one.
+    with tempfile.TemporaryFile() as errors:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.unit.test_lease_store_crash", str(state_dir), str(seed)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+        )
+        # A hung writer would otherwise hang the test: killing it ends the reads with EOF.
+        watchdog = threading.Timer(WATCHDOG_SECONDS, child.kill)
+        watchdog.start()
+        try:
+            assert child.stdout is not None
+            with child.stdout:
+                output = []
+                seen = 0
+                while seen < commits:
+                    line = child.stdout.readline()
+                    if not line:
+                        child.wait()
+                        errors.seek(0)
+                        pytest.fail(
+                            f"writer exited early: {errors.read().decode(errors='replace')}"
+                        )
+                    output.append(line)
+                    seen += line == b"committed\n"
+                # The writer runs on meanwhile, so the kill lands at a random point of a later
+                # batch.
+                time.sleep(rng.uniform(0, 0.01))
+                child.send_signal(signal.SIGKILL)
+                # EOF once the writer is dead; starts with what readline() had buffered.
+                output.append(child.stdout.read())
+            child.wait()
+        finally:
+            watchdog.cancel()
+        errors.seek(0)
+        assert child.returncode == -signal.SIGKILL, errors.read().decode(errors="replace")
+    return b"".join(output)
+
+
+def replay(acknowledged: dict[int, Lease], output: bytes) -> tuple[dict[int, Lease], Batch | None]:
+    """Replay the writer's output: the state its confirmed batches promise, and the batch it
+    had announced but not confirmed when it was killed, if any."""
+    *lines, cut = output.split(b"\n")
+    in_flight: Batch | None = None
+    for number, line in enumerate(lines):
+        if line == b"committed":
+            assert in_flight is not None, f"line {number}: confirmed with no batch announced"
+            acknowledged = applied(acknowledged, in_flight)
+            in_flight = None
+        else:
+            # The writer announces a batch only after confirming the one before, so anything
+            # else means output was lost or garbled and the replay would prove nothing.
+            assert in_flight is None, (
+                f"line {number}: a batch announced before the last one was confirmed"
+            )
+            assert line.startswith(b"batch "), f"line {number}: {line[:60]!r}"
+            in_flight = decode(line.removeprefix(b"batch ").decode())
+    if cut:
+        # Cut by the kill while being announced, so apply() had not started on it; only a batch
+        # announcement takes more than one write(2), and only the one after a confirmation.
+        assert in_flight is None, f"cut line {cut[:60]!r} after an unconfirmed batch"
+        assert cut.startswith(b"batch ") or b"batch ".startswith(cut), cut[:60]
+    return acknowledged, in_flight
 
 
 def test_sigkill_never_loses_an_acknowledged_lease(tmp_path: Path) -> None:
@@ -141,19 +181,7 @@ def test_sigkill_never_loses_an_acknowledged_lease(tmp_path: Path) -> None:
     on_disk: dict[int, Lease] = {}
     for round_ in range(ROUNDS):
         output = run_writer_and_kill(tmp_path, round_, rng.randint(2, 25), rng)
-        acknowledged = on_disk
-        in_flight: Batch | None = None
-        for line in output.splitlines(keepends=True):
-            if line == "committed\n":
-                assert in_flight is not None
-                acknowledged = applied(acknowledged, in_flight)
-                in_flight = None
-            elif line.endswith("\n"):
-                in_flight = decode(line.removeprefix("batch "))
-            else:
-                # Cut by the kill while being announced, so apply() had not started on it.
-                assert line.startswith("batch "), line
-                in_flight = None
+        acknowledged, in_flight = replay(on_disk, output)
 
         with LeaseStore.open(tmp_path) as store:
             found = {stored.address: stored for stored in store.load()}
