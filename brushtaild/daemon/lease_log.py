@@ -23,6 +23,11 @@ def format_event(event: LeaseEvent, path: str) -> str:
     return f"{text} detail={event.detail!r}" if event.detail else text
 
 
+def format_line(event: LeaseEvent, path: str) -> str:
+    """The event as a line of the daemon's text log, level first like its other records."""
+    return f"INFO {format_event(event, path)}\n"
+
+
 class LeaseSink(Protocol):
     """Where the daemon's lease events go: collected per batch of requests, written by
     `flush()` once the batch's replies are sent, so logging never delays an ACK."""
@@ -44,7 +49,7 @@ class LeaseLog:
 
     def add(self, events: Iterable[LeaseEvent], path: str) -> None:
         if self.enabled:
-            self._lines.extend(f"INFO {format_event(e, path)}\n" for e in events)
+            self._lines.extend(format_line(e, path) for e in events)
 
     def flush(self) -> None:
         if self._lines:

@@ -103,7 +103,7 @@ class Daemon:
         self.io = PacketIO(config.interface, config.server_id)
         self.drops = DropLog()
         self.lease_log: LeaseSink = (
-            journal.JournalLeaseLog(config.site, log.isEnabledFor(logging.INFO))
+            journal.JournalLeaseLog(config.site, sys.stderr, log.isEnabledFor(logging.INFO))
             if journald
             else LeaseLog(sys.stderr, log.isEnabledFor(logging.INFO))
         )
