@@ -16,6 +16,8 @@ PACKAGES=(
     python3-yaml python3-prometheus-client python3-systemd python3-pyroute2
     python3-bpfcc bpfcc-tools python3-openssl python3-cryptography
     iproute2 isc-dhcp-client udhcpc kea-admin kea-dhcp4-server tcpdump util-linux strace
+    # Debian package build (scripts/build-deb.sh, tests/packaging)
+    debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian
 )
 PIP_TOOLS=(pytest pytest-timeout hypothesis ruff mypy types-PyYAML)
 # Steps send their chatter to a log shown only on failure; fd 3 is the terminal.

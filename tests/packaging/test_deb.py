@@ -1,0 +1,341 @@
+"""The Debian package: what scripts/build-deb.sh builds, and what its maintainer scripts do.
+
+The package is built once per session, as revisions 1 and 2 in parallel, then inspected with
+dpkg-deb. Then the real dpkg installs revision 1, upgrades to 2, removes and purges, inside a
+private mount namespace whose /etc, /usr and /var are overlays kept on a tmpfs: the host's
+files and dpkg database are never written. systemd is not PID 1 on the test machines, so inside
+the namespace /run/systemd/system exists (the maintainer scripts' test for a systemd host) and
+`systemctl` and `deb-systemd-invoke` are scripts that record their arguments: the maintainer
+scripts take the branches they take on a systemd host, and the test checks what they ask of
+systemd. That the service really restarts and stops is checked under real systemd in Molecule.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from brushtaild import __version__
+
+REPO = Path(__file__).resolve().parents[2]
+DEBIAN = REPO / "packaging" / "debian"
+UNIT = DEBIAN / "brushtail.brushtaild.service"
+BUILD_TIMEOUT = 600
+# What maintainer scripts see when dpkg runs them on a Debian system; /usr/local/sbin comes
+# first, which is where the namespace's recording systemctl and deb-systemd-invoke live.
+SYSTEM_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LC_ALL": "C.UTF-8",
+    "DEBIAN_FRONTEND": "noninteractive",
+}
+SYSTEMD_LOG = "/run/systemd/brushtail-test.log"
+
+DEPENDS = {
+    "iproute2",
+    "python3-bpfcc",
+    "python3-cryptography",
+    "python3-openssl",
+    "python3-prometheus-client",
+    "python3-pyroute2",
+    "python3-systemd",
+    "python3-yaml",
+    "python3:any",
+}
+
+
+@dataclass(frozen=True)
+class Built:
+    first: Path  # revision 1, the version packaging/debian/changelog states
+    second: Path  # revision 2, for the upgrade
+    log: str  # build-deb.sh's output for the first, lintian's findings included
+
+
+def _build(out: Path, *args: str) -> "subprocess.Popen[str]":
+    return subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "build-deb.sh"), "--out", str(out), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def debs(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    if os.geteuid() != 0:
+        pytest.skip("scripts/build-deb.sh installs its build dependencies: needs root")
+    if shutil.which("dpkg") is None:
+        pytest.skip("not a Debian system (no dpkg)")
+    out = tmp_path_factory.mktemp("deb")
+    # In parallel: each build is mostly one core, and the machines have two.
+    builds = [_build(out), _build(out, "--revision", "2")]
+    logs = [build.communicate(timeout=BUILD_TIMEOUT)[0] for build in builds]
+    for build, log in zip(builds, logs, strict=True):
+        assert build.returncode == 0, f"build-deb.sh {build.args[4:]} failed:\n{log}"
+    first = _changelog_version()
+    second = first.rsplit("-", 1)[0] + "-2"
+    return Built(out / f"brushtail_{first}_all.deb", out / f"brushtail_{second}_all.deb", logs[0])
+
+
+def _changelog_version() -> str:
+    return subprocess.run(
+        ["dpkg-parsechangelog", "-l", str(DEBIAN / "changelog"), "-S", "Version"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def _field(deb: Path, name: str) -> str:
+    return subprocess.run(
+        ["dpkg-deb", "--field", str(deb), name], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def _relation_names(value: str) -> set[str]:
+    """Package names of a relation field, alternatives and version constraints dropped."""
+    return {re.split(r"[\s(]", item.strip())[0] for item in value.split(",") if item.strip()}
+
+
+def _contents(deb: Path) -> set[str]:
+    listing = subprocess.run(
+        ["dpkg-deb", "--contents", str(deb)], check=True, capture_output=True, text=True
+    ).stdout
+    # "-rw-r--r-- root/root 94 2026-11-29 16:55 ./usr/bin/x" (symlinks add " -> target")
+    return {line.split(maxsplit=5)[5].split(" -> ")[0][1:] for line in listing.splitlines()}
+
+
+def _member(deb: Path, path: str) -> bytes:
+    tar = subprocess.run(
+        ["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, capture_output=True
+    ).stdout
+    return subprocess.run(
+        ["tar", "-xOf", "-", f".{path}"], input=tar, check=True, capture_output=True
+    ).stdout
+
+
+def test_name_version_architecture(debs: Built) -> None:
+    version = _changelog_version()
+    assert version.rsplit("-", 1)[0] == __version__, "build-deb.sh should have refused this"
+    assert debs.first.name == f"brushtail_{version}_all.deb"
+    assert _field(debs.first, "Package") == "brushtail"
+    assert _field(debs.first, "Version") == version
+    assert _field(debs.first, "Architecture") == "all"
+    assert _field(debs.second, "Version") == f"{__version__}-2"
+
+
+def test_depends_on_debian_python_packages_and_recommends_headers(debs: Built) -> None:
+    assert _relation_names(_field(debs.first, "Depends")) == DEPENDS
+    assert _field(debs.first, "Recommends") == "linux-headers-amd64 | linux-headers-arm64"
+
+
+def test_installs_programs_unit_config_and_man_pages(debs: Built) -> None:
+    contents = _contents(debs.first)
+    for path in (
+        "/usr/bin/brushtaild",
+        "/usr/bin/brushtail",
+        "/etc/brushtail/brushtail.yaml",
+        "/usr/share/man/man8/brushtaild.8.gz",
+        "/usr/share/man/man8/brushtail.8.gz",
+        "/usr/share/doc/brushtail/copyright",
+        "/usr/share/doc/brushtail/OPERATIONS.md",  # the unit's Documentation= link
+        "/usr/share/doc/brushtail/examples/brushtail-full.yaml",
+    ):
+        assert path in contents, path
+    # debhelper 13.11 (Debian 12) installs units under /lib; later ones under /usr/lib.
+    units = {f"{lib}/systemd/system/brushtaild.service" for lib in ("/lib", "/usr/lib")}
+    (unit,) = units & contents
+    assert _member(debs.first, unit) == UNIT.read_bytes()
+
+
+def test_default_config_is_the_only_conffile(debs: Built) -> None:
+    conffiles = subprocess.run(
+        ["dpkg-deb", "--info", str(debs.first), "conffiles"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert conffiles == ["/etc/brushtail/brushtail.yaml"]
+    assert _member(debs.first, conffiles[0]) == (DEBIAN / "brushtail.yaml").read_bytes()
+
+
+def test_every_module_is_installed_for_debian_python(debs: Built) -> None:
+    contents = _contents(debs.first)
+    modules = sorted(REPO.glob("brushtaild/**/*.py"))
+    assert modules
+    for module in modules:
+        installed = "/usr/lib/python3/dist-packages/" + str(module.relative_to(REPO))
+        assert installed in contents, installed
+
+
+def test_bpf_sources_are_installed_for_bcc(debs: Built) -> None:
+    in_tree = {p.name for p in (REPO / "bpf").glob("*") if p.suffix in (".c", ".h")}
+    prefix = "/usr/share/brushtail/bpf/"
+    shipped = {p[len(prefix) :] for p in _contents(debs.first) if p.startswith(prefix)}
+    assert shipped - {""} == in_tree
+
+
+def test_lintian_reports_no_errors(debs: Built) -> None:
+    assert "==> lintian" in debs.log
+    errors = [line for line in debs.log.splitlines() if line.startswith("E: ")]
+    assert errors == []
+
+
+Run = Callable[[str], "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture
+def scratch_system(tmp_path: Path) -> Iterator[Run]:
+    """Runs shell commands in a mount namespace where /etc, /usr and /var (and /bin, /lib,
+    ... on a system without merged /usr) are writable overlays of the real ones on a tmpfs,
+    /run is an empty tmpfs, and systemctl and deb-systemd-invoke only record their calls."""
+    if os.geteuid() != 0:
+        pytest.skip("mount namespaces and dpkg need root")
+    layers = tmp_path / "layers"
+    layers.mkdir()
+    holder = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sleep", "infinity"]
+    )
+
+    def run(command: str) -> "subprocess.CompletedProcess[str]":
+        return subprocess.run(
+            ["nsenter", "-t", str(holder.pid), "-m", "--", "sh", "-ec", command],
+            env=SYSTEM_ENV,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    recorder = f'#!/bin/sh\necho "${{0##*/}} $*" >>{SYSTEMD_LOG}\n'
+    try:
+        setup = run(
+            f"""
+            mount -t tmpfs brushtail-test {layers}
+            for d in etc usr var bin sbin lib lib32 lib64 libx32; do
+                if [ -d /$d ] && [ ! -L /$d ]; then
+                    mkdir {layers}/$d {layers}/$d/upper {layers}/$d/work
+                    mount -t overlay overlay \
+                        -o lowerdir=/$d,upperdir={layers}/$d/upper,workdir={layers}/$d/work /$d
+                fi
+            done
+            mount -t tmpfs brushtail-test-run /run
+            mkdir -p /run/systemd/system /usr/local/sbin
+            for tool in systemctl deb-systemd-invoke; do
+                printf '%s' '{recorder}' >/usr/local/sbin/$tool
+                chmod 755 /usr/local/sbin/$tool
+            done
+            """
+        )
+        assert setup.returncode == 0, setup.stderr
+        yield run
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _ok(run: Run, command: str) -> str:
+    result = run(command)
+    assert result.returncode == 0, f"{command}:\n{result.stdout}{result.stderr}"
+    return result.stdout
+
+
+def _systemd_calls(run: Run) -> list[str]:
+    """What the maintainer scripts asked of systemd since the last call."""
+    return _ok(run, f"cat {SYSTEMD_LOG} 2>/dev/null || true; rm -f {SYSTEMD_LOG}").splitlines()
+
+
+def _status(run: Run) -> str:
+    return _ok(run, "dpkg-query -W -f '${Status} ${Version}' brushtail 2>/dev/null || true")
+
+
+def test_install_upgrade_remove_purge(debs: Built, scratch_system: Run) -> None:
+    run = scratch_system
+    config = "/etc/brushtail/brushtail.yaml"
+    state = "/var/lib/brushtail/leases.sqlite3"
+
+    # Install: programs work with Debian's python3 and the shipped config, but the service
+    # is neither enabled nor started.
+    _ok(run, f"dpkg -i {debs.first}")
+    assert _status(run) == f"install ok installed {__version__}-1"
+    assert _ok(run, f"/usr/bin/brushtail check-config {config}").startswith(f"{config}: OK")
+    assert _ok(run, "/usr/bin/brushtaild --version").strip() == __version__
+    origin = _ok(run, "/usr/bin/python3 -c 'import brushtaild; print(brushtaild.__file__)'")
+    assert origin.strip() == "/usr/lib/python3/dist-packages/brushtaild/__init__.py"
+    _ok(run, "test ! -e /etc/systemd/system/multi-user.target.wants/brushtaild.service")
+    calls = _systemd_calls(run)
+    assert not [call for call in calls if call.startswith("deb-systemd-invoke")], calls
+
+    # What an operator and a running daemon leave behind.
+    _ok(run, f"echo '# edited on site' >>{config}; mkdir -p /var/lib/brushtail; touch {state}")
+
+    # Upgrade: the running service is restarted after the new files are in place (a
+    # stopped one stays stopped: try-restart); the edited config and the leases are kept.
+    _ok(run, f"dpkg -i {debs.second}")
+    assert _status(run) == f"install ok installed {__version__}-2"
+    calls = _systemd_calls(run)
+    assert "deb-systemd-invoke try-restart brushtaild.service" in calls
+    assert "deb-systemd-invoke stop brushtaild.service" not in calls
+    assert _ok(run, f"tail -n 1 {config}") == "# edited on site\n"
+    _ok(run, f"test -e {state}")
+
+    # Remove: the service is stopped, the programs go, configuration and leases stay.
+    _ok(run, "dpkg -r brushtail")
+    assert _status(run).startswith("deinstall ok config-files")
+    assert "deb-systemd-invoke stop brushtaild.service" in _systemd_calls(run)
+    _ok(run, "test ! -e /usr/bin/brushtaild && test ! -e /usr/lib/python3/dist-packages/brushtaild")
+    assert _ok(run, f"tail -n 1 {config}") == "# edited on site\n"
+    _ok(run, f"test -e {state}")
+
+    # Purge: configuration and state are deleted, and dpkg forgets the package.
+    _ok(run, "dpkg -P brushtail")
+    assert _status(run) == ""
+    _ok(run, "test ! -e /etc/brushtail && test ! -e /var/lib/brushtail")
+    calls = _systemd_calls(run)
+    assert not [call for call in calls if call.startswith("deb-systemd-invoke")], calls
+
+
+def _options(help_text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", help_text)) - {"--help"}
+
+
+def _help(*argv: str) -> str:
+    return subprocess.run(
+        [sys.executable, *argv, "--help"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    ).stdout
+
+
+@pytest.mark.parametrize(
+    ("page", "commands"),
+    [
+        ("brushtaild.8", [["-m", "brushtaild"]]),
+        (
+            "brushtail.8",
+            [
+                ["-m", "brushtaild.cli"],
+                ["-m", "brushtaild.cli", "check-config"],
+                ["-m", "brushtaild.cli", "leases"],
+            ],
+        ),
+    ],
+)
+def test_man_page_documents_every_option(page: str, commands: list[list[str]]) -> None:
+    text = (REPO / "docs" / "man" / page).read_text().replace("\\-", "-")
+    for argv in commands:
+        for option in _options(_help(*argv)):
+            assert re.search(rf"(?<![\w-]){option}(?![\w-])", text), f"{page}: {option}"
+    # The subcommands, as `brushtail --help` lists them under "commands:".
+    listed = _help(*commands[0]).partition("commands:")[2]
+    for command in re.findall(r"^ {4}([a-z][a-z-]*)\s", listed, flags=re.MULTILINE):
+        assert f"brushtail {command}" in text, f"{page}: {command}"
