@@ -151,6 +151,7 @@ def test_installs_programs_unit_config_and_man_pages(debs: Built) -> None:
         assert path in contents, path
     # debhelper 13.11 (Debian 12) installs units under /lib; later ones under /usr/lib.
     units = {f"{lib}/systemd/system/brushtaild.service" for lib in ("/lib", "/usr/lib")}
+    assert len(units & contents) == 1, f"no brushtaild.service: is {UNIT.name} in the tree?"
     (unit,) = units & contents
     assert _member(debs.first, unit) == UNIT.read_bytes()
 
@@ -180,6 +181,26 @@ def test_bpf_sources_are_installed_for_bcc(debs: Built) -> None:
     prefix = "/usr/share/brushtail/bpf/"
     shipped = {p[len(prefix) :] for p in _contents(debs.first) if p.startswith(prefix)}
     assert shipped - {""} == in_tree
+
+
+def test_build_refuses_a_changelog_that_disagrees_with_the_code(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("scripts/build-deb.sh runs only as root")
+    for path in ("scripts/build-deb.sh", "brushtaild/__init__.py", "packaging/debian/changelog"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / path, tmp_path / path)
+    changelog = tmp_path / "packaging" / "debian" / "changelog"
+    changelog.write_text(changelog.read_text().replace(f"({__version__}-", "(99.0-", 1))
+    result = subprocess.run(
+        ["bash", str(tmp_path / "scripts" / "build-deb.sh"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+    )
+    assert result.returncode == 1
+    assert f"version mismatch: brushtaild/__init__.py says '{__version__}'" in result.stderr
+    assert "says '99.0-1'" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_lintian_reports_no_errors(debs: Built) -> None:
