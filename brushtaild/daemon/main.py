@@ -172,7 +172,8 @@ class Daemon:
         self.notifier.ready(self._status(now))
 
     def _status(self, now: float) -> str:
-        """The STATUS= line: what an operator needs from `systemctl status` at a glance."""
+        """The STATUS= line: what an operator needs from `systemctl status` at a glance.
+        Its rate covers the time since the previous line, and a new window starts here."""
         requests = _counter_total(self.metrics.requests)
         since, counted = self._status_window
         rate = (requests - counted) / (now - since) if since and now > since else 0.0
