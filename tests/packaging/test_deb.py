@@ -216,18 +216,54 @@ Run = Callable[[str], "subprocess.CompletedProcess[str]"]
 def scratch_system(tmp_path: Path) -> Iterator[Run]:
     """Runs shell commands in a mount namespace where /etc, /usr and /var (and /bin, /lib,
     ... on a system without merged /usr) are writable overlays of the real ones on a tmpfs,
-    /run is an empty tmpfs, and systemctl and deb-systemd-invoke only record their calls."""
+    /run is an empty tmpfs, and systemctl and deb-systemd-invoke only record their calls.
+
+    Every mount is made by a shell that unshare starts *inside* the new namespace, never
+    through nsenter (which, racing a namespace still being set up, would mount over the
+    host's own /etc, /usr and /var), and each command first checks that it is not in the
+    host's namespace and refuses to run if it is."""
     if os.geteuid() != 0:
         pytest.skip("mount namespaces and dpkg need root")
+    host_ns = os.readlink("/proc/self/ns/mnt")
+    guard = f'[ "$(readlink /proc/self/ns/mnt)" != "{host_ns}" ] || exit 99'
     layers = tmp_path / "layers"
     layers.mkdir()
+    recorder = f'#!/bin/sh\necho "${{0##*/}} $*" >>{SYSTEMD_LOG}\n'
+    setup = f"""
+        {guard}
+        mount -t tmpfs brushtail-test {layers}
+        for d in etc usr var bin sbin lib lib32 lib64 libx32; do
+            if [ -d /$d ] && [ ! -L /$d ]; then
+                mkdir {layers}/$d {layers}/$d/upper {layers}/$d/work
+                mount -t overlay overlay \
+                    -o lowerdir=/$d,upperdir={layers}/$d/upper,workdir={layers}/$d/work /$d
+            fi
+        done
+        for d in /etc /usr /var/lib/dpkg; do
+            [ "$(findmnt -n -o FSTYPE -T $d)" = overlay ]
+        done
+        mount -t tmpfs brushtail-test-run /run
+        mkdir -p /run/systemd/system /usr/local/sbin
+        for tool in systemctl deb-systemd-invoke; do
+            printf '%s' '{recorder}' >/usr/local/sbin/$tool
+            chmod 755 /usr/local/sbin/$tool
+        done
+        echo ready
+        exec sleep infinity
+    """
     holder = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "sleep", "infinity"]
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec", setup],
+        env=SYSTEM_ENV,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
     def run(command: str) -> "subprocess.CompletedProcess[str]":
+        assert os.readlink(f"/proc/{holder.pid}/ns/mnt") != host_ns
         return subprocess.run(
-            ["nsenter", "-t", str(holder.pid), "-m", "--", "sh", "-ec", command],
+            ["nsenter", "-t", str(holder.pid), "-m", "--", "sh", "-ec", f"{guard}\n{command}"],
             env=SYSTEM_ENV,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -235,31 +271,15 @@ def scratch_system(tmp_path: Path) -> Iterator[Run]:
             timeout=120,
         )
 
-    recorder = f'#!/bin/sh\necho "${{0##*/}} $*" >>{SYSTEMD_LOG}\n'
     try:
-        setup = run(
-            f"""
-            mount -t tmpfs brushtail-test {layers}
-            for d in etc usr var bin sbin lib lib32 lib64 libx32; do
-                if [ -d /$d ] && [ ! -L /$d ]; then
-                    mkdir {layers}/$d {layers}/$d/upper {layers}/$d/work
-                    mount -t overlay overlay \
-                        -o lowerdir=/$d,upperdir={layers}/$d/upper,workdir={layers}/$d/work /$d
-                fi
-            done
-            mount -t tmpfs brushtail-test-run /run
-            mkdir -p /run/systemd/system /usr/local/sbin
-            for tool in systemctl deb-systemd-invoke; do
-                printf '%s' '{recorder}' >/usr/local/sbin/$tool
-                chmod 755 /usr/local/sbin/$tool
-            done
-            """
-        )
-        assert setup.returncode == 0, setup.stderr
+        assert holder.stdout is not None
+        if holder.stdout.readline() != "ready\n":
+            holder.kill()
+            pytest.fail(f"setting up the scratch namespace failed: {holder.communicate()[1]}")
         yield run
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()
 
 
 def _ok(run: Run, command: str) -> str:
