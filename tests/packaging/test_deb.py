@@ -301,6 +301,7 @@ def test_install_upgrade_remove_purge(debs: Built, scratch_system: Run) -> None:
     run = scratch_system
     config = "/etc/brushtail/brushtail.yaml"
     state = "/var/lib/brushtail/leases.sqlite3"
+    wants = "/etc/systemd/system/multi-user.target.wants/brushtaild.service"
 
     # Install: programs work with Debian's python3 and the shipped config, but the service
     # is neither enabled nor started.
@@ -310,12 +311,14 @@ def test_install_upgrade_remove_purge(debs: Built, scratch_system: Run) -> None:
     assert _ok(run, "/usr/bin/brushtaild --version").strip() == __version__
     origin = _ok(run, "/usr/bin/python3 -c 'import brushtaild; print(brushtaild.__file__)'")
     assert origin.strip() == "/usr/lib/python3/dist-packages/brushtaild/__init__.py"
-    _ok(run, "test ! -e /etc/systemd/system/multi-user.target.wants/brushtaild.service")
+    _ok(run, f"test ! -L {wants}")
     calls = _systemd_calls(run)
     assert not [call for call in calls if call.startswith("deb-systemd-invoke")], calls
 
-    # What an operator and a running daemon leave behind.
+    # What an operator and a running daemon leave behind: an edited config, leases, and
+    # the symlink `systemctl enable brushtaild` makes (the recording systemctl makes none).
     _ok(run, f"echo '# edited on site' >>{config}; mkdir -p /var/lib/brushtail; touch {state}")
+    _ok(run, f'mkdir -p "$(dirname {wants})"; ln -s /lib/systemd/system/brushtaild.service {wants}')
 
     # Upgrade: the running service is restarted after the new files are in place (a
     # stopped one stays stopped: try-restart); the edited config and the leases are kept.
@@ -325,7 +328,7 @@ def test_install_upgrade_remove_purge(debs: Built, scratch_system: Run) -> None:
     assert "deb-systemd-invoke try-restart brushtaild.service" in calls
     assert "deb-systemd-invoke stop brushtaild.service" not in calls
     assert _ok(run, f"tail -n 1 {config}") == "# edited on site\n"
-    _ok(run, f"test -e {state}")
+    _ok(run, f"test -e {state} && test -L {wants}")
 
     # Remove: the service is stopped, the programs go, configuration and leases stay.
     _ok(run, "dpkg -r brushtail")
@@ -335,10 +338,11 @@ def test_install_upgrade_remove_purge(debs: Built, scratch_system: Run) -> None:
     assert _ok(run, f"tail -n 1 {config}") == "# edited on site\n"
     _ok(run, f"test -e {state}")
 
-    # Purge: configuration and state are deleted, and dpkg forgets the package.
+    # Purge: configuration, state and the enablement are deleted, and dpkg forgets the
+    # package.
     _ok(run, "dpkg -P brushtail")
     assert _status(run) == ""
-    _ok(run, "test ! -e /etc/brushtail && test ! -e /var/lib/brushtail")
+    _ok(run, f"test ! -e /etc/brushtail && test ! -e /var/lib/brushtail && test ! -L {wants}")
     calls = _systemd_calls(run)
     assert not [call for call in calls if call.startswith("deb-systemd-invoke")], calls
 
