@@ -141,49 +141,68 @@ image() {
 package() {
     # Built as released (scripts/build-deb.sh), into a directory of its own so the one
     # package there is the one just built from this tree.
-    rm -rf "$CACHE/dist"
+    rm -rf "$CACHE/dist" "$CACHE/dist-next"
     bash scripts/build-deb.sh --out "$CACHE/dist"
     ls "$CACHE"/dist/brushtail_*_all.deb >"$CACHE/deb-path"
 }
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "molecule.sh must run as root (rootful podman): sudo bash scripts/molecule.sh" >&2
-    exit 1
-fi
+next_package() {
+    # The same tree as a newer Debian revision: what the cluster scenario upgrades to.
+    local revision
+    revision=$(dpkg-deb -f "$(cat "$CACHE/deb-path")" Version)
+    revision=$((${revision##*-} + 1))
+    bash scripts/build-deb.sh --out "$CACHE/dist-next" --revision "$revision"
+    ls "$CACHE"/dist-next/brushtail_*_all.deb >"$CACHE/deb-next-path"
+}
 
-SCENARIO=${1:-default}
-shift || true
-[ $# -eq 0 ] && set -- test
-case $SCENARIO in
-    all) SCENARIOS=(default cluster) ;;
-    *) SCENARIOS=("$SCENARIO") ;;
-esac
+# Everything runs from main, so bash has read the whole file before it starts: editing or
+# checking out this script during a run cannot change what the run does.
+main() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "molecule.sh must run as root (rootful podman): sudo bash scripts/molecule.sh" >&2
+        exit 1
+    fi
 
-mkdir -p "$CACHE"
-# One run at a time: scenarios use fixed container names and one image tag.
-mkdir -p /run/lock
-exec 9>/run/lock/brushtail-molecule.lock
-flock 9
+    SCENARIO=${1:-default}
+    shift || true
+    [ $# -eq 0 ] && set -- test
+    case $SCENARIO in
+        all) SCENARIOS=(default cluster) ;;
+        *) SCENARIOS=("$SCENARIO") ;;
+    esac
 
-step "host packages (podman, runc, debootstrap, ansible)" host_packages
-step "venv $CACHE/venv (molecule, podman driver, testinfra)" venv
-HASH=$(image_hash)
-step "image $IMAGE_REPO:$HASH (debootstrap $SUITE, cached)" image "$HASH"
-step "brushtail .deb" package
+    mkdir -p "$CACHE"
+    # One run at a time: scenarios use fixed container names and one image tag.
+    mkdir -p /run/lock
+    exec 9>/run/lock/brushtail-molecule.lock
+    flock 9
 
-export BRUSHTAIL_MOLECULE_IMAGE=$IMAGE_REPO:$HASH
-BRUSHTAIL_DEB=$(cat "$CACHE/deb-path")
-BRUSHTAIL_DEB=$(realpath "$BRUSHTAIL_DEB")
-export BRUSHTAIL_DEB
-# runc and rlimits the host allows (no CAP_SYS_RESOURCE on some CI hosts).
-export CONTAINERS_CONF=$REPO/molecule/containers.conf
-export PATH=$CACHE/venv/bin:$PATH VIRTUAL_ENV=$CACHE/venv
-export ANSIBLE_CONFIG=$REPO/ansible/ansible.cfg
-echo "    package: $BRUSHTAIL_DEB"
+    step "host packages (podman, runc, debootstrap, ansible)" host_packages
+    step "venv $CACHE/venv (molecule, podman driver, testinfra)" venv
+    HASH=$(image_hash)
+    step "image $IMAGE_REPO:$HASH (debootstrap $SUITE, cached)" image "$HASH"
+    step "brushtail .deb" package
+    if [[ " ${SCENARIOS[*]} " == *" cluster "* ]]; then
+        step "brushtail .deb, next revision (rolling upgrade in the cluster scenario)" next_package
+        BRUSHTAIL_DEB_NEXT=$(cat "$CACHE/deb-next-path")
+        export BRUSHTAIL_DEB_NEXT
+    fi
 
-for scenario in "${SCENARIOS[@]}"; do
-    echo "==> molecule $* -s $scenario"
-    started=$SECONDS
-    molecule "$@" -s "$scenario"
-    echo "    (molecule $1 -s $scenario: $((SECONDS - started)) s)"
-done
+    export BRUSHTAIL_MOLECULE_IMAGE=$IMAGE_REPO:$HASH
+    BRUSHTAIL_DEB=$(cat "$CACHE/deb-path")
+    BRUSHTAIL_DEB=$(realpath "$BRUSHTAIL_DEB")
+    export BRUSHTAIL_DEB
+    # runc and rlimits the host allows (no CAP_SYS_RESOURCE on some CI hosts).
+    export CONTAINERS_CONF=$REPO/molecule/containers.conf
+    export PATH=$CACHE/venv/bin:$PATH VIRTUAL_ENV=$CACHE/venv
+    echo "    package: $BRUSHTAIL_DEB"
+
+    for scenario in "${SCENARIOS[@]}"; do
+        echo "==> molecule $* -s $scenario"
+        started=$SECONDS
+        molecule "$@" -s "$scenario"
+        echo "    (molecule $1 -s $scenario: $((SECONDS - started)) s)"
+    done
+}
+
+main "$@"
