@@ -200,7 +200,7 @@ main() {
     for scenario in "${SCENARIOS[@]}"; do
         echo "==> molecule $* -s $scenario"
         started=$SECONDS
-        molecule "$@" -s "$scenario"
+        molecule "$1" -s "$scenario" "${@:2}"
         echo "    (molecule $1 -s $scenario: $((SECONDS - started)) s)"
     done
 }
