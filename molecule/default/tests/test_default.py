@@ -7,8 +7,8 @@ site's own brushtail.yaml, so the same checks serve every site of the cluster sc
 """
 
 import ipaddress
+import json
 
-import pytest
 import yaml
 
 CONFIG = "/etc/brushtail/brushtail.yaml"
@@ -49,12 +49,21 @@ def test_service_active_and_enabled(host):
 def test_service_status_line(host):
     unit = _unit(host)
     assert unit["ActiveState"] == "active", _journal(host)
-    if unit["Type"] != "notify":
-        pytest.skip(
-            f"brushtaild.service is Type={unit['Type']}: READY/STATUS come with the packaged "
-            "Type=notify unit (issue 5, part 1), not yet in this package"
-        )
-    assert unit["StatusText"], "Type=notify unit without a STATUS= line"
+    assert unit["Type"] == "notify"
+    assert "leases" in unit["StatusText"], unit
+
+
+def test_service_runs_with_only_its_capabilities(host):
+    pid = host.check_output("systemctl show --property=MainPID --value brushtaild")
+    status = dict(
+        line.split(":\t", 1)
+        for line in host.file(f"/proc/{pid}/status").content_string.splitlines()
+        if ":\t" in line
+    )
+    # CAP_NET_BIND_SERVICE 10, CAP_NET_ADMIN 12, CAP_NET_RAW 13, CAP_PERFMON 38, CAP_BPF 39
+    allowed = sum(1 << bit for bit in (10, 12, 13, 38, 39))
+    assert int(status["CapBnd"], 16) == allowed
+    assert int(status["CapEff"], 16) & ~allowed == 0
 
 
 def test_config_file(host):
@@ -118,3 +127,16 @@ def test_dhcp_client_gets_a_lease(host):
     assert f"from {config['server_id']}" in line
     leases = host.check_output("brushtail leases")
     assert str(address) in leases and "bound" in leases
+
+
+def test_journal_finds_one_subscriber_by_mac(host):
+    """`journalctl CLIENT_MAC=...` gives a subscriber's history: the lease events of the
+    client above are structured journal entries with its MAC, address and pool."""
+    mac = host.check_output("ip netns exec cli cat /sys/class/net/cli0/address")
+    entries = host.check_output(
+        "journalctl -u brushtaild --no-pager -o json CLIENT_MAC=%s LEASE_EVENT=ack", mac
+    )
+    assert entries, f"no ack for {mac} in the journal:\n{_journal(host)}"
+    last = json.loads(entries.splitlines()[-1])
+    assert last["DHCP_PATH"] == "slow" and last["POOL"] == _config(host)["pools"][0]["name"]
+    assert last["SITE"] == _config(host)["site"] and last["LEASE_IP"]
