@@ -42,28 +42,12 @@ PIP_PACKAGES=(
     'ansible-compat==24.10.0' 'pytest-testinfra==10.2.2'
 )
 
-exec 3>&1
 LOG=$(mktemp /tmp/brushtail-molecule.XXXXXX)
 trap 'rm -f "$LOG"' EXIT
 
-step() {
-    local name=$1 rc=0 started=$SECONDS
-    shift
-    echo "==> $name"
-    set +e
-    (
-        set -e
-        "$@"
-    ) >"$LOG" 2>&1
-    rc=$?
-    set -e
-    if [ $rc -ne 0 ]; then
-        echo "molecule.sh: step '$name' failed (exit $rc); its output:" >&2
-        tail -n 60 "$LOG" >&2
-        exit 1
-    fi
-    echo "    ($((SECONDS - started)) s)"
-}
+STEP_TAIL=60
+# shellcheck source=lib/step.sh
+source "$REPO/scripts/lib/step.sh"
 
 host_packages() {
     local pkg missing=()

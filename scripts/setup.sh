@@ -20,28 +20,10 @@ PACKAGES=(
     debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian
 )
 PIP_TOOLS=(pytest pytest-timeout hypothesis ruff mypy types-PyYAML)
-# Steps send their chatter to a log shown only on failure; fd 3 is the terminal.
-exec 3>&1
 
-step() {
-    local name=$1 rc=0
-    shift
-    echo "==> $name"
-    # A subshell outside any `if`/`||`, so set -e really stops the step at its first
-    # failing command (bash ignores -e in functions called from a condition).
-    set +e
-    (
-        set -e
-        "$@"
-    ) >"$LOG" 2>&1
-    rc=$?
-    set -e
-    if [ $rc -ne 0 ]; then
-        echo "setup.sh: step '$name' failed (exit $rc); its output:" >&2
-        tail -n 40 "$LOG" >&2
-        exit 1
-    fi
-}
+STEP_TAIL=40
+# shellcheck source=lib/step.sh
+source "$REPO/scripts/lib/step.sh"
 
 missing_packages() {
     local pkg
