@@ -70,7 +70,7 @@ def _leases(args: argparse.Namespace) -> int:
         return EXIT_UNREADABLE
     now = time.time()
     if not args.all:
-        leases = [lease for lease in leases if _is_current(lease, now)]
+        leases = [lease for lease in leases if lease.active(now)]
     print(f"{'ADDRESS':<16} {'STATE':<9} {'EXPIRES IN':>10}  {'MAC':<17}  {'POOL':<12} CLIENT-ID")
     for lease in leases:
         remaining = f"{lease.expires - now:.0f}s" if lease.expires > now else "-"
@@ -79,10 +79,6 @@ def _leases(args: argparse.Namespace) -> int:
             f"{format_mac(lease.hwaddr):<17}  {lease.pool:<12} {lease.client_id.hex() or '-'}"
         )
     return EXIT_OK
-
-
-def _is_current(lease: Lease, now: float) -> bool:
-    return lease.state in (LeaseState.BOUND, LeaseState.DECLINED) and lease.expires > now
 
 
 def _state_name(lease: Lease, now: float) -> str:

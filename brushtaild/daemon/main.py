@@ -215,9 +215,8 @@ class Daemon:
         started = clock.ticks()
         packets, malformed_frames = self.io.receive_batch(BATCH)
         now = clock.wall()
-        for _ in range(malformed_frames):
-            self.metrics.count_drop(DropReason.BAD_FRAME)
         if malformed_frames:
+            self.metrics.count_drop(DropReason.BAD_FRAME, malformed_frames)
             self.drops.drop(DropReason.BAD_FRAME, f"frames={malformed_frames}", now)
         requests: list[tuple[Message, Ingress]] = []
         for payload, ingress in packets:

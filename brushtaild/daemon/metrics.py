@@ -91,9 +91,9 @@ class Metrics:
             child = self._reply_children[mtype] = self.requests.labels(label)
         child.inc()
 
-    def count_drop(self, reason: DropReason) -> None:
-        self._drop_children[reason].inc()
-        self._request_drop_children[reason].inc()
+    def count_drop(self, reason: DropReason, n: int = 1) -> None:
+        self._drop_children[reason].inc(n)
+        self._request_drop_children[reason].inc(n)
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -262,8 +262,9 @@ class _Parser:
 
     def ipv4(self, value: object, where: str) -> int | None:
         text = self.string(value, where)
-        if text is None:
-            return None
+        return None if text is None else self._address(text, where)
+
+    def _address(self, text: str, where: str) -> int | None:
         try:
             return int(IPv4Address(text))
         except ValueError:
@@ -281,11 +282,10 @@ class _Parser:
             return None
         ends: list[int] = []
         for part in parts:
-            try:
-                ends.append(int(IPv4Address(part)))
-            except ValueError:
-                self.fail(where, f"{part!r} is not a valid IPv4 address")
+            address = self._address(part, where)
+            if address is None:
                 return None
+            ends.append(address)
         first, last = ends[0], ends[-1]
         if first > last:
             self.fail(where, f"start {_ip(first)} is after end {_ip(last)}")

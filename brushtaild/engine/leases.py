@@ -25,3 +25,11 @@ class Lease:
     state: LeaseState
     expires: float
     updated: float  # client last transaction time (cltt)
+
+    @property
+    def occupies(self) -> bool:
+        """Holds its address while unexpired: a binding or a quarantine."""
+        return self.state in (LeaseState.BOUND, LeaseState.DECLINED)
+
+    def active(self, now: float) -> bool:
+        return self.expires > now and self.occupies

@@ -170,7 +170,7 @@ class Server:
 
     def _load(self, lease: Lease, now: float) -> None:
         alloc = self._allocator_for(lease.address, lease.pool)
-        active = lease.expires > now and lease.state in (LeaseState.BOUND, LeaseState.DECLINED)
+        active = lease.active(now)
         if lease.state is LeaseState.DECLINED and not active:
             return
         self._by_address[lease.address] = lease
@@ -194,7 +194,7 @@ class Server:
         while timers and timers[0][0] <= now:
             _, address = heapq.heappop(timers)
             lease = self._by_address.get(address)
-            if lease is None or lease.expires > now or not self._occupies(lease):
+            if lease is None or lease.expires > now or not lease.occupies:
                 continue  # renewed, released or replaced since this timer was set
             alloc = self._allocator_for(address, lease.pool)
             if lease.state is LeaseState.DECLINED:
@@ -220,11 +220,8 @@ class Server:
                 self._drop_hold(hold, now)
 
     @staticmethod
-    def _occupies(lease: Lease) -> bool:
-        return lease.state in (LeaseState.BOUND, LeaseState.DECLINED)
-
-    def _active(self, lease: Lease | None, now: float) -> bool:
-        return lease is not None and self._occupies(lease) and lease.expires > now
+    def _active(lease: Lease | None, now: float) -> bool:
+        return lease is not None and lease.active(now)
 
     def _drop_hold(self, hold: Hold, now: float, keep: int = 0) -> None:
         del self._holds[hold.client_id]

@@ -10,7 +10,7 @@ from brushtaild.dhcp.constants import MAGIC_COOKIE, MessageType, Overload
 from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.options import build_relay_agent_info, parse_relay_agent_info
 from brushtaild.dhcp.reasons import MalformedPacket
-from tests.vectors import load_vector
+from tests.vectors import CAPTURED, load_vector
 
 U8 = st.integers(0, 0xFF)
 U16 = st.integers(0, 0xFFFF)
@@ -24,17 +24,7 @@ OPTION_VALUES = st.one_of(
     st.binary(min_size=20, max_size=120),
     st.binary(min_size=250, max_size=330),
 )
-VECTORS = [
-    "dhclient_discover",
-    "dhclient_request",
-    "udhcpc_discover",
-    "udhcpc_request",
-    "perfdhcp_discover",
-    "perfdhcp_request",
-    "dhcrelay_udhcpc_discover",
-    "dhcrelay_udhcpc_request",
-    "overload_offer",
-]
+VECTORS = [*CAPTURED, "overload_offer"]
 
 
 ANY_OPTIONS = st.dictionaries(OPTION_CODES, OPTION_VALUES, max_size=6)

@@ -11,18 +11,8 @@ from brushtaild.dhcp.codec import MessageTooLarge, encode, parse
 from brushtaild.dhcp.constants import MAGIC_COOKIE, MIN_BOOTP_LEN, MessageType
 from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
-from tests.vectors import load_vector
+from tests.vectors import CAPTURED, load_vector
 
-CAPTURED = [
-    "dhclient_discover",
-    "dhclient_request",
-    "udhcpc_discover",
-    "udhcpc_request",
-    "perfdhcp_discover",
-    "perfdhcp_request",
-    "dhcrelay_udhcpc_discover",
-    "dhcrelay_udhcpc_request",
-]
 CLIENT_MAC = bytes.fromhex("0200c6120002")
 DHCLIENT_PRL = bytes([1, 28, 2, 3, 15, 6, 119, 12, 44, 47, 26, 121, 42])
 UDHCPC_PRL = bytes([1, 3, 6, 12, 15, 28, 42])

@@ -8,13 +8,13 @@ from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.engine.decisions import DestKind
 from brushtaild.engine.server import Server
 from tests.engine_helpers import INGRESS, SERVER, make_config, make_pool
-from tests.vectors import load_vector
+from tests.vectors import CLIENTS, load_vector
 
 # Every capture's network (its giaddr, link selection or the server's link) is in 198.18/16.
 POOLS = (make_pool(),)
 
 
-@pytest.mark.parametrize("client", ["dhclient", "udhcpc", "perfdhcp", "dhcrelay_udhcpc"])
+@pytest.mark.parametrize("client", CLIENTS)
 def test_captured_discover_gets_a_fitting_offer(client: str) -> None:
     request = parse(load_vector(f"{client}_discover"))
     server = Server(make_config(*POOLS), [], 0.0)
@@ -40,7 +40,7 @@ def test_captured_discover_gets_a_fitting_offer(client: str) -> None:
         assert offer.options[OptionCode.RELAY_AGENT_INFO] == relay_info
 
 
-@pytest.mark.parametrize("client", ["dhclient", "udhcpc", "perfdhcp", "dhcrelay_udhcpc"])
+@pytest.mark.parametrize("client", CLIENTS)
 def test_captured_exchange_is_acked(client: str) -> None:
     """Each capture's REQUEST selects 198.18.0.100 from server 198.18.0.1 (our address):
     with a pool of just that address, its DISCOVER is offered it and its REQUEST ACKed."""
