@@ -1,0 +1,281 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* brushtail's XDP fast path: answers DISCOVER and REQUEST from clients that hold a lease
+ * in the pinned maps, in place, with XDP_TX. Everything else goes to the slow path
+ * (XDP_PASS): the program only ever answers what it fully understands.
+ *
+ * Reads top to bottom: parse, rate-limit, look up, check, build, send; one exit counts the
+ * result. Compiled and loaded by brushtaild/xdp/loader.py.
+ */
+#include <uapi/linux/bpf.h>
+
+#include "shared.h"
+#include "maps.h"
+#include "parsing.h"
+#include "csum.h"
+#include "ratelimit.h"
+#include "reply.h"
+
+#define DHCP_DISCOVER 1
+#define DHCP_REQUEST 3
+#define NS_PER_SEC 1000000000ull
+#define FNV64_OFFSET 0xcbf29ce484222325ull
+#define FNV64_PRIME 0x100000001b3ull
+
+static __always_inline __u64 config_get(__u32 slot)
+{
+	__u64 *v = config.lookup(&slot);
+
+	return v ? *v : 0;
+}
+
+/* Returns 1 if this client is over its rate; a client never seen gets a fresh bucket. */
+static __always_inline int rate_limited(struct bt_client_key *key, __u64 now)
+{
+	__u64 cost = config_get(BT_CFG_RATE_COST);
+	__u64 burst = config_get(BT_CFG_RATE_BURST);
+	struct bt_bucket *b;
+
+	if (!cost)
+		return 0;
+	b = ratelimit.lookup(key);
+	if (!b) {
+		struct bt_bucket fresh;
+
+		bucket_init(&fresh, now, cost, burst);
+		ratelimit.update(key, &fresh);
+		return 0;
+	}
+	return bucket_take(b, now, cost, burst);
+}
+
+/* Hash of option 55, never BT_PRL_ABSENT: FNV-1a over the list zero-padded to PRL_MAX
+ * bytes, 8 bytes a step, so the loop has a fixed count. brushtaild/xdp/maps.py has the
+ * same function. The list is copied out of the frame first: the verifier cannot follow a
+ * byte walk up to the packet's end. */
+static __always_inline __u32 prl_hash(struct xdp_md *ctx, struct dhcp_request *req)
+{
+	__u64 words[PRL_MAX / 8] = {};
+	__u32 len = req->prl_len;
+	__u64 h = FNV64_OFFSET ^ len;
+	int i;
+
+	/* Written so the verifier sees a length in [1, PRL_MAX]. */
+	if (len && bpf_xdp_load_bytes(ctx, req->prl_off, words, ((len - 1) & (PRL_MAX - 1)) + 1) < 0)
+		return BT_PRL_ABSENT; /* matches no lease */
+#pragma unroll
+	for (i = 0; i < PRL_MAX / 8; i++)
+		h = (h ^ words[i]) * FNV64_PRIME;
+	h ^= h >> 32;
+	return (__u32)h ? (__u32)h : 1;
+}
+
+/* Option 61 must be the lease's identity; without it, the lease must be keyed by chaddr. */
+static __always_inline int identity_matches(struct xdp_md *ctx, struct dhcp_request *req,
+					    struct bt_lease *lease)
+{
+	__u64 id[BT_MAX_CLIENT_ID / 8] = {};
+	__u64 *want = (__u64 *)lease->client_id;
+	__u32 len = req->client_id_len;
+
+	if (!(req->seen & SEEN_CLIENT_ID))
+		return lease->flags & BT_LEASE_HW_ID;
+	if (lease->flags & BT_LEASE_HW_ID || len != lease->id_len || len == 0)
+		return 0;
+	if (bpf_xdp_load_bytes(ctx, req->client_id_off, id,
+			       ((len - 1) & (BT_MAX_CLIENT_ID - 1)) + 1) < 0)
+		return 0;
+	/* Both sides are zero after len. */
+	return id[0] == want[0] && id[1] == want[1] && id[2] == want[2] && id[3] == want[3];
+}
+
+/* Which REQUESTs the kernel may ACK: SELECTING (our server id, option 50 = the lease),
+ * INIT-REBOOT (option 50 = the lease) and RENEWING/REBINDING (ciaddr = the lease, sent to
+ * us or broadcast). Anything else, including a mismatched option 50 next to a good
+ * ciaddr, is for the slow path to judge. */
+static __always_inline int request_matches(struct iphdr *ip, struct bootp_hdr *b,
+					   struct dhcp_request *req, struct bt_lease *lease,
+					   __be32 server_id)
+{
+	if ((req->seen & SEEN_SERVER_ID) && req->server_id != server_id)
+		return 0;
+	if ((req->seen & SEEN_REQUESTED) && req->requested != lease->address)
+		return 0;
+	if (b->ciaddr) {
+		if (b->ciaddr != lease->address)
+			return 0;
+		return ip->daddr == server_id || ip->daddr == 0xffffffff;
+	}
+	return (req->seen & SEEN_REQUESTED) != 0;
+}
+
+static __always_inline __u32 log2_bucket(__u64 v)
+{
+	__u32 r = 0;
+
+	if (v >> 16) { v >>= 16; r += 16; }
+	if (v >> 8) { v >>= 8; r += 8; }
+	if (v >> 4) { v >>= 4; r += 4; }
+	if (v >> 2) { v >>= 2; r += 2; }
+	if (v >> 1) { r += 1; }
+	return r < BT_LATENCY_BUCKETS ? r : BT_LATENCY_BUCKETS - 1;
+}
+
+static __always_inline int record(__u32 result, int action, __u64 start)
+{
+	__u64 *count = results.lookup(&result);
+
+	if (count)
+		*count += 1;
+	if (action == XDP_TX) {
+		__u32 bucket = log2_bucket(bpf_ktime_get_boot_ns() - start);
+		__u64 *n = latency.lookup(&bucket);
+
+		if (n)
+			*n += 1;
+	}
+	return action;
+}
+
+int xdp_brushtail(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct cursor c = { .pos = data, .end = data_end };
+	struct dhcp_request *req;
+	struct bt_client_key key = {};
+	struct reply_addr to = {};
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct udphdr *udp;
+	struct bootp_hdr *b;
+	struct bt_lease *lease;
+	struct bt_template *tpl;
+	struct bt_renewal *event = NULL;
+	struct bt_scratch *s;
+	__u32 result, zero = 0, tpl_id, l3_off, ip_len;
+	__be32 server_id;
+	__be16 proto;
+	__u64 now, mac;
+	__u8 reply_type;
+	int action = XDP_PASS;
+
+	if (parse_ethhdr_vlan(&c, &eth, &key.outer_vlan, &key.inner_vlan, &proto) < 0 ||
+	    proto != htons(ETH_P_IP))
+		return XDP_PASS;
+	l3_off = c.pos - data;
+	if (parse_iphdr(&c, &ip) < 0 || ip->protocol != IPPROTO_UDP)
+		return XDP_PASS;
+	if (parse_udphdr(&c, &udp) < 0 || udp->dest != htons(DHCP_SERVER_PORT))
+		return XDP_PASS;
+
+	/* From here on it is DHCP, and every packet is counted under one result. */
+	now = bpf_ktime_get_boot_ns();
+	result = BT_PASS_UNPARSED;
+	if (parse_bootp(&c, &b) < 0)
+		goto out;
+	__builtin_memcpy(key.mac, b->chaddr, ETH_ALEN);
+	if (rate_limited(&key, now)) {
+		result = BT_DROP_RATE_LIMIT;
+		action = XDP_DROP;
+		goto out;
+	}
+	/* The walk's findings live in the scratch map, not on the stack: the verifier does not
+	 * track map contents, so every way out of the walk leads to one state, not thousands. */
+	s = scratch.lookup(&zero);
+	if (!s)
+		goto out;
+	req = &s->req;
+	__builtin_memset(req, 0, sizeof(*req));
+	if (parse_dhcp_options(&c, data, req) < 0 || !(req->seen & SEEN_MESSAGE_TYPE))
+		goto out;
+	if ((req->seen & SEEN_RELAY) && parse_relay_link_selection(&c, data, req) < 0)
+		goto out;
+
+	result = BT_PASS_MESSAGE;
+	if (req->msg_type == DHCP_DISCOVER)
+		reply_type = DHCP_OFFER;
+	else if (req->msg_type == DHCP_REQUEST)
+		reply_type = DHCP_ACK;
+	else
+		goto out;
+
+	result = BT_PASS_MISS;
+	lease = leases.lookup(&key);
+	if (!lease)
+		goto out;
+	result = BT_PASS_EXPIRED;
+	if (now >= lease->expires_ns)
+		goto out;
+	result = BT_PASS_IDENTITY;
+	if (!identity_matches(ctx, req, lease))
+		goto out;
+	server_id = config_get(BT_CFG_SERVER_ID);
+	result = BT_PASS_NETWORK;
+	{
+		/* The slow path's subnet selector, in its order (Server._network_selector). */
+		__be32 selector = req->subnet_selection ?: b->giaddr ?: b->ciaddr ?: server_id;
+
+		if ((selector & lease->netmask) != lease->subnet)
+			goto out;
+	}
+	result = BT_PASS_PRL;
+	if ((req->seen & SEEN_PRL ? prl_hash(ctx, req) : BT_PRL_ABSENT) != lease->prl_hash)
+		goto out;
+	result = BT_PASS_REQUEST_MISMATCH;
+	if (reply_type == DHCP_ACK && !request_matches(ip, b, req, lease, server_id))
+		goto out;
+
+	result = BT_PASS_NO_TEMPLATE;
+	tpl_id = reply_type == DHCP_OFFER ? lease->offer_template : lease->ack_template;
+	tpl = templates.lookup(&tpl_id);
+	if (!tpl)
+		goto out;
+	reply_destination(eth, b, lease->address, &to);
+	result = BT_PASS_TOO_BIG;
+	ip_len = build_reply(ctx, s->buf, b, req, lease, tpl, reply_type, server_id, &to);
+	if (!ip_len || ip_len > BT_SCRATCH_SIZE)
+		goto out;
+
+	if (reply_type == DHCP_ACK) {
+		/* No renewal goes unrecorded: without room to report it, the slow path answers. */
+		result = BT_PASS_EVENT_FULL;
+		event = renewals.ringbuf_reserve(sizeof(*event));
+		if (!event)
+			goto out;
+		event->key = key;
+		event->address = lease->address;
+		event->expires_ns = now + lease->lease_time * NS_PER_SEC;
+	}
+
+	/* Up to here the frame is untouched; from here it becomes the reply. */
+	result = BT_PASS_NO_ROOM;
+	if (bpf_xdp_adjust_tail(ctx, (int)(l3_off + ip_len) - (int)(data_end - data)) < 0)
+		goto out_discard;
+	if (bpf_xdp_store_bytes(ctx, l3_off, s->buf, ip_len) < 0) {
+		action = XDP_DROP; /* half-written: never let it reach the stack */
+		goto out_discard;
+	}
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end) {
+		action = XDP_DROP;
+		goto out_discard;
+	}
+	mac = config_get(BT_CFG_SERVER_MAC);
+	__builtin_memcpy(eth->h_dest, to.mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, &mac, ETH_ALEN);
+
+	if (event) {
+		lease->expires_ns = event->expires_ns;
+		renewals.ringbuf_submit(event, 0);
+	}
+	result = reply_type == DHCP_OFFER ? BT_RES_OFFER : BT_RES_ACK;
+	return record(result, XDP_TX, now);
+
+out_discard:
+	if (event)
+		renewals.ringbuf_discard(event, 0);
+out:
+	return record(result, action, now);
+}

@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Every map of the fast path, declared in one place.
+ *
+ * Maps that hold state are pinned under BT_PIN_DIR (set by brushtaild/xdp/loader.py), so
+ * the program keeps answering renewals while brushtaild is stopped or restarting, and a
+ * new brushtaild adopts them. Sizes come from the loader's -D flags.
+ */
+#ifndef BRUSHTAIL_MAPS_H
+#define BRUSHTAIL_MAPS_H
+
+#include "shared.h"
+#include "parsing.h"
+
+#ifndef BT_PIN_DIR
+#error "BT_PIN_DIR must be set by the loader"
+#endif
+#ifndef BT_MAX_LEASES
+#define BT_MAX_LEASES 1048576
+#endif
+#ifndef BT_RATELIMIT_ENTRIES
+#define BT_RATELIMIT_ENTRIES 65536
+#endif
+#ifndef BT_EVENT_PAGES
+#define BT_EVENT_PAGES 1024 /* 4 MiB: about 130k renewals while brushtaild is away */
+#endif
+#define BT_SCRATCH_SIZE 1024
+
+#define BPF_F_NO_PREALLOC_ 1
+
+/* Client -> lease. Not preallocated: an entry replaced by userspace is freed only after
+ * an RCU grace period, so the program never reads a half-written lease. */
+BPF_TABLE_PINNED("hash", struct bt_client_key, struct bt_lease, leases, BT_MAX_LEASES,
+		 BT_PIN_DIR "/leases", BPF_F_NO_PREALLOC_);
+/* Template id -> reply options, rendered by the slow path's codec. A hash, not an array,
+ * for the same reason: userspace replaces a template whole, never in place. */
+BPF_TABLE_PINNED("hash", __u32, struct bt_template, templates, BT_MAX_TEMPLATES,
+		 BT_PIN_DIR "/templates", BPF_F_NO_PREALLOC_);
+BPF_TABLE_PINNED("array", __u32, __u64, config, BT_CFG_SLOTS, BT_PIN_DIR "/config");
+/* Per-MAC token buckets; an LRU apart from the leases, so a flood of random MACs only
+ * ever evicts other buckets. */
+BPF_TABLE_PINNED("lru_hash", struct bt_client_key, struct bt_bucket, ratelimit,
+		 BT_RATELIMIT_ENTRIES, BT_PIN_DIR "/ratelimit");
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, results, BT_RESULTS, BT_PIN_DIR "/results");
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, latency, BT_LATENCY_BUCKETS,
+		 BT_PIN_DIR "/latency");
+/* What the option walk found, and where replies are assembled before being copied into
+ * the frame. */
+struct bt_scratch {
+	struct dhcp_request req;
+	__u8 buf[BT_SCRATCH_SIZE];
+};
+BPF_PERCPU_ARRAY(scratch, struct bt_scratch, 1);
+
+/* BPF_RINGBUF_OUTPUT, pinned: renewals queued while brushtaild is away are read by the
+ * next one, so none is lost across a restart. */
+struct renewals_table_t {
+	int key;
+	u32 leaf;
+	int (*ringbuf_output)(void *, u64, u64);
+	void *(*ringbuf_reserve)(u64);
+	void (*ringbuf_discard)(void *, u64);
+	void (*ringbuf_submit)(void *, u64);
+	u32 max_entries;
+};
+__attribute__((section("maps/ringbuf:" BT_PIN_DIR "/renewals")))
+struct renewals_table_t renewals = { .max_entries = BT_EVENT_PAGES * PAGE_SIZE };
+
+#endif

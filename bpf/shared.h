@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Layouts and numbers shared by the XDP program and brushtaild/xdp/maps.py.
+ *
+ * Change a struct here and its ctypes mirror in brushtaild/xdp/maps.py in the same commit:
+ * tests/bpf/test_layout.py compares sizes, offsets and every number below. Reason numbers
+ * are metric labels: never renumber one, retire it by leaving its number unused.
+ */
+#ifndef BRUSHTAIL_SHARED_H
+#define BRUSHTAIL_SHARED_H
+
+#define BT_MAX_CLIENT_ID 32   /* option 61 longer than this: slow path only */
+#define BT_TEMPLATE_MAX 192   /* reply options rendered by userspace, without 82 and end */
+#define BT_MAX_TEMPLATES 4096
+#define BT_LATENCY_BUCKETS 32 /* log2 nanosecond buckets: 1 ns .. 2^31 ns */
+#define BT_PRL_ABSENT 0       /* prl_hash of a request without option 55 */
+
+/* Lease entry flags. */
+#define BT_LEASE_HW_ID 1 /* identity is htype 1 + chaddr: the request carries no option 61 */
+
+/* Config slots (array "config"). */
+#define BT_CFG_SERVER_ID 0   /* network order IPv4 */
+#define BT_CFG_RATE_COST 1   /* ns of credit one request costs; 0 disables the rate limit */
+#define BT_CFG_RATE_BURST 2  /* ns of credit a bucket holds at most */
+#define BT_CFG_SERVER_MAC 3  /* low 6 bytes, in wire order */
+#define BT_CFG_SLOTS 4
+
+/* What the program did with a packet: the index of its per-CPU counter. */
+enum bt_result {
+	BT_RES_OFFER = 0,
+	BT_RES_ACK = 1,
+	/* passed to the slow path, by reason */
+	BT_PASS_NOT_DHCP = 2,      /* not IPv4/UDP to port 67: not counted as a lookup */
+	BT_PASS_UNPARSED = 3,      /* a header or option we do not fully understand */
+	BT_PASS_MISS = 4,          /* no lease entry for this client */
+	BT_PASS_EXPIRED = 5,
+	BT_PASS_IDENTITY = 6,      /* option 61 differs from the lease's identity */
+	BT_PASS_NETWORK = 7,       /* the request selects another subnet */
+	BT_PASS_MESSAGE = 8,       /* RELEASE, DECLINE, INFORM, ...: slow path by design */
+	BT_PASS_REQUEST_MISMATCH = 9, /* option 50, 54, ciaddr or destination not this lease */
+	BT_PASS_PRL = 10,          /* parameter request list differs from the template's */
+	BT_PASS_TOO_BIG = 11,      /* the reply would exceed the client's option 57 */
+	BT_PASS_EVENT_FULL = 12,   /* renewal event could not be queued */
+	BT_PASS_NO_ROOM = 13,      /* frame could not be resized for the reply */
+	BT_PASS_NO_TEMPLATE = 14,
+	BT_DROP_RATE_LIMIT = 15,
+	BT_RESULTS = 16,
+};
+
+struct bt_client_key {
+	__u8 mac[6];
+	__u16 outer_vlan; /* VLAN IDs in host order; 0 = untagged */
+	__u16 inner_vlan;
+	__u16 pad;
+};
+
+struct bt_lease {
+	__u64 expires_ns;   /* CLOCK_BOOTTIME */
+	__u32 address;      /* network order, as all addresses here */
+	__u32 subnet;
+	__u32 netmask;
+	__u32 lease_time;   /* seconds, host order */
+	__u32 prl_hash;     /* of the option 55 the templates were rendered for */
+	__u16 offer_template;
+	__u16 ack_template;
+	__u8 flags;
+	__u8 id_len;
+	__u8 pad[6]; /* client_id 8-byte aligned: compared a word at a time */
+	__u8 client_id[BT_MAX_CLIENT_ID];
+};
+
+struct bt_template {
+	__u16 len;
+	__u8 pad[2];
+	__u8 options[BT_TEMPLATE_MAX]; /* zero after len: the program copies all of it */
+};
+
+/* Ring buffer record for every lease the program extends. */
+struct bt_renewal {
+	struct bt_client_key key;
+	__u32 address;
+	__u64 expires_ns;
+};
+
+struct bt_bucket {
+	__u64 last_ns;
+	__u64 credit_ns;
+};
+
+#endif
