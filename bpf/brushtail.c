@@ -69,7 +69,8 @@ static __always_inline __u32 prl_hash(struct xdp_md *ctx, struct dhcp_request *r
 	return (__u32)h ? (__u32)h : 1;
 }
 
-/* Option 61 must be the lease's identity; without it, the lease must be keyed by chaddr. */
+/* Option 61 must be the lease's identity; without it, that identity must be htype 1 +
+ * chaddr, which the engine gives a client that sends no option 61. */
 static __always_inline int identity_matches(struct xdp_md *ctx, struct dhcp_request *req,
 					    struct bt_lease *lease)
 {
@@ -79,7 +80,7 @@ static __always_inline int identity_matches(struct xdp_md *ctx, struct dhcp_requ
 
 	if (!(req->seen & SEEN_CLIENT_ID))
 		return lease->flags & BT_LEASE_HW_ID;
-	if (lease->flags & BT_LEASE_HW_ID || len != lease->id_len || len == 0)
+	if (len != lease->id_len || len == 0)
 		return 0;
 	if (bpf_xdp_load_bytes(ctx, req->client_id_off, id,
 			       ((len - 1) & (BT_MAX_CLIENT_ID - 1)) + 1) < 0)

@@ -32,8 +32,9 @@
 BPF_TABLE_PINNED("hash", struct bt_client_key, struct bt_lease, leases, BT_MAX_LEASES,
 		 BT_PIN_DIR "/leases", BPF_F_NO_PREALLOC_);
 /* Template id -> reply options, rendered by the slow path's codec. A hash, not an array,
- * for the same reason: userspace replaces a template whole, never in place. */
-BPF_TABLE_PINNED("hash", __u32, struct bt_template, templates, BT_MAX_TEMPLATES,
+ * for the same reason: userspace replaces a template whole, never in place. Twice the
+ * templates in use fit, so a rebuild can write the new set before dropping the old. */
+BPF_TABLE_PINNED("hash", __u32, struct bt_template, templates, 2 * BT_MAX_TEMPLATES,
 		 BT_PIN_DIR "/templates", BPF_F_NO_PREALLOC_);
 BPF_TABLE_PINNED("array", __u32, __u64, config, BT_CFG_SLOTS, BT_PIN_DIR "/config");
 /* Per-MAC token buckets; an LRU apart from the leases, so a flood of random MACs only

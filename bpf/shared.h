@@ -15,7 +15,7 @@
 #define BT_PRL_ABSENT 0       /* prl_hash of a request without option 55 */
 
 /* Lease entry flags. */
-#define BT_LEASE_HW_ID 1 /* identity is htype 1 + chaddr: the request carries no option 61 */
+#define BT_LEASE_HW_ID 1 /* identity is htype 1 + chaddr: a request without option 61 matches */
 
 /* Config slots (array "config"). */
 #define BT_CFG_SERVER_ID 0   /* network order IPv4 */

@@ -25,6 +25,7 @@ class Lease:
     state: LeaseState
     expires: float
     updated: float  # client last transaction time (cltt)
+    prl: bytes | None = None  # option 55 of the client's last request, for the fast path
 
     @property
     def occupies(self) -> bool:

@@ -154,6 +154,41 @@ class Server:
         times = [heap[0][0] for heap in (self._lease_timers, self._hold_timers) if heap]
         return min(times) if times else None
 
+    def extend(self, client_id: bytes, address: int, expires: float, now: float) -> Lease | None:
+        """Records a renewal the XDP fast path has already ACKed: the client's bound lease
+        of `address` now runs until `expires`. Returns the lease to write, or None if the
+        address is no longer this client's (changed by the slow path meanwhile): the
+        caller then withdraws the kernel's entry and the client's next renewal comes here.
+        """
+        lease = self._by_address.get(address)
+        if lease is None or lease.client_id != client_id:
+            return None
+        if self._by_client.get(client_id) is not lease:
+            return None
+        if lease.state is LeaseState.EXPIRED:
+            # Expired here between the kernel's ACK and this event: take it back if free.
+            alloc = self._allocator_for(address, lease.pool)
+            if alloc is None or not alloc.take(address):
+                return None
+        elif lease.state is not LeaseState.BOUND:
+            return None
+        renewed = replace(
+            lease, state=LeaseState.BOUND, expires=max(expires, lease.expires), updated=now
+        )
+        self._by_address[address] = renewed
+        self._by_client[client_id] = renewed
+        heapq.heappush(self._lease_timers, (renewed.expires, address))
+        return renewed
+
+    def template(self, pool_name: str, mtype: MessageType, prl: bytes | None) -> ReplyTemplate:
+        """The options a reply of `mtype` from `pool_name` carries for a client that asked
+        for `prl`: the fast path answers with exactly these bytes."""
+        pool = self._allocators[pool_name].pool
+        return self._template(pool, mtype, True, prl)
+
+    def lease_at(self, address: int) -> Lease | None:
+        return self._by_address.get(address)
+
     def leases(self) -> list[Lease]:
         return list(self._by_address.values())
 
@@ -422,6 +457,7 @@ class Server:
             state=LeaseState.BOUND,
             expires=now + pool.lease_time,
             updated=now,
+            prl=ctx.message.options.get(OptionCode.PARAMETER_REQUEST_LIST),
         )
         self._by_address[address] = lease
         self._by_client[client_id] = lease

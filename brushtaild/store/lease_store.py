@@ -45,23 +45,28 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         f"PRAGMA application_id = {APPLICATION_ID}",
     ),
+    # The client's parameter request list (option 55) as last seen, or NULL when it sent
+    # none: the XDP fast path answers with options rendered for exactly that list.
+    ("ALTER TABLE lease ADD COLUMN prl BLOB",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _UPSERT = """
-    INSERT INTO lease (address, client_id, hwaddr, pool, state, expires, updated)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO lease (address, client_id, hwaddr, pool, state, expires, updated, prl)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (address) DO UPDATE SET
         client_id = excluded.client_id,
         hwaddr = excluded.hwaddr,
         pool = excluded.pool,
         state = excluded.state,
         expires = excluded.expires,
+        prl = excluded.prl,
         updated = excluded.updated
 """
 _DELETE = "DELETE FROM lease WHERE address = ?"
 _SELECT_ALL = (
-    "SELECT address, client_id, hwaddr, pool, state, expires, updated FROM lease ORDER BY address"
+    "SELECT address, client_id, hwaddr, pool, state, expires, updated, prl"
+    " FROM lease ORDER BY address"
 )
 
 # A dict lookup is several times cheaper than LeaseState(n), which matters at 1M rows.
@@ -211,6 +216,7 @@ def _select_all(conn: sqlite3.Connection, path: Path) -> list[Lease]:
     # ~60 MB at 1M leases. Building straight from the cursor, not from fetchall(), avoids
     # holding 1M row tuples and 1M Leases at once.
     pools: dict[str, str] = {}
+    prls: dict[bytes, bytes] = {}  # likewise: most clients of a network send the same list
     try:
         return [
             Lease(
@@ -221,8 +227,9 @@ def _select_all(conn: sqlite3.Connection, path: Path) -> list[Lease]:
                 _STATES[state],
                 expires,
                 updated,
+                prls.setdefault(prl, prl) if prl is not None else None,
             )
-            for address, client_id, hwaddr, pool, state, expires, updated in conn.execute(
+            for address, client_id, hwaddr, pool, state, expires, updated, prl in conn.execute(
                 _SELECT_ALL
             )
         ]
@@ -234,7 +241,9 @@ def _select_all(conn: sqlite3.Connection, path: Path) -> list[Lease]:
         ) from e
 
 
-def _rows(writes: Sequence[Lease]) -> Iterator[tuple[int, bytes, bytes, str, int, float, float]]:
+def _rows(
+    writes: Sequence[Lease],
+) -> Iterator[tuple[int, bytes, bytes, str, int, float, float, bytes | None]]:
     for lease in writes:
         yield (
             lease.address,
@@ -244,6 +253,7 @@ def _rows(writes: Sequence[Lease]) -> Iterator[tuple[int, bytes, bytes, str, int
             int(lease.state),
             lease.expires,
             lease.updated,
+            lease.prl,
         )
 
 

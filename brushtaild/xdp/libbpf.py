@@ -1,0 +1,139 @@
+"""The few libbpf calls BCC's Python binding lacks, through ctypes on Debian's libbpf1:
+opening pinned objects, reading a map's layout, and BPF_PROG_TEST_RUN."""
+
+import ctypes
+import ctypes.util
+import os
+from dataclasses import dataclass
+from functools import cache
+
+# BPF_F_TEST_XDP_LIVE_FRAMES (linux/bpf.h, 5.18): frames the program returns XDP_TX for
+# are really sent, which makes BPF_PROG_TEST_RUN a traffic generator.
+TEST_XDP_LIVE_FRAMES = 2
+
+
+class XdpMd(ctypes.Structure):
+    _fields_ = (
+        ("data", ctypes.c_uint32),
+        ("data_end", ctypes.c_uint32),
+        ("data_meta", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("rx_queue_index", ctypes.c_uint32),
+        ("egress_ifindex", ctypes.c_uint32),
+    )
+
+
+class _TestRunOpts(ctypes.Structure):
+    _fields_ = (
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    )
+
+
+class _MapInfo(ctypes.Structure):
+    _fields_ = (
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+        ("rest", ctypes.c_uint8 * 128),  # fields added by later kernels
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MapLayout:
+    key_size: int
+    value_size: int
+    max_entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class TestRun:
+    retval: int
+    data: bytes
+    duration_ns: int
+
+
+class LibbpfError(OSError):
+    pass
+
+
+@cache
+def _lib() -> ctypes.CDLL:
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    lib = ctypes.CDLL(name, use_errno=True)
+    lib.bpf_obj_get.argtypes = (ctypes.c_char_p,)
+    lib.bpf_obj_get_info_by_fd.argtypes = (
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_uint32),
+    )
+    lib.bpf_prog_test_run_opts.argtypes = (ctypes.c_int, ctypes.POINTER(_TestRunOpts))
+    return lib
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno() or -ret
+        raise LibbpfError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def obj_get(path: str) -> int:
+    """A new fd for the object pinned at `path`; the caller closes it."""
+    return _check(_lib().bpf_obj_get(path.encode()), f"bpf_obj_get({path})")
+
+
+def map_layout(fd: int) -> MapLayout:
+    info = _MapInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(
+        _lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+        "bpf_obj_get_info_by_fd",
+    )
+    return MapLayout(info.key_size, info.value_size, info.max_entries)
+
+
+def prog_test_run(
+    prog_fd: int,
+    data: bytes,
+    *,
+    ctx: XdpMd | None = None,
+    repeat: int = 1,
+    flags: int = 0,
+    batch_size: int = 0,
+    out_size: int = 4096,
+) -> TestRun:
+    """Runs an XDP program on `data` in the kernel (BPF_PROG_TEST_RUN)."""
+    data_in = ctypes.create_string_buffer(data, len(data))
+    data_out = ctypes.create_string_buffer(out_size)
+    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts))
+    opts.data_in = ctypes.cast(data_in, ctypes.c_void_p)
+    opts.data_size_in = len(data)
+    if not flags & TEST_XDP_LIVE_FRAMES:
+        opts.data_out = ctypes.cast(data_out, ctypes.c_void_p)
+        opts.data_size_out = out_size
+    if ctx is not None:
+        opts.ctx_in = ctypes.cast(ctypes.pointer(ctx), ctypes.c_void_p)
+        opts.ctx_size_in = ctypes.sizeof(ctx)
+    opts.repeat = repeat
+    opts.flags = flags
+    opts.batch_size = batch_size
+    _check(_lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
+    return TestRun(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)

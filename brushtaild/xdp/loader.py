@@ -1,0 +1,207 @@
+"""Compiles, loads, attaches and adopts the XDP program: the only module that imports BCC.
+
+The C in bpf/ is compiled by BCC at start. Its state maps are pinned under the pin
+directory, so a new brushtaild (or a new version of the program) picks them up as they
+are; attaching replaces the running program in one netlink call, so there is no moment
+without a fast path. A pinned map whose layout no longer matches the C (an upgrade that
+changed bpf/shared.h, or a new max_subscribers) is unpinned and rebuilt from the lease
+store instead.
+"""
+
+import ctypes
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from brushtaild.xdp import libbpf, maps
+
+log = logging.getLogger("brushtaild.xdp")
+
+# Installed by the .deb; a source checkout uses its own bpf/.
+SOURCE_DIRS = (Path(__file__).resolve().parents[2] / "bpf", Path("/usr/share/brushtail/bpf"))
+PROGRAM = "xdp_brushtail"
+# linux/if_link.h
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+BPFFS = Path("/sys/fs/bpf")
+RINGBUF_PAGES = 1024
+
+
+class XdpMode(Enum):
+    AUTO = "auto"  # native where the driver has it, else generic
+    NATIVE = "native"
+    GENERIC = "generic"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_subscribers: int
+    ratelimit_entries: int
+
+
+# Map name -> (key, value) sizes the C declares, and whether max_entries is configured.
+def _expected(limits: Limits) -> dict[str, tuple[int, int, int | None]]:
+    u32, u64 = 4, 8
+    return {
+        "leases": (
+            ctypes.sizeof(maps.ClientKey),
+            ctypes.sizeof(maps.LeaseEntry),
+            limits.max_subscribers,
+        ),
+        "templates": (u32, ctypes.sizeof(maps.Template), 2 * maps.MAX_TEMPLATES),
+        "config": (u32, u64, maps.CFG_SLOTS),
+        "ratelimit": (
+            ctypes.sizeof(maps.ClientKey),
+            ctypes.sizeof(maps.Bucket),
+            limits.ratelimit_entries,
+        ),
+        "results": (u32, u64, maps.RESULTS),
+        "latency": (u32, u64, maps.LATENCY_BUCKETS),
+        "renewals": (0, 0, None),
+    }
+
+
+class LoadError(Exception):
+    """The fast path could not be compiled, loaded or attached."""
+
+
+def source_dir() -> Path:
+    for candidate in SOURCE_DIRS:
+        if (candidate / "brushtail.c").exists():
+            return candidate
+    raise LoadError(f"bpf/brushtail.c not found in {', '.join(map(str, SOURCE_DIRS))}")
+
+
+def ensure_bpffs() -> None:
+    """Pinning needs bpffs at /sys/fs/bpf; systemd mounts it, a bare container may not."""
+    if os.path.ismount(BPFFS):
+        return
+    BPFFS.mkdir(parents=True, exist_ok=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"bpf", bytes(BPFFS), b"bpf", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise LoadError(f"cannot mount bpffs at {BPFFS}: {os.strerror(err)}")
+
+
+def _stale_pins(pin_dir: Path, limits: Limits) -> Iterator[Path]:
+    for name, (key_size, value_size, entries) in _expected(limits).items():
+        path = pin_dir / name
+        if not path.exists() or not key_size:
+            continue
+        fd = libbpf.obj_get(str(path))
+        try:
+            got = libbpf.map_layout(fd)
+        finally:
+            os.close(fd)
+        if (got.key_size, got.value_size) != (key_size, value_size) or (
+            entries is not None and got.max_entries != entries
+        ):
+            yield path
+
+
+class Program:
+    """The compiled program and its maps. Attach it, or run it with BPF_PROG_TEST_RUN."""
+
+    def __init__(self, pin_dir: Path, limits: Limits) -> None:
+        from bcc import BPF  # type: ignore[import-untyped]
+
+        ensure_bpffs()
+        pin_dir.mkdir(parents=True, exist_ok=True)
+        stale = list(_stale_pins(pin_dir, limits))
+        if stale:
+            # The running program keeps its own maps until it is replaced: no gap.
+            log.warning(
+                "fast path map layout changed (%s): rebuilding them from the lease store",
+                ", ".join(p.name for p in stale),
+            )
+            for path in pin_dir.iterdir():
+                path.unlink()
+        src = source_dir()
+        started = time.monotonic()
+        try:
+            self._bpf = BPF(
+                src_file=str(src / "brushtail.c").encode(),
+                cflags=[
+                    f"-I{src}",
+                    f'-DBT_PIN_DIR="{pin_dir}"',
+                    f"-DBT_MAX_LEASES={limits.max_subscribers}",
+                    f"-DBT_RATELIMIT_ENTRIES={limits.ratelimit_entries}",
+                    f"-DBT_EVENT_PAGES={RINGBUF_PAGES}",
+                    "-Wno-unused-function",
+                ],
+            )
+            self._fn = self._bpf.load_func(PROGRAM.encode(), BPF.XDP)
+        except Exception as exc:  # BCC raises bare Exceptions with the verifier's reason
+            raise LoadError(f"cannot load {src / 'brushtail.c'}: {exc}") from exc
+        self.load_seconds = time.monotonic() - started
+        self.pin_dir = pin_dir
+        self.fd: int = self._fn.fd
+        self.mode: str | None = None
+
+    def table(self, name: str) -> Any:
+        return self._bpf[name.encode()]
+
+    def attach(self, ifname: str, mode: XdpMode) -> str:
+        """Attaches in `mode`, replacing whatever program is there; returns the mode used."""
+        from bcc import BPF
+
+        attempts = {
+            XdpMode.NATIVE: [("native", XDP_FLAGS_DRV_MODE)],
+            XdpMode.GENERIC: [("generic", XDP_FLAGS_SKB_MODE)],
+            XdpMode.AUTO: [("native", XDP_FLAGS_DRV_MODE), ("generic", XDP_FLAGS_SKB_MODE)],
+        }[mode]
+        current = attached_mode(ifname)
+        if mode is XdpMode.AUTO and current == "generic":
+            # Native and generic cannot coexist: replace the running program where it is.
+            attempts = [("generic", XDP_FLAGS_SKB_MODE)]
+        errors = []
+        for name, flags in attempts:
+            try:
+                BPF.attach_xdp(ifname.encode(), self._fn, flags)
+            except Exception as exc:
+                errors.append(f"{name}: {exc}")
+                continue
+            self.mode = name
+            return name
+        raise LoadError(f"cannot attach XDP to {ifname}: {'; '.join(errors)}")
+
+    def ring_buffer(self, callback: Any) -> None:
+        self.table("renewals").open_ring_buffer(callback)
+
+    def consume(self) -> None:
+        self._bpf.ring_buffer_consume()
+
+    def close(self) -> None:
+        """Frees this process's handles; the attached program and its pins stay."""
+        self._bpf.cleanup()
+
+
+def attached_mode(ifname: str) -> str | None:
+    """'native', 'generic' or None, as the kernel reports the interface's XDP program."""
+    from pyroute2 import IPRoute  # type: ignore[import-untyped]
+
+    with IPRoute() as ipr:
+        links = ipr.link("get", ifname=ifname)
+    xdp = links[0].get_attr("IFLA_XDP") if links else None
+    attached = xdp.get_attr("IFLA_XDP_ATTACHED") if xdp is not None else None
+    return {1: "native", 2: "generic"}.get(attached or 0)
+
+
+def detach(ifname: str, pin_dir: Path | None = None) -> None:
+    """Removes the program from the interface and, if given, its pinned maps: the fast
+    path is then gone until brushtaild starts again."""
+    from bcc import BPF
+
+    mode = attached_mode(ifname)
+    if mode is not None:
+        flags = XDP_FLAGS_SKB_MODE if mode == "generic" else XDP_FLAGS_DRV_MODE
+        BPF.remove_xdp(ifname.encode(), flags)
+    if pin_dir is not None and pin_dir.is_dir():
+        for path in pin_dir.iterdir():
+            path.unlink()
+        pin_dir.rmdir()

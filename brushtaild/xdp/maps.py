@@ -1,0 +1,193 @@
+"""The fast path's map layouts, mirrored from bpf/shared.h, and how leases become entries.
+
+Pure: no BCC and no kernel here, so the layouts and the conversions are unit-tested
+anywhere. tests/bpf/test_layout.py checks every struct and number against the C that BCC
+compiles, so the two sides cannot drift apart silently.
+"""
+
+import ctypes
+from dataclasses import dataclass
+from enum import IntEnum
+
+MAX_CLIENT_ID = 32
+TEMPLATE_MAX = 192
+MAX_TEMPLATES = 4096
+LATENCY_BUCKETS = 32
+PRL_ABSENT = 0
+PRL_MAX = 64
+LEASE_HW_ID = 1
+
+CFG_SERVER_ID = 0
+CFG_RATE_COST = 1
+CFG_RATE_BURST = 2
+CFG_SERVER_MAC = 3
+CFG_SLOTS = 4
+
+_FNV64_OFFSET = 0xCBF29CE484222325
+_FNV64_PRIME = 0x100000001B3
+_U64 = (1 << 64) - 1
+
+
+class Result(IntEnum):
+    """What the program did with a DHCP packet (enum bt_result); metric labels."""
+
+    OFFER = 0
+    ACK = 1
+    NOT_DHCP = 2
+    UNPARSED = 3
+    MISS = 4
+    EXPIRED = 5
+    IDENTITY = 6
+    NETWORK = 7
+    MESSAGE = 8
+    REQUEST_MISMATCH = 9
+    PRL = 10
+    TOO_BIG = 11
+    EVENT_FULL = 12
+    NO_ROOM = 13
+    NO_TEMPLATE = 14
+    RATE_LIMIT = 15
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+RESULTS = 16
+ANSWERED = (Result.OFFER, Result.ACK)
+# Passes that mean "no usable entry for this client": the cache missed. Other passes found
+# an entry but the request itself belongs to the slow path.
+CACHE_MISSES = (Result.MISS, Result.EXPIRED, Result.IDENTITY, Result.PRL, Result.NO_TEMPLATE)
+
+
+class ClientKey(ctypes.Structure):
+    _fields_ = (
+        ("mac", ctypes.c_uint8 * 6),
+        ("outer_vlan", ctypes.c_uint16),
+        ("inner_vlan", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    )
+
+
+class LeaseEntry(ctypes.Structure):
+    _fields_ = (
+        ("expires_ns", ctypes.c_uint64),
+        ("address", ctypes.c_uint32),  # network order, as every address in the maps
+        ("subnet", ctypes.c_uint32),
+        ("netmask", ctypes.c_uint32),
+        ("lease_time", ctypes.c_uint32),
+        ("prl_hash", ctypes.c_uint32),
+        ("offer_template", ctypes.c_uint16),
+        ("ack_template", ctypes.c_uint16),
+        ("flags", ctypes.c_uint8),
+        ("id_len", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 6),
+        ("client_id", ctypes.c_uint8 * MAX_CLIENT_ID),
+    )
+
+
+class Template(ctypes.Structure):
+    _fields_ = (
+        ("len", ctypes.c_uint16),
+        ("pad", ctypes.c_uint8 * 2),
+        ("options", ctypes.c_uint8 * TEMPLATE_MAX),
+    )
+
+
+class Renewal(ctypes.Structure):
+    _fields_ = (
+        ("key", ClientKey),
+        ("address", ctypes.c_uint32),
+        ("expires_ns", ctypes.c_uint64),
+    )
+
+
+class Bucket(ctypes.Structure):
+    _fields_ = (("last_ns", ctypes.c_uint64), ("credit_ns", ctypes.c_uint64))
+
+
+def net32(value: int) -> int:
+    """A host-order IPv4 address as the u32 the maps hold (network byte order in memory)."""
+    return int.from_bytes(value.to_bytes(4, "big"), "little")
+
+
+def host32(value: int) -> int:
+    return int.from_bytes(value.to_bytes(4, "little"), "big")
+
+
+def prl_hash(prl: bytes | None) -> int:
+    """bpf/brushtail.c's prl_hash(): FNV-1a over the list zero-padded to 64 bytes, 8 bytes
+    (little-endian words) a step, seeded with the length; never PRL_ABSENT."""
+    if prl is None:
+        return PRL_ABSENT
+    padded = prl.ljust(PRL_MAX, b"\0")
+    h = _FNV64_OFFSET ^ len(prl)
+    for i in range(0, PRL_MAX, 8):
+        h = ((h ^ int.from_bytes(padded[i : i + 8], "little")) * _FNV64_PRIME) & _U64
+    h ^= h >> 32
+    return (h & 0xFFFFFFFF) or 1
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A client as the program looks it up: its chaddr, on its VLANs (0 = untagged)."""
+
+    mac: bytes
+    outer_vlan: int = 0
+    inner_vlan: int = 0
+
+    def ctype(self) -> ClientKey:
+        return ClientKey((ctypes.c_uint8 * 6)(*self.mac), self.outer_vlan, self.inner_vlan, 0)
+
+    @classmethod
+    def from_ctype(cls, key: ClientKey) -> "Key":
+        return cls(bytes(key.mac), key.outer_vlan, key.inner_vlan)
+
+
+def hardware_identity(client_id: bytes, hwaddr: bytes) -> bool:
+    """Whether `client_id` is the htype 1 + chaddr identity the engine gives a client that
+    sends no option 61 (so such a request matches the entry too)."""
+    return client_id == b"\x01" + hwaddr
+
+
+def fits(client_id: bytes, prl: bytes | None) -> bool:
+    """Whether a client can have an entry at all: longer identities and request lists than
+    the program compares stay on the slow path."""
+    return 0 < len(client_id) <= MAX_CLIENT_ID and (prl is None or len(prl) <= PRL_MAX)
+
+
+def lease_entry(
+    *,
+    client_id: bytes,
+    hwaddr: bytes,
+    address: int,
+    subnet: int,
+    netmask: int,
+    lease_time: int,
+    prl: bytes | None,
+    offer_template: int,
+    ack_template: int,
+    expires_ns: int,
+) -> LeaseEntry:
+    entry = LeaseEntry()
+    entry.expires_ns = expires_ns
+    entry.address = net32(address)
+    entry.subnet = net32(subnet)
+    entry.netmask = net32(netmask)
+    entry.lease_time = lease_time
+    entry.prl_hash = prl_hash(prl)
+    entry.offer_template = offer_template
+    entry.ack_template = ack_template
+    entry.flags = LEASE_HW_ID if hardware_identity(client_id, hwaddr) else 0
+    entry.id_len = len(client_id)
+    ctypes.memmove(entry.client_id, client_id, len(client_id))
+    return entry
+
+
+def template(options: bytes) -> Template:
+    if len(options) > TEMPLATE_MAX:
+        raise ValueError(f"{len(options)} bytes of options, the program copies {TEMPLATE_MAX}")
+    t = Template()
+    t.len = len(options)
+    ctypes.memmove(t.options, options, len(options))
+    return t

@@ -1,0 +1,201 @@
+"""Map sync: keeps the kernel's lease entries equal to the engine's bound leases.
+
+The daemon calls it after every durable commit, so an entry never exists for a lease the
+store does not hold: the fast path answers only what is already on disk. Entries carry
+the ids of reply templates that the engine rendered with the slow path's codec, for the
+client's own parameter request list, so both paths answer with the same bytes.
+
+Times: the engine and the store use wall-clock Unix seconds; the program compares
+CLOCK_BOOTTIME nanoseconds (bpf_ktime_get_boot_ns). The conversion happens here only.
+"""
+
+import ctypes
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from brushtaild.dhcp.constants import MessageType
+from brushtaild.engine.config import Config
+from brushtaild.engine.decisions import Decision, LeaseEventKind
+from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.engine.server import Server
+from brushtaild.xdp import maps
+
+log = logging.getLogger("brushtaild.xdp")
+
+NS = 1_000_000_000
+TemplateKey = tuple[str, MessageType, bytes | None]
+# Events after which the client's entry must go; writes say the same, but an expiry is
+# only an event (the store needs no write for it).
+_WITHDRAW = (LeaseEventKind.EXPIRE, LeaseEventKind.RELEASE, LeaseEventKind.DECLINE)
+
+
+def boot_offset() -> float:
+    """Wall clock minus CLOCK_BOOTTIME, in seconds: add it to a boot time to get Unix time."""
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def key_bytes(hwaddr: bytes, outer_vlan: int = 0, inner_vlan: int = 0) -> bytes:
+    return bytes(maps.Key(hwaddr, outer_vlan, inner_vlan).ctype())
+
+
+class MapSync:
+    """Owns the `leases` and `templates` maps and the `config` slots of one program."""
+
+    def __init__(self, tables: Any, server: Server) -> None:
+        self._leases = tables.table("leases")
+        self._templates = tables.table("templates")
+        self._config = tables.table("config")
+        self.server = server
+        self._template_ids: dict[TemplateKey, int] = {}
+        self._reserved: set[int] = set()
+        self._next_id = 0
+        self._owner: dict[bytes, int] = {}  # key -> address its entry answers with
+        self._key_of: dict[int, bytes] = {}  # address -> key
+        self.skipped = 0  # bound leases left to the slow path (see maps.fits, templates)
+        self._offset = boot_offset()
+
+    @property
+    def entries(self) -> int:
+        return len(self._owner)
+
+    def configure(self, config: Config, server_mac: bytes, rate: int, burst: int) -> None:
+        cost = NS // rate if rate else 0
+        self._put_config(maps.CFG_SERVER_ID, maps.net32(config.server_id))
+        self._put_config(maps.CFG_RATE_COST, cost)
+        self._put_config(maps.CFG_RATE_BURST, cost * burst)
+        self._put_config(maps.CFG_SERVER_MAC, int.from_bytes(server_mac.ljust(8, b"\0"), "little"))
+
+    def _put_config(self, slot: int, value: int) -> None:
+        self._config[ctypes.c_uint32(slot)] = ctypes.c_uint64(value)
+
+    # -- after each commit ---------------------------------------------------------------
+
+    def apply(self, decisions: Iterable[Decision], now: float) -> None:
+        for decision in decisions:
+            for lease in decision.lease_writes:
+                self._install(lease, now)
+            for address in decision.lease_deletes:
+                self._withdraw(address)
+            for event in decision.events:
+                if event.kind in _WITHDRAW:
+                    self._withdraw(event.address)
+
+    def client_of(self, key: bytes, address: int) -> bytes | None:
+        """The client whose entry under `key` answers with `address`, if it still does."""
+        if self._owner.get(key) != address:
+            return None
+        lease = self.server.lease_at(address)
+        return lease.client_id if lease is not None else None
+
+    def withdraw(self, address: int) -> None:
+        self._withdraw(address)
+
+    # -- whole-map rebuild: at start (adoption) and after a reload ----------------------
+
+    def reconcile(self, now: float) -> tuple[int, int]:
+        """Makes the maps hold exactly the engine's bound leases, with templates rendered
+        from the current config. Entries are overwritten in place and stale ones deleted
+        afterwards, so a client in both sets is answered throughout. Returns (entries
+        written, stale entries removed)."""
+        self._offset = boot_offset()
+        old_templates = [k.value for k in self._templates.keys()]
+        self._template_ids = {}
+        self._reserved = set(old_templates)  # still answered with until the swap is done
+        wanted: dict[bytes, tuple[int, maps.LeaseEntry]] = {}
+        for lease in self.server.leases():
+            built = self._entry(lease, now)
+            if built is not None:
+                wanted[built[0]] = (lease.address, built[1])
+        keys = list(wanted)
+        if keys:
+            key_array = (maps.ClientKey * len(keys))()
+            value_array = (maps.LeaseEntry * len(keys))()
+            for i, key in enumerate(keys):
+                ctypes.memmove(ctypes.byref(key_array[i]), key, len(key))
+                value_array[i] = wanted[key][1]
+            self._leases.items_update_batch(key_array, value_array)
+        stale = [k for k in self._leases.keys() if bytes(k) not in wanted]
+        for k in stale:
+            del self._leases[k]
+        live = set(self._template_ids.values())
+        for template_id in old_templates:
+            if template_id not in live:
+                del self._templates[ctypes.c_uint32(template_id)]
+        self._reserved = set()
+        self._owner = {key: address for key, (address, _) in wanted.items()}
+        self._key_of = {address: key for key, (address, _) in wanted.items()}
+        return len(keys), len(stale)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _install(self, lease: Lease, now: float) -> None:
+        built = self._entry(lease, now)
+        if built is None:
+            self._withdraw(lease.address)
+            return
+        key, entry = built
+        previous = self._owner.get(key)
+        if previous is not None and previous != lease.address:
+            del self._key_of[previous]
+        old_key = self._key_of.get(lease.address)
+        if old_key is not None and old_key != key:
+            self._withdraw(lease.address)
+        self._leases[maps.ClientKey.from_buffer_copy(key)] = entry
+        self._owner[key] = lease.address
+        self._key_of[lease.address] = key
+
+    def _withdraw(self, address: int) -> None:
+        key = self._key_of.pop(address, None)
+        if key is None or self._owner.get(key) != address:
+            return
+        del self._owner[key]
+        try:
+            del self._leases[maps.ClientKey.from_buffer_copy(key)]
+        except KeyError:
+            pass  # never installed in the kernel, or already gone
+
+    def _entry(self, lease: Lease, now: float) -> tuple[bytes, maps.LeaseEntry] | None:
+        if lease.state is not LeaseState.BOUND or not lease.active(now):
+            return None
+        if len(lease.hwaddr) != 6 or not maps.fits(lease.client_id, lease.prl):
+            self.skipped += 1
+            return None
+        pool = next((p for p in self.server.config.pools if p.name == lease.pool), None)
+        offer = self._template_id(lease.pool, MessageType.OFFER, lease.prl)
+        ack = self._template_id(lease.pool, MessageType.ACK, lease.prl)
+        if pool is None or offer is None or ack is None:
+            self.skipped += 1
+            return None
+        entry = maps.lease_entry(
+            client_id=lease.client_id,
+            hwaddr=lease.hwaddr,
+            address=lease.address,
+            subnet=int(pool.subnet.network_address),
+            netmask=int(pool.subnet.netmask),
+            lease_time=pool.lease_time,
+            prl=lease.prl,
+            offer_template=offer,
+            ack_template=ack,
+            expires_ns=int((lease.expires - self._offset) * NS),
+        )
+        return key_bytes(lease.hwaddr), entry
+
+    def _template_id(self, pool: str, mtype: MessageType, prl: bytes | None) -> int | None:
+        key = (pool, mtype, prl)
+        template_id = self._template_ids.get(key)
+        if template_id is not None:
+            return template_id
+        if len(self._template_ids) >= maps.MAX_TEMPLATES:
+            return None  # clients choose request lists: never let them fill the map
+        wire = self.server.template(pool, mtype, prl).wire
+        if len(wire) > maps.TEMPLATE_MAX:
+            return None
+        while self._next_id in self._reserved:
+            self._next_id = (self._next_id + 1) % 0x10000
+        template_id = self._next_id
+        self._next_id = (self._next_id + 1) % 0x10000
+        self._templates[ctypes.c_uint32(template_id)] = maps.template(wire)
+        self._template_ids[key] = template_id
+        return template_id
