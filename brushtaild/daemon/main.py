@@ -28,11 +28,13 @@ from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
 from brushtaild.engine.config import DEFAULT_CONFIG, Config, ConfigError, load_config
-from brushtaild.engine.decisions import Decision, Ingress
+from brushtaild.engine.decisions import Decision, Ingress, LeaseEvent, LeaseEventKind
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO
 from brushtaild.store.lease_store import LeaseStore, StoreError
+from brushtaild.xdp.fastpath import FastPath
+from brushtaild.xdp.loader import LoadError
 
 EX_CONFIG = 78  # sysexits.h; systemd shows it as "config" and does not restart-loop on it
 EXIT_START_FAILED = 1
@@ -44,6 +46,8 @@ DROP_LOG_INTERVAL = 10.0
 STATUS_INTERVAL = 5.0
 # Keys a SIGHUP cannot change on a running daemon: they name sockets, files and identity.
 RESTART_KEYS = ("interface", "server_id", "state_dir", "metrics_listen", "site")
+# Of `fastpath`, only the rate limit can change on a running program.
+FASTPATH_RESTART_KEYS = ("enabled", "xdp_mode", "pin_dir", "max_subscribers", "rate_limit_clients")
 
 log = logging.getLogger("brushtaild")
 
@@ -107,6 +111,11 @@ class Daemon:
         self.server = Server(config, leases, clock.wall())
         self.metrics = Metrics(lambda: self.server.pool_usage())
         self.io = PacketIO(config.interface, config.server_id)
+        # Compiled here, attached in _start_complete: until then a program from an earlier
+        # run (pinned, still attached) goes on answering.
+        self.fastpath = FastPath(config, self.server) if config.fastpath.enabled else None
+        if self.fastpath is not None:
+            self.metrics.registry.register(self.fastpath.collector())
         self.drops = DropLog()
         self.lease_log: LeaseSink = (
             journal.JournalLeaseLog(config.site, sys.stderr, log.isEnabledFor(logging.INFO))
@@ -149,6 +158,8 @@ class Daemon:
                     self._housekeeping()
                 self.notifier.stopping()
             finally:
+                if self.fastpath is not None:
+                    self.fastpath.close()
                 signal.set_wakeup_fd(-1)
                 wakeup_r.close()
                 wakeup_w.close()
@@ -162,9 +173,13 @@ class Daemon:
         """The single point where start-up ends: leases are loaded, the packet socket is
         open and signals are handled (a SIGHUP from `systemctl reload` must not kill us).
 
-        The XDP fast-path attach joins here, before READY=1, so that systemd calls the unit
-        active only once known subscribers are answered in the kernel."""
+        The XDP program is attached here, before READY=1, so that systemd calls the unit
+        active only once known subscribers are answered in the kernel. Renewals it answered
+        while no daemon ran are recorded first, so the maps are refilled with them."""
         config = self.config
+        if self.fastpath is not None:
+            self._absorb_renewals()
+            self.fastpath.attach(self.io.mac, clock.wall())
         # Logged here, not earlier: whoever waits for this line may signal us at once.
         log.info(
             "brushtaild %s started site=%s interface=%s server_id=%s leases=%d pools=%s",
@@ -193,7 +208,17 @@ class Daemon:
         share = 100 * assigned / total if total else 0.0
         return (
             f"serving {self.config.interface}: {assigned} leases ({share:.0f}% of {total}), "
-            f"slow path {rate:.0f} req/s, fast path: not loaded, peers: none configured"
+            f"slow path {rate:.0f} req/s, fast path: {self._fastpath_status()}, "
+            "peers: none configured"
+        )
+
+    def _fastpath_status(self) -> str:
+        if self.fastpath is None:
+            return "disabled"
+        snap = self.fastpath.snapshot()
+        return (
+            f"{self.fastpath.mode} XDP, {self.fastpath.sync.entries} entries, "
+            f"{snap.answered} answered, {100 * snap.hit_rate:.0f}% hits"
         )
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -242,6 +267,9 @@ class Daemon:
             if not (decision.lease_writes or decision.lease_deletes):
                 self._send(decision)
         self._commit(durable)
+        if self.fastpath is not None:
+            # Only now that the batch is on disk may the kernel answer for its leases.
+            self.fastpath.apply(decisions, now)
         for decision in durable:
             self._send(decision)
         self.lease_log.flush()
@@ -267,9 +295,41 @@ class Daemon:
         self.metrics.commits.observe(clock.ticks() - started)
         self.metrics.committed.inc(len(writes) + len(deletes))
 
+    def _absorb_renewals(self) -> None:
+        """Records the renewals the kernel answered: extends them in the engine and writes
+        them to the store, so the store never falls behind the fast path."""
+        assert self.fastpath is not None
+        renewals = self.fastpath.renewals()
+        if not renewals:
+            return
+        now = clock.wall()
+        decision = Decision()
+        for renewal in renewals:
+            client = self.fastpath.sync.client_of(renewal.key, renewal.address)
+            lease = (
+                self.server.extend(client, renewal.address, renewal.expires, now)
+                if client is not None
+                else None
+            )
+            if lease is None:
+                # The slow path changed this lease meanwhile: its entry must go.
+                self.fastpath.sync.withdraw(renewal.address)
+                continue
+            decision.lease_writes.append(lease)
+            decision.events.append(
+                LeaseEvent(
+                    LeaseEventKind.ACK, lease.client_id, lease.hwaddr, lease.address, lease.pool
+                )
+            )
+        self._commit([decision])
+        self.lease_log.add(decision.events, "fast")
+
     def _housekeeping(self) -> None:
         decision = self.server.tick(clock.wall())
         self._commit([decision])
+        if self.fastpath is not None:
+            self.fastpath.apply([decision], clock.wall())
+            self._absorb_renewals()
         self.lease_log.add(decision.events, "slow")
         self.lease_log.flush()
         dropped = self.io.kernel_drops()
@@ -291,6 +351,11 @@ class Daemon:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         changed = [key for key in RESTART_KEYS if getattr(new, key) != getattr(self.config, key)]
+        changed += [
+            f"fastpath.{key}"
+            for key in FASTPATH_RESTART_KEYS
+            if getattr(new.fastpath, key) != getattr(self.config.fastpath, key)
+        ]
         if changed:
             log.error(
                 "reload refused, keeping the running config: %s cannot change without a restart",
@@ -299,6 +364,8 @@ class Daemon:
             return
         self.server = self.server.reconfigured(new, clock.wall())
         self.config = new
+        if self.fastpath is not None:
+            self.fastpath.reconfigured(new, self.server, self.io.mac, clock.wall())
         logging.getLogger().setLevel(new.log_level.upper())
         self.lease_log.enabled = log.isEnabledFor(logging.INFO)
         log.info("config reloaded from %s", self.config_path)
@@ -327,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(config.log_level.upper())
     try:
         daemon = Daemon(config, args.config, journald=journald)
-    except (OSError, StoreError) as exc:
+    except (OSError, StoreError, LoadError) as exc:
         # A missing interface, a locked or unreadable state dir: say which, no traceback.
         log.error("cannot start: %s", exc)
         return EXIT_START_FAILED

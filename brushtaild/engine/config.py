@@ -43,6 +43,19 @@ class Pool:
 
 
 @dataclass(frozen=True, slots=True)
+class FastPath:
+    """The XDP fast path (docs/CONFIG.md, `fastpath:`)."""
+
+    enabled: bool = True
+    xdp_mode: str = "auto"  # auto (native where the driver has it), native, generic
+    pin_dir: Path = Path("/sys/fs/bpf/brushtail")
+    max_subscribers: int = 1_048_576  # lease entries the kernel map holds
+    rate_limit: int = 10  # requests per second per client MAC; 0 turns the limit off
+    rate_burst: int = 20  # requests a client may send at once after a quiet spell
+    rate_limit_clients: int = 65_536  # token buckets kept (LRU)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     site: str
     interface: str
@@ -53,6 +66,7 @@ class Config:
     decline_hold: int = 86400  # seconds a DECLINEd address stays quarantined
     metrics_listen: tuple[str, int] = ("127.0.0.1", 9967)
     log_level: str = "info"
+    fastpath: FastPath = FastPath()
 
 
 class ConfigError(Exception):
@@ -80,8 +94,20 @@ TOP_LEVEL_KEYS = (
     "decline_hold",
     "metrics_listen",
     "log_level",
+    "fastpath",
     "pools",
 )
+FASTPATH_KEYS = (
+    "enabled",
+    "xdp_mode",
+    "pin_dir",
+    "max_subscribers",
+    "rate_limit",
+    "rate_burst",
+    "rate_limit_clients",
+)
+XDP_MODES = ("auto", "native", "generic")
+BPFFS = "/sys/fs/bpf/"
 POOL_KEYS = (
     "name",
     "subnet",
@@ -149,7 +175,7 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _default(cls: type[Config] | type[Pool], name: str) -> Any:
+def _default(cls: type[Config] | type[Pool] | type[FastPath], name: str) -> Any:
     """A dataclass field's default; slotted dataclasses do not keep it as a class attribute."""
     return next(f.default for f in fields(cls) if f.name == name)
 
@@ -362,6 +388,61 @@ class _Parser:
             return None
         return str(address), int(port)
 
+    def boolean(self, value: object, where: str) -> bool | None:
+        if not isinstance(value, bool):
+            self.wrong_type(where, "true or false", value)
+            return None
+        return value
+
+    def fastpath(self, value: object, where: str) -> FastPath | None:
+        m = self.mapping(value, where, FASTPATH_KEYS)
+        if m is None:
+            return None
+
+        def get(key: str, parse: Callable[[object, str], T | None]) -> T | None:
+            return self.optional(m, where, key, parse, _default(FastPath, key))
+
+        values = {
+            "enabled": get("enabled", self.boolean),
+            "xdp_mode": get("xdp_mode", self.xdp_mode),
+            "pin_dir": get("pin_dir", self.pin_dir),
+            "max_subscribers": get("max_subscribers", self.count(1024, 16_777_216)),
+            "rate_limit": get("rate_limit", self.count(0, 1_000_000)),
+            "rate_burst": get("rate_burst", self.count(1, 1_000_000)),
+            "rate_limit_clients": get("rate_limit_clients", self.count(1024, 16_777_216)),
+        }
+        if any(v is None for v in values.values()):
+            return None
+        return FastPath(**values)  # type: ignore[arg-type]
+
+    def count(self, lo: int, hi: int) -> Callable[[object, str], int | None]:
+        def parse(value: object, where: str) -> int | None:
+            if not isinstance(value, int) or isinstance(value, bool):
+                self.wrong_type(where, "integer", value)
+                return None
+            if not lo <= value <= hi:
+                self.fail(where, f"{value} is out of range {lo}..{hi}")
+                return None
+            return value
+
+        return parse
+
+    def xdp_mode(self, value: object, where: str) -> str | None:
+        text = self.string(value, where)
+        if text is not None and text not in XDP_MODES:
+            self.fail(where, f"{text!r} is not one of {', '.join(XDP_MODES)}")
+            return None
+        return text
+
+    def pin_dir(self, value: object, where: str) -> Path | None:
+        path = self.state_dir(value, where)
+        if path is None:
+            return None
+        if not str(path).startswith(BPFFS) or ".." in path.parts:
+            self.fail(where, f"{str(path)!r} is not a directory under {BPFFS} (bpffs)")
+            return None
+        return path
+
     def log_level(self, value: object, where: str) -> str | None:
         text = self.string(value, where)
         if text is not None and text not in LOG_LEVELS:
@@ -390,6 +471,7 @@ class _Parser:
             m, "", "metrics_listen", self.metrics_listen, _default(Config, "metrics_listen")
         )
         log_level = self.optional(m, "", "log_level", self.log_level, _default(Config, "log_level"))
+        fastpath = self.optional(m, "", "fastpath", self.fastpath, FastPath())
         pools = self.required(m, "", "pools", self.list_of(self.pool, non_empty=True))
         self.check_across_pools()
         if (
@@ -401,6 +483,7 @@ class _Parser:
             or decline_hold is None
             or metrics_listen is None
             or log_level is None
+            or fastpath is None
             or pools is None
         ):
             return None
@@ -414,6 +497,7 @@ class _Parser:
             decline_hold=decline_hold,
             metrics_listen=metrics_listen,
             log_level=log_level,
+            fastpath=fastpath,
         )
 
     # -- pools -------------------------------------------------------------------------

@@ -108,7 +108,7 @@ class Program:
     """The compiled program and its maps. Attach it, or run it with BPF_PROG_TEST_RUN."""
 
     def __init__(self, pin_dir: Path, limits: Limits) -> None:
-        from bcc import BPF  # type: ignore[import-untyped]
+        from bcc import BPF
 
         ensure_bpffs()
         pin_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +183,7 @@ class Program:
 
 def attached_mode(ifname: str) -> str | None:
     """'native', 'generic' or None, as the kernel reports the interface's XDP program."""
-    from pyroute2 import IPRoute  # type: ignore[import-untyped]
+    from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
         links = ipr.link("get", ifname=ifname)

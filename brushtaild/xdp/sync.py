@@ -9,6 +9,7 @@ Times: the engine and the store use wall-clock Unix seconds; the program compare
 CLOCK_BOOTTIME nanoseconds (bpf_ktime_get_boot_ns). The conversion happens here only.
 """
 
+import contextlib
 import ctypes
 import logging
 import time
@@ -83,11 +84,12 @@ class MapSync:
                     self._withdraw(event.address)
 
     def client_of(self, key: bytes, address: int) -> bytes | None:
-        """The client whose entry under `key` answers with `address`, if it still does."""
-        if self._owner.get(key) != address:
-            return None
+        """The client the kernel answered under `key` with `address`, if the engine still
+        leases that address to the same hardware address."""
         lease = self.server.lease_at(address)
-        return lease.client_id if lease is not None else None
+        if lease is None or key_bytes(lease.hwaddr) != key:
+            return None
+        return lease.client_id
 
     def withdraw(self, address: int) -> None:
         self._withdraw(address)
@@ -100,7 +102,7 @@ class MapSync:
         afterwards, so a client in both sets is answered throughout. Returns (entries
         written, stale entries removed)."""
         self._offset = boot_offset()
-        old_templates = [k.value for k in self._templates.keys()]
+        old_templates = [k.value for k in self._templates]
         self._template_ids = {}
         self._reserved = set(old_templates)  # still answered with until the swap is done
         wanted: dict[bytes, tuple[int, maps.LeaseEntry]] = {}
@@ -116,7 +118,7 @@ class MapSync:
                 ctypes.memmove(ctypes.byref(key_array[i]), key, len(key))
                 value_array[i] = wanted[key][1]
             self._leases.items_update_batch(key_array, value_array)
-        stale = [k for k in self._leases.keys() if bytes(k) not in wanted]
+        stale = [k for k in self._leases if bytes(k) not in wanted]
         for k in stale:
             del self._leases[k]
         live = set(self._template_ids.values())
@@ -151,10 +153,8 @@ class MapSync:
         if key is None or self._owner.get(key) != address:
             return
         del self._owner[key]
-        try:
+        with contextlib.suppress(KeyError):  # already gone from the kernel
             del self._leases[maps.ClientKey.from_buffer_copy(key)]
-        except KeyError:
-            pass  # never installed in the kernel, or already gone
 
     def _entry(self, lease: Lease, now: float) -> tuple[bytes, maps.LeaseEntry] | None:
         if lease.state is not LeaseState.BOUND or not lease.active(now):

@@ -46,7 +46,9 @@ def client_frame(
     udp = struct.pack("!HHHH", sport, 67, udp_len, 0) + payload
     udp = udp[:6] + struct.pack("!H", udp_checksum(src, dst, udp) or 0xFFFF) + udp[8:]
     ihl = 5 + len(ip_options) // 4
-    ip = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + udp_len, 1, frag, 64, 17, 0, src, dst)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + udp_len, 1, frag, 64, 17, 0, src, dst
+    )
     ip += ip_options
     ip = ip[:10] + struct.pack("!H", _ip_checksum(ip)) + ip[12:]
     eth = dst_mac + src_mac

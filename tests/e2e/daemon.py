@@ -28,6 +28,9 @@ pools:
     routers: [{server_id}]
     dns_servers: [{server_id}]
     lease_time: {lease_time}
+fastpath:
+  enabled: {fastpath}
+  pin_dir: {pin_dir}
 """
 
 
@@ -43,6 +46,7 @@ class Brushtaild:
         first: str = "198.18.1.0",
         last: str = "198.18.255.254",
         offer_hold: int = 30,
+        fastpath: bool = False,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.link = link
@@ -51,6 +55,8 @@ class Brushtaild:
         self.state_dir = workdir / "state"
         self.config_file = workdir / "brushtail.yaml"
         self.log_file = workdir / "brushtaild.log"
+        # bpffs is not per network namespace: each test pins under its own directory.
+        self.pin_dir = Path("/sys/fs/bpf") / f"brushtail-test-{link.server_ns}"
         self.config_file.write_text(
             CONFIG.format(
                 interface=SERVER_IF,
@@ -60,6 +66,8 @@ class Brushtaild:
                 first=first,
                 last=last,
                 lease_time=lease_time,
+                fastpath="true" if fastpath else "false",
+                pin_dir=self.pin_dir,
             )
         )
         self.proc: subprocess.Popen[bytes] | None = None

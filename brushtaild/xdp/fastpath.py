@@ -1,0 +1,97 @@
+"""The fast path as the daemon drives it: load or adopt the program, keep its maps equal to
+the engine's leases, and read back the renewals it answered and its counters."""
+
+import ctypes
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from brushtaild.engine.config import Config
+from brushtaild.engine.decisions import Decision
+from brushtaild.engine.server import Server
+from brushtaild.xdp import loader, maps, stats
+from brushtaild.xdp.sync import NS, MapSync, boot_offset
+
+log = logging.getLogger("brushtaild.xdp")
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """One lease the program extended: the client's key, its address, and the new expiry
+    in Unix seconds."""
+
+    key: bytes
+    address: int
+    expires: float
+
+
+class FastPath:
+    def __init__(self, config: Config, server: Server) -> None:
+        settings = config.fastpath
+        self.config = config
+        self.program = loader.Program(
+            settings.pin_dir,
+            loader.Limits(settings.max_subscribers, settings.rate_limit_clients),
+        )
+        self.sync = MapSync(self.program, server)
+        self._pending: list[Renewal] = []
+        self._offset = boot_offset()
+        self.program.ring_buffer(self._on_renewal)
+        self.mode: str | None = None
+
+    def _on_renewal(self, _ctx: Any, data: Any, _size: int) -> None:
+        event = ctypes.cast(data, ctypes.POINTER(maps.Renewal)).contents
+        self._pending.append(
+            Renewal(
+                bytes(event.key),
+                maps.host32(event.address),
+                event.expires_ns / NS + self._offset,
+            )
+        )
+
+    def renewals(self) -> list[Renewal]:
+        """Renewals answered since the last call (or, at start, while no daemon ran)."""
+        self.program.consume()
+        pending, self._pending = self._pending, []
+        return pending
+
+    def attach(self, server_mac: bytes, now: float) -> str:
+        """Fills the maps from the engine, then puts this program on the interface in
+        place of any running one. Renewals still queued must be applied to the engine
+        before (see Daemon), or reconcile would roll back their expiry."""
+        settings = self.config.fastpath
+        self.sync.configure(self.config, server_mac, settings.rate_limit, settings.rate_burst)
+        written, removed = self.sync.reconcile(now)
+        self.mode = self.program.attach(self.config.interface, loader.XdpMode(settings.xdp_mode))
+        log.info(
+            "fast path attached to %s in %s mode: %d entries, %d stale removed, "
+            "compiled and loaded in %.1fs",
+            self.config.interface,
+            self.mode,
+            written,
+            removed,
+            self.program.load_seconds,
+        )
+        return self.mode
+
+    def apply(self, decisions: Iterable[Decision], now: float) -> None:
+        self.sync.apply(decisions, now)
+
+    def reconfigured(self, config: Config, server: Server, server_mac: bytes, now: float) -> None:
+        self.config = config
+        self.sync.server = server
+        settings = config.fastpath
+        self.sync.configure(config, server_mac, settings.rate_limit, settings.rate_burst)
+        self.sync.reconcile(now)
+
+    def collector(self) -> stats.FastPathCollector:
+        return stats.FastPathCollector(self.program, lambda: self.sync.entries)
+
+    def snapshot(self) -> stats.Snapshot:
+        return stats.read(self.program)
+
+    def close(self) -> None:
+        """Leaves the program attached and its maps pinned: renewals go on being answered
+        (and queued for the next brushtaild) while the daemon is away."""
+        self.program.close()
