@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from brushtaild.engine.config import (
+    FASTPATH_KEYS,
     MAX_EXCLUDED_PER_POOL,
     ONE_YEAR,
     POOL_KEYS,
@@ -18,6 +19,7 @@ from brushtaild.engine.config import (
     AddressRange,
     Config,
     ConfigError,
+    FastPath,
     Pool,
     load_config,
     parse_config,
@@ -99,7 +101,7 @@ def test_minimal_example_matches_the_dict_the_tests_use() -> None:
 
 def test_full_example_is_accepted_and_sets_every_key() -> None:
     text = (EXAMPLES / "brushtail-full.yaml").read_text()
-    for key in (*TOP_LEVEL_KEYS, *POOL_KEYS):
+    for key in (*TOP_LEVEL_KEYS, *POOL_KEYS, *FASTPATH_KEYS):
         assert f"{key}:" in text, f"{key} is not shown in the full example"
     config = load_config(EXAMPLES / "brushtail-full.yaml")
     assert config.metrics_listen == ("::1", 9967)
@@ -700,3 +702,48 @@ def test_ipv6_metrics_host_is_normalised() -> None:
     raw = example()
     raw["metrics_listen"] = "[2001:DB8:0:0::1]:9967"
     assert parse_config(raw).metrics_listen == (str(IPv6Address("2001:db8::1")), 9967)
+
+
+def test_fastpath_defaults_and_every_key() -> None:
+    assert parse_config(example()).fastpath == FastPath()
+    raw = example()
+    raw["fastpath"] = {
+        "enabled": False,
+        "xdp_mode": "generic",
+        "pin_dir": "/sys/fs/bpf/edge-a",
+        "max_subscribers": 2_000_000,
+        "rate_limit": 0,
+        "rate_burst": 5,
+        "rate_limit_clients": 4096,
+    }
+    assert parse_config(raw).fastpath == FastPath(
+        False, "generic", Path("/sys/fs/bpf/edge-a"), 2_000_000, 0, 5, 4096
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("enabled", "yes", "expected true or false, got str"),
+        ("xdp_mode", "offload", "'offload' is not one of auto, native, generic"),
+        ("pin_dir", "/var/lib/brushtail", "is not a directory under /sys/fs/bpf/ (bpffs)"),
+        ("pin_dir", "/sys/fs/bpf/../x", "is not a directory under /sys/fs/bpf/ (bpffs)"),
+        ("max_subscribers", 10, "10 is out of range 1024..16777216"),
+        ("rate_limit", -1, "-1 is out of range 0..1000000"),
+        ("rate_burst", 0, "0 is out of range 1..1000000"),
+    ],
+)
+def test_fastpath_errors_name_the_key(key: str, value: object, reason: str) -> None:
+    raw = example()
+    raw["fastpath"] = {key: value}
+    [(where, got)] = errors_of(raw)
+    assert where == f"fastpath.{key}"
+    assert reason in got
+
+
+def test_fastpath_unknown_key() -> None:
+    raw = example()
+    raw["fastpath"] = {"ratelimit": 5}
+    [(where, reason)] = errors_of(raw)
+    assert where == "fastpath.ratelimit"
+    assert "did you mean 'rate_limit'" in reason

@@ -43,11 +43,13 @@ def test_round_trip_of_every_field(tmp_path: Path) -> None:
         lease(0x0A000001, client_id=bytes(range(255)), hwaddr=bytes(16)),
         lease(0xC0A80001, pool="büro-🐨", state=LeaseState.RELEASED, expires=-1.5),
         lease(0xFFFFFFFF, state=LeaseState.EXPIRED, expires=1e300, updated=5e-324),
+        lease(0x0A000002, prl=bytes([1, 3, 6, 15, 119])),
+        lease(0x0A000003, prl=b""),  # an empty list is not the same as none
     ]
     with LeaseStore.open(tmp_path) as store:
         store.apply(written, [])
         loaded = store.load()
-    assert loaded == written
+    assert loaded == sorted(written, key=lambda lease: lease.address)
     assert all(type(got.state) is LeaseState for got in loaded)
     assert all(type(got.client_id) is bytes and type(got.hwaddr) is bytes for got in loaded)
 
@@ -63,6 +65,7 @@ def test_any_lease_round_trips_exactly(tmp_path: Path) -> None:
         # NaN cannot be stored: SQLite turns it into NULL, which the schema refuses.
         expires=st.floats(allow_nan=False),
         updated=st.floats(allow_nan=False),
+        prl=st.none() | st.binary(max_size=255),
     )
     with LeaseStore.open(tmp_path) as store:
 
@@ -237,3 +240,18 @@ def test_unknown_state_on_disk_is_a_store_error(tmp_path: Path) -> None:
         conn.execute("UPDATE lease SET state = 99")
     with LeaseStore.open(tmp_path) as store, pytest.raises(StoreError, match="unknown lease state"):
         store.load()
+
+
+def test_a_version_1_store_gains_the_prl_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Stores written before the fast path (schema 1, no prl column) load unchanged."""
+    with LeaseStore.open(tmp_path) as store:
+        store.apply([lease(1)], [])
+    path = tmp_path / "leases.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE lease DROP COLUMN prl")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with LeaseStore.open(tmp_path) as store:
+        assert store.load() == [lease(1)]
+        store.apply([lease(1, prl=b"\x01\x03")], [])
+        assert store.load()[0].prl == b"\x01\x03"
