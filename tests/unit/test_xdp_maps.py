@@ -12,7 +12,7 @@ from brushtaild.engine.decisions import Decision
 from brushtaild.engine.server import Server
 from brushtaild.xdp import maps
 from brushtaild.xdp.sync import MapSync, key_bytes
-from tests.engine_helpers import SERVER, INGRESS, mac, make_config, request
+from tests.engine_helpers import INGRESS, SERVER, mac, make_config, request
 
 NOW = 1_800_000_000.0
 PRL = bytes([1, 3, 6, 15])
