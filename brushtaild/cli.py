@@ -7,6 +7,7 @@ not be read at all (argparse uses 2 for usage errors too).
 """
 
 import argparse
+import ctypes
 import os
 import sys
 import time
@@ -102,6 +103,53 @@ def _add_leases(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
     parser.set_defaults(run=_leases)
 
 
+def _fastpath(args: argparse.Namespace) -> int:
+    # Imported here: `check-config` and `leases` must work where BCC is not installed.
+    from brushtaild.xdp import libbpf, loader, maps
+
+    try:
+        config = load_config(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    pin_dir = config.fastpath.pin_dir
+    if args.action == "detach":
+        loader.detach(config.interface, pin_dir)
+        print(f"XDP program removed from {config.interface}; {pin_dir} unpinned")
+        return EXIT_OK
+    mode = loader.attached_mode(config.interface)
+    print(f"interface {config.interface}: {'XDP ' + mode if mode else 'no XDP program'}")
+    if not (pin_dir / "leases").exists():
+        print(f"maps: none pinned under {pin_dir}")
+        return EXIT_OK if mode is None else EXIT_INVALID
+    fds = {name: libbpf.obj_get(str(pin_dir / name)) for name in ("leases", "results")}
+    try:
+        entries = libbpf.count_keys(fds["leases"], ctypes.sizeof(maps.ClientKey))
+        counts = libbpf.percpu_u64_sums(fds["results"], maps.RESULTS)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    print(f"maps: {pin_dir}, {entries} lease entries")
+    for result in maps.Result:
+        if result is not maps.Result.NOT_DHCP and counts[result]:
+            print(f"  {result.label:<18} {counts[result]}")
+    return EXIT_OK
+
+
+def _add_fastpath(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = commands.add_parser(
+        "fastpath",
+        help="show or remove the XDP fast path",
+        description="status: the interface's XDP program, the pinned lease entries and the "
+        "program's counters (read from the pinned maps, so it works while brushtaild is "
+        "stopped). detach: remove the program and its pinned maps; the fast path stays "
+        "answering renewals after brushtaild stops until this is run.",
+    )
+    parser.add_argument("action", choices=("status", "detach"))
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE")
+    parser.set_defaults(run=_fastpath)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brushtail", description="Operate a brushtail DHCPv4 server."
@@ -110,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_check_config(commands)
     _add_leases(commands)
+    _add_fastpath(commands)
     return parser
 
 

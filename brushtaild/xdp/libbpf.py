@@ -85,6 +85,9 @@ def _lib() -> ctypes.CDLL:
         ctypes.POINTER(ctypes.c_uint32),
     )
     lib.bpf_prog_test_run_opts.argtypes = (ctypes.c_int, ctypes.POINTER(_TestRunOpts))
+    lib.bpf_map_lookup_elem.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+    lib.bpf_map_get_next_key.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+    lib.libbpf_num_possible_cpus.argtypes = ()
     return lib
 
 
@@ -108,6 +111,31 @@ def map_layout(fd: int) -> MapLayout:
         "bpf_obj_get_info_by_fd",
     )
     return MapLayout(info.key_size, info.value_size, info.max_entries)
+
+
+def count_keys(fd: int, key_size: int) -> int:
+    """Entries in a hash map, walked with BPF_MAP_GET_NEXT_KEY."""
+    lib = _lib()
+    key = ctypes.create_string_buffer(key_size)
+    count = 0
+    previous = None
+    while lib.bpf_map_get_next_key(fd, previous, key) == 0:
+        count += 1
+        previous = ctypes.create_string_buffer(key.raw, key_size)
+    return count
+
+
+def percpu_u64_sums(fd: int, entries: int) -> list[int]:
+    """Each slot of a per-CPU array of u64, summed over the CPUs."""
+    lib = _lib()
+    cpus = _check(lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+    values = (ctypes.c_uint64 * cpus)()
+    sums = []
+    for index in range(entries):
+        key = ctypes.c_uint32(index)
+        _check(lib.bpf_map_lookup_elem(fd, ctypes.byref(key), values), "bpf_map_lookup_elem")
+        sums.append(sum(values))
+    return sums
 
 
 def prog_test_run(
