@@ -20,7 +20,7 @@ from tests.e2e.netns import Link
 WATCHDOG_USEC = 1_000_000  # pings every 0.5 s
 STATUS = re.compile(
     r"STATUS=serving sub0: (\d+) leases \(\d+% of (\d+)\), slow path \d+ req/s, "
-    r"fast path: not loaded, peers: none configured$"
+    r"fast path: disabled, peers: none configured$"
 )
 
 
