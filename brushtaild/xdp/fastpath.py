@@ -86,7 +86,7 @@ class FastPath:
         self.sync.reconcile(now)
 
     def collector(self) -> stats.FastPathCollector:
-        return stats.FastPathCollector(self.program, lambda: self.sync.entries)
+        return stats.FastPathCollector(self.program, lambda: self.sync.entries, lambda: self.mode)
 
     def snapshot(self) -> stats.Snapshot:
         return stats.read(self.program)

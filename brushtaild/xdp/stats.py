@@ -46,9 +46,12 @@ def read(tables: Any) -> Snapshot:
 
 
 class FastPathCollector(Collector):
-    def __init__(self, tables: Any, entries: Callable[[], int]) -> None:
+    def __init__(
+        self, tables: Any, entries: Callable[[], int], mode: Callable[[], str | None]
+    ) -> None:
         self._tables = tables
         self._entries = entries
+        self._mode = mode
 
     def collect(self) -> Iterator[Metric]:
         snap = read(self._tables)
@@ -83,6 +86,14 @@ class FastPathCollector(Collector):
             "Lease entries installed in the kernel map",
             value=self._entries(),
         )
+        mode = GaugeMetricFamily(
+            "dhcp_fastpath_xdp_mode",
+            "1 for the XDP mode the program is attached in (native: in the driver; "
+            "generic: after the kernel built an skb)",
+            labels=["mode"],
+        )
+        mode.add_metric([self._mode() or "detached"], 1)
+        yield mode
 
 
 def _estimated_sum(latency: list[int]) -> float:
