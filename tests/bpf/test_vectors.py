@@ -1,0 +1,306 @@
+"""The captured clients (tests/vectors) against the kernel program: every OFFER and ACK it
+sends is checked byte for byte against the engine's reply to the same request, and its
+addressing against RFC 2131 section 4.1."""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from brushtaild.dhcp import options as opt
+from brushtaild.dhcp.codec import parse
+from brushtaild.dhcp.constants import MessageType, OptionCode
+from brushtaild.engine.leases import Lease
+from brushtaild.xdp import maps
+from tests.bpf.frames import decode_reply
+from tests.bpf.harness import (
+    BROADCAST_FLAG,
+    NS,
+    SERVER_IP,
+    SERVER_MAC,
+    XDP_PASS,
+    XDP_TX,
+    Fastpath,
+    assert_same_reply,
+    expected_destination,
+    frame_payload,
+    options_in_order,
+    with_fields,
+    with_option,
+    without_option,
+)
+from tests.vectors import CLIENTS, load_vector
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A captured client, given a MAC of its own (dhclient's and udhcpc's captures share
+    one)."""
+
+    name: str
+    mac: bytes
+
+    @property
+    def relayed(self) -> bool:
+        return any(parse(load_vector(f"{self.name}_discover")).giaddr.to_bytes(4, "big"))
+
+    def payload(self, kind: str) -> bytes:
+        return with_fields(load_vector(f"{self.name}_{kind}"), chaddr=self.mac)
+
+    def frame(
+        self,
+        fastpath: Fastpath,
+        payload: bytes,
+        *,
+        unicast_from: int = 0,
+        vlans: tuple[int, ...] = (),
+        ip_options: bytes = b"",
+    ) -> bytes:
+        return fastpath.frame(
+            payload,
+            mac=self.mac,
+            relay=self.relayed,
+            unicast_from=unicast_from,
+            vlans=vlans,
+            ip_options=ip_options,
+        )
+
+
+CAPTURED_CLIENTS = tuple(
+    Client(name, bytes.fromhex(f"02b70000010{i}")) for i, name in enumerate(CLIENTS)
+)
+DIRECT = tuple(c for c in CAPTURED_CLIENTS if not c.relayed)
+RELAYED = tuple(c for c in CAPTURED_CLIENTS if c.relayed)
+
+
+def by_name(name: str) -> Client:
+    return next(c for c in CAPTURED_CLIENTS if c.name == name)
+
+
+def ids(clients: tuple[Client, ...]) -> list[str]:
+    return [c.name for c in clients]
+
+
+def bind(fastpath: Fastpath, client: Client) -> Lease:
+    """The client's captured exchange, through the kernel (which has no entry yet and
+    passes both) to the engine; the ACK installs the client's entry."""
+    discover = client.frame(fastpath, client.payload("discover"))
+    assert fastpath.counted(lambda: fastpath.run(discover)) == {maps.Result.MISS: 1}
+    offer = fastpath.slow_path(discover)
+    assert offer is not None and offer.replies, offer
+    yiaddr = offer.replies[0].message.yiaddr
+    request = client.frame(
+        fastpath,
+        with_option(client.payload("request"), OptionCode.REQUESTED_ADDRESS, opt.ip(yiaddr)),
+    )
+    assert fastpath.run(request).retval == XDP_PASS
+    ack = fastpath.slow_path(request)
+    assert ack is not None and [r.message.message_type for r in ack.replies] == [MessageType.ACK]
+    [lease] = ack.lease_writes
+    assert fastpath.entry(maps.Key(client.mac)) is not None
+    return lease
+
+
+def request_in_state(client: Client, fastpath: Fastpath, state: str, address: int) -> bytes:
+    """The client's captured REQUEST as RFC 2131 4.3.2 has it in `state`."""
+    payload = client.payload("request")
+    if state == "selecting":  # option 54 is ours in every capture
+        return client.frame(
+            fastpath, with_option(payload, OptionCode.REQUESTED_ADDRESS, opt.ip(address))
+        )
+    if state == "init-reboot":
+        payload = with_option(payload, OptionCode.REQUESTED_ADDRESS, opt.ip(address))
+        return client.frame(fastpath, without_option(payload, OptionCode.SERVER_ID))
+    payload = without_option(payload, OptionCode.REQUESTED_ADDRESS)
+    payload = with_fields(without_option(payload, OptionCode.SERVER_ID), ciaddr=address)
+    if state == "renewing":  # unicast to the server (a relayed client: through its relay)
+        return client.frame(fastpath, payload, unicast_from=address)
+    assert state == "rebinding"  # broadcast
+    return client.frame(fastpath, payload)
+
+
+def check_reply(
+    fastpath: Fastpath,
+    frame: bytes,
+    mtype: MessageType,
+    lease: Lease,
+    untagged: bytes | None = None,
+) -> None:
+    """Runs `frame` through the kernel and checks its reply against the engine's (to
+    `untagged`, the same request without VLAN tags, if given) and RFC 2131 4.1, and that
+    exactly one counter rose, for the reply's type."""
+    result = maps.Result.OFFER if mtype is MessageType.OFFER else maps.Result.ACK
+    runs = []
+    assert fastpath.counted(lambda: runs.append(fastpath.run(frame))) == {result: 1}
+    [fast] = runs
+    assert fast.retval == XDP_TX
+    assert_same_reply(fast, frame, fastpath.slow_path(untagged or frame, apply=False))
+    got = decode_reply(fast.data)
+    reply = parse(got.payload)
+    assert reply.message_type is mtype and reply.yiaddr == lease.address
+    want = expected_destination(frame, lease.address)
+    assert (got.dst_ip, got.dport, got.dst_mac) == (want.ip, want.port, want.mac)
+    assert (got.src_mac, got.src_ip, got.sport) == (SERVER_MAC, SERVER_IP, 67)
+    # The reply keeps the request's link-layer header: its tags, in order, TPIDs included.
+    assert fast.data[12 : 12 + 4 * len(got.vlans)] == frame[12 : 12 + 4 * len(got.vlans)]
+    assert got.vlans == tuple(
+        int.from_bytes(frame[14 + 4 * i : 16 + 4 * i], "big") & 0xFFF for i in range(len(got.vlans))
+    )
+    relay_info = parse(frame_payload(frame)).options.get(OptionCode.RELAY_AGENT_INFO)
+    if relay_info is not None:  # RFC 3046 2.2: echoed verbatim, last
+        assert reply.options[OptionCode.RELAY_AGENT_INFO] == relay_info
+        assert options_in_order(got.payload)[-1] == OptionCode.RELAY_AGENT_INFO
+
+
+@pytest.mark.parametrize("client", CAPTURED_CLIENTS, ids=ids(CAPTURED_CLIENTS))
+def test_discover_is_offered_the_lease(fastpath: Fastpath, client: Client) -> None:
+    lease = bind(fastpath, client)
+    discover = client.frame(fastpath, client.payload("discover"))
+    check_reply(fastpath, discover, MessageType.OFFER, lease)
+    # An OFFER changes nothing: no renewal, no new expiry.
+    assert fastpath.renewals() == []
+
+
+STATES = ("selecting", "init-reboot", "renewing", "rebinding")
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("client", CAPTURED_CLIENTS, ids=ids(CAPTURED_CLIENTS))
+def test_request_is_acked_and_renewal_reported(
+    fastpath: Fastpath, client: Client, state: str
+) -> None:
+    lease = bind(fastpath, client)
+    key = maps.Key(client.mac)
+    before = fastpath.entry(key)
+    assert before is not None
+    assert fastpath.renewals() == []
+    request = request_in_state(client, fastpath, state, lease.address)
+    started = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    check_reply(fastpath, request, MessageType.ACK, lease)
+    finished = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+    after = fastpath.entry(key)
+    assert after is not None
+    [event] = fastpath.renewals()
+    assert maps.Key.from_ctype(event.key) == key
+    assert maps.host32(event.address) == lease.address
+    assert event.expires_ns == after.expires_ns > before.expires_ns
+    lease_time = after.lease_time * NS
+    assert started <= after.expires_ns - lease_time <= finished
+    # Nothing else in the entry moved.
+    after.expires_ns = before.expires_ns
+    assert bytes(after) == bytes(before)
+
+
+@pytest.mark.parametrize("client", DIRECT, ids=ids(DIRECT))
+@pytest.mark.parametrize("kind", ["discover", "request"])
+def test_broadcast_flag_gets_a_broadcast_reply(
+    fastpath: Fastpath, client: Client, kind: str
+) -> None:
+    lease = bind(fastpath, client)
+    payload = with_fields(client.payload(kind), flags=BROADCAST_FLAG)
+    if kind == "request":
+        payload = with_option(payload, OptionCode.REQUESTED_ADDRESS, opt.ip(lease.address))
+    mtype = MessageType.OFFER if kind == "discover" else MessageType.ACK
+    check_reply(fastpath, client.frame(fastpath, payload), mtype, lease)
+
+
+VLAN_TAGS = {"802.1Q": (100,), "QinQ": (100, 4094)}
+
+
+@pytest.mark.parametrize("tags", VLAN_TAGS.values(), ids=VLAN_TAGS.keys())
+@pytest.mark.parametrize(
+    "client", [by_name("udhcpc"), by_name("dhcrelay_udhcpc")], ids=["udhcpc", "dhcrelay"]
+)
+def test_vlan_tags_select_the_entry_and_are_kept(
+    fastpath: Fastpath, client: Client, tags: tuple[int, ...]
+) -> None:
+    """The slow path has no VLANs yet: the entry for the tagged key is copied from the
+    engine's untagged one, and the reply compared with the engine's untagged answer."""
+    lease = bind(fastpath, client)
+    untagged = maps.Key(client.mac)
+    entry = fastpath.entry(untagged)
+    assert entry is not None
+    tagged = maps.Key(client.mac, *tags)
+    fastpath.put_entry(tagged, entry)
+    del fastpath.program.table("leases")[untagged.ctype()]
+
+    for kind, mtype in (("discover", MessageType.OFFER), ("request", MessageType.ACK)):
+        payload = client.payload(kind)
+        if kind == "request":
+            payload = with_option(payload, OptionCode.REQUESTED_ADDRESS, opt.ip(lease.address))
+        frame = client.frame(fastpath, payload, vlans=tags)
+        check_reply(fastpath, frame, mtype, lease, untagged=client.frame(fastpath, payload))
+        # Same client, other tags or none: another key, no entry.
+        for other in ((), (101,), (100, 4093) if len(tags) == 2 else (100, 1)):
+            frame = client.frame(fastpath, payload, vlans=other)
+            assert fastpath.counted(lambda f=frame: fastpath.run(f)) == {maps.Result.MISS: 1}
+    [event] = fastpath.renewals()
+    assert maps.Key.from_ctype(event.key) == tagged
+
+
+IP_OPTIONS = {
+    "router alert": bytes.fromhex("94040000"),
+    "nop, record route": bytes.fromhex("01070b04") + bytes(8),
+    "40 bytes of nop": b"\x01" * 39 + b"\x00",
+}
+
+
+@pytest.mark.parametrize("ip_options", IP_OPTIONS.values(), ids=IP_OPTIONS.keys())
+@pytest.mark.parametrize("client", CAPTURED_CLIENTS, ids=ids(CAPTURED_CLIENTS))
+def test_ip_options_are_parsed_and_not_copied(
+    fastpath: Fastpath, client: Client, ip_options: bytes
+) -> None:
+    lease = bind(fastpath, client)
+    discover = client.frame(fastpath, client.payload("discover"), ip_options=ip_options)
+    check_reply(fastpath, discover, MessageType.OFFER, lease)  # decode_reply: IHL 5
+    request = request_in_state(client, fastpath, "selecting", lease.address)
+    request_payload = frame_payload(request)
+    request = client.frame(fastpath, request_payload, ip_options=ip_options)
+    check_reply(fastpath, request, MessageType.ACK, lease)
+
+
+def test_relay_agent_information_is_echoed_last(fastpath: Fastpath) -> None:
+    client = by_name("dhcrelay_udhcpc")
+    lease = bind(fastpath, client)
+    discover = client.frame(fastpath, client.payload("discover"))
+    fast = fastpath.run(discover)
+    assert fast.retval == XDP_TX
+    reply = decode_reply(fast.data).payload
+    relay_info = parse(client.payload("discover")).options[OptionCode.RELAY_AGENT_INFO]
+    assert options_in_order(reply)[-1] == OptionCode.RELAY_AGENT_INFO
+    assert parse(reply).options[OptionCode.RELAY_AGENT_INFO] == relay_info
+    assert parse(reply).yiaddr == lease.address
+
+
+Edit = Callable[[bytes, int], bytes]
+MISMATCHES: dict[str, Edit] = {
+    "50 not the lease": lambda p, a: with_option(p, OptionCode.REQUESTED_ADDRESS, opt.ip(a + 1)),
+    "54 another server": lambda p, a: with_option(
+        with_option(p, OptionCode.REQUESTED_ADDRESS, opt.ip(a)),
+        OptionCode.SERVER_ID,
+        opt.ip(opt.parse_ip("198.18.0.2")),
+    ),
+    "ciaddr not the lease": lambda p, a: with_fields(
+        without_option(without_option(p, OptionCode.REQUESTED_ADDRESS), OptionCode.SERVER_ID),
+        ciaddr=a + 1,
+    ),
+    "ciaddr right, 50 wrong": lambda p, a: with_fields(
+        without_option(
+            with_option(p, OptionCode.REQUESTED_ADDRESS, opt.ip(a + 1)), OptionCode.SERVER_ID
+        ),
+        ciaddr=a,
+    ),
+    "neither 50 nor ciaddr": lambda p, a: without_option(p, OptionCode.REQUESTED_ADDRESS),
+}
+
+
+@pytest.mark.parametrize("mismatch", MISMATCHES.values(), ids=MISMATCHES.keys())
+def test_request_not_matching_the_lease_is_passed(fastpath: Fastpath, mismatch: Edit) -> None:
+    client = by_name("udhcpc")
+    lease = bind(fastpath, client)
+    frame = client.frame(fastpath, mismatch(client.payload("request"), lease.address))
+    assert fastpath.counted(lambda: fastpath.run(frame)) == {maps.Result.REQUEST_MISMATCH: 1}
+    assert fastpath.run(frame).retval == XDP_PASS
+    assert fastpath.renewals() == []
