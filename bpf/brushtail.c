@@ -18,6 +18,7 @@
 #define DHCP_DISCOVER 1
 #define DHCP_REQUEST 3
 #define NS_PER_SEC 1000000000ull
+#define LATENCY_SAMPLE 16 /* a power of two */
 #define FNV64_OFFSET 0xcbf29ce484222325ull
 #define FNV64_PRIME 0x100000001b3ull
 
@@ -121,13 +122,17 @@ static __always_inline __u32 log2_bucket(__u64 v)
 	return r < BT_LATENCY_BUCKETS ? r : BT_LATENCY_BUCKETS - 1;
 }
 
+/* Counts the result; one reply in LATENCY_SAMPLE also has its latency recorded: a clock
+ * read costs as much as a map lookup on some machines, and one per packet (for expiry) is
+ * all the packet path should pay. */
 static __always_inline int record(__u32 result, int action, __u64 start)
 {
 	__u64 *count = results.lookup(&result);
 
-	if (count)
-		*count += 1;
-	if (action == XDP_TX) {
+	if (!count)
+		return action;
+	*count += 1;
+	if (action == XDP_TX && (*count & (LATENCY_SAMPLE - 1)) == 0) {
 		__u32 bucket = log2_bucket(bpf_ktime_get_boot_ns() - start);
 		__u64 *n = latency.lookup(&bucket);
 
@@ -269,7 +274,8 @@ int xdp_brushtail(struct xdp_md *ctx)
 
 	if (event) {
 		lease->expires_ns = event->expires_ns;
-		renewals.ringbuf_submit(event, 0);
+		/* No wakeup: brushtaild reads the ring in its own loop, not by waiting on it. */
+		renewals.ringbuf_submit(event, BPF_RB_NO_WAKEUP);
 	}
 	result = reply_type == DHCP_OFFER ? BT_RES_OFFER : BT_RES_ACK;
 	return record(result, XDP_TX, now);

@@ -31,11 +31,13 @@
  * an RCU grace period, so the program never reads a half-written lease. */
 BPF_TABLE_PINNED("hash", struct bt_client_key, struct bt_lease, leases, BT_MAX_LEASES,
 		 BT_PIN_DIR "/leases", BPF_F_NO_PREALLOC_);
-/* Template id -> reply options, rendered by the slow path's codec. A hash, not an array,
- * for the same reason: userspace replaces a template whole, never in place. Twice the
- * templates in use fit, so a rebuild can write the new set before dropping the old. */
-BPF_TABLE_PINNED("hash", __u32, struct bt_template, templates, 2 * BT_MAX_TEMPLATES,
-		 BT_PIN_DIR "/templates", BPF_F_NO_PREALLOC_);
+/* Template id -> reply options, rendered by the slow path's codec. An array, so a lookup is
+ * an inlined bounds check and no hash: userspace never rewrites a template an entry may
+ * still use (a changed template gets a fresh id, see brushtaild/xdp/sync.py), so the
+ * program never reads one half-written. Twice the templates in use fit, so a rebuild
+ * writes the new set before the old one goes. */
+BPF_TABLE_PINNED("array", __u32, struct bt_template, templates, 2 * BT_MAX_TEMPLATES,
+		 BT_PIN_DIR "/templates");
 BPF_TABLE_PINNED("array", __u32, __u64, config, BT_CFG_SLOTS, BT_PIN_DIR "/config");
 /* Per-MAC token buckets; an LRU apart from the leases, so a flood of random MACs only
  * ever evicts other buckets. */

@@ -58,6 +58,7 @@ class _MapInfo(ctypes.Structure):
 
 @dataclass(frozen=True, slots=True)
 class MapLayout:
+    type: int
     key_size: int
     value_size: int
     max_entries: int
@@ -110,7 +111,7 @@ def map_layout(fd: int) -> MapLayout:
         _lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
         "bpf_obj_get_info_by_fd",
     )
-    return MapLayout(info.key_size, info.value_size, info.max_entries)
+    return MapLayout(info.type, info.key_size, info.value_size, info.max_entries)
 
 
 def count_keys(fd: int, key_size: int) -> int:

@@ -10,6 +10,7 @@ store instead.
 
 import ctypes
 import logging
+import mmap
 import os
 import time
 from collections.abc import Iterator
@@ -44,25 +45,28 @@ class Limits:
     ratelimit_entries: int
 
 
-# Map name -> (key, value) sizes the C declares, and whether max_entries is configured.
-def _expected(limits: Limits) -> dict[str, tuple[int, int, int | None]]:
+# linux/bpf.h enum bpf_map_type
+MAP_HASH, MAP_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_RINGBUF = 1, 2, 6, 9, 27
+
+
+# Map name -> the layout bpf/maps.h declares.
+def _expected(limits: Limits) -> dict[str, libbpf.MapLayout]:
     u32, u64 = 4, 8
+    key = ctypes.sizeof(maps.ClientKey)
     return {
-        "leases": (
-            ctypes.sizeof(maps.ClientKey),
-            ctypes.sizeof(maps.LeaseEntry),
-            limits.max_subscribers,
+        "leases": libbpf.MapLayout(
+            MAP_HASH, key, ctypes.sizeof(maps.LeaseEntry), limits.max_subscribers
         ),
-        "templates": (u32, ctypes.sizeof(maps.Template), 2 * maps.MAX_TEMPLATES),
-        "config": (u32, u64, maps.CFG_SLOTS),
-        "ratelimit": (
-            ctypes.sizeof(maps.ClientKey),
-            ctypes.sizeof(maps.Bucket),
-            limits.ratelimit_entries,
+        "templates": libbpf.MapLayout(
+            MAP_ARRAY, u32, ctypes.sizeof(maps.Template), maps.TEMPLATE_SLOTS
         ),
-        "results": (u32, u64, maps.RESULTS),
-        "latency": (u32, u64, maps.LATENCY_BUCKETS),
-        "renewals": (0, 0, None),
+        "config": libbpf.MapLayout(MAP_ARRAY, u32, u64, maps.CFG_SLOTS),
+        "ratelimit": libbpf.MapLayout(
+            MAP_LRU_HASH, key, ctypes.sizeof(maps.Bucket), limits.ratelimit_entries
+        ),
+        "results": libbpf.MapLayout(MAP_PERCPU_ARRAY, u32, u64, maps.RESULTS),
+        "latency": libbpf.MapLayout(MAP_PERCPU_ARRAY, u32, u64, maps.LATENCY_BUCKETS),
+        "renewals": libbpf.MapLayout(MAP_RINGBUF, 0, 0, RINGBUF_PAGES * mmap.PAGESIZE),
     }
 
 
@@ -89,18 +93,16 @@ def ensure_bpffs() -> None:
 
 
 def _stale_pins(pin_dir: Path, limits: Limits) -> Iterator[Path]:
-    for name, (key_size, value_size, entries) in _expected(limits).items():
+    for name, expected in _expected(limits).items():
         path = pin_dir / name
-        if not path.exists() or not key_size:
+        if not path.exists():
             continue
         fd = libbpf.obj_get(str(path))
         try:
             got = libbpf.map_layout(fd)
         finally:
             os.close(fd)
-        if (got.key_size, got.value_size) != (key_size, value_size) or (
-            entries is not None and got.max_entries != entries
-        ):
+        if got != expected:
             yield path
 
 

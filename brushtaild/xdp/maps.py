@@ -11,7 +11,8 @@ from enum import IntEnum
 
 MAX_CLIENT_ID = 32
 TEMPLATE_MAX = 192
-MAX_TEMPLATES = 4096
+MAX_TEMPLATES = 4096  # in use at once
+TEMPLATE_SLOTS = 2 * MAX_TEMPLATES  # the array's size: room for a rebuild
 LATENCY_BUCKETS = 32
 PRL_ABSENT = 0
 PRL_MAX = 64

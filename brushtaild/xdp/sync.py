@@ -102,9 +102,14 @@ class MapSync:
         afterwards, so a client in both sets is answered throughout. Returns (entries
         written, stale entries removed)."""
         self._offset = boot_offset()
-        old_templates = [k.value for k in self._templates]
+        # Templates entries may still point at: never rewritten until the swap is done.
+        old_templates = [
+            template_id
+            for template_id in range(maps.TEMPLATE_SLOTS)
+            if self._templates[ctypes.c_uint32(template_id)].len
+        ]
         self._template_ids = {}
-        self._reserved = set(old_templates)  # still answered with until the swap is done
+        self._reserved = set(old_templates)
         wanted: dict[bytes, tuple[int, maps.LeaseEntry]] = {}
         for lease in self.server.leases():
             built = self._entry(lease, now)
@@ -124,7 +129,7 @@ class MapSync:
         live = set(self._template_ids.values())
         for template_id in old_templates:
             if template_id not in live:
-                del self._templates[ctypes.c_uint32(template_id)]
+                self._templates[ctypes.c_uint32(template_id)] = maps.Template()
         self._reserved = set()
         self._owner = {key: address for key, (address, _) in wanted.items()}
         self._key_of = {address: key for key, (address, _) in wanted.items()}
@@ -192,10 +197,14 @@ class MapSync:
         wire = self.server.template(pool, mtype, prl).wire
         if len(wire) > maps.TEMPLATE_MAX:
             return None
-        while self._next_id in self._reserved:
-            self._next_id = (self._next_id + 1) % 0x10000
+        # A slot is written only while no entry can point at it: not one in use now, nor one
+        # the previous set used (during a rebuild). There are twice as many slots as
+        # templates in use, so one is always free.
+        live = set(self._template_ids.values())
+        while self._next_id in self._reserved or self._next_id in live:
+            self._next_id = (self._next_id + 1) % maps.TEMPLATE_SLOTS
         template_id = self._next_id
-        self._next_id = (self._next_id + 1) % 0x10000
+        self._next_id = (self._next_id + 1) % maps.TEMPLATE_SLOTS
         self._templates[ctypes.c_uint32(template_id)] = maps.template(wire)
         self._template_ids[key] = template_id
         return template_id

@@ -19,15 +19,19 @@ PRL = bytes([1, 3, 6, 15])
 
 
 class FakeTable:
-    """A BCC table as MapSync uses it: ctypes keys and values, iteration, batch update."""
+    """A BCC table as MapSync uses it: ctypes keys and values, iteration, batch update.
+    With `zero`, it reads like an array: a missing slot holds a zero value."""
 
-    def __init__(self) -> None:
+    def __init__(self, zero: type | None = None) -> None:
         self.rows: dict[bytes, tuple[Any, Any]] = {}
+        self.zero = zero
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.rows[bytes(key)] = (key, value)
 
     def __getitem__(self, key: Any) -> Any:
+        if self.zero is not None and bytes(key) not in self.rows:
+            return self.zero()
         return self.rows[bytes(key)][1]
 
     def __delitem__(self, key: Any) -> None:
@@ -43,7 +47,11 @@ class FakeTable:
 
 class FakeProgram:
     def __init__(self) -> None:
-        self.tables = {name: FakeTable() for name in ("leases", "templates", "config")}
+        self.tables = {
+            "leases": FakeTable(),
+            "templates": FakeTable(zero=maps.Template),
+            "config": FakeTable(),
+        }
 
     def table(self, name: str) -> FakeTable:
         return self.tables[name]
@@ -135,7 +143,8 @@ def test_reconcile_keeps_live_entries_and_drops_stale_ones_and_templates() -> No
     written, removed = MapSync(program, server).reconcile(NOW)
     assert (written, removed) == (1, 1)
     assert list(program.tables["leases"].rows) == [key_bytes(mac(1))]
-    ids = {key.value for key in program.tables["templates"]}
+    templates = program.tables["templates"]
+    ids = {key.value for key in templates if templates[key].len}
     assert 7 not in ids and len(ids) == 2  # this client's OFFER and ACK
 
 
