@@ -365,7 +365,10 @@ class Daemon:
         self.server = self.server.reconfigured(new, clock.wall())
         self.config = new
         if self.fastpath is not None:
-            self.fastpath.reconfigured(new, self.server, self.io.mac, clock.wall())
+            # A million entries take seconds to rewrite: keep systemd's watchdog fed.
+            self.fastpath.reconfigured(
+                new, self.server, self.io.mac, clock.wall(), self.notifier.ping
+            )
         logging.getLogger().setLevel(new.log_level.upper())
         self.lease_log.enabled = log.isEnabledFor(logging.INFO)
         log.info("config reloaded from %s", self.config_path)

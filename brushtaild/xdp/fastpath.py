@@ -3,7 +3,7 @@ the engine's leases, and read back the renewals it answered and its counters."""
 
 import ctypes
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,12 +78,20 @@ class FastPath:
     def apply(self, decisions: Iterable[Decision], now: float) -> None:
         self.sync.apply(decisions, now)
 
-    def reconfigured(self, config: Config, server: Server, server_mac: bytes, now: float) -> None:
+    def reconfigured(
+        self,
+        config: Config,
+        server: Server,
+        server_mac: bytes,
+        now: float,
+        keepalive: Callable[[], object],
+    ) -> None:
+        """New templates for the new config, and every entry rewritten to use them."""
         self.config = config
         self.sync.server = server
         settings = config.fastpath
         self.sync.configure(config, server_mac, settings.rate_limit, settings.rate_burst)
-        self.sync.reconcile(now)
+        self.sync.reconcile(now, keepalive)
 
     def collector(self) -> stats.FastPathCollector:
         return stats.FastPathCollector(self.program, lambda: self.sync.entries, lambda: self.mode)

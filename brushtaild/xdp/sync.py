@@ -13,7 +13,7 @@ import contextlib
 import ctypes
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from brushtaild.dhcp.constants import MessageType
@@ -26,6 +26,7 @@ from brushtaild.xdp import maps
 log = logging.getLogger("brushtaild.xdp")
 
 NS = 1_000_000_000
+KEEPALIVE_EVERY = 65_536
 TemplateKey = tuple[str, MessageType, bytes | None]
 # Events after which the client's entry must go; writes say the same, but an expiry is
 # only an event (the store needs no write for it).
@@ -96,11 +97,15 @@ class MapSync:
 
     # -- whole-map rebuild: at start (adoption) and after a reload ----------------------
 
-    def reconcile(self, now: float) -> tuple[int, int]:
+    def reconcile(
+        self, now: float, keepalive: Callable[[], object] = lambda: None
+    ) -> tuple[int, int]:
         """Makes the maps hold exactly the engine's bound leases, with templates rendered
         from the current config. Entries are overwritten in place and stale ones deleted
         afterwards, so a client in both sets is answered throughout. Returns (entries
-        written, stale entries removed)."""
+        written, stale entries removed). At a million leases this takes seconds:
+        `keepalive` is called every KEEPALIVE_EVERY leases (the daemon pings systemd's
+        watchdog with it)."""
         self._offset = boot_offset()
         # Templates entries may still point at: never rewritten until the swap is done.
         old_templates = [
@@ -111,7 +116,9 @@ class MapSync:
         self._template_ids = {}
         self._reserved = set(old_templates)
         wanted: dict[bytes, tuple[int, maps.LeaseEntry]] = {}
-        for lease in self.server.leases():
+        for n, lease in enumerate(self.server.leases()):
+            if n % KEEPALIVE_EVERY == KEEPALIVE_EVERY - 1:
+                keepalive()
             built = self._entry(lease, now)
             if built is not None:
                 wanted[built[0]] = (lease.address, built[1])
