@@ -191,7 +191,9 @@ def attached_mode(ifname: str) -> str | None:
         links = ipr.link("get", ifname=ifname)
     xdp = links[0].get_attr("IFLA_XDP") if links else None
     attached = xdp.get_attr("IFLA_XDP_ATTACHED") if xdp is not None else None
-    return {1: "native", 2: "generic"}.get(attached or 0)
+    # XDP_ATTACHED_DRV and _SKB; Debian 12's pyroute2 (0.7) decodes them to iproute2's
+    # names, "xdp" and "xdpgeneric", instead of returning the numbers.
+    return {1: "native", 2: "generic", "xdp": "native", "xdpgeneric": "generic"}.get(attached or 0)
 
 
 def detach(ifname: str, pin_dir: Path | None = None) -> None:
