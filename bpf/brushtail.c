@@ -49,15 +49,15 @@ static __always_inline int rate_limited(struct bt_client_key *key, __u64 now)
 	return bucket_take(b, now, cost, burst);
 }
 
-/* Hash of option 55, never BT_PRL_ABSENT: FNV-1a over the list zero-padded to PRL_MAX
- * bytes, 8 bytes a step, so the loop has a fixed count. brushtaild/xdp/maps.py has the
- * same function. The list is copied out of the frame first: the verifier cannot follow a
- * byte walk up to the packet's end. */
-static __always_inline __u32 prl_hash(struct xdp_md *ctx, struct dhcp_request *req)
+/* 64-bit FNV-1a of option 55, never BT_PRL_ABSENT: the length first, then the list
+ * zero-padded to PRL_MAX bytes, 8 bytes a step, so the loop has a fixed count.
+ * brushtaild/xdp/maps.py has the same function. The list is copied out of the frame first:
+ * the verifier cannot follow a byte walk up to the packet's end. */
+static __always_inline __u64 prl_hash(struct xdp_md *ctx, struct dhcp_request *req)
 {
 	__u64 words[PRL_MAX / 8] = {};
 	__u32 len = req->prl_len;
-	__u64 h = FNV64_OFFSET ^ len;
+	__u64 h = (FNV64_OFFSET ^ len) * FNV64_PRIME;
 	int i;
 
 	/* Written so the verifier sees a length in [1, PRL_MAX]. */
@@ -66,8 +66,7 @@ static __always_inline __u32 prl_hash(struct xdp_md *ctx, struct dhcp_request *r
 #pragma unroll
 	for (i = 0; i < PRL_MAX / 8; i++)
 		h = (h ^ words[i]) * FNV64_PRIME;
-	h ^= h >> 32;
-	return (__u32)h ? (__u32)h : 1;
+	return h ? h : 1;
 }
 
 /* Option 61 must be the lease's identity; without it, that identity must be htype 1 +

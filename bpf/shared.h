@@ -55,17 +55,17 @@ struct bt_client_key {
 
 struct bt_lease {
 	__u64 expires_ns;   /* CLOCK_BOOTTIME */
+	__u64 prl_hash;     /* of the option 55 the templates were rendered for */
 	__u32 address;      /* network order, as all addresses here */
 	__u32 subnet;
 	__u32 netmask;
 	__u32 lease_time;   /* seconds, host order */
-	__u32 prl_hash;     /* of the option 55 the templates were rendered for */
 	__u16 offer_template;
 	__u16 ack_template;
 	__u8 flags;
 	__u8 id_len;
-	__u8 pad[6]; /* client_id 8-byte aligned: compared a word at a time */
-	__u8 client_id[BT_MAX_CLIENT_ID];
+	__u8 pad[2];
+	__u8 client_id[BT_MAX_CLIENT_ID]; /* 8-byte aligned: compared a word at a time */
 };
 
 struct bt_template {

@@ -73,16 +73,16 @@ class ClientKey(ctypes.Structure):
 class LeaseEntry(ctypes.Structure):
     _fields_ = (
         ("expires_ns", ctypes.c_uint64),
+        ("prl_hash", ctypes.c_uint64),
         ("address", ctypes.c_uint32),  # network order, as every address in the maps
         ("subnet", ctypes.c_uint32),
         ("netmask", ctypes.c_uint32),
         ("lease_time", ctypes.c_uint32),
-        ("prl_hash", ctypes.c_uint32),
         ("offer_template", ctypes.c_uint16),
         ("ack_template", ctypes.c_uint16),
         ("flags", ctypes.c_uint8),
         ("id_len", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 6),
+        ("pad", ctypes.c_uint8 * 2),
         ("client_id", ctypes.c_uint8 * MAX_CLIENT_ID),
     )
 
@@ -117,16 +117,15 @@ def host32(value: int) -> int:
 
 
 def prl_hash(prl: bytes | None) -> int:
-    """bpf/brushtail.c's prl_hash(): FNV-1a over the list zero-padded to 64 bytes, 8 bytes
-    (little-endian words) a step, seeded with the length; never PRL_ABSENT."""
+    """bpf/brushtail.c's prl_hash(): 64-bit FNV-1a over the length, then the list
+    zero-padded to 64 bytes, 8 bytes (little-endian words) a step; never PRL_ABSENT."""
     if prl is None:
         return PRL_ABSENT
     padded = prl.ljust(PRL_MAX, b"\0")
-    h = _FNV64_OFFSET ^ len(prl)
+    h = ((_FNV64_OFFSET ^ len(prl)) * _FNV64_PRIME) & _U64
     for i in range(0, PRL_MAX, 8):
         h = ((h ^ int.from_bytes(padded[i : i + 8], "little")) * _FNV64_PRIME) & _U64
-    h ^= h >> 32
-    return (h & 0xFFFFFFFF) or 1
+    return h or 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,13 +77,15 @@ def test_prl_hash_is_never_the_absent_value_and_sees_order() -> None:
     assert maps.prl_hash(None) == maps.PRL_ABSENT
     assert maps.prl_hash(b"") != maps.PRL_ABSENT
     assert maps.prl_hash(b"\x01\x03") != maps.prl_hash(b"\x03\x01")
-    # The length is hashed too: trailing zero codes are not padding.
+    # The length is hashed on its own: trailing zero codes are not padding, and a length
+    # never cancels out a first code.
     assert maps.prl_hash(b"\x01") != maps.prl_hash(b"\x01\x00")
+    assert maps.prl_hash(b"\x03") != maps.prl_hash(b"\x00\x00")
 
 
 @given(st.binary(max_size=maps.PRL_MAX))
-def test_prl_hash_is_a_u32_never_zero(prl: bytes) -> None:
-    assert 0 < maps.prl_hash(prl) < 2**32
+def test_prl_hash_is_a_u64_never_zero(prl: bytes) -> None:
+    assert 0 < maps.prl_hash(prl) < 2**64
 
 
 def test_addresses_are_stored_in_network_order() -> None:
