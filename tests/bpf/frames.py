@@ -52,10 +52,50 @@ def client_frame(
     ip += ip_options
     ip = ip[:10] + struct.pack("!H", _ip_checksum(ip)) + ip[12:]
     eth = dst_mac + src_mac
-    tpids = (ETH_P_8021AD, ETH_P_8021Q) if len(vlans) == 2 else (ETH_P_8021Q,)
+    # 802.1ad service tags outside, one 802.1Q customer tag innermost (QinQ); more than two
+    # tags only make malformed frames.
+    tpids = (ETH_P_8021AD,) * (len(vlans) - 1) + (ETH_P_8021Q,)
     for tpid, vid in zip(tpids, vlans, strict=False):
         eth += struct.pack("!HH", tpid, vid)
     return eth + struct.pack("!H", ETH_P_IP) + ip + udp
+
+
+def ip_offset(frame: bytes) -> int:
+    """Where the IPv4 header starts: after the Ethernet header and any VLAN tags."""
+    pos = 12
+    while struct.unpack_from("!H", frame, pos)[0] in (ETH_P_8021Q, ETH_P_8021AD):
+        pos += 4
+    return pos + 2
+
+
+def with_ip_header(
+    frame: bytes,
+    *,
+    ihl: int | None = None,
+    tot_len: int | None = None,
+    frag: int | None = None,
+    udp_len: int | None = None,
+    checksum: bool = True,
+) -> bytes:
+    """`frame` with IPv4/UDP header fields overwritten; the IPv4 header checksum is made
+    valid again (over the header length the new IHL claims) unless `checksum` is false,
+    so only the edited field is wrong."""
+    out = bytearray(frame)
+    ip = ip_offset(frame)
+    old_ihl = (frame[ip] & 0x0F) * 4
+    if udp_len is not None:
+        struct.pack_into("!H", out, ip + old_ihl + 4, udp_len)
+    if ihl is not None:
+        out[ip] = 0x40 | ihl
+    if tot_len is not None:
+        struct.pack_into("!H", out, ip + 2, tot_len)
+    if frag is not None:
+        struct.pack_into("!H", out, ip + 6, frag)
+    if checksum:
+        size = max((out[ip] & 0x0F) * 4, 20)
+        header = bytes(out[ip : ip + 10]) + b"\0\0" + bytes(out[ip + 12 : ip + size])
+        struct.pack_into("!H", out, ip + 10, _ip_checksum(header))
+    return bytes(out)
 
 
 @dataclass(frozen=True, slots=True)

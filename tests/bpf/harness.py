@@ -38,6 +38,7 @@ SERVER_MAC = bytes.fromhex("02b7000000fe")  # the served interface's MAC
 SERVER_IP = opt.format_ip(SERVER)
 IFINDEX = 2
 NS = 1_000_000_000
+ETH_HLEN = 14  # BPF_PROG_TEST_RUN refuses shorter XDP frames
 # Engine time runs a minute behind the wall clock, so an expiry the kernel sets on a
 # renewal is visibly later than the one the engine set (no clock race in any assertion).
 ENGINE_LAG = 60.0
@@ -144,7 +145,9 @@ class RenewalLog:
 
 
 def clear_maps(program: Program) -> None:
-    for name in ("leases", "templates", "ratelimit"):
+    """Empties the lease entries and rate buckets. Templates stay: an array, rewritten by
+    the next MapSync from slot 0, and no entry is left to point at an old one."""
+    for name in ("leases", "ratelimit"):
         program.table(name).clear()
 
 
