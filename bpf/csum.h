@@ -15,6 +15,26 @@ static __always_inline __u16 csum_fold(__u64 sum)
 	return ~sum;
 }
 
+#define IP_MAX_HDR 60
+#define IP_HDR_COPY 64 /* a power of two above IP_MAX_HDR, for the verifier's length mask */
+
+/* Whether a request's IPv4 header checksum holds: the slow path drops a frame whose does
+ * not, so the program must not answer it either. The header is copied out first (the
+ * verifier cannot bound a variable-length read of the packet); the zeros after it add
+ * nothing to the sum, and a valid header sums to 0xffff. */
+static __always_inline int ipv4_csum_valid(struct xdp_md *ctx, __u32 l3_off, __u32 hdr_len)
+{
+	__u32 words[IP_HDR_COPY / 4] = {};
+	__s64 sum;
+
+	if (hdr_len < sizeof(struct iphdr) || hdr_len > IP_MAX_HDR)
+		return 0;
+	if (bpf_xdp_load_bytes(ctx, l3_off, words, ((hdr_len - 1) & (IP_HDR_COPY - 1)) + 1) < 0)
+		return 0;
+	sum = bpf_csum_diff(0, 0, (__be32 *)words, sizeof(words), 0);
+	return sum >= 0 && csum_fold((__u32)sum) == 0;
+}
+
 static __always_inline __u16 ipv4_csum(struct iphdr *ip)
 {
 	return csum_fold((__u32)bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));

@@ -170,6 +170,20 @@ static __always_inline int parse_udphdr(struct cursor *c, struct udphdr **udph)
 	return 0;
 }
 
+/* The slow path reads a request by its IPv4 and UDP lengths and drops a frame they do not
+ * fit (parse_frame in brushtaild/net/packet_io.py). Here both must end exactly where the
+ * frame ends, so every bounds check against the frame's end is one against the payload's:
+ * bytes after the datagram are never walked as options the slow path would not see. A
+ * DHCP request is far longer than Ethernet's minimum frame, so it carries no padding. */
+static __always_inline int datagram_fills_frame(struct iphdr *ip, struct udphdr *udp,
+						__u32 l3_off, __u32 frame_len)
+{
+	__u32 udp_off = l3_off + ip->ihl * 4;
+
+	return l3_off + ntohs(ip->tot_len) == frame_len &&
+	       udp_off + ntohs(udp->len) == frame_len;
+}
+
 static __always_inline int parse_bootp(struct cursor *c, struct bootp_hdr **bootp)
 {
 	struct bootp_hdr *b = c->pos;
