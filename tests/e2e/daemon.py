@@ -1,8 +1,10 @@
 """brushtaild as a real process in a Link's server namespace."""
 
+import os
+import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -32,6 +34,18 @@ fastpath:
   enabled: {fastpath}
   pin_dir: {pin_dir}
 """
+
+
+def host_mounts(argv: Sequence[str]) -> list[str]:
+    """`argv` in this process's mount namespace, for use under `ip netns exec`.
+
+    `ip netns exec` gives its command a mount namespace of its own with a fresh /sys, where
+    /sys/fs/bpf is not mounted: the daemon would mount a bpffs of its own there, whose pins
+    die with it, so a restarted daemon could never adopt them. In this process's mount
+    namespace /sys/fs/bpf is the host's bpffs, as under systemd; the network namespace
+    stays the one `ip netns exec` entered.
+    """
+    return ["nsenter", f"--mount=/proc/{os.getpid()}/ns/mnt", "--", *argv]
 
 
 class Brushtaild:
@@ -74,15 +88,25 @@ class Brushtaild:
         self._log_offset = 0
 
     def start(self, timeout: float = 20.0) -> Self:
+        return self.spawn().wait_started(timeout)
+
+    def spawn(self) -> Self:
+        """Starts the process without waiting for it: a test can act while it starts up
+        (the fast path compiles for seconds, while the previous program still answers)."""
         self._log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         with self.log_file.open("ab") as log:
             self.proc = self.link.popen_in(
                 self.link.server_ns,
-                [PYTHON, "-m", "brushtaild", "--config", str(self.config_file)],
+                host_mounts([PYTHON, "-m", "brushtaild", "--config", str(self.config_file)]),
                 stdout=log,
                 stderr=log,
                 env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **self.env},
             )
+        return self
+
+    def wait_started(self, timeout: float = 20.0) -> Self:
+        """Until the 'started' line of this run; raises if the process exits first."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while "brushtaild 0" not in self.log():
             if self.proc.poll() is not None:
@@ -113,11 +137,17 @@ class Brushtaild:
 
     def metric(self, name: str) -> float:
         """Sum of every sample of `name` (all label sets)."""
-        total = 0.0
+        return sum_samples(self.samples(), name)
+
+    def samples(self) -> dict[str, float]:
+        """One scrape: every sample by its name with labels, as exposed
+        (`dhcp_fastpath_requests_total{result="ack"}`)."""
+        samples = {}
         for line in self.metrics().splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
 
     def kill(self) -> None:
         """SIGKILL: the crash case."""
@@ -131,6 +161,10 @@ class Brushtaild:
         self.proc.terminate()
         return self.proc.wait(timeout=timeout)
 
+    def remove_pins(self) -> None:
+        """Unpins the fast path's maps (the program goes when its interface does)."""
+        shutil.rmtree(self.pin_dir, ignore_errors=True)
+
     def __enter__(self) -> Self:
         return self
 
@@ -142,3 +176,8 @@ class Brushtaild:
     ) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.kill()
+
+
+def sum_samples(samples: Mapping[str, float], name: str) -> float:
+    """Sum of every sample of `name` (all label sets) in one scrape."""
+    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
