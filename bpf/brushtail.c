@@ -18,6 +18,7 @@
 #define DHCP_DISCOVER 1
 #define DHCP_REQUEST 3
 #define NS_PER_SEC 1000000000ull
+#define ETH_BROADCAST_ADDR 0xffffffffffffull /* ff:ff:ff:ff:ff:ff in a zeroed u64 */
 #define LATENCY_SAMPLE 16 /* a power of two */
 #define FNV64_OFFSET 0xcbf29ce484222325ull
 #define FNV64_PRIME 0x100000001b3ull
@@ -27,6 +28,17 @@ static __always_inline __u64 config_get(__u32 slot)
 	__u64 *v = config.lookup(&slot);
 
 	return v ? *v : 0;
+}
+
+/* Whether the frame was sent to this interface's MAC or to broadcast: the slow path's
+ * socket filter takes only those (PACKET_HOST, PACKET_BROADCAST), and a promiscuous
+ * interface also sees requests other hosts are meant to answer. */
+static __always_inline int addressed_to_us(struct ethhdr *eth)
+{
+	__u64 dest = 0;
+
+	__builtin_memcpy(&dest, eth->h_dest, ETH_ALEN);
+	return dest == ETH_BROADCAST_ADDR || dest == config_get(BT_CFG_SERVER_MAC);
 }
 
 /* Returns 1 if this client is over its rate; a client never seen gets a fresh bucket. */
@@ -157,7 +169,11 @@ int xdp_brushtail(struct xdp_md *ctx)
 	struct bt_template *tpl;
 	struct bt_renewal *event = NULL;
 	struct bt_scratch *s;
-	__u32 result, zero = 0, tpl_id, l3_off, ip_len;
+	__u32 result, zero = 0, tpl_id, l3_off, tpl_len, relay_len = 0, opt_len, bootp_len;
+	__u32 limit, ip_extra, opt_off, frame_len;
+	__u8 end_option = OPT_END;
+	__be32 ciaddr;
+	__u64 csum;
 	__be32 server_id;
 	__be16 proto;
 	__u64 now, mac;
@@ -168,9 +184,11 @@ int xdp_brushtail(struct xdp_md *ctx)
 	    proto != htons(ETH_P_IP))
 		return XDP_PASS;
 	l3_off = c.pos - data;
+	frame_len = data_end - data;
 	if (parse_iphdr(&c, &ip) < 0 || ip->protocol != IPPROTO_UDP)
 		return XDP_PASS;
-	if (parse_udphdr(&c, &udp) < 0 || udp->dest != htons(DHCP_SERVER_PORT))
+	if (parse_udphdr(&c, &udp) < 0 || udp->dest != htons(DHCP_SERVER_PORT) ||
+	    !addressed_to_us(eth))
 		return XDP_PASS;
 
 	/* From here on it is DHCP, and every packet is counted under one result. */
@@ -234,13 +252,24 @@ int xdp_brushtail(struct xdp_md *ctx)
 	result = BT_PASS_NO_TEMPLATE;
 	tpl_id = reply_type == DHCP_OFFER ? lease->offer_template : lease->ack_template;
 	tpl = templates.lookup(&tpl_id);
-	if (!tpl)
+	if (!tpl || tpl->len > BT_TEMPLATE_MAX)
+		goto out;
+	tpl_len = tpl->len;
+	result = BT_PASS_UNPARSED;
+	if (req->seen & SEEN_RELAY) {
+		relay_len = save_relay_info(ctx, s->buf, req);
+		if (!relay_len)
+			goto out;
+	}
+	result = BT_PASS_TOO_BIG;
+	opt_len = tpl_len + relay_len;
+	bootp_len = reply_bootp_len(opt_len);
+	limit = req->max_size > MIN_IP_DATAGRAM ? req->max_size : MIN_IP_DATAGRAM;
+	if (UDP_IP_HLEN + bootp_len > limit)
 		goto out;
 	reply_destination(eth, b, lease->address, &to);
-	result = BT_PASS_TOO_BIG;
-	ip_len = build_reply(ctx, s->buf, b, req, lease, tpl, reply_type, server_id, &to);
-	if (!ip_len || ip_len > BT_SCRATCH_SIZE)
-		goto out;
+	ciaddr = reply_type == DHCP_ACK ? b->ciaddr : 0;
+	ip_extra = ip->ihl * 4 - sizeof(struct iphdr);
 
 	if (reply_type == DHCP_ACK) {
 		/* No renewal goes unrecorded: without room to report it, the slow path answers. */
@@ -253,21 +282,48 @@ int xdp_brushtail(struct xdp_md *ctx)
 		event->expires_ns = now + lease->lease_time * NS_PER_SEC;
 	}
 
-	/* Up to here the frame is untouched; from here it becomes the reply. */
+	/* Up to here the frame is untouched and a failure passes it on; from the first write
+	 * on, a failure can only drop it (counted as no_room). */
 	result = BT_PASS_NO_ROOM;
-	if (bpf_xdp_adjust_tail(ctx, (int)(l3_off + ip_len) - (int)(data_end - data)) < 0)
-		goto out_discard;
-	if (bpf_xdp_store_bytes(ctx, l3_off, s->buf, ip_len) < 0) {
-		action = XDP_DROP; /* half-written: never let it reach the stack */
-		goto out_discard;
+	if (ip_extra) {
+		action = XDP_DROP;
+		if (strip_ip_options(ctx, l3_off, ip_extra) < 0)
+			goto out_discard;
 	}
+	if (bpf_xdp_adjust_tail(ctx, (int)((l3_off & (L2_BUF - 1)) + UDP_IP_HLEN + bootp_len) -
+					  (int)(frame_len - ip_extra)) < 0)
+		goto out_discard;
+	action = XDP_DROP;
+	opt_off = l3_off + R_OPTIONS;
+	/* The template is zero after its length: copying at least OPTIONS_MIN bytes also
+	 * writes the padding up to the BOOTP minimum. */
+	if (bpf_xdp_store_bytes(ctx, opt_off, tpl->options,
+				tpl_len < OPTIONS_MIN ? OPTIONS_MIN : tpl_len) < 0)
+		goto out_discard;
+	if (relay_len && bpf_xdp_store_bytes(ctx, opt_off + tpl_len, s->buf, relay_len) < 0)
+		goto out_discard;
+	if (bpf_xdp_store_bytes(ctx, opt_off + opt_len, &end_option, 1) < 0)
+		goto out_discard;
+
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	eth = data;
-	if ((void *)(eth + 1) > data_end) {
-		action = XDP_DROP;
+	ip = data + (l3_off & (L2_BUF - 1)); /* l3_off <= L2_MAX, masked for the verifier */
+	if ((void *)(eth + 1) > data_end || (void *)ip + R_OPTIONS > data_end)
 		goto out_discard;
-	}
+	write_headers(ip, bootp_len, server_id, &to, lease->address, ciaddr);
+	ip->check = ipv4_csum(ip);
+	/* UDP: the pseudo-header's addresses (the IPv4 header's last 8 bytes), the UDP header
+	 * and the fixed BOOTP fields from the frame, then the options' partial sums. */
+	csum = (__u32)bpf_csum_diff(0, 0, (__be32 *)&ip->saddr, R_OPTIONS - R_UDP + 8,
+				    htons(IPPROTO_UDP) + htons(sizeof(struct udphdr) + bootp_len));
+	csum += tpl->csum;
+	if (relay_len)
+		csum += csum_at(csum_fold16((__u32)bpf_csum_diff(0, 0, (__be32 *)s->buf,
+								 (relay_len + 3) & 0x1fc, 0)),
+				tpl_len);
+	csum += csum_at(OPT_END, opt_len);
+	((struct udphdr *)((void *)ip + R_UDP))->check = udp_csum_final(csum);
 	mac = config_get(BT_CFG_SERVER_MAC);
 	__builtin_memcpy(eth->h_dest, to.mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, &mac, ETH_ALEN);

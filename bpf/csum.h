@@ -1,18 +1,24 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Internet checksums (RFC 1071) over a reply assembled in the scratch buffer. */
+/* Internet checksums (RFC 1071), as partial sums in the CPU's byte order (what
+ * bpf_csum_diff returns), added up and folded once at the end. */
 #ifndef BRUSHTAIL_CSUM_H
 #define BRUSHTAIL_CSUM_H
 
-/* bpf_csum_diff takes at most 512 bytes a call, in multiples of 4. */
-#define CSUM_CHUNK 256
-
-static __always_inline __u16 csum_fold(__u64 sum)
+/* Folds a sum of partial sums to 16 bits, without the final complement. */
+static __always_inline __u16 csum_fold16(__u64 sum)
 {
 	sum = (sum & 0xffffffff) + (sum >> 32);
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
+	return sum;
+}
+
+/* A partial sum of bytes that start at an odd offset of the summed data counts with its
+ * bytes swapped (RFC 1071 section 2(B)). */
+static __always_inline __u16 csum_at(__u16 partial, __u32 offset)
+{
+	return offset & 1 ? (__u16)((partial << 8) | (partial >> 8)) : partial;
 }
 
 #define IP_MAX_HDR 60
@@ -32,42 +38,20 @@ static __always_inline int ipv4_csum_valid(struct xdp_md *ctx, __u32 l3_off, __u
 	if (bpf_xdp_load_bytes(ctx, l3_off, words, ((hdr_len - 1) & (IP_HDR_COPY - 1)) + 1) < 0)
 		return 0;
 	sum = bpf_csum_diff(0, 0, (__be32 *)words, sizeof(words), 0);
-	return sum >= 0 && csum_fold((__u32)sum) == 0;
+	return sum >= 0 && csum_fold16((__u32)sum) == 0xffff;
 }
 
 static __always_inline __u16 ipv4_csum(struct iphdr *ip)
 {
-	return csum_fold((__u32)bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
+	return ~csum_fold16((__u32)bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
 }
 
-/**
- * udp_csum - checksum of a UDP datagram that follows its IPv4 header in @buf
- * @buf: the IPv4 header (20 bytes, no options), then the datagram
- * @udp_len: UDP length; the bytes after it, up to a multiple of 4, must be zero
- *
- * The pseudo-header's addresses are the last 8 bytes of the IPv4 header, so one sum runs
- * from there; protocol and length are added to the seed.
- */
-static __always_inline __u16 udp_csum(__u8 *buf, __u32 udp_len)
+/* A UDP checksum as sent: 0 means "no checksum" in UDP over IPv4, so it becomes 0xffff. */
+static __always_inline __u16 udp_csum_final(__u64 sum)
 {
-	__u32 from = offsetof(struct iphdr, saddr);
-	__u32 fixed = 8 + CSUM_CHUNK; /* saddr, daddr and the first bytes of the datagram */
-	__u32 rest = ((udp_len + 3) & ~3u) - CSUM_CHUNK;
-	__s64 sum;
-	__u16 csum;
+	__u16 csum = ~csum_fold16(sum);
 
-	sum = bpf_csum_diff(0, 0, (__be32 *)(buf + from), fixed,
-			    htons(IPPROTO_UDP) + htons((__u16)udp_len));
-	if (sum < 0)
-		return 0;
-	rest &= 0x1fc;
-	if (rest) {
-		sum = bpf_csum_diff(0, 0, (__be32 *)(buf + from + fixed), rest, (__u32)sum);
-		if (sum < 0)
-			return 0;
-	}
-	csum = csum_fold((__u32)sum);
-	return csum ? csum : 0xffff; /* 0 means "no checksum" in UDP over IPv4 */
+	return csum ? csum : 0xffff;
 }
 
 #endif

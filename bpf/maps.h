@@ -23,7 +23,7 @@
 #ifndef BT_EVENT_PAGES
 #define BT_EVENT_PAGES 1024 /* 4 MiB: about 130k renewals while brushtaild is away */
 #endif
-#define BT_SCRATCH_SIZE 1024
+#define BT_SCRATCH_SIZE 264 /* option 82 (2 + 255 bytes), zero-padded to 4 */
 
 #define BPF_F_NO_PREALLOC_ 1
 
@@ -46,8 +46,7 @@ BPF_TABLE_PINNED("lru_hash", struct bt_client_key, struct bt_bucket, ratelimit,
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, results, BT_RESULTS, BT_PIN_DIR "/results");
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, latency, BT_LATENCY_BUCKETS,
 		 BT_PIN_DIR "/latency");
-/* What the option walk found, and where replies are assembled before being copied into
- * the frame. */
+/* What the option walk found, and option 82 kept while the frame becomes the reply. */
 struct bt_scratch {
 	struct dhcp_request req;
 	__u8 buf[BT_SCRATCH_SIZE];

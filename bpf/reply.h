@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Builds an OFFER or ACK in the per-CPU scratch buffer, then writes it over the request.
+/* Turns the request frame into an OFFER or ACK, in place.
  *
- * The reply is assembled apart from the frame because it is laid out differently from the
- * request (the request may carry IP options; the reply never does) and because option 82
- * must be read from the request before the frame is resized. The fields match what the
- * slow path's codec writes (brushtaild/engine/server.py, Server._reply), so both paths
- * answer byte for byte the same; tests/bpf compares them.
+ * The BOOTP header stays where it is: xid, flags, giaddr and chaddr are already right, and
+ * the rest is rewritten. The fields match what the slow path's codec writes
+ * (brushtaild/engine/server.py, Server._reply), so both paths answer byte for byte the
+ * same; tests/bpf compares them. The options are the template userspace rendered, option
+ * 82 echoed, the end option and zero padding to the 300-byte BOOTP minimum.
+ *
+ * Nothing here may fail after the frame has started to change: everything that can fail
+ * (sizes, option 57, copying option 82 out) is done first, by the caller's order.
  */
 #ifndef BRUSHTAIL_REPLY_H
 #define BRUSHTAIL_REPLY_H
@@ -18,13 +21,18 @@
 #define DHCP_ACK 5
 #define BOOTP_BROADCAST 0x8000
 #define BOOTP_MIN_LEN 300      /* RFC 951: replies are padded to this */
+#define OPTIONS_MIN (BOOTP_MIN_LEN - sizeof(struct bootp_hdr))
 #define MIN_IP_DATAGRAM 576    /* RFC 2131: every client accepts this much */
 #define REPLY_TTL 64
-/* Offsets in the scratch buffer: IPv4 header, UDP header, BOOTP, options. */
-#define R_IP 0
-#define R_UDP 20
-#define R_BOOTP 28
+#define UDP_IP_HLEN (sizeof(struct iphdr) + sizeof(struct udphdr))
+/* Offsets from the IPv4 header of a reply (which never has IP options). */
+#define R_UDP sizeof(struct iphdr)
+#define R_BOOTP UDP_IP_HLEN
 #define R_OPTIONS (R_BOOTP + sizeof(struct bootp_hdr))
+/* The options' offset within the UDP checksum's data (UDP header + BOOTP): even. */
+#define CSUM_OPTIONS_OFF (sizeof(struct udphdr) + sizeof(struct bootp_hdr))
+#define L2_MAX (ETH_HLEN + VLAN_MAX_DEPTH * sizeof(struct vlan_hdr))
+#define L2_BUF 32 /* a power of two >= L2_MAX */
 
 struct reply_addr {
 	__be32 ip;
@@ -55,73 +63,57 @@ static __always_inline void reply_destination(struct ethhdr *eth, struct bootp_h
 	}
 }
 
-/**
- * build_reply - assemble IPv4 + UDP + BOOTP + options in @buf
- *
- * Returns the IPv4 datagram's length, or 0 if the reply would exceed what the client
- * accepts (option 57) or option 82 cannot be copied.
- */
-static __always_inline __u32 build_reply(struct xdp_md *ctx, __u8 *buf, struct bootp_hdr *req,
-					 struct dhcp_request *dreq, struct bt_lease *lease,
-					 struct bt_template *tpl, __u8 mtype, __be32 server_id,
-					 struct reply_addr *to)
+static __always_inline __u32 reply_bootp_len(__u32 opt_len)
 {
-	struct iphdr *ip = (void *)(buf + R_IP);
-	struct udphdr *udp = (void *)(buf + R_UDP);
-	struct bootp_hdr *rep = (void *)(buf + R_BOOTP);
-	__u32 opt_len = tpl->len;
-	__u32 bootp_len, limit;
+	__u32 len = sizeof(struct bootp_hdr) + opt_len + 1; /* + the end option */
 
-	if (opt_len > BT_TEMPLATE_MAX)
+	return len < BOOTP_MIN_LEN ? BOOTP_MIN_LEN : len;
+}
+
+/* Copies option 82 (code and length included) into buf, zero-padded to a multiple of 4
+ * for bpf_csum_diff: it must be read before the frame is resized. Returns its length, or 0
+ * if it cannot be copied. */
+static __always_inline __u32 save_relay_info(struct xdp_md *ctx, __u8 *buf,
+					     struct dhcp_request *req)
+{
+	__u32 rlen = req->relay_len;
+
+	if (rlen == 0 || rlen > 255)
 		return 0;
-
-	rep->op = BOOTREPLY;
-	rep->htype = req->htype;
-	rep->hlen = req->hlen;
-	rep->hops = 0;
-	rep->xid = req->xid;
-	rep->secs = 0;
-	rep->flags = req->flags;
-	rep->ciaddr = mtype == DHCP_ACK ? req->ciaddr : 0;
-	rep->yiaddr = lease->address;
-	rep->siaddr = 0;
-	rep->giaddr = req->giaddr;
-	__builtin_memcpy(rep->chaddr, req->chaddr, sizeof(rep->chaddr));
-	/* sname and file are never written: zero since the map was created. */
-	rep->cookie = htonl(DHCP_MAGIC_COOKIE);
-
-	/* The whole template, zero padding included, so the bytes after the options are 0. */
-	__builtin_memcpy(buf + R_OPTIONS, tpl->options, BT_TEMPLATE_MAX);
-	if (dreq->seen & SEEN_RELAY) {
-		__u32 rlen = dreq->relay_len;
-
-		/* RFC 3046 2.2: echoed verbatim, after every other option. */
-		buf[R_OPTIONS + opt_len] = OPT_RELAY_AGENT_INFO;
-		buf[R_OPTIONS + opt_len + 1] = rlen;
-		if (rlen == 0 || bpf_xdp_load_bytes(ctx, dreq->relay_off,
-						    buf + R_OPTIONS + opt_len + 2,
-						    ((rlen - 1) & 0xff) + 1) < 0)
-			return 0;
-		opt_len += 2 + rlen;
-	}
-	/* The end option, and zeros up to the next multiple of 4 for the checksum. */
-	*(__u32 *)(buf + R_OPTIONS + opt_len) = OPT_END;
-	bootp_len = sizeof(struct bootp_hdr) + opt_len + 1;
-	if (bootp_len < BOOTP_MIN_LEN)
-		bootp_len = BOOTP_MIN_LEN;
-	limit = dreq->max_size > MIN_IP_DATAGRAM ? dreq->max_size : MIN_IP_DATAGRAM;
-	if (sizeof(*ip) + sizeof(*udp) + bootp_len > limit)
+	buf[0] = OPT_RELAY_AGENT_INFO;
+	buf[1] = rlen;
+	/* Written so the verifier sees a length in [1, 256]. */
+	if (bpf_xdp_load_bytes(ctx, req->relay_off, buf + 2, ((rlen - 1) & 0xff) + 1) < 0)
 		return 0;
+	*(__u32 *)(buf + 2 + rlen) = 0;
+	return 2 + rlen;
+}
 
-	udp->source = htons(DHCP_SERVER_PORT);
-	udp->dest = to->port;
-	udp->len = htons(sizeof(*udp) + bootp_len);
-	udp->check = 0;
+/* Drops the request's IP options by moving the link-layer header over them, so the
+ * BOOTP message stays in place behind a 20-byte IPv4 header. */
+static __always_inline int strip_ip_options(struct xdp_md *ctx, __u32 l3_off, __u32 extra)
+{
+	__u8 l2[L2_BUF];
+	__u32 len = ((l3_off - 1) & (L2_BUF - 1)) + 1; /* l3_off, as the verifier can bound it */
+
+	if (l3_off < ETH_HLEN || l3_off > L2_MAX)
+		return -1;
+	if (bpf_xdp_load_bytes(ctx, 0, l2, len) < 0 || bpf_xdp_store_bytes(ctx, extra, l2, len) < 0)
+		return -1;
+	return bpf_xdp_adjust_head(ctx, extra);
+}
+
+/* Writes the IPv4 and UDP headers and the BOOTP fields a reply changes. */
+static __always_inline void write_headers(struct iphdr *ip, __u32 bootp_len, __be32 server_id,
+					  struct reply_addr *to, __be32 yiaddr, __be32 ciaddr)
+{
+	struct udphdr *udp = (void *)ip + R_UDP;
+	struct bootp_hdr *rep = (void *)ip + R_BOOTP;
 
 	ip->version = 4;
 	ip->ihl = 5;
 	ip->tos = 0;
-	ip->tot_len = htons(sizeof(*ip) + sizeof(*udp) + bootp_len);
+	ip->tot_len = htons(UDP_IP_HLEN + bootp_len);
 	ip->id = 0;
 	ip->frag_off = 0; /* as the slow path: DF off, a smaller MTU on the way may fragment */
 	ip->ttl = REPLY_TTL;
@@ -129,9 +121,20 @@ static __always_inline __u32 build_reply(struct xdp_md *ctx, __u8 *buf, struct b
 	ip->check = 0;
 	ip->saddr = server_id;
 	ip->daddr = to->ip;
-	ip->check = ipv4_csum(ip);
-	udp->check = udp_csum(buf, sizeof(*udp) + bootp_len);
-	return sizeof(*ip) + sizeof(*udp) + bootp_len;
+
+	udp->source = htons(DHCP_SERVER_PORT);
+	udp->dest = to->port;
+	udp->len = htons(sizeof(*udp) + bootp_len);
+	udp->check = 0;
+
+	rep->op = BOOTREPLY;
+	rep->hops = 0;
+	rep->secs = 0;
+	rep->ciaddr = ciaddr;
+	rep->yiaddr = yiaddr;
+	rep->siaddr = 0;
+	__builtin_memset(rep->sname, 0, sizeof(rep->sname) + sizeof(rep->file));
+	rep->cookie = htonl(DHCP_MAGIC_COOKIE);
 }
 
 #endif

@@ -70,8 +70,8 @@ struct bt_lease {
 
 struct bt_template {
 	__u16 len;
-	__u8 pad[2];
-	__u8 options[BT_TEMPLATE_MAX]; /* zero after len: the program copies all of it */
+	__u16 csum; /* partial checksum of options[0, len), as bpf_csum_diff would fold it */
+	__u8 options[BT_TEMPLATE_MAX]; /* zero after len: the program copies past it */
 };
 
 /* Ring buffer record for every lease the program extends. */

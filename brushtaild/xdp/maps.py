@@ -90,7 +90,7 @@ class LeaseEntry(ctypes.Structure):
 class Template(ctypes.Structure):
     _fields_ = (
         ("len", ctypes.c_uint16),
-        ("pad", ctypes.c_uint8 * 2),
+        ("csum", ctypes.c_uint16),
         ("options", ctypes.c_uint8 * TEMPLATE_MAX),
     )
 
@@ -184,10 +184,24 @@ def lease_entry(
     return entry
 
 
+def partial_csum(data: bytes) -> int:
+    """The 16-bit one's complement sum of `data` as the program adds it up: 16-bit words
+    in the CPU's (little-endian) byte order, an odd byte padded with zero, folded."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i : i + 2], "little") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
 def template(options: bytes) -> Template:
+    """A template as the program copies it: zero after the options, and with their partial
+    checksum, so the reply's UDP checksum never has to read them back."""
     if len(options) > TEMPLATE_MAX:
         raise ValueError(f"{len(options)} bytes of options, the program copies {TEMPLATE_MAX}")
     t = Template()
     t.len = len(options)
+    t.csum = partial_csum(options)
     ctypes.memmove(t.options, options, len(options))
     return t
