@@ -195,7 +195,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 	now = bpf_ktime_get_boot_ns();
 	result = BT_PASS_UNPARSED;
 	if (!datagram_fills_frame(ip, udp, l3_off, data_end - data) ||
-	    !ipv4_csum_valid(ctx, l3_off, ip->ihl * 4) || parse_bootp(&c, &b) < 0)
+	    !ipv4_csum_valid(ctx, ip, l3_off, ip->ihl * 4) || parse_bootp(&c, &b) < 0)
 		goto out;
 	__builtin_memcpy(key.mac, b->chaddr, ETH_ALEN);
 	if (rate_limited(&key, now)) {

@@ -28,11 +28,15 @@ static __always_inline __u16 csum_at(__u16 partial, __u32 offset)
  * not, so the program must not answer it either. The header is copied out first (the
  * verifier cannot bound a variable-length read of the packet); the zeros after it add
  * nothing to the sum, and a valid header sums to 0xffff. */
-static __always_inline int ipv4_csum_valid(struct xdp_md *ctx, __u32 l3_off, __u32 hdr_len)
+static __always_inline int ipv4_csum_valid(struct xdp_md *ctx, struct iphdr *ip, __u32 l3_off,
+					   __u32 hdr_len)
 {
 	__u32 words[IP_HDR_COPY / 4] = {};
 	__s64 sum;
 
+	if (hdr_len == sizeof(struct iphdr)) /* the usual case: sum it where it is */
+		return csum_fold16((__u32)bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0)) ==
+		       0xffff;
 	if (hdr_len < sizeof(struct iphdr) || hdr_len > IP_MAX_HDR)
 		return 0;
 	if (bpf_xdp_load_bytes(ctx, l3_off, words, ((hdr_len - 1) & (IP_HDR_COPY - 1)) + 1) < 0)
