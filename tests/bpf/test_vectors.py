@@ -5,6 +5,7 @@ addressing against RFC 2131 section 4.1."""
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import pytest
 
@@ -16,6 +17,7 @@ from brushtaild.xdp import maps
 from tests.bpf.frames import decode_reply
 from tests.bpf.harness import (
     BROADCAST_FLAG,
+    GIADDR_OFFSET,
     NS,
     SERVER_IP,
     SERVER_MAC,
@@ -33,6 +35,11 @@ from tests.bpf.harness import (
 from tests.vectors import CLIENTS, load_vector
 
 
+@cache
+def vector(name: str) -> bytes:
+    return load_vector(name)
+
+
 @dataclass(frozen=True, slots=True)
 class Client:
     """A captured client, given a MAC of its own (dhclient's and udhcpc's captures share
@@ -43,10 +50,10 @@ class Client:
 
     @property
     def relayed(self) -> bool:
-        return any(parse(load_vector(f"{self.name}_discover")).giaddr.to_bytes(4, "big"))
+        return vector(f"{self.name}_discover")[GIADDR_OFFSET : GIADDR_OFFSET + 4] != bytes(4)
 
     def payload(self, kind: str) -> bytes:
-        return with_fields(load_vector(f"{self.name}_{kind}"), chaddr=self.mac)
+        return with_fields(vector(f"{self.name}_{kind}"), chaddr=self.mac)
 
     def frame(
         self,
