@@ -160,7 +160,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 	struct cursor c = { .pos = data, .end = data_end };
 	struct dhcp_request *req;
 	struct bt_client_key key = {};
-	struct reply_addr to = {};
+	struct reply_plan plan = {};
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct udphdr *udp;
@@ -169,14 +169,10 @@ int xdp_brushtail(struct xdp_md *ctx)
 	struct bt_template *tpl;
 	struct bt_renewal *event = NULL;
 	struct bt_scratch *s;
-	__u32 result, zero = 0, tpl_id, l3_off, tpl_len, relay_len = 0, opt_len, bootp_len;
-	__u32 limit, ip_extra, opt_off, frame_len;
-	__u8 end_option = OPT_END;
-	__be32 ciaddr;
-	__u64 csum;
+	__u32 result, zero = 0, tpl_id, l3_off, frame_len, limit;
 	__be32 server_id;
 	__be16 proto;
-	__u64 now, mac;
+	__u64 now;
 	__u8 reply_type;
 	int action = XDP_PASS;
 
@@ -194,7 +190,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 	/* From here on it is DHCP, and every packet is counted under one result. */
 	now = bpf_ktime_get_boot_ns();
 	result = BT_PASS_UNPARSED;
-	if (!datagram_fills_frame(ip, udp, l3_off, data_end - data) ||
+	if (!datagram_fills_frame(ip, udp, l3_off, frame_len) ||
 	    !ipv4_csum_valid(ctx, ip, l3_off, ip->ihl * 4) || parse_bootp(&c, &b) < 0)
 		goto out;
 	__builtin_memcpy(key.mac, b->chaddr, ETH_ALEN);
@@ -254,22 +250,27 @@ int xdp_brushtail(struct xdp_md *ctx)
 	tpl = templates.lookup(&tpl_id);
 	if (!tpl || tpl->len > BT_TEMPLATE_MAX)
 		goto out;
-	tpl_len = tpl->len;
 	result = BT_PASS_UNPARSED;
+	plan.l3_off = l3_off;
+	plan.ip_extra = ip->ihl * 4 - sizeof(struct iphdr);
+	plan.frame_len = frame_len;
+	plan.tpl_len = tpl->len;
 	if (req->seen & SEEN_RELAY) {
-		relay_len = save_relay_info(ctx, s->buf, req);
-		if (!relay_len)
+		plan.relay_len = save_relay_info(ctx, s->buf, req);
+		if (!plan.relay_len)
 			goto out;
 	}
 	result = BT_PASS_TOO_BIG;
-	opt_len = tpl_len + relay_len;
-	bootp_len = reply_bootp_len(opt_len);
+	plan.opt_len = plan.tpl_len + plan.relay_len;
+	plan.bootp_len = reply_bootp_len(plan.opt_len);
 	limit = req->max_size > MIN_IP_DATAGRAM ? req->max_size : MIN_IP_DATAGRAM;
-	if (UDP_IP_HLEN + bootp_len > limit)
+	if (UDP_IP_HLEN + plan.bootp_len > limit)
 		goto out;
-	reply_destination(eth, b, lease->address, &to);
-	ciaddr = reply_type == DHCP_ACK ? b->ciaddr : 0;
-	ip_extra = ip->ihl * 4 - sizeof(struct iphdr);
+	reply_destination(eth, b, lease->address, &plan.to);
+	plan.server_id = server_id;
+	plan.yiaddr = lease->address;
+	plan.ciaddr = reply_type == DHCP_ACK ? b->ciaddr : 0;
+	plan.server_mac = config_get(BT_CFG_SERVER_MAC);
 
 	if (reply_type == DHCP_ACK) {
 		/* No renewal goes unrecorded: without room to report it, the slow path answers. */
@@ -282,52 +283,11 @@ int xdp_brushtail(struct xdp_md *ctx)
 		event->expires_ns = now + lease->lease_time * NS_PER_SEC;
 	}
 
-	/* Up to here the frame is untouched and a failure passes it on; from the first write
-	 * on, a failure can only drop it (counted as no_room). */
+	/* Up to here the frame is untouched and a failure passes it on. */
 	result = BT_PASS_NO_ROOM;
-	if (ip_extra) {
-		action = XDP_DROP;
-		if (strip_ip_options(ctx, l3_off, ip_extra) < 0)
-			goto out_discard;
-	}
-	if (bpf_xdp_adjust_tail(ctx, (int)((l3_off & (L2_BUF - 1)) + UDP_IP_HLEN + bootp_len) -
-					  (int)(frame_len - ip_extra)) < 0)
+	action = write_reply(ctx, &plan, tpl, s->buf);
+	if (action != XDP_TX)
 		goto out_discard;
-	action = XDP_DROP;
-	opt_off = l3_off + R_OPTIONS;
-	/* The template is zero after its length: copying at least OPTIONS_MIN bytes also
-	 * writes the padding up to the BOOTP minimum. */
-	if (bpf_xdp_store_bytes(ctx, opt_off, tpl->options,
-				tpl_len < OPTIONS_MIN ? OPTIONS_MIN : tpl_len) < 0)
-		goto out_discard;
-	if (relay_len && bpf_xdp_store_bytes(ctx, opt_off + tpl_len, s->buf, relay_len) < 0)
-		goto out_discard;
-	if (bpf_xdp_store_bytes(ctx, opt_off + opt_len, &end_option, 1) < 0)
-		goto out_discard;
-
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
-	ip = data + (l3_off & (L2_BUF - 1)); /* l3_off <= L2_MAX, masked for the verifier */
-	if ((void *)(eth + 1) > data_end || (void *)ip + R_OPTIONS > data_end)
-		goto out_discard;
-	write_headers(ip, bootp_len, server_id, &to, lease->address, ciaddr);
-	ip->check = ipv4_csum(ip);
-	/* UDP: the pseudo-header's addresses (the IPv4 header's last 8 bytes), the UDP header
-	 * and the fixed BOOTP fields from the frame, then the options' partial sums. */
-	csum = (__u32)bpf_csum_diff(0, 0, (__be32 *)&ip->saddr, R_OPTIONS - R_UDP + 8,
-				    htons(IPPROTO_UDP) + htons(sizeof(struct udphdr) + bootp_len));
-	csum += tpl->csum;
-	if (relay_len)
-		csum += csum_at(csum_fold16((__u32)bpf_csum_diff(0, 0, (__be32 *)s->buf,
-								 (relay_len + 3) & 0x1fc, 0)),
-				tpl_len);
-	csum += csum_at(OPT_END, opt_len);
-	((struct udphdr *)((void *)ip + R_UDP))->check = udp_csum_final(csum);
-	mac = config_get(BT_CFG_SERVER_MAC);
-	__builtin_memcpy(eth->h_dest, to.mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, &mac, ETH_ALEN);
-
 	if (event) {
 		lease->expires_ns = event->expires_ns;
 		/* No wakeup: brushtaild reads the ring in its own loop, not by waiting on it. */

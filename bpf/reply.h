@@ -40,6 +40,22 @@ struct reply_addr {
 	__u8 mac[ETH_ALEN];
 };
 
+/* Everything about a reply, decided before the frame is touched. */
+struct reply_plan {
+	__u32 l3_off;     /* where the IPv4 header starts (after Ethernet and VLAN tags) */
+	__u32 ip_extra;   /* bytes of IP options in the request */
+	__u32 frame_len;  /* of the request */
+	__u32 tpl_len;
+	__u32 relay_len;  /* option 82 with its code and length, or 0 */
+	__u32 opt_len;    /* tpl_len + relay_len */
+	__u32 bootp_len;
+	struct reply_addr to;
+	__be32 server_id;
+	__be32 yiaddr;
+	__be32 ciaddr;
+	__u64 server_mac; /* low 6 bytes */
+};
+
 /* RFC 2131 section 4.1, in brushtaild/engine/addressing.py's order (NAKs never come here). */
 static __always_inline void reply_destination(struct ethhdr *eth, struct bootp_hdr *req,
 					      __be32 yiaddr, struct reply_addr *to)
@@ -135,6 +151,67 @@ static __always_inline void write_headers(struct iphdr *ip, __u32 bootp_len, __b
 	rep->siaddr = 0;
 	__builtin_memset(rep->sname, 0, sizeof(rep->sname) + sizeof(rep->file));
 	rep->cookie = htonl(DHCP_MAGIC_COOKIE);
+}
+
+/**
+ * write_reply - turn the request frame into the planned reply
+ * @relay: option 82 as save_relay_info() copied it, if plan->relay_len
+ *
+ * Returns XDP_TX, or XDP_PASS if the frame could not be resized (it is then untouched),
+ * or XDP_DROP if it failed half-way: a half-written frame must never reach the stack.
+ */
+static __always_inline int write_reply(struct xdp_md *ctx, struct reply_plan *plan,
+				       struct bt_template *tpl, __u8 *relay)
+{
+	__u32 l3_off = plan->l3_off & (L2_BUF - 1); /* <= L2_MAX: masked for the verifier */
+	__u32 opt_off = l3_off + R_OPTIONS;
+	__u8 end_option = OPT_END;
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	__u64 csum;
+
+	if (plan->ip_extra && strip_ip_options(ctx, l3_off, plan->ip_extra) < 0)
+		return XDP_DROP;
+	if (bpf_xdp_adjust_tail(ctx, (int)(l3_off + UDP_IP_HLEN + plan->bootp_len) -
+					  (int)(plan->frame_len - plan->ip_extra)) < 0)
+		return plan->ip_extra ? XDP_DROP : XDP_PASS;
+	/* The template is zero after its length: copying at least OPTIONS_MIN bytes also
+	 * writes the padding up to the BOOTP minimum. */
+	if (bpf_xdp_store_bytes(ctx, opt_off, tpl->options,
+				plan->tpl_len < OPTIONS_MIN ? OPTIONS_MIN : plan->tpl_len) < 0)
+		return XDP_DROP;
+	if (plan->relay_len &&
+	    bpf_xdp_store_bytes(ctx, opt_off + plan->tpl_len, relay, plan->relay_len) < 0)
+		return XDP_DROP;
+	if (bpf_xdp_store_bytes(ctx, opt_off + plan->opt_len, &end_option, 1) < 0)
+		return XDP_DROP;
+
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	ip = data + l3_off;
+	if ((void *)(eth + 1) > data_end || (void *)ip + R_OPTIONS > data_end)
+		return XDP_DROP;
+	write_headers(ip, plan->bootp_len, plan->server_id, &plan->to, plan->yiaddr,
+		      plan->ciaddr);
+	ip->check = ipv4_csum(ip);
+	/* UDP: the pseudo-header's addresses (the IPv4 header's last 8 bytes), the UDP header
+	 * and the fixed BOOTP fields from the frame, then the options' partial sums. */
+	csum = (__u32)bpf_csum_diff(0, 0, (__be32 *)&ip->saddr, R_OPTIONS - R_UDP + 8,
+				    htons(IPPROTO_UDP) +
+					    htons(sizeof(struct udphdr) + plan->bootp_len));
+	csum += tpl->csum;
+	if (plan->relay_len)
+		csum += csum_at(csum_fold16((__u32)bpf_csum_diff(0, 0, (__be32 *)relay,
+								 (plan->relay_len + 3) & 0x1fc,
+								 0)),
+				plan->tpl_len);
+	csum += csum_at(OPT_END, plan->opt_len);
+	((struct udphdr *)((void *)ip + R_UDP))->check = udp_csum_final(csum);
+	__builtin_memcpy(eth->h_dest, plan->to.mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, &plan->server_mac, ETH_ALEN);
+	return XDP_TX;
 }
 
 #endif
