@@ -232,8 +232,10 @@ int xdp_brushtail(struct xdp_md *ctx)
 	server_id = config_get(BT_CFG_SERVER_ID);
 	result = BT_PASS_NETWORK;
 	{
-		/* The slow path's subnet selector, in its order (Server._network_selector). */
-		__be32 selector = req->subnet_selection ?: b->giaddr ?: b->ciaddr ?: server_id;
+		/* The slow path's subnet selector, in its order (Server._network_selector); a
+		 * selection of 0.0.0.0 is still a selection (of no subnet), not an absent one. */
+		__be32 selector = req->seen & SEEN_SELECTOR ? req->subnet_selection :
+				  b->giaddr ?: b->ciaddr ?: server_id;
 
 		if ((selector & lease->netmask) != lease->subnet)
 			goto out;

@@ -83,7 +83,7 @@ struct dhcp_request {
 	__u16 max_size;          /* option 57, or 0 */
 	__be32 requested;        /* option 50, or 0 */
 	__be32 server_id;        /* option 54, or 0 */
-	__be32 subnet_selection; /* option 118, or 82 sub-option 5, or 0 */
+	__be32 subnet_selection; /* option 118, or 82 sub-option 5 (see SEEN_SELECTOR) */
 	__u32 seen;              /* bit per recorded option: a repeat is an RFC 3396 split */
 	__u32 walk;              /* offset of the option being parsed */
 	__u32 walk_ok;           /* the walk reached the end of the options */
@@ -97,6 +97,9 @@ struct dhcp_request {
 #define SEEN_CLIENT_ID (1u << 5)
 #define SEEN_RELAY (1u << 6)
 #define SEEN_SUBNET_SELECTION (1u << 7)
+#define SEEN_LINK_SELECTION (1u << 8)
+/* Either selects the client's subnet, even as 0.0.0.0 (which selects none). */
+#define SEEN_SELECTOR (SEEN_SUBNET_SELECTION | SEEN_LINK_SELECTION)
 
 static __always_inline int proto_is_vlan(__be16 proto)
 {
@@ -346,8 +349,12 @@ static __always_inline int parse_relay_link_selection(struct cursor *c, void *da
 			continue;
 		if (len != 4 || (void *)(p + 6) > c->end)
 			break;
-		if (!v->subnet_selection)
+		/* As in the slow path: option 118 wins, else the first link selection counts,
+		 * whatever its address. */
+		if (!(v->seen & SEEN_SELECTOR)) {
 			v->subnet_selection = load_be32(p + 2);
+			v->seen |= SEEN_LINK_SELECTION;
+		}
 	}
 	return v->walk_ok ? 0 : -1;
 }

@@ -1,0 +1,382 @@
+"""Differential test: the kernel program against the slow path on generated requests and
+lease states. For every request the program either passes it (or drops it) or sends
+exactly the reply the slow path sends: same message type, same payload bytes, same
+destination."""
+
+from dataclasses import dataclass
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from brushtaild.dhcp import options as opt
+from brushtaild.dhcp.codec import encode, parse
+from brushtaild.dhcp.constants import MessageType, OptionCode
+from brushtaild.engine.leases import Lease
+from brushtaild.xdp import maps
+from brushtaild.xdp.loader import Program
+from tests.bpf.frames import client_frame
+from tests.bpf.harness import (
+    SERVER_IP,
+    SERVER_MAC,
+    XDP_PASS,
+    XDP_TX,
+    Fastpath,
+    RenewalLog,
+    assert_same_reply,
+    client_message,
+    frame_payload,
+)
+
+MAC = bytes.fromhex("02b700000301")
+OTHER_MAC = bytes.fromhex("02b700000302")
+LEASE_TIME = 3600  # tests.engine_helpers.make_pool
+
+ip = opt.parse_ip
+POOL_A_FIRST = ip("198.18.1.0")
+RELAY_A = ip("198.18.2.2")  # a relay on 198.18/16, the server's own subnet
+RELAY_B = ip("198.19.0.1")  # a relay on 198.19/16, the second pool
+RELAY_NOWHERE = ip("10.9.9.9")  # no pool
+LINK_A = ip("198.18.3.1")
+LINK_B = ip("198.19.3.1")
+OTHER_SERVER = ip("198.18.0.2")
+
+UDHCPC_PRL = bytes([1, 3, 6, 12, 15, 28, 42])
+DHCLIENT_PRL = bytes([1, 28, 2, 3, 15, 6, 119, 12, 44, 47, 26, 121, 42])
+PRLS: dict[str, bytes | None] = {
+    "none": None,
+    "empty": b"",
+    "udhcpc": UDHCPC_PRL,
+    "dhclient": DHCLIENT_PRL,
+    "long": bytes(range(1, 65)),  # PRL_MAX: the longest the program compares
+    "too long": bytes(range(1, 66)),  # the program passes it; no entry for such a lease
+}
+IDENTITIES: dict[str, bytes | None] = {
+    "hardware": None,  # no option 61: htype 1 + chaddr
+    "explicit hardware": b"\x01" + MAC,
+    "named": b"\x00cpe-4711",
+    "longest": b"\x00" + bytes(range(31)),  # MAX_CLIENT_ID
+    "too long": b"\x00" + bytes(range(32)),  # no entry
+}
+
+
+def relay_info(*subs: tuple[int, bytes]) -> bytes:
+    return opt.build_relay_agent_info(subs)
+
+
+CIRCUIT = (1, b"btcap-rd")
+RELAY_INFOS: dict[str, bytes | None] = {
+    "none": None,
+    "circuit id": relay_info(CIRCUIT),
+    "link selection A": relay_info(CIRCUIT, (5, opt.ip(LINK_A))),
+    "link selection B": relay_info(CIRCUIT, (5, opt.ip(LINK_B))),
+    "link selection 0.0.0.0": relay_info((5, bytes(4)), CIRCUIT),
+    "two link selections": relay_info((5, opt.ip(LINK_B)), (5, opt.ip(LINK_A))),
+    "link selection 3 bytes": relay_info((5, b"\xc6\x12\x03")),
+    "sub-option overrun": relay_info(CIRCUIT)[:-1] + b"\x02\x09abc",
+    "250 bytes": relay_info((1, bytes(248))),
+}
+SUBNET_SELECTIONS: dict[str, bytes | None] = {
+    "none": None,
+    "A": opt.ip(LINK_A),
+    "B": opt.ip(LINK_B),
+    "0.0.0.0": bytes(4),
+    "3 bytes": b"\xc6\x13\x03",
+}
+MAX_SIZES: dict[str, bytes | None] = {
+    "none": None,
+    "0": opt.u16(0),
+    "300": opt.u16(300),
+    "576": opt.u16(576),
+    "1500": opt.u16(1500),
+    "65535": opt.u16(0xFFFF),
+    "1 byte": b"\x02",
+}
+
+
+# -- lease states -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    kind: str  # none, bound, expired, released, declined
+    identity: str
+    prl: str
+    network: str  # how the lease was obtained: direct, relay A, relay B, link B, 118 B
+
+    def options(self) -> dict[int, bytes]:
+        options: dict[int, bytes] = {}
+        identity = IDENTITIES[self.identity]
+        if identity is not None:
+            options[OptionCode.CLIENT_ID] = identity
+        prl = PRLS[self.prl]
+        if prl is not None:
+            options[OptionCode.PARAMETER_REQUEST_LIST] = prl
+        if self.network == "link B":
+            options[OptionCode.RELAY_AGENT_INFO] = RELAY_INFOS["link selection B"]
+        if self.network == "118 B":
+            options[OptionCode.SUBNET_SELECTION] = SUBNET_SELECTIONS["B"] or b""
+        return options
+
+    @property
+    def giaddr(self) -> int:
+        return {"relay A": RELAY_A, "relay B": RELAY_B, "link B": RELAY_A}.get(self.network, 0)
+
+
+lease_states = st.builds(
+    LeaseState,
+    kind=st.sampled_from(["bound"] * 6 + ["none", "expired", "released", "declined"]),
+    identity=st.sampled_from(list(IDENTITIES)),
+    prl=st.sampled_from(list(PRLS)),
+    network=st.sampled_from(["direct", "direct", "relay A", "relay B", "link B", "118 B"]),
+)
+
+
+def establish(fastpath: Fastpath, state: LeaseState) -> Lease | None:
+    """The lease `state` describes, made through the engine and synced to the maps."""
+    if state.kind == "none":
+        return None
+    options = state.options()
+    if state.kind == "expired":
+        # Bound so long ago that it ran out before the engine's `now` (and the kernel's).
+        then = fastpath.now - LEASE_TIME - 5
+        return fastpath.bind(MAC, options=options, giaddr=state.giaddr, now=then)
+    lease = fastpath.bind(MAC, options=options, giaddr=state.giaddr)
+    if state.kind in ("released", "declined"):
+        mtype = MessageType.RELEASE if state.kind == "released" else MessageType.DECLINE
+        extra = {**options, OptionCode.SERVER_ID: opt.ip(fastpath.config.server_id)}
+        if mtype is MessageType.DECLINE:
+            extra[OptionCode.REQUESTED_ADDRESS] = opt.ip(lease.address)
+        msg = client_message(
+            mtype,
+            MAC,
+            ciaddr=lease.address if mtype is MessageType.RELEASE else 0,
+            giaddr=state.giaddr,
+            extra=extra,
+        )
+        decision = fastpath.slow_path(
+            fastpath.frame(encode(msg), mac=MAC, relay=bool(state.giaddr))
+        )
+        assert decision is not None and decision.lease_writes, decision
+        assert fastpath.entry(maps.Key(MAC)) is None
+    return lease
+
+
+# -- requests -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request relative to the lease: by default what a client holding it sends in
+    `state` (RFC 2131 4.3.2), through the network it got it from; each other field value
+    is a deviation from that."""
+
+    mtype: int
+    state: str  # selecting, init-reboot, renewing, rebinding (REQUEST only)
+    xid: int
+    own_mac: bool = True
+    client_id: str = "lease"  # or absent, hardware, other, empty
+    prl: str = "lease"  # or lease changed, or a PRLS name
+    requested: str = "state"  # or absent, lease, lease+1, other pool, zero
+    server_id: str = "state"  # or absent, ours, other
+    ciaddr: str = "state"  # or zero, lease, lease+1
+    giaddr: str = "lease"  # or zero, A, B, nowhere
+    relay: str = "lease"  # or a RELAY_INFOS name
+    subnet_selection: str = "lease"  # or a SUBNET_SELECTIONS name
+    flags: int = 0
+    max_size: str = "none"
+    framing: str = "state"  # or broadcast, to server, to other ip
+    ip_options: bool = False
+    no_end: bool = False  # options run to the payload's end without an end option
+
+
+DEVIATIONS: dict[str, list[object]] = {
+    "own_mac": [False],
+    "client_id": ["absent", "hardware", "other", "empty"],
+    "prl": ["lease changed", *PRLS],
+    "requested": ["absent", "lease", "lease+1", "other pool", "zero"],
+    "server_id": ["absent", "ours", "other"],
+    "ciaddr": ["zero", "lease", "lease+1"],
+    "giaddr": ["zero", "A", "B", "nowhere"],
+    "relay": list(RELAY_INFOS),
+    "subnet_selection": list(SUBNET_SELECTIONS),
+    "flags": [0x8000, 0x0001, 0x8001],
+    "max_size": list(MAX_SIZES),
+    "framing": ["broadcast", "to server", "to other ip"],
+    "ip_options": [True],
+    "no_end": [True],
+}
+MESSAGE_TYPES = [1, 1, 1, 3, 3, 3, 3, 3, 3, 4, 7, 8, 2, 5, 6, 9]
+STATES = ["selecting", "init-reboot", "renewing", "rebinding"]
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> Request:
+    """Half the requests are exactly what the lease's client sends; the others deviate in
+    one to three fields."""
+    deviations = draw(
+        st.one_of(st.just([]), st.lists(st.sampled_from(list(DEVIATIONS)), min_size=1, max_size=3))
+    )
+    changed = {name: draw(st.sampled_from(DEVIATIONS[name])) for name in deviations}
+    return Request(
+        mtype=draw(st.sampled_from(MESSAGE_TYPES)),
+        state=draw(st.sampled_from(STATES)),
+        xid=draw(st.integers(0, 0xFFFFFFFF)),
+        **changed,  # type: ignore[arg-type]
+    )
+
+
+def _by_state(r: Request) -> tuple[str, str, str, str]:
+    """requested, server_id, ciaddr, framing as a client in r.state sends them."""
+    if r.mtype != MessageType.REQUEST:
+        return "absent", "absent", "zero", "broadcast"
+    return {
+        "selecting": ("lease", "ours", "zero", "broadcast"),
+        "init-reboot": ("lease", "absent", "zero", "broadcast"),
+        "renewing": ("absent", "absent", "lease", "to server"),
+        "rebinding": ("absent", "absent", "lease", "broadcast"),
+    }[r.state]
+
+
+def request_frame(fastpath: Fastpath, state: LeaseState, lease: Lease | None, r: Request) -> bytes:
+    address = lease.address if lease is not None else POOL_A_FIRST
+    mac = MAC if r.own_mac else OTHER_MAC
+    by_state = dict(zip(("requested", "server_id", "ciaddr", "framing"), _by_state(r), strict=True))
+    choice = {
+        name: by_state[name] if getattr(r, name) == "state" else getattr(r, name)
+        for name in by_state
+    }
+    lease_options = state.options()
+    options: dict[int, bytes] = {}
+    identity = lease_options.get(OptionCode.CLIENT_ID)
+    client_id = {
+        "lease": identity,
+        "absent": None,
+        "hardware": b"\x01" + mac,
+        "other": b"\x00someone-else",
+        "empty": b"",
+    }[r.client_id]
+    if client_id is not None:
+        options[OptionCode.CLIENT_ID] = client_id
+    lease_prl = PRLS[state.prl]
+    if r.prl == "lease":
+        prl = lease_prl
+    elif r.prl == "lease changed":
+        prl = (lease_prl or b"\x03")[:-1] + b"\x79"
+    else:
+        prl = PRLS[r.prl]
+    if prl is not None:
+        options[OptionCode.PARAMETER_REQUEST_LIST] = prl
+    requested = {
+        "absent": None,
+        "lease": address,
+        "lease+1": address + 1,
+        "other pool": ip("198.19.1.0"),
+        "zero": 0,
+    }[choice["requested"]]
+    if requested is not None:
+        options[OptionCode.REQUESTED_ADDRESS] = opt.ip(requested)
+    server_id = {"absent": None, "ours": fastpath.config.server_id, "other": OTHER_SERVER}[
+        choice["server_id"]
+    ]
+    if server_id is not None:
+        options[OptionCode.SERVER_ID] = opt.ip(server_id)
+    subnet_selection = (
+        lease_options.get(OptionCode.SUBNET_SELECTION)
+        if r.subnet_selection == "lease"
+        else SUBNET_SELECTIONS[r.subnet_selection]
+    )
+    relay = (
+        lease_options.get(OptionCode.RELAY_AGENT_INFO)
+        if r.relay == "lease"
+        else RELAY_INFOS[r.relay]
+    )
+    for code, value in (
+        (OptionCode.MAX_MESSAGE_SIZE, MAX_SIZES[r.max_size]),
+        (OptionCode.SUBNET_SELECTION, subnet_selection),
+        (OptionCode.RELAY_AGENT_INFO, relay),  # relays append it last
+    ):
+        if value is not None:
+            options[code] = value
+    ciaddr = {"zero": 0, "lease": address, "lease+1": address + 1}[choice["ciaddr"]]
+    giaddr = (
+        state.giaddr
+        if r.giaddr == "lease"
+        else {"zero": 0, "A": RELAY_A, "B": RELAY_B, "nowhere": RELAY_NOWHERE}[r.giaddr]
+    )
+    msg = client_message(
+        MessageType.DISCOVER,
+        mac,
+        xid=r.xid,
+        ciaddr=ciaddr,
+        giaddr=giaddr,
+        flags=r.flags,
+        extra=options,
+    )
+    msg.options[OptionCode.MESSAGE_TYPE] = bytes((r.mtype,))
+    payload = encode(msg, 1500)
+    if r.no_end:  # many clients end the options field without an end option
+        payload = payload.rstrip(b"\0")
+        assert payload.endswith(b"\xff")
+        payload = payload[:-1]
+    ip_options = bytes.fromhex("94040000") if r.ip_options else b""
+    if giaddr:
+        return client_frame(
+            payload,
+            src_mac=bytes.fromhex("02b7000000aa"),
+            dst_mac=SERVER_MAC,
+            src_ip=opt.format_ip(giaddr),
+            dst_ip=SERVER_IP,
+            sport=67,
+            ip_options=ip_options,
+        )
+    if choice["framing"] == "broadcast":
+        return client_frame(payload, src_mac=mac, ip_options=ip_options)
+    return client_frame(
+        payload,
+        src_mac=mac,
+        dst_mac=SERVER_MAC,
+        src_ip=opt.format_ip(ciaddr or address),
+        dst_ip=SERVER_IP if choice["framing"] == "to server" else "198.18.0.77",
+        ip_options=ip_options,
+    )
+
+
+def mismatches_lease(frame_payload: bytes, lease: Lease | None, server_id: int) -> bool:
+    """A REQUEST whose 50, 54 or ciaddr names another address or server than the lease."""
+    msg = parse(frame_payload)
+    if lease is None:
+        return True
+    requested = msg.options.get(OptionCode.REQUESTED_ADDRESS)
+    sid = msg.options.get(OptionCode.SERVER_ID)
+    return (
+        (requested is not None and requested != opt.ip(lease.address))
+        or (sid is not None and sid != opt.ip(server_id))
+        or (msg.ciaddr != 0 and msg.ciaddr != lease.address)
+    )
+
+
+@settings(
+    max_examples=500,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(state=lease_states, request=requests())
+def test_kernel_passes_or_answers_as_the_slow_path(
+    program: Program, renewal_log: RenewalLog, state: LeaseState, request: Request
+) -> None:
+    fastpath = Fastpath(program, renewal_log)
+    lease = establish(fastpath, state)
+    frame = request_frame(fastpath, state, lease, request)
+    run = fastpath.run(frame)
+    if request.mtype not in (MessageType.DISCOVER, MessageType.REQUEST):
+        # RELEASE, DECLINE, INFORM and the server's own types: the slow path's, always.
+        assert run.retval == XDP_PASS
+    if run.retval != XDP_TX:
+        event(f"passed ({state.kind} lease)")
+        return
+    if request.mtype == MessageType.REQUEST:
+        assert not mismatches_lease(frame_payload(frame), lease, fastpath.config.server_id)
+    reply = assert_same_reply(run, frame, fastpath.slow_path(frame, apply=False))
+    event(f"answered: {reply.message.message_type.name}")
