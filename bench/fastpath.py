@@ -42,6 +42,7 @@ The report goes to stdout and bench/results/fastpath-<date>-<time>.md, raw data 
 """
 
 import argparse
+import atexit
 import contextlib
 import ctypes
 import datetime as dt
@@ -69,8 +70,47 @@ from types import FrameType
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-# Run as a plain script from a checkout: the engine, the loader and the test helpers.
+
+
+def source_snapshot(argv: list[str]) -> tuple[Path, str]:
+    """Copies bpf/ and brushtaild/ (the working tree as it is now, or `--rev COMMIT`) into a
+    temporary directory that the whole run imports and compiles from: bpf/ changes while a
+    run goes on must not mix versions. Returns the directory and what was copied."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--rev")
+    rev = pre.parse_known_args(argv)[0].rev
+    dest = Path(tempfile.mkdtemp(prefix="btfp-src-"))
+    git = ["git", "-C", str(REPO)]
+    if rev is not None:
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", f"{rev}^{{commit}}"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        archive = subprocess.run(
+            [*git, "archive", "--format=tar", commit, "bpf", "brushtaild"],
+            capture_output=True, check=True, timeout=60,
+        )  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+        return dest, f"commit {commit}"
+    for name in ("bpf", "brushtaild"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "bpf", "brushtaild"], capture_output=True, text=True
+    )
+    changed = " with uncommitted changes in bpf/ or brushtaild/" if dirty.stdout.strip() else ""
+    return dest, f"working tree at {head.stdout.strip() or 'unknown'}{changed}"
+
+
+# Run as a plain script from a checkout: the engine, the loader and the test helpers. The
+# loader compiles the bpf/ beside the brushtaild/ it is imported from: the snapshot's.
+SOURCE: tuple[Path, str] | None = None
+if __name__ == "__main__":
+    SOURCE = source_snapshot(sys.argv[1:])
+    atexit.register(shutil.rmtree, SOURCE[0], ignore_errors=True)
 sys.path.insert(0, str(REPO))
+if SOURCE is not None:
+    sys.path.insert(0, str(SOURCE[0]))
 
 from brushtaild.dhcp.codec import parse  # noqa: E402
 from brushtaild.dhcp.constants import MessageType, OptionCode  # noqa: E402
@@ -507,9 +547,13 @@ class Brushtail:
     def __init__(self, tag: str, config: Config, server: Server) -> None:
         self.pin_dir = BPFFS / f"{PIN_PREFIX}{os.getpid()}-{tag}"
         self.config = config
-        self.program = Program(self.pin_dir, LIMITS)
-        self.sync = MapSync(self.program, server)
-        self.ring = RingDrain(self.pin_dir / "renewals")
+        try:
+            self.program = Program(self.pin_dir, LIMITS)
+            self.sync = MapSync(self.program, server)
+            self.ring = RingDrain(self.pin_dir / "renewals")
+        except BaseException:
+            remove_pins(self.pin_dir)
+            raise
         self.reconcile_s = 0.0
 
     def configure(self, server_mac: bytes, rate: int = 0, burst: int = 0) -> None:
@@ -621,7 +665,7 @@ class Timing:
     calls: int
     mean_ns: float
     median_ns: float
-    not_tx: int  # calls that did not return XDP_TX: must be 0
+    not_tx: int  # calls that did not return what was expected (XDP_TX): must be 0
 
 
 def time_calls(
@@ -630,6 +674,7 @@ def time_calls(
     calls: int,
     ring: RingDrain | None = None,
     drain_every: int = DRAIN_EVERY,
+    want: int = XDP_TX,
 ) -> Timing:
     """Kernel-reported duration of `calls` single runs, frames taken in turn."""
     for i in range(WARMUP_CALLS):
@@ -641,7 +686,7 @@ def time_calls(
             ring.drain()
         run = libbpf.prog_test_run(fd, frames[i % len(frames)])
         durations.append(run.duration_ns)
-        not_tx += run.retval != XDP_TX
+        not_tx += run.retval != want
     if ring is not None:
         ring.drain()
     return Timing(calls, statistics.fmean(durations), statistics.median(durations), not_tx)
@@ -668,6 +713,50 @@ class NsCase:
     note: str = ""
 
 
+def mean_timing(timings: Sequence[Timing]) -> Timing:
+    return Timing(
+        sum(t.calls for t in timings),
+        statistics.fmean(t.mean_ns for t in timings),
+        statistics.fmean(t.median_ns for t in timings),
+        sum(t.not_tx for t in timings),
+    )
+
+
+def ns_cases(
+    out: dict[str, Any],
+    base: str,
+    prog: Brushtail,
+    floor: Refs,
+    discovers: Sequence[bytes],
+    requests: Sequence[bytes],
+    calls: int,
+    check: Client | None,
+) -> None:
+    """OFFER and ACK with the rate limiter off and on, between two timings of the floor
+    and of the empty program on the same frames (averaged)."""
+    before = prog.results()
+    refs: dict[str, list[Timing]] = {"floor": [], "empty": []}
+
+    def references() -> None:
+        refs["floor"].append(time_calls(floor.fd("xdp_floor"), discovers, calls))
+        refs["empty"].append(time_calls(floor.fd("xdp_pass"), discovers, calls, want=XDP_PASS))
+
+    references()
+    for rl in (False, True):
+        prog.configure(NS_SERVER_MAC, *((RL_RATE, RL_BURST) if rl else (0, 0)))
+        tag = f"{base}/{'on' if rl else 'off'}"
+        if check is not None:
+            check_reply(prog.fd, discovers[0], MessageType.OFFER, check.address, tag)
+            check_reply(prog.fd, requests[0], MessageType.ACK, check.address, tag)
+        out[f"{tag}/offer"] = time_calls(prog.fd, discovers, calls, prog.ring)
+        out[f"{tag}/ack"] = time_calls(prog.fd, requests, calls, prog.ring)
+    prog.configure(NS_SERVER_MAC)
+    references()
+    out[f"{base}/floor"] = mean_timing(refs["floor"])
+    out[f"{base}/empty"] = mean_timing(refs["empty"])
+    out[f"{base}/results"] = diff(prog.results(), before)
+
+
 def ns_run(
     small: Brushtail,
     large: Brushtail | None,
@@ -678,60 +767,21 @@ def ns_run(
     calls: int,
     now: float,
 ) -> dict[str, Any]:
-    """One run of the ns part: per client, its floor, then OFFER and ACK for each case."""
+    """One run of the ns part: per client and map size, OFFER and ACK with the rate limiter
+    off and on between timings of the floor; then the clients in turn at full size."""
     out: dict[str, Any] = {"loadavg": loadavg()}
     server_id = int(small.config.server_id)
     meter = gen_meter()
     for client in clients:
-        discover, request = client.discover_frame(), client.request_frame(server_id)
+        discover, request = [client.discover_frame()], [client.request_frame(server_id)]
         small.load(Server(small.config, [client.lease(now)], now), now)
-        targets: list[tuple[str, Brushtail, Refs]] = [("1", small, floor_small)]
+        ns_cases(out, f"{client.name}/1", small, floor_small, discover, request, calls, client)
         if large is not None and floor_large is not None:
-            targets.append(("N", large, floor_large))
-        for size, prog, floor in targets:
-            base = f"{client.name}/{size}"
-            before = prog.results()
-            floors = [time_calls(floor.fd("xdp_floor"), [discover], calls)]
-            for rl in (False, True):
-                prog.configure(NS_SERVER_MAC, *((RL_RATE, RL_BURST) if rl else (0, 0)))
-                tag = f"{base}/{'on' if rl else 'off'}"
-                check_reply(prog.fd, discover, MessageType.OFFER, client.address, tag)
-                check_reply(prog.fd, request, MessageType.ACK, client.address, tag)
-                out[f"{tag}/offer"] = time_calls(prog.fd, [discover], calls, prog.ring)
-                out[f"{tag}/ack"] = time_calls(prog.fd, [request], calls, prog.ring)
-            if size == "1" and client is clients[0]:
-                # The renewal event wakes the consumer when it has caught up: what every
-                # ACK costs while brushtaild keeps up (light load).
-                prog.configure(NS_SERVER_MAC)
-                out[f"{base}/off/ack-wakeup"] = time_calls(
-                    prog.fd, [request], calls, prog.ring, drain_every=1
-                )
-            floors.append(time_calls(floor.fd("xdp_floor"), [discover], calls))
-            out[f"{base}/floor"] = Timing(
-                calls * 2,
-                statistics.fmean(f.mean_ns for f in floors),
-                statistics.fmean(f.median_ns for f in floors),
-                sum(f.not_tx for f in floors),
-            )
-            out[f"{base}/results"] = diff(prog.results(), before)
-            prog.configure(NS_SERVER_MAC)
+            ns_cases(out, f"{client.name}/N", large, floor_large, discover, request, calls, client)
     if large is not None and floor_large is not None and rotating:
         discovers = [c.discover_frame() for c in rotating]
         requests = [c.request_frame(server_id) for c in rotating]
-        floors = [time_calls(floor_large.fd("xdp_floor"), discovers, calls)]
-        for rl in (False, True):
-            large.configure(NS_SERVER_MAC, *((RL_RATE, RL_BURST) if rl else (0, 0)))
-            tag = f"rotating/N/{'on' if rl else 'off'}"
-            out[f"{tag}/offer"] = time_calls(large.fd, discovers, calls, large.ring)
-            out[f"{tag}/ack"] = time_calls(large.fd, requests, calls, large.ring)
-        floors.append(time_calls(floor_large.fd("xdp_floor"), discovers, calls))
-        out["rotating/N/floor"] = Timing(
-            calls * 2,
-            statistics.fmean(f.mean_ns for f in floors),
-            statistics.fmean(f.median_ns for f in floors),
-            sum(f.not_tx for f in floors),
-        )
-        large.configure(NS_SERVER_MAC)
+        ns_cases(out, "rotating/N", large, floor_large, discovers, requests, calls, rotating[0])
     out["usage"] = meter.stop()
     out["loadavg_end"] = loadavg()
     return out
@@ -1122,39 +1172,41 @@ def ns_table(runs: list[dict[str, Any]], subscribers: int) -> list[str]:
     def means(key: str) -> list[float | None]:
         return [r[key].mean_ns if key in r else None for r in runs]
 
+    def net(value: list[float | None], empty: list[float | None]) -> list[float | None]:
+        return [
+            v - e if v is not None and e is not None else None
+            for v, e in zip(value, empty, strict=True)
+        ]
+
     size = {"1": "1", "N": f"{subscribers:,}"}
     lines = [
-        "| client | subscribers | rate limit | OFFER ns | ACK ns | floor ns | OFFER / floor "
-        "| ACK / floor |",
-        "|---|---|---|---|---|---|---|---|",
+        "| client | subscribers | rate limit | OFFER ns | ACK ns | floor ns | empty program ns "
+        "| OFFER / floor | ACK / floor | net of the empty program: OFFER / floor, ACK / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    clients = sorted({k.split("/")[0] for r in runs for k in r if k.count("/") >= 2})
-    order = [c for c in ("dhclient", "udhcpc", "rotating") if c in clients]
-    for client in order:
+    for client in ("dhclient", "udhcpc", "rotating"):
         for sz in ("1", "N"):
-            floor = means(f"{client}/{sz}/floor")
+            floor, empty = means(f"{client}/{sz}/floor"), means(f"{client}/{sz}/empty")
             if not any(floor):
                 continue
             for rl in ("off", "on"):
                 offer, ack = means(f"{client}/{sz}/{rl}/offer"), means(f"{client}/{sz}/{rl}/ack")
-                name = client if client != "rotating" else f"{ROTATING} dhclients in turn"
+                name = client if client != "rotating" else f"{ROTATING:,} dhclients in turn"
+                net_floor = net(floor, empty)
                 lines.append(
                     f"| {name} | {size[sz]} | {rl} | {fmt_range(offer)} | {fmt_range(ack)} | "
-                    f"{fmt_range(floor)} | {fmt_range(ratios(offer, floor), 2)}x | "
-                    f"{fmt_range(ratios(ack, floor), 2)}x |"
+                    f"{fmt_range(floor)} | {fmt_range(empty)} | "
+                    f"{fmt_range(ratios(offer, floor), 2)} | {fmt_range(ratios(ack, floor), 2)} | "
+                    f"{fmt_range(ratios(net(offer, empty), net_floor), 1)}, "
+                    f"{fmt_range(ratios(net(ack, empty), net_floor), 1)} |"
                 )
-    wake = means("dhclient/1/off/ack-wakeup")
-    if any(wake):
-        floor = means("dhclient/1/floor")
-        lines.append(
-            f"| dhclient, ring consumer caught up (a wakeup per ACK) | 1 | off | - | "
-            f"{fmt_range(wake)} | {fmt_range(floor)} | - | {fmt_range(ratios(wake, floor), 2)}x |"
-        )
     bad = sum(t.not_tx for r in runs for t in r.values() if isinstance(t, Timing))
     lines.append("")
     lines.append(
-        f"Calls that did not return XDP_TX: {bad}. Cells: median of the runs' means "
-        "[min-max]; ratios are taken within each run."
+        f"Calls that did not return what was expected: {bad}. Cells: median of the runs' "
+        "means [min-max] of the kernel-reported duration, timer included; ratios are taken "
+        "within each run. Empty program: xdp_pass (returns XDP_PASS), i.e. what the "
+        "measurement itself costs."
     )
     return lines
 
@@ -1219,7 +1271,19 @@ def live_table(results: list[LiveResult]) -> list[str]:
     for name in paced:
         row(name, f"Kea 2.2, renewals paced at {int(name.rsplit('-', 1)[1]):,}/s")
     bt_rate, bt_cpu = per_run("brushtail", rate), per_run("brushtail", cpu)
+    program: dict[str, int] = {}
+    events = 0
+    for r in by.get("brushtail", []):
+        events += r.extra.get("renewal_events", 0)
+        for k, v in r.extra.get("program_results", {}).items():
+            program[k] = program.get(k, 0) + v
     lines.append("")
+    if program:
+        counted = ", ".join(f"{k} {v:,}" for k, v in sorted(program.items()))
+        lines.append(
+            f"brushtail's own counters over the measured floods: {counted}; renewal events "
+            f"written to its ring buffer: {events:,}."
+        )
     lines.append(
         f"brushtail / minimal responder: {fmt_range(ratios(bt_rate, resp_rate), 2)} "
         f"(per CPU-second {fmt_range(ratios(bt_cpu, resp_cpu), 2)})."
@@ -1276,15 +1340,13 @@ def machine() -> dict[str, Any]:
     for pkg in PACKAGES:
         out = sh(["dpkg-query", "-W", "-f", "${Version}", pkg])
         versions[pkg] = out if out and "no packages found" not in out else "not installed"
-    head = sh(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) or "unknown"
-    dirty = sh(["git", "-C", str(REPO), "status", "--porcelain", "--", "bpf", "brushtaild"])
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
         "packages": versions,
-        "revision": head + (" (bpf/ or brushtaild/ modified)" if dirty else ""),
+        "revision": SOURCE[1] if SOURCE else "the checkout, imported as it is",
     }
 
 
@@ -1320,6 +1382,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="1 run, 5000 calls, 1 s phases, 100000 subscribers, two paced rates",
     )
     ap.add_argument("--max-minutes", type=float, default=30.0, help="abort after this long")
+    ap.add_argument("--rev", help="benchmark this commit's bpf/ and brushtaild/ (default: the "
+                    "working tree, copied at start)")  # fmt: skip
     args = ap.parse_args(argv)
     quick = args.quick
     args.runs = args.runs or (1 if quick else 3)
@@ -1446,13 +1510,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.alarm(0)
     report["loadavg_end"] = loadavg()
     report["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+    box = report["machine"]
     head = [
         f"# Fast path benchmark {started:%Y-%m-%d %H:%M}",
         "",
         f"Command: `{report['command']}`",
-        f"Revision {report['machine']['revision']}, kernel {report['machine']['kernel']}, "
-        f"{report['machine']['cpus']} CPUs ({report['machine']['cpu_model']}), load average "
-        f"{report['loadavg_start']} at start, {report['loadavg_end']} at end.",
+        f"bpf/ and brushtaild/: {box['revision']}. Kernel {box['kernel']}, {box['cpus']} CPUs "
+        f"({box['cpu_model']}), load average {report['loadavg_start']} at start, "
+        f"{report['loadavg_end']} at end.",
         "",
     ]
     text = "\n".join(head + lines)
