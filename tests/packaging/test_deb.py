@@ -8,6 +8,9 @@ the namespace /run/systemd/system exists (the maintainer scripts' test for a sys
 `systemctl` and `deb-systemd-invoke` are scripts that record their arguments: the maintainer
 scripts take the branches they take on a systemd host, and the test checks what they ask of
 systemd. That the service really restarts and stops is checked under real systemd in Molecule.
+The namespace has its own network namespace and bpffs too, where the test attaches a stand-in
+for the fast path (an XDP program named like it, pinned like it): removing the package must
+take it out of the kernel, upgrading must not.
 """
 
 import os
@@ -216,7 +219,9 @@ Run = Callable[[str], "subprocess.CompletedProcess[str]"]
 def scratch_system(tmp_path: Path) -> Iterator[Run]:
     """Runs shell commands in a mount namespace where /etc, /usr and /var (and /bin, /lib,
     ... on a system without merged /usr) are writable overlays of the real ones on a tmpfs,
-    /run is an empty tmpfs, and systemctl and deb-systemd-invoke only record their calls.
+    /run is an empty tmpfs, /sys/fs/bpf a bpffs of its own, the network namespace a new one
+    (so the maintainer scripts' XDP detach cannot touch the host's interfaces or pins), and
+    systemctl and deb-systemd-invoke only record their calls.
 
     Every mount is made by a shell that unshare starts *inside* the new namespace, never
     through nsenter (which, racing a namespace still being set up, would mount over the
@@ -225,7 +230,11 @@ def scratch_system(tmp_path: Path) -> Iterator[Run]:
     if os.geteuid() != 0:
         pytest.skip("mount namespaces and dpkg need root")
     host_ns = os.readlink("/proc/self/ns/mnt")
-    guard = f'[ "$(readlink /proc/self/ns/mnt)" != "{host_ns}" ] || exit 99'
+    host_net = os.readlink("/proc/self/ns/net")
+    guard = (
+        f'[ "$(readlink /proc/self/ns/mnt)" != "{host_ns}" ] || exit 99\n'
+        f'[ "$(readlink /proc/self/ns/net)" != "{host_net}" ] || exit 99'
+    )
     layers = tmp_path / "layers"
     layers.mkdir()
     recorder = f'#!/bin/sh\necho "${{0##*/}} $*" >>{SYSTEMD_LOG}\n'
@@ -243,6 +252,8 @@ def scratch_system(tmp_path: Path) -> Iterator[Run]:
             [ "$(findmnt -n -o FSTYPE -T $d)" = overlay ]
         done
         mount -t tmpfs brushtail-test-run /run
+        mount -t bpf brushtail-test-bpf /sys/fs/bpf
+        ip link set lo up
         mkdir -p /run/systemd/system /usr/local/sbin
         for tool in systemctl deb-systemd-invoke; do
             printf '%s' '{recorder}' >/usr/local/sbin/$tool
@@ -252,7 +263,7 @@ def scratch_system(tmp_path: Path) -> Iterator[Run]:
         exec sleep infinity
     """
     holder = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec", setup],
+        ["unshare", "--mount", "--net", "--propagation", "private", "--", "sh", "-ec", setup],
         env=SYSTEM_ENV,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -262,8 +273,10 @@ def scratch_system(tmp_path: Path) -> Iterator[Run]:
 
     def run(command: str) -> "subprocess.CompletedProcess[str]":
         assert os.readlink(f"/proc/{holder.pid}/ns/mnt") != host_ns
+        assert os.readlink(f"/proc/{holder.pid}/ns/net") != host_net
+        enter = ["nsenter", "-t", str(holder.pid), "-m", "-n", "--"]
         return subprocess.run(
-            ["nsenter", "-t", str(holder.pid), "-m", "--", "sh", "-ec", f"{guard}\n{command}"],
+            [*enter, "sh", "-ec", f"{guard}\n{command}"],
             env=SYSTEM_ENV,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -297,7 +310,54 @@ def _status(run: Run) -> str:
     return _ok(run, "dpkg-query -W -f '${Status} ${Version}' brushtail 2>/dev/null || true")
 
 
-def test_install_upgrade_remove_purge(debs: Built, scratch_system: Run) -> None:
+# Loads an XDP program that passes everything, named like the fast path's, and pins it at
+# argv[1]: bpf(2) through ctypes (x86_64), so the test needs neither BCC nor headers.
+PIN_PROGRAM = """
+import ctypes, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def bpf(cmd, attr):
+    buf = ctypes.create_string_buffer(attr, 128)
+    fd = libc.syscall(321, cmd, buf, 128)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "bpf")
+    return fd
+insns = ctypes.create_string_buffer(struct.pack("<BBhiBBhi", 0xB7, 0, 0, 2, 0x95, 0, 0, 0))
+license = ctypes.create_string_buffer(b"GPL")
+prog = bpf(5, struct.pack("<IIQQIIQII16sII", 6, 2, ctypes.addressof(insns),
+                          ctypes.addressof(license), 0, 0, 0, 0, 0, b"xdp_brushtail", 0, 0))
+path = ctypes.create_string_buffer(sys.argv[1].encode())
+bpf(6, struct.pack("<QII", ctypes.addressof(path), prog, 0))
+"""
+STAND_IN = "/sys/fs/bpf/brushtail/prog"
+
+
+def _attach_stand_in(run: Run, tmp_path: Path) -> None:
+    """The fast path as a stopped brushtaild leaves it: its program on the configured
+    interface (sub0 in the shipped config) with pins in /sys/fs/bpf/brushtail, and on an
+    interface a since-changed configuration no longer names (old0)."""
+    script = tmp_path / "pin_program.py"
+    script.write_text(PIN_PROGRAM)
+    _ok(
+        run,
+        f"""
+        ip link add sub0 type veth peer name sub0-peer
+        ip link add old0 type veth peer name old0-peer
+        for dev in sub0 sub0-peer old0 old0-peer; do ip link set $dev up; done
+        mkdir -p /sys/fs/bpf/brushtail
+        /usr/bin/python3 {script} {STAND_IN}
+        ip link set dev sub0 xdpgeneric pinned {STAND_IN}
+        ip link set dev old0 xdpdrv pinned {STAND_IN}
+        """,
+    )
+
+
+def _xdp_attached(run: Run) -> list[str]:
+    """Interfaces running a program named xdp_brushtail."""
+    links = _ok(run, "ip -o link show").splitlines()
+    return sorted(li.split(": ")[1].split("@")[0] for li in links if "name xdp_brushtail " in li)
+
+
+def test_install_upgrade_remove_purge(debs: Built, scratch_system: Run, tmp_path: Path) -> None:
     run = scratch_system
     config = "/etc/brushtail/brushtail.yaml"
     state = "/var/lib/brushtail/leases.sqlite3"
@@ -315,10 +375,13 @@ def test_install_upgrade_remove_purge(debs: Built, scratch_system: Run) -> None:
     calls = _systemd_calls(run)
     assert not [call for call in calls if call.startswith("deb-systemd-invoke")], calls
 
-    # What an operator and a running daemon leave behind: an edited config, leases, and
-    # the symlink `systemctl enable brushtaild` makes (the recording systemctl makes none).
+    # What an operator and a running daemon leave behind: an edited config, leases, the
+    # symlink `systemctl enable brushtaild` makes (the recording systemctl makes none), and
+    # the attached, pinned fast path.
     _ok(run, f"echo '# edited on site' >>{config}; mkdir -p /var/lib/brushtail; touch {state}")
     _ok(run, f'mkdir -p "$(dirname {wants})"; ln -s /lib/systemd/system/brushtaild.service {wants}')
+    _attach_stand_in(run, tmp_path)
+    assert _xdp_attached(run) == ["old0", "sub0"]
 
     # Upgrade: the running service is restarted after the new files are in place (a
     # stopped one stays stopped: try-restart); the edited config and the leases are kept.
@@ -329,11 +392,17 @@ def test_install_upgrade_remove_purge(debs: Built, scratch_system: Run) -> None:
     assert "deb-systemd-invoke stop brushtaild.service" not in calls
     assert _ok(run, f"tail -n 1 {config}") == "# edited on site\n"
     _ok(run, f"test -e {state} && test -L {wants}")
+    # The fast path answers through the upgrade: still attached, its pins kept.
+    assert _xdp_attached(run) == ["old0", "sub0"]
+    _ok(run, f"test -e {STAND_IN}")
 
-    # Remove: the service is stopped, the programs go, configuration and leases stay.
+    # Remove: the service is stopped, the programs go, configuration and leases stay; the
+    # fast path is taken out of the kernel, from every interface, with its pins.
     _ok(run, "dpkg -r brushtail")
     assert _status(run).startswith("deinstall ok config-files")
     assert "deb-systemd-invoke stop brushtaild.service" in _systemd_calls(run)
+    assert _xdp_attached(run) == []
+    _ok(run, "test ! -e /sys/fs/bpf/brushtail")
     _ok(run, "test ! -e /usr/bin/brushtaild && test ! -e /usr/lib/python3/dist-packages/brushtaild")
     assert _ok(run, f"tail -n 1 {config}") == "# edited on site\n"
     _ok(run, f"test -e {state}")
