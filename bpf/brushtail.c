@@ -250,7 +250,11 @@ int xdp_brushtail(struct xdp_md *ctx)
 	result = BT_PASS_NO_TEMPLATE;
 	tpl_id = reply_type == DHCP_OFFER ? lease->offer_template : lease->ack_template;
 	tpl = templates.lookup(&tpl_id);
-	if (!tpl || tpl->len > BT_TEMPLATE_MAX)
+	/* A template starts with option 53 (the codec writes it first). An unused slot is all
+	 * zeros (brushtaild/xdp/sync.py zeroes the ones it frees): no template, or the reply
+	 * would go out without even a message type. (Not tested as len == 0: clang merges that
+	 * with the bound below into one compare the verifier cannot take a range from.) */
+	if (!tpl || tpl->options[0] != OPT_MESSAGE_TYPE || tpl->len > BT_TEMPLATE_MAX)
 		goto out;
 	result = BT_PASS_UNPARSED;
 	plan.l3_off = l3_off;

@@ -2,6 +2,7 @@
 sends is checked byte for byte against the engine's reply to the same request, and its
 addressing against RFC 2131 section 4.1."""
 
+import ctypes
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -311,3 +312,23 @@ def test_request_not_matching_the_lease_is_passed(fastpath: Fastpath, mismatch: 
     assert fastpath.counted(lambda: fastpath.run(frame)) == {maps.Result.REQUEST_MISMATCH: 1}
     assert fastpath.run(frame).retval == XDP_PASS
     assert fastpath.renewals() == []
+
+
+def test_entry_pointing_at_an_unused_template_slot_is_passed(fastpath: Fastpath) -> None:
+    """Template slots are an array: one no entry uses is all zeros (MapSync zeroes a slot
+    it frees). An entry pointing at one must not be answered with an empty option list."""
+    client = by_name("udhcpc")
+    bind(fastpath, client)
+    key = maps.Key(client.mac)
+    entry = fastpath.entry(key)
+    assert entry is not None
+    templates = fastpath.program.table("templates")
+    unused = next(
+        slot
+        for slot in range(maps.TEMPLATE_SLOTS - 1, 0, -1)
+        if templates[ctypes.c_uint32(slot)].len == 0
+    )
+    entry.offer_template = unused
+    fastpath.put_entry(key, entry)
+    discover = client.frame(fastpath, client.payload("discover"))
+    assert fastpath.counted(lambda: fastpath.run(discover)) == {maps.Result.NO_TEMPLATE: 1}
