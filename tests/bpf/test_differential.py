@@ -3,9 +3,11 @@ lease states. For every request the program either passes it (or drops it) or se
 exactly the reply the slow path sends: same message type, same payload bytes, same
 destination."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from hypothesis import HealthCheck, event, given, settings
+import pytest
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from brushtaild.dhcp import options as opt
@@ -187,6 +189,7 @@ class Request:
     framing: str = "state"  # or broadcast, to server, to other ip
     ip_options: bool = False
     no_end: bool = False  # options run to the payload's end without an end option
+    junk: str = "none"  # a BOOTP field the reply must not copy (see JUNK)
 
 
 DEVIATIONS: dict[str, list[object]] = {
@@ -204,7 +207,21 @@ DEVIATIONS: dict[str, list[object]] = {
     "framing": ["broadcast", "to server", "to other ip"],
     "ip_options": [True],
     "no_end": [True],
+    "junk": ["sname", "file", "secs", "hops", "yiaddr", "siaddr", "chaddr padding", "all"],
 }
+# Request fields a reply sets itself (zero, or the lease's address): a kernel that builds
+# the reply in the request's frame must overwrite every one of them.
+JUNK: dict[str, dict[str, object]] = {
+    "none": {},
+    "sname": {"sname": b"server.example".ljust(64, b"\0")},
+    "file": {"file": b"pxelinux.0".ljust(128, b"\0")},
+    "secs": {"secs": 0x1234},
+    "hops": {"hops": 3},
+    "yiaddr": {"yiaddr": ip("198.18.1.7")},
+    "siaddr": {"siaddr": ip("198.18.0.9")},
+    "chaddr padding": {},  # chaddr beyond hlen: copied, not cleared (the codec does)
+}
+JUNK["all"] = {k: v for fields in JUNK.values() for k, v in fields.items()}
 MESSAGE_TYPES = [1, 1, 1, 3, 3, 3, 3, 3, 3, 4, 7, 8, 2, 5, 6, 9]
 STATES = ["selecting", "init-reboot", "renewing", "rebinding"]
 
@@ -313,6 +330,10 @@ def request_frame(fastpath: Fastpath, state: LeaseState, lease: Lease | None, r:
         extra=options,
     )
     msg.options[OptionCode.MESSAGE_TYPE] = bytes((r.mtype,))
+    for name, value in JUNK[r.junk].items():
+        setattr(msg, name, value)
+    if r.junk in ("chaddr padding", "all"):
+        msg.chaddr = mac + bytes(range(0xA0, 0xAA))
     payload = encode(msg, 1500)
     if r.no_end:  # many clients end the options field without an end option
         payload = payload.rstrip(b"\0")
@@ -355,17 +376,15 @@ def mismatches_lease(frame_payload: bytes, lease: Lease | None, server_id: int) 
     )
 
 
-@settings(
-    max_examples=500,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-@given(state=lease_states, request=requests())
-def test_kernel_passes_or_answers_as_the_slow_path(
-    program: Program, renewal_log: RenewalLog, state: LeaseState, request: Request
-) -> None:
+def check(
+    program: Program,
+    renewal_log: RenewalLog,
+    state: LeaseState,
+    request: Request,
+    note: Callable[[str], object] = lambda _: None,
+) -> int:
+    """Runs `request` against a fresh engine holding `state`; returns the kernel's verdict
+    after checking it against the slow path. `note` hears what happened."""
     fastpath = Fastpath(program, renewal_log)
     lease = establish(fastpath, state)
     frame = request_frame(fastpath, state, lease, request)
@@ -374,9 +393,71 @@ def test_kernel_passes_or_answers_as_the_slow_path(
         # RELEASE, DECLINE, INFORM and the server's own types: the slow path's, always.
         assert run.retval == XDP_PASS
     if run.retval != XDP_TX:
-        event(f"passed ({state.kind} lease)")
-        return
+        note(f"passed ({state.kind} lease)")
+        return run.retval
     if request.mtype == MessageType.REQUEST:
         assert not mismatches_lease(frame_payload(frame), lease, fastpath.config.server_id)
     reply = assert_same_reply(run, frame, fastpath.slow_path(frame, apply=False))
-    event(f"answered: {reply.message.message_type.name}")
+    note(f"answered: {reply.message.message_type.name}")
+    return run.retval
+
+
+BOUND = LeaseState("bound", "hardware", "udhcpc", "direct")
+# Found by the generated cases once (a subnet selection of 0.0.0.0 was taken for none).
+REGRESSIONS = [
+    (BOUND, Request(mtype=1, state="selecting", xid=0, relay="link selection 0.0.0.0")),
+    (BOUND, Request(mtype=3, state="selecting", xid=0, relay="link selection 0.0.0.0")),
+    (BOUND, Request(mtype=1, state="selecting", xid=0, subnet_selection="0.0.0.0")),
+    (
+        LeaseState("bound", "named", "dhclient", "118 B"),
+        Request(mtype=3, state="renewing", xid=0, subnet_selection="0.0.0.0"),
+    ),
+]
+
+
+def with_regressions(test: Callable[..., None]) -> Callable[..., None]:
+    for state, request in REGRESSIONS:
+        test = example(state=state, request=request)(test)
+    return test
+
+
+NETWORKS = ["direct", "relay A", "relay B", "link B", "118 B"]
+KINDS = {"discover": (MessageType.DISCOVER, "selecting")} | {
+    state: (MessageType.REQUEST, state) for state in STATES
+}
+
+
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
+@pytest.mark.parametrize("network", NETWORKS)
+def test_client_holding_a_lease_is_answered(
+    program: Program, renewal_log: RenewalLog, network: str, kind: tuple[int, str]
+) -> None:
+    """The generated cases' starting point: what a client holding a lease sends, in each
+    RFC 2131 state, on each way of reaching the server, is answered by the kernel."""
+    mtype, rfc_state = kind
+    state = LeaseState("bound", "named", "dhclient", network)
+    assert check(program, renewal_log, state, Request(mtype, rfc_state, xid=7)) == XDP_TX
+
+
+@pytest.mark.parametrize("junk", [j for j in JUNK if j != "none"])
+@pytest.mark.parametrize("mtype", [MessageType.DISCOVER, MessageType.REQUEST])
+def test_request_fields_the_reply_sets_are_not_copied(
+    program: Program, renewal_log: RenewalLog, junk: str, mtype: int
+) -> None:
+    request = Request(mtype, "selecting", xid=7, junk=junk)
+    assert check(program, renewal_log, BOUND, request) == XDP_TX
+
+
+@settings(
+    max_examples=500,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(state=lease_states, request=requests())
+@with_regressions
+def test_kernel_passes_or_answers_as_the_slow_path(
+    program: Program, renewal_log: RenewalLog, state: LeaseState, request: Request
+) -> None:
+    check(program, renewal_log, state, request, event)
