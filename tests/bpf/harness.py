@@ -7,6 +7,7 @@ reference every kernel answer is compared with: the daemon's receive filter and 
 checks (brushtaild/net/packet_io.py), the codec, then `Server.handle`.
 """
 
+import copy
 import ctypes
 import struct
 import time
@@ -26,7 +27,7 @@ from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import parse_frame
 from brushtaild.xdp import libbpf, maps, stats
 from brushtaild.xdp.loader import Program
-from brushtaild.xdp.sync import MapSync
+from brushtaild.xdp.sync import MapSync, boot_offset
 from tests.bpf.frames import BROADCAST_MAC, ETH_P_IP, client_frame, decode_reply
 from tests.engine_helpers import SERVER, make_config, make_pool
 
@@ -217,7 +218,8 @@ class Fastpath:
     ) -> Decision | None:
         """What the daemon does with `frame` if the program passes it: None if its socket
         filter or frame checks drop it, or the codec finds it malformed; else the engine's
-        decision, applied to the maps (as after a commit) unless `apply` is false."""
+        decision, applied to the maps (as after a commit). With `apply` false, only what
+        the slow path would answer: a copy of the engine handles it, and nothing changes."""
         when = self.now if now is None else now
         request = received(frame)
         if request is None:
@@ -227,10 +229,32 @@ class Fastpath:
             msg = parse(payload)
         except MalformedPacket:
             return None
-        decision = self.server.handle(msg, ingress, when)
+        server = self.server if apply else copy.deepcopy(self.server)
+        decision = server.handle(msg, ingress, when)
         if apply:
             self.sync.apply([decision], when)
         return decision
+
+    def absorb_renewals(self) -> int:
+        """What the daemon does with the renewals the kernel answered
+        (Daemon._absorb_renewals): each extends the engine's lease, whose entry is then
+        rewritten; one whose lease changed meanwhile has its entry withdrawn. Returns how
+        many there were."""
+        events = self.renewals()
+        offset = boot_offset()
+        for event in events:
+            address = maps.host32(event.address)
+            client = self.sync.client_of(bytes(event.key), address)
+            lease = (
+                self.server.extend(client, address, event.expires_ns / NS + offset, self.now)
+                if client is not None
+                else None
+            )
+            if lease is None:
+                self.sync.withdraw(address)
+            else:
+                self.sync.apply([Decision(lease_writes=[lease])], self.now)
+        return len(events)
 
     def bind(
         self,

@@ -3,6 +3,7 @@ lease states. For every request the program either passes it (or drops it) or se
 exactly the reply the slow path sends: same message type, same payload bytes, same
 destination."""
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode, parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
-from brushtaild.engine.leases import Lease
+from brushtaild.engine.leases import Lease, LeaseState
 from brushtaild.xdp import maps
 from brushtaild.xdp.loader import Program
 from tests.bpf.frames import client_frame
@@ -99,7 +100,7 @@ MAX_SIZES: dict[str, bytes | None] = {
 
 
 @dataclass(frozen=True, slots=True)
-class LeaseState:
+class LeaseSetup:
     kind: str  # none, bound, expired, released, declined
     identity: str
     prl: str
@@ -125,7 +126,7 @@ class LeaseState:
 
 
 lease_states = st.builds(
-    LeaseState,
+    LeaseSetup,
     kind=st.sampled_from(["bound"] * 6 + ["none", "expired", "released", "declined"]),
     identity=st.sampled_from(list(IDENTITIES)),
     prl=st.sampled_from(list(PRLS)),
@@ -133,7 +134,7 @@ lease_states = st.builds(
 )
 
 
-def establish(fastpath: Fastpath, state: LeaseState) -> Lease | None:
+def establish(fastpath: Fastpath, state: LeaseSetup) -> Lease | None:
     """The lease `state` describes, made through the engine and synced to the maps."""
     if state.kind == "none":
         return None
@@ -254,7 +255,7 @@ def _by_state(r: Request) -> tuple[str, str, str, str]:
     }[r.state]
 
 
-def request_frame(fastpath: Fastpath, state: LeaseState, lease: Lease | None, r: Request) -> bytes:
+def request_frame(fastpath: Fastpath, state: LeaseSetup, lease: Lease | None, r: Request) -> bytes:
     address = lease.address if lease is not None else POOL_A_FIRST
     mac = MAC if r.own_mac else OTHER_MAC
     by_state = dict(zip(("requested", "server_id", "ciaddr", "framing"), _by_state(r), strict=True))
@@ -379,7 +380,7 @@ def mismatches_lease(frame_payload: bytes, lease: Lease | None, server_id: int) 
 def check(
     program: Program,
     renewal_log: RenewalLog,
-    state: LeaseState,
+    state: LeaseSetup,
     request: Request,
     note: Callable[[str], object] = lambda _: None,
 ) -> int:
@@ -402,14 +403,14 @@ def check(
     return run.retval
 
 
-BOUND = LeaseState("bound", "hardware", "udhcpc", "direct")
+BOUND = LeaseSetup("bound", "hardware", "udhcpc", "direct")
 # Found by the generated cases once (a subnet selection of 0.0.0.0 was taken for none).
 REGRESSIONS = [
     (BOUND, Request(mtype=1, state="selecting", xid=0, relay="link selection 0.0.0.0")),
     (BOUND, Request(mtype=3, state="selecting", xid=0, relay="link selection 0.0.0.0")),
     (BOUND, Request(mtype=1, state="selecting", xid=0, subnet_selection="0.0.0.0")),
     (
-        LeaseState("bound", "named", "dhclient", "118 B"),
+        LeaseSetup("bound", "named", "dhclient", "118 B"),
         Request(mtype=3, state="renewing", xid=0, subnet_selection="0.0.0.0"),
     ),
 ]
@@ -435,7 +436,7 @@ def test_client_holding_a_lease_is_answered(
     """The generated cases' starting point: what a client holding a lease sends, in each
     RFC 2131 state, on each way of reaching the server, is answered by the kernel."""
     mtype, rfc_state = kind
-    state = LeaseState("bound", "named", "dhclient", network)
+    state = LeaseSetup("bound", "named", "dhclient", network)
     assert check(program, renewal_log, state, Request(mtype, rfc_state, xid=7)) == XDP_TX
 
 
@@ -449,7 +450,7 @@ def test_request_fields_the_reply_sets_are_not_copied(
 
 
 @settings(
-    max_examples=500,
+    max_examples=400,
     derandomize=True,
     database=None,
     deadline=None,
@@ -458,6 +459,59 @@ def test_request_fields_the_reply_sets_are_not_copied(
 @given(state=lease_states, request=requests())
 @with_regressions
 def test_kernel_passes_or_answers_as_the_slow_path(
-    program: Program, renewal_log: RenewalLog, state: LeaseState, request: Request
+    program: Program, renewal_log: RenewalLog, state: LeaseSetup, request: Request
 ) -> None:
     check(program, renewal_log, state, request, event)
+
+
+def current_lease(fastpath: Fastpath, first: Lease | None) -> Lease | None:
+    """The client's bound lease now (the slow path may have moved it), else the first."""
+    bound = [
+        lease
+        for lease in fastpath.server.leases()
+        if lease.hwaddr == MAC and lease.state is LeaseState.BOUND
+    ]
+    return bound[-1] if bound else first
+
+
+def assert_entries_are_engine_leases(fastpath: Fastpath) -> None:
+    """Every entry the kernel could still answer with is a bound lease the engine holds:
+    same client, same address, same identity."""
+    boot_now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    for key, entry in fastpath.entries().items():
+        if entry.expires_ns <= boot_now:
+            continue  # the kernel no longer answers with it
+        lease = fastpath.server.lease_at(maps.host32(entry.address))
+        assert lease is not None and lease.active(fastpath.now), (key, lease)
+        assert lease.hwaddr == key.mac
+        assert bytes(entry.client_id[: entry.id_len]) == lease.client_id
+
+
+@settings(
+    max_examples=60,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(state=lease_states, sequence=st.lists(requests(), min_size=2, max_size=4))
+def test_exchanges_stay_in_agreement_as_the_daemon_runs_them(
+    program: Program, renewal_log: RenewalLog, state: LeaseSetup, sequence: list[Request]
+) -> None:
+    """Several requests in a row, handled as the daemon does: a request the kernel passes
+    goes to the engine (its decision synced to the maps); a kernel ACK's renewal is
+    absorbed by the engine. At each step the kernel's answer is the slow path's, and every
+    entry stays one of the engine's leases."""
+    fastpath = Fastpath(program, renewal_log)
+    first = establish(fastpath, state)
+    for request in sequence:
+        frame = request_frame(fastpath, state, current_lease(fastpath, first), request)
+        run = fastpath.run(frame)
+        if run.retval == XDP_TX:
+            reply = assert_same_reply(run, frame, fastpath.slow_path(frame, apply=False))
+            renewals = fastpath.absorb_renewals()
+            assert renewals == int(reply.message.message_type is MessageType.ACK)
+            event(f"answered: {reply.message.message_type.name}")
+        else:
+            fastpath.slow_path(frame)
+        assert_entries_are_engine_leases(fastpath)
