@@ -190,6 +190,10 @@ class Fastpath:
         after = self.results()
         return {r: after[r] - before[r] for r in maps.Result if after[r] != before[r]}
 
+    def results_of(self, frame: bytes) -> dict[maps.Result, int]:
+        """The results counters one run of `frame` raised."""
+        return self.counted(lambda: self.run(frame))
+
     def entry(self, key: maps.Key) -> maps.LeaseEntry | None:
         try:
             leaf = self._leases[key.ctype()]

@@ -111,11 +111,11 @@ class LeaseSetup:
         identity = IDENTITIES[self.identity]
         if identity is not None:
             options[OptionCode.CLIENT_ID] = identity
-        prl = PRLS[self.prl]
-        if prl is not None:
-            options[OptionCode.PARAMETER_REQUEST_LIST] = prl
+        lease_prl = PRLS[self.prl]
+        if lease_prl is not None:
+            options[OptionCode.PARAMETER_REQUEST_LIST] = lease_prl
         if self.network == "link B":
-            options[OptionCode.RELAY_AGENT_INFO] = RELAY_INFOS["link selection B"]
+            options[OptionCode.RELAY_AGENT_INFO] = RELAY_INFOS["link selection B"] or b""
         if self.network == "118 B":
             options[OptionCode.SUBNET_SELECTION] = SUBNET_SELECTIONS["B"] or b""
         return options
@@ -331,8 +331,8 @@ def request_frame(fastpath: Fastpath, state: LeaseSetup, lease: Lease | None, r:
         extra=options,
     )
     msg.options[OptionCode.MESSAGE_TYPE] = bytes((r.mtype,))
-    for name, value in JUNK[r.junk].items():
-        setattr(msg, name, value)
+    for name, field_value in JUNK[r.junk].items():
+        setattr(msg, name, field_value)
     if r.junk in ("chaddr padding", "all"):
         msg.chaddr = mac + bytes(range(0xA0, 0xAA))
     payload = encode(msg, 1500)
@@ -399,7 +399,7 @@ def check(
     if request.mtype == MessageType.REQUEST:
         assert not mismatches_lease(frame_payload(frame), lease, fastpath.config.server_id)
     reply = assert_same_reply(run, frame, fastpath.slow_path(frame, apply=False))
-    note(f"answered: {reply.message.message_type.name}")
+    note(f"answered: {reply.message.message_type}")
     return run.retval
 
 
@@ -511,7 +511,7 @@ def test_exchanges_stay_in_agreement_as_the_daemon_runs_them(
             reply = assert_same_reply(run, frame, fastpath.slow_path(frame, apply=False))
             renewals = fastpath.absorb_renewals()
             assert renewals == int(reply.message.message_type is MessageType.ACK)
-            event(f"answered: {reply.message.message_type.name}")
+            event(f"answered: {reply.message.message_type}")
         else:
             fastpath.slow_path(frame)
         assert_entries_are_engine_leases(fastpath)

@@ -176,23 +176,25 @@ def _others(prl: bytes | None) -> list[bytes | None]:
 def test_prl_hash_matches_the_kernel(fastpath: Fastpath, prl: bytes | None) -> None:
     """An entry carries maps.prl_hash of the client's list: the kernel answers a request
     whose list has that hash, and passes every other one as a PRL mismatch."""
-    options = {} if prl is None else {OptionCode.PARAMETER_REQUEST_LIST: prl}
+    options: dict[int, bytes] = {} if prl is None else {OptionCode.PARAMETER_REQUEST_LIST: prl}
     fastpath.bind(MAC, options=options)
     entry = fastpath.entry(maps.Key(MAC))
     assert entry is not None and entry.prl_hash == maps.prl_hash(prl)
 
     def discover(with_prl: bytes | None) -> bytes:
-        extra = {} if with_prl is None else {OptionCode.PARAMETER_REQUEST_LIST: with_prl}
+        extra: dict[int, bytes] = (
+            {} if with_prl is None else {OptionCode.PARAMETER_REQUEST_LIST: with_prl}
+        )
         msg = client_message(MessageType.DISCOVER, MAC, extra=extra)
         return fastpath.frame(encode(msg), mac=MAC)
 
     assert fastpath.run(discover(prl)).retval == XDP_TX
     for other in _others(prl):
         frame = discover(other)
-        if maps.prl_hash(other) == entry.prl_hash:  # see test_prl_hash_collisions
+        if maps.prl_hash(other) == entry.prl_hash:  # a collision: see LENGTH_COLLISIONS
             assert fastpath.run(frame).retval == XDP_TX
             continue
-        assert fastpath.counted(lambda f=frame: fastpath.run(f)) == {maps.Result.PRL: 1}
+        assert fastpath.results_of(frame) == {maps.Result.PRL: 1}
         assert fastpath.run(frame).retval == XDP_PASS
 
 
@@ -217,7 +219,7 @@ def test_near_prl_is_not_answered_with_the_leases_template(fastpath: Fastpath) -
         MessageType.DISCOVER, MAC, extra={OptionCode.PARAMETER_REQUEST_LIST: b"\x00\x00"}
     )
     frame = fastpath.frame(encode(msg), mac=MAC)
-    assert fastpath.counted(lambda: fastpath.run(frame)) == {maps.Result.PRL: 1}
+    assert fastpath.results_of(frame) == {maps.Result.PRL: 1}
 
 
 def test_prl_hash_is_never_absent() -> None:
