@@ -515,3 +515,17 @@ def test_exchanges_stay_in_agreement_as_the_daemon_runs_them(
         else:
             fastpath.slow_path(frame)
         assert_entries_are_engine_leases(fastpath)
+
+
+@pytest.mark.parametrize("max_size", list(MAX_SIZES))
+def test_long_relay_information_against_the_clients_limit(
+    program: Program, renewal_log: RenewalLog, max_size: str
+) -> None:
+    """A 250-byte option 82 echoed into a reply: it fits 576 bytes only without the
+    lease's options, so the kernel answers only when option 57 allows it, as the slow path
+    does (which could also trim or overload, and the kernel then passes)."""
+    state = LeaseSetup("bound", "named", "dhclient", "relay A")
+    request = Request(MessageType.REQUEST, "selecting", xid=7, relay="250 bytes", max_size=max_size)
+    verdict = check(program, renewal_log, state, request)
+    if max_size in ("1500", "65535"):
+        assert verdict == XDP_TX

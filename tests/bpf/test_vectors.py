@@ -3,6 +3,7 @@ sends is checked byte for byte against the engine's reply to the same request, a
 addressing against RFC 2131 section 4.1."""
 
 import ctypes
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.engine.leases import Lease
-from brushtaild.xdp import maps
+from brushtaild.xdp import maps, stats
 from tests.bpf.frames import decode_reply
 from tests.bpf.harness import (
     BROADCAST_FLAG,
@@ -332,3 +333,36 @@ def test_entry_pointing_at_an_unused_template_slot_is_passed(fastpath: Fastpath)
     fastpath.put_entry(key, entry)
     discover = client.frame(fastpath, client.payload("discover"))
     assert fastpath.results_of(discover) == {maps.Result.NO_TEMPLATE: 1}
+
+
+@pytest.mark.parametrize("ip_options", IP_OPTIONS.values(), ids=IP_OPTIONS.keys())
+@pytest.mark.parametrize("tags", VLAN_TAGS.values(), ids=VLAN_TAGS.keys())
+def test_ip_options_behind_vlan_tags(
+    fastpath: Fastpath, tags: tuple[int, ...], ip_options: bytes
+) -> None:
+    """Stripping IP options moves the link-layer header: every tag must move with it."""
+    client = by_name("dhcrelay_udhcpc")
+    lease = bind(fastpath, client)
+    entry = fastpath.entry(maps.Key(client.mac))
+    assert entry is not None
+    fastpath.put_entry(maps.Key(client.mac, *tags), entry)
+    for kind, mtype in (("discover", MessageType.OFFER), ("request", MessageType.ACK)):
+        payload = client.payload(kind)
+        if kind == "request":
+            payload = with_option(payload, OptionCode.REQUESTED_ADDRESS, opt.ip(lease.address))
+        frame = client.frame(fastpath, payload, vlans=tags, ip_options=ip_options)
+        untagged = client.frame(fastpath, payload)
+        check_reply(fastpath, frame, mtype, lease, untagged=untagged)
+
+
+def test_latency_is_sampled(fastpath: Fastpath) -> None:
+    """One reply in 16 per CPU has its latency recorded: 16 replies per CPU record one at
+    least, wherever the runs land."""
+    client = by_name("udhcpc")
+    bind(fastpath, client)
+    discover = client.frame(fastpath, client.payload("discover"))
+    before = sum(stats.read(fastpath.program).latency)
+    runs = 16 * (os.cpu_count() or 1)
+    assert [fastpath.run(discover).retval for _ in range(runs)] == [XDP_TX] * runs
+    sampled = sum(stats.read(fastpath.program).latency) - before
+    assert 1 <= sampled <= runs // 16 + (os.cpu_count() or 1)
