@@ -36,6 +36,7 @@ XDP_PASS = 2
 XDP_TX = 3
 
 SERVER_MAC = bytes.fromhex("02b7000000fe")  # the served interface's MAC
+RELAY_MAC = bytes.fromhex("02b7000000aa")  # a relay agent's, on the served link
 SERVER_IP = opt.format_ip(SERVER)
 IFINDEX = 2
 NS = 1_000_000_000
@@ -325,9 +326,6 @@ class Fastpath:
                 ip_options=ip_options,
             )
         return client_frame(payload, src_mac=mac, vlans=vlans, ip_options=ip_options)
-
-
-RELAY_MAC = bytes.fromhex("02b7000000aa")
 
 
 def client_message(

@@ -19,6 +19,7 @@ from brushtaild.xdp import maps
 from brushtaild.xdp.loader import Program
 from tests.bpf.frames import client_frame
 from tests.bpf.harness import (
+    RELAY_MAC,
     SERVER_IP,
     SERVER_MAC,
     XDP_PASS,
@@ -344,7 +345,7 @@ def request_frame(fastpath: Fastpath, state: LeaseSetup, lease: Lease | None, r:
     if giaddr:
         return client_frame(
             payload,
-            src_mac=bytes.fromhex("02b7000000aa"),
+            src_mac=RELAY_MAC,
             dst_mac=SERVER_MAC,
             src_ip=opt.format_ip(giaddr),
             dst_ip=SERVER_IP,
@@ -363,9 +364,9 @@ def request_frame(fastpath: Fastpath, state: LeaseSetup, lease: Lease | None, r:
     )
 
 
-def mismatches_lease(frame_payload: bytes, lease: Lease | None, server_id: int) -> bool:
+def mismatches_lease(payload: bytes, lease: Lease | None, server_id: int) -> bool:
     """A REQUEST whose 50, 54 or ciaddr names another address or server than the lease."""
-    msg = parse(frame_payload)
+    msg = parse(payload)
     if lease is None:
         return True
     requested = msg.options.get(OptionCode.REQUESTED_ADDRESS)
