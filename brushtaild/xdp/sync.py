@@ -88,7 +88,8 @@ class MapSync:
         """The client the kernel answered under `key` with `address`, if the engine still
         leases that address to the same hardware address."""
         lease = self.server.lease_at(address)
-        if lease is None or key_bytes(lease.hwaddr) != key:
+        # The MAC only: the engine does not know VLANs yet (entries it installs are untagged).
+        if lease is None or key[: len(lease.hwaddr)] != lease.hwaddr:
             return None
         return lease.client_id
 
