@@ -1,6 +1,7 @@
 """brushtaild as a real process in a Link's server namespace."""
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -16,6 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 # Debian packages.
 PYTHON = "/usr/bin/python3"
 METRICS_PORT = 9967
+BPFFS = Path("/sys/fs/bpf")
+# A test's pin dir is named after its server namespace, bt-<pid of the pytest run>-<n>-s.
+_PIN_DIR_RE = re.compile(r"^brushtail-test-bt-(\d+)-\d+-s$")
 
 CONFIG = """\
 site: edge-test
@@ -70,7 +74,7 @@ class Brushtaild:
         self.config_file = workdir / "brushtail.yaml"
         self.log_file = workdir / "brushtaild.log"
         # bpffs is not per network namespace: each test pins under its own directory.
-        self.pin_dir = Path("/sys/fs/bpf") / f"brushtail-test-{link.server_ns}"
+        self.pin_dir = BPFFS / f"brushtail-test-{link.server_ns}"
         self.config_file.write_text(
             CONFIG.format(
                 interface=SERVER_IF,
@@ -181,3 +185,21 @@ class Brushtaild:
 def sum_samples(samples: Mapping[str, float], name: str) -> float:
     """Sum of every sample of `name` (all label sets) in one scrape."""
     return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
+
+
+def sweep_stale_pins() -> list[Path]:
+    """Removes the pin dirs that test runs killed before their cleanup left behind (those
+    of runs still alive stay); returns them."""
+    stale = []
+    for path in BPFFS.glob("brushtail-test-*"):
+        match = _PIN_DIR_RE.match(path.name)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            stale.append(path)
+        except PermissionError:
+            pass
+    return stale
