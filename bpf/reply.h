@@ -33,6 +33,7 @@
 #define CSUM_OPTIONS_OFF (sizeof(struct udphdr) + sizeof(struct bootp_hdr))
 #define L2_MAX (ETH_HLEN + VLAN_MAX_DEPTH * sizeof(struct vlan_hdr))
 #define L2_BUF 32 /* a power of two >= L2_MAX */
+#define RELAY_COPY_MAX (2 + 255) /* option 82 with its code and length */
 
 struct reply_addr {
 	__be32 ip;
@@ -165,12 +166,18 @@ static __always_inline int write_reply(struct xdp_md *ctx, struct reply_plan *pl
 {
 	__u32 l3_off = plan->l3_off & (L2_BUF - 1); /* <= L2_MAX: masked for the verifier */
 	__u32 opt_off = l3_off + R_OPTIONS;
+	__u32 tpl_copy = plan->tpl_len < OPTIONS_MIN ? OPTIONS_MIN : plan->tpl_len;
+	__u32 relay_len = plan->relay_len;
 	__u8 end_option = OPT_END;
 	void *data, *data_end;
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	__u64 csum;
 
+	/* The caller guarantees both; checked again here, where the copies use them, so the
+	 * verifier bounds them on any kernel however the compiler spills them. */
+	if (tpl_copy > BT_TEMPLATE_MAX || relay_len > RELAY_COPY_MAX)
+		return XDP_PASS;
 	if (plan->ip_extra && strip_ip_options(ctx, l3_off, plan->ip_extra) < 0)
 		return XDP_DROP;
 	if (bpf_xdp_adjust_tail(ctx, (int)(l3_off + UDP_IP_HLEN + plan->bootp_len) -
@@ -178,11 +185,9 @@ static __always_inline int write_reply(struct xdp_md *ctx, struct reply_plan *pl
 		return plan->ip_extra ? XDP_DROP : XDP_PASS;
 	/* The template is zero after its length: copying at least OPTIONS_MIN bytes also
 	 * writes the padding up to the BOOTP minimum. */
-	if (bpf_xdp_store_bytes(ctx, opt_off, tpl->options,
-				plan->tpl_len < OPTIONS_MIN ? OPTIONS_MIN : plan->tpl_len) < 0)
+	if (bpf_xdp_store_bytes(ctx, opt_off, tpl->options, tpl_copy) < 0)
 		return XDP_DROP;
-	if (plan->relay_len &&
-	    bpf_xdp_store_bytes(ctx, opt_off + plan->tpl_len, relay, plan->relay_len) < 0)
+	if (relay_len && bpf_xdp_store_bytes(ctx, opt_off + plan->tpl_len, relay, relay_len) < 0)
 		return XDP_DROP;
 	if (bpf_xdp_store_bytes(ctx, opt_off + plan->opt_len, &end_option, 1) < 0)
 		return XDP_DROP;
@@ -202,10 +207,9 @@ static __always_inline int write_reply(struct xdp_md *ctx, struct reply_plan *pl
 				    htons(IPPROTO_UDP) +
 					    htons(sizeof(struct udphdr) + plan->bootp_len));
 	csum += tpl->csum;
-	if (plan->relay_len)
+	if (relay_len)
 		csum += csum_at(csum_fold16((__u32)bpf_csum_diff(0, 0, (__be32 *)relay,
-								 (plan->relay_len + 3) & 0x1fc,
-								 0)),
+								 (relay_len + 3) & 0x1fc, 0)),
 				plan->tpl_len);
 	csum += csum_at(OPT_END, plan->opt_len);
 	((struct udphdr *)((void *)ip + R_UDP))->check = udp_csum_final(csum);
