@@ -33,6 +33,7 @@ from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO
 from brushtaild.store.lease_store import LeaseStore, StoreError
+from brushtaild.xdp import loader
 from brushtaild.xdp.fastpath import FastPath
 from brushtaild.xdp.loader import LoadError
 
@@ -116,6 +117,11 @@ class Daemon:
         self.fastpath = FastPath(config, self.server) if config.fastpath.enabled else None
         if self.fastpath is not None:
             self.metrics.registry.register(self.fastpath.collector())
+        elif loader.detach_leftover(config.interface, config.fastpath.pin_dir):
+            log.warning(
+                "fast path disabled: removed the XDP program and maps an earlier run left on %s",
+                config.interface,
+            )
         self.drops = DropLog()
         self.lease_log: LeaseSink = (
             journal.JournalLeaseLog(config.site, sys.stderr, log.isEnabledFor(logging.INFO))

@@ -90,6 +90,13 @@ def ensure_bpffs() -> None:
     if libc.mount(b"bpf", bytes(BPFFS), b"bpf", 0, None) != 0:
         err = ctypes.get_errno()
         raise LoadError(f"cannot mount bpffs at {BPFFS}: {os.strerror(err)}")
+    # In a private mount namespace (`ip netns exec`, a container) this bpffs, and the pins
+    # in it, vanish with the namespace: the next brushtaild cannot adopt them.
+    log.warning(
+        "bpffs was not mounted at %s: mounted it; if this is a private mount namespace, "
+        "the pinned maps do not outlive it and a restart cannot adopt the running program",
+        BPFFS,
+    )
 
 
 def _stale_pins(pin_dir: Path, limits: Limits) -> Iterator[Path]:
@@ -196,13 +203,23 @@ def attached_mode(ifname: str) -> str | None:
     return {1: "native", 2: "generic", "xdp": "native", "xdpgeneric": "generic"}.get(attached or 0)
 
 
-def detach(ifname: str, pin_dir: Path | None = None) -> None:
+def detach_leftover(ifname: str, pin_dir: Path) -> bool:
+    """With the fast path disabled, removes the program an earlier run left attached (and
+    its pins): it would answer from maps nothing keeps up to date any more. An XDP program
+    that is not ours (no pins of ours) is left alone. Returns whether one was removed."""
+    if not (pin_dir / "leases").exists():
+        return False
+    detach(ifname if attached_mode(ifname) is not None else None, pin_dir)
+    return True
+
+
+def detach(ifname: str | None, pin_dir: Path | None = None) -> None:
     """Removes the program from the interface and, if given, its pinned maps: the fast
     path is then gone until brushtaild starts again."""
     from bcc import BPF
 
-    mode = attached_mode(ifname)
-    if mode is not None:
+    mode = attached_mode(ifname) if ifname is not None else None
+    if ifname is not None and mode is not None:
         flags = XDP_FLAGS_SKB_MODE if mode == "generic" else XDP_FLAGS_DRV_MODE
         BPF.remove_xdp(ifname.encode(), flags)
     if pin_dir is not None and pin_dir.is_dir():
