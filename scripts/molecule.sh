@@ -28,12 +28,16 @@ HOST_PACKAGES=(podman runc debootstrap ansible python3-venv python3-cryptography
 # What the Debian 12 instances start with: an init, Ansible's needs (python3-apt), the tools
 # the scenarios use (iproute2, udhcpc) and brushtail's runtime dependencies, so converging does
 # not download them again on every run. debootstrap does not resolve virtual packages:
-# python3-cffi-backend provides what python3-cryptography needs.
+# python3-cffi-backend provides what python3-cryptography needs. linux-headers-amd64 (with
+# gcc, ~150 MB) is what BCC compiles the fast path against on a kernel without its own
+# headers package; the scenarios' prepare links it in for the host's kernel, which would
+# otherwise download it into every container on every run.
 IMAGE_PACKAGES=(
     systemd systemd-sysv dbus python3 python3-apt iproute2 procps ca-certificates curl
     udhcpc openssl
     python3-yaml python3-prometheus-client python3-systemd python3-pyroute2
     python3-openssl python3-cryptography python3-cffi-backend python3-bpfcc
+    linux-headers-amd64
 )
 # The versions verified together with Debian's ansible-core 2.14
 # (/work/shared/notes/molecule-recipe.md); unpinned, pip pulls ansible-core 2.19 into the venv.

@@ -60,8 +60,9 @@ def test_service_runs_with_only_its_capabilities(host):
         for line in host.file(f"/proc/{pid}/status").content_string.splitlines()
         if ":\t" in line
     )
-    # CAP_NET_BIND_SERVICE 10, CAP_NET_ADMIN 12, CAP_NET_RAW 13, CAP_PERFMON 38, CAP_BPF 39
-    allowed = sum(1 << bit for bit in (10, 12, 13, 38, 39))
+    # CAP_NET_BIND_SERVICE 10, CAP_NET_ADMIN 12, CAP_NET_RAW 13, CAP_SYS_ADMIN 21 (BCC
+    # reopens pinned maps by id), CAP_PERFMON 38, CAP_BPF 39
+    allowed = sum(1 << bit for bit in (10, 12, 13, 21, 38, 39))
     assert int(status["CapBnd"], 16) == allowed
     assert int(status["CapEff"], 16) & ~allowed == 0
 
@@ -138,5 +139,7 @@ def test_journal_finds_one_subscriber_by_mac(host):
     )
     assert entries, f"no ack for {mac} in the journal:\n{_journal(host)}"
     last = json.loads(entries.splitlines()[-1])
-    assert last["DHCP_PATH"] == "slow" and last["POOL"] == _config(host)["pools"][0]["name"]
+    # slow the first time; fast once the client is known (a second `molecule verify`)
+    assert last["DHCP_PATH"] in ("slow", "fast")
+    assert last["POOL"] == _config(host)["pools"][0]["name"]
     assert last["SITE"] == _config(host)["site"] and last["LEASE_IP"]
