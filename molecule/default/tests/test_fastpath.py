@@ -124,11 +124,11 @@ def test_renewal_answered_by_the_fast_path(host):
     brushtaild records the renewal (`ack ... path=fast`) and counts it, and the slow path
     answers nothing.
 
-    On this veth link the kernel's ACK comes back within microseconds, before busybox
-    udhcpc (1.35) has closed the socket it sent the REQUEST from: the ACK lands on that
-    socket and is lost, so udhcpc renews again by broadcast (REBINDING) after its timeout,
-    and the kernel answers that one too. Either way the renewal is the fast path's, once
-    or twice; a server in userspace (3-4 ms here) is too slow to hit that window."""
+    The kernel's ACK comes back within microseconds, before busybox udhcpc (1.35) listens
+    for it, so udhcpc usually renews again by broadcast (REBINDING) after its -T timeout,
+    and the kernel answers that one too (OPERATIONS.md, "Clients that are slower than the
+    kernel"). Either way the renewal is the fast path's, once or twice; the slow path
+    (3-4 ms here) answers late enough for the first."""
     mac = _mac(host)
     host.run("kill $(cat %s) 2>/dev/null; rm -f %s %s", PIDFILE, PIDFILE, EVENTS)
     host.check_output("printf '%%s' %s >%s && chmod 755 %s", UDHCPC_SCRIPT, SCRIPT, SCRIPT)
