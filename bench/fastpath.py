@@ -668,7 +668,7 @@ class Refs:
         self._bpf.cleanup()
 
 
-_REF_FNS = ("xdp_floor", "xdp_gen", "xdp_count", "xdp_pass")
+_REF_FNS = ("xdp_floor", "xdp_gen", "xdp_count", "xdp_pass", "xdp_clock")
 GEN_MAX = 1024
 GEN_SLACK = 16  # the test run's frame is this much longer than the one xdp_gen writes
 
@@ -816,6 +816,8 @@ def ns_run(
         discover, request = [client.discover_frame()], [client.request_frame(server_id)]
         small.load(Server(small.config, [client.lease(now)], now), now)
         ns_cases(out, f"{client.name}/1", small, floor_small, discover, request, calls, client)
+        if client is clients[0]:
+            out["clock"] = time_calls(floor_small.fd("xdp_clock"), discover, calls, want=XDP_PASS)
         if large is not None and floor_large is not None:
             ns_cases(out, f"{client.name}/N", large, floor_large, discover, request, calls, client)
     if large is not None and floor_large is not None and rotating:
@@ -1258,6 +1260,13 @@ def ns_table(runs: list[dict[str, Any]], subscribers: int) -> list[str]:
                 )
     bad = sum(t.not_tx for r in runs for t in r.values() if isinstance(t, Timing))
     lines.append("")
+    clock, empty = means("clock"), means("dhclient/1/empty")
+    if any(clock):
+        lines.append(
+            f"One clock read (xdp_clock: the empty program plus bpf_ktime_get_boot_ns): "
+            f"{fmt_range(clock)} ns against the empty program's {fmt_range(empty)} ns."
+        )
+        lines.append("")
     lines.append(
         f"Calls that did not return what was expected: {bad}. Cells: the kernel-reported "
         f"duration (timer included) averaged over the calls without the slowest "
