@@ -5,18 +5,21 @@ Parts (--part, default all; each repeated --runs times, figures are medians with
 
 ns     ns per OFFER and per ACK in BPF_PROG_TEST_RUN: one call per frame (repeat=1, so the
        kernel runs the program once on a fresh copy of the request; repeat > 1 would rerun
-       it on the reply it wrote), the kernel-reported duration averaged over --calls calls.
+       it on the reply it wrote), the kernel-reported duration averaged over --calls calls
+       without the slowest 1% (interrupts and the hypervisor, not the program).
        Frames: the captured dhclient and udhcpc requests (tests/vectors, 300-byte BOOTP,
        342-byte frames) wrapped by tests/bpf/frames.client_frame. Cases: 1 subscriber or
        --subscribers in the maps, rate limiter off or on (at a rate no call reaches, so the
        bucket is read and written but nothing is dropped), and at full size also 4096
        different clients in turn. The floor is bench/xdp_floor.c's xdp_floor (hash lookup
        of the source MAC, MAC swap, XDP_TX) timed the same way on the same frame, with 1 or
-       --subscribers keys in its map.
+       --subscribers keys in its map; xdp_pass (the empty program: what the measurement
+       itself costs) and xdp_clock (one clock read) are timed beside it.
 live   renewals answered per second over one veth pair, on one core. Server veth in one
        namespace, client veth in another with xdp_count (counts frames by DHCP type, drops
        them); load from BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES running xdp_gen
-       (XDP_TX) in the client namespace: one client renewing (DHCPREQUEST with ciaddr,
+       (which rewrites each frame, see bench/xdp_floor.c, and returns XDP_TX) in the client
+       namespace: one client renewing (DHCPREQUEST with ciaddr,
        unicast to the server), made from the captured dhclient REQUEST. Servers: brushtail's
        program (its lease installed through the engine, rate limit off), the minimal
        responder xdp_floor (the ceiling of the harness), and Kea 2.2 (memfile, holding the
@@ -36,9 +39,13 @@ holds get addresses in 100.64.0.0/10: they only ever exist in the maps, never on
 Run as root from the checkout (Debian's python3 has BCC; the venv sees it):
 
     /work/main/.venv/bin/python bench/fastpath.py [--part ns|live|scale|all] [--runs 3] \
-        [--calls 20000] [--seconds 3] [--subscribers 1000000] [--quick]
+        [--calls 20000] [--seconds 3] [--subscribers 1000000] [--kea-rates 10000,...] \
+        [--no-kea] [--rev COMMIT] [--quick]
 
-The report goes to stdout and bench/results/fastpath-<date>-<time>.md, raw data to .json.
+bpf/ and brushtaild/ are copied when the run starts (or taken from --rev COMMIT) and the
+whole run imports and compiles that copy. The report goes to stdout and
+bench/results/fastpath-<date>-<time>.md, raw data to .json. docs/BENCHMARKS.md, "Fast
+path", explains the method and the figures.
 """
 
 import argparse
@@ -78,7 +85,7 @@ def source_snapshot(argv: list[str]) -> tuple[Path, str]:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--rev")
     rev = pre.parse_known_args(argv)[0].rev
-    dest = Path(tempfile.mkdtemp(prefix="btfp-src-"))
+    dest = Path(tempfile.mkdtemp(prefix=f"btfp-src-{os.getpid()}-"))
     git = ["git", "-C", str(REPO)]
     if rev is not None:
         commit = subprocess.run(
@@ -154,6 +161,7 @@ SLOTS = 16  # xdp_count's counters; 1-8 replies by message type
 SLOT_OTHER, SLOT_REQUEST, SLOT_UNTYPED = 0, 9, 10
 KEA_PACED = (10_000, 20_000, 40_000, 60_000)
 KEA_BINARY = "kea-dhcp4"
+KEA_DIR = "/var/tmp"  # Kea's config, memfile and log: on disk, as in bench/slowpath.py
 PACKAGES = ("kea-dhcp4-server", "python3-bpfcc", "libbpf1", "iproute2", "python3")
 
 
@@ -271,13 +279,12 @@ def fmt_range(values: Sequence[float | None], digits: int = 0) -> str:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, killed but not yet reaped, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def pin_thread(cpu: int) -> None:
@@ -320,6 +327,13 @@ def sweep_stale() -> list[str]:
             match = _PIN_NAME.match(path.name)
             if match and path.is_dir() and not pid_alive(int(match.group(1))):
                 remove_pins(path)
+                swept.append(str(path))
+    # Source snapshots and Kea's work directories.
+    for parent, prefix in ((tempfile.gettempdir(), "btfp-src-"), (KEA_DIR, f"{NS_PREFIX}kea-")):
+        for path in Path(parent).glob(f"{prefix}*"):
+            match = re.match(rf"{re.escape(prefix)}(\d+)-", path.name)
+            if match and path.is_dir() and not pid_alive(int(match.group(1))):
+                shutil.rmtree(path, ignore_errors=True)
                 swept.append(str(path))
     return swept
 
@@ -511,7 +525,7 @@ class RingDrain:
             os.close(fd)
         if cons in (None, _MAP_FAILED) or prod in (None, _MAP_FAILED):
             raise OSError(ctypes.get_errno(), f"mmap of {pin} failed")
-        self._maps = (cons, prod)
+        self._maps: tuple[int, ...] = (cons, prod)
         self._consumer = ctypes.c_uint64.from_address(cons)
         self._producer = ctypes.c_uint64.from_address(prod)
         self.bytes = 0
@@ -738,17 +752,6 @@ def check_reply(fd: int, frame: bytes, mtype: MessageType, address: int, what: s
     reply = parse(decode_reply(run.data).payload)
     if reply.message_type != mtype or reply.yiaddr != address:
         raise BenchError(f"{what}: got {reply.message_type!r} for {IPv4Address(reply.yiaddr)}")
-
-
-@dataclass
-class NsCase:
-    """One row of the ns table."""
-
-    key: str
-    client: str
-    subscribers: str
-    rate_limit: bool
-    note: str = ""
 
 
 def mean_timing(timings: Sequence[Timing]) -> Timing:
@@ -1056,9 +1059,7 @@ class PacedSender:
         self.sock.close()
 
 
-def wait_kea(
-    link: Link, refs: Refs, sender: PacedSender, frame: bytes, proc: Any, log: Path
-) -> None:
+def wait_kea(refs: Refs, sender: PacedSender, frame: bytes, proc: Any, log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -1085,7 +1086,7 @@ def live_kea(
     run: int, refs: Refs, client: Client, seconds: float, rates: Sequence[int]
 ) -> list[LiveResult]:
     now = time.time()
-    work = Path(tempfile.mkdtemp(prefix=f"{NS_PREFIX}kea-", dir="/var/tmp"))
+    work = Path(tempfile.mkdtemp(prefix=f"{NS_PREFIX}kea-{os.getpid()}-", dir=KEA_DIR))
     results = []
     try:
         with new_link() as link, open(work / "stdout.log", "wb") as log:
@@ -1099,7 +1100,7 @@ def live_kea(
             frame = client.renewal_frame(link.server_mac)
             sender = PacedSender(link)
             try:
-                wait_kea(link, refs, sender, frame, proc, work / "kea.log")
+                wait_kea(refs, sender, frame, proc, work / "kea.log")
                 kea_stat = f"/proc/{proc.pid}/schedstat"
                 meter = UsageMeter([kea_stat], OTHER_CPU)
                 result = flood("kea-flood", run, link, refs, frame, seconds, "ack")
@@ -1216,12 +1217,6 @@ def scale_run(
 # --- report --------------------------------------------------------------------------------
 
 
-def ratio(value: float | None, base: float | None, digits: int = 2) -> str:
-    if value is None or not base:
-        return "-"
-    return f"{value / base:.{digits}f}x"
-
-
 def ratios(nums: Sequence[float | None], bases: Sequence[float | None]) -> list[float | None]:
     return [n / b if n is not None and b else None for n, b in zip(nums, bases, strict=True)]
 
@@ -1300,9 +1295,11 @@ def live_table(results: list[LiveResult]) -> list[str]:
     def best(get: Callable[[LiveResult], float | None]) -> list[float | None]:
         """Kea's best paced figure in each run."""
         columns = [per_run(n, get) for n in paced]
-        return [
-            max((c[i] for c in columns if c[i] is not None), default=None) for i in range(len(runs))
-        ]
+        out: list[float | None] = []
+        for i in range(len(runs)):
+            present = [v for c in columns if (v := c[i]) is not None]
+            out.append(max(present) if present else None)
+        return out
 
     lines = [
         "| server, load | answered/s | / responder | answered per CPU-second | / responder "
