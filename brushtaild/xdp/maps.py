@@ -6,6 +6,7 @@ compiles, so the two sides cannot drift apart silently.
 """
 
 import ctypes
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -107,6 +108,12 @@ class Bucket(ctypes.Structure):
     _fields_ = (("last_ns", ctypes.c_uint64), ("credit_ns", ctypes.c_uint64))
 
 
+# The same layouts as struct formats, to build a million entries without a ctypes object
+# each (tests/unit/test_xdp_maps.py checks they match the ctypes mirrors).
+KEY_FORMAT = struct.Struct("<6sHHH")
+ENTRY_FORMAT = struct.Struct(f"<QQIIIIHHBB2x{MAX_CLIENT_ID}s")
+
+
 def net32(value: int) -> int:
     """A host-order IPv4 address as the u32 the maps hold (network byte order in memory)."""
     return int.from_bytes(value.to_bytes(4, "big"), "little")
@@ -136,8 +143,11 @@ class Key:
     outer_vlan: int = 0
     inner_vlan: int = 0
 
+    def packed(self) -> bytes:
+        return KEY_FORMAT.pack(self.mac, self.outer_vlan, self.inner_vlan, 0)
+
     def ctype(self) -> ClientKey:
-        return ClientKey((ctypes.c_uint8 * 6)(*self.mac), self.outer_vlan, self.inner_vlan, 0)
+        return ClientKey.from_buffer_copy(self.packed())
 
     @classmethod
     def from_ctype(cls, key: ClientKey) -> "Key":
@@ -156,32 +166,39 @@ def fits(client_id: bytes, prl: bytes | None) -> bool:
     return 0 < len(client_id) <= MAX_CLIENT_ID and (prl is None or len(prl) <= PRL_MAX)
 
 
-def lease_entry(
-    *,
-    client_id: bytes,
-    hwaddr: bytes,
-    address: int,
-    subnet: int,
-    netmask: int,
-    lease_time: int,
-    prl: bytes | None,
-    offer_template: int,
-    ack_template: int,
-    expires_ns: int,
-) -> LeaseEntry:
-    entry = LeaseEntry()
-    entry.expires_ns = expires_ns
-    entry.address = net32(address)
-    entry.subnet = net32(subnet)
-    entry.netmask = net32(netmask)
-    entry.lease_time = lease_time
-    entry.prl_hash = prl_hash(prl)
-    entry.offer_template = offer_template
-    entry.ack_template = ack_template
-    entry.flags = LEASE_HW_ID if hardware_identity(client_id, hwaddr) else 0
-    entry.id_len = len(client_id)
-    ctypes.memmove(entry.client_id, client_id, len(client_id))
-    return entry
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What an entry takes from its pool and templates, shared by every lease of one pool
+    whose client asked for one request list."""
+
+    subnet: int  # network order, as stored
+    netmask: int
+    lease_time: int
+    prl_hash: int
+    offer_template: int
+    ack_template: int
+
+
+def pack_entry(
+    shape: Shape, *, client_id: bytes, hwaddr: bytes, address: int, expires_ns: int
+) -> bytes:
+    return ENTRY_FORMAT.pack(
+        expires_ns,
+        shape.prl_hash,
+        net32(address),
+        shape.subnet,
+        shape.netmask,
+        shape.lease_time,
+        shape.offer_template,
+        shape.ack_template,
+        LEASE_HW_ID if hardware_identity(client_id, hwaddr) else 0,
+        len(client_id),
+        client_id,
+    )
+
+
+def lease_entry(shape: Shape, **lease: object) -> LeaseEntry:
+    return LeaseEntry.from_buffer_copy(pack_entry(shape, **lease))  # type: ignore[arg-type]
 
 
 def partial_csum(data: bytes) -> int:

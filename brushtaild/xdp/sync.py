@@ -39,7 +39,7 @@ def boot_offset() -> float:
 
 
 def key_bytes(hwaddr: bytes, outer_vlan: int = 0, inner_vlan: int = 0) -> bytes:
-    return bytes(maps.Key(hwaddr, outer_vlan, inner_vlan).ctype())
+    return maps.KEY_FORMAT.pack(hwaddr, outer_vlan, inner_vlan, 0)
 
 
 class MapSync:
@@ -51,6 +51,7 @@ class MapSync:
         self._config = tables.table("config")
         self.server = server
         self._template_ids: dict[TemplateKey, int] = {}
+        self._shapes: dict[tuple[str, bytes | None], maps.Shape | None] = {}
         self._reserved: set[int] = set()
         self._next_id = 0
         self._owner: dict[bytes, int] = {}  # key -> address its entry answers with
@@ -115,23 +116,26 @@ class MapSync:
             if self._templates[ctypes.c_uint32(template_id)].len
         ]
         self._template_ids = {}
+        self._shapes = {}
         self._reserved = set(old_templates)
-        wanted: dict[bytes, tuple[int, maps.LeaseEntry]] = {}
+        wanted: dict[bytes, tuple[int, bytes]] = {}
         for n, lease in enumerate(self.server.leases()):
             if n % KEEPALIVE_EVERY == KEEPALIVE_EVERY - 1:
                 keepalive()
             built = self._entry(lease, now)
             if built is not None:
+                # One MAC with two client ids: the later lease answers, as _install does.
                 wanted[built[0]] = (lease.address, built[1])
-        keys = list(wanted)
-        if keys:
-            key_array = (maps.ClientKey * len(keys))()
-            value_array = (maps.LeaseEntry * len(keys))()
-            for i, key in enumerate(keys):
-                ctypes.memmove(ctypes.byref(key_array[i]), key, len(key))
-                value_array[i] = wanted[key][1]
-            self._leases.items_update_batch(key_array, value_array)
-        stale = [k for k in self._leases if bytes(k) not in wanted]
+        count = len(wanted)
+        if count:
+            keys = bytearray(b"".join(wanted))
+            values = bytearray(b"".join(value for _, value in wanted.values()))
+            self._leases.items_update_batch(
+                (maps.ClientKey * count).from_buffer(keys),
+                (maps.LeaseEntry * count).from_buffer(values),
+            )
+        owner = {key: address for key, (address, _) in wanted.items()}
+        stale = [k for k, _ in self._leases.items_lookup_batch() if bytes(k) not in owner]
         for k in stale:
             del self._leases[k]
         live = set(self._template_ids.values())
@@ -139,9 +143,9 @@ class MapSync:
             if template_id not in live:
                 self._templates[ctypes.c_uint32(template_id)] = maps.Template()
         self._reserved = set()
-        self._owner = {key: address for key, (address, _) in wanted.items()}
-        self._key_of = {address: key for key, (address, _) in wanted.items()}
-        return len(keys), len(stale)
+        self._owner = owner
+        self._key_of = {address: key for key, address in owner.items()}
+        return count, len(stale)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -150,14 +154,14 @@ class MapSync:
         if built is None:
             self._withdraw(lease.address)
             return
-        key, entry = built
+        key, value = built
         previous = self._owner.get(key)
         if previous is not None and previous != lease.address:
             del self._key_of[previous]
         old_key = self._key_of.get(lease.address)
         if old_key is not None and old_key != key:
             self._withdraw(lease.address)
-        self._leases[maps.ClientKey.from_buffer_copy(key)] = entry
+        self._leases[maps.ClientKey.from_buffer_copy(key)] = maps.LeaseEntry.from_buffer_copy(value)
         self._owner[key] = lease.address
         self._key_of[lease.address] = key
 
@@ -169,31 +173,43 @@ class MapSync:
         with contextlib.suppress(KeyError):  # already gone from the kernel
             del self._leases[maps.ClientKey.from_buffer_copy(key)]
 
-    def _entry(self, lease: Lease, now: float) -> tuple[bytes, maps.LeaseEntry] | None:
+    def _entry(self, lease: Lease, now: float) -> tuple[bytes, bytes] | None:
+        """The packed key and entry of a bound lease, or None for one the program cannot
+        answer for (those stay on the slow path)."""
         if lease.state is not LeaseState.BOUND or not lease.active(now):
             return None
-        if len(lease.hwaddr) != 6 or not maps.fits(lease.client_id, lease.prl):
+        shape = self._shape(lease.pool, lease.prl)
+        if len(lease.hwaddr) != 6 or not maps.fits(lease.client_id, lease.prl) or shape is None:
             self.skipped += 1
             return None
-        pool = next((p for p in self.server.config.pools if p.name == lease.pool), None)
-        offer = self._template_id(lease.pool, MessageType.OFFER, lease.prl)
-        ack = self._template_id(lease.pool, MessageType.ACK, lease.prl)
-        if pool is None or offer is None or ack is None:
-            self.skipped += 1
-            return None
-        entry = maps.lease_entry(
+        value = maps.pack_entry(
+            shape,
             client_id=lease.client_id,
             hwaddr=lease.hwaddr,
             address=lease.address,
-            subnet=int(pool.subnet.network_address),
-            netmask=int(pool.subnet.netmask),
-            lease_time=pool.lease_time,
-            prl=lease.prl,
-            offer_template=offer,
-            ack_template=ack,
             expires_ns=int((lease.expires - self._offset) * NS),
         )
-        return key_bytes(lease.hwaddr), entry
+        return key_bytes(lease.hwaddr), value
+
+    def _shape(self, pool_name: str, prl: bytes | None) -> maps.Shape | None:
+        key = (pool_name, prl)
+        if key in self._shapes:
+            return self._shapes[key]
+        pool = next((p for p in self.server.config.pools if p.name == pool_name), None)
+        offer = self._template_id(pool_name, MessageType.OFFER, prl) if pool else None
+        ack = self._template_id(pool_name, MessageType.ACK, prl) if pool else None
+        shape = None
+        if pool is not None and offer is not None and ack is not None:
+            shape = maps.Shape(
+                maps.net32(int(pool.subnet.network_address)),
+                maps.net32(int(pool.subnet.netmask)),
+                pool.lease_time,
+                maps.prl_hash(prl),
+                offer,
+                ack,
+            )
+        self._shapes[key] = shape
+        return shape
 
     def _template_id(self, pool: str, mtype: MessageType, prl: bytes | None) -> int | None:
         key = (pool, mtype, prl)

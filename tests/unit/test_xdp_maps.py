@@ -42,7 +42,10 @@ class FakeTable:
 
     def items_update_batch(self, keys: Any, values: Any) -> None:
         for key, value in zip(keys, values, strict=True):
-            self[key] = value
+            self[type(key).from_buffer_copy(key)] = type(value).from_buffer_copy(value)
+
+    def items_lookup_batch(self) -> Any:
+        return list(self.rows.values())
 
 
 class FakeProgram:
@@ -91,6 +94,20 @@ def test_prl_hash_is_a_u64_never_zero(prl: bytes) -> None:
 def test_addresses_are_stored_in_network_order() -> None:
     assert maps.net32(0xC6120001).to_bytes(4, "little") == bytes([198, 18, 0, 1])
     assert maps.host32(maps.net32(0xC6120001)) == 0xC6120001
+
+
+def test_struct_formats_match_the_ctypes_layouts() -> None:
+    assert maps.KEY_FORMAT.size == ctypes.sizeof(maps.ClientKey)
+    assert maps.ENTRY_FORMAT.size == ctypes.sizeof(maps.LeaseEntry)
+    shape = maps.Shape(1, 2, 3, 4, 5, 6)
+    entry = maps.lease_entry(
+        shape, client_id=b"\x01" + mac(1), hwaddr=mac(1), address=0xC6120105, expires_ns=7
+    )
+    assert (entry.subnet, entry.netmask, entry.lease_time, entry.prl_hash) == (1, 2, 3, 4)
+    assert (entry.offer_template, entry.ack_template, entry.expires_ns) == (5, 6, 7)
+    assert maps.host32(entry.address) == 0xC6120105
+    assert bytes(entry.client_id)[:7] == b"\x01" + mac(1) and entry.id_len == 7
+    assert maps.Key.from_ctype(maps.Key(mac(1), 10, 20).ctype()) == maps.Key(mac(1), 10, 20)
 
 
 def test_layout_sizes() -> None:
