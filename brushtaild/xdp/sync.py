@@ -127,6 +127,7 @@ class MapSync:
                 # One MAC with two client ids: the later lease answers, as _install does.
                 wanted[built[0]] = (lease.address, built[1])
         count = len(wanted)
+        had_entries = next(iter(self._leases), None) is not None
         if count:
             keys = bytearray(b"".join(wanted))
             values = bytearray(b"".join(value for _, value in wanted.values()))
@@ -135,7 +136,13 @@ class MapSync:
                 (maps.LeaseEntry * count).from_buffer(values),
             )
         owner = {key: address for key, (address, _) in wanted.items()}
-        stale = [k for k, _ in self._leases.items_lookup_batch() if bytes(k) not in owner]
+        # Walking a million keys takes seconds: only maps adopted from a running program
+        # can hold entries we did not just write.
+        stale = (
+            [k for k, _ in self._leases.items_lookup_batch() if bytes(k) not in owner]
+            if had_entries
+            else []
+        )
         for k in stale:
             del self._leases[k]
         live = set(self._template_ids.values())
