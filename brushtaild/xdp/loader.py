@@ -9,6 +9,7 @@ store instead.
 """
 
 import ctypes
+import errno
 import logging
 import mmap
 import os
@@ -225,4 +226,11 @@ def detach(ifname: str | None, pin_dir: Path | None = None) -> None:
     if pin_dir is not None and pin_dir.is_dir():
         for path in pin_dir.iterdir():
             path.unlink()
-        pin_dir.rmdir()
+        try:
+            pin_dir.rmdir()
+        except OSError as exc:
+            # Under the packaged unit the pin directory is a writable bind mount in a
+            # read-only bpffs (ReadWritePaths=): it cannot go from inside (EROFS, or EBUSY),
+            # and emptied is enough.
+            if exc.errno not in (errno.EROFS, errno.EBUSY):
+                raise
