@@ -49,6 +49,28 @@ def test_fast_path_answers_while_brushtaild_is_stopped(host):
     assert host.check_output("brushtail fastpath status").startswith("interface sub0: XDP native")
 
 
+def test_disabling_the_fast_path_removes_it(host):
+    """With `fastpath: enabled: false` the next brushtaild takes away the program and pins
+    an earlier run left (inside the sandbox, where the pin directory is a bind mount), and
+    starts; enabled again, the program is back."""
+    config = "/etc/brushtail/brushtail.yaml"
+    host.check_output("cp %s /run/brushtail.yaml.test", config)
+    try:
+        host.check_output("sed -i 's/^  enabled: true$/  enabled: false/' %s", config)
+        assert "enabled: false" in host.file(config).content_string
+        restart = host.run("systemctl restart brushtaild")
+        assert restart.rc == 0, restart.stderr + _journal(host)
+        status = host.check_output("brushtail fastpath status")
+        assert status.splitlines()[0] == "interface sub0: no XDP program", status
+        assert "maps: none pinned" in status
+        assert "fast path disabled: removed the XDP program" in _journal(host)
+    finally:
+        host.check_output("cp /run/brushtail.yaml.test %s", config)
+        restart = host.run("systemctl restart brushtaild")
+    assert restart.rc == 0, restart.stderr + _journal(host)
+    assert host.check_output("brushtail fastpath status").startswith("interface sub0: XDP native")
+
+
 def test_watchdog_restarts_a_hung_daemon(host):
     """Last: it restarts the service. A daemon that stops answering the watchdog (SIGSTOP
     freezes it) is killed and restarted by systemd, is READY again, and has adopted the
