@@ -194,9 +194,15 @@ class Program:
 def attached_mode(ifname: str) -> str | None:
     """'native', 'generic' or None, as the kernel reports the interface's XDP program."""
     from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
 
     with IPRoute() as ipr:
-        links = ipr.link("get", ifname=ifname)
+        try:
+            links = ipr.link("get", ifname=ifname)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None  # no such interface: nothing attached to it
+            raise
     xdp = links[0].get_attr("IFLA_XDP") if links else None
     attached = xdp.get_attr("IFLA_XDP_ATTACHED") if xdp is not None else None
     # XDP_ATTACHED_DRV and _SKB; Debian 12's pyroute2 (0.7) decodes them to iproute2's
