@@ -17,7 +17,7 @@ from pathlib import Path
 from brushtaild import __version__
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.engine.allocator import PoolAllocator
-from brushtaild.engine.config import DEFAULT_CONFIG, ConfigError, load_config
+from brushtaild.engine.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from brushtaild.engine.leases import Lease, LeaseState
 from brushtaild.store.lease_store import StoreError, read_snapshot
 
@@ -56,14 +56,23 @@ def _add_check_config(commands: "argparse._SubParsersAction[argparse.ArgumentPar
     parser.set_defaults(run=_check_config)
 
 
+def _config_of(args: argparse.Namespace) -> Config | None:
+    """The --config file of a command that only reads settings from it; None, with the
+    reason on standard error, if it cannot be used."""
+    try:
+        return load_config(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return None
+
+
 def _leases(args: argparse.Namespace) -> int:
     state_dir: Path | None = args.state_dir
     if state_dir is None:
-        try:
-            state_dir = load_config(args.config).state_dir
-        except (ConfigError, OSError) as exc:
-            print(f"{args.config}: {exc}", file=sys.stderr)
+        config = _config_of(args)
+        if config is None:
             return EXIT_UNREADABLE
+        state_dir = config.state_dir
     try:
         leases = read_snapshot(state_dir)
     except StoreError as exc:
@@ -107,10 +116,8 @@ def _fastpath(args: argparse.Namespace) -> int:
     # Imported here: `check-config` and `leases` must work where BCC is not installed.
     from brushtaild.xdp import libbpf, loader, maps
 
-    try:
-        config = load_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"{args.config}: {exc}", file=sys.stderr)
+    config = _config_of(args)
+    if config is None:
         return EXIT_UNREADABLE
     pin_dir = config.fastpath.pin_dir
     if args.action == "detach":

@@ -273,11 +273,13 @@ class _Parser:
             return None
         return value
 
-    def integer(self, lo: int, hi: int) -> Callable[[object, str], int | None]:
+    def integer(
+        self, lo: int, hi: int, expected: str = "integer (seconds)"
+    ) -> Callable[[object, str], int | None]:
         def parse(value: object, where: str) -> int | None:
             # bool is an int in Python, but `offer_hold: yes` is a mistake, not 1 second.
             if not isinstance(value, int) or isinstance(value, bool):
-                self.wrong_type(where, "integer (seconds)", value)
+                self.wrong_type(where, expected, value)
                 return None
             if not lo <= value <= hi:
                 self.fail(where, f"{value} is out of range {lo}..{hi}")
@@ -416,16 +418,7 @@ class _Parser:
         return FastPath(**values)  # type: ignore[arg-type]
 
     def count(self, lo: int, hi: int) -> Callable[[object, str], int | None]:
-        def parse(value: object, where: str) -> int | None:
-            if not isinstance(value, int) or isinstance(value, bool):
-                self.wrong_type(where, "integer", value)
-                return None
-            if not lo <= value <= hi:
-                self.fail(where, f"{value} is out of range {lo}..{hi}")
-                return None
-            return value
-
-        return parse
+        return self.integer(lo, hi, "integer")
 
     def xdp_mode(self, value: object, where: str) -> str | None:
         text = self.string(value, where)
