@@ -278,15 +278,6 @@ def fmt_range(values: Sequence[float | None], digits: int = 0) -> str:
     return f"{mid} [{fmt(min(present), digits)}-{fmt(max(present), digits)}]"
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def pin_thread(cpu: int) -> None:
     """Pins the calling thread (pid 0 = this thread on Linux); threads it starts inherit."""
     os.sched_setaffinity(0, {cpu})
@@ -319,20 +310,20 @@ def sweep_stale() -> list[str]:
     swept = []
     for ns in netns.list_namespaces():
         match = _NS_NAME.match(ns)
-        if match and not pid_alive(int(match.group(1))):
+        if match and not netns.pid_alive(int(match.group(1))):
             netns.delete_namespace(ns)
             swept.append(ns)
     if BPFFS.is_dir():
         for path in BPFFS.iterdir():
             match = _PIN_NAME.match(path.name)
-            if match and path.is_dir() and not pid_alive(int(match.group(1))):
+            if match and path.is_dir() and not netns.pid_alive(int(match.group(1))):
                 remove_pins(path)
                 swept.append(str(path))
     # Source snapshots and Kea's work directories.
     for parent, prefix in ((tempfile.gettempdir(), "btfp-src-"), (KEA_DIR, f"{NS_PREFIX}kea-")):
         for path in Path(parent).glob(f"{prefix}*"):
             match = re.match(rf"{re.escape(prefix)}(\d+)-", path.name)
-            if match and path.is_dir() and not pid_alive(int(match.group(1))):
+            if match and path.is_dir() and not netns.pid_alive(int(match.group(1))):
                 shutil.rmtree(path, ignore_errors=True)
                 swept.append(str(path))
     return swept

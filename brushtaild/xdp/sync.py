@@ -80,10 +80,10 @@ class MapSync:
             for lease in decision.lease_writes:
                 self._install(lease, now)
             for address in decision.lease_deletes:
-                self._withdraw(address)
+                self.withdraw(address)
             for event in decision.events:
                 if event.kind in _WITHDRAW:
-                    self._withdraw(event.address)
+                    self.withdraw(event.address)
 
     def client_of(self, key: bytes, address: int) -> bytes | None:
         """The client the kernel answered under `key` with `address`, if the engine still
@@ -93,9 +93,6 @@ class MapSync:
         if lease is None or key[: len(lease.hwaddr)] != lease.hwaddr:
             return None
         return lease.client_id
-
-    def withdraw(self, address: int) -> None:
-        self._withdraw(address)
 
     # -- whole-map rebuild: at start (adoption) and after a reload ----------------------
 
@@ -159,7 +156,7 @@ class MapSync:
     def _install(self, lease: Lease, now: float) -> None:
         built = self._entry(lease, now)
         if built is None:
-            self._withdraw(lease.address)
+            self.withdraw(lease.address)
             return
         key, value = built
         previous = self._owner.get(key)
@@ -167,12 +164,13 @@ class MapSync:
             del self._key_of[previous]
         old_key = self._key_of.get(lease.address)
         if old_key is not None and old_key != key:
-            self._withdraw(lease.address)
+            self.withdraw(lease.address)
         self._leases[maps.ClientKey.from_buffer_copy(key)] = maps.LeaseEntry.from_buffer_copy(value)
         self._owner[key] = lease.address
         self._key_of[lease.address] = key
 
-    def _withdraw(self, address: int) -> None:
+    def withdraw(self, address: int) -> None:
+        """Removes the entry that answers with `address`, if one does."""
         key = self._key_of.pop(address, None)
         if key is None or self._owner.get(key) != address:
             return

@@ -14,20 +14,12 @@ import pytest
 
 from brushtaild.xdp.loader import BPFFS, Limits, Program
 from tests.bpf.harness import Fastpath, RenewalLog, clear_maps
+from tests.e2e.netns import pid_alive
+from tests.environment import unavailable
 
 PIN_PREFIX = "brushtail-pytest-"
 # Small rate-limit table: test_ratelimit floods it with more MACs than it holds.
 LIMITS = Limits(max_subscribers=4096, ratelimit_entries=64)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_pins(pin_dir: Path) -> None:
@@ -42,17 +34,17 @@ def _sweep_stale_pins() -> None:
     """A run killed before its teardown leaves its pins; remove those of dead runs."""
     for pin_dir in BPFFS.glob(f"{PIN_PREFIX}*"):
         pid = pin_dir.name.removeprefix(PIN_PREFIX)
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             remove_pins(pin_dir)
 
 
 def _require_kernel() -> None:
     if os.geteuid() != 0:
-        pytest.skip("BPF_PROG_TEST_RUN needs root")
+        unavailable("BPF_PROG_TEST_RUN needs root")
     try:
         import bcc  # noqa: F401
     except ImportError:
-        pytest.skip("BCC (python3-bpfcc) is not installed")
+        unavailable("BCC (python3-bpfcc) is not installed")
 
 
 @contextlib.contextmanager

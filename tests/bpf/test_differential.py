@@ -19,7 +19,6 @@ from brushtaild.xdp import maps
 from brushtaild.xdp.loader import Program
 from tests.bpf.frames import client_frame
 from tests.bpf.harness import (
-    RELAY_MAC,
     SERVER_IP,
     SERVER_MAC,
     XDP_PASS,
@@ -342,18 +341,8 @@ def request_frame(fastpath: Fastpath, state: LeaseSetup, lease: Lease | None, r:
         assert payload.endswith(b"\xff")
         payload = payload[:-1]
     ip_options = bytes.fromhex("94040000") if r.ip_options else b""
-    if giaddr:
-        return client_frame(
-            payload,
-            src_mac=RELAY_MAC,
-            dst_mac=SERVER_MAC,
-            src_ip=opt.format_ip(giaddr),
-            dst_ip=SERVER_IP,
-            sport=67,
-            ip_options=ip_options,
-        )
-    if choice["framing"] == "broadcast":
-        return client_frame(payload, src_mac=mac, ip_options=ip_options)
+    if giaddr or choice["framing"] == "broadcast":
+        return fastpath.frame(payload, mac=mac, relay=bool(giaddr), ip_options=ip_options)
     return client_frame(
         payload,
         src_mac=mac,

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import netns
+from tests.environment import unavailable
 
 _HERE = Path(__file__).parent
 
@@ -27,7 +28,7 @@ def _sweep_stale_namespaces() -> None:
 def _require_netns() -> None:
     reason = netns.available()
     if reason is not None:
-        pytest.skip(reason)
+        unavailable(reason)
 
 
 @pytest.fixture

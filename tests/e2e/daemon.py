@@ -10,7 +10,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from tests.e2e.netns import SERVER_IF, SERVER_IP, Link
+from tests.e2e.netns import SERVER_IF, SERVER_IP, Link, pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
 # Debian's interpreter: the daemon's libraries (BCC, pyroute2, prometheus-client) are
@@ -193,13 +193,7 @@ def sweep_stale_pins() -> list[Path]:
     stale = []
     for path in BPFFS.glob("brushtail-test-*"):
         match = _PIN_DIR_RE.match(path.name)
-        if match is None:
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
+        if match is not None and not pid_alive(int(match.group(1))):
             shutil.rmtree(path, ignore_errors=True)
             stale.append(path)
-        except PermissionError:
-            pass
     return stale

@@ -123,6 +123,14 @@ def udhcpc_bound(link: Link, workdir: Path) -> tuple[UdhcpcProcess, str]:
     return client, bound.address
 
 
+def dhclient_bound(client: DhclientProcess, daemon: Brushtaild) -> str:
+    """The address dhclient bound from the slow path, once its kernel entry is in."""
+    bound = client.wait_bound(15)
+    assert bound.reasons[-1] == "BOUND" and bound.address is not None, bound.log
+    wait_until("lease entry", lambda: entries(daemon) == 1)
+    return bound.address
+
+
 def renew(client: UdhcpcProcess, address: str) -> None:
     renewed = client.renew(10)
     assert renewed.reasons[-1] == "renew" and renewed.address == address, renewed.log
@@ -164,11 +172,7 @@ def test_dhclient_reboot_and_discover_are_answered_in_the_kernel(
         daemon.start(START_TIMEOUT)
         client = DhclientProcess(link, tmp_path / "dhclient")
         with client.start():
-            bound = client.wait_bound(15)
-            assert bound.reasons[-1] == "BOUND", bound.log
-            address = bound.address
-            assert address is not None
-            wait_until("lease entry", lambda: entries(daemon) == 1)
+            address = dhclient_bound(client, daemon)
             before = scrape(daemon)
             expires = stored_expiry(daemon.state_dir, address)
             # INIT-REBOOT: a broadcast REQUEST for the address in its lease file.
@@ -239,11 +243,7 @@ def test_release_and_expiry_take_the_lease_out_of_the_kernel(link: Link, tmp_pat
         compile_seconds = load_seconds(daemon)
         client = DhclientProcess(link, tmp_path / "dhclient")
         with client.start():
-            bound = client.wait_bound(15)
-            assert bound.reasons[-1] == "BOUND", bound.log
-            address = bound.address
-            assert address is not None
-            wait_until("lease entry", lambda: entries(daemon) == 1)
+            address = dhclient_bound(client, daemon)
             before = scrape(daemon)
             # RELEASE is the slow path's by design; it takes the entry out.
             assert client.release().reasons[-1] == "RELEASE"
