@@ -119,6 +119,8 @@ if str(REPO) not in sys.path:
 if SOURCE is not None:
     sys.path.insert(0, str(SOURCE[0]))
 
+from slowpath import write_kea_config  # noqa: E402  (bench/ is this script's sys.path[0])
+
 from brushtaild.dhcp.codec import parse  # noqa: E402
 from brushtaild.dhcp.constants import MessageType, OptionCode  # noqa: E402
 from brushtaild.engine.config import Config  # noqa: E402
@@ -984,40 +986,8 @@ def kea_files(work: Path, client: Client, now: float) -> Path:
         f"{IPv4Address(client.address)},{':'.join(f'{b:02x}' for b in client.mac)},"
         f"{client_id},{LEASE_TIME},{int(now) + LEASE_TIME},1,0,0,,0,\n"
     )
-    config = {
-        "Dhcp4": {
-            "interfaces-config": {"interfaces": [SERVER_IF], "dhcp-socket-type": "raw"},
-            "lease-database": {
-                "type": "memfile",
-                "persist": True,
-                "name": str(leases),
-                "lfc-interval": 0,
-            },
-            "multi-threading": {"enable-multi-threading": False},
-            "valid-lifetime": LEASE_TIME,
-            "subnet4": [
-                {
-                    "id": 1,
-                    "subnet": BENCH_POOL[1],
-                    "pools": [{"pool": f"{BENCH_POOL[2]} - {BENCH_POOL[3]}"}],
-                    "option-data": [
-                        {"name": "routers", "data": SERVER_IP},
-                        {"name": "domain-name-servers", "data": SERVER_IP},
-                    ],
-                }
-            ],
-            "loggers": [
-                {
-                    "name": "kea-dhcp4",
-                    "output_options": [{"output": str(work / "kea.log")}],
-                    "severity": "INFO",
-                }
-            ],
-        }
-    }
-    path = work / "kea-dhcp4.conf"
-    path.write_text(json.dumps(config, indent=2))
-    return path
+    # The same Kea as the slow-path benchmark's (both have a 3600 s lease time).
+    return write_kea_config(work, BENCH_POOL[1], BENCH_POOL[2], BENCH_POOL[3], leases)
 
 
 def _has_option_61(client: Client) -> bool:

@@ -395,14 +395,16 @@ def start_brushtail(link: Link, work: Path, log: IO[bytes]) -> Started:
     return Started(proc, Path(log.name), state / "leases.sqlite3")
 
 
-def start_kea(link: Link, work: Path, log: IO[bytes]) -> Started:
+def write_kea_config(work: Path, subnet: str, first: str, last: str, leases: Path) -> Path:
+    """Kea 2.2's config as both benchmarks run it: raw socket on the server veth, memfile
+    that persists (like brushtail's store), single-threaded (Debian's default), INFO log."""
     config = {
         "Dhcp4": {
             "interfaces-config": {"interfaces": [SERVER_IF], "dhcp-socket-type": "raw"},
             "lease-database": {
                 "type": "memfile",
                 "persist": True,
-                "name": str(work / "kea-leases4.csv"),
+                "name": str(leases),
                 "lfc-interval": 0,
             },
             "multi-threading": {"enable-multi-threading": False},
@@ -410,8 +412,8 @@ def start_kea(link: Link, work: Path, log: IO[bytes]) -> Started:
             "subnet4": [
                 {
                     "id": 1,
-                    "subnet": POOL_SUBNET,
-                    "pools": [{"pool": f"{POOL_FIRST} - {POOL_LAST}"}],
+                    "subnet": subnet,
+                    "pools": [{"pool": f"{first} - {last}"}],
                     "option-data": [
                         {"name": "routers", "data": SERVER_IP},
                         {"name": "domain-name-servers", "data": SERVER_IP},
@@ -430,6 +432,11 @@ def start_kea(link: Link, work: Path, log: IO[bytes]) -> Started:
     }
     path = work / "kea-dhcp4.conf"
     path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def start_kea(link: Link, work: Path, log: IO[bytes]) -> Started:
+    path = write_kea_config(work, POOL_SUBNET, POOL_FIRST, POOL_LAST, work / "kea-leases4.csv")
     # Own pid and lock files: another Kea on the machine (another benchmark) must not clash.
     env = {**os.environ, "KEA_PIDFILE_DIR": str(work), "KEA_LOCKFILE_DIR": str(work)}
     argv = ["taskset", "-c", SERVER_CPU, "kea-dhcp4", "-c", str(path)]
