@@ -210,8 +210,8 @@ static __always_inline int write_reply(struct xdp_md *ctx, struct reply_plan *pl
 	if (relay_len)
 		csum += csum_at(csum_fold16((__u32)bpf_csum_diff(0, 0, (__be32 *)relay,
 								 (relay_len + 3) & 0x1fc, 0)),
-				plan->tpl_len);
-	csum += csum_at(OPT_END, plan->opt_len);
+				CSUM_OPTIONS_OFF + plan->tpl_len);
+	csum += csum_at(OPT_END, CSUM_OPTIONS_OFF + plan->opt_len);
 	((struct udphdr *)((void *)ip + R_UDP))->check = udp_csum_final(csum);
 	__builtin_memcpy(eth->h_dest, plan->to.mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, &plan->server_mac, ETH_ALEN);
