@@ -28,7 +28,7 @@ from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
 from brushtaild.engine.config import DEFAULT_CONFIG, Config, ConfigError, load_config
-from brushtaild.engine.decisions import Decision, Ingress, LeaseEvent, LeaseEventKind
+from brushtaild.engine.decisions import Decision, Ingress
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO
@@ -311,22 +311,16 @@ class Daemon:
         now = clock.wall()
         decision = Decision()
         for renewal in renewals:
-            client = self.fastpath.sync.client_of(renewal.key, renewal.address)
-            lease = (
-                self.server.extend(client, renewal.address, renewal.expires, now)
-                if client is not None
-                else None
+            renewed = self.server.kernel_renewal(
+                renewal.key[:6], renewal.address, renewal.expires, now
             )
-            if lease is None:
+            if renewed.drop is not None:
                 # The slow path changed this lease meanwhile: its entry must go.
+                self.metrics.count_drop(renewed.drop)
                 self.fastpath.sync.withdraw(renewal.address)
                 continue
-            decision.lease_writes.append(lease)
-            decision.events.append(
-                LeaseEvent(
-                    LeaseEventKind.ACK, lease.client_id, lease.hwaddr, lease.address, lease.pool
-                )
-            )
+            decision.lease_writes += renewed.lease_writes
+            decision.events += renewed.events
         self._commit([decision])
         self.lease_log.add(decision.events, "fast")
 

@@ -18,6 +18,10 @@ class DropReason(IntEnum):
     UNKNOWN_MESSAGE_TYPE = 7
     BAD_OPTION = 8
     BAD_FRAME = 9
+    # The daemon could not finish with a well-formed request (its edges, not the engine).
+    SEND_FAILED = 10  # the reply could not be sent (unreachable relay, full queue, link down)
+    STALE = 11  # waited in the socket queue longer than a client waits for an answer
+    INTERNAL_ERROR = 12  # a bug: the request is dropped, the loop goes on
     # Well formed, but not ours to answer.
     OTHER_SERVER = 20
     NO_SUBNET = 21
@@ -26,6 +30,9 @@ class DropReason(IntEnum):
     NOT_FROM_CLIENT = 24
     UNEXPECTED_MESSAGE = 25
     NO_MATCHING_LEASE = 26
+    REPLY_TOO_LARGE = 27  # the reply cannot fit the client's maximum message size
+    STALE_RENEWAL = 28  # a kernel renewal of a lease the engine no longer holds so
+    NO_CLIENT_ADDRESS = 29  # an INFORM without ciaddr (RFC 2131 4.3.5)
 
     @property
     def label(self) -> str:

@@ -154,6 +154,36 @@ class Server:
         times = [heap[0][0] for heap in (self._lease_timers, self._hold_timers) if heap]
         return min(times) if times else None
 
+    def kernel_renewal(self, hwaddr: bytes, address: int, expires: float, now: float) -> Decision:
+        """Records a renewal the XDP fast path has already ACKed: the bound lease of
+        `address` held by the client with `hwaddr` now runs until `expires`. The decision
+        writes the lease and logs the ACK; it drops with STALE_RENEWAL when the address is
+        no longer this client's to renew (changed by the slow path or a reload meanwhile):
+        the caller then withdraws the kernel's entry, and the client's next request comes
+        to the slow path."""
+        decision = Decision()
+        lease = self._by_address.get(address)
+        if lease is None or lease.hwaddr != hwaddr or not lease.client_id:
+            decision.drop = DropReason.STALE_RENEWAL
+            return decision
+        renewed = self.extend(lease.client_id, address, expires, now)
+        if renewed is None:
+            decision.drop = DropReason.STALE_RENEWAL
+            return decision
+        decision.lease_writes.append(renewed)
+        decision.events.append(
+            LeaseEvent(LeaseEventKind.ACK, renewed.client_id, hwaddr, address, renewed.pool)
+        )
+        return decision
+
+    def renewable(self, lease: Lease, now: float) -> bool:
+        """Whether the fast path may answer for `lease`: bound, unexpired, and its address
+        still one its pool hands out (a reload may have excluded or renumbered it)."""
+        if lease.state is not LeaseState.BOUND or not lease.active(now):
+            return False
+        alloc = self._allocators.get(lease.pool)
+        return alloc is not None and alloc.contains(lease.address)
+
     def extend(self, client_id: bytes, address: int, expires: float, now: float) -> Lease | None:
         """Records a renewal the XDP fast path has already ACKed: the client's bound lease
         of `address` now runs until `expires`. Returns the lease to write, or None if the

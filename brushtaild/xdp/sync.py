@@ -19,7 +19,7 @@ from typing import Any
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.engine.config import Config
 from brushtaild.engine.decisions import Decision, LeaseEventKind
-from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.xdp import maps
 
@@ -181,7 +181,7 @@ class MapSync:
     def _entry(self, lease: Lease, now: float) -> tuple[bytes, bytes] | None:
         """The packed key and entry of a bound lease, or None for one the program cannot
         answer for (those stay on the slow path)."""
-        if lease.state is not LeaseState.BOUND or not lease.active(now):
+        if not self.server.renewable(lease, now):
             return None
         shape = self._shape(lease.pool, lease.prl)
         if len(lease.hwaddr) != 6 or not maps.fits(lease.client_id, lease.prl) or shape is None:
