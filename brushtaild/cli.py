@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from brushtaild import __version__
+from brushtaild.config.load import DEFAULT_CONFIG, ConfigError, load_config
+from brushtaild.config.model import Config
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.engine.allocator import PoolAllocator
-from brushtaild.engine.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from brushtaild.engine.leases import Lease, LeaseState
 from brushtaild.store.lease_store import StoreError, read_snapshot
 
