@@ -456,6 +456,8 @@ class RunResult:
     renew_counts: dict[str, list[int]] = field(default_factory=dict)
     probe_relay_b: float | None = None  # seconds to a lease, None: none within 10 s
     probe_link: float | None = None
+    quiet_relay_b: float | None = None  # the same before the flood
+    quiet_link: float | None = None
     recovery: float | None = None  # seconds after the flood, None: not within the limit
     hwm_before_mib: float | None = None
     hwm_after_mib: float | None = None
@@ -543,8 +545,15 @@ def one_run(run: int, args: argparse.Namespace, root: Path, gen: Path, snapshot:
         renewals.start()
         stack.callback(renewals.stopping.set)
         t_base = time.monotonic()
-        time.sleep(args.baseline)
+        # Control: the same new-subscriber probes with no flood.
+        for attr, relayed in (("quiet_relay_b", True), ("quiet_link", False)):
+            address, took = Client(wire, server_mac, probe_mac(), relayed).lease(
+                PROBE_LIMIT, PROBE_RETRY
+            )
+            setattr(result, attr, took if address is not None else None)
+        time.sleep(max(0.0, t_base + args.baseline - time.monotonic()))
 
+        t_before = time.monotonic()
         before = scrape(daemon)
         status0 = proc_status(pid)
         sched0 = schedstat(pid)
@@ -602,7 +611,8 @@ def one_run(run: int, args: argparse.Namespace, root: Path, gen: Path, snapshot:
         result.offered_rate = int(sent) / float(seconds)
         n0, ok0 = renewals.answered(t_base, t_flood)
         n1, ok1 = renewals.answered(t_flood, t_end)
-        result.renew_counts = {"before": [n0, ok0], "flood": [n1, ok1]}
+        n2, ok2 = renewals.answered(t_before, time.monotonic())
+        result.renew_counts = {"before": [n0, ok0], "flood": [n1, ok1], "counters": [n2, ok2]}
         result.renew_before = ok0 / n0 if n0 else None
         result.renew_flood = ok1 / n1 if n1 else None
         result.probe_relay_b, result.probe_link = probes.get("relay_b"), probes.get("link")
@@ -667,12 +677,14 @@ def report(results: list[RunResult], args: argparse.Namespace, env: dict[str, An
     row("offered flood rate (frames/s sent)", med_range([r.offered_rate for r in ok]))
     row("renewals answered before the flood (%)", med_range(pct, 2))
     row("renewals answered during the flood (%, goal >= 99)", med_range(pct_flood, 2))
-    for name, attr in (("relay B (other relay, other subnet)", "probe_relay_b"),
-                       ("flooded link", "probe_link")):  # fmt: skip
-        got = [getattr(r, attr) for r in ok]
+    for name, attr in (("relay B (other relay, other subnet)", "relay_b"),
+                       ("flooded link", "link")):  # fmt: skip
+        got = [getattr(r, f"probe_{attr}") for r in ok]
         row(f"new subscriber on {name}: leases within {PROBE_LIMIT:.0f} s",
             f"{sum(v is not None for v in got)} of {len(got)}")  # fmt: skip
-        row(f"new subscriber on {name}: seconds to the lease", med_range(got, 2))
+        quiet = med_range([getattr(r, f"quiet_{attr}") for r in ok], 3)
+        row(f"new subscriber on {name}: seconds to the lease [with no flood]",
+            f"{med_range(got, 2)} [{quiet}]")  # fmt: skip
     rec = [r.recovery for r in ok]
     row(f"recovery after the flood (s until a new client's lease takes < 1 s; limit "
         f"{args.recover_limit:g} s)", med_range(rec, 1))  # fmt: skip
@@ -711,6 +723,10 @@ def report(results: list[RunResult], args: argparse.Namespace, env: dict[str, An
     counters("daemon, dhcp_slowpath_requests_total by result", lambda r: r.slowpath)
     counters("daemon, dhcp_packets_dropped_total by reason", lambda r: r.dropped)
     lines.append(f"- daemon, dhcp_socket_drops_total: {med_range([r.socket_drops for r in ok])}")
+    sent = [r.renew_counts["counters"][0] for r in ok if "counters" in r.renew_counts]
+    lines.append(
+        f"- renewals sent over the same span (compare the kernel's ack): {med_range(sent)}"
+    )
     sizes = {name: f"{first}-{last}" for name, _, first, last, _ in POOLS}
     counters(f"addresses assigned (offered, leased) when the flood ended; pools {sizes}",
              lambda r: r.pools_at_flood_end)  # fmt: skip
