@@ -703,7 +703,8 @@ def report(results: list[RunResult], args: argparse.Namespace, env: dict[str, An
     row("daemon CPU time during the flood (s, all threads)",
         med_range([r.daemon_cpu_s for r in ok], 1))  # fmt: skip
     row(
-        "daemon waiting for a CPU during the flood (s)", med_range([r.daemon_wait_s for r in ok], 1)
+        "daemon waiting for a CPU during the flood (s, summed over threads)",
+        med_range([r.daemon_wait_s for r in ok], 1),
     )
     row("daemon log written during the flood (KiB)",
         med_range([None if r.log_bytes is None else r.log_bytes / 1024 for r in ok]))  # fmt: skip
