@@ -420,7 +420,10 @@ def scrape(daemon: Brushtaild) -> dict[str, float]:
     try:
         return daemon.samples()
     except (RuntimeError, subprocess.SubprocessError) as exc:
-        raise BenchError(f"metrics scrape failed: {exc}") from exc
+        status = daemon.proc.poll() if daemon.proc is not None else None
+        state = "running" if status is None else f"exited {status}"
+        log = "\n".join(daemon.log().splitlines()[-10:])
+        raise BenchError(f"metrics scrape failed ({exc}); brushtaild {state}:\n{log}") from exc
 
 
 def labelled(delta: dict[str, float], name: str) -> dict[str, float]:

@@ -9,8 +9,9 @@
  * Random MACs are locally administered unicast with first octet 0x0a, so the harness can
  * tell their replies from those of the clients it measures.
  *
- * No UDP checksum (0, allowed over IPv4); the IPv4 header checksum is computed once per
- * template (it covers no per-frame field).
+ * The IPv4 header checksum is computed once per template (it covers no per-frame field),
+ * the UDP checksum per frame, as a real client's stack does: a receiver that checks it
+ * must not see the flood as malformed.
  *
  *   floodgen IFNAME SERVER_MAC SERVER_IP RELAY_IP RATE SECONDS RELAY_PERMILLE SEED
  *
@@ -69,15 +70,33 @@ static double now_s(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static uint16_t ip_checksum(const uint8_t *hdr)
+static uint32_t sum16(const uint8_t *p, int len, uint32_t sum)
 {
-	uint32_t sum = 0;
+	for (int i = 0; i < len; i += 2)
+		sum += (p[i] << 8) | p[i + 1];
+	return sum;
+}
 
-	for (int i = 0; i < 20; i += 2)
-		sum += (hdr[i] << 8) | hdr[i + 1];
+static uint16_t fold(uint32_t sum)
+{
 	while (sum >> 16)
 		sum = (sum & 0xffff) + (sum >> 16);
 	return (uint16_t)~sum;
+}
+
+/* UDP checksum of a frame built below: pseudo-header (addresses, protocol, length), then
+ * the UDP header and data, the checksum field zeroed first; 0 is sent as 0xffff. */
+static void udp_checksum(uint8_t *f)
+{
+	uint8_t *ip = f + OFF_IP, *udp = ip + 20;
+	uint16_t csum;
+
+	udp[6] = udp[7] = 0;
+	csum = fold(sum16(udp, 8 + BOOTP_LEN, sum16(ip + 12, 8, 17 + 8 + BOOTP_LEN)));
+	if (!csum)
+		csum = 0xffff;
+	udp[6] = csum >> 8;
+	udp[7] = csum & 0xff;
 }
 
 /* One DISCOVER frame; per-frame fields (MACs, xid) are filled in before each send. */
@@ -97,7 +116,7 @@ static void build(uint8_t *f, const uint8_t *dst_mac, const uint8_t *src_mac, ui
 	ip[9] = 17;
 	memcpy(ip + 12, &src_ip, 4);
 	memcpy(ip + 16, &dst_ip, 4);
-	uint16_t csum = htons(ip_checksum(ip));
+	uint16_t csum = htons(fold(sum16(ip, 20, 0)));
 	memcpy(ip + 10, &csum, 2);
 	udp[0] = sport >> 8;
 	udp[1] = sport & 0xff;
@@ -198,6 +217,7 @@ int main(int argc, char **argv)
 				memcpy(frames[i] + OFF_ETH_SRC, mac, 6);
 			memcpy(frames[i] + OFF_CHADDR, mac, 6);
 			memcpy(frames[i] + OFF_XID, &xid, 4);
+			udp_checksum(frames[i]);
 		}
 		int n = sendmmsg(fd, msgs, BATCH, 0);
 		if (n < 0) {
