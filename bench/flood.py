@@ -21,9 +21,10 @@ relayed replies come back to the client namespace. Relay B sends from a MAC of i
 2. renewals: from then until the end, the subscribers renew in turn at --renew-rate per
    second (DHCPREQUEST with ciaddr, unicast to the server: RENEWING, what the fast path
    answers in the kernel). A renewal counts as answered if its ACK comes within 2 s.
-   --baseline seconds of renewals alone first.
+   --baseline seconds of renewals alone first, during which one new subscriber through
+   relay B and one on the link get a lease as a control (the probes of step 3, no flood).
 3. flood: bench/floodgen.c (compiled with gcc at start, pinned to CPU 1) sends DISCOVERs
-   from random MACs (02:... never; first octet 0x0a) for --flood-seconds at --rate frames
+   from random MACs (first octet 0x0a) for --flood-seconds at --rate frames
    per second (0: as fast as it can), --relay-share of them through relay A (giaddr), the
    rest directly on the link. The offered rate is what it actually sent per second.
    --probe-after seconds into the flood, two new subscribers start at once, each retrying
