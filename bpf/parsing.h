@@ -39,6 +39,7 @@
 #define OPT_RELAY_AGENT_INFO 82
 #define OPT_SUBNET_SELECTION 118
 #define OPT_END 255
+#define RAI_CIRCUIT_ID 1
 #define RAI_LINK_SELECTION 5
 
 struct cursor {
@@ -77,9 +78,11 @@ struct dhcp_request {
 	__u8 client_id_len;
 	__u8 prl_len;
 	__u8 relay_len;
+	__u8 circuit_len;        /* option 82's circuit-id sub-option, or 0 */
 	__u16 client_id_off;
 	__u16 prl_off;
 	__u16 relay_off;
+	__u16 circuit_off;
 	__u16 max_size;          /* option 57, or 0 */
 	__be32 requested;        /* option 50, or 0 */
 	__be32 server_id;        /* option 54, or 0 */
@@ -106,7 +109,8 @@ static __always_inline int proto_is_vlan(__be16 proto)
 	return proto == htons(ETH_P_8021Q) || proto == htons(ETH_P_8021AD);
 }
 
-/* Ethernet and up to two VLAN tags; IDs go to outer/inner (0 when untagged). */
+/* Ethernet and up to two VLAN tags; IDs go to outer/inner (0 when untagged). Returns the
+ * number of tags, so a priority tag (VID 0) can be told from none. */
 static __always_inline int parse_ethhdr_vlan(struct cursor *c, struct ethhdr **eth,
 					     __u16 *outer, __u16 *inner, __be16 *proto)
 {
@@ -139,7 +143,7 @@ static __always_inline int parse_ethhdr_vlan(struct cursor *c, struct ethhdr **e
 		return -1; /* a third tag */
 	c->pos = vlh;
 	*proto = p;
-	return 0;
+	return i;
 }
 
 /* IPv4 with or without options; fragments are left to the kernel's reassembly. */
@@ -320,10 +324,11 @@ static __always_inline int parse_dhcp_options(struct cursor *c, void *data,
 	return v->walk_ok ? 0 : -1;
 }
 
-/* RFC 3527 link selection inside option 82: it selects the subnet like option 118.
- * Walked like the options, by an offset kept in the map value. */
-static __always_inline int parse_relay_link_selection(struct cursor *c, void *data,
-						      struct dhcp_request *req)
+/* Option 82's sub-options: RFC 3527 link selection, which selects the subnet like option
+ * 118, and the circuit-id (RFC 3046), which names the relay's access line for the rate
+ * limit. Walked like the options, by an offset kept in the map value. */
+static __always_inline int parse_relay_info(struct cursor *c, void *data,
+					    struct dhcp_request *req)
 {
 	volatile struct dhcp_request *v = req;
 	__u32 stop = req->relay_off + req->relay_len;
@@ -345,12 +350,16 @@ static __always_inline int parse_relay_link_selection(struct cursor *c, void *da
 		code = p[0];
 		len = p[1];
 		v->walk = off + 2 + len;
+		if (code == RAI_CIRCUIT_ID && !v->circuit_len) {
+			v->circuit_off = off + 2;
+			v->circuit_len = len;
+		}
 		if (code != RAI_LINK_SELECTION)
 			continue;
 		if (len != 4 || (void *)(p + 6) > c->end)
 			break;
-		/* As in the slow path: option 118 wins, else the first link selection counts,
-		 * whatever its address. */
+		/* As in the slow path: the first link selection counts, whatever its address
+		 * (a request with option 118 never gets here: see slow_path_selector). */
 		if (!(v->seen & SEEN_SELECTOR)) {
 			v->subnet_selection = load_be32(p + 2);
 			v->seen |= SEEN_LINK_SELECTION;

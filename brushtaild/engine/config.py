@@ -50,8 +50,9 @@ class FastPath:
     xdp_mode: str = "auto"  # auto (native where the driver has it), native, generic
     pin_dir: Path = Path("/sys/fs/bpf/brushtail")
     max_subscribers: int = 1_048_576  # lease entries the kernel map holds
-    rate_limit: int = 10  # requests per second per client MAC; 0 turns the limit off
+    rate_limit: int = 10  # requests per second per client (L2 source) or access line; 0: off
     rate_burst: int = 20  # requests a client may send at once after a quiet spell
+    relay_rate_limit: int = 1000  # requests per second per relay (L2 source + giaddr); 0: off
     rate_limit_clients: int = 65_536  # token buckets kept (LRU)
 
 
@@ -104,6 +105,7 @@ FASTPATH_KEYS = (
     "max_subscribers",
     "rate_limit",
     "rate_burst",
+    "relay_rate_limit",
     "rate_limit_clients",
 )
 XDP_MODES = ("auto", "native", "generic")
@@ -411,6 +413,7 @@ class _Parser:
             "max_subscribers": get("max_subscribers", self.count(1024, 16_777_216)),
             "rate_limit": get("rate_limit", self.count(0, 1_000_000)),
             "rate_burst": get("rate_burst", self.count(1, 1_000_000)),
+            "relay_rate_limit": get("relay_rate_limit", self.count(0, 1_000_000)),
             "rate_limit_clients": get("rate_limit_clients", self.count(1024, 16_777_216)),
         }
         if any(v is None for v in values.values()):
