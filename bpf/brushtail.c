@@ -250,7 +250,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 	sender.outer_vlan = key.outer_vlan;
 	sender.inner_vlan = key.inner_vlan;
 	result = BT_DROP_MALFORMED;
-	if (datagram_fills_frame(ip, udp, l3_off, frame_len) &&
+	if (datagram_well_formed(ip, udp, l3_off, frame_len) &&
 	    ipv4_csum_valid(ctx, ip, l3_off, ip->ihl * 4) && parse_bootp(&c, &b) == 0) {
 		result = BT_PASS_UNPARSED;
 		sender.giaddr = b->giaddr; /* only a well-formed request names a relay */

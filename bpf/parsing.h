@@ -146,7 +146,8 @@ static __always_inline int parse_ethhdr_vlan(struct cursor *c, struct ethhdr **e
 	return i;
 }
 
-/* IPv4 with or without options; fragments are left to the kernel's reassembly. */
+/* IPv4 with or without options. A fragment after the first has no UDP header, so it is no
+ * DHCP request to judge; a first fragment is, and is malformed (datagram_well_formed). */
 static __always_inline int parse_iphdr(struct cursor *c, struct iphdr **iph)
 {
 	struct iphdr *ip = c->pos;
@@ -156,7 +157,7 @@ static __always_inline int parse_iphdr(struct cursor *c, struct iphdr **iph)
 		return -1;
 	if (ip->version != 4 || ip->ihl < 5)
 		return -1;
-	if (ip->frag_off & htons(IP_MF | IP_OFFSET))
+	if (ip->frag_off & htons(IP_OFFSET))
 		return -1;
 	hdrsize = ip->ihl * 4;
 	if (c->pos + hdrsize > c->end)
@@ -177,20 +178,23 @@ static __always_inline int parse_udphdr(struct cursor *c, struct udphdr **udph)
 	return 0;
 }
 
-/* The slow path reads a request by its IPv4 and UDP lengths and drops a frame they do not
- * fit (parse_frame in brushtaild/net/packet_io.py). Here both must end exactly where the
- * frame ends, so every bounds check against the frame's end is one against the payload's:
- * bytes after the datagram are never walked as options the slow path would not see. A
- * DHCP request is far longer than Ethernet's minimum frame, so it carries no padding. */
-static __always_inline int datagram_fills_frame(struct iphdr *ip, struct udphdr *udp,
+/* A well-formed request (docs/DESIGN.md, "Well-formed requests"; the slow path's
+ * parse_frame in brushtaild/net/packet_io.py applies the same rules) is one unfragmented
+ * datagram whose IPv4 and UDP lengths both end exactly where the frame ends: every bounds
+ * check against the frame's end is then one against the payload's, and bytes after the
+ * datagram are never walked as options. A DHCP request is far longer than Ethernet's
+ * minimum frame, so it never carries link-layer padding. */
+static __always_inline int datagram_well_formed(struct iphdr *ip, struct udphdr *udp,
 						__u32 l3_off, __u32 frame_len)
 {
 	__u32 udp_off = l3_off + ip->ihl * 4;
 
-	return l3_off + ntohs(ip->tot_len) == frame_len &&
+	return !(ip->frag_off & htons(IP_MF)) && l3_off + ntohs(ip->tot_len) == frame_len &&
 	       udp_off + ntohs(udp->len) == frame_len;
 }
 
+/* The BOOTP header of a well-formed request: a BOOTREQUEST from Ethernet (htype 1, hlen 6),
+ * with the magic cookie. */
 static __always_inline int parse_bootp(struct cursor *c, struct bootp_hdr **bootp)
 {
 	struct bootp_hdr *b = c->pos;

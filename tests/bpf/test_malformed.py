@@ -1,9 +1,10 @@
 """Malformed frames against the kernel program, for a client that has a lease entry: it
-must never answer one (XDP_TX), and a mutated frame it does answer must get exactly the
-reply the slow path gives the same frame."""
+must never answer one (XDP_TX), a frame that is not a well-formed request is refused by
+both paths alike, and a mutated frame it does answer must get exactly the reply the slow
+path gives the same frame."""
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
@@ -13,15 +14,17 @@ from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import OptionCode
 from brushtaild.xdp import maps
 from brushtaild.xdp.loader import Program
-from tests.bpf.frames import client_frame, ip_offset, with_ip_header
+from tests.bpf.frames import MALFORMED_FRAMES, client_frame, ip_offset, with_ip_header
 from tests.bpf.harness import (
     ETH_HLEN,
     SERVER_MAC,
+    XDP_DROP,
     XDP_TX,
     Fastpath,
     RenewalLog,
     assert_same_reply,
     option_spans,
+    received,
     with_option,
     without_option,
 )
@@ -209,11 +212,18 @@ def test_dont_fragment_is_answered(fastpath: Fastpath, answered: bytes) -> None:
     assert_agrees(fastpath, frame)
 
 
-def test_udp_datagram_shorter_than_the_ip_payload(fastpath: Fastpath, answered: bytes) -> None:
-    """Legal for the slow path (it reads by the UDP length); the kernel may leave it."""
-    udp_len = _ip_len(answered) - 20
-    for shorter in (1, 4, 10):
-        assert_agrees(fastpath, with_ip_header(answered, udp_len=udp_len - shorter))
+@pytest.mark.parametrize("defect", MALFORMED_FRAMES.values(), ids=MALFORMED_FRAMES.keys())
+def test_malformed_frame_is_refused_by_both_paths(
+    fastpath: Fastpath, answered: bytes, defect: Callable[[bytes], bytes]
+) -> None:
+    """One definition of a well-formed request: the kernel drops each of these, counted
+    as malformed (the slow path would refuse it anyway), and the slow path's parse_frame
+    refuses it, whichever path a frame takes."""
+    assert received(answered) is not None
+    frame = defect(answered)
+    assert received(frame) is None
+    assert fastpath.results_of(frame) == {maps.Result.MALFORMED: 1}
+    assert fastpath.run(frame).retval == XDP_DROP
 
 
 DESTINATIONS = {
