@@ -27,7 +27,6 @@ from tests.bpf.harness import (
     SERVER_IP,
     SERVER_MAC,
     XDP_DROP,
-    XDP_PASS,
     XDP_TX,
     Fastpath,
     RenewalLog,
