@@ -52,8 +52,8 @@ class FastPath:
     max_subscribers: int = 1_048_576  # lease entries the kernel map holds
     rate_limit: int = 10  # requests per second per client (L2 source) or access line; 0: off
     rate_burst: int = 20  # requests a client may send at once after a quiet spell
-    relay_rate_limit: int = 1000  # requests per second per relay (L2 source + giaddr); 0: off
     rate_limit_clients: int = 65_536  # token buckets kept (LRU)
+    relay_rate_limit: int = 1000  # requests per second per relay (L2 source + giaddr); 0: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +105,8 @@ FASTPATH_KEYS = (
     "max_subscribers",
     "rate_limit",
     "rate_burst",
-    "relay_rate_limit",
     "rate_limit_clients",
+    "relay_rate_limit",
 )
 XDP_MODES = ("auto", "native", "generic")
 BPFFS = "/sys/fs/bpf/"
@@ -413,8 +413,8 @@ class _Parser:
             "max_subscribers": get("max_subscribers", self.count(1024, 16_777_216)),
             "rate_limit": get("rate_limit", self.count(0, 1_000_000)),
             "rate_burst": get("rate_burst", self.count(1, 1_000_000)),
-            "relay_rate_limit": get("relay_rate_limit", self.count(0, 1_000_000)),
             "rate_limit_clients": get("rate_limit_clients", self.count(1024, 16_777_216)),
+            "relay_rate_limit": get("relay_rate_limit", self.count(0, 1_000_000)),
         }
         if any(v is None for v in values.values()):
             return None
