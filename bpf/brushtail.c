@@ -265,7 +265,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 		action = XDP_DROP;
 		goto out;
 	}
-	if (!parsed || !b)
+	if (!parsed)
 		goto out;
 	/* The slow path's socket refuses every tagged frame; a priority tag is not untagged. */
 	result = BT_PASS_PRIORITY_TAG;
