@@ -22,7 +22,8 @@
 #define BT_CFG_RATE_COST 1   /* ns of credit one request costs; 0 disables the rate limit */
 #define BT_CFG_RATE_BURST 2  /* ns of credit a bucket holds at most */
 #define BT_CFG_SERVER_MAC 3  /* low 6 bytes, in wire order */
-#define BT_CFG_SLOTS 4
+#define BT_CFG_RELAY_COST 4  /* ns of credit one request costs a relay; 0: relays unlimited */
+#define BT_CFG_SLOTS 5
 
 /* What the program did with a packet: the index of its per-CPU counter. */
 enum bt_result {
@@ -43,7 +44,10 @@ enum bt_result {
 	BT_PASS_NO_ROOM = 13,      /* frame could not be resized for the reply */
 	BT_PASS_NO_TEMPLATE = 14,
 	BT_DROP_RATE_LIMIT = 15,
-	BT_RESULTS = 16,
+	BT_DROP_MALFORMED = 16,     /* not a well-formed request (docs/DESIGN.md): never passed */
+	BT_PASS_SELECTOR = 17,     /* option 118, or 82 from a client: the slow path decides */
+	BT_PASS_PRIORITY_TAG = 18, /* a VLAN tag with VID 0, which the slow path refuses */
+	BT_RESULTS = 19,
 };
 
 struct bt_client_key {
@@ -79,6 +83,18 @@ struct bt_renewal {
 	struct bt_client_key key;
 	__u32 address;
 	__u64 expires_ns;
+};
+
+/* Whom a request is charged to: what its sender cannot forge. A client on the link is its
+ * L2 source and VLANs (giaddr and circuit 0); a relay is its L2 source, VLANs and giaddr,
+ * and one of its access lines adds the hash of option 82's circuit-id. */
+struct bt_rate_key {
+	__u8 mac[6];
+	__u16 outer_vlan;
+	__u16 inner_vlan;
+	__u16 pad;
+	__be32 giaddr;
+	__u64 circuit;
 };
 
 struct bt_bucket {

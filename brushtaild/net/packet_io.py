@@ -38,7 +38,13 @@ import socket
 import struct
 from typing import NamedTuple
 
-from brushtaild.dhcp.constants import SERVER_PORT
+from brushtaild.dhcp.constants import (
+    FIXED_HEADER_LEN,
+    MAGIC_COOKIE,
+    OPTIONS_OFFSET,
+    SERVER_PORT,
+    Op,
+)
 from brushtaild.engine.decisions import Destination, DestKind, Ingress
 
 ETH_P_ALL = 0x0003
@@ -197,17 +203,27 @@ def checksum_field(residue: int) -> int:
 # Ethertype, then the IPv4 header up to the addresses.
 _ETH_IP = struct.Struct("!HBxHxxHxBxxII")
 _UDP = struct.Struct("!xxxxHxx")
+# The BOOTP fields a well-formed request is judged by: op, htype, hlen; and the cookie.
+_BOOTP_KIND = struct.Struct("!BBB")
 _ETH_IP_OFFSET = 12
+_HTYPE_ETHER = 1
+_ETHER_HLEN = 6
+_COOKIE_OFFSET = FIXED_HEADER_LEN
+_MIN_REQUEST = OPTIONS_OFFSET  # the fixed BOOTP header and the magic cookie
 
 
 def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ingress] | None:
-    """The DHCP payload and its Ingress, or None if the frame is malformed at L2-L4.
+    """The DHCP payload and its Ingress, or None if `frame[:length]` is not a well-formed
+    request: docs/DESIGN.md, "Well-formed requests", the rules the XDP program applies too
+    (bpf/parsing.h), so neither path takes a frame the other refuses.
 
-    `frame[:length]` is one Ethernet frame (it may carry link-layer padding after the IP
-    datagram). Fragments are malformed here: DHCP messages never need fragmenting, and
-    reassembling in user space would be an amplification target.
+    The IPv4 datagram must end where the frame ends and the UDP datagram where the IPv4 one
+    does: bytes after either are not part of the request, and only one reading of a frame
+    may exist. (Ethernet pads frames shorter than 60 bytes, but a request is at least 282.)
+    Fragments are malformed: DHCP messages never need fragmenting, and reassembling in user
+    space would be an amplification target.
     """
-    if length < ETH_HLEN + IP_MIN_HLEN + UDP_HLEN:
+    if length < ETH_HLEN + IP_MIN_HLEN + UDP_HLEN + _MIN_REQUEST:
         return None
     ethertype, ver_ihl, total_len, frag, proto, src_ip, dst_ip = _ETH_IP.unpack_from(
         frame, _ETH_IP_OFFSET
@@ -218,8 +234,8 @@ def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ing
         ethertype != ETH_P_IP
         or ver_ihl >> 4 != 4
         or ip_hlen < IP_MIN_HLEN
-        or total_len < ip_hlen + UDP_HLEN
-        or ETH_HLEN + total_len > length
+        or ETH_HLEN + total_len != length
+        or total_len < ip_hlen + UDP_HLEN + _MIN_REQUEST
         or frag & _IP_MF_OR_OFFSET
         or proto != IPPROTO_UDP
         # Inlined residue (see internet_checksum_residue): the header length is a multiple of
@@ -228,9 +244,14 @@ def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ing
     ):
         return None
     (udp_len,) = _UDP.unpack_from(frame, l4)
-    if udp_len < UDP_HLEN or udp_len > total_len - ip_hlen:
+    bootp = l4 + UDP_HLEN
+    if (
+        udp_len != total_len - ip_hlen
+        or _BOOTP_KIND.unpack_from(frame, bootp) != (Op.BOOTREQUEST, _HTYPE_ETHER, _ETHER_HLEN)
+        or frame[bootp + _COOKIE_OFFSET : bootp + OPTIONS_OFFSET] != MAGIC_COOKIE
+    ):
         return None
-    payload = bytes(memoryview(frame)[l4 + UDP_HLEN : l4 + udp_len])
+    payload = bytes(memoryview(frame)[bootp:length])
     return payload, Ingress(ifindex, bytes(frame[6:12]), src_ip, dst_ip)
 
 
