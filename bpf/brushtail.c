@@ -249,6 +249,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 	__builtin_memcpy(sender.mac, eth->h_source, ETH_ALEN);
 	sender.outer_vlan = key.outer_vlan;
 	sender.inner_vlan = key.inner_vlan;
+	sender.saddr = ip->saddr;
 	result = BT_DROP_MALFORMED;
 	if (datagram_well_formed(ip, udp, l3_off, frame_len) &&
 	    ipv4_csum_valid(ctx, ip, l3_off, ip->ihl * 4) && parse_bootp(&c, &b) == 0) {

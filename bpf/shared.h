@@ -86,14 +86,19 @@ struct bt_renewal {
 };
 
 /* Whom a request is charged to: what its sender cannot forge. A client on the link is its
- * L2 source and VLANs (giaddr and circuit 0); a relay is its L2 source, VLANs and giaddr,
- * and one of its access lines adds the hash of option 82's circuit-id. */
+ * L2 source, VLANs and IP source (giaddr and circuit 0); a relay is its L2 source, VLANs,
+ * IP source and giaddr, and one of its access lines adds the hash of option 82's
+ * circuit-id. The IP source matters for unicast renewals of routed subscribers: they all
+ * arrive from the upstream router's MAC, each from its own address (0.0.0.0 until a
+ * client has one). */
 struct bt_rate_key {
 	__u8 mac[6];
 	__u16 outer_vlan;
 	__u16 inner_vlan;
 	__u16 pad;
 	__be32 giaddr;
+	__be32 saddr;
+	__u32 pad2;
 	__u64 circuit;
 };
 

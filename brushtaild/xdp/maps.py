@@ -84,6 +84,8 @@ class RateKey(ctypes.Structure):
         ("inner_vlan", ctypes.c_uint16),
         ("pad", ctypes.c_uint16),
         ("giaddr", ctypes.c_uint32),  # network order; 0 for a client on the link
+        ("saddr", ctypes.c_uint32),  # the IP source, network order (0.0.0.0 before DHCP)
+        ("pad2", ctypes.c_uint32),
         ("circuit", ctypes.c_uint64),  # hash of option 82's circuit-id, or 0
     )
 

@@ -249,16 +249,12 @@ class Fastpath:
         offset = boot_offset()
         for event in events:
             address = maps.host32(event.address)
-            client = self.sync.client_of(bytes(event.key), address)
-            lease = (
-                self.server.extend(client, address, event.expires_ns / NS + offset, self.now)
-                if client is not None
-                else None
-            )
-            if lease is None:
+            expires = event.expires_ns / NS + offset
+            decision = self.server.kernel_renewal(bytes(event.key)[:6], address, expires, self.now)
+            if decision.drop is not None:
                 self.sync.withdraw(address)
             else:
-                self.sync.apply([Decision(lease_writes=[lease])], self.now)
+                self.sync.apply([decision], self.now)
         return len(events)
 
     def bind(

@@ -211,6 +211,34 @@ def test_relay_without_circuit_id_is_limited_as_a_whole(limited: Fastpath) -> No
     assert limited.results_of(frame) == {maps.Result.MISS: 1}
 
 
+def test_routed_renewals_from_one_router_are_charged_per_subscriber(
+    limited: Fastpath,
+) -> None:
+    """Unicast renewals of subscribers behind a router all come from the router's MAC,
+    each from its own address: each subscriber has its own bucket, so a burst from one
+    does not silence the others."""
+    router = bytes.fromhex("02b7000004fe")
+    subscribers = [limited.bind(bytes.fromhex(f"02b70000050{n}")) for n in range(4)]
+
+    def renewal(lease_mac: bytes, address: int) -> bytes:
+        msg = client_message(MessageType.REQUEST, lease_mac, ciaddr=address)
+        return client_frame(
+            encode(msg),
+            src_mac=router,
+            dst_mac=SERVER_MAC,
+            src_ip=opt.format_ip(address),
+            dst_ip=SERVER_IP,
+        )
+
+    first = renewal(subscribers[0].hwaddr, subscribers[0].address)
+    for _ in range(BURST + SLACK + 5):
+        limited.run(first)
+    assert limited.run(first).retval == XDP_DROP
+    for lease in subscribers[1:]:
+        frame = renewal(lease.hwaddr, lease.address)
+        assert [limited.run(frame).retval for _ in range(BURST)] == [XDP_TX] * BURST
+
+
 def test_bucket_stamped_later_by_another_cpu_is_not_refilled(limited: Fastpath) -> None:
     """Review finding 17 (last point): a bucket whose stamp is later than this CPU's clock
     (another CPU updated it after this one read the time) is empty, not full: the
