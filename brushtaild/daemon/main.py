@@ -553,12 +553,11 @@ class Daemon:
         renewed = self._absorb_renewals()
         self._commit([renewed])
         self.lease_log.add(renewed.events, "fast")
-        # A million leases take seconds to rebuild: pass keepalive=self._keepalive once
-        # Server.reconfigured takes it, as fastpath.reconfigured does below.
-        self.server = self.server.reconfigured(new, clock.wall())
+        # A million leases take seconds to rebuild, and as long again to rewrite in the
+        # kernel's maps: keep systemd's watchdog fed through both.
+        self.server = self.server.reconfigured(new, clock.wall(), keepalive=self._keepalive)
         self.config = new
         if self.fastpath is not None:
-            # A million entries take seconds to rewrite: keep systemd's watchdog fed.
             self.fastpath.reconfigured(new, self.server, self.io.mac, clock.wall(), self._keepalive)
         level = logging.getLevelName(new.log_level.upper())
         logging.getLogger().setLevel(level)

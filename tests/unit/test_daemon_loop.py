@@ -1,11 +1,13 @@
 """The daemon's loop against a fake packet socket and fast path: what a request, a socket or
 the fast path can throw at it, and what it must do with it (the engine and store are real)."""
 
+import contextlib
 import errno
 import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -512,5 +514,46 @@ def test_a_sighup_during_startup_is_a_reload_once_started(
     daemon = Daemon(daemon_config(tmp_path, fastpath=True), tmp_path / "x.yaml", signals)
     try:
         assert signals.reload and not signals.stop
+    finally:
+        daemon.store.close()
+
+
+def test_the_watchdog_is_fed_while_a_reload_rebuilds_the_leases(
+    tmp_path: Path,
+    io: FakeIO,
+    detached: list[str],
+    signals: Signals,
+    notify: socket.socket,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding 16: a reload at 1M leases takes longer than WatchdogSec."""
+    monkeypatch.setenv("WATCHDOG_USEC", "20000")
+    path = tmp_path / "brushtail.yaml"
+    path.write_text(
+        f"site: edge-a\ninterface: sub0\nserver_id: 198.18.0.1\nstate_dir: {tmp_path}/state\n"
+        "pools:\n  - name: residential\n    subnet: 198.18.0.0/16\n"
+        '    ranges: ["198.18.1.0-198.18.1.9"]\n'
+        "fastpath:\n  enabled: false\n"
+    )
+    daemon = Daemon(main.load_config(path), path, signals)
+    try:
+        daemon._start_complete()
+        assert notify.recv(4096).startswith(b"READY=1")
+        reconfigured = daemon.server.reconfigured
+
+        def slow_rebuild(config: Config, now: float, keepalive: Callable[[], object]) -> Any:
+            for _ in range(3):
+                time.sleep(0.02)
+                keepalive()
+            return reconfigured(config, now, keepalive)
+
+        monkeypatch.setattr(daemon.server, "reconfigured", slow_rebuild)
+        daemon._reload_config()
+        pings = []
+        notify.settimeout(0.1)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                pings.append(notify.recv(4096))
+        assert pings.count(b"WATCHDOG=1") >= 3
     finally:
         daemon.store.close()
