@@ -15,7 +15,9 @@ namespace of our own), the time per frame of:
 Each round fills the queue with --frames copies of a 342-byte DHCPDISCOVER from the client
 namespace, then drains it with one method; methods alternate, and the figure is the median
 over --rounds rounds. Time is the reading thread's CPU time (user and system), so that the
-other tenants of a shared machine do not count, as they would in wall time. Run as root from a checkout:
+other tenants of a shared machine do not count, as they would in wall time.
+
+Run as root from a checkout:
 
     /work/main/.venv/bin/python bench/recv_timestamps.py [--rounds 15] [--frames 2000]
 
