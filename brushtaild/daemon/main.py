@@ -301,7 +301,10 @@ class Daemon:
         attached must go with its maps: nothing would keep them equal to the engine's
         leases, and it would go on renewing leases the slow path has since given away."""
         reason = str(exc).strip() or type(exc).__name__
-        log.error("fast path FAILED, serving on the slow path alone: %s", reason, exc_info=exc)
+        # A LoadError's message is the whole story (BCC's or the verifier's words); anything
+        # else is unexpected and gets its traceback.
+        trace = None if isinstance(exc, LoadError) else exc
+        log.error("fast path FAILED, serving on the slow path alone: %s", reason, exc_info=trace)
         self.fastpath_failure = reason.splitlines()[0][:STATUS_REASON_CHARS]
         self.metrics.set_fastpath_up(False)
         if self.fastpath is not None:
