@@ -11,7 +11,7 @@ stays in the list and is skipped when it reaches the front.
 from collections import deque
 from ipaddress import IPv4Network
 
-from brushtaild.engine.config import Pool
+from brushtaild.config.model import Pool
 
 
 def reserved_addresses(pool: Pool, server_id: int) -> frozenset[int]:

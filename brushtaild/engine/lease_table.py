@@ -20,8 +20,8 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
+from brushtaild.config.model import Config
 from brushtaild.engine.allocator import PoolAllocator
-from brushtaild.engine.config import Config
 from brushtaild.engine.decisions import Decision, LeaseEvent, LeaseEventKind
 from brushtaild.engine.leases import Lease, LeaseState
 

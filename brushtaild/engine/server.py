@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from brushtaild.config.model import Config, Pool
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import MessageTooLarge, encode, encode_options
 from brushtaild.dhcp.constants import (
@@ -27,7 +28,6 @@ from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
 from brushtaild.engine.addressing import reply_destination
 from brushtaild.engine.allocator import PoolAllocator
-from brushtaild.engine.config import Config, Pool
 from brushtaild.engine.decisions import (
     Decision,
     Ingress,

@@ -17,10 +17,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from brushtaild.config.model import Config, Pool
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.dhcp.message import Message
-from brushtaild.engine.config import Config, Pool
 from brushtaild.engine.decisions import Decision, Ingress, LeaseEventKind
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
