@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
+from brushtaild.config import model as config_module
+from brushtaild.config.model import Config
 from brushtaild.daemon import main
 from brushtaild.daemon.main import Daemon, Signals
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode, parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.dhcp.message import Message
-from brushtaild.engine import config as config_module
-from brushtaild.engine.config import Config
 from brushtaild.engine.decisions import Decision, Destination, DestKind, Ingress
 from brushtaild.net.packet_io import Received
 from brushtaild.store.lease_store import StoreError
