@@ -6,6 +6,7 @@ import signal
 import time
 from pathlib import Path
 
+from brushtaild.daemon.main import MAX_QUEUE_AGE
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode
 from brushtaild.dhcp.constants import MessageType, OptionCode
@@ -187,3 +188,25 @@ def test_frames_older_than_the_threshold_are_counted_stale(link: Link) -> None:
         time.sleep(0.2)
         received = io.receive_batch(16, stale_before=cut)
         assert (received.stale, len(received.frames), received.error) == (3, 2, None)
+
+
+def test_requests_that_waited_too_long_are_dropped_as_stale(
+    relay_link: Link, tmp_path: Path
+) -> None:
+    """A daemon held up (here: stopped) past MAX_QUEUE_AGE finds its queue full of requests
+    whose clients have retransmitted since; it counts them stale and answers the rest."""
+    old = [client_message(n, RELAY_IP) for n in range(1, 4)]
+    fresh = [client_message(n, RELAY_IP) for n in range(4, 6)]
+    with Brushtaild(relay_link, tmp_path).start() as daemon:
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGSTOP)
+        try:
+            send_from_relay(relay_link, old)
+            time.sleep(MAX_QUEUE_AGE + 0.5)
+            send_from_relay(relay_link, fresh)
+        finally:
+            daemon.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: daemon.metric('dhcp_slowpath_requests_total{result="offer"}') >= 2)
+        samples = daemon.samples()
+        assert samples['dhcp_packets_dropped_total{reason="stale"}'] == 3
+        assert samples['dhcp_slowpath_requests_total{result="offer"}'] == 2
