@@ -26,6 +26,18 @@ That socket's receive queue is never read, so a drop-everything filter keeps it 
 is bound all the same, because the bound port is what stops the kernel answering unicast
 requests (which we read from the raw socket) with ICMP port-unreachable.
 
+Requests that waited in the receive queue longer than a client waits for its answer are
+counted as stale instead of returned (the daemon picks the age; see main.MAX_QUEUE_AGE). The
+kernel stamps each frame as it arrives (SO_TIMESTAMPNS); reading the stamp takes recvmsg,
+about 2.5 times the cost of recv (some 2 us more per frame, bench/recv_timestamps.py), so
+only frames up to the first fresh one of a batch are read with it: the queue is FIFO, and
+every frame behind a fresh one is fresher.
+
+Errors: BlockingIOError ends a batch (the queue is empty); any other error on receive
+(ENETDOWN after the link went down, ...) ends it too and is handed to the caller with what
+was read before it, so one bad moment of the link loses no request already read. Send
+errors are the caller's to count: send() raises them.
+
 UDP checksums are not verified on receive: a datagram that a local stack sent across a
 veth (perfdhcp, a relay in another namespace) still carries CHECKSUM_PARTIAL, i.e. only
 the pseudo-header sum, and the Ethernet FCS already covers the link. The IPv4 header
@@ -36,6 +48,7 @@ import ctypes
 import errno
 import socket
 import struct
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from brushtaild.dhcp.constants import (
@@ -57,6 +70,10 @@ PACKET_STATISTICS = 6
 PACKET_IGNORE_OUTGOING = 23
 PACKET_BROADCAST = 1
 SO_RCVBUFFORCE = 33
+# asm-generic/socket.h: the kernel's receive time as a struct timespec in a control message.
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 RCVBUF_BYTES = 4 << 20
 
@@ -268,6 +285,17 @@ _PSEUDO_ADDRS_OFFSET = ETH_HLEN + 12
 _TPACKET_STATS = struct.Struct("=II")
 
 
+@dataclass(slots=True)
+class Received:
+    """One batch read from the queue."""
+
+    # DHCP payloads with where they came from.
+    frames: list[tuple[bytes, Ingress]] = field(default_factory=list)
+    malformed: int = 0  # below DHCP: fragments, bad IHL or header checksum, truncated IP/UDP
+    stale: int = 0  # arrived before the caller's `stale_before`
+    error: OSError | None = None  # what ended the batch early, other than an empty queue
+
+
 class PacketIO:
     """DHCP server I/O on one interface; see the module docstring for why it is built so."""
 
@@ -298,6 +326,7 @@ class PacketIO:
         try:
             attach_filter(sock, DHCP_SERVER_FILTER)
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
             except PermissionError:
@@ -331,28 +360,46 @@ class PacketIO:
     def fileno(self) -> int:
         return self._raw.fileno()
 
-    def receive_batch(self, limit: int) -> tuple[list[tuple[bytes, Ingress]], int]:
-        """Drain up to `limit` queued frames without blocking.
-
-        Returns the DHCP payloads with their Ingress, and how many frames were malformed
-        below DHCP (fragments, bad IHL or header checksum, truncated IP or UDP).
-        """
-        received: list[tuple[bytes, Ingress]] = []
-        malformed = 0
+    def receive_batch(self, limit: int, stale_before: float = 0.0) -> Received:
+        """Drain up to `limit` queued frames without blocking; frames the kernel received
+        before `stale_before` (Unix seconds) are counted, not returned."""
+        received = Received()
+        frames = received.frames
         recv_into = self._raw.recv_into
         buf = self._recv_buf
         ifindex = self.ifindex
+        fresh = False
         for _ in range(limit):
             try:
-                length = recv_into(buf)
+                if fresh:
+                    length = recv_into(buf)
+                else:
+                    length, stamp = self._receive_stamped()
+                    if stamp < stale_before:
+                        received.stale += 1
+                        continue
+                    fresh = True
             except BlockingIOError:
+                break
+            except OSError as exc:
+                received.error = exc
                 break
             parsed = parse_frame(buf, length, ifindex)
             if parsed is None:
-                malformed += 1
+                received.malformed += 1
             else:
-                received.append(parsed)
-        return received, malformed
+                frames.append(parsed)
+        return received
+
+    def _receive_stamped(self) -> tuple[int, float]:
+        """One frame into the receive buffer: its length and the kernel's receive time."""
+        length, ancillary, _flags, _addr = self._raw.recvmsg_into([self._recv_buf], _CMSG_SPACE)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+                return length, seconds + nanoseconds / 1e9
+        # No stamp (never seen on Linux): count the frame as fresh rather than lose it.
+        return length, float("inf")
 
     def send(self, payload: bytes, dest: Destination, ingress: Ingress) -> None:
         if ingress.ifindex != self.ifindex or ingress.vlans:

@@ -57,9 +57,10 @@ def receive(io: PacketIO, want: int = 1) -> tuple[list[tuple[bytes, Ingress]], i
     deadline = time.monotonic() + WAIT
     while len(got) + malformed < want and time.monotonic() < deadline:
         select.select([io], [], [], max(0.0, deadline - time.monotonic()))
-        batch, bad = io.receive_batch(64)
-        got += batch
-        malformed += bad
+        batch = io.receive_batch(64)
+        assert batch.error is None and batch.stale == 0
+        got += batch.frames
+        malformed += batch.malformed
     return got, malformed
 
 
@@ -194,7 +195,7 @@ def test_relay_and_unicast_replies_go_through_the_kernel(relay_link: Link) -> No
         assert client.recvfrom(2048) == (b"renewed", (netns.SERVER_IP, 67))
         # Our own reply to port 67 left through sub0; the raw socket must not read it back.
         time.sleep(0.1)
-        assert io.receive_batch(16) == ([], 0)
+        assert io.receive_batch(16) == packet_io.Received()
 
 
 def test_unicast_request_is_read_raw_and_not_refused(relay_link: Link) -> None:
@@ -233,7 +234,7 @@ def test_overflow_is_counted_as_kernel_drops(link: Link) -> None:
         drops = io.kernel_drops()
         assert io.kernel_drops() == 0, "the counter resets on each read"
         queued = 0
-        while batch := io.receive_batch(1024)[0]:
+        while batch := io.receive_batch(1024).frames:
             queued += len(batch)
     assert drops > 0
     assert queued + drops <= sent
