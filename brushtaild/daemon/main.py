@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from brushtaild import __version__
 from brushtaild.daemon import clock, journal
@@ -45,6 +45,8 @@ IDLE_WAKEUP = 1.0
 DROP_LOG_INTERVAL = 10.0
 # How often `systemctl status` gets a fresh STATUS= line; also the window of its rates.
 STATUS_INTERVAL = 5.0
+# A wall clock step beyond this is logged (engine time does not follow it; see clock.py).
+CLOCK_STEP_LOGGED = 1.0
 # Keys a SIGHUP cannot change on a running daemon: they name sockets, files and identity.
 RESTART_KEYS = ("interface", "server_id", "state_dir", "metrics_listen", "site")
 # Of `fastpath`, only the rate limit can change on a running program.
@@ -111,6 +113,12 @@ class Daemon:
         leases = self.store.load()
         self.server = Server(config, leases, clock.wall())
         self.metrics = Metrics(lambda: self.server.pool_usage())
+        Gauge(
+            "dhcp_clock_step_seconds",
+            "How far the wall clock was stepped since start; engine time does not follow",
+            registry=self.metrics.registry,
+        ).set_function(clock.step)
+        self._step_logged = 0.0
         self.io = PacketIO(config.interface, config.server_id)
         # Compiled here, attached in _start_complete: until then a program from an earlier
         # run (pinned, still attached) goes on answering.
@@ -332,6 +340,14 @@ class Daemon:
             self._absorb_renewals()
         self.lease_log.add(decision.events, "slow")
         self.lease_log.flush()
+        step = clock.step()
+        if abs(step - self._step_logged) > CLOCK_STEP_LOGGED:
+            self._step_logged = step
+            log.warning(
+                "wall clock stepped %+.0fs while running: engine time does not follow it, "
+                "stored lease ends will shift by that much at the next start",
+                step,
+            )
         dropped = self.io.kernel_drops()
         if dropped:
             self.metrics.socket_drops.inc(dropped)
@@ -379,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config file")
     parser.add_argument("--version", action="version", version=__version__)
     args = parser.parse_args(argv)
+    clock.start()
     journald = journal.connected(sys.stderr)
     if journald:
         logging.basicConfig(level=logging.INFO, handlers=[journal.handler()])
