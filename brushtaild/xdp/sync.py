@@ -68,8 +68,97 @@ class TemplateSlots:
         self._free.extend(slots)
 
 
+class Planner:
+    """Which leases get which entries and templates: decides, writes nothing. Templates
+    given a slot wait in `writes` (slot -> options) until the caller has put them in the
+    map, which it must do before it writes an entry that points at them."""
+
+    def __init__(self, busy: Iterable[int] = ()) -> None:
+        self.slots = TemplateSlots(busy)
+        self.writes: dict[int, bytes] = {}
+        self.skipped = 0  # leases the program cannot answer for (maps.fits, templates)
+        self._shapes: dict[tuple[str, bytes | None], maps.Shape | None] = {}
+
+    def plan(
+        self, server: Server, now: float, capacity: int, keepalive: Callable[[], object]
+    ) -> tuple[dict[bytes, tuple[int, bytes]], int]:
+        """Packed key -> (address, packed entry) of every lease to install, at most
+        `capacity` of them, and how many more there were. `keepalive` is called every
+        KEEPALIVE_EVERY leases."""
+        wanted: dict[bytes, tuple[int, bytes]] = {}
+        left_out = 0
+        for n, lease in enumerate(server.leases()):
+            if n % KEEPALIVE_EVERY == KEEPALIVE_EVERY - 1:
+                keepalive()
+            built = self.entry(server, lease, now)
+            if built is None:
+                continue
+            key, value = built
+            if key not in wanted and len(wanted) >= capacity:
+                left_out += 1
+                continue
+            # One MAC with two client ids: the later lease answers, as MapSync does.
+            wanted[key] = (lease.address, value)
+        return wanted, left_out
+
+    def entry(self, server: Server, lease: Lease, now: float) -> tuple[bytes, bytes] | None:
+        """The packed key and entry of a bound lease, or None for one the program may not
+        or cannot answer for (those stay on the slow path)."""
+        if not server.renewable(lease, now):
+            return None
+        shape = self._shape(server, lease.pool, lease.prl)
+        if len(lease.hwaddr) != 6 or not maps.fits(lease.client_id, lease.prl) or shape is None:
+            self.skipped += 1
+            return None
+        value = maps.pack_entry(
+            shape,
+            client_id=lease.client_id,
+            hwaddr=lease.hwaddr,
+            address=lease.address,
+            expires_ns=clock.to_boot_ns(lease.expires),
+        )
+        return key_bytes(lease.hwaddr), value
+
+    def _shape(self, server: Server, pool_name: str, prl: bytes | None) -> maps.Shape | None:
+        key = (pool_name, prl)
+        if key in self._shapes:
+            return self._shapes[key]
+        pool = next((p for p in server.config.pools if p.name == pool_name), None)
+        shape = None
+        if pool is not None:
+            offer = self._template_id(server, pool_name, MessageType.OFFER, prl)
+            ack = self._template_id(server, pool_name, MessageType.ACK, prl)
+            if offer is not None and ack is not None:
+                shape = maps.Shape(
+                    maps.net32(int(pool.subnet.network_address)),
+                    maps.net32(int(pool.subnet.netmask)),
+                    pool.lease_time,
+                    maps.prl_hash(prl),
+                    offer,
+                    ack,
+                )
+        self._shapes[key] = shape
+        return shape
+
+    def _template_id(
+        self, server: Server, pool: str, mtype: MessageType, prl: bytes | None
+    ) -> int | None:
+        key = (pool, mtype, prl)
+        template_id = self.slots.ids.get(key)
+        if template_id is not None:
+            return template_id
+        wire = server.template(pool, mtype, prl).wire
+        if len(wire) > maps.TEMPLATE_MAX:
+            return None
+        template_id = self.slots.take(key)
+        if template_id is not None:
+            self.writes[template_id] = wire
+        return template_id
+
+
 class MapSync:
-    """Owns the `leases` and `templates` maps and the `config` slots of one program."""
+    """Owns the `leases` and `templates` maps and the `config` slots of one program, and
+    writes what its Planner decides."""
 
     def __init__(self, tables: Any, server: Server) -> None:
         self._leases = tables.table("leases")
@@ -77,13 +166,12 @@ class MapSync:
         self._config = tables.table("config")
         self.server = server
         self.capacity = int(self._leases.max_entries)
-        self._slots = TemplateSlots()
-        self._shapes: dict[tuple[str, bytes | None], maps.Shape | None] = {}
+        self._planner = Planner()
         self._owner: dict[bytes, int] = {}  # key -> address its entry answers with
         self._key_of: dict[int, bytes] = {}  # address -> key
         # Until the first reconcile, the maps may hold what an earlier daemon left.
         self._adopted = False
-        self.skipped = 0  # bound leases left to the slow path (maps.fits, room, templates)
+        self._skipped = 0  # by planners before the current one, and for want of room
         self.failed = 0  # map writes the kernel refused
         self._warn_after: dict[str, float] = {}
         self._unreported: dict[str, int] = {}
@@ -91,6 +179,12 @@ class MapSync:
     @property
     def entries(self) -> int:
         return len(self._owner)
+
+    @property
+    def skipped(self) -> int:
+        """Bound leases left to the slow path: ones the program cannot answer for, and ones
+        beyond the map's room or refused by the kernel."""
+        return self._skipped + self._planner.skipped
 
     def configure(self, config: Config, server_mac: bytes, rate: int, burst: int) -> None:
         cost = clock.NS // rate if rate else 0
@@ -135,20 +229,23 @@ class MapSync:
         entries removed). At a million leases this takes seconds: `keepalive` is called
         every KEEPALIVE_EVERY leases (the daemon pings systemd's watchdog with it)."""
         held, old_templates = self._held()
+        self._skipped += self._planner.skipped
         # The old templates stay until no entry can point at them.
-        self._slots = TemplateSlots(busy=old_templates)
-        self._shapes = {}
-        wanted = self._plan(now, keepalive)
+        self._planner = Planner(busy=old_templates)
+        wanted, left_out = self._planner.plan(self.server, now, self.capacity, keepalive)
+        if left_out:
+            self._full(now, left_out)
+        self._write_templates()
         stale = [key for key in held if key not in wanted]
         for key in stale:
             with contextlib.suppress(KeyError):
                 del self._leases[maps.ClientKey.from_buffer_copy(key)]
         self._owner, self._key_of = {}, {}
         self._write_all(wanted, now)
-        dead = old_templates - set(self._slots.ids.values())
+        dead = old_templates - set(self._planner.slots.ids.values())
         for template_id in dead:
             self._templates[ctypes.c_uint32(template_id)] = maps.Template()
-        self._slots.give_back(dead)
+        self._planner.slots.give_back(dead)
         self._adopted = True
         return len(self._owner), len(stale)
 
@@ -158,7 +255,7 @@ class MapSync:
         template slots no entry points at (a previous set, or a set written just before a
         crash) are zeroed, so they are free again."""
         if self._adopted:
-            return set(self._owner), set(self._slots.ids.values())
+            return set(self._owner), set(self._planner.slots.ids.values())
         held: set[bytes] = set()
         referenced: set[int] = set()
         # Walking a million keys takes seconds: only when there is something to walk.
@@ -172,23 +269,10 @@ class MapSync:
                 self._templates[slot] = maps.Template()
         return held, referenced
 
-    def _plan(self, now: float, keepalive: Callable[[], object]) -> dict[bytes, tuple[int, bytes]]:
-        """Packed key -> (address, packed entry) of every lease to install, at most
-        `capacity`; the templates they use are written as they are first needed."""
-        wanted: dict[bytes, tuple[int, bytes]] = {}
-        for n, lease in enumerate(self.server.leases()):
-            if n % KEEPALIVE_EVERY == KEEPALIVE_EVERY - 1:
-                keepalive()
-            built = self._entry(lease, now)
-            if built is None:
-                continue
-            key, value = built
-            if key not in wanted and len(wanted) >= self.capacity:
-                self._full(now)
-                continue
-            # One MAC with two client ids: the later lease answers, as _install does.
-            wanted[key] = (lease.address, value)
-        return wanted
+    def _write_templates(self) -> None:
+        for template_id, wire in self._planner.writes.items():
+            self._templates[ctypes.c_uint32(template_id)] = maps.template(wire)
+        self._planner.writes.clear()
 
     def _write_all(self, wanted: dict[bytes, tuple[int, bytes]], now: float) -> None:
         """Writes `wanted` in one batch; if the kernel refuses it, entry by entry, so one
@@ -216,7 +300,8 @@ class MapSync:
     # -- internals -----------------------------------------------------------------------
 
     def _install(self, lease: Lease, now: float) -> None:
-        built = self._entry(lease, now)
+        built = self._planner.entry(self.server, lease, now)
+        self._write_templates()
         if built is None:
             self.withdraw(lease.address)
             return
@@ -234,7 +319,7 @@ class MapSync:
         try:
             self._leases[ckey] = maps.LeaseEntry.from_buffer_copy(value)
         except Exception as exc:  # BCC raises bare Exceptions with the errno's text
-            self.skipped += 1
+            self._skipped += 1
             self.failed += 1
             self._warn(
                 "write", "fast path: map write refused (%s), lease left to the slow path", exc, now
@@ -252,8 +337,8 @@ class MapSync:
         self._owner[key] = address
         self._key_of[address] = key
 
-    def _full(self, now: float) -> None:
-        self.skipped += 1
+    def _full(self, now: float, leases: int = 1) -> None:
+        self._skipped += leases
         self._warn(
             "full",
             "fast path: the leases map is full (max_subscribers=%d), more leases are left "
@@ -268,56 +353,5 @@ class MapSync:
             self._unreported[kind] = self._unreported.get(kind, 0) + 1
             return
         more = self._unreported.pop(kind, 0)
-        log.warning(message + ("" if not more else f" ({more} more since)"), arg)
+        log.warning(message + (f" ({more} more since the last report)" if more else ""), arg)
         self._warn_after[kind] = now + WARN_INTERVAL
-
-    def _entry(self, lease: Lease, now: float) -> tuple[bytes, bytes] | None:
-        """The packed key and entry of a bound lease, or None for one the program cannot
-        answer for (those stay on the slow path)."""
-        if not self.server.renewable(lease, now):
-            return None
-        shape = self._shape(lease.pool, lease.prl)
-        if len(lease.hwaddr) != 6 or not maps.fits(lease.client_id, lease.prl) or shape is None:
-            self.skipped += 1
-            return None
-        value = maps.pack_entry(
-            shape,
-            client_id=lease.client_id,
-            hwaddr=lease.hwaddr,
-            address=lease.address,
-            expires_ns=clock.to_boot_ns(lease.expires),
-        )
-        return key_bytes(lease.hwaddr), value
-
-    def _shape(self, pool_name: str, prl: bytes | None) -> maps.Shape | None:
-        key = (pool_name, prl)
-        if key in self._shapes:
-            return self._shapes[key]
-        pool = next((p for p in self.server.config.pools if p.name == pool_name), None)
-        offer = self._template_id(pool_name, MessageType.OFFER, prl) if pool else None
-        ack = self._template_id(pool_name, MessageType.ACK, prl) if pool else None
-        shape = None
-        if pool is not None and offer is not None and ack is not None:
-            shape = maps.Shape(
-                maps.net32(int(pool.subnet.network_address)),
-                maps.net32(int(pool.subnet.netmask)),
-                pool.lease_time,
-                maps.prl_hash(prl),
-                offer,
-                ack,
-            )
-        self._shapes[key] = shape
-        return shape
-
-    def _template_id(self, pool: str, mtype: MessageType, prl: bytes | None) -> int | None:
-        key = (pool, mtype, prl)
-        template_id = self._slots.ids.get(key)
-        if template_id is not None:
-            return template_id
-        wire = self.server.template(pool, mtype, prl).wire
-        if len(wire) > maps.TEMPLATE_MAX:
-            return None
-        template_id = self._slots.take(key)
-        if template_id is not None:
-            self._templates[ctypes.c_uint32(template_id)] = maps.template(wire)
-        return template_id

@@ -17,7 +17,7 @@ from brushtaild.engine.config import AddressRange, Pool
 from brushtaild.engine.decisions import Decision
 from brushtaild.engine.server import Server
 from brushtaild.xdp import maps
-from brushtaild.xdp.sync import MapSync, key_bytes
+from brushtaild.xdp.sync import MapSync, Planner, key_bytes
 from tests.engine_helpers import INGRESS, SERVER, mac, make_config, request
 from tests.unit.conftest import HOUR, FakeClocks
 
@@ -385,3 +385,33 @@ def test_a_reload_that_takes_the_address_away_withdraws_its_entry(
     # Nor does a later write of the lease bring it back.
     sync.apply([Decision(lease_writes=[lease])], NOW)
     assert program.tables["leases"].rows == {}
+
+
+# -- the plan alone: no map at all ----------------------------------------------------------
+
+
+def test_the_plan_caps_entries_at_the_room_and_names_its_templates() -> None:
+    server = Server(make_config(), [], NOW)
+    bind_many(server, 5)
+    bind(server, 6, prl=None)
+    planner = Planner()
+    wanted, left_out = planner.plan(server, NOW, 4, lambda: None)
+    assert len(wanted) == 4 and left_out == 2 and planner.skipped == 0
+    # One OFFER and one ACK template per request list seen, each with its own slot.
+    assert len(planner.writes) == len(set(planner.writes)) == 4
+    ack = server.template("residential", MessageType.ACK, PRL).wire
+    assert ack in planner.writes.values()
+    for key, (address, value) in wanted.items():
+        lease = server.lease_at(address)
+        assert lease is not None and key == key_bytes(lease.hwaddr)
+        got = maps.LeaseEntry.from_buffer_copy(value)
+        assert got.expires_ns == clock.to_boot_ns(lease.expires)
+        assert {got.offer_template, got.ack_template} <= set(planner.writes)
+
+
+def test_the_plan_gives_up_when_no_template_slot_is_free() -> None:
+    server = Server(make_config(), [], NOW)
+    bind(server, 1)
+    planner = Planner(busy=range(maps.TEMPLATE_SLOTS))
+    assert planner.plan(server, NOW, 10, lambda: None) == ({}, 0)
+    assert planner.skipped == 1 and planner.writes == {}
