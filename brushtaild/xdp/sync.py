@@ -236,7 +236,7 @@ class MapSync:
         if left_out:
             self._full(now, left_out)
         self._write_templates()
-        stale = [key for key in held if key not in wanted]
+        stale = held.difference(wanted)
         for key in stale:
             with contextlib.suppress(KeyError):
                 del self._leases[maps.ClientKey.from_buffer_copy(key)]
