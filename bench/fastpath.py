@@ -461,7 +461,8 @@ def filler_address(i: int) -> int:
 
 
 def filler_pool(i: int) -> str:
-    return BENCH_POOL[0] if filler_address(i) <= BENCH_LAST else FILL_POOL[0]
+    # By index: 100.64.0.0/10 is numerically below 198.18.0.0/15.
+    return BENCH_POOL[0] if i <= BENCH_LAST - FILL_FIRST_BENCH else FILL_POOL[0]
 
 
 def make_lease(

@@ -10,7 +10,6 @@ import argparse
 import ctypes
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from brushtaild import __version__
 from brushtaild.config.load import DEFAULT_CONFIG, ConfigError, load_config
 from brushtaild.config.model import Config
 from brushtaild.config.reload import restart_keys
+from brushtaild.daemon import clock
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.engine.allocator import PoolAllocator
 from brushtaild.engine.leases import Lease, LeaseState
@@ -125,7 +125,7 @@ def _leases(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNREADABLE
-    now = time.time()
+    now = clock.wall()
     if not args.all:
         leases = [lease for lease in leases if lease.active(now)]
     print(f"{'ADDRESS':<16} {'STATE':<9} {'EXPIRES IN':>10}  {'MAC':<17}  {'POOL':<12} CLIENT-ID")

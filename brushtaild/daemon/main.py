@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from brushtaild import __version__
 from brushtaild.config.load import DEFAULT_CONFIG, ConfigError, load_config
@@ -70,6 +70,8 @@ RECEIVE_ERROR_PAUSE = 0.1
 STATUS_REASON_CHARS = 120
 # How often `systemctl status` gets a fresh STATUS= line; also the window of its rates.
 STATUS_INTERVAL = 5.0
+# A wall clock step beyond this is logged (engine time does not follow it; see clock.py).
+CLOCK_STEP_LOGGED = 1.0
 
 log = logging.getLogger("brushtaild")
 
@@ -191,6 +193,12 @@ class Daemon:
         config = self.config
         self.server = Server(config, self.store.load(), clock.wall())
         self.metrics = Metrics(lambda: self.server.pool_usage())
+        Gauge(
+            "dhcp_clock_step_seconds",
+            "How far the wall clock was stepped since start; engine time does not follow",
+            registry=self.metrics.registry,
+        ).set_function(clock.step)
+        self._step_logged = 0.0
         self.io = PacketIO(config.interface, config.server_id)
         self.drops = DropLog()
         level = logging.getLogger().getEffectiveLevel()
@@ -517,6 +525,14 @@ class Daemon:
         self.lease_log.add(renewed.events, "fast")
         self.lease_log.add(expired.events, "slow")
         self.lease_log.flush()
+        step = clock.step()
+        if abs(step - self._step_logged) > CLOCK_STEP_LOGGED:
+            self._step_logged = step
+            log.warning(
+                "wall clock stepped %+.0fs while running: engine time does not follow it, "
+                "stored lease ends will shift by that much at the next start",
+                step,
+            )
         dropped = self.io.kernel_drops()
         if dropped:
             self.metrics.socket_drops.inc(dropped)
@@ -574,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config file")
     parser.add_argument("--version", action="version", version=__version__)
     args = parser.parse_args(argv)
+    clock.start()
     journald = journal.connected(sys.stderr)
     if journald:
         logging.basicConfig(level=logging.INFO, handlers=[journal.handler()])

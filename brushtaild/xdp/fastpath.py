@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from brushtaild.config.model import Config
+from brushtaild.daemon import clock
 from brushtaild.engine.decisions import Decision
 from brushtaild.engine.server import Server
 from brushtaild.xdp import loader, maps, stats
-from brushtaild.xdp.sync import NS, MapSync, boot_offset
+from brushtaild.xdp.sync import MapSync
 
 log = logging.getLogger("brushtaild.xdp")
 
@@ -36,7 +37,6 @@ class FastPath:
         )
         self.sync = MapSync(self.program, server)
         self._pending: list[Renewal] = []
-        self._offset = boot_offset()
         self.program.ring_buffer(self._on_renewal)
         self.mode: str | None = None
 
@@ -44,9 +44,7 @@ class FastPath:
         event = ctypes.cast(data, ctypes.POINTER(maps.Renewal)).contents
         self._pending.append(
             Renewal(
-                bytes(event.key),
-                maps.host32(event.address),
-                event.expires_ns / NS + self._offset,
+                bytes(event.key), maps.host32(event.address), clock.from_boot_ns(event.expires_ns)
             )
         )
 

@@ -10,12 +10,12 @@ checks (brushtaild/net/packet_io.py), the codec, then `Server.handle`.
 import copy
 import ctypes
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from brushtaild.config.model import Config
+from brushtaild.daemon import clock
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode, parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
@@ -27,7 +27,7 @@ from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import parse_frame
 from brushtaild.xdp import libbpf, maps, stats
 from brushtaild.xdp.loader import Program
-from brushtaild.xdp.sync import MapSync, boot_offset
+from brushtaild.xdp.sync import MapSync
 from tests.bpf.frames import BROADCAST_MAC, ETH_P_IP, client_frame, decode_reply
 from tests.engine_helpers import SERVER, make_config, make_pool
 
@@ -170,7 +170,7 @@ class Fastpath:
         self.program = program
         self.renewal_log = renewals
         self.config = config or default_config()
-        self.now = time.time() - ENGINE_LAG
+        self.now = clock.wall() - ENGINE_LAG
         self.server = Server(self.config, [], self.now)
         self.sync = MapSync(program, self.server)
         self.sync.configure(self.config, SERVER_MAC, rate, burst)
@@ -246,15 +246,14 @@ class Fastpath:
         rewritten; one whose lease changed meanwhile has its entry withdrawn. Returns how
         many there were."""
         events = self.renewals()
-        offset = boot_offset()
         for event in events:
             address = maps.host32(event.address)
-            expires = event.expires_ns / NS + offset
-            decision = self.server.kernel_renewal(bytes(event.key)[:6], address, expires, self.now)
-            if decision.drop is not None:
+            expires = clock.from_boot_ns(event.expires_ns)
+            renewed = self.server.kernel_renewal(bytes(event.key)[:6], address, expires, self.now)
+            if renewed.drop is not None:
                 self.sync.withdraw(address)
             else:
-                self.sync.apply([decision], self.now)
+                self.sync.apply([renewed], self.now)
         return len(events)
 
     def bind(
