@@ -33,8 +33,8 @@ from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO
 from brushtaild.store.lease_store import LeaseStore, StoreError
-from brushtaild.xdp import loader
-from brushtaild.xdp.fastpath import FastPath
+from brushtaild.xdp import fastpath
+from brushtaild.xdp.fastpath import FastPath, Renewal
 from brushtaild.xdp.loader import LoadError
 
 EX_CONFIG = 78  # sysexits.h; systemd shows it as "config" and does not restart-loop on it
@@ -117,17 +117,22 @@ class Daemon:
         self.fastpath = FastPath(config, self.server) if config.fastpath.enabled else None
         if self.fastpath is not None:
             self.metrics.registry.register(self.fastpath.collector())
-        elif loader.detach_leftover(config.interface, config.fastpath.pin_dir):
-            log.warning(
-                "fast path disabled: removed the XDP program and maps an earlier run left on %s",
-                config.interface,
-            )
         self.drops = DropLog()
         self.lease_log: LeaseSink = (
             journal.JournalLeaseLog(config.site, sys.stderr, log.isEnabledFor(logging.INFO))
             if journald
             else LeaseLog(sys.stderr, log.isEnabledFor(logging.INFO))
         )
+        if self.fastpath is None and fastpath.pinned(config):
+            # It would answer from maps nothing keeps up to date any more.
+            with fastpath.taken_down(config) as leftover:
+                self._record(leftover.renewals)
+            log.warning(
+                "fast path disabled: removed the XDP program and maps an earlier run left on "
+                "%s; recorded the %d renewals it answered",
+                ", ".join(leftover.interfaces) or config.interface,
+                len(leftover.renewals),
+            )
         self.notifier = Notifier()
         self.watchdog = Watchdog()
         self._running = True
@@ -163,6 +168,10 @@ class Daemon:
                         self.notifier.ready(self._status(clock.ticks()))
                     self._housekeeping()
                 self.notifier.stopping()
+                if self.fastpath is not None:
+                    # The program goes on answering while we are away (queued for the next
+                    # start); what it answered until now is recorded now.
+                    self._absorb_renewals()
             finally:
                 if self.fastpath is not None:
                     self.fastpath.close()
@@ -302,27 +311,25 @@ class Daemon:
         self.metrics.committed.inc(len(writes) + len(deletes))
 
     def _absorb_renewals(self) -> None:
-        """Records the renewals the kernel answered: extends them in the engine and writes
-        them to the store, so the store never falls behind the fast path."""
+        """Records the renewals the kernel answered, so the store never falls behind the
+        fast path."""
         assert self.fastpath is not None
-        renewals = self.fastpath.renewals()
+        for renewal in self._record(self.fastpath.renewals()):
+            # The slow path changed this lease meanwhile: its entry must go.
+            self.fastpath.sync.withdraw(renewal.address)
+
+    def _record(self, renewals: list[Renewal]) -> list[Renewal]:
+        """Extends the renewed leases in the engine and writes them to the store; returns
+        the renewals the engine refused (counted as drops)."""
         if not renewals:
-            return
-        now = clock.wall()
-        decision = Decision()
-        for renewal in renewals:
-            renewed = self.server.kernel_renewal(
-                renewal.key[:6], renewal.address, renewal.expires, now
-            )
-            if renewed.drop is not None:
-                # The slow path changed this lease meanwhile: its entry must go.
-                self.metrics.count_drop(renewed.drop)
-                self.fastpath.sync.withdraw(renewal.address)
-                continue
-            decision.lease_writes += renewed.lease_writes
-            decision.events += renewed.events
-        self._commit([decision])
-        self.lease_log.add(decision.events, "fast")
+            return []
+        accepted, refused = fastpath.recorded(self.server, renewals, clock.wall())
+        for _, decision in refused:
+            assert decision.drop is not None
+            self.metrics.count_drop(decision.drop)
+        self._commit([accepted])
+        self.lease_log.add(accepted.events, "fast")
+        return [renewal for renewal, _ in refused]
 
     def _housekeeping(self) -> None:
         decision = self.server.tick(clock.wall())
