@@ -7,6 +7,7 @@ not be read at all (argparse uses 2 for usage errors too).
 """
 
 import argparse
+import contextlib
 import ctypes
 import os
 import sys
@@ -131,22 +132,30 @@ def _fastpath_detach(config: Config) -> int:
     from brushtaild.xdp import fastpath, loader
 
     pin_dir = config.fastpath.pin_dir
-    if not fastpath.pinned(config):
+    versions = fastpath.pinned(config)
+    if not versions:
         print(f"nothing pinned under {pin_dir}: no fast path to remove")
         return EXIT_OK
+    recorded = refused = 0
     try:
-        with LeaseStore.open(config.state_dir) as store, fastpath.taken_down(config) as down:
-            now = time.time()
-            server = Server(config, store.load(), now)
-            accepted, refused = fastpath.recorded(server, down.renewals, now)
-            store.apply(accepted.lease_writes, [])
+        with contextlib.ExitStack() as stack:
+            # Only a ring can hold renewals: without one, the store is not needed.
+            queued = any(version.queues() for version in versions)
+            store = stack.enter_context(LeaseStore.open(config.state_dir)) if queued else None
+            down = stack.enter_context(fastpath.taken_down(config))
+            if store is not None:
+                now = time.time()
+                server = Server(config, store.load(), now)
+                accepted, refusals = fastpath.recorded(server, down.renewals, now)
+                store.apply(accepted.lease_writes, [])
+                recorded, refused = len(accepted.lease_writes), len(refusals)
     except (loader.LoadError, StoreError, OSError) as exc:
         print(f"fast path left in place: {exc}", file=sys.stderr)
         return EXIT_INVALID
     removed = ", ".join(down.interfaces) or "no interface"
     print(
-        f"XDP program removed from {removed}; {len(accepted.lease_writes)} renewals it answered "
-        f"recorded in {config.state_dir} ({len(refused)} refused: the lease changed since); "
+        f"XDP program removed from {removed}; {recorded} renewals it answered recorded in "
+        f"{config.state_dir} ({refused} refused: the lease changed since); "
         f"{pin_dir} unpinned"
     )
     return EXIT_OK

@@ -145,7 +145,7 @@ class FastPath:
             removed,
             self.program.load_seconds,
         )
-        ours = set().union(*(v.map_ids() for v in self.pins.versions()))
+        ours = {i for v in self.pins.versions() if (i := v.config_map_id())}
         for ifindex in sorted(self._attached_to - {socket.if_nametoindex(self.config.interface)}):
             old = loader.remove_program(ifindex, ours)
             if old is not None:
@@ -200,9 +200,9 @@ class Takedown:
     interfaces: list[str]  # the programs were taken off these
 
 
-def pinned(config: Config) -> bool:
-    """Whether anything of ours is pinned under the configured pin directory."""
-    return bool(loader.PinDir(config.fastpath.pin_dir, _limits(config)).versions())
+def pinned(config: Config) -> list[loader.Version]:
+    """What is pinned under the configured pin directory."""
+    return loader.PinDir(config.fastpath.pin_dir, _limits(config)).versions()
 
 
 @contextlib.contextmanager

@@ -239,24 +239,27 @@ class Version:
         """The interface this version's program was last attached to, if recorded."""
         return self._config(maps.CFG_IFINDEX) or None
 
+    def queues(self) -> bool:
+        """Whether it has a renewals ring, which may hold renewals nobody recorded."""
+        return (self.path / "renewals").exists()
+
     def ring(self) -> Ring | None:
-        if not (self.path / "renewals").exists():
+        if not self.queues():
             return None
         recorded = self._config(maps.CFG_RENEWAL_LAYOUT)
         layout = RenewalLayout.unpack(recorded) if recorded else UNRECORDED_RENEWAL_LAYOUT
         return Ring(libbpf.obj_get(str(self.path / "renewals")), layout)
 
-    def map_ids(self) -> set[int]:
-        ids = set()
-        for pin in self.pins():
-            fd = libbpf.obj_get(str(pin))
-            try:
-                ids.add(libbpf.map_id(fd))
-            except OSError:
-                pass  # a pinned program, not a map
-            finally:
-                os.close(fd)
-        return ids
+    def config_map_id(self) -> int | None:
+        """The id of its `config` map, which every program of ours uses: how a program on
+        some interface is recognised as this version's."""
+        if not (self.path / "config").exists():
+            return None
+        fd = libbpf.obj_get(str(self.path / "config"))
+        try:
+            return libbpf.map_id(fd)
+        finally:
+            os.close(fd)
 
     def remove(self) -> None:
         for pin in self.pins():
@@ -489,14 +492,15 @@ def remove_programs(pins: PinDir, ifnames: list[str]) -> list[str]:
     for ifname in ifnames:
         with contextlib.suppress(OSError):  # gone: nothing attached to it
             ifindexes.add(socket.if_nametoindex(ifname))
-    ours = set().union(*(v.map_ids() for v in pins.versions()))
+    ours = {i for v in pins.versions() if (i := v.config_map_id())}
     removed = [remove_program(i, ours) for i in sorted(ifindexes)]
     return [ifname for ifname in removed if ifname is not None]
 
 
-def _ethtool_flags(sock: socket.socket, ifname: str, cmd: int, data: int = 0) -> int:
+def ethtool_flags(sock: socket.socket, ifname: str, cmd: int, data: int = 0) -> int:
+    """ETHTOOL_GFLAGS (returns the flags) or ETHTOOL_SFLAGS (sets them to `data`)."""
     value = ctypes.create_string_buffer(struct.pack("=II", cmd, data), 8)
-    ifreq = struct.pack("=16sP", ifname.encode(), ctypes.addressof(value)).ljust(40, b"\0")
+    ifreq = struct.pack("16sP", ifname.encode(), ctypes.addressof(value)).ljust(40, b"\0")
     fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
     return int(struct.unpack("=II", value.raw)[1])
 
@@ -508,7 +512,7 @@ def rx_vlan_offload_off(ifname: str) -> None:
     path is refused (LoadError)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:
-            flags = _ethtool_flags(sock, ifname, ETHTOOL_GFLAGS)
+            flags = ethtool_flags(sock, ifname, ETHTOOL_GFLAGS)
         except OSError as exc:
             if exc.errno == errno.EOPNOTSUPP:
                 return  # no offload flags at all
@@ -516,8 +520,8 @@ def rx_vlan_offload_off(ifname: str) -> None:
         if not flags & ETH_FLAG_RXVLAN:
             return
         try:
-            _ethtool_flags(sock, ifname, ETHTOOL_SFLAGS, flags & ~ETH_FLAG_RXVLAN)
-            flags = _ethtool_flags(sock, ifname, ETHTOOL_GFLAGS)
+            ethtool_flags(sock, ifname, ETHTOOL_SFLAGS, flags & ~ETH_FLAG_RXVLAN)
+            flags = ethtool_flags(sock, ifname, ETHTOOL_GFLAGS)
         except OSError as exc:
             flags |= ETH_FLAG_RXVLAN
             reason = exc.strerror
