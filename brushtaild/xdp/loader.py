@@ -125,21 +125,20 @@ def _stale_pins(pin_dir: Path, limits: Limits) -> Iterator[Path]:
             yield path
 
 
+def _fields(struct_type: type[ctypes.Structure]) -> list[tuple[str, int, int]]:
+    return [
+        (name, getattr(struct_type, name).offset, getattr(struct_type, name).size)
+        for name, *_ in struct_type._fields_
+    ]
+
+
 def layout_version(limits: Limits) -> str:
     """The name of the pin subdirectory for this program's maps: a hash of everything the
     maps' contents depend on (every struct's size and field offsets as bpf/shared.h lays
     them out, the numbers it defines, each map's type and size), so a reordered field is
     a new version as much as a resized one."""
     structs = (maps.ClientKey, maps.LeaseEntry, maps.Template, maps.Renewal, maps.Bucket)
-    described = [
-        (
-            struct_type.__name__,
-            ctypes.sizeof(struct_type),
-            [(f[0], getattr(struct_type, f[0]).offset, getattr(struct_type, f[0]).size)
-             for f in struct_type._fields_],
-        )
-        for struct_type in structs
-    ]  # fmt: skip
+    described = [(s.__name__, ctypes.sizeof(s), _fields(s)) for s in structs]
     numbers = sorted(
         (name, value)
         for name, value in vars(maps).items()
@@ -184,6 +183,8 @@ class RenewalLayout:
 
     def decode(self, raw: bytes) -> maps.Renewal:
         """A record in this layout, as the current struct."""
+        if len(raw) < self.size:
+            raise ValueError(f"a {len(raw)}-byte renewal record, {self.size} expected")
         renewal = maps.Renewal()
         renewal.key.mac[:] = raw[self.mac : self.mac + 6]
         (renewal.key.outer_vlan,) = struct.unpack_from("=H", raw, self.outer_vlan)
@@ -475,7 +476,7 @@ def remove_program(ifindex: int, ours: set[int]) -> str | None:
     interface's name if a program was removed."""
     from bcc import BPF
 
-    program = _xdp_program(ifindex)
+    program = _xdp_program(ifindex) if ours else None
     if program is None or not ours & set(libbpf.prog_map_ids(program[0])):
         return None
     ifname = socket.if_indextoname(ifindex)
