@@ -150,7 +150,7 @@ def _fastpath_detach(config: Config) -> int:
                 store.apply(accepted.lease_writes, [])
                 recorded, refused = len(accepted.lease_writes), len(refusals)
     except (loader.LoadError, StoreError, OSError) as exc:
-        print(f"fast path left in place: {exc}", file=sys.stderr)
+        print(f"pinned maps left in place: {exc}", file=sys.stderr)
         return EXIT_INVALID
     removed = ", ".join(down.interfaces) or "no interface"
     print(

@@ -251,7 +251,7 @@ def test_detach_records_the_renewals_then_unpins(
         assert cli.main(argv) == cli.EXIT_INVALID
     finally:
         holder.close()
-    assert "fast path left in place: pin directory" in capsys.readouterr().err
+    assert "pinned maps left in place: pin directory" in capsys.readouterr().err
     assert (version.path / "renewals").exists()
 
     assert cli.main(argv) == cli.EXIT_OK

@@ -51,7 +51,7 @@ def test_a_new_layout_records_what_the_old_program_answered_while_stopped(
         client, address = udhcpc_bound(link, tmp_path / "udhcpc")
         with client:
             wait_until("lease entry", lambda: entries(daemon) == 1)
-            [old] = versions(daemon)
+            old = versions(daemon)
             assert daemon.stop() == 0
             expires = stored_expiry(daemon.state_dir, address)
             renew(client, address)
@@ -61,9 +61,8 @@ def test_a_new_layout_records_what_the_old_program_answered_while_stopped(
             assert "fast path map layout changed" in daemon.log()
             wait_until("path=fast ack lines", lambda: fast_acks(daemon, address))
             assert stored_expiry(daemon.state_dir, address) > expires
-            wait_until("old pins removed", lambda: old not in versions(daemon))
-            [new] = versions(daemon)
-            assert new != old
+            wait_until("old pins removed", lambda: not set(old) & set(versions(daemon)))
+            assert len(versions(daemon)) == 1
             # The new program answers in the kernel, and that is recorded too.
             recorded = len(fast_acks(daemon, address))
             renew(client, address)
@@ -172,4 +171,4 @@ def test_the_ring_is_drained_often_under_a_renewal_load(relay_link: Link, tmp_pa
         f"{ {k: after[k] - before[k] for k in after if 'fastpath_requests' in k} }"
     )
     assert kernel_acks > 0
-    assert longest < 3.0  # measured 1.6-1.8 s here; a margin for a busier machine
+    assert longest < 4.0  # measured 1.6-2.3 s here; a margin for a busier machine
