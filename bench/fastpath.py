@@ -121,13 +121,13 @@ if SOURCE is not None:
 
 from slowpath import write_kea_config  # noqa: E402  (bench/ is this script's sys.path[0])
 
+from brushtaild.config.model import Config, XdpMode  # noqa: E402
 from brushtaild.dhcp.codec import parse  # noqa: E402
 from brushtaild.dhcp.constants import MessageType, OptionCode  # noqa: E402
-from brushtaild.engine.config import Config  # noqa: E402
 from brushtaild.engine.leases import Lease, LeaseState  # noqa: E402
 from brushtaild.engine.server import Server, client_identity  # noqa: E402
 from brushtaild.xdp import libbpf, maps  # noqa: E402
-from brushtaild.xdp.loader import BPFFS, XDP_FLAGS_DRV_MODE, Limits, Program, XdpMode  # noqa: E402
+from brushtaild.xdp.loader import BPFFS, XDP_FLAGS_DRV_MODE, Limits, Program  # noqa: E402
 from brushtaild.xdp.sync import MapSync  # noqa: E402
 from tests.bpf.frames import client_frame, decode_reply  # noqa: E402
 from tests.e2e import netns  # noqa: E402

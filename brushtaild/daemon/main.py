@@ -18,6 +18,9 @@ from pathlib import Path
 from prometheus_client import Counter
 
 from brushtaild import __version__
+from brushtaild.config.load import DEFAULT_CONFIG, ConfigError, load_config
+from brushtaild.config.model import Config
+from brushtaild.config.reload import restart_keys
 from brushtaild.daemon import clock, journal
 from brushtaild.daemon.lease_log import LeaseLog, LeaseSink
 from brushtaild.daemon.metrics import Metrics
@@ -27,7 +30,6 @@ from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
-from brushtaild.engine.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from brushtaild.engine.decisions import Decision, Ingress
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
@@ -45,10 +47,6 @@ IDLE_WAKEUP = 1.0
 DROP_LOG_INTERVAL = 10.0
 # How often `systemctl status` gets a fresh STATUS= line; also the window of its rates.
 STATUS_INTERVAL = 5.0
-# Keys a SIGHUP cannot change on a running daemon: they name sockets, files and identity.
-RESTART_KEYS = ("interface", "server_id", "state_dir", "metrics_listen", "site")
-# Of `fastpath`, only the rate limit can change on a running program.
-FASTPATH_RESTART_KEYS = ("enabled", "xdp_mode", "pin_dir", "max_subscribers", "rate_limit_clients")
 
 log = logging.getLogger("brushtaild")
 
@@ -357,12 +355,7 @@ class Daemon:
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return
-        changed = [key for key in RESTART_KEYS if getattr(new, key) != getattr(self.config, key)]
-        changed += [
-            f"fastpath.{key}"
-            for key in FASTPATH_RESTART_KEYS
-            if getattr(new.fastpath, key) != getattr(self.config.fastpath, key)
-        ]
+        changed = restart_keys(self.config, new)
         if changed:
             log.error(
                 "reload refused, keeping the running config: %s cannot change without a restart",

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from brushtaild.config.model import Config
 from brushtaild.daemon import clock
-from brushtaild.engine.config import Config
 from brushtaild.engine.decisions import Decision
 from brushtaild.engine.server import Server
 from brushtaild.xdp import loader, maps, stats
@@ -135,7 +135,7 @@ class FastPath:
         settings = self.config.fastpath
         self.sync.configure(self.config, server_mac, settings.rate_limit, settings.rate_burst)
         written, removed = self.sync.reconcile(now)
-        self.mode = self.program.attach(self.config.interface, loader.XdpMode(settings.xdp_mode))
+        self.mode = self.program.attach(self.config.interface, settings.xdp_mode)
         log.info(
             "fast path attached to %s in %s mode: %d entries, %d stale removed, "
             "compiled and loaded in %.1fs",

@@ -22,10 +22,10 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import astuple, dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from brushtaild.config.model import XdpMode
 from brushtaild.xdp import libbpf, maps
 
 log = logging.getLogger("brushtaild.xdp")
@@ -43,12 +43,6 @@ RINGBUF_PAGES = 1024
 SIOCETHTOOL = 0x8946
 ETHTOOL_GFLAGS, ETHTOOL_SFLAGS = 0x25, 0x26
 ETH_FLAG_RXVLAN = 1 << 8
-
-
-class XdpMode(Enum):
-    AUTO = "auto"  # native where the driver has it, else generic
-    NATIVE = "native"
-    GENERIC = "generic"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from brushtaild.config.model import Config
 from brushtaild.dhcp.constants import MessageType
-from brushtaild.engine.config import Config
 from brushtaild.engine.decisions import Decision, LeaseEventKind
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server

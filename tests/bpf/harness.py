@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from brushtaild.config.model import Config
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode, parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.reasons import MalformedPacket
-from brushtaild.engine.config import Config
 from brushtaild.engine.decisions import Decision, Reply
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from brushtaild import cli
+from brushtaild.config.load import load_config
+from brushtaild.config.model import Config
 from brushtaild.dhcp.codec import encode
 from brushtaild.dhcp.constants import MessageType
-from brushtaild.engine.config import Config, load_config
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.store.lease_store import LeaseStore, read_snapshot

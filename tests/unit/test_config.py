@@ -10,20 +10,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brushtaild.engine.config import (
+from brushtaild.config.load import (
     FASTPATH_KEYS,
     MAX_EXCLUDED_PER_POOL,
     ONE_YEAR,
     POOL_KEYS,
     TOP_LEVEL_KEYS,
-    AddressRange,
-    Config,
     ConfigError,
-    FastPath,
-    Pool,
     load_config,
     parse_config,
 )
+from brushtaild.config.model import AddressRange, Config, FastPath, Pool
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 

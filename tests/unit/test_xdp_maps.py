@@ -182,23 +182,3 @@ def test_clients_the_program_cannot_compare_stay_on_the_slow_path() -> None:
     sync.apply([ack], NOW)
     assert program.tables["leases"].rows == {}
     assert sync.skipped == 1
-
-
-def test_extend_records_a_kernel_renewal() -> None:
-    server = Server(make_config(), [], NOW)
-    lease = bind(server, 1).lease_writes[0]
-    renewed = server.extend(lease.client_id, lease.address, NOW + 5000, NOW + 1000)
-    assert renewed is not None and renewed.expires == NOW + 5000 and renewed.prl == PRL
-    assert server.lease_at(lease.address) == renewed
-    # Another client's id, or an address that is not its own: refused.
-    assert server.extend(b"\x01" + mac(2), lease.address, NOW + 5000, NOW) is None
-    assert server.extend(lease.client_id, lease.address + 1, NOW + 5000, NOW) is None
-
-
-def test_extend_takes_back_an_expired_address_only_while_free() -> None:
-    server = Server(make_config(), [], NOW)
-    lease = bind(server, 1).lease_writes[0]
-    later = NOW + 4000  # past the lease: the engine expires it on this tick
-    server.tick(later)
-    renewed = server.extend(lease.client_id, lease.address, later + 3600, later)
-    assert renewed is not None and renewed.expires == later + 3600
