@@ -338,6 +338,7 @@ class _Parser:
             "rate_limit": get("rate_limit", self.count(0, 1_000_000)),
             "rate_burst": get("rate_burst", self.count(1, 1_000_000)),
             "rate_limit_clients": get("rate_limit_clients", self.count(1024, 16_777_216)),
+            "relay_rate_limit": get("relay_rate_limit", self.count(0, 1_000_000)),
         }
         if any(v is None for v in values.values()):
             return None

@@ -56,9 +56,10 @@ class FastPath:
     xdp_mode: XdpMode = XdpMode.AUTO
     pin_dir: Path = Path("/sys/fs/bpf/brushtail")  # under bpffs, so the maps outlive us
     max_subscribers: int = 1_048_576  # lease entries the kernel map holds
-    rate_limit: int = 10  # requests per second per client MAC; 0 turns the limit off
+    rate_limit: int = 10  # requests per second per client (L2 source) or access line; 0: off
     rate_burst: int = 20  # requests a client may send at once after a quiet spell
     rate_limit_clients: int = 65_536  # token buckets kept (LRU)
+    relay_rate_limit: int = 1000  # requests per second per relay (L2 source + giaddr); 0: off
 
 
 @dataclass(frozen=True, slots=True)

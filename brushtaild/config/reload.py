@@ -22,6 +22,7 @@ RELOADABLE = frozenset(
         "log_level",
         "fastpath.rate_limit",
         "fastpath.rate_burst",
+        "fastpath.relay_rate_limit",
     }
 )
 

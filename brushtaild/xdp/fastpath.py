@@ -133,7 +133,13 @@ class FastPath:
         names. Renewals still queued must be applied to the engine before (see Daemon), or
         reconcile would roll back their expiry."""
         settings = self.config.fastpath
-        self.sync.configure(self.config, server_mac, settings.rate_limit, settings.rate_burst)
+        self.sync.configure(
+            self.config,
+            server_mac,
+            settings.rate_limit,
+            settings.rate_burst,
+            settings.relay_rate_limit,
+        )
         written, removed = self.sync.reconcile(now)
         self.mode = self.program.attach(self.config.interface, settings.xdp_mode)
         log.info(
@@ -167,7 +173,9 @@ class FastPath:
         self.config = config
         self.sync.server = server
         settings = config.fastpath
-        self.sync.configure(config, server_mac, settings.rate_limit, settings.rate_burst)
+        self.sync.configure(
+            config, server_mac, settings.rate_limit, settings.rate_burst, settings.relay_rate_limit
+        )
         self.sync.reconcile(now, keepalive)
 
     def collector(self) -> stats.FastPathCollector:

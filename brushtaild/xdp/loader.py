@@ -68,7 +68,10 @@ def _expected(limits: Limits) -> dict[str, libbpf.MapLayout]:
         ),
         "config": libbpf.MapLayout(MAP_ARRAY, u32, u64, maps.CFG_SLOTS),
         "ratelimit": libbpf.MapLayout(
-            MAP_LRU_HASH, key, ctypes.sizeof(maps.Bucket), limits.ratelimit_entries
+            MAP_LRU_HASH,
+            ctypes.sizeof(maps.RateKey),
+            ctypes.sizeof(maps.Bucket),
+            limits.ratelimit_entries,
         ),
         "results": libbpf.MapLayout(MAP_PERCPU_ARRAY, u32, u64, maps.RESULTS),
         "latency": libbpf.MapLayout(MAP_PERCPU_ARRAY, u32, u64, maps.LATENCY_BUCKETS),

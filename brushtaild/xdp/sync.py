@@ -63,12 +63,15 @@ class MapSync:
     def entries(self) -> int:
         return len(self._owner)
 
-    def configure(self, config: Config, server_mac: bytes, rate: int, burst: int) -> None:
+    def configure(
+        self, config: Config, server_mac: bytes, rate: int, burst: int, relay_rate: int = 0
+    ) -> None:
         cost = NS // rate if rate else 0
         self._put_config(maps.CFG_SERVER_ID, maps.net32(config.server_id))
         self._put_config(maps.CFG_RATE_COST, cost)
         self._put_config(maps.CFG_RATE_BURST, cost * burst)
         self._put_config(maps.CFG_SERVER_MAC, int.from_bytes(server_mac.ljust(8, b"\0"), "little"))
+        self._put_config(maps.CFG_RELAY_COST, NS // relay_rate if relay_rate else 0)
 
     def _put_config(self, slot: int, value: int) -> None:
         self._config[ctypes.c_uint32(slot)] = ctypes.c_uint64(value)

@@ -249,16 +249,12 @@ class Fastpath:
         offset = boot_offset()
         for event in events:
             address = maps.host32(event.address)
-            client = self.sync.client_of(bytes(event.key), address)
-            lease = (
-                self.server.extend(client, address, event.expires_ns / NS + offset, self.now)
-                if client is not None
-                else None
-            )
-            if lease is None:
+            expires = event.expires_ns / NS + offset
+            decision = self.server.kernel_renewal(bytes(event.key)[:6], address, expires, self.now)
+            if decision.drop is not None:
                 self.sync.withdraw(address)
             else:
-                self.sync.apply([Decision(lease_writes=[lease])], self.now)
+                self.sync.apply([decision], self.now)
         return len(events)
 
     def bind(
@@ -356,8 +352,8 @@ def received(frame: bytes) -> tuple[bytes, Any] | None:
     """The DHCP payload and Ingress the daemon's socket would deliver for `frame`, or None.
 
     Its classic-BPF filter (packet_io.DHCP_SERVER_FILTER) takes untagged IPv4 UDP to port
-    67 sent to the interface's MAC or broadcast; parse_frame then checks the IPv4 header
-    (checksum, lengths, fragments) and the UDP length."""
+    67 sent to the interface's MAC or broadcast; parse_frame then refuses what is not a
+    well-formed request (docs/DESIGN.md), as the program does."""
     if len(frame) < 14 + 20 + 8 or frame[0:6] not in (SERVER_MAC, BROADCAST_MAC):
         return None
     if struct.unpack_from("!H", frame, 12)[0] != ETH_P_IP:

@@ -38,6 +38,7 @@ CHANGES: dict[str, object] = {
     "fastpath.rate_limit": 5,
     "fastpath.rate_burst": 7,
     "fastpath.rate_limit_clients": 4096,
+    "fastpath.relay_rate_limit": 500,
 }
 # What the daemon could swap in place before this list had a home (daemon/main.py and the
 # role's vars): kept as the regression reference.
