@@ -450,7 +450,10 @@ class Daemon:
             return None
         if decision.drop is not None:
             self.metrics.count_drop(decision.drop)
-            self.drops.drop(decision.drop, f"mac={format_mac(msg.hwaddr)}", now)
+            detail = f"mac={format_mac(msg.hwaddr)}"
+            if decision.error is not None:
+                detail += f" {decision.error!r}"
+            self.drops.drop(decision.drop, detail, now, decision.error)
         return decision
 
     def _internal_error(self, exc: Exception, detail: str, now: float) -> None:

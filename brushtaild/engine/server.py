@@ -138,6 +138,13 @@ class Server:
             handler(ctx, decision)
         except MalformedPacket as exc:
             decision.drop = exc.reason
+        except Exception as exc:
+            # A bug. What the lease table has already done stands, and its writes and
+            # events (expiry included) still reach the store and the kernel maps; no reply
+            # goes out, since it may not match them.
+            decision.replies.clear()
+            decision.drop = DropReason.INTERNAL_ERROR
+            decision.error = exc
         return decision
 
     def tick(self, now: float) -> Decision:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from brushtaild.engine.decisions import Destination, DestKind, Ingress
-from brushtaild.net.packet_io import PacketIO
+from brushtaild.net.packet_io import PacketIO, Received
 from tests.e2e import netns
 from tests.e2e.netns import Link, in_netns
 from tests.unit.test_packet_io import discover, ones_sum, udp_frame
@@ -195,7 +195,7 @@ def test_relay_and_unicast_replies_go_through_the_kernel(relay_link: Link) -> No
         assert client.recvfrom(2048) == (b"renewed", (netns.SERVER_IP, 67))
         # Our own reply to port 67 left through sub0; the raw socket must not read it back.
         time.sleep(0.1)
-        assert io.receive_batch(16) == packet_io.Received()
+        assert io.receive_batch(16) == Received()
 
 
 def test_unicast_request_is_read_raw_and_not_refused(relay_link: Link) -> None:

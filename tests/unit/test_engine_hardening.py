@@ -329,3 +329,18 @@ def test_renewal_naming_the_server_is_still_a_renewal() -> None:
     address = bound(server, 1)
     renew = request(R, 1, ciaddr=address, server_id=SERVER)
     assert reply_type(server.handle(renew, INGRESS, NOW + 10)) is MessageType.ACK
+
+
+def test_a_bug_in_a_handler_drops_the_request_and_keeps_the_table_changes() -> None:
+    server = Server(make_config(), [], NOW)
+    address = bound(server, 1)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("bug")
+
+    server._handlers[D] = broken
+    # Past the lease: the expiry the request ran into still reaches the store and the maps.
+    decision = server.handle(request(D, 2), INGRESS, NOW + 7200)
+    assert decision.drop is DropReason.INTERNAL_ERROR and not decision.replies
+    assert isinstance(decision.error, RuntimeError)
+    assert [event.address for event in decision.events] == [address]
