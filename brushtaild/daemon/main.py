@@ -212,6 +212,8 @@ class Daemon:
             try:
                 self.fastpath = FastPath(config, self.server)
                 self._fastpath_collector = self.fastpath.collector()
+            except PinDirBusy:
+                raise  # another brushtaild's pins: a configuration error, not ours to fix
             except Exception as exc:  # whatever BCC, clang or the kernel refused
                 self._fastpath_failed(exc)
             else:
@@ -309,8 +311,7 @@ class Daemon:
             self.metrics.registry.unregister(self._fastpath_collector)
             self.fastpath.close()
             self.fastpath = None
-        if not isinstance(exc, PinDirBusy):  # another brushtaild's pins are not ours
-            self._take_down_leftover("fast path failed")
+        self._take_down_leftover("fast path failed")
 
     def _take_down_leftover(self, why: str) -> None:
         """Removes the program and maps an earlier run left, after recording the renewals
