@@ -83,6 +83,22 @@ static __always_inline int rate_limited(struct bt_rate_key *sender, __u64 now)
 	return over_rate(&relay, now, config_get(BT_CFG_RELAY_COST), RELAY_BURST_NS);
 }
 
+/* Returns 1 if a new subscriber's DISCOVER from the link itself is over the link's budget.
+ * The slow path allocates for each one: those from the link share one budget (its VLANs),
+ * as those behind a relay share their relay's, so a flood from random source MACs cannot
+ * crowd out the other links, relays and the renewals the slow path answers. */
+static __always_inline int link_over_budget(struct bt_rate_key *sender, __u64 now)
+{
+	struct bt_rate_key link = {};
+
+	if (sender->giaddr)
+		return 0; /* paid for at its relay */
+	link.outer_vlan = sender->outer_vlan;
+	link.inner_vlan = sender->inner_vlan;
+	link.kind = BT_RATE_LINK;
+	return over_rate(&link, now, config_get(BT_CFG_RELAY_COST), RELAY_BURST_NS);
+}
+
 /* 64-bit FNV-1a of `len` bytes at `off`, never 0: the length first, then the first HASH_MAX
  * bytes zero-padded to HASH_MAX, 8 bytes a step, so the loop has a fixed count. Of option 55
  * it is the lease's prl_hash (brushtaild/xdp/maps.py has the same function). The bytes are
@@ -287,8 +303,13 @@ int xdp_brushtail(struct xdp_md *ctx)
 
 	result = BT_PASS_MISS;
 	lease = leases.lookup(&key);
-	if (!lease)
+	if (!lease) {
+		if (reply_type == DHCP_OFFER && link_over_budget(&sender, now)) {
+			result = BT_DROP_LINK_BUDGET;
+			action = XDP_DROP;
+		}
 		goto out;
+	}
 	result = BT_PASS_EXPIRED;
 	if (now >= lease->expires_ns)
 		goto out;

@@ -50,7 +50,8 @@ enum bt_result {
 	BT_DROP_MALFORMED = 16,     /* not a well-formed request (docs/DESIGN.md): never passed */
 	BT_PASS_SELECTOR = 17,     /* option 118, or 82 from a client: the slow path decides */
 	BT_PASS_PRIORITY_TAG = 18, /* a VLAN tag with VID 0, which the slow path refuses */
-	BT_RESULTS = 19,
+	BT_DROP_LINK_BUDGET = 19,  /* a new subscriber's DISCOVER over its link's budget */
+	BT_RESULTS = 20,
 };
 
 struct bt_client_key {
@@ -101,9 +102,12 @@ struct bt_rate_key {
 	__u16 pad;
 	__be32 giaddr;
 	__be32 saddr;
-	__u32 pad2;
+	__u32 kind; /* BT_RATE_SENDER, or BT_RATE_LINK for a link's budget of new subscribers */
 	__u64 circuit;
 };
+
+#define BT_RATE_SENDER 0
+#define BT_RATE_LINK 1
 
 struct bt_bucket {
 	__u64 last_ns;

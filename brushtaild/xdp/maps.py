@@ -55,13 +55,17 @@ class Result(IntEnum):
     MALFORMED = 16
     SELECTOR = 17
     PRIORITY_TAG = 18
+    LINK_BUDGET = 19
 
     @property
     def label(self) -> str:
         return self.name.lower()
 
 
-RESULTS = 19
+RESULTS = 20
+# struct bt_rate_key.kind
+RATE_SENDER = 0
+RATE_LINK = 1
 ANSWERED = (Result.OFFER, Result.ACK)
 # Passes that mean "no usable entry for this client": the cache missed. Other passes found
 # an entry but the request itself belongs to the slow path.
@@ -87,7 +91,7 @@ class RateKey(ctypes.Structure):
         ("pad", ctypes.c_uint16),
         ("giaddr", ctypes.c_uint32),  # network order; 0 for a client on the link
         ("saddr", ctypes.c_uint32),  # the IP source, network order (0.0.0.0 before DHCP)
-        ("pad2", ctypes.c_uint32),
+        ("kind", ctypes.c_uint32),  # RATE_SENDER, or RATE_LINK: a link's new subscribers
         ("circuit", ctypes.c_uint64),  # hash of option 82's circuit-id, or 0
     )
 

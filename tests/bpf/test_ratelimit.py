@@ -99,12 +99,31 @@ def test_flood_of_macs_leaves_every_lease_entry(limited: Fastpath) -> None:
 
     frames = [discover(limited, mac) for mac in macs]
     counted = limited.counted(lambda: [limited.run(frame) for frame in frames])
-    assert counted == {maps.Result.MISS: len(macs)}
+    # The link's budget for new subscribers passes a second's worth, and refills as the
+    # loop runs (test_link_budget_bounds_new_subscribers_from_random_source_macs).
+    passed = counted.get(maps.Result.MISS, 0)
+    assert passed >= RELAY_RATE
+    assert counted == {maps.Result.MISS: passed, maps.Result.LINK_BUDGET: len(macs) - passed}
     assert {key: bytes(entry) for key, entry in limited.entries().items()} == entries
     assert len(list(limited.program.table("ratelimit").keys())) <= LIMITS.ratelimit_entries
     # The bound clients' buckets were evicted: they start afresh, and are answered.
     for mac in (A, B):
         assert limited.run(discover(limited, mac)).retval == XDP_TX
+
+
+def test_link_budget_bounds_new_subscribers_from_random_source_macs(limited: Fastpath) -> None:
+    """A DISCOVER flood from random source MACs on the link (a fresh sender bucket each)
+    passes only the link's budget of new subscribers, a relay's worth a second; known
+    subscribers are still answered in the kernel, and a relay's new subscribers have their
+    own budget."""
+    flood = [discover(limited, mac) for mac in random_macs(4 * RELAY_RATE, 13)]
+    counted = run_all(limited, flood)
+    passed = counted.get(maps.Result.MISS, 0)
+    assert RELAY_RATE <= passed <= RELAY_RATE + SLACK
+    assert counted == {maps.Result.MISS: passed, maps.Result.LINK_BUDGET: 4 * RELAY_RATE - passed}
+    for mac in (A, B):
+        assert limited.run(discover(limited, mac)).retval == XDP_TX
+    assert run_all(limited, [relayed(limited, UNKNOWN, None)]) == {maps.Result.MISS: 1}
 
 
 def test_rate_limit_off_never_drops(program: Program, renewal_log: RenewalLog) -> None:
