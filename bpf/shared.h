@@ -17,13 +17,16 @@
 /* Lease entry flags. */
 #define BT_LEASE_HW_ID 1 /* identity is htype 1 + chaddr: a request without option 61 matches */
 
-/* Config slots (array "config"). */
+/* Config slots (array "config"). Never renumbered: a new brushtaild reads the IFINDEX and
+ * RENEWAL_LAYOUT slots of an older version's pinned config to take that version down. */
 #define BT_CFG_SERVER_ID 0   /* network order IPv4 */
 #define BT_CFG_RATE_COST 1   /* ns of credit one request costs; 0 disables the rate limit */
 #define BT_CFG_RATE_BURST 2  /* ns of credit a bucket holds at most */
 #define BT_CFG_SERVER_MAC 3  /* low 6 bytes, in wire order */
 #define BT_CFG_RELAY_COST 4  /* ns of credit one request costs a relay; 0: relays unlimited */
-#define BT_CFG_SLOTS 5
+#define BT_CFG_IFINDEX 5     /* the interface the program was attached to (userspace only) */
+#define BT_CFG_RENEWAL_LAYOUT 6 /* offsets in struct bt_renewal (userspace only, loader.py) */
+#define BT_CFG_SLOTS 7
 
 /* What the program did with a packet: the index of its per-CPU counter. */
 enum bt_result {

@@ -7,6 +7,7 @@ not be read at all (argparse uses 2 for usage errors too).
 """
 
 import argparse
+import contextlib
 import ctypes
 import os
 import sys
@@ -160,30 +161,75 @@ def _add_leases(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
 
 
 def _fastpath(args: argparse.Namespace) -> int:
-    # Imported here: `check-config` and `leases` must work where BCC is not installed.
-    from brushtaild.xdp import libbpf, loader, maps
-
     config = _config_of(args)
     if config is None:
         return EXIT_UNREADABLE
-    pin_dir = config.fastpath.pin_dir
     if args.action == "detach":
-        loader.detach(config.interface, pin_dir)
-        print(f"XDP program removed from {config.interface}; {pin_dir} unpinned")
+        return _fastpath_detach(config)
+    return _fastpath_status(config)
+
+
+def _fastpath_detach(config: Config) -> int:
+    """Takes the program off, records the renewals its rings held in the lease store (as
+    brushtaild would have), then removes the pins. The store is opened first, so one that
+    cannot be written leaves everything in place."""
+    # Imported here: `check-config` and `leases` must work where BCC is not installed.
+    from brushtaild.engine.server import Server
+    from brushtaild.store.lease_store import LeaseStore
+    from brushtaild.xdp import fastpath, loader
+
+    pin_dir = config.fastpath.pin_dir
+    versions = fastpath.pinned(config)
+    if not versions:
+        print(f"nothing pinned under {pin_dir}: no fast path to remove")
         return EXIT_OK
+    recorded = refused = 0
+    try:
+        with contextlib.ExitStack() as stack:
+            # Only a ring can hold renewals: without one, the store is not needed.
+            queued = any(version.queues() for version in versions)
+            store = stack.enter_context(LeaseStore.open(config.state_dir)) if queued else None
+            down = stack.enter_context(fastpath.taken_down(config))
+            if store is not None:
+                now = clock.wall()
+                server = Server(config, store.load(), now)
+                accepted, refusals = fastpath.recorded(server, down.renewals, now)
+                store.apply(accepted.lease_writes, [])
+                recorded, refused = len(accepted.lease_writes), len(refusals)
+    except (loader.LoadError, StoreError, OSError) as exc:
+        print(f"pinned maps left in place: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    removed = ", ".join(down.interfaces) or "no interface"
+    print(
+        f"XDP program removed from {removed}; {recorded} renewals it answered recorded in "
+        f"{config.state_dir} ({refused} refused: the lease changed since); "
+        f"{pin_dir} unpinned"
+    )
+    return EXIT_OK
+
+
+def _fastpath_status(config: Config) -> int:
+    from brushtaild.xdp import libbpf, loader, maps
+
+    settings = config.fastpath
     mode = loader.attached_mode(config.interface)
     print(f"interface {config.interface}: {'XDP ' + mode if mode else 'no XDP program'}")
-    if not (pin_dir / "leases").exists():
-        print(f"maps: none pinned under {pin_dir}")
+    pins = loader.PinDir(
+        settings.pin_dir, loader.Limits(settings.max_subscribers, settings.rate_limit_clients)
+    )
+    for version in pins.others():
+        print(f"maps of another layout: {version.path} (recorded and removed at the next start)")
+    if not (pins.current.path / "leases").exists():
+        print(f"maps: none pinned under {settings.pin_dir} for this configuration")
         return EXIT_OK if mode is None else EXIT_INVALID
-    fds = {name: libbpf.obj_get(str(pin_dir / name)) for name in ("leases", "results")}
+    fds = {name: libbpf.obj_get(str(pins.current.path / name)) for name in ("leases", "results")}
     try:
         entries = libbpf.count_keys(fds["leases"], ctypes.sizeof(maps.ClientKey))
         counts = libbpf.percpu_u64_sums(fds["results"], maps.RESULTS)
     finally:
         for fd in fds.values():
             os.close(fd)
-    print(f"maps: {pin_dir}, {entries} lease entries")
+    print(f"maps: {pins.current.path}, {entries} lease entries")
     for result in maps.Result:
         if result is not maps.Result.NOT_DHCP and counts[result]:
             print(f"  {result.label:<18} {counts[result]}")
@@ -196,8 +242,10 @@ def _add_fastpath(commands: "argparse._SubParsersAction[argparse.ArgumentParser]
         help="show or remove the XDP fast path",
         description="status: the interface's XDP program, the pinned lease entries and the "
         "program's counters (read from the pinned maps, so it works while brushtaild is "
-        "stopped). detach: remove the program and its pinned maps; the fast path stays "
-        "answering renewals after brushtaild stops until this is run.",
+        "stopped). detach: with brushtaild stopped, remove the program and its pinned maps, "
+        "after recording in the lease store the renewals it answered; the fast path stays "
+        "answering renewals after brushtaild stops until this is run. Exit 1 (and nothing "
+        "removed) while brushtaild runs or if the lease store cannot be written.",
     )
     parser.add_argument("action", choices=("status", "detach"))
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE")

@@ -47,9 +47,8 @@ from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO, Received
 from brushtaild.store.lease_store import LeaseStore, StoreError
-from brushtaild.xdp import loader
-from brushtaild.xdp.fastpath import FastPath
-from brushtaild.xdp.loader import LoadError
+from brushtaild.xdp.fastpath import FastPath, Renewal, pinned, recorded, taken_down
+from brushtaild.xdp.loader import LoadError, PinDirBusy
 
 EX_CONFIG = 78  # sysexits.h; systemd shows it as "config" and does not restart-loop on it
 EXIT_START_FAILED = 1
@@ -214,18 +213,15 @@ class Daemon:
         self.fastpath: FastPath | None = None
         self.fastpath_failure: str | None = None
         if not config.fastpath.enabled:
-            if loader.detach_leftover(config.interface, config.fastpath.pin_dir):
-                log.warning(
-                    "fast path disabled: removed the XDP program and maps an earlier run "
-                    "left on %s",
-                    config.interface,
-                )
+            self._take_down_leftover("fast path disabled")
         elif not self.signals.stop:
             # Compiled here, attached in _start_complete: until then a program from an
             # earlier run (pinned, still attached) goes on answering.
             try:
                 self.fastpath = FastPath(config, self.server)
                 self._fastpath_collector = self.fastpath.collector()
+            except PinDirBusy:
+                raise  # another brushtaild's pins: a configuration error, not ours to fix
             except Exception as exc:  # whatever BCC, clang or the kernel refused
                 self._fastpath_failed(exc)
             else:
@@ -258,6 +254,12 @@ class Daemon:
                         self.notifier.ready(self._status(clock.ticks()))
                     self._housekeeping()
                 self.notifier.stopping()
+                # The program goes on answering while we are away (queued for the next
+                # start); what it answered until now is recorded now.
+                renewed = self._absorb_renewals()
+                self._commit([renewed])
+                self.lease_log.add(renewed.events, "fast")
+                self.lease_log.flush()
             finally:
                 self._close()
         log.info("brushtaild stopped; every acknowledged lease is on disk")
@@ -317,7 +319,25 @@ class Daemon:
             self.metrics.registry.unregister(self._fastpath_collector)
             self.fastpath.close()
             self.fastpath = None
-        loader.detach_leftover(self.config.interface, self.config.fastpath.pin_dir)
+        self._take_down_leftover("fast path failed")
+
+    def _take_down_leftover(self, why: str) -> None:
+        """Removes the program and maps an earlier run left, after recording the renewals
+        its rings hold."""
+        if not pinned(self.config):
+            return
+        with taken_down(self.config) as leftover:
+            renewed, _ = self._recorded(leftover.renewals)
+            self._commit([renewed])
+            self.lease_log.add(renewed.events, "fast")
+            self.lease_log.flush()
+        log.warning(
+            "%s: removed the XDP program and maps an earlier run left on %s; recorded the %d "
+            "renewals it answered",
+            why,
+            ", ".join(leftover.interfaces) or self.config.interface,
+            len(leftover.renewals),
+        )
 
     def _status(self, now: float) -> str:
         """The STATUS= line: what an operator needs from `systemctl status` at a glance.
@@ -496,25 +516,22 @@ class Daemon:
         """The renewals the kernel answered, extended in the engine: the returned decision
         writes them, and the caller commits it, so the store never falls behind the fast
         path. Called before the engine acts on the time (a batch, expiry)."""
-        decision = Decision()
         if self.fastpath is None:
-            return decision
-        renewals = self.fastpath.renewals()
-        if not renewals:
-            return decision
-        now = clock.wall()
-        for renewal in renewals:
-            renewed = self.server.kernel_renewal(
-                renewal.key[:6], renewal.address, renewal.expires, now
-            )
-            if renewed.drop is not None:
-                # The slow path changed this lease meanwhile: its entry must go.
-                self.metrics.count_drop(renewed.drop)
-                self.fastpath.sync.withdraw(renewal.address)
-                continue
-            decision.lease_writes += renewed.lease_writes
-            decision.events += renewed.events
-        return decision
+            return Decision()
+        accepted, refused = self._recorded(self.fastpath.renewals())
+        for renewal in refused:
+            # The slow path changed this lease meanwhile: its entry must go.
+            self.fastpath.sync.withdraw(renewal.address)
+        return accepted
+
+    def _recorded(self, renewals: list[Renewal]) -> tuple[Decision, list[Renewal]]:
+        """The engine's decision on renewals the kernel answered, for the caller to commit,
+        and those it refused (counted as drops)."""
+        accepted, refused = recorded(self.server, renewals, clock.wall())
+        for _, decision in refused:
+            assert decision.drop is not None
+            self.metrics.count_drop(decision.drop)
+        return accepted, [renewal for renewal, _ in refused]
 
     def _housekeeping(self) -> None:
         renewed = self._absorb_renewals()

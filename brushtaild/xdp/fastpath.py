@@ -1,9 +1,20 @@
 """The fast path as the daemon drives it: load or adopt the program, keep its maps equal to
-the engine's leases, and read back the renewals it answered and its counters."""
+the engine's leases, read back the renewals it answered and its counters, and take it down
+without losing a renewal.
 
+Every renewal the program acknowledged is queued in a pinned ring buffer until a
+brushtaild records it. So no pin is ever removed before its ring is drained and what it
+held handed to the caller, who records it in the lease store: pins of an older layout are
+retired only after the daemon committed their last renewals, and taking the fast path down
+(`fastpath.enabled: false`, `brushtail fastpath detach`) first takes the programs off the
+interfaces, then drains, then removes.
+"""
+
+import contextlib
 import ctypes
 import logging
-from collections.abc import Callable, Iterable
+import socket
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,37 +38,101 @@ class Renewal:
     expires: float
 
 
+def _renewal(event: maps.Renewal) -> Renewal:
+    return Renewal(
+        bytes(event.key), maps.host32(event.address), clock.from_boot_ns(event.expires_ns)
+    )
+
+
+def _limits(config: Config) -> loader.Limits:
+    return loader.Limits(config.fastpath.max_subscribers, config.fastpath.rate_limit_clients)
+
+
+def recorded(
+    server: Server, renewals: Iterable[Renewal], now: float
+) -> tuple[Decision, list[tuple[Renewal, Decision]]]:
+    """The engine's account of renewals the kernel answered: one decision with every lease
+    they extend (to be committed), and those it refuses with its reason (the slow path
+    changed the lease meanwhile, so the kernel's entry must go)."""
+    accepted = Decision()
+    refused = []
+    for renewal in renewals:
+        renewed = server.kernel_renewal(renewal.key[:6], renewal.address, renewal.expires, now)
+        if renewed.drop is not None:
+            refused.append((renewal, renewed))
+            continue
+        accepted.lease_writes += renewed.lease_writes
+        accepted.events += renewed.events
+    return accepted, refused
+
+
 class FastPath:
     def __init__(self, config: Config, server: Server) -> None:
         settings = config.fastpath
         self.config = config
-        self.program = loader.Program(
-            settings.pin_dir,
-            loader.Limits(settings.max_subscribers, settings.rate_limit_clients),
-        )
+        limits = _limits(config)
+        self.pins = loader.PinDir(settings.pin_dir, limits)
+        self.pins.lock()
+        self._retired: list[tuple[loader.Version, loader.Ring | None]] = []
+        try:
+            # Read before this program's attach records its own interface.
+            self._attached_to = {i for v in self.pins.versions() if (i := v.ifindex())}
+            for version in self.pins.others():
+                self._retired.append((version, version.ring()))
+            if self._retired:
+                # The running program keeps its own maps until it is replaced: no gap.
+                log.warning(
+                    "fast path map layout changed (%s, now %s): rebuilding the maps from the "
+                    "lease store; the renewals queued in the old ones are recorded first",
+                    ", ".join(str(v.path) for v, _ in self._retired),
+                    self.pins.current.path.name,
+                )
+            self.program = loader.Program(self.pins.current.path, limits)
+        except BaseException:
+            self._release()
+            raise
         self.sync = MapSync(self.program, server)
         self._pending: list[Renewal] = []
         self.program.ring_buffer(self._on_renewal)
         self.mode: str | None = None
+        self._retiring = False
+        self._drained_at: float | None = None
+        self.longest_drain_interval = 0.0
 
     def _on_renewal(self, _ctx: Any, data: Any, _size: int) -> None:
         event = ctypes.cast(data, ctypes.POINTER(maps.Renewal)).contents
-        self._pending.append(
-            Renewal(
-                bytes(event.key), maps.host32(event.address), clock.from_boot_ns(event.expires_ns)
-            )
-        )
+        self._pending.append(_renewal(event))
 
     def renewals(self) -> list[Renewal]:
-        """Renewals answered since the last call (or, at start, while no daemon ran)."""
+        """Renewals answered since the last call (or, at start, while no daemon ran). The
+        caller commits them before calling again: that is what lets an older layout's pins
+        go at the call after the one that returned their last renewals."""
+        if self._retiring:
+            for version, ring in self._retired:
+                if ring is not None:
+                    ring.close()
+                self.pins.remove(version)
+                log.info("fast path: removed the retired maps in %s", version.path)
+            self._retired = []
+            self._retiring = False
         self.program.consume()
+        for _, ring in self._retired:
+            if ring is not None:
+                self._pending += [_renewal(event) for event in ring.drain()]
+        # Once this program is attached in their place, nothing writes the old rings.
+        self._retiring = bool(self._retired) and self.mode is not None
+        now = clock.ticks()
+        if self._drained_at is not None:
+            self.longest_drain_interval = max(self.longest_drain_interval, now - self._drained_at)
+        self._drained_at = now
         pending, self._pending = self._pending, []
         return pending
 
     def attach(self, server_mac: bytes, now: float) -> str:
         """Fills the maps from the engine, then puts this program on the interface in
-        place of any running one. Renewals still queued must be applied to the engine
-        before (see Daemon), or reconcile would roll back their expiry."""
+        place of any running one, and takes ours off an interface the config no longer
+        names. Renewals still queued must be applied to the engine before (see Daemon), or
+        reconcile would roll back their expiry."""
         settings = self.config.fastpath
         self.sync.configure(
             self.config,
@@ -77,6 +152,11 @@ class FastPath:
             removed,
             self.program.load_seconds,
         )
+        ours = {i for v in self.pins.versions() if (i := v.config_map_id())}
+        for ifindex in sorted(self._attached_to - {socket.if_nametoindex(self.config.interface)}):
+            old = loader.remove_program(ifindex, ours)
+            if old is not None:
+                log.warning("fast path: took the program off %s, no longer configured", old)
         return self.mode
 
     def apply(self, decisions: Iterable[Decision], now: float) -> None:
@@ -109,3 +189,47 @@ class FastPath:
         """Leaves the program attached and its maps pinned: renewals go on being answered
         (and queued for the next brushtaild) while the daemon is away."""
         self.program.close()
+        self._release()
+        if self._drained_at is not None:
+            log.info(
+                "fast path: longest interval between two drains of the renewals ring: %.3fs",
+                self.longest_drain_interval,
+            )
+
+    def _release(self) -> None:
+        for _, ring in self._retired:
+            if ring is not None:
+                ring.close()
+        self.pins.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Takedown:
+    renewals: list[Renewal]  # to be recorded before the pins go
+    interfaces: list[str]  # the programs were taken off these
+
+
+def pinned(config: Config) -> list[loader.Version]:
+    """What is pinned under the configured pin directory."""
+    return loader.PinDir(config.fastpath.pin_dir, _limits(config)).versions()
+
+
+@contextlib.contextmanager
+def taken_down(config: Config) -> Iterator[Takedown]:
+    """Takes the fast path out of the kernel: the programs off the interfaces first (so
+    nothing is queued any more), then every ring drained into the Takedown, which the
+    caller records in the lease store inside the `with`; the pins go when it ends
+    normally, and stay if it raises. Raises loader.PinDirBusy while a brushtaild holds
+    the pin directory."""
+    pins = loader.PinDir(config.fastpath.pin_dir, _limits(config))
+    pins.lock()
+    rings: list[loader.Ring] = []
+    try:
+        interfaces = loader.remove_programs(pins, [config.interface])
+        rings = [ring for v in pins.versions() if (ring := v.ring()) is not None]
+        yield Takedown([_renewal(e) for ring in rings for e in ring.drain()], interfaces)
+        pins.remove_all()
+    finally:
+        for ring in rings:
+            ring.close()
+        pins.close()

@@ -1,5 +1,6 @@
 """The few libbpf calls BCC's Python binding lacks, through ctypes on Debian's libbpf1:
-opening pinned objects, reading a map's layout, and BPF_PROG_TEST_RUN."""
+opening pinned objects, reading a map's layout and entries, draining a pinned ring buffer
+no loaded program of ours owns, which maps a program uses, and BPF_PROG_TEST_RUN."""
 
 import ctypes
 import ctypes.util
@@ -56,6 +57,28 @@ class _MapInfo(ctypes.Structure):
     )
 
 
+class _ProgInfo(ctypes.Structure):
+    _fields_ = (
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+        ("rest", ctypes.c_uint8 * 256),  # fields added by later kernels
+    )
+
+
+# int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
+_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+
 @dataclass(frozen=True, slots=True)
 class MapLayout:
     type: int
@@ -89,6 +112,11 @@ def _lib() -> ctypes.CDLL:
     lib.bpf_map_lookup_elem.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
     lib.bpf_map_get_next_key.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
     lib.libbpf_num_possible_cpus.argtypes = ()
+    lib.bpf_prog_get_fd_by_id.argtypes = (ctypes.c_uint32,)
+    lib.ring_buffer__new.argtypes = (ctypes.c_int, _SAMPLE_FN, ctypes.c_void_p, ctypes.c_void_p)
+    lib.ring_buffer__new.restype = ctypes.c_void_p
+    lib.ring_buffer__consume.argtypes = (ctypes.c_void_p,)
+    lib.ring_buffer__free.argtypes = (ctypes.c_void_p,)
     return lib
 
 
@@ -104,14 +132,71 @@ def obj_get(path: str) -> int:
     return _check(_lib().bpf_obj_get(path.encode()), f"bpf_obj_get({path})")
 
 
-def map_layout(fd: int) -> MapLayout:
+def _map_info(fd: int) -> _MapInfo:
     info = _MapInfo()
     size = ctypes.c_uint32(ctypes.sizeof(info))
     _check(
         _lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
         "bpf_obj_get_info_by_fd",
     )
+    return info
+
+
+def map_layout(fd: int) -> MapLayout:
+    info = _map_info(fd)
     return MapLayout(info.type, info.key_size, info.value_size, info.max_entries)
+
+
+def map_id(fd: int) -> int:
+    """The kernel's id of a map: the same for every fd and pin of it."""
+    return int(_map_info(fd).id)
+
+
+def lookup_u64(fd: int, index: int) -> int | None:
+    """Slot `index` of an array of u64, or None if the array has no such slot."""
+    key = ctypes.c_uint32(index)
+    value = ctypes.c_uint64()
+    if _lib().bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value)) != 0:
+        return None
+    return value.value
+
+
+def prog_map_ids(prog_id: int) -> list[int]:
+    """The ids of the maps the program `prog_id` uses."""
+    lib = _lib()
+    fd = _check(lib.bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id({prog_id})")
+    try:
+        ids = (ctypes.c_uint32 * 64)()
+        info = _ProgInfo(nr_map_ids=len(ids), map_ids=ctypes.addressof(ids))
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        _check(
+            lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+            "bpf_obj_get_info_by_fd",
+        )
+    finally:
+        os.close(fd)
+    return list(ids[: min(info.nr_map_ids, len(ids))])
+
+
+def drain_ring(fd: int) -> list[bytes]:
+    """Consumes every record queued in the ring buffer map `fd`; returns them in order."""
+    lib = _lib()
+    records: list[bytes] = []
+
+    def sample(_ctx: int | None, data: int | None, size: int) -> int:
+        records.append(ctypes.string_at(data or 0, size))
+        return 0
+
+    callback = _SAMPLE_FN(sample)  # referenced until the ring is freed
+    ring = lib.ring_buffer__new(fd, callback, None, None)
+    if not ring:
+        err = ctypes.get_errno()
+        raise LibbpfError(err, f"ring_buffer__new: {os.strerror(err)}")
+    try:
+        _check(lib.ring_buffer__consume(ring), "ring_buffer__consume")
+    finally:
+        lib.ring_buffer__free(ring)
+    return records
 
 
 def count_keys(fd: int, key_size: int) -> int:

@@ -126,11 +126,10 @@ def detached(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Interfaces the daemon removed a leftover program from."""
     calls: list[str] = []
 
-    def detach_leftover(ifname: str, pin_dir: Path) -> bool:
-        calls.append(ifname)
-        return False
+    def take_down_leftover(daemon: Daemon, why: str) -> None:
+        calls.append(daemon.config.interface)
 
-    monkeypatch.setattr(main.loader, "detach_leftover", detach_leftover)
+    monkeypatch.setattr(Daemon, "_take_down_leftover", take_down_leftover)
     return calls
 
 
