@@ -329,22 +329,6 @@ def test_fastpath_disabled_runs_the_slow_path_alone(link: Link, tmp_path: Path) 
         assert all("path=slow" in line for line in daemon.lines("ack"))
 
 
-def test_disabling_the_fast_path_takes_the_program_off(link: Link, tmp_path: Path) -> None:
-    with fast_daemon(link, tmp_path) as daemon:
-        daemon.start(START_TIMEOUT)
-        client, address = udhcpc_bound(link, tmp_path / "udhcpc")
-        with client:
-            wait_until("lease entry", lambda: entries(daemon) == 1)
-            assert daemon.stop() == 0
-            config = daemon.config_file.read_text()
-            daemon.config_file.write_text(config.replace("enabled: true", "enabled: false"))
-            daemon.start()
-            assert _xdp_program(link) is None and not daemon.pin_dir.exists()
-            assert "removed the XDP program and maps an earlier run left" in daemon.log()
-            renew(client, address)
-            assert scrape(daemon)[SLOW_ACK] >= 1
-
-
 def _xdp_program(link: Link) -> str | None:
     """The name of the XDP program on the server end, if any."""
     out = link.run_in(link.server_ns, ["ip", "-d", "link", "show", "dev", SERVER_IF]).stdout

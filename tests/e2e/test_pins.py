@@ -88,6 +88,9 @@ def test_disabling_records_what_the_program_answered_while_stopped(
             assert "removed the XDP program and maps an earlier run left" in daemon.log()
             assert stored_expiry(daemon.state_dir, address) > expires
             wait_until("path=fast ack lines", lambda: fast_acks(daemon, address))
+            # From now on the slow path alone renews it.
+            renew(client, address)
+            assert scrape(daemon)[SLOW_ACK] >= 1
 
 
 def _rx_vlan(link: Link, ifname: str, on: bool | None = None) -> bool:
