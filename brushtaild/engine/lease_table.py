@@ -136,9 +136,6 @@ class LeaseTable:
     def hold_of(self, client_id: bytes) -> Hold | None:
         return self._hold_by_client.get(client_id)
 
-    def hold_at(self, address: int) -> Hold | None:
-        return self._hold_by_address.get(address)
-
     def leases(self) -> list[Lease]:
         return list(self._by_address.values())
 
@@ -161,7 +158,9 @@ class LeaseTable:
         return alloc is not None and alloc.contains(lease.address)
 
     def next_deadline(self) -> float | None:
-        times = [t for t in (self._lease_timers.next(), self._hold_timers.next()) if t]
+        times = [
+            t for t in (self._lease_timers.next(), self._hold_timers.next()) if t is not None
+        ]
         if self._dead_rows:
             times.append(0.0)
         return min(times) if times else None
