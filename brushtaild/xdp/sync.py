@@ -202,14 +202,17 @@ class MapSync:
     # -- after each commit ---------------------------------------------------------------
 
     def apply(self, decisions: Iterable[Decision], now: float) -> None:
+        """Withdrawals first, then installs: within one decision an expiry or release is
+        older than any write (the engine expires before it handles a request), so a lease
+        rebound to the same address keeps the entry just written for it."""
         for decision in decisions:
-            for lease in decision.lease_writes:
-                self._install(lease, now)
             for address in decision.lease_deletes:
                 self.withdraw(address)
             for event in decision.events:
                 if event.kind in _WITHDRAW:
                     self.withdraw(event.address)
+            for lease in decision.lease_writes:
+                self._install(lease, now)
 
     def withdraw(self, address: int) -> None:
         """Removes the entry that answers with `address`, if one does."""

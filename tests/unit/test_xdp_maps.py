@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from brushtaild.config.model import AddressRange, Pool
 from brushtaild.daemon import clock
 from brushtaild.dhcp.constants import MessageType, OptionCode
-from brushtaild.engine.decisions import Decision
+from brushtaild.engine.decisions import Decision, LeaseEventKind
 from brushtaild.engine.server import Server
 from brushtaild.xdp import maps
 from brushtaild.xdp.sync import MapSync, Planner, key_bytes
@@ -395,3 +395,19 @@ def test_the_plan_gives_up_when_no_template_slot_is_free() -> None:
     planner = Planner(busy=range(maps.TEMPLATE_SLOTS))
     assert planner.plan(server, NOW, 10, lambda: None) == ({}, 0)
     assert planner.skipped == 1 and planner.writes == {}
+
+
+def test_an_address_rebound_in_the_decision_that_expired_it_keeps_its_entry() -> None:
+    """Review finding 17: the engine expires a lease at the start of the request that binds
+    its address again; the expiry must not withdraw the entry the bind just wrote."""
+    server = Server(make_config(), [], NOW)
+    program = FakeProgram()
+    sync = MapSync(program, server)
+    sync.apply([bind(server, 1)], NOW)
+    address = server.leases()[0].address
+    later = NOW + 7200  # past the one-hour lease: expired at the start of the next request
+    renew = request(MessageType.REQUEST, 1, ciaddr=address, extra={55: PRL})
+    rebound = server.handle(renew, INGRESS, later)
+    assert [e.kind for e in rebound.events] == [LeaseEventKind.EXPIRE, LeaseEventKind.ACK]
+    sync.apply([rebound], later)
+    assert entry(program, 1).expires_ns and sync.entries == 1
