@@ -158,9 +158,7 @@ class LeaseTable:
         return alloc is not None and alloc.contains(lease.address)
 
     def next_deadline(self) -> float | None:
-        times = [
-            t for t in (self._lease_timers.next(), self._hold_timers.next()) if t is not None
-        ]
+        times = [t for t in (self._lease_timers.next(), self._hold_timers.next()) if t is not None]
         if self._dead_rows:
             times.append(0.0)
         return min(times) if times else None

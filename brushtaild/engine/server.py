@@ -68,6 +68,9 @@ class ClientContext:
     now: float
     link: Hashable  # the relay (giaddr) or the local link (ifindex, VLAN ids)
     echo_118: bool  # option 118 chose the subnet, so the reply carries it back
+    # The reply's size limit (option 57), decoded with the rest before anything changes:
+    # a request found malformed after its lease was moved would leave the table changed.
+    max_size: int
 
 
 def client_identity(msg: Message) -> bytes:
@@ -225,6 +228,7 @@ class Server:
             now=now,
             link=msg.giaddr if msg.giaddr else (ingress.ifindex, ingress.vlans),
             echo_118=by_118,
+            max_size=self._max_size(msg),
         )
 
     def _network_selector(self, msg: Message) -> tuple[int, bool]:
@@ -473,9 +477,10 @@ class Server:
             options[OptionCode.REBINDING_TIME] = opt.u32(pool.rebinding_time)
         pool_options = self._options[pool.name]
         options[OptionCode.SUBNET_MASK] = pool_options[OptionCode.SUBNET_MASK]
+        # A code listed twice in option 55 is one option (dict.fromkeys keeps the order).
         optional = [
             c
-            for c in (prl if prl is not None else pool_options)
+            for c in dict.fromkeys(prl if prl is not None else pool_options)
             if c in pool_options and c != OptionCode.SUBNET_MASK
         ]
         for code in optional:
@@ -536,8 +541,7 @@ class Server:
         if echo:
             reply.options = {**reply.options, **echo}
             wire += encode_options(echo)
-        max_size = self._max_size(request)
-        payload = self._encoded(reply, max_size, wire, list(template.optional))
+        payload = self._encoded(reply, ctx.max_size, wire, list(template.optional))
         if payload is None:
             decision.drop = DropReason.REPLY_TOO_LARGE
             return False

@@ -344,3 +344,16 @@ def test_a_bug_in_a_handler_drops_the_request_and_keeps_the_table_changes() -> N
     assert decision.drop is DropReason.INTERNAL_ERROR and not decision.replies
     assert isinstance(decision.error, RuntimeError)
     assert [event.address for event in decision.events] == [address]
+
+
+def test_a_malformed_option_57_is_refused_before_the_lease_moves() -> None:
+    # Found by the engine fuzzer: the size limit was decoded after the bind, so a REQUEST
+    # dropped for a one-byte option 57 had already moved the client off its acked address.
+    server = Server(make_config(), [], NOW)
+    address = bound(server, 1)
+    other = request(R, 1, requested=address + 1, server_id=SERVER, extra={57: b"\x02"})
+    decision = server.handle(other, INGRESS, NOW)
+    assert decision.drop is DropReason.BAD_OPTION and not decision.lease_writes
+    lease = server.lease_at(address)
+    assert lease is not None and lease.active(NOW) and lease.client_id == bytes((1,)) + mac(1)
+
