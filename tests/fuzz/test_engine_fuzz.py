@@ -64,7 +64,28 @@ def test_request_list_naming_an_option_twice_is_trimmed() -> None:
     engine.step(state, encode(discover, 1500), Ingress(2, b"\x02" * 6, 0, 0), {})
 
 
-@pytest.mark.xfail(raises=(MessageTooLarge, KeyError), strict=False, reason="the two defects above")
+@pytest.mark.xfail(
+    raises=engine.RuleBroken, strict=False, reason="review finding 13: 82 moves into file"
+)
+def test_relay_information_longer_than_one_option_stays_in_the_options_field() -> None:
+    """A relayed DISCOVER with 259 bytes of option 82 (two options on the wire, RFC 3396):
+    the reply overloads, and the echo must not go into sname or file (RFC 3046 2.2)."""
+    circuit = opt.build_relay_agent_info([(1, bytes(253)), (2, bytes(2))])
+    discover = request(
+        MessageType.DISCOVER,
+        1,
+        giaddr=engine.RELAY_A,
+        extra={OptionCode.RELAY_AGENT_INFO: circuit},
+    )
+    state = engine.Run(Server(engine.CONFIG, [], engine.START))
+    engine.step(state, encode(discover, 1500), Ingress(2, b"\x02" * 6, 0, 0), {})
+
+
+@pytest.mark.xfail(
+    raises=(MessageTooLarge, KeyError, engine.RuleBroken),
+    strict=False,
+    reason="the three defects above",
+)
 def test_random_request_sequences_keep_the_rules() -> None:
     rng = random.Random(2026)
     requests = 0
