@@ -18,6 +18,8 @@ PACKAGES=(
     iproute2 isc-dhcp-client udhcpc kea-admin kea-dhcp4-server tcpdump util-linux strace
     # Debian package build (scripts/build-deb.sh, tests/packaging)
     debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian
+    # Linters of scripts/check.sh (ansible for the collections the roles use)
+    shellcheck ansible-lint ansible
 )
 PIP_TOOLS=(pytest pytest-timeout hypothesis ruff mypy types-PyYAML)
 
