@@ -24,12 +24,20 @@ EOF
     exit 2
 fi
 
+# Caches go in the checkout, or in a directory of this run's own when the checkout is not
+# ours to write (a root-owned one after `sudo bash scripts/setup.sh`).
+CACHE=.
+if [ ! -w . ]; then
+    CACHE=$(mktemp -d)
+    trap 'rm -rf "$CACHE"' EXIT
+fi
+export RUFF_CACHE_DIR=$CACHE/.ruff_cache HYPOTHESIS_STORAGE_DIRECTORY=$CACHE/.hypothesis
+
 step_ruff() { "$VENV/bin/ruff" check brushtaild tests bench; }
 step_format() { "$VENV/bin/ruff" format --check brushtaild tests bench; }
-step_mypy() { PYTHONPATH=$PWD "$VENV/bin/mypy" --strict brushtaild; }
+step_mypy() { PYTHONPATH=$PWD "$VENV/bin/mypy" --strict --cache-dir "$CACHE/.mypy_cache" brushtaild; }
 step_pytest() {
-    # No cache directories: the checkout may belong to someone else (root after setup.sh).
-    "$VENV/bin/python" -m pytest -q -p no:cacheprovider --timeout=120 \
+    "$VENV/bin/python" -m pytest -q -o cache_dir="$CACHE/.pytest_cache" --timeout=120 \
         tests/unit tests/property tests/fuzz
 }
 
