@@ -239,12 +239,13 @@ def step(state: Run, payload: bytes, where: Ingress, counts: dict[str, int]) -> 
         _count(counts, f"drop:{decision.drop.label}")
         if decision.replies:
             raise RuleBroken(f"dropped ({decision.drop.label}) and answered")
-        return
-    for reply in decision.replies:
-        checked = check_reply(msg, reply.payload)
-        _count(counts, f"reply:{MessageType(checked.message_type or 0).name.lower()}")
-        record(state, msg, checked)
-    after_decision(state, msg, decision)
+    else:
+        for reply in decision.replies:
+            checked = check_reply(msg, reply.payload)
+            _count(counts, f"reply:{MessageType(checked.message_type or 0).name.lower()}")
+            record(state, msg, checked)
+        after_decision(state, msg, decision)
+    # A dropped request changes nothing a client was told either.
     check_leases(state)
 
 
