@@ -28,8 +28,8 @@ def test_mutated_corpus_frames_are_left_alone_or_answered_as_the_slow_path(
     finally:
         clear_maps(program)
     # Both sides of the comparison were exercised: answers checked, frames left alone.
-    assert fuzz.verdicts["tx"] > SHORT_RUN // 20, fuzz.verdicts
-    assert fuzz.verdicts["pass"] > SHORT_RUN // 20, fuzz.verdicts
+    assert fuzz.verdicts["tx"] > SHORT_RUN // 100, fuzz.verdicts
+    assert fuzz.verdicts["pass"] > SHORT_RUN // 100, fuzz.verdicts
 
 
 def test_reframing_is_lossless(program: Program, renewal_log: RenewalLog) -> None:
