@@ -11,8 +11,9 @@ what later requests name. Checked on every step:
   internal error counts as a crash too;
 - every reply parses back and keeps RFC 2131's rules (op, xid, chaddr, giaddr; 53, 54, 51
   and a pool address in OFFER and ACK; no 51 and yiaddr 0 in an INFORM's ACK; yiaddr and
-  ciaddr 0 and no 51 in a NAK), echoes a relayed request's option 82 verbatim and last in
-  the options field (RFC 3046 2.2), and fits the client's maximum message size;
+  ciaddr 0 and no 51 in a NAK), echoes option 61 (RFC 6842) and a relayed request's option
+  82 verbatim and last in the options field (RFC 3046 2.2), and fits the client's maximum
+  message size;
 - no address is active for two clients: by the replies themselves (an address acked to one
   client is neither offered nor acked to another until it expires or is given back) and
   by the server's leases (each such address is the client's active lease there).
@@ -21,6 +22,7 @@ what later requests name. Checked on every step:
 from dataclasses import dataclass, field
 from functools import cache
 
+from brushtaild.config.model import Config, Pool
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode, parse
 from brushtaild.dhcp.constants import (
@@ -33,7 +35,6 @@ from brushtaild.dhcp.constants import (
 )
 from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
-from brushtaild.engine.config import Config, Pool
 from brushtaild.engine.decisions import Decision, Ingress
 from brushtaild.engine.server import Server
 from tests.engine_helpers import SERVER, mac, make_config, make_pool
@@ -307,6 +308,9 @@ def check_reply(request: Message, payload: bytes) -> Message:
     else:
         rule(lease_time is not None and len(lease_time) == 4, f"{what} without lease time")
         rule(_pool_of(reply.yiaddr) is not None, f"{what} of {opt.format_ip(reply.yiaddr)}")
+    client_id = request.options.get(OptionCode.CLIENT_ID)
+    if client_id is not None:  # RFC 6842
+        rule(reply.options.get(OptionCode.CLIENT_ID) == client_id, "61 not echoed")
     relay_info = request.options.get(OptionCode.RELAY_AGENT_INFO)
     if relay_info is not None and request.giaddr:
         rule(reply.options.get(OptionCode.RELAY_AGENT_INFO) == relay_info, "82 not echoed")

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from brushtaild.dhcp import options as opt
-from brushtaild.dhcp.codec import MessageTooLarge, encode
+from brushtaild.dhcp.codec import encode
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.dhcp.message import Message
 from brushtaild.engine.decisions import Ingress
@@ -20,8 +20,8 @@ from tests.fuzz import engine
 SHORT_RUN = 4000  # inputs, about two seconds
 MAX_LEN = 512
 
-# Inputs the long run found, replayed from their bytes. Until finding 2 of the review
-# (an uncaught MessageTooLarge) is fixed, they fail with it.
+# Inputs the long runs found (bench/fuzz.py), replayed from their bytes or rebuilt readably.
+# This one stopped the engine with MessageTooLarge (review finding 2).
 FINDING_2 = (
     "10c3246eab7f0bd4e32cdbf02d382ee033d2bccc0292b68b6b7a7decb319e1a4cc306934625fce2009b1"
     "3395b06175f88b7783df9c13ad27a19787f10043cc4ec7c850dfffea0b50d787d1d615f4d9befbc5a482"
@@ -31,25 +31,16 @@ FINDING_2 = (
     "b2f4e583b8303b173a135883e3daee6a1b3acd1ae11504d92841386fa5aecb5f8d6b07a1a0bd79b91f39"
     "a5d60c7e79c039a4d1748641df2f5fdc08dd98080135b8ef642dda641dc93f"
 )
-until_finding_2 = pytest.mark.xfail(
-    raises=MessageTooLarge, strict=False, reason="review finding 2: MessageTooLarge escapes"
-)
-# Found by bench/fuzz.py: Server._trimmed deletes each requested option it drops, so an
-# option 55 naming one option twice raises KeyError the second time.
-until_trim_fix = pytest.mark.xfail(
-    raises=KeyError, strict=False, reason="a repeated code in option 55 breaks _trimmed"
-)
 
 
-@until_finding_2
 def test_finding_2_input() -> None:
     engine.run(bytes.fromhex(FINDING_2))
 
 
-@until_trim_fix
 def test_request_list_naming_an_option_twice_is_trimmed() -> None:
     """A relayed DISCOVER whose 255-byte option 82 leaves room only once the requested
-    options are dropped, and whose option 55 asks for 28 twice."""
+    options are dropped, and whose option 55 asks for 28 twice (the engine once deleted 28
+    twice from the reply: KeyError)."""
     circuit = opt.build_relay_agent_info([(1, bytes(253))])
     discover = request(
         MessageType.DISCOVER,
@@ -64,12 +55,10 @@ def test_request_list_naming_an_option_twice_is_trimmed() -> None:
     engine.step(state, encode(discover, 1500), Ingress(2, b"\x02" * 6, 0, 0), {})
 
 
-@pytest.mark.xfail(
-    raises=engine.RuleBroken, strict=False, reason="review finding 13: 82 moves into file"
-)
 def test_relay_information_longer_than_one_option_stays_in_the_options_field() -> None:
     """A relayed DISCOVER with 259 bytes of option 82 (two options on the wire, RFC 3396):
-    the reply overloads, and the echo must not go into sname or file (RFC 3046 2.2)."""
+    the reply overloads, and the echo must not go into sname or file (RFC 3046 2.2; review
+    finding 13)."""
     circuit = opt.build_relay_agent_info([(1, bytes(253)), (2, bytes(2))])
     discover = request(
         MessageType.DISCOVER,
@@ -101,11 +90,6 @@ def test_request_dropped_for_its_option_57_leaves_the_lease_alone() -> None:
     engine.step(state, encode(move), ingress, counts)
 
 
-@pytest.mark.xfail(
-    raises=(MessageTooLarge, KeyError, engine.RuleBroken),
-    strict=False,
-    reason="the four defects above",
-)
 def test_random_request_sequences_keep_the_rules() -> None:
     rng = random.Random(2026)
     requests = 0
