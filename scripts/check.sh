@@ -67,7 +67,7 @@ step_ansible-lint() {
         echo "SKIPPED: community.crypto is not installed (apt-get install ansible)"
         return 0
     fi
-    (cd ansible && ansible-lint --offline -q)
+    (cd ansible && ansible-lint --offline -q -c .ansible-lint)
 }
 
 if [ $# -gt 0 ]; then
