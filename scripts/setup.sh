@@ -19,6 +19,8 @@ PACKAGES=(
     libfaketime  # tests/e2e/test_clock_step.py steps the daemon's wall clock
     # Debian package build (scripts/build-deb.sh, tests/packaging)
     debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian
+    # Linters of scripts/check.sh (ansible for the collections the roles use)
+    shellcheck ansible-lint ansible
 )
 PIP_TOOLS=(pytest pytest-timeout hypothesis ruff mypy types-PyYAML)
 

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # step NAME COMMAND [ARGS...]: run one named step of a set-up script, its output kept in
 # $LOG and shown (the last $STEP_TAIL lines) only if it fails, which stops the script.
 # The caller sets LOG; fd 3 stays the terminal for what a step must show the user.

@@ -3,6 +3,7 @@
 # It stands in for Debian's /sbin/dhclient-script, which would rewrite the host's
 # /etc/resolv.conf and routes. dhclient runs it with a clean environment: BT_EVENTS arrives
 # through `dhclient -e`, and PATH is set here.
+# shellcheck disable=SC2154  # reason, interface, old_* and new_* come from dhclient
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 : "${BT_EVENTS:?BT_EVENTS must name the events file}"
 

@@ -1,6 +1,7 @@
 #!/bin/sh
 # udhcpc -s script for tests: configures only the address and records what happened.
 # udhcpc passes its own environment through, so BT_EVENTS comes from whoever started it.
+# shellcheck disable=SC2154  # interface, ip and mask come from udhcpc
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 : "${BT_EVENTS:?BT_EVENTS must name the events file}"
 
