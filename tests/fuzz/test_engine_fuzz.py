@@ -70,9 +70,6 @@ def test_relay_information_longer_than_one_option_stays_in_the_options_field() -
     engine.step(state, encode(discover, 1500), Ingress(2, b"\x02" * 6, 0, 0), {})
 
 
-@pytest.mark.xfail(
-    raises=engine.RuleBroken, strict=False, reason="state changed before a drop (57 of 1 byte)"
-)
 def test_request_dropped_for_its_option_57_leaves_the_lease_alone() -> None:
     """A bound client asks for another address with an option 57 of one byte: the engine
     binds the new address and frees the old one, then finds 57 malformed and drops the

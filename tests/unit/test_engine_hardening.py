@@ -356,4 +356,3 @@ def test_a_malformed_option_57_is_refused_before_the_lease_moves() -> None:
     assert decision.drop is DropReason.BAD_OPTION and not decision.lease_writes
     lease = server.lease_at(address)
     assert lease is not None and lease.active(NOW) and lease.client_id == bytes((1,)) + mac(1)
-
