@@ -36,6 +36,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None, help="default: random, printed")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a fresh temp dir")
     parser.add_argument("--keep", action="store_true", help="keep the work dir even on success")
+    parser.add_argument(
+        "--no-churn",
+        action="store_true",
+        help="without the clients that come back at their lease's expiry (see Plan.churn_rate)",
+    )
+    parser.add_argument("--show", type=int, default=3, help="violations shown in full per kind")
     args = parser.parse_args()
     reason = available()
     if reason is not None:
@@ -44,15 +50,23 @@ def main() -> int:
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="brushtail-crash-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    plan = Plan(rounds=args.rounds, seed=seed)
-    print(f"crash: {args.rounds} rounds, seed {seed}, work dir {workdir}", flush=True)
+    plan = Plan(rounds=args.rounds, seed=seed, churn_rate=0 if args.no_churn else Plan.churn_rate)
+    print(
+        f"crash: {args.rounds} rounds, seed {seed}, churn {plan.churn_rate}/s, work dir {workdir}",
+        flush=True,
+    )
     started = time.monotonic()
     with CrashRun(workdir, plan) as run:
         for _ in range(args.rounds):
             print(run.round().line(), flush=True)
         print(f"summary: {run.summary()}; {time.monotonic() - started:.0f}s", flush=True)
         failures = run.violations()
+        shown: dict[str, int] = {}
         for number, violation in failures:
+            kind = f"{violation.check}/{violation.kind}"
+            shown[kind] = shown.get(kind, 0) + 1
+            if shown[kind] > args.show:
+                continue
             print(f"round {number}: {violation}")
             for line in run.daemon_lines(violation.ack.address)[-8:]:
                 print(f"    {line}")

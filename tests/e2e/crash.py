@@ -7,7 +7,12 @@ The clients: perfdhcp (Kea's) relaying for a few hundred simulated clients, with
 client end; one dhclient on `cli0` itself). The fast path is on, so renewals and repeat
 exchanges of known clients are answered in the kernel, also while no daemon runs. Leases
 are short (60 s, T1 5 s) so renewals happen throughout; udhcpc, which ignores T1, is sent
-SIGUSR1 every few seconds.
+SIGUSR1 every few seconds. A second perfdhcp ("churn") cycles through 600 clients at 10/s,
+so each comes back exactly one lease time after its last exchange, at its lease's expiry,
+in a pool smaller than all clients together: addresses freed by expiry are handed out again
+at once (issue 9 review findings 1 and 17 show up there; `Plan(churn_rate=0)` leaves it
+out). perfdhcp's renewals carry no option 55 while its exchanges do, so its clients move
+between the two paths: the kernel answers only requests with the list it was given.
 
 What the clients were told is read off the wire (tests/e2e/capture.py): every DHCPACK that
 reached the client end, from either path, with the REQUEST it answers. After each restart
@@ -22,7 +27,7 @@ address until t_ack + L, but the server stamps its expiry when it handles the RE
 which is earlier (the slow path: batch receive, before its fsync; the kernel: XDP receive
 time). Neither can stamp it before the REQUEST left the client, so the floor checked is
 t_request + L, with t_request the first copy of that REQUEST (same chaddr and xid) on the
-wire, minus CLOCK_SLACK for the kernel's expiry: it is CLOCK_BOOTTIME nanoseconds,
+wire, minus CLOCK_SLACK (50 ms) for the kernel's expiry: it is CLOCK_BOOTTIME nanoseconds,
 converted to Unix time with an offset the daemon read at its start; between two daemon
 starts the two clocks drift by NTP slew alone (at most 500 ppm, under 10 ms over one
 round), and float seconds round at well under a microsecond. The largest shortfall against
@@ -160,11 +165,20 @@ def acks_from(seen: Sequence[Seen]) -> Acks:
 @dataclass(frozen=True)
 class Violation:
     check: str  # "recorded" or "unique"
+    kind: str  # what exactly: "missing", "another client", "not bound", "short", "two clients"
     ack: Ack
     detail: str
 
     def __str__(self) -> str:
         return f"{self.check}: {self.ack.describe()}: {self.detail}"
+
+
+def tally(violations: Sequence[Violation]) -> dict[str, int]:
+    """How many violations of each check and kind, as "recorded/missing": n."""
+    counts: dict[str, int] = defaultdict(int)
+    for violation in violations:
+        counts[f"{violation.check}/{violation.kind}"] += 1
+    return dict(sorted(counts.items()))
 
 
 @dataclass
@@ -188,29 +202,34 @@ def check_recorded(
             continue
         result.checked += 1
         lease = by_address.get(ack.address)
-        problem = None
-        if lease is None:
-            problem = "not in the store"
-        elif lease.client_id != ack.client:
-            problem = (
-                f"stored for another client {lease.client_id.hex()} "
-                f"(mac {format_mac(lease.hwaddr)}, expires {lease.expires:.6f})"
-            )
-        elif lease.state is not LeaseState.BOUND:
-            problem = f"stored as {lease.state.name}, expires {lease.expires:.6f}"
-        elif lease.expires < ack.floor:
-            problem = (
-                f"stored expiry {lease.expires:.6f} is {ack.floor - lease.expires:.3f}s short of "
-                f"the floor {ack.floor:.6f} (told {ack.told:.6f})"
-            )
+        problem = _problem(ack, lease)
         if problem is not None:
-            result.violations.append(Violation("recorded", ack, problem))
+            result.violations.append(Violation("recorded", problem[0], ack, problem[1]))
             continue
         assert lease is not None
         margin = lease.expires - ack.floor
         result.min_margin = margin if result.min_margin is None else min(result.min_margin, margin)
         result.max_lag = max(result.max_lag, ack.told - lease.expires)
     return result
+
+
+def _problem(ack: Ack, lease: Lease | None) -> tuple[str, str] | None:
+    """What is wrong with `lease` as the record of `ack` (kind, detail), or None."""
+    if lease is None:
+        return "missing", "not in the store"
+    if lease.client_id != ack.client:
+        return "another client", (
+            f"stored for another client {lease.client_id.hex()} "
+            f"(mac {format_mac(lease.hwaddr)}, expires {lease.expires:.6f})"
+        )
+    if lease.state is not LeaseState.BOUND:
+        return "not bound", f"stored as {lease.state.name}, expires {lease.expires:.6f}"
+    if lease.expires < ack.floor:
+        return "short", (
+            f"stored expiry {lease.expires:.6f} is {ack.floor - lease.expires:.3f}s short "
+            f"of the floor {ack.floor:.6f} (told {ack.told:.6f})"
+        )
+    return None
 
 
 def check_unique(acks: Sequence[Ack]) -> list[Violation]:
@@ -226,6 +245,7 @@ def check_unique(acks: Sequence[Ack]) -> list[Violation]:
                 violations.append(
                     Violation(
                         "unique",
+                        "two clients",
                         ack,
                         f"client {other.hex()} holds it until at least {until:.6f}",
                     )
@@ -280,6 +300,7 @@ class Round:
     at_start: StoreCheck  # at "started": ACKs before the last SIGKILL
     settled: StoreCheck  # SETTLE later: ACKs up to DRAIN_BOUND before
     unique: list[Violation]
+    new: list[Violation] = field(default_factory=list)  # first seen in this round
 
     @property
     def slow(self) -> int:
@@ -298,6 +319,7 @@ class Round:
             f"{' after a kill in start-up' if self.startup_killed else ''}  checks "
             f"{passed}/{checks} recorded (at start {self.at_start.checked}, settled "
             f"{self.settled.checked}), unique {'ok' if not self.unique else len(self.unique)}"
+            + (f"; new violations: {tally(self.new)}" if self.new else "")
         )
 
 
@@ -460,6 +482,11 @@ class CrashRun:
             unique=[v for v in check_unique(seen) if self._mark <= v.ack.at < mark],
         )
         self._mark, self._fast = mark, fast
+        reported = {(v.check, v.ack) for r in self.rounds for v in r.new}
+        for violation in result.violations:
+            if (violation.check, violation.ack) not in reported:
+                reported.add((violation.check, violation.ack))
+                result.new.append(violation)
         self.rounds.append(result)
         return result
 
@@ -478,7 +505,9 @@ class CrashRun:
     # -- reporting ------------------------------------------------------------------------
 
     def violations(self) -> list[tuple[int, Violation]]:
-        return [(r.number, v) for r in self.rounds for v in r.violations]
+        """Each violation once, with the round that first saw it (an ACK missing from the
+        store fails every later check until its lease runs out)."""
+        return [(r.number, v) for r in self.rounds for v in r.new]
 
     def summary(self) -> str:
         acks = sum(r.acks for r in self.rounds)
@@ -492,8 +521,8 @@ class CrashRun:
         return (
             f"{len(self.rounds)} rounds ({sum(r.startup_killed for r in self.rounds)} with a "
             f"kill in start-up): {acks} acks (fast {fast}, slow {acks - fast}), "
-            f"{checked - failed}/{checked} recorded checks passed, "
-            f"{sum(len(r.unique) for r in self.rounds)} unique violations; "
+            f"{checked - failed}/{checked} recorded checks passed; violations "
+            f"{tally([v for _, v in self.violations()]) or 'none'}; "
             f"restart {min(self._start_seconds):.1f}-{max(self._start_seconds):.1f}s; "
             f"least margin over the floor {min(margins, default=0.0) * 1000:.1f} ms, "
             f"largest lag behind ack time + lease "

@@ -9,15 +9,17 @@ The first tests check the checks themselves on made-up captures and stores.
 
 import os
 import random
+import struct
 from pathlib import Path
 
 import pytest
 
+from brushtaild.dhcp.codec import encode
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.options import parse_ip, u32
 from brushtaild.engine.leases import Lease, LeaseState
-from tests.e2e import crash
+from tests.e2e import capture, crash
 from tests.e2e.capture import Seen
 from tests.e2e.crash import CLOCK_SLACK, Ack, CrashRun, Plan, acks_from
 from tests.e2e.netns import RELAY_IP, SERVER_IP, available
@@ -117,27 +119,91 @@ def test_unique_flags_an_address_acked_to_two_clients_at_once() -> None:
     assert crash.check_unique(acks_from(seen).acks) == []
 
 
+def _frame(payload: bytes, *, vlan: int | None = None) -> bytes:
+    """An Ethernet/IPv4/UDP frame from the server's port 67 to a client's port 68."""
+    udp = struct.pack("!HHHH", 67, 68, 8 + len(payload), 0) + payload
+    ip_header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+        bytes(map(int, SERVER_IP.split("."))), bytes(4),
+    )  # fmt: skip
+    tag = b"" if vlan is None else b"\x81\x00" + vlan.to_bytes(2)
+    return bytes(6) + MAC_A + tag + b"\x08\x00" + ip_header + udp
+
+
+def test_a_capture_reads_back_as_dhcp_messages_up_to_its_incomplete_tail(
+    tmp_path: Path,
+) -> None:
+    reply = encode(_ack(T0, MAC_A, 7).message)
+    frames = [_frame(reply), _frame(reply, vlan=10), _frame(b"not dhcp")]
+    data = struct.pack("<IHHiIII", capture.PCAP_MAGIC_NS, 2, 4, 0, 0, 65535, 1)
+    for n, frame in enumerate(frames):
+        data += struct.pack("<IIII", int(T0) + n, 500_000_000, len(frame), len(frame)) + frame
+    path = tmp_path / "c.pcap"
+    # A record tcpdump is still writing: its header, part of its frame.
+    path.write_bytes(data + struct.pack("<IIII", int(T0) + 3, 0, 300, 300) + bytes(10))
+    read = capture.read_pcap(path)
+    assert [at for at, _ in read] == [T0 + 0.5, T0 + 1.5, T0 + 2.5]
+    seen = capture.dhcp_messages(read)
+    assert [s.at for s in seen] == [T0 + 0.5, T0 + 1.5]
+    assert all(s.from_server and s.message.xid == 7 for s in seen)
+
+
 # --- against the real daemon ----------------------------------------------------------
 
-ROUNDS = 3
+
+def _seed() -> int:
+    return int(os.environ.get("BT_CRASH_SEED", random.randrange(1 << 31)))
 
 
-def test_sigkill_at_random_moments_loses_no_acknowledged_lease(tmp_path: Path) -> None:
-    """3 rounds of: clients busy for 3-6 s, SIGKILL, restart (one in three killed again
-    in start-up), check at "started" and once settled. About a minute in all."""
+def _run_clean(tmp_path: Path, plan: Plan) -> list[crash.Round]:
+    """Runs `plan` and fails with every round's line and each violation (with the daemon's
+    log lines about its address) if any check failed."""
     reason = available()
     if reason is not None:
         unavailable(reason)
-    seed = int(os.environ.get("BT_CRASH_SEED", random.randrange(1 << 31)))
-    plan = Plan(rounds=ROUNDS, seed=seed, run=(3.0, 6.0), startup_kill=0.34)
     with CrashRun(tmp_path, plan) as run:
-        lines = [run.round().line() for _ in range(ROUNDS)]
-        report = "\n".join([f"seed {seed} (BT_CRASH_SEED repeats it)", *lines, run.summary()])
+        lines = [run.round().line() for _ in range(plan.rounds)]
+        report = "\n".join([f"seed {plan.seed} (BT_CRASH_SEED repeats it)", *lines, run.summary()])
         failures = [
             f"round {number}: {v}\n    " + "\n    ".join(run.daemon_lines(v.ack.address)[-6:])
-            for number, v in run.violations()
+            for number, v in run.violations()[:10]
         ]
     assert not failures, report + "\n" + "\n".join(failures)
-    # The run exercised both paths and checked something after every restart.
-    assert all(r.fast > 0 and r.slow > 0 for r in run.rounds), report
     assert all(r.at_start.checked > 0 and r.settled.checked > 0 for r in run.rounds), report
+    return run.rounds
+
+
+def test_sigkill_at_random_moments_loses_no_acknowledged_lease(tmp_path: Path) -> None:
+    """3 rounds of: clients busy for 3-6 s, SIGKILL, restart (about one in three killed
+    again in start-up), check at "started" and once settled. About 50 s."""
+    plan = Plan(rounds=3, seed=_seed(), run=(3.0, 6.0), startup_kill=0.34, churn_rate=0)
+    rounds = _run_clean(tmp_path, plan)
+    # Both paths answered in every round.
+    assert all(r.fast > 0 and r.slow > 0 for r in rounds), [r.line() for r in rounds]
+
+
+# Runs only on request: its clients need two lease times (two minutes) to come round, well
+# beyond the short form's budget; bench/crash.py runs the same clients in every round.
+CHURN = os.environ.get("BT_CRASH_CHURN") == "1"
+
+
+@pytest.mark.xfail(
+    reason="fails on today's code (issue 9 review findings 1 and 17): addresses ACKed to two "
+    "clients. (1) a lease whose stored expiry passed while the daemon was down is freed at "
+    "load, and the kernel renewal absorbed after the restart extends it without taking the "
+    "address back; (17) the engine expires a lease and hands its address out while the "
+    "kernel ACKed a renewal of it moments before, whose ring event is then refused as stale. "
+    "Not run unless BT_CRASH_CHURN=1 (about 150 s); bench/crash.py shows both every run. "
+    "Run it, and remove this mark, once the lease table (must-have 2) lands.",
+    run=CHURN,
+    strict=True,
+)
+def test_clients_renewing_at_their_expiry_through_crashes_keep_their_address(
+    tmp_path: Path,
+) -> None:
+    """Clients that come back exactly at their lease's expiry (perfdhcp cycling 600 clients
+    at 10/s, 60 s leases) in a pool too small for everyone, so freed addresses are handed
+    out again at once; a SIGKILL as the first cycle comes round, another as the second
+    does."""
+    plan = Plan(rounds=2, seed=_seed(), run=(58.0, 62.0), startup_kill=0.0)
+    _run_clean(tmp_path, plan)
