@@ -54,17 +54,23 @@ class Seen:
         return self.src == _SERVER and self.message.op == 2
 
 
-def read_pcap(path: Path) -> list[tuple[float, bytes]]:
-    """The frames of a pcap file and their times; a record tcpdump is still writing (the
-    file's incomplete tail) is left out."""
-    data = path.read_bytes()
-    if len(data) < _GLOBAL.size:
-        return []
-    magic, _, _, _, _, _, linktype = _GLOBAL.unpack_from(data)
-    if magic != PCAP_MAGIC_NS or linktype != LINKTYPE_ETHERNET:
-        raise ValueError(f"{path}: not a nanosecond Ethernet pcap (magic {magic:#x})")
+def read_pcap(path: Path, offset: int = 0) -> tuple[list[tuple[float, bytes]], int]:
+    """The frames of a pcap file from byte `offset` on (0: the start, header included) and
+    their times, and the offset to read on from next time; a record tcpdump is still
+    writing (the file's incomplete tail) is left for then."""
+    with path.open("rb") as f:
+        if offset == 0:
+            header = f.read(_GLOBAL.size)
+            if len(header) < _GLOBAL.size:
+                return [], 0
+            magic, _, _, _, _, _, linktype = _GLOBAL.unpack(header)
+            if magic != PCAP_MAGIC_NS or linktype != LINKTYPE_ETHERNET:
+                raise ValueError(f"{path}: not a nanosecond Ethernet pcap (magic {magic:#x})")
+            offset = _GLOBAL.size
+        f.seek(offset)
+        data = f.read()
     frames = []
-    pos = _GLOBAL.size
+    pos = 0
     while pos + _RECORD.size <= len(data):
         sec, nsec, incl, _ = _RECORD.unpack_from(data, pos)
         start = pos + _RECORD.size
@@ -72,7 +78,7 @@ def read_pcap(path: Path) -> list[tuple[float, bytes]]:
             break
         frames.append((sec + nsec / 1e9, data[start : start + incl]))
         pos = start + incl
-    return frames
+    return frames, offset + pos
 
 
 def udp_payload(frame: bytes) -> tuple[int, int, int, bytes] | None:
@@ -117,6 +123,8 @@ class Capture:
         self.ifname = ifname
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_file = path.with_suffix(".log")
+        self._seen: list[Seen] = []
+        self._offset = 0
 
     def start(self, timeout: float = 10.0) -> Self:
         with self.log_file.open("ab") as log:
@@ -139,8 +147,11 @@ class Capture:
         return self
 
     def seen(self) -> list[Seen]:
-        """Every DHCP message captured so far."""
-        return dhcp_messages(read_pcap(self.path)) if self.path.exists() else []
+        """Every DHCP message captured so far (read on from where the last call stopped)."""
+        if self.path.exists():
+            frames, self._offset = read_pcap(self.path, self._offset)
+            self._seen += dhcp_messages(frames)
+        return list(self._seen)
 
     def dropped(self) -> str:
         """tcpdump's closing report (captured / dropped by kernel), once stopped."""

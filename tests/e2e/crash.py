@@ -35,13 +35,16 @@ the naive t_ack + L is reported as `max_lag`.
 
 Which ACKs must be in the store when:
 
-- at "started" (the daemon absorbs the ring before attaching and logging it), every ACK
-  received before the last SIGKILL: the slow path commits before it sends, and the kernel's
-  renewals of that time are in the ring or were committed by an earlier daemon;
-- ACKs the kernel sent after the last SIGKILL may legitimately be only in the ring at
-  "started": the old program answers until the new one is attached, and the new daemon's
-  first drain was just before that. The daemon drains the ring at every wake-up (at least
-  once a second, `IDLE_WAKEUP`), so DRAIN_BOUND after any moment, all ACKs before it are in.
+- at "started", every ACK received before the daemon that logged it was spawned: the slow
+  path commits before it sends, and the kernel's renewals up to then, those it answered
+  while no daemon ran included, are in the ring (which the daemon drains and commits in
+  start-up, after compiling, before attaching and logging "started") or were committed by
+  an earlier daemon. A renewal a killed daemon had read from the ring but not committed
+  would fail here;
+- ACKs the kernel sent after the spawn may legitimately be only in the ring at "started":
+  the old program answers until the new one is attached, and the start-up drain came just
+  before that. The daemon drains the ring at every wake-up (at least once a second,
+  `IDLE_WAKEUP`), so DRAIN_BOUND after any moment every ACK before it is in the store.
 """
 
 import contextlib
@@ -69,6 +72,8 @@ from tests.e2e.daemon import Brushtaild, sweep_stale_pins
 from tests.e2e.netns import CLIENT_IF, PREFIX_LEN, RELAY_IP, SERVER_IP, Link, ip
 from tests.e2e.xdp_pass import attach_client_pass
 
+# The kernel's expiry, converted from CLOCK_BOOTTIME, may fall this far below the REQUEST's
+# wall-clock time + lease time (module docstring).
 CLOCK_SLACK = 0.05
 # A retransmitted REQUEST keeps its xid: the floor is taken from the first copy sent within
 # this long before the ACK (udhcpc rebinds a second after its unicast renewal).
@@ -297,7 +302,7 @@ class Round:
     fast: int  # of which the kernel's (pinned counter)
     startup_killed: bool
     start_seconds: float  # spawn to "started"
-    at_start: StoreCheck  # at "started": ACKs before the last SIGKILL
+    at_start: StoreCheck  # at "started": ACKs before the daemon was spawned
     settled: StoreCheck  # SETTLE later: ACKs up to DRAIN_BOUND before
     unique: list[Violation]
     new: list[Violation] = field(default_factory=list)  # first seen in this round
@@ -439,13 +444,15 @@ class CrashRun:
                     with contextlib.suppress(ProcessLookupError):
                         client.proc.send_signal(signal.SIGUSR1)
 
-    def _timed_start(self) -> float:
+    def _timed_start(self) -> tuple[float, float]:
+        """Starts the daemon and waits for "started"; returns when it was spawned (Unix
+        time) and how long it took."""
         assert self.daemon is not None
-        started = time.monotonic()
+        spawned_at, started = time.time(), time.monotonic()
         self.daemon.start(START_TIMEOUT)
         seconds = time.monotonic() - started
         self._start_seconds.append(seconds)
-        return seconds
+        return spawned_at, seconds
 
     # -- one round ------------------------------------------------------------------------
 
@@ -453,7 +460,7 @@ class CrashRun:
         daemon, capture, rng = self.daemon, self.capture, self.random
         assert daemon is not None and capture is not None
         time.sleep(rng.uniform(*self.plan.run))
-        killed_at = _kill(daemon)
+        daemon.kill()
         time.sleep(rng.uniform(*self.plan.down))
         startup_killed = rng.random() < self.plan.startup_kill
         if startup_killed:
@@ -462,10 +469,10 @@ class CrashRun:
             typical = max(self._start_seconds)
             daemon.spawn()
             time.sleep(rng.uniform(0.0, typical))
-            killed_at = _kill(daemon)
+            daemon.kill()
             time.sleep(rng.uniform(*self.plan.down))
-        start_seconds = self._timed_start()
-        at_start = self._check(received_before=killed_at)
+        spawned_at, start_seconds = self._timed_start()
+        at_start = self._check(received_before=spawned_at)
         time.sleep(SETTLE)
         settled = self._check(received_before=time.time() - DRAIN_BOUND)
         seen = self._acks()
@@ -535,12 +542,6 @@ class CrashRun:
         assert self.daemon is not None
         text = self.daemon.log_file.read_text(errors="replace")
         return [line for line in text.splitlines() if f"ip={format_ip(address)} " in line]
-
-
-def _kill(daemon: Brushtaild) -> float:
-    at = time.time()
-    daemon.kill()
-    return at
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:

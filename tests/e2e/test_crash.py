@@ -141,8 +141,9 @@ def test_a_capture_reads_back_as_dhcp_messages_up_to_its_incomplete_tail(
     path = tmp_path / "c.pcap"
     # A record tcpdump is still writing: its header, part of its frame.
     path.write_bytes(data + struct.pack("<IIII", int(T0) + 3, 0, 300, 300) + bytes(10))
-    read = capture.read_pcap(path)
-    assert [at for at, _ in read] == [T0 + 0.5, T0 + 1.5, T0 + 2.5]
+    read, offset = capture.read_pcap(path)
+    assert [at for at, _ in read] == [T0 + 0.5, T0 + 1.5, T0 + 2.5] and offset == len(data)
+    assert capture.read_pcap(path, offset) == ([], offset)
     seen = capture.dhcp_messages(read)
     assert [s.at for s in seen] == [T0 + 0.5, T0 + 1.5]
     assert all(s.from_server and s.message.xid == 7 for s in seen)
