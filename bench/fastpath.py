@@ -121,13 +121,13 @@ if SOURCE is not None:
 
 from slowpath import write_kea_config  # noqa: E402  (bench/ is this script's sys.path[0])
 
+from brushtaild.config.model import Config, XdpMode  # noqa: E402
 from brushtaild.dhcp.codec import parse  # noqa: E402
 from brushtaild.dhcp.constants import MessageType, OptionCode  # noqa: E402
-from brushtaild.engine.config import Config  # noqa: E402
 from brushtaild.engine.leases import Lease, LeaseState  # noqa: E402
 from brushtaild.engine.server import Server, client_identity  # noqa: E402
 from brushtaild.xdp import libbpf, maps  # noqa: E402
-from brushtaild.xdp.loader import BPFFS, XDP_FLAGS_DRV_MODE, Limits, Program, XdpMode  # noqa: E402
+from brushtaild.xdp.loader import BPFFS, XDP_FLAGS_DRV_MODE, Limits, Program  # noqa: E402
 from brushtaild.xdp.sync import MapSync  # noqa: E402
 from tests.bpf.frames import client_frame, decode_reply  # noqa: E402
 from tests.e2e import netns  # noqa: E402
@@ -461,7 +461,8 @@ def filler_address(i: int) -> int:
 
 
 def filler_pool(i: int) -> str:
-    return BENCH_POOL[0] if filler_address(i) <= BENCH_LAST else FILL_POOL[0]
+    # By index: 100.64.0.0/10 is numerically below 198.18.0.0/15.
+    return BENCH_POOL[0] if i <= BENCH_LAST - FILL_FIRST_BENCH else FILL_POOL[0]
 
 
 def make_lease(

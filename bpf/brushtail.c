@@ -4,7 +4,9 @@
  * (XDP_PASS): the program only ever answers what it fully understands.
  *
  * Reads top to bottom: parse, rate-limit, look up, check, build, send; one exit counts the
- * result. Compiled and loaded by brushtaild/xdp/loader.py.
+ * result. Every DHCP request is charged to its sender before anything else is decided, and
+ * one that is not well-formed (docs/DESIGN.md, "Well-formed requests") is dropped here: the
+ * slow path refuses the same frames. Compiled and loaded by brushtaild/xdp/loader.py.
  */
 #include <uapi/linux/bpf.h>
 
@@ -22,6 +24,8 @@
 #define LATENCY_SAMPLE 16 /* a power of two */
 #define FNV64_OFFSET 0xcbf29ce484222325ull
 #define FNV64_PRIME 0x100000001b3ull
+#define HASH_MAX PRL_MAX /* bytes hash_bytes reads: all of option 55, a circuit-id's first */
+#define RELAY_BURST_NS NS_PER_SEC /* a relay's bucket holds one second of its rate */
 
 static __always_inline __u64 config_get(__u32 slot)
 {
@@ -41,11 +45,10 @@ static __always_inline int addressed_to_us(struct ethhdr *eth)
 	return dest == ETH_BROADCAST_ADDR || dest == config_get(BT_CFG_SERVER_MAC);
 }
 
-/* Returns 1 if this client is over its rate; a client never seen gets a fresh bucket. */
-static __always_inline int rate_limited(struct bt_client_key *key, __u64 now)
+/* Returns 1 if `key` is over the rate; a sender never seen gets a fresh bucket. */
+static __always_inline int over_rate(struct bt_rate_key *key, __u64 now, __u64 cost,
+				     __u64 burst)
 {
-	__u64 cost = config_get(BT_CFG_RATE_COST);
-	__u64 burst = config_get(BT_CFG_RATE_BURST);
 	struct bt_bucket *b;
 
 	if (!cost)
@@ -61,24 +64,85 @@ static __always_inline int rate_limited(struct bt_client_key *key, __u64 now)
 	return bucket_take(b, now, cost, burst);
 }
 
-/* 64-bit FNV-1a of option 55, never BT_PRL_ABSENT: the length first, then the list
- * zero-padded to PRL_MAX bytes, 8 bytes a step, so the loop has a fixed count.
- * brushtaild/xdp/maps.py has the same function. The list is copied out of the frame first:
- * the verifier cannot follow a byte walk up to the packet's end. */
-static __always_inline __u64 prl_hash(struct xdp_md *ctx, struct dhcp_request *req)
+/* Charges a request to its sender; returns 1 if the sender is over its rate. A client on the
+ * link pays a client's rate. A relay pays its own, larger one, and an access line behind it
+ * (a circuit-id) first pays a client's rate in a bucket of its own, so one line over its
+ * rate is stopped before it spends its relay's budget. */
+static __always_inline int rate_limited(struct bt_rate_key *sender, __u64 now)
 {
-	__u64 words[PRL_MAX / 8] = {};
-	__u32 len = req->prl_len;
+	__u64 cost = config_get(BT_CFG_RATE_COST);
+	__u64 burst = config_get(BT_CFG_RATE_BURST);
+	struct bt_rate_key relay;
+
+	if (!sender->giaddr)
+		return over_rate(sender, now, cost, burst);
+	if (sender->circuit && over_rate(sender, now, cost, burst))
+		return 1;
+	relay = *sender;
+	relay.circuit = 0;
+	return over_rate(&relay, now, config_get(BT_CFG_RELAY_COST), RELAY_BURST_NS);
+}
+
+/* Returns 1 if a new subscriber's DISCOVER from the link itself is over the link's budget.
+ * The slow path allocates for each one: those from the link share one budget (its VLANs),
+ * as those behind a relay share their relay's, so a flood from random source MACs cannot
+ * crowd out the other links, relays and the renewals the slow path answers. */
+static __always_inline int link_over_budget(struct bt_rate_key *sender, __u64 now)
+{
+	struct bt_rate_key link = {};
+
+	if (sender->giaddr)
+		return 0; /* paid for at its relay */
+	link.outer_vlan = sender->outer_vlan;
+	link.inner_vlan = sender->inner_vlan;
+	link.kind = BT_RATE_LINK;
+	return over_rate(&link, now, config_get(BT_CFG_RELAY_COST), RELAY_BURST_NS);
+}
+
+/* 64-bit FNV-1a of `len` bytes at `off`, never 0: the length first, then the first HASH_MAX
+ * bytes zero-padded to HASH_MAX, 8 bytes a step, so the loop has a fixed count. Of option 55
+ * it is the lease's prl_hash (brushtaild/xdp/maps.py has the same function). The bytes are
+ * copied out of the frame first: the verifier cannot follow a byte walk up to its end. */
+static __always_inline __u64 hash_bytes(struct xdp_md *ctx, __u32 off, __u32 len)
+{
+	__u64 words[HASH_MAX / 8] = {};
+	__u32 n = len < HASH_MAX ? len : HASH_MAX;
 	__u64 h = (FNV64_OFFSET ^ len) * FNV64_PRIME;
 	int i;
 
-	/* Written so the verifier sees a length in [1, PRL_MAX]. */
-	if (len && bpf_xdp_load_bytes(ctx, req->prl_off, words, ((len - 1) & (PRL_MAX - 1)) + 1) < 0)
+	/* Written so the verifier sees a length in [1, HASH_MAX]. */
+	if (n && bpf_xdp_load_bytes(ctx, off, words, ((n - 1) & (HASH_MAX - 1)) + 1) < 0)
 		return BT_PRL_ABSENT; /* matches no lease */
 #pragma unroll
-	for (i = 0; i < PRL_MAX / 8; i++)
+	for (i = 0; i < HASH_MAX / 8; i++)
 		h = (h ^ words[i]) * FNV64_PRIME;
 	return h ? h : 1;
+}
+
+/* Walks the options and, for a relayed request, option 82's sub-options; names the access
+ * line in `sender` if the relay gave a circuit-id. Returns 1 if the request was read whole,
+ * 0 if the slow path must read it. */
+static __always_inline int parse_request(struct xdp_md *ctx, struct cursor *c, void *data,
+					 struct bootp_hdr *b, struct dhcp_request *req,
+					 struct bt_rate_key *sender)
+{
+	if (parse_dhcp_options(c, data, req) < 0 || !(req->seen & SEEN_MESSAGE_TYPE))
+		return 0;
+	if (!(req->seen & SEEN_RELAY) || !b->giaddr)
+		return 1;
+	if (parse_relay_info(c, data, req) < 0)
+		return 0;
+	if (req->circuit_len)
+		sender->circuit = hash_bytes(ctx, req->circuit_off, req->circuit_len);
+	return 1;
+}
+
+/* A subnet selector the slow path must judge: option 118 (which the reply must echo, RFC
+ * 3011, and the templates cannot), or option 82 from a client rather than a relay (which
+ * the slow path ignores: a client cannot be trusted with relay information). */
+static __always_inline int slow_path_selector(struct bootp_hdr *b, struct dhcp_request *req)
+{
+	return (req->seen & SEEN_SUBNET_SELECTION) || ((req->seen & SEEN_RELAY) && !b->giaddr);
 }
 
 /* Option 61 must be the lease's identity; without it, that identity must be htype 1 +
@@ -160,11 +224,12 @@ int xdp_brushtail(struct xdp_md *ctx)
 	struct cursor c = { .pos = data, .end = data_end };
 	struct dhcp_request *req;
 	struct bt_client_key key = {};
+	struct bt_rate_key sender = {};
 	struct reply_plan plan = {};
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct udphdr *udp;
-	struct bootp_hdr *b;
+	struct bootp_hdr *b = NULL;
 	struct bt_lease *lease;
 	struct bt_template *tpl;
 	struct bt_renewal *event = NULL;
@@ -174,10 +239,10 @@ int xdp_brushtail(struct xdp_md *ctx)
 	__be16 proto;
 	__u64 now;
 	__u8 reply_type;
-	int action = XDP_PASS;
+	int action = XDP_PASS, tags, parsed = 0;
 
-	if (parse_ethhdr_vlan(&c, &eth, &key.outer_vlan, &key.inner_vlan, &proto) < 0 ||
-	    proto != htons(ETH_P_IP))
+	tags = parse_ethhdr_vlan(&c, &eth, &key.outer_vlan, &key.inner_vlan, &proto);
+	if (tags < 0 || proto != htons(ETH_P_IP))
 		return XDP_PASS;
 	l3_off = c.pos - data;
 	frame_len = data_end - data;
@@ -189,27 +254,41 @@ int xdp_brushtail(struct xdp_md *ctx)
 
 	/* From here on it is DHCP, and every packet is counted under one result. */
 	now = bpf_ktime_get_boot_ns();
-	result = BT_PASS_UNPARSED;
-	if (!datagram_fills_frame(ip, udp, l3_off, frame_len) ||
-	    !ipv4_csum_valid(ctx, ip, l3_off, ip->ihl * 4) || parse_bootp(&c, &b) < 0)
-		goto out;
-	__builtin_memcpy(key.mac, b->chaddr, ETH_ALEN);
-	if (rate_limited(&key, now)) {
-		result = BT_DROP_RATE_LIMIT;
-		action = XDP_DROP;
-		goto out;
-	}
 	/* The walk's findings live in the scratch map, not on the stack: the verifier does not
 	 * track map contents, so every way out of the walk leads to one state, not thousands. */
+	result = BT_PASS_UNPARSED;
 	s = scratch.lookup(&zero);
 	if (!s)
 		goto out;
 	req = &s->req;
 	__builtin_memset(req, 0, sizeof(*req));
-	if (parse_dhcp_options(&c, data, req) < 0 || !(req->seen & SEEN_MESSAGE_TYPE))
+	__builtin_memcpy(sender.mac, eth->h_source, ETH_ALEN);
+	sender.outer_vlan = key.outer_vlan;
+	sender.inner_vlan = key.inner_vlan;
+	sender.saddr = ip->saddr;
+	result = BT_DROP_MALFORMED;
+	if (datagram_well_formed(ip, udp, l3_off, frame_len) &&
+	    ipv4_csum_valid(ctx, ip, l3_off, ip->ihl * 4) && parse_bootp(&c, &b) == 0) {
+		result = BT_PASS_UNPARSED;
+		sender.giaddr = b->giaddr; /* only a well-formed request names a relay */
+		parsed = parse_request(ctx, &c, data, b, req, &sender);
+	}
+	if (rate_limited(&sender, now)) {
+		result = BT_DROP_RATE_LIMIT;
+		action = XDP_DROP;
 		goto out;
-	if ((req->seen & SEEN_RELAY) && parse_relay_link_selection(&c, data, req) < 0)
+	}
+	if (result == BT_DROP_MALFORMED) {
+		action = XDP_DROP;
 		goto out;
+	}
+	if (!parsed)
+		goto out;
+	/* The slow path's socket refuses every tagged frame; a priority tag is not untagged. */
+	result = BT_PASS_PRIORITY_TAG;
+	if ((tags > 0 && !key.outer_vlan) || (tags > 1 && !key.inner_vlan))
+		goto out;
+	__builtin_memcpy(key.mac, b->chaddr, ETH_ALEN);
 
 	result = BT_PASS_MESSAGE;
 	if (req->msg_type == DHCP_DISCOVER)
@@ -218,11 +297,19 @@ int xdp_brushtail(struct xdp_md *ctx)
 		reply_type = DHCP_ACK;
 	else
 		goto out;
+	result = BT_PASS_SELECTOR;
+	if (slow_path_selector(b, req))
+		goto out;
 
 	result = BT_PASS_MISS;
 	lease = leases.lookup(&key);
-	if (!lease)
+	if (!lease) {
+		if (reply_type == DHCP_OFFER && link_over_budget(&sender, now)) {
+			result = BT_DROP_LINK_BUDGET;
+			action = XDP_DROP;
+		}
 		goto out;
+	}
 	result = BT_PASS_EXPIRED;
 	if (now >= lease->expires_ns)
 		goto out;
@@ -232,16 +319,19 @@ int xdp_brushtail(struct xdp_md *ctx)
 	server_id = config_get(BT_CFG_SERVER_ID);
 	result = BT_PASS_NETWORK;
 	{
-		/* The slow path's subnet selector, in its order (Server._network_selector); a
-		 * selection of 0.0.0.0 is still a selection (of no subnet), not an absent one. */
+		/* The slow path's subnet selector, in its order (Server._network_selector), 118
+		 * aside; a link selection of 0.0.0.0 is still a selection (of no subnet). A
+		 * DISCOVER's ciaddr is 0 by RFC 2131 4.3.1 and does not select. */
+		__be32 ciaddr = reply_type == DHCP_ACK ? b->ciaddr : 0;
 		__be32 selector = req->seen & SEEN_SELECTOR ? req->subnet_selection :
-				  b->giaddr ?: b->ciaddr ?: server_id;
+				  b->giaddr ?: ciaddr ?: server_id;
 
 		if ((selector & lease->netmask) != lease->subnet)
 			goto out;
 	}
 	result = BT_PASS_PRL;
-	if ((req->seen & SEEN_PRL ? prl_hash(ctx, req) : BT_PRL_ABSENT) != lease->prl_hash)
+	if ((req->seen & SEEN_PRL ? hash_bytes(ctx, req->prl_off, req->prl_len) : BT_PRL_ABSENT) !=
+	    lease->prl_hash)
 		goto out;
 	result = BT_PASS_REQUEST_MISMATCH;
 	if (reply_type == DHCP_ACK && !request_matches(ip, b, req, lease, server_id))
@@ -261,13 +351,18 @@ int xdp_brushtail(struct xdp_md *ctx)
 	plan.ip_extra = ip->ihl * 4 - sizeof(struct iphdr);
 	plan.frame_len = frame_len;
 	plan.tpl_len = tpl->len;
+	if (req->seen & SEEN_CLIENT_ID) {
+		plan.client_id_len = save_client_id(s->client_id, lease);
+		if (!plan.client_id_len)
+			goto out;
+	}
 	if (req->seen & SEEN_RELAY) {
 		plan.relay_len = save_relay_info(ctx, s->buf, req);
 		if (!plan.relay_len)
 			goto out;
 	}
 	result = BT_PASS_TOO_BIG;
-	plan.opt_len = plan.tpl_len + plan.relay_len;
+	plan.opt_len = plan.tpl_len + plan.client_id_len + plan.relay_len;
 	plan.bootp_len = reply_bootp_len(plan.opt_len);
 	limit = req->max_size > MIN_IP_DATAGRAM ? req->max_size : MIN_IP_DATAGRAM;
 	if (UDP_IP_HLEN + plan.bootp_len > limit)
@@ -291,7 +386,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 
 	/* Up to here the frame is untouched and a failure passes it on. */
 	result = BT_PASS_NO_ROOM;
-	action = write_reply(ctx, &plan, tpl, s->buf);
+	action = write_reply(ctx, &plan, tpl, s->client_id, s->buf);
 	if (action != XDP_TX)
 		goto out_discard;
 	if (event) {

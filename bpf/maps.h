@@ -24,6 +24,8 @@
 #define BT_EVENT_PAGES 1024 /* 4 MiB: about 130k renewals while brushtaild is away */
 #endif
 #define BT_SCRATCH_SIZE 264 /* option 82 (2 + 255 bytes), zero-padded to 4 */
+#define BT_SCRATCH_ID_SIZE 64 /* option 61 (2 + BT_MAX_CLIENT_ID bytes), zero-padded to a
+				* power of two, so a masked length bounds its copy */
 
 #define BPF_F_NO_PREALLOC_ 1
 
@@ -39,17 +41,19 @@ BPF_TABLE_PINNED("hash", struct bt_client_key, struct bt_lease, leases, BT_MAX_L
 BPF_TABLE_PINNED("array", __u32, struct bt_template, templates, 2 * BT_MAX_TEMPLATES,
 		 BT_PIN_DIR "/templates");
 BPF_TABLE_PINNED("array", __u32, __u64, config, BT_CFG_SLOTS, BT_PIN_DIR "/config");
-/* Per-MAC token buckets; an LRU apart from the leases, so a flood of random MACs only
- * ever evicts other buckets. */
-BPF_TABLE_PINNED("lru_hash", struct bt_client_key, struct bt_bucket, ratelimit,
+/* Token buckets per sender (struct bt_rate_key); an LRU apart from the leases, so a flood
+ * of random MACs only ever evicts other buckets. */
+BPF_TABLE_PINNED("lru_hash", struct bt_rate_key, struct bt_bucket, ratelimit,
 		 BT_RATELIMIT_ENTRIES, BT_PIN_DIR "/ratelimit");
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, results, BT_RESULTS, BT_PIN_DIR "/results");
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, latency, BT_LATENCY_BUCKETS,
 		 BT_PIN_DIR "/latency");
-/* What the option walk found, and option 82 kept while the frame becomes the reply. */
+/* What the option walk found, and options 82 and 61 kept while the frame becomes the
+ * reply. */
 struct bt_scratch {
 	struct dhcp_request req;
 	__u8 buf[BT_SCRATCH_SIZE];
+	__u8 client_id[BT_SCRATCH_ID_SIZE];
 };
 BPF_PERCPU_ARRAY(scratch, struct bt_scratch, 1);
 

@@ -39,6 +39,7 @@
 #define OPT_RELAY_AGENT_INFO 82
 #define OPT_SUBNET_SELECTION 118
 #define OPT_END 255
+#define RAI_CIRCUIT_ID 1
 #define RAI_LINK_SELECTION 5
 
 struct cursor {
@@ -77,9 +78,11 @@ struct dhcp_request {
 	__u8 client_id_len;
 	__u8 prl_len;
 	__u8 relay_len;
+	__u8 circuit_len;        /* option 82's circuit-id sub-option, or 0 */
 	__u16 client_id_off;
 	__u16 prl_off;
 	__u16 relay_off;
+	__u16 circuit_off;
 	__u16 max_size;          /* option 57, or 0 */
 	__be32 requested;        /* option 50, or 0 */
 	__be32 server_id;        /* option 54, or 0 */
@@ -106,7 +109,8 @@ static __always_inline int proto_is_vlan(__be16 proto)
 	return proto == htons(ETH_P_8021Q) || proto == htons(ETH_P_8021AD);
 }
 
-/* Ethernet and up to two VLAN tags; IDs go to outer/inner (0 when untagged). */
+/* Ethernet and up to two VLAN tags; IDs go to outer/inner (0 when untagged). Returns the
+ * number of tags, so a priority tag (VID 0) can be told from none. */
 static __always_inline int parse_ethhdr_vlan(struct cursor *c, struct ethhdr **eth,
 					     __u16 *outer, __u16 *inner, __be16 *proto)
 {
@@ -139,10 +143,11 @@ static __always_inline int parse_ethhdr_vlan(struct cursor *c, struct ethhdr **e
 		return -1; /* a third tag */
 	c->pos = vlh;
 	*proto = p;
-	return 0;
+	return i;
 }
 
-/* IPv4 with or without options; fragments are left to the kernel's reassembly. */
+/* IPv4 with or without options. A fragment after the first has no UDP header, so it is no
+ * DHCP request to judge; a first fragment is, and is malformed (datagram_well_formed). */
 static __always_inline int parse_iphdr(struct cursor *c, struct iphdr **iph)
 {
 	struct iphdr *ip = c->pos;
@@ -152,7 +157,7 @@ static __always_inline int parse_iphdr(struct cursor *c, struct iphdr **iph)
 		return -1;
 	if (ip->version != 4 || ip->ihl < 5)
 		return -1;
-	if (ip->frag_off & htons(IP_MF | IP_OFFSET))
+	if (ip->frag_off & htons(IP_OFFSET))
 		return -1;
 	hdrsize = ip->ihl * 4;
 	if (c->pos + hdrsize > c->end)
@@ -173,20 +178,23 @@ static __always_inline int parse_udphdr(struct cursor *c, struct udphdr **udph)
 	return 0;
 }
 
-/* The slow path reads a request by its IPv4 and UDP lengths and drops a frame they do not
- * fit (parse_frame in brushtaild/net/packet_io.py). Here both must end exactly where the
- * frame ends, so every bounds check against the frame's end is one against the payload's:
- * bytes after the datagram are never walked as options the slow path would not see. A
- * DHCP request is far longer than Ethernet's minimum frame, so it carries no padding. */
-static __always_inline int datagram_fills_frame(struct iphdr *ip, struct udphdr *udp,
+/* A well-formed request (docs/DESIGN.md, "Well-formed requests"; the slow path's
+ * parse_frame in brushtaild/net/packet_io.py applies the same rules) is one unfragmented
+ * datagram whose IPv4 and UDP lengths both end exactly where the frame ends: every bounds
+ * check against the frame's end is then one against the payload's, and bytes after the
+ * datagram are never walked as options. A DHCP request is far longer than Ethernet's
+ * minimum frame, so it never carries link-layer padding. */
+static __always_inline int datagram_well_formed(struct iphdr *ip, struct udphdr *udp,
 						__u32 l3_off, __u32 frame_len)
 {
 	__u32 udp_off = l3_off + ip->ihl * 4;
 
-	return l3_off + ntohs(ip->tot_len) == frame_len &&
+	return !(ip->frag_off & htons(IP_MF)) && l3_off + ntohs(ip->tot_len) == frame_len &&
 	       udp_off + ntohs(udp->len) == frame_len;
 }
 
+/* The BOOTP header of a well-formed request: a BOOTREQUEST from Ethernet (htype 1, hlen 6),
+ * with the magic cookie. */
 static __always_inline int parse_bootp(struct cursor *c, struct bootp_hdr **bootp)
 {
 	struct bootp_hdr *b = c->pos;
@@ -320,10 +328,11 @@ static __always_inline int parse_dhcp_options(struct cursor *c, void *data,
 	return v->walk_ok ? 0 : -1;
 }
 
-/* RFC 3527 link selection inside option 82: it selects the subnet like option 118.
- * Walked like the options, by an offset kept in the map value. */
-static __always_inline int parse_relay_link_selection(struct cursor *c, void *data,
-						      struct dhcp_request *req)
+/* Option 82's sub-options: RFC 3527 link selection, which selects the subnet like option
+ * 118, and the circuit-id (RFC 3046), which names the relay's access line for the rate
+ * limit. Walked like the options, by an offset kept in the map value. */
+static __always_inline int parse_relay_info(struct cursor *c, void *data,
+					    struct dhcp_request *req)
 {
 	volatile struct dhcp_request *v = req;
 	__u32 stop = req->relay_off + req->relay_len;
@@ -345,12 +354,16 @@ static __always_inline int parse_relay_link_selection(struct cursor *c, void *da
 		code = p[0];
 		len = p[1];
 		v->walk = off + 2 + len;
+		if (code == RAI_CIRCUIT_ID && !v->circuit_len) {
+			v->circuit_off = off + 2;
+			v->circuit_len = len;
+		}
 		if (code != RAI_LINK_SELECTION)
 			continue;
 		if (len != 4 || (void *)(p + 6) > c->end)
 			break;
-		/* As in the slow path: option 118 wins, else the first link selection counts,
-		 * whatever its address. */
+		/* As in the slow path: the first link selection counts, whatever its address
+		 * (a request with option 118 never gets here: see slow_path_selector). */
 		if (!(v->seen & SEEN_SELECTOR)) {
 			v->subnet_selection = load_be32(p + 2);
 			v->seen |= SEEN_LINK_SELECTION;

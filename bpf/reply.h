@@ -5,14 +5,17 @@
  * the rest is rewritten. The fields match what the slow path's codec writes
  * (brushtaild/engine/server.py, Server._reply), so both paths answer byte for byte the
  * same; tests/bpf compares them. The options are the template userspace rendered, option
- * 82 echoed, the end option and zero padding to the 300-byte BOOTP minimum.
+ * 61 echoed (RFC 6842) if the request carried it, option 82 echoed (RFC 3046: last), the
+ * end option and zero padding to the 300-byte BOOTP minimum.
  *
  * Nothing here may fail after the frame has started to change: everything that can fail
- * (sizes, option 57, copying option 82 out) is done first, by the caller's order.
+ * (sizes, option 57, copying options 61 and 82 out) is done first, by the caller's order.
  */
 #ifndef BRUSHTAIL_REPLY_H
 #define BRUSHTAIL_REPLY_H
 
+#include "shared.h"
+#include "maps.h"
 #include "parsing.h"
 #include "csum.h"
 
@@ -34,6 +37,7 @@
 #define L2_MAX (ETH_HLEN + VLAN_MAX_DEPTH * sizeof(struct vlan_hdr))
 #define L2_BUF 32 /* a power of two >= L2_MAX */
 #define RELAY_COPY_MAX (2 + 255) /* option 82 with its code and length */
+#define CLIENT_ID_COPY_MAX (2 + BT_MAX_CLIENT_ID) /* option 61 with its code and length */
 
 struct reply_addr {
 	__be32 ip;
@@ -47,8 +51,9 @@ struct reply_plan {
 	__u32 ip_extra;   /* bytes of IP options in the request */
 	__u32 frame_len;  /* of the request */
 	__u32 tpl_len;
+	__u32 client_id_len; /* option 61 with its code and length, or 0 */
 	__u32 relay_len;  /* option 82 with its code and length, or 0 */
-	__u32 opt_len;    /* tpl_len + relay_len */
+	__u32 opt_len;    /* tpl_len + client_id_len + relay_len */
 	__u32 bootp_len;
 	struct reply_addr to;
 	__be32 server_id;
@@ -85,6 +90,23 @@ static __always_inline __u32 reply_bootp_len(__u32 opt_len)
 	__u32 len = sizeof(struct bootp_hdr) + opt_len + 1; /* + the end option */
 
 	return len < BOOTP_MIN_LEN ? BOOTP_MIN_LEN : len;
+}
+
+/* Writes option 61 as the request carried it into buf (BT_SCRATCH_ID_SIZE bytes, zero after
+ * the option, so the whole buffer can be summed): the request's identity is the lease's
+ * (identity_matches). Returns its length, or 0. */
+static __always_inline __u32 save_client_id(__u8 *buf, struct bt_lease *lease)
+{
+	__u32 len = lease->id_len;
+
+	if (len == 0 || len > BT_MAX_CLIENT_ID)
+		return 0;
+	__builtin_memset(buf, 0, BT_SCRATCH_ID_SIZE);
+	buf[0] = OPT_CLIENT_ID;
+	buf[1] = len;
+	/* The lease's identity is zero after its length, as identity_matches relies on too. */
+	__builtin_memcpy(buf + 2, lease->client_id, BT_MAX_CLIENT_ID);
+	return 2 + len;
 }
 
 /* Copies option 82 (code and length included) into buf, zero-padded to a multiple of 4
@@ -156,18 +178,21 @@ static __always_inline void write_headers(struct iphdr *ip, __u32 bootp_len, __b
 
 /**
  * write_reply - turn the request frame into the planned reply
+ * @client_id: option 61 as save_client_id() wrote it, if plan->client_id_len
  * @relay: option 82 as save_relay_info() copied it, if plan->relay_len
  *
  * Returns XDP_TX, or XDP_PASS if the frame could not be resized (it is then untouched),
  * or XDP_DROP if it failed half-way: a half-written frame must never reach the stack.
  */
 static __always_inline int write_reply(struct xdp_md *ctx, struct reply_plan *plan,
-				       struct bt_template *tpl, __u8 *relay)
+				       struct bt_template *tpl, __u8 *client_id, __u8 *relay)
 {
 	__u32 l3_off = plan->l3_off & (L2_BUF - 1); /* <= L2_MAX: masked for the verifier */
 	__u32 opt_off = l3_off + R_OPTIONS;
 	__u32 tpl_copy = plan->tpl_len < OPTIONS_MIN ? OPTIONS_MIN : plan->tpl_len;
+	__u32 client_id_len = plan->client_id_len;
 	__u32 relay_len = plan->relay_len;
+	__u32 relay_at = plan->tpl_len + client_id_len; /* within the options */
 	__u8 end_option = OPT_END;
 	void *data, *data_end;
 	struct ethhdr *eth;
@@ -176,7 +201,8 @@ static __always_inline int write_reply(struct xdp_md *ctx, struct reply_plan *pl
 
 	/* The caller guarantees both; checked again here, where the copies use them, so the
 	 * verifier bounds them on any kernel however the compiler spills them. */
-	if (tpl_copy > BT_TEMPLATE_MAX || relay_len > RELAY_COPY_MAX)
+	if (tpl_copy > BT_TEMPLATE_MAX || client_id_len > CLIENT_ID_COPY_MAX ||
+	    relay_len > RELAY_COPY_MAX)
 		return XDP_PASS;
 	if (plan->ip_extra && strip_ip_options(ctx, l3_off, plan->ip_extra) < 0)
 		return XDP_DROP;
@@ -187,7 +213,12 @@ static __always_inline int write_reply(struct xdp_md *ctx, struct reply_plan *pl
 	 * writes the padding up to the BOOTP minimum. */
 	if (bpf_xdp_store_bytes(ctx, opt_off, tpl->options, tpl_copy) < 0)
 		return XDP_DROP;
-	if (relay_len && bpf_xdp_store_bytes(ctx, opt_off + plan->tpl_len, relay, relay_len) < 0)
+	/* Masked as well: the compiler may merge the check above with the others. */
+	if (client_id_len &&
+	    bpf_xdp_store_bytes(ctx, opt_off + plan->tpl_len, client_id,
+				((client_id_len - 1) & (BT_SCRATCH_ID_SIZE - 1)) + 1) < 0)
+		return XDP_DROP;
+	if (relay_len && bpf_xdp_store_bytes(ctx, opt_off + relay_at, relay, relay_len) < 0)
 		return XDP_DROP;
 	if (bpf_xdp_store_bytes(ctx, opt_off + plan->opt_len, &end_option, 1) < 0)
 		return XDP_DROP;
@@ -202,15 +233,20 @@ static __always_inline int write_reply(struct xdp_md *ctx, struct reply_plan *pl
 		      plan->ciaddr);
 	ip->check = ipv4_csum(ip);
 	/* UDP: the pseudo-header's addresses (the IPv4 header's last 8 bytes), the UDP header
-	 * and the fixed BOOTP fields from the frame, then the options' partial sums. */
+	 * and the fixed BOOTP fields from the frame, then the options' partial sums (the
+	 * buffers are zero past their options: summed whole). */
 	csum = (__u32)bpf_csum_diff(0, 0, (__be32 *)&ip->saddr, R_OPTIONS - R_UDP + 8,
 				    htons(IPPROTO_UDP) +
 					    htons(sizeof(struct udphdr) + plan->bootp_len));
 	csum += tpl->csum;
+	if (client_id_len)
+		csum += csum_at(csum_fold16((__u32)bpf_csum_diff(0, 0, (__be32 *)client_id,
+								 BT_SCRATCH_ID_SIZE, 0)),
+				CSUM_OPTIONS_OFF + plan->tpl_len);
 	if (relay_len)
 		csum += csum_at(csum_fold16((__u32)bpf_csum_diff(0, 0, (__be32 *)relay,
 								 (relay_len + 3) & 0x1fc, 0)),
-				CSUM_OPTIONS_OFF + plan->tpl_len);
+				CSUM_OPTIONS_OFF + relay_at);
 	csum += csum_at(OPT_END, CSUM_OPTIONS_OFF + plan->opt_len);
 	((struct udphdr *)((void *)ip + R_UDP))->check = udp_csum_final(csum);
 	__builtin_memcpy(eth->h_dest, plan->to.mac, ETH_ALEN);

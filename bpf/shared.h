@@ -22,7 +22,8 @@
 #define BT_CFG_RATE_COST 1   /* ns of credit one request costs; 0 disables the rate limit */
 #define BT_CFG_RATE_BURST 2  /* ns of credit a bucket holds at most */
 #define BT_CFG_SERVER_MAC 3  /* low 6 bytes, in wire order */
-#define BT_CFG_SLOTS 4
+#define BT_CFG_RELAY_COST 4  /* ns of credit one request costs a relay; 0: relays unlimited */
+#define BT_CFG_SLOTS 5
 
 /* What the program did with a packet: the index of its per-CPU counter. */
 enum bt_result {
@@ -43,7 +44,11 @@ enum bt_result {
 	BT_PASS_NO_ROOM = 13,      /* frame could not be resized for the reply */
 	BT_PASS_NO_TEMPLATE = 14,
 	BT_DROP_RATE_LIMIT = 15,
-	BT_RESULTS = 16,
+	BT_DROP_MALFORMED = 16,     /* not a well-formed request (docs/DESIGN.md): never passed */
+	BT_PASS_SELECTOR = 17,     /* option 118, or 82 from a client: the slow path decides */
+	BT_PASS_PRIORITY_TAG = 18, /* a VLAN tag with VID 0, which the slow path refuses */
+	BT_DROP_LINK_BUDGET = 19,  /* a new subscriber's DISCOVER over its link's budget */
+	BT_RESULTS = 20,
 };
 
 struct bt_client_key {
@@ -80,6 +85,26 @@ struct bt_renewal {
 	__u32 address;
 	__u64 expires_ns;
 };
+
+/* Whom a request is charged to: what its sender cannot forge. A client on the link is its
+ * L2 source, VLANs and IP source (giaddr and circuit 0); a relay is its L2 source, VLANs,
+ * IP source and giaddr, and one of its access lines adds the hash of option 82's
+ * circuit-id. The IP source matters for unicast renewals of routed subscribers: they all
+ * arrive from the upstream router's MAC, each from its own address (0.0.0.0 until a
+ * client has one). */
+struct bt_rate_key {
+	__u8 mac[6];
+	__u16 outer_vlan;
+	__u16 inner_vlan;
+	__u16 pad;
+	__be32 giaddr;
+	__be32 saddr;
+	__u32 kind; /* BT_RATE_SENDER, or BT_RATE_LINK for a link's budget of new subscribers */
+	__u64 circuit;
+};
+
+#define BT_RATE_SENDER 0
+#define BT_RATE_LINK 1
 
 struct bt_bucket {
 	__u64 last_ns;

@@ -10,14 +10,16 @@ import argparse
 import ctypes
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from brushtaild import __version__
+from brushtaild.config.load import DEFAULT_CONFIG, ConfigError, load_config
+from brushtaild.config.model import Config
+from brushtaild.config.reload import restart_keys
+from brushtaild.daemon import clock
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.engine.allocator import PoolAllocator
-from brushtaild.engine.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from brushtaild.engine.leases import Lease, LeaseState
 from brushtaild.store.lease_store import StoreError, read_snapshot
 
@@ -28,20 +30,60 @@ EXIT_UNREADABLE = 2
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _check_config(args: argparse.Namespace) -> int:
-    path: Path = args.file
+def _read(path: Path, label: str = "") -> Config | int:
+    """The file's configuration, or the exit status after saying on standard error why there
+    is none. `label` goes before each problem when more than one file is read."""
     try:
-        config = load_config(path)
+        return load_config(path)
     except ConfigError as exc:
         for where, reason in exc.errors:
-            print(f"{where}: {reason}", file=sys.stderr)
+            print(f"{label}{where}: {reason}", file=sys.stderr)
         return EXIT_INVALID
     except OSError as exc:
         print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_UNREADABLE
+
+
+def _warnings(config: Config, leasable: int) -> list[tuple[str, str]]:
+    """What the daemon accepts but an operator most likely did not mean."""
+    found: list[tuple[str, str]] = []
+    settings = config.fastpath
+    if settings.enabled and leasable > settings.max_subscribers:
+        found.append(
+            (
+                "fastpath.max_subscribers",
+                f"the pools hold {leasable} addresses and the kernel map holds "
+                f"{settings.max_subscribers} entries; leases beyond it are served by the "
+                "slow path",
+            )
+        )
+    return found
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    if args.compare is not None:
+        return _compare(*args.compare)
+    path: Path = args.file
+    config = _read(path)
+    if isinstance(config, int):
+        return config
     # Counted by the allocator itself, so the number matches what the daemon can lease.
     leasable = sum(PoolAllocator(p, config.server_id).total for p in config.pools)
     print(f"{path}: OK ({len(config.pools)} pools, {leasable} addresses)")
+    for where, reason in _warnings(config, leasable):
+        print(f"warning: {where}: {reason}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _compare(old_path: Path, new_path: Path) -> int:
+    """`reload` when a reload applies NEW to a daemon running with OLD, else `restart: KEYS`;
+    the same verdict the daemon reaches on SIGHUP."""
+    old = _read(old_path, f"{old_path}: ")
+    new = _read(new_path, f"{new_path}: ")
+    if isinstance(old, int) or isinstance(new, int):
+        return max(code for code in (old, new) if isinstance(code, int))
+    keys = restart_keys(old, new)
+    print(f"restart: {', '.join(keys)}" if keys else "reload")
     return EXIT_OK
 
 
@@ -50,9 +92,14 @@ def _add_check_config(commands: "argparse._SubParsersAction[argparse.ArgumentPar
         "check-config",
         help="validate a configuration file the way the daemon does",
         description="Validate FILE exactly as brushtaild does at start-up and on SIGHUP. "
-        "Exit 0 if valid, 1 if invalid (every problem is listed), 2 if unreadable.",
+        "Exit 0 if valid, 1 if invalid (every problem is listed), 2 if unreadable. "
+        "With --compare, validate both files and print `reload` if a reload (SIGHUP) of a "
+        "daemon running with OLD applies NEW, or `restart: KEYS` naming the keys only a "
+        "restart applies; exit 0 for either.",
     )
-    parser.add_argument("file", type=Path, metavar="FILE")
+    files = parser.add_mutually_exclusive_group(required=True)
+    files.add_argument("file", type=Path, nargs="?", metavar="FILE")
+    files.add_argument("--compare", type=Path, nargs=2, metavar=("OLD", "NEW"))
     parser.set_defaults(run=_check_config)
 
 
@@ -78,7 +125,7 @@ def _leases(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNREADABLE
-    now = time.time()
+    now = clock.wall()
     if not args.all:
         leases = [lease for lease in leases if lease.active(now)]
     print(f"{'ADDRESS':<16} {'STATE':<9} {'EXPIRES IN':>10}  {'MAC':<17}  {'POOL':<12} CLIENT-ID")

@@ -163,7 +163,7 @@ EOF
 }
 echo "  fast path (XDP, in the kernel; entries: leases it answers for; misses: clients with"
 echo "  no lease yet, passed to the slow path):"
-metrics "dhcp_fastpath_requests_total{" dhcp_cache_
+metrics "dhcp_fastpath_requests_total{" dhcp_cache_ dhcp_fastpath_up
 echo "  slow path (userspace):"
 metrics "dhcp_slowpath_requests_total{" dhcp_pool_addresses "dhcp_lease_writes_total " \
     "dhcp_lease_commit_seconds_count"

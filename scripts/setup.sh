@@ -16,6 +16,7 @@ PACKAGES=(
     python3-yaml python3-prometheus-client python3-systemd python3-pyroute2
     python3-bpfcc bpfcc-tools python3-openssl python3-cryptography
     iproute2 isc-dhcp-client udhcpc kea-admin kea-dhcp4-server tcpdump util-linux strace
+    libfaketime  # tests/e2e/test_clock_step.py steps the daemon's wall clock
     # Debian package build (scripts/build-deb.sh, tests/packaging)
     debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian
 )

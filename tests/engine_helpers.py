@@ -3,11 +3,11 @@
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from brushtaild.config.model import AddressRange, Config, Pool
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.dhcp.message import Message
-from brushtaild.engine.config import AddressRange, Config, Pool
 from brushtaild.engine.decisions import Decision, Ingress
 
 SERVER = opt.parse_ip("198.18.0.1")

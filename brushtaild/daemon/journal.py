@@ -22,14 +22,14 @@ from typing import TextIO
 
 from systemd.journal import JournalHandler
 
-from brushtaild.daemon.lease_log import format_event, format_line
+from brushtaild.daemon.lease_log import event_level, format_event, format_line
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.engine.decisions import LeaseEvent
 
 SYSLOG_IDENTIFIER = "brushtaild"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
-# syslog(3) "info": a lease event is routine, like the text line's INFO.
-PRIORITY_INFO = 6
+# syslog(3) priorities of the text line's levels: a lease event is routine.
+PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6}
 
 # Sends one native-protocol datagram; raises OSError (BlockingIOError when journald's
 # queue is full). Tests inject a recorder.
@@ -68,6 +68,7 @@ def lease_entry(event: LeaseEvent, path: str, common: bytes = b"") -> bytes:
     NAME=value form."""
     fields = [
         f"MESSAGE={format_event(event, path)}",
+        f"PRIORITY={PRIORITIES[event_level(event)]}",
         f"LEASE_EVENT={event.kind.value}",
         f"CLIENT_ID={event.client_id.hex()}",
         f"CLIENT_MAC={format_mac(event.hwaddr)}",
@@ -92,22 +93,20 @@ class JournalLeaseLog:
         self,
         site: str,
         stream: TextIO,
-        enabled: bool = True,
+        level: int = logging.INFO,
         sender: Sender | None = None,
     ) -> None:
-        self.enabled = enabled
+        self.level = level
         self._stream = stream
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._sock.setblocking(False)
         self._send = sender or self._sendto
-        self._common = (
-            f"PRIORITY={PRIORITY_INFO}\nSYSLOG_IDENTIFIER={SYSLOG_IDENTIFIER}\nSITE={site}\n"
-        ).encode()
+        self._common = f"SYSLOG_IDENTIFIER={SYSLOG_IDENTIFIER}\nSITE={site}\n".encode()
         self._pending: list[tuple[LeaseEvent, str]] = []
 
     def add(self, events: Iterable[LeaseEvent], path: str) -> None:
-        if self.enabled:
-            self._pending.extend((event, path) for event in events)
+        level = self.level
+        self._pending.extend((e, path) for e in events if event_level(e) >= level)
 
     def flush(self) -> None:
         if not self._pending:

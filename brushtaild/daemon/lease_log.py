@@ -6,13 +6,26 @@ time. Events are therefore formatted straight to text and written once per batch
 requests; journald, when stderr goes to it, still stores each line as its own entry.
 Under journald `journal.JournalLeaseLog` replaces this with structured entries that
 `journalctl` can filter by subscriber; both keep the `LeaseSink` interface.
+
+OFFERs and INFORM answers are logged at DEBUG, every other event at INFO: they change no
+lease, and a DISCOVER flood (random MACs, one OFFER each) would otherwise turn into a flood
+of log writes competing with the lease store for the disk. The history of who held which
+address is in the ACK, RELEASE, DECLINE and EXPIRE lines (and NAKs say who was refused).
 """
 
+import logging
 from collections.abc import Iterable
 from typing import Protocol, TextIO
 
 from brushtaild.dhcp.options import format_ip, format_mac
-from brushtaild.engine.decisions import LeaseEvent
+from brushtaild.engine.decisions import LeaseEvent, LeaseEventKind
+
+_DEBUG_EVENTS = frozenset({LeaseEventKind.OFFER, LeaseEventKind.INFORM})
+
+
+def event_level(event: LeaseEvent) -> int:
+    """The logging level of a lease event."""
+    return logging.DEBUG if event.kind in _DEBUG_EVENTS else logging.INFO
 
 
 def format_event(event: LeaseEvent, path: str) -> str:
@@ -25,14 +38,14 @@ def format_event(event: LeaseEvent, path: str) -> str:
 
 def format_line(event: LeaseEvent, path: str) -> str:
     """The event as a line of the daemon's text log, level first like its other records."""
-    return f"INFO {format_event(event, path)}\n"
+    return f"{logging.getLevelName(event_level(event))} {format_event(event, path)}\n"
 
 
 class LeaseSink(Protocol):
     """Where the daemon's lease events go: collected per batch of requests, written by
     `flush()` once the batch's replies are sent, so logging never delays an ACK."""
 
-    enabled: bool  # off when the configured log level is above info
+    level: int  # the configured log level: events below it are not written
 
     def add(self, events: Iterable[LeaseEvent], path: str) -> None: ...
 
@@ -42,14 +55,14 @@ class LeaseSink(Protocol):
 class LeaseLog:
     """Lease events as text lines on a stream, one write per batch."""
 
-    def __init__(self, stream: TextIO, enabled: bool = True) -> None:
+    def __init__(self, stream: TextIO, level: int = logging.INFO) -> None:
         self._stream = stream
-        self.enabled = enabled
+        self.level = level
         self._lines: list[str] = []
 
     def add(self, events: Iterable[LeaseEvent], path: str) -> None:
-        if self.enabled:
-            self._lines.extend(format_line(e, path) for e in events)
+        level = self.level
+        self._lines.extend(format_line(e, path) for e in events if event_level(e) >= level)
 
     def flush(self) -> None:
         if self._lines:

@@ -4,20 +4,35 @@ This is the only module that reads the clock for the engine, reads and sends pac
 writes the lease store. One loop, one thread: receive a batch of requests, decide each with
 the engine, write every lease change of the batch in one durable commit (group commit),
 then send the replies. Nothing is acknowledged before it is on disk.
+
+Nothing a subscriber sends and nothing that happens to the box stops the loop: a request
+that cannot be decided, encoded or sent is dropped, counted under a reason and logged at a
+bounded rate, and the batch goes on; a receive error is counted and the loop goes on. The
+one exception is the lease store: when it cannot commit, the daemon stops rather than
+acknowledge what is not on disk. The fast path is an accelerator: when it cannot be
+compiled, loaded or attached (no BCC, no kernel headers), the daemon serves on the slow
+path alone and says so in the log, the metrics and its STATUS= line.
 """
 
 import argparse
+import contextlib
+import errno
 import logging
 import selectors
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
+from types import FrameType
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from brushtaild import __version__
+from brushtaild.config.load import DEFAULT_CONFIG, ConfigError, load_config
+from brushtaild.config.model import Config
+from brushtaild.config.reload import restart_keys
 from brushtaild.daemon import clock, journal
 from brushtaild.daemon.lease_log import LeaseLog, LeaseSink
 from brushtaild.daemon.metrics import Metrics
@@ -27,11 +42,10 @@ from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
-from brushtaild.engine.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from brushtaild.engine.decisions import Decision, Ingress
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
-from brushtaild.net.packet_io import PacketIO
+from brushtaild.net.packet_io import PacketIO, Received
 from brushtaild.store.lease_store import LeaseStore, StoreError
 from brushtaild.xdp import loader
 from brushtaild.xdp.fastpath import FastPath
@@ -43,33 +57,91 @@ BATCH = 256
 # Upper bound on sleeping, so kernel drop counters and timers are looked at regularly.
 IDLE_WAKEUP = 1.0
 DROP_LOG_INTERVAL = 10.0
+# A request older than this when we read it is dropped as stale. RFC 2131 4.1 has a client
+# retransmit after 4 s (randomized by +-1 s, then doubling): by then its retransmission is
+# queued behind the old copy, and answering both would spend an overloaded slow path twice
+# on one client. Under normal load requests wait microseconds; only a backlog reaches this.
+MAX_QUEUE_AGE = 4.0
+# After an error on the packet socket other than an empty queue, the loop waits this long
+# before reading it again: an error that repeats (a link going up and down) costs a few
+# wake-ups a second instead of a busy loop.
+RECEIVE_ERROR_PAUSE = 0.1
+# The reason a fast path failure gives in the STATUS= line; the log has it whole.
+STATUS_REASON_CHARS = 120
 # How often `systemctl status` gets a fresh STATUS= line; also the window of its rates.
 STATUS_INTERVAL = 5.0
-# Keys a SIGHUP cannot change on a running daemon: they name sockets, files and identity.
-RESTART_KEYS = ("interface", "server_id", "state_dir", "metrics_listen", "site")
-# Of `fastpath`, only the rate limit can change on a running program.
-FASTPATH_RESTART_KEYS = ("enabled", "xdp_mode", "pin_dir", "max_subscribers", "rate_limit_clients")
+# A wall clock step beyond this is logged (engine time does not follow it; see clock.py).
+CLOCK_STEP_LOGGED = 1.0
 
 log = logging.getLogger("brushtaild")
 
 
 class DropLog:
-    """Logs drops by reason at most once per interval, with how many were suppressed, so a
-    flood of garbage cannot flood the journal."""
+    """Logs drops by reason, and other per-packet trouble by kind, at most once per interval
+    each, with how many were suppressed, so a flood of garbage cannot flood the journal."""
 
     def __init__(self, interval: float = DROP_LOG_INTERVAL) -> None:
         self._interval = interval
-        self._next: dict[DropReason, float] = {}
-        self._suppressed: dict[DropReason, int] = {}
+        self._next: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
 
-    def drop(self, reason: DropReason, detail: str, now: float) -> None:
-        if now < self._next.get(reason, 0.0):
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+    def drop(
+        self, reason: DropReason, detail: str, now: float, exc: BaseException | None = None
+    ) -> None:
+        """A dropped request; with `exc`, a bug: logged as an error with its traceback."""
+        self.report(reason.label, f"drop reason={reason.label} {detail}", now, exc)
+
+    def report(self, kind: str, message: str, now: float, exc: BaseException | None = None) -> None:
+        if now < self._next.get(kind, 0.0):
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
             return
-        suppressed = self._suppressed.pop(reason, 0)
+        suppressed = self._suppressed.pop(kind, 0)
         more = f" ({suppressed} more since last report)" if suppressed else ""
-        log.warning("drop reason=%s %s%s", reason.label, detail, more)
-        self._next[reason] = now + self._interval
+        level = logging.WARNING if exc is None else logging.ERROR
+        log.log(level, "%s%s", message, more, exc_info=exc)
+        self._next[kind] = now + self._interval
+
+
+class Signals:
+    """SIGTERM/SIGINT (stop) and SIGHUP (reload) as flags, and a socket the loop selects on
+    to wake up for them. Installed before the lease store is loaded and the fast path
+    compiled, which take seconds to minutes: a SIGHUP then is a reload once started (not
+    the default action, which kills), a SIGTERM a clean exit."""
+
+    HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.reload = False
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
+        self._wakeup_r.setblocking(False)
+        self._wakeup_w.setblocking(False)
+        self._previous_fd = signal.set_wakeup_fd(self._wakeup_w.fileno())
+        self._previous = {signum: signal.signal(signum, self._on_signal) for signum in self.HANDLED}
+        for signum in self.HANDLED:
+            # Restart interrupted system calls: BCC's compile and SQLite run C code that
+            # may not retry on EINTR. The loop's select() returns early all the same.
+            signal.siginterrupt(signum, False)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.reload = True
+        else:
+            self.stop = True
+
+    def fileno(self) -> int:
+        return self._wakeup_r.fileno()
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self._wakeup_r.recv(64)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self._wakeup_r.close()
+        self._wakeup_w.close()
 
 
 def _starts_an_exchange(request: tuple[Message, Ingress]) -> bool:
@@ -104,59 +176,82 @@ def _counter_total(counter: Counter) -> float:
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: Path, *, journald: bool = False) -> None:
+    def __init__(
+        self, config: Config, config_path: Path, signals: Signals, *, journald: bool = False
+    ) -> None:
         self.config = config
         self.config_path = config_path
+        self.signals = signals
         self.store = LeaseStore.open(config.state_dir)
-        leases = self.store.load()
-        self.server = Server(config, leases, clock.wall())
+        try:
+            self._open(journald)
+        except BaseException:
+            self.store.close()
+            raise
+
+    def _open(self, journald: bool) -> None:
+        config = self.config
+        self.server = Server(config, self.store.load(), clock.wall())
         self.metrics = Metrics(lambda: self.server.pool_usage())
+        Gauge(
+            "dhcp_clock_step_seconds",
+            "How far the wall clock was stepped since start; engine time does not follow",
+            registry=self.metrics.registry,
+        ).set_function(clock.step)
+        self._step_logged = 0.0
         self.io = PacketIO(config.interface, config.server_id)
-        # Compiled here, attached in _start_complete: until then a program from an earlier
-        # run (pinned, still attached) goes on answering.
-        self.fastpath = FastPath(config, self.server) if config.fastpath.enabled else None
-        if self.fastpath is not None:
-            self.metrics.registry.register(self.fastpath.collector())
-        elif loader.detach_leftover(config.interface, config.fastpath.pin_dir):
-            log.warning(
-                "fast path disabled: removed the XDP program and maps an earlier run left on %s",
-                config.interface,
-            )
         self.drops = DropLog()
+        level = logging.getLogger().getEffectiveLevel()
         self.lease_log: LeaseSink = (
-            journal.JournalLeaseLog(config.site, sys.stderr, log.isEnabledFor(logging.INFO))
+            journal.JournalLeaseLog(config.site, sys.stderr, level)
             if journald
-            else LeaseLog(sys.stderr, log.isEnabledFor(logging.INFO))
+            else LeaseLog(sys.stderr, level)
         )
         self.notifier = Notifier()
         self.watchdog = Watchdog()
-        self._running = True
-        self._reload = False
         self._status_due = 0.0
         self._status_window = (0.0, 0.0)  # (ticks, requests counted) at the last STATUS
+        self.fastpath: FastPath | None = None
+        self.fastpath_failure: str | None = None
+        if not config.fastpath.enabled:
+            if loader.detach_leftover(config.interface, config.fastpath.pin_dir):
+                log.warning(
+                    "fast path disabled: removed the XDP program and maps an earlier run "
+                    "left on %s",
+                    config.interface,
+                )
+        elif not self.signals.stop:
+            # Compiled here, attached in _start_complete: until then a program from an
+            # earlier run (pinned, still attached) goes on answering.
+            try:
+                self.fastpath = FastPath(config, self.server)
+                self._fastpath_collector = self.fastpath.collector()
+            except Exception as exc:  # whatever BCC, clang or the kernel refused
+                self._fastpath_failed(exc)
+            else:
+                self.metrics.registry.register(self._fastpath_collector)
 
     def run(self) -> int:
+        if self.signals.stop:
+            # Stopped while starting: nothing was attached or announced, nothing to finish.
+            self._close()
+            log.info("brushtaild stopped during start-up")
+            return 0
         host, port = self.config.metrics_listen
         self.metrics.serve(host, port)
-        wakeup_r, wakeup_w = socket.socketpair()
-        wakeup_r.setblocking(False)
-        wakeup_w.setblocking(False)
-        signal.set_wakeup_fd(wakeup_w.fileno())
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
         with selectors.DefaultSelector() as selector:
             selector.register(self.io.fileno(), selectors.EVENT_READ, "packets")
-            selector.register(wakeup_r, selectors.EVENT_READ, "signal")
+            selector.register(self.signals.fileno(), selectors.EVENT_READ, "signal")
             try:
                 self._start_complete()
-                while self._running:
+                while not self.signals.stop:
                     for key, _ in selector.select(self._timeout()):
                         if key.data == "signal":
-                            wakeup_r.recv(64)
+                            self.signals.drain()
                         else:
                             self._serve_batch()
-                    if self._reload:
-                        self._reload = False
+                    if self.signals.reload:
+                        self.signals.reload = False
                         # ticks() is CLOCK_MONOTONIC on Linux, the clock systemd expects.
                         self.notifier.reloading(int(clock.ticks() * 1_000_000))
                         self._reload_config()
@@ -164,16 +259,16 @@ class Daemon:
                     self._housekeeping()
                 self.notifier.stopping()
             finally:
-                if self.fastpath is not None:
-                    self.fastpath.close()
-                signal.set_wakeup_fd(-1)
-                wakeup_r.close()
-                wakeup_w.close()
-                self.io.close()
-                self.store.close()
-                self.notifier.close()
+                self._close()
         log.info("brushtaild stopped; every acknowledged lease is on disk")
         return 0
+
+    def _close(self) -> None:
+        if self.fastpath is not None:
+            self.fastpath.close()
+        self.io.close()
+        self.store.close()
+        self.notifier.close()
 
     def _start_complete(self) -> None:
         """The single point where start-up ends: leases are loaded, the packet socket is
@@ -184,8 +279,15 @@ class Daemon:
         while no daemon ran are recorded first, so the maps are refilled with them."""
         config = self.config
         if self.fastpath is not None:
-            self._absorb_renewals()
-            self.fastpath.attach(self.io.mac, clock.wall())
+            renewed = self._absorb_renewals()
+            self._commit([renewed])
+            self.lease_log.add(renewed.events, "fast")
+            try:
+                self.fastpath.attach(self.io.mac, clock.wall())
+            except Exception as exc:
+                self._fastpath_failed(exc)
+            else:
+                self.metrics.set_fastpath_up(True)
         # Logged here, not earlier: whoever waits for this line may signal us at once.
         log.info(
             "brushtaild %s started site=%s interface=%s server_id=%s leases=%d pools=%s",
@@ -199,6 +301,23 @@ class Daemon:
         now = clock.ticks()
         self.watchdog.start(now)
         self.notifier.ready(self._status(now))
+
+    def _fastpath_failed(self, exc: Exception) -> None:
+        """Serve on the slow path alone, and say so loudly. A program an earlier run left
+        attached must go with its maps: nothing would keep them equal to the engine's
+        leases, and it would go on renewing leases the slow path has since given away."""
+        reason = str(exc).strip() or type(exc).__name__
+        # A LoadError's message is the whole story (BCC's or the verifier's words); anything
+        # else is unexpected and gets its traceback.
+        trace = None if isinstance(exc, LoadError) else exc
+        log.error("fast path FAILED, serving on the slow path alone: %s", reason, exc_info=trace)
+        self.fastpath_failure = reason.splitlines()[0][:STATUS_REASON_CHARS]
+        self.metrics.set_fastpath_up(False)
+        if self.fastpath is not None:
+            self.metrics.registry.unregister(self._fastpath_collector)
+            self.fastpath.close()
+            self.fastpath = None
+        loader.detach_leftover(self.config.interface, self.config.fastpath.pin_dir)
 
     def _status(self, now: float) -> str:
         """The STATUS= line: what an operator needs from `systemctl status` at a glance.
@@ -219,6 +338,8 @@ class Daemon:
         )
 
     def _fastpath_status(self) -> str:
+        if self.fastpath_failure is not None:
+            return f"FAILED ({self.fastpath_failure})"
         if self.fastpath is None:
             return "disabled"
         snap = self.fastpath.snapshot()
@@ -226,12 +347,6 @@ class Daemon:
             f"{self.fastpath.mode} XDP, {self.fastpath.sync.entries} entries, "
             f"{snap.answered} answered, {100 * snap.hit_rate:.0f}% hits"
         )
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        if signum == signal.SIGHUP:
-            self._reload = True
-        else:
-            self._running = False
 
     def _timeout(self) -> float:
         timeout = IDLE_WAKEUP
@@ -243,51 +358,117 @@ class Daemon:
         return timeout if ping is None else min(ping, timeout)
 
     def _serve_batch(self) -> None:
+        """One batch, in group-commit order: decide every request, send the replies that
+        change no lease, commit the batch's lease changes in one transaction, give them to
+        the fast path, then send the replies that depended on them."""
         started = clock.ticks()
-        packets, malformed_frames = self.io.receive_batch(BATCH)
         now = clock.wall()
-        if malformed_frames:
-            self.metrics.count_drop(DropReason.BAD_FRAME, malformed_frames)
-            self.drops.drop(DropReason.BAD_FRAME, f"frames={malformed_frames}", now)
-        requests: list[tuple[Message, Ingress]] = []
-        for payload, ingress in packets:
-            try:
-                requests.append((parse(payload), ingress))
-            except MalformedPacket as exc:
-                self.metrics.count_drop(exc.reason)
-                self.drops.drop(exc.reason, f"src_mac={format_mac(ingress.src_mac)}", now)
+        received = self.io.receive_batch(BATCH, now - MAX_QUEUE_AGE)
+        self._count_receive(received, now)
+        # Before the engine decides anything at `now`: a renewal the kernel ACKed must not
+        # be expired, or its address offered to someone else, in this batch.
+        renewed = self._absorb_renewals()
+        requests = self._parse(received, now)
         # Under a storm (every CPE of a segment back after a power cut) the queue holds far
         # more DISCOVERs than we can answer in time: finishing exchanges already under way
         # (REQUESTs) before starting new ones turns more of the work into bound clients.
         requests.sort(key=_starts_an_exchange)
-        decisions: list[Decision] = []
-        for msg, ingress in requests:
-            decision = self.server.handle(msg, ingress, now)
-            if decision.drop is not None:
-                self.metrics.count_drop(decision.drop)
-                self.drops.drop(decision.drop, f"mac={format_mac(msg.hwaddr)}", now)
-            decisions.append(decision)
-        # Replies that change no lease (OFFER, NAK, INFORM) need not wait for the commit.
+        decisions = [
+            decision
+            for msg, ingress in requests
+            if (decision := self._decide(msg, ingress, now)) is not None
+        ]
         durable = [d for d in decisions if d.lease_writes or d.lease_deletes]
+        # Replies that change no lease (OFFER, NAK, INFORM) need not wait for the commit.
         for decision in decisions:
             if not (decision.lease_writes or decision.lease_deletes):
-                self._send(decision)
-        self._commit(durable)
-        if self.fastpath is not None:
-            # Only now that the batch is on disk may the kernel answer for its leases.
-            self.fastpath.apply(decisions, now)
+                self._send(decision, now)
+        self._commit([renewed, *durable])
+        self.lease_log.add(renewed.events, "fast")
+        # Only now that the batch is on disk may the kernel answer for its leases.
+        self._apply_to_fastpath(decisions, now)
         for decision in durable:
-            self._send(decision)
+            self._send(decision, now)
         self.lease_log.flush()
         elapsed = clock.ticks() - started
         for decision in decisions:
             if decision.replies:
                 self.metrics.latency.observe(elapsed)
+        if received.error is not None:
+            time.sleep(RECEIVE_ERROR_PAUSE)
 
-    def _send(self, decision: Decision) -> None:
+    def _count_receive(self, received: Received, now: float) -> None:
+        if received.malformed:
+            self.metrics.count_drop(DropReason.BAD_FRAME, received.malformed)
+            self.drops.drop(DropReason.BAD_FRAME, f"frames={received.malformed}", now)
+        if received.stale:
+            self.metrics.count_drop(DropReason.STALE, received.stale)
+            self.drops.drop(
+                DropReason.STALE,
+                f"frames={received.stale} (queued longer than {MAX_QUEUE_AGE:.0f}s)",
+                now,
+            )
+        if received.error is not None:
+            name = _errno_name(received.error)
+            self.metrics.count_socket_error("receive", name)
+            self.drops.report(
+                f"receive:{name}",
+                f"receive error on {self.config.interface}: {received.error}",
+                now,
+            )
+
+    def _parse(self, received: Received, now: float) -> list[tuple[Message, Ingress]]:
+        requests: list[tuple[Message, Ingress]] = []
+        for payload, ingress in received.frames:
+            try:
+                requests.append((parse(payload), ingress))
+            except MalformedPacket as exc:
+                self.metrics.count_drop(exc.reason)
+                self.drops.drop(exc.reason, f"src_mac={format_mac(ingress.src_mac)}", now)
+            except Exception as exc:
+                self._internal_error(exc, f"src_mac={format_mac(ingress.src_mac)}", now)
+        return requests
+
+    def _decide(self, msg: Message, ingress: Ingress, now: float) -> Decision | None:
+        """The engine's decision, or None if it failed on this request (a bug): the
+        request is dropped and the batch goes on."""
+        try:
+            decision = self.server.handle(msg, ingress, now)
+        except Exception as exc:
+            self._internal_error(exc, f"mac={format_mac(msg.hwaddr)}", now)
+            return None
+        if decision.drop is not None:
+            self.metrics.count_drop(decision.drop)
+            detail = f"mac={format_mac(msg.hwaddr)}"
+            if decision.error is not None:
+                detail += f" {decision.error!r}"
+            self.drops.drop(decision.drop, detail, now, decision.error)
+        return decision
+
+    def _internal_error(self, exc: Exception, detail: str, now: float) -> None:
+        self.metrics.count_drop(DropReason.INTERNAL_ERROR)
+        self.drops.drop(DropReason.INTERNAL_ERROR, f"{detail} {exc!r}", now, exc)
+
+    def _send(self, decision: Decision, now: float) -> None:
+        """Sends a decision's replies; one that cannot be sent is dropped and counted, and
+        the others still go. Its lease events are logged either way: they happened."""
         for reply in decision.replies:
-            self.io.send(reply.payload, reply.dest, reply.ingress)
-            self.metrics.count_reply(reply.message.message_type)
+            try:
+                self.io.send(reply.payload, reply.dest, reply.ingress)
+            except OSError as exc:
+                # An unroutable giaddr, a firewall's EPERM, a full queue, a link going down.
+                name = _errno_name(exc)
+                self.metrics.count_drop(DropReason.SEND_FAILED)
+                self.metrics.count_socket_error("send", name)
+                self.drops.drop(
+                    DropReason.SEND_FAILED,
+                    f"dest={reply.dest.kind.value}:{format_ip(reply.dest.ip)} {exc}",
+                    now,
+                )
+            except Exception as exc:
+                self._internal_error(exc, f"mac={format_mac(reply.message.hwaddr)}", now)
+            else:
+                self.metrics.count_reply(reply.message.message_type)
         self.lease_log.add(decision.events, "slow")
 
     def _commit(self, decisions: list[Decision]) -> None:
@@ -301,15 +482,27 @@ class Daemon:
         self.metrics.commits.observe(clock.ticks() - started)
         self.metrics.committed.inc(len(writes) + len(deletes))
 
-    def _absorb_renewals(self) -> None:
-        """Records the renewals the kernel answered: extends them in the engine and writes
-        them to the store, so the store never falls behind the fast path."""
-        assert self.fastpath is not None
+    def _apply_to_fastpath(self, decisions: list[Decision], now: float) -> None:
+        if self.fastpath is None:
+            return
+        try:
+            self.fastpath.apply(decisions, now)
+        except Exception as exc:
+            # Maps that missed a change could renew a lease the engine has given away:
+            # better no fast path than a wrong one.
+            self._fastpath_failed(exc)
+
+    def _absorb_renewals(self) -> Decision:
+        """The renewals the kernel answered, extended in the engine: the returned decision
+        writes them, and the caller commits it, so the store never falls behind the fast
+        path. Called before the engine acts on the time (a batch, expiry)."""
+        decision = Decision()
+        if self.fastpath is None:
+            return decision
         renewals = self.fastpath.renewals()
         if not renewals:
-            return
+            return decision
         now = clock.wall()
-        decision = Decision()
         for renewal in renewals:
             renewed = self.server.kernel_renewal(
                 renewal.key[:6], renewal.address, renewal.expires, now
@@ -321,28 +514,42 @@ class Daemon:
                 continue
             decision.lease_writes += renewed.lease_writes
             decision.events += renewed.events
-        self._commit([decision])
-        self.lease_log.add(decision.events, "fast")
+        return decision
 
     def _housekeeping(self) -> None:
-        decision = self.server.tick(clock.wall())
-        self._commit([decision])
-        if self.fastpath is not None:
-            self.fastpath.apply([decision], clock.wall())
-            self._absorb_renewals()
-        self.lease_log.add(decision.events, "slow")
+        renewed = self._absorb_renewals()
+        now = clock.wall()
+        expired = self.server.tick(now)
+        self._commit([renewed, expired])
+        self._apply_to_fastpath([expired], now)
+        self.lease_log.add(renewed.events, "fast")
+        self.lease_log.add(expired.events, "slow")
         self.lease_log.flush()
+        step = clock.step()
+        if abs(step - self._step_logged) > CLOCK_STEP_LOGGED:
+            self._step_logged = step
+            log.warning(
+                "wall clock stepped %+.0fs while running: engine time does not follow it, "
+                "stored lease ends will shift by that much at the next start",
+                step,
+            )
         dropped = self.io.kernel_drops()
         if dropped:
             self.metrics.socket_drops.inc(dropped)
         # Pinged from the loop itself: a loop stuck anywhere (a hung fsync, a wedged socket)
         # stops the pings, and systemd restarts the daemon.
+        self._keepalive()
+        ticks = clock.ticks()
+        if self.notifier.enabled and ticks >= self._status_due:
+            self.notifier.status(self._status(ticks))
+
+    def _keepalive(self) -> None:
+        """Pings systemd's watchdog when a ping is due; also called from inside long work
+        (a reload rebuilding a million leases), which is progress, not a stuck loop."""
         now = clock.ticks()
         if self.watchdog.due(now):
             self.notifier.ping()
             self.watchdog.pinged(now)
-        if self.notifier.enabled and now >= self._status_due:
-            self.notifier.status(self._status(now))
 
     def _reload_config(self) -> None:
         try:
@@ -350,28 +557,32 @@ class Daemon:
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return
-        changed = [key for key in RESTART_KEYS if getattr(new, key) != getattr(self.config, key)]
-        changed += [
-            f"fastpath.{key}"
-            for key in FASTPATH_RESTART_KEYS
-            if getattr(new.fastpath, key) != getattr(self.config.fastpath, key)
-        ]
+        changed = restart_keys(self.config, new)
         if changed:
             log.error(
                 "reload refused, keeping the running config: %s cannot change without a restart",
                 ", ".join(changed),
             )
             return
-        self.server = self.server.reconfigured(new, clock.wall())
+        # Renewals the kernel answered so far belong to the old engine's leases.
+        renewed = self._absorb_renewals()
+        self._commit([renewed])
+        self.lease_log.add(renewed.events, "fast")
+        # A million leases take seconds to rebuild, and as long again to rewrite in the
+        # kernel's maps: keep systemd's watchdog fed through both.
+        self.server = self.server.reconfigured(new, clock.wall(), keepalive=self._keepalive)
         self.config = new
         if self.fastpath is not None:
-            # A million entries take seconds to rewrite: keep systemd's watchdog fed.
-            self.fastpath.reconfigured(
-                new, self.server, self.io.mac, clock.wall(), self.notifier.ping
-            )
-        logging.getLogger().setLevel(new.log_level.upper())
-        self.lease_log.enabled = log.isEnabledFor(logging.INFO)
+            self.fastpath.reconfigured(new, self.server, self.io.mac, clock.wall(), self._keepalive)
+        level = logging.getLevelName(new.log_level.upper())
+        logging.getLogger().setLevel(level)
+        self.lease_log.level = level
         log.info("config reloaded from %s", self.config_path)
+
+
+def _errno_name(exc: OSError) -> str:
+    """ENETUNREACH for errno 101: a label value that stays the same across versions."""
+    return errno.errorcode.get(exc.errno or 0, "unknown")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -379,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config file")
     parser.add_argument("--version", action="version", version=__version__)
     args = parser.parse_args(argv)
+    clock.start()
     journald = journal.connected(sys.stderr)
     if journald:
         logging.basicConfig(level=logging.INFO, handlers=[journal.handler()])
@@ -395,13 +607,19 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot read config %s: %s", args.config, exc.strerror or exc)
         return EX_CONFIG
     logging.getLogger().setLevel(config.log_level.upper())
+    # First, before the lease store load and the fast path compile: both take long enough
+    # for a SIGHUP (config management) or a SIGTERM (systemctl stop) to arrive meanwhile.
+    signals = Signals()
     try:
-        daemon = Daemon(config, args.config, journald=journald)
-    except (OSError, StoreError, LoadError) as exc:
-        # A missing interface, a locked or unreadable state dir: say which, no traceback.
-        log.error("cannot start: %s", exc)
-        return EXIT_START_FAILED
-    return daemon.run()
+        try:
+            daemon = Daemon(config, args.config, signals, journald=journald)
+        except (OSError, StoreError, LoadError) as exc:
+            # A missing interface, a locked or unreadable state dir: say which, no traceback.
+            log.error("cannot start: %s", exc)
+            return EXIT_START_FAILED
+        return daemon.run()
+    finally:
+        signals.close()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ The fast path and replication add their metrics to this same registry.
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -78,6 +78,21 @@ class Metrics:
             "Lease changes written durably to the lease store",
             registry=self.registry,
         )
+        self.socket_errors = Counter(
+            "dhcp_socket_errors_total",
+            "Errors of the DHCP sockets by operation (receive, send) and errno name; "
+            "a send error also counts as a drop with reason send_failed",
+            ["operation", "error"],
+            registry=self.registry,
+        )
+        # Registered once the daemon knows: absent with the fast path disabled in the config,
+        # so `dhcp_fastpath_up == 0` alerts only where it was meant to run.
+        self._fastpath_up = Gauge(
+            "dhcp_fastpath_up",
+            "1 while the XDP fast path answers, 0 when it failed and only the slow path serves",
+            registry=None,
+        )
+        self._fastpath_up_registered = False
         self.registry.register(_PoolCollector(pool_usage))
         # Resolve label children once: the request loop must not pay for label lookups.
         self._drop_children = {r: self.dropped.labels(r.label) for r in DropReason}
@@ -94,6 +109,15 @@ class Metrics:
     def count_drop(self, reason: DropReason, n: int = 1) -> None:
         self._drop_children[reason].inc(n)
         self._request_drop_children[reason].inc(n)
+
+    def count_socket_error(self, operation: str, error: str) -> None:
+        self.socket_errors.labels(operation, error).inc()
+
+    def set_fastpath_up(self, up: bool) -> None:
+        if not self._fastpath_up_registered:
+            self.registry.register(self._fastpath_up)
+            self._fastpath_up_registered = True
+        self._fastpath_up.set(1 if up else 0)
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

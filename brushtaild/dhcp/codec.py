@@ -204,11 +204,19 @@ def encode_options(options: dict[int, bytes]) -> bytes:
     return b"".join(_option_items(options))
 
 
-def encode(msg: Message, max_size: int = MIN_MAX_SIZE, options_wire: bytes | None = None) -> bytes:
+def encode(
+    msg: Message,
+    max_size: int = MIN_MAX_SIZE,
+    options_wire: bytes | None = None,
+    last: tuple[int, ...] = (),
+) -> bytes:
     """The wire form of msg, at most max_size bytes (never taken below 548).
 
     `options_wire`, if given, must be `encode_options(msg.options)`, computed earlier: a
     server reusing the same options for many replies then only packs the fixed fields.
+    The options named in `last` (echoed ones: 61, then 82) must come last in msg.options;
+    they stay at the end of the options field even when others overflow into `file` and
+    `sname`, since a relay looks for its option 82 there (RFC 3046 2.2).
     Raises `MessageTooLarge` when the options do not fit even with sname and file carrying
     options, so the caller can drop optional ones and retry.
     """
@@ -228,10 +236,16 @@ def encode(msg: Message, max_size: int = MIN_MAX_SIZE, options_wire: bytes | Non
     if len(options_wire) <= options_room:
         body = options_wire
     else:
+        head = {code: value for code, value in msg.options.items() if code not in last}
+        tail = b"".join(
+            _option_items({code: msg.options[code] for code in last if code in msg.options})
+        )
+        if len(tail) > options_room - _OVERLOAD_OPTION_LEN:
+            raise MessageTooLarge(len(options_wire), options_room)
         options_items, file_items, sname_items = _fill_fields(
-            _option_items(msg.options),
+            _option_items(head),
             [
-                options_room - _OVERLOAD_OPTION_LEN,
+                options_room - _OVERLOAD_OPTION_LEN - len(tail),
                 _FILE_LEN - len(_END_BYTE),
                 _SNAME_LEN - len(_END_BYTE),
             ],
@@ -243,7 +257,7 @@ def encode(msg: Message, max_size: int = MIN_MAX_SIZE, options_wire: bytes | Non
         if sname_items:
             overload |= Overload.SNAME
             sname = _terminated(sname_items, _SNAME_LEN)
-        body = bytes((_OVERLOAD, 1, overload)) + b"".join(options_items)
+        body = bytes((_OVERLOAD, 1, overload)) + b"".join(options_items) + tail
 
     header = _HEADER.pack(
         msg.op,

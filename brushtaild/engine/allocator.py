@@ -11,7 +11,7 @@ stays in the list and is skipped when it reaches the front.
 from collections import deque
 from ipaddress import IPv4Network
 
-from brushtaild.engine.config import Pool
+from brushtaild.config.model import Pool
 
 
 def reserved_addresses(pool: Pool, server_id: int) -> frozenset[int]:
@@ -27,9 +27,12 @@ class PoolAllocator:
         self._reserved = reserved_addresses(pool, server_id)
         self._ranges = [(r.first, r.last) for r in pool.ranges]
         self._in_use: set[int] = set()
-        # Addresses the cursor must skip because they live on the free list now.
+        # Addresses the cursor must skip because they came back at least once.
         self._recycled: set[int] = set()
         self._free: deque[int] = deque()
+        # Addresses on the free list now: an address taken directly and given back again
+        # is queued once, so the list never outgrows the pool.
+        self._queued: set[int] = set()
         self._range_index = 0
         self._cursor = self._ranges[0][0] if self._ranges else 0
         self.total = sum(
@@ -51,10 +54,18 @@ class PoolAllocator:
     def is_free(self, address: int) -> bool:
         return address not in self._in_use and self.contains(address)
 
+    def in_use(self) -> frozenset[int]:
+        return frozenset(self._in_use)
+
     @property
     def assigned(self) -> int:
         """Addresses leased, offered or quarantined."""
         return len(self._in_use)
+
+    @property
+    def queued(self) -> int:
+        """Length of the free list (bounded by the pool's size)."""
+        return len(self._free)
 
     def take(self, address: int) -> bool:
         """Reserve a specific address; False if it is not free."""
@@ -76,14 +87,18 @@ class PoolAllocator:
         """Return an address; releasing a free one is a no-op, so callers need not track."""
         if address in self._in_use:
             self._in_use.discard(address)
-            self._recycled.add(address)
-            self._free.append(address)
+            self._queue(address)
 
     def recycle(self, address: int) -> None:
         """Mark a free address as previously used (e.g. an expired lease loaded at start),
         so it is handed out only after the never-used ones."""
         if self.is_free(address) and address not in self._recycled:
-            self._recycled.add(address)
+            self._queue(address)
+
+    def _queue(self, address: int) -> None:
+        self._recycled.add(address)
+        if address not in self._queued:
+            self._queued.add(address)
             self._free.append(address)
 
     def _next_unused(self) -> int | None:
@@ -106,6 +121,7 @@ class PoolAllocator:
     def _next_recycled(self) -> int | None:
         while self._free:
             address = self._free.popleft()
+            self._queued.discard(address)
             if address not in self._in_use:
                 return address
         return None

@@ -81,3 +81,5 @@ class Decision:
     lease_deletes: list[int] = field(default_factory=list)
     events: list[LeaseEvent] = field(default_factory=list)
     drop: DropReason | None = None
+    # A bug met while deciding (drop is INTERNAL_ERROR): for the daemon to log.
+    error: Exception | None = None

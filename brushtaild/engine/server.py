@@ -4,17 +4,19 @@ Rules this module keeps:
 - It reads no clock: `now` (Unix seconds) comes with every call, so expiry is deterministic.
 - It changes its in-memory view at once but only *asks* for durability: the caller writes
   `Decision.lease_writes` to the store before it sends any reply of that decision.
-- An address is in an allocator's in-use set exactly while it is leased (active), offered
-  (held) or quarantined; expiry is processed before every request so that stays true.
+- Lease state lives in the lease table (lease_table.py), which keeps its own rules; this
+  module decides what the RFCs say to do and renders the replies.
 """
 
-import heapq
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
 
+from brushtaild.config.model import Config, Pool
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import MessageTooLarge, encode, encode_options
 from brushtaild.dhcp.constants import (
+    BROADCAST_FLAG,
     IP_UDP_HEADERS,
     MIN_IP_DATAGRAM,
     MessageType,
@@ -26,7 +28,6 @@ from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
 from brushtaild.engine.addressing import reply_destination
 from brushtaild.engine.allocator import PoolAllocator
-from brushtaild.engine.config import Config, Pool
 from brushtaild.engine.decisions import (
     Decision,
     Ingress,
@@ -34,22 +35,17 @@ from brushtaild.engine.decisions import (
     LeaseEventKind,
     Reply,
 )
-from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.engine.lease_table import LeaseTable
+from brushtaild.engine.leases import Lease
 
 # Replies never exceed what fits an Ethernet frame, whatever option 57 claims.
 MAX_IP_DATAGRAM = 1500
 # Distinct (pool, reply type, request list) templates kept before the cache starts over.
 MAX_TEMPLATES = 4096
-
-
-@dataclass(slots=True)
-class Hold:
-    """An OFFERed address, reserved for one client until `expires`."""
-
-    client_id: bytes
-    address: int
-    pool: str
-    expires: float
+# RFC 3046 2.0: option 82 is one option, at most 255 bytes, however it was split.
+MAX_RELAY_AGENT_INFO = 255
+# Echoed options that stay at the end of the options field, in this order.
+_ECHOED_LAST = (OptionCode.CLIENT_ID, OptionCode.RELAY_AGENT_INFO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +66,8 @@ class ClientContext:
     requested: int  # option 50, or 0
     server_id: int | None  # option 54
     now: float
+    link: Hashable  # the relay (giaddr) or the local link (ifindex, VLAN ids)
+    echo_118: bool  # option 118 chose the subnet, so the reply carries it back
 
 
 def client_identity(msg: Message) -> bytes:
@@ -97,22 +95,23 @@ def _pool_options(pool: Pool) -> dict[int, bytes]:
 
 
 class Server:
-    def __init__(self, config: Config, leases: Iterable[Lease], now: float) -> None:
+    def __init__(
+        self,
+        config: Config,
+        leases: Iterable[Lease],
+        now: float,
+        keepalive: Callable[[], object] = lambda: None,
+    ) -> None:
         self.config = config
         self._server_id = opt.ip(config.server_id)
-        self._allocators = {p.name: PoolAllocator(p, config.server_id) for p in config.pools}
+        self.table = LeaseTable(config, leases, now, keepalive)
+        allocators = self.table.allocators
         self._subnets = [
-            (int(p.subnet.network_address), int(p.subnet.netmask), self._allocators[p.name])
+            (int(p.subnet.network_address), int(p.subnet.netmask), allocators[p.name])
             for p in config.pools
         ]
         self._options = {p.name: _pool_options(p) for p in config.pools}
         self._templates: dict[tuple[str, MessageType, bool, bytes | None], ReplyTemplate] = {}
-        self._by_client: dict[bytes, Lease] = {}
-        self._by_address: dict[int, Lease] = {}
-        self._holds: dict[bytes, Hold] = {}
-        self._held: dict[int, Hold] = {}
-        self._lease_timers: list[tuple[float, int]] = []
-        self._hold_timers: list[tuple[float, bytes]] = []
         self._handlers: dict[MessageType, Callable[[ClientContext, Decision], None]] = {
             MessageType.DISCOVER: self._discover,
             MessageType.REQUEST: self._request,
@@ -120,14 +119,12 @@ class Server:
             MessageType.RELEASE: self._release,
             MessageType.INFORM: self._inform,
         }
-        for lease in sorted(leases, key=lambda lease: lease.updated):
-            self._load(lease, now)
 
     # Public API ---------------------------------------------------------------------------
 
     def handle(self, msg: Message, ingress: Ingress, now: float) -> Decision:
         decision = Decision()
-        self._expire(now, decision)
+        self.table.expire(now, decision)
         if msg.op != Op.BOOTREQUEST:
             decision.drop = DropReason.NOT_FROM_CLIENT
             return decision
@@ -141,18 +138,24 @@ class Server:
             handler(ctx, decision)
         except MalformedPacket as exc:
             decision.drop = exc.reason
+        except Exception as exc:
+            # A bug. What the lease table has already done stands, and its writes and
+            # events (expiry included) still reach the store and the kernel maps; no reply
+            # goes out, since it may not match them.
+            decision.replies.clear()
+            decision.drop = DropReason.INTERNAL_ERROR
+            decision.error = exc
         return decision
 
     def tick(self, now: float) -> Decision:
         """Expire leases, offers and quarantines that are due; call when `next_deadline`
         passes even if no packet arrives."""
         decision = Decision()
-        self._expire(now, decision)
+        self.table.expire(now, decision)
         return decision
 
     def next_deadline(self) -> float | None:
-        times = [heap[0][0] for heap in (self._lease_timers, self._hold_timers) if heap]
-        return min(times) if times else None
+        return self.table.next_deadline()
 
     def kernel_renewal(self, hwaddr: bytes, address: int, expires: float, now: float) -> Decision:
         """Records a renewal the XDP fast path has already ACKed: the bound lease of
@@ -162,11 +165,7 @@ class Server:
         the caller then withdraws the kernel's entry, and the client's next request comes
         to the slow path."""
         decision = Decision()
-        lease = self._by_address.get(address)
-        if lease is None or lease.hwaddr != hwaddr or not lease.client_id:
-            decision.drop = DropReason.STALE_RENEWAL
-            return decision
-        renewed = self.extend(lease.client_id, address, expires, now)
+        renewed = self.table.renew(hwaddr, address, expires, now)
         if renewed is None:
             decision.drop = DropReason.STALE_RENEWAL
             return decision
@@ -177,155 +176,81 @@ class Server:
         return decision
 
     def renewable(self, lease: Lease, now: float) -> bool:
-        """Whether the fast path may answer for `lease`: bound, unexpired, and its address
-        still one its pool hands out (a reload may have excluded or renumbered it)."""
-        if lease.state is not LeaseState.BOUND or not lease.active(now):
-            return False
-        alloc = self._allocators.get(lease.pool)
-        return alloc is not None and alloc.contains(lease.address)
-
-    def extend(self, client_id: bytes, address: int, expires: float, now: float) -> Lease | None:
-        """Records a renewal the XDP fast path has already ACKed: the client's bound lease
-        of `address` now runs until `expires`. Returns the lease to write, or None if the
-        address is no longer this client's (changed by the slow path meanwhile): the
-        caller then withdraws the kernel's entry and the client's next renewal comes here.
-        """
-        lease = self._by_address.get(address)
-        if lease is None or lease.client_id != client_id:
-            return None
-        if self._by_client.get(client_id) is not lease:
-            return None
-        if lease.state is LeaseState.EXPIRED:
-            # Expired here between the kernel's ACK and this event: take it back if free.
-            alloc = self._allocator_for(address, lease.pool)
-            if alloc is None or not alloc.take(address):
-                return None
-        elif lease.state is not LeaseState.BOUND:
-            return None
-        renewed = replace(
-            lease, state=LeaseState.BOUND, expires=max(expires, lease.expires), updated=now
-        )
-        self._by_address[address] = renewed
-        self._by_client[client_id] = renewed
-        heapq.heappush(self._lease_timers, (renewed.expires, address))
-        return renewed
+        """Whether the fast path may answer for `lease` (see LeaseTable.renewable)."""
+        return self.table.renewable(lease, now)
 
     def template(self, pool_name: str, mtype: MessageType, prl: bytes | None) -> ReplyTemplate:
         """The options a reply of `mtype` from `pool_name` carries for a client that asked
         for `prl`: the fast path answers with exactly these bytes."""
-        pool = self._allocators[pool_name].pool
+        pool = self.table.allocators[pool_name].pool
         return self._template(pool, mtype, True, prl)
 
     def lease_at(self, address: int) -> Lease | None:
-        return self._by_address.get(address)
+        return self.table.lease_at(address)
 
     def leases(self) -> list[Lease]:
-        return list(self._by_address.values())
+        return self.table.leases()
 
     def pool_usage(self) -> dict[str, tuple[int, int]]:
         """Pool name -> (addresses total, addresses assigned, offered or quarantined)."""
-        return {name: (a.total, a.assigned) for name, a in self._allocators.items()}
+        return self.table.usage()
 
-    def reconfigured(self, config: Config, now: float) -> "Server":
-        """A server for a new config that keeps every lease and quarantine; pending offers
-        are dropped (the client's REQUEST is still granted while the address is free)."""
-        return Server(config, self.leases(), now)
-
-    # Loading and expiry -------------------------------------------------------------------
-
-    def _load(self, lease: Lease, now: float) -> None:
-        alloc = self._allocator_for(lease.address, lease.pool)
-        active = lease.active(now)
-        if lease.state is LeaseState.DECLINED and not active:
-            return
-        self._by_address[lease.address] = lease
-        if lease.client_id:
-            self._by_client[lease.client_id] = lease
-        if active:
-            if alloc is not None:
-                alloc.take(lease.address)
-            heapq.heappush(self._lease_timers, (lease.expires, lease.address))
-        elif alloc is not None:
-            alloc.recycle(lease.address)
-
-    def _allocator_for(self, address: int, pool_name: str) -> PoolAllocator | None:
-        alloc = self._allocators.get(pool_name)
-        if alloc is not None and alloc.contains(address):
-            return alloc
-        return next((a for a in self._allocators.values() if a.contains(address)), None)
-
-    def _expire(self, now: float, decision: Decision) -> None:
-        timers = self._lease_timers
-        while timers and timers[0][0] <= now:
-            _, address = heapq.heappop(timers)
-            lease = self._by_address.get(address)
-            if lease is None or lease.expires > now or not lease.occupies:
-                continue  # renewed, released or replaced since this timer was set
-            alloc = self._allocator_for(address, lease.pool)
-            if lease.state is LeaseState.DECLINED:
-                del self._by_address[address]
-                decision.lease_deletes.append(address)
-                kind = LeaseEventKind.EXPIRE
-                detail = "quarantine over"
-            else:
-                expired = replace(lease, state=LeaseState.EXPIRED)
-                self._by_address[address] = expired
-                self._by_client[lease.client_id] = expired
-                kind, detail = LeaseEventKind.EXPIRE, ""
-            if alloc is not None:
-                alloc.release(address)
-            decision.events.append(
-                LeaseEvent(kind, lease.client_id, lease.hwaddr, address, lease.pool, detail)
-            )
-        holds = self._hold_timers
-        while holds and holds[0][0] <= now:
-            _, client_id = heapq.heappop(holds)
-            hold = self._holds.get(client_id)
-            if hold is not None and hold.expires <= now:
-                self._drop_hold(hold, now)
-
-    @staticmethod
-    def _active(lease: Lease | None, now: float) -> bool:
-        return lease is not None and lease.active(now)
-
-    def _drop_hold(self, hold: Hold, now: float, keep: int = 0) -> None:
-        del self._holds[hold.client_id]
-        del self._held[hold.address]
-        if hold.address != keep and not self._active(self._by_address.get(hold.address), now):
-            alloc = self._allocators.get(hold.pool)
-            if alloc is not None:
-                alloc.release(hold.address)
+    def reconfigured(
+        self, config: Config, now: float, keepalive: Callable[[], object] = lambda: None
+    ) -> "Server":
+        """A server for a new config that keeps every lease and quarantine, loaded the way
+        a restart loads them; pending offers are dropped (the client's REQUEST is still
+        granted while the address is free). `keepalive` runs every few thousand leases."""
+        return Server(config, self.leases(), now, keepalive)
 
     # Request context ----------------------------------------------------------------------
 
     def _context(self, msg: Message, ingress: Ingress, now: float) -> ClientContext:
         options = msg.options
+        relay_info = options.get(OptionCode.RELAY_AGENT_INFO)
+        if relay_info is not None and len(relay_info) > MAX_RELAY_AGENT_INFO:
+            # RFC 3046 2.0: the whole option fits one option, 255 bytes; repeats
+            # concatenated past that are not a relay's, and could not be echoed.
+            raise MalformedPacket(DropReason.BAD_OPTION, f"option 82 of {len(relay_info)} bytes")
         requested = options.get(OptionCode.REQUESTED_ADDRESS)
         server_id = options.get(OptionCode.SERVER_ID)
+        selector, by_118 = self._network_selector(msg)
         return ClientContext(
             message=msg,
             ingress=ingress,
             client_id=client_identity(msg),
-            pools=self._pools_for(self._network_selector(msg)),
+            pools=self._pools_for(selector),
             requested=opt.decode_ip(requested) if requested is not None else 0,
             server_id=opt.decode_ip(server_id) if server_id is not None else None,
             now=now,
+            link=msg.giaddr if msg.giaddr else (ingress.ifindex, ingress.vlans),
+            echo_118=by_118,
         )
 
-    def _network_selector(self, msg: Message) -> int:
-        """An address on the client's network, in Kea's order: subnet selection (RFC 3011),
-        link selection from a relay (RFC 3527), the relay's giaddr, the client's ciaddr,
-        then the server's own link."""
+    def _network_selector(self, msg: Message) -> tuple[int, bool]:
+        """An address on the client's network, in Kea's order, and whether option 118
+        chose it. Twin of the selector in bpf/brushtail.c.
+
+        Subnet selection (RFC 3011) and a relay's link selection (RFC 3527) are relay
+        information: honoured only in relayed requests, since from a client on our own
+        link they would let it pick any pool. Then the relay's giaddr; then ciaddr where
+        a client may set it (a RENEWING client unicasts without a relay; a DISCOVER's
+        ciaddr is 0 by RFC 2131 4.3.1, and a bogus one must not hide the link it came
+        on); then the server's own link."""
         options = msg.options
-        subnet_selection = options.get(OptionCode.SUBNET_SELECTION)
-        if subnet_selection is not None:
-            return opt.decode_ip(subnet_selection)
-        relay_info = options.get(OptionCode.RELAY_AGENT_INFO)
-        if relay_info is not None:
-            for code, value in opt.parse_relay_agent_info(relay_info):
-                if code == RelayAgentSubOption.LINK_SELECTION:
-                    return opt.decode_ip(value)
-        return msg.giaddr or msg.ciaddr or self.config.server_id
+        if msg.giaddr:
+            subnet_selection = options.get(OptionCode.SUBNET_SELECTION)
+            if subnet_selection is not None:
+                return opt.decode_ip(subnet_selection), True
+            relay_info = options.get(OptionCode.RELAY_AGENT_INFO)
+            if relay_info is not None:
+                for code, value in opt.parse_relay_agent_info(relay_info):
+                    if code == RelayAgentSubOption.LINK_SELECTION:
+                        return opt.decode_ip(value), False
+            return msg.giaddr, False
+        if msg.ciaddr and msg.message_type is not MessageType.DISCOVER:
+            return msg.ciaddr, False
+        return self.config.server_id, False
 
     def _pools_for(self, address: int) -> list[PoolAllocator]:
         return [alloc for net, mask, alloc in self._subnets if address & mask == net]
@@ -334,101 +259,70 @@ class Server:
     def _pool_of(ctx: ClientContext, address: int) -> PoolAllocator | None:
         return next((a for a in ctx.pools if a.contains(address)), None)
 
+    @staticmethod
+    def _on_network(ctx: ClientContext, address: int) -> bool:
+        """Whether `address` is on the client's network: inside a served subnet there,
+        whether or not our ranges hold it (other servers' ranges may share the subnet)."""
+        return any(IPv4Address(address) in a.pool.subnet for a in ctx.pools)
+
+    def _on_own_link(self, address: int) -> bool:
+        """Whether `address` is in a subnet of the server's own link."""
+        own = self._pools_for(self.config.server_id)
+        return any(IPv4Address(address) in a.pool.subnet for a in own)
+
     # Message handlers ---------------------------------------------------------------------
 
     def _discover(self, ctx: ClientContext, decision: Decision) -> None:
         if not ctx.pools:
             decision.drop = DropReason.NO_SUBNET
             return
-        chosen = self._choose_offer(ctx)
+        chosen = self.table.offer(ctx.client_id, ctx.pools, ctx.requested, ctx.link, ctx.now)
         if chosen is None:
             decision.drop = DropReason.POOL_EXHAUSTED
             return
         address, alloc = chosen
-        self._reply(ctx, decision, MessageType.OFFER, address, alloc.pool)
-        decision.events.append(self._event(LeaseEventKind.OFFER, ctx, address, alloc.pool.name))
-
-    def _choose_offer(self, ctx: ClientContext) -> tuple[int, PoolAllocator] | None:
-        """Kea's order: the client's lease (active, or its old address while free), its
-        pending offer, the address it asks for, then any free address."""
-        now = ctx.now
-        lease = self._by_client.get(ctx.client_id)
-        if lease is not None:
-            alloc = self._pool_of(ctx, lease.address)
-            if alloc is not None:
-                if self._active(lease, now):
-                    return lease.address, alloc
-                if alloc.take(lease.address):
-                    return self._hold(ctx, alloc, lease.address)
-        hold = self._holds.get(ctx.client_id)
-        if hold is not None:
-            alloc = self._pool_of(ctx, hold.address)
-            if alloc is not None:
-                hold.expires = now + self.config.offer_hold
-                heapq.heappush(self._hold_timers, (hold.expires, ctx.client_id))
-                return hold.address, alloc
-        if ctx.requested:
-            alloc = self._pool_of(ctx, ctx.requested)
-            if alloc is not None and alloc.take(ctx.requested):
-                return self._hold(ctx, alloc, ctx.requested)
-        for alloc in ctx.pools:
-            address = alloc.allocate()
-            if address is not None:
-                return self._hold(ctx, alloc, address)
-        return None
-
-    def _hold(
-        self, ctx: ClientContext, alloc: PoolAllocator, address: int
-    ) -> tuple[int, PoolAllocator]:
-        """Record the offer of an address the caller has just taken from `alloc`."""
-        previous = self._holds.get(ctx.client_id)
-        if previous is not None:
-            self._drop_hold(previous, ctx.now)
-        hold = Hold(ctx.client_id, address, alloc.pool.name, ctx.now + self.config.offer_hold)
-        self._holds[ctx.client_id] = hold
-        self._held[address] = hold
-        heapq.heappush(self._hold_timers, (hold.expires, ctx.client_id))
-        return address, alloc
+        if self._reply(ctx, decision, MessageType.OFFER, address, alloc.pool):
+            decision.events.append(self._event(LeaseEventKind.OFFER, ctx, address, alloc.pool.name))
 
     def _request(self, ctx: ClientContext, decision: Decision) -> None:
+        """RFC 2131 4.3.2, by the client's state. A REQUEST naming this server (54) that
+        cannot be satisfied is NAKed (3.1 step 4), whatever is wrong with it."""
         msg = ctx.message
-        if ctx.server_id is not None and not msg.ciaddr:
-            self._request_selecting(ctx, decision)
-        elif ctx.server_id is not None and ctx.server_id != self.config.server_id:
+        names_us = ctx.server_id == self.config.server_id
+        if ctx.server_id is not None and not names_us:
+            # The client chose another server's offer: ours is free again.
+            self.table.drop_hold(ctx.client_id, ctx.now)
             decision.drop = DropReason.OTHER_SERVER
         elif not ctx.pools:
-            decision.drop = DropReason.NO_SUBNET
+            if names_us:
+                self._nak(ctx, decision, "no subnet for this network")
+            else:
+                decision.drop = DropReason.NO_SUBNET
         elif msg.ciaddr:
+            # RENEWING or REBINDING (some clients name the server here too).
             self._request_renewing(ctx, decision)
+        elif names_us:
+            self._request_selecting(ctx, decision)
         elif ctx.requested:
             self._request_init_reboot(ctx, decision)
         else:
             decision.drop = DropReason.NO_MATCHING_LEASE
 
     def _request_selecting(self, ctx: ClientContext, decision: Decision) -> None:
-        if ctx.server_id != self.config.server_id:
-            # The client chose another server's offer: ours is free again (RFC 2131 4.3.2).
-            hold = self._holds.get(ctx.client_id)
-            if hold is not None:
-                self._drop_hold(hold, ctx.now)
-            decision.drop = DropReason.OTHER_SERVER
-            return
-        if not ctx.pools:
-            decision.drop = DropReason.NO_SUBNET
-            return
         if not ctx.requested:
             self._nak(ctx, decision, "no requested address")
             return
         self._bind(ctx, decision, ctx.requested)
 
     def _request_init_reboot(self, ctx: ClientContext, decision: Decision) -> None:
-        if self._pool_of(ctx, ctx.requested) is None:
+        if not self._on_network(ctx, ctx.requested):
             self._nak(ctx, decision, "address not on this network")
             return
-        lease = self._by_client.get(ctx.client_id)
-        hold = self._holds.get(ctx.client_id)
+        lease = self.table.lease_of(ctx.client_id)
+        hold = self.table.hold_of(ctx.client_id)
         if lease is None and hold is None:
-            # RFC 2131 4.3.2: with no record of the client, stay silent.
+            # RFC 2131 4.3.2: with no record of the client, stay silent (another server
+            # on this network may have leased it).
             decision.drop = DropReason.NO_RECORD
             return
         if ctx.requested not in {lease.address if lease else 0, hold.address if hold else 0}:
@@ -438,98 +332,63 @@ class Server:
 
     def _request_renewing(self, ctx: ClientContext, decision: Decision) -> None:
         address = ctx.message.ciaddr
-        lease = self._by_client.get(ctx.client_id)
-        if lease is not None and lease.address != address and self._active(lease, ctx.now):
+        lease = self.table.lease_of(ctx.client_id)
+        if lease is not None and lease.address != address and lease.active(ctx.now):
             self._nak(ctx, decision, "address not leased to this client")
             return
-        # With no record (or an expired one), a client renewing a free address keeps it:
-        # it is already using it, and nobody else holds it.
+        if (lease is None or lease.address != address) and self._on_network(ctx, address):
+            # No record of this client at this address. Inside our ranges and free, the
+            # client keeps it (it already uses it and nobody else holds it: this is how a
+            # lease survives a lost record), but only where the network vouches for the
+            # address: through a relay, or on our own link. Outside our ranges it may be
+            # another server's lease: stay silent, as in INIT-REBOOT.
+            alloc = self._pool_of(ctx, address)
+            vouched = ctx.message.giaddr or self._on_own_link(address)
+            if alloc is None or not vouched:
+                decision.drop = DropReason.NO_RECORD
+                return
         self._bind(ctx, decision, address)
 
     def _bind(self, ctx: ClientContext, decision: Decision, address: int) -> None:
         """Lease `address` to the client (ACK), or NAK if it can't be."""
-        now = ctx.now
         alloc = self._pool_of(ctx, address)
         if alloc is None:
             self._nak(ctx, decision, "address not on this network")
             return
-        client_id = ctx.client_id
-        owner = self._by_address.get(address)
-        hold = self._held.get(address)
-        leased_to_client = owner is not None and owner.client_id == client_id
-        mine = (leased_to_client and self._active(owner, now)) or (
-            hold is not None and hold.client_id == client_id
+        msg = ctx.message
+        lease = self.table.bind(
+            ctx.client_id,
+            msg.hwaddr,
+            alloc,
+            address,
+            ctx.now,
+            msg.options.get(OptionCode.PARAMETER_REQUEST_LIST),
+            decision,
         )
-        if not mine and not alloc.take(address):
+        if lease is None:
             self._nak(ctx, decision, "address in use")
             return
-        own_hold = self._holds.get(client_id)
-        if own_hold is not None:
-            # Taken above or by the hold itself: either way `address` stays in use.
-            self._drop_hold(own_hold, now, keep=address)
-        previous = self._by_client.get(client_id)
-        if previous is not None and previous.address != address:
-            # One record per client: the old address is given back and forgotten.
-            self._forget(previous, now)
-            decision.lease_deletes.append(previous.address)
-        if (
-            owner is not None
-            and not leased_to_client
-            and self._by_client.get(owner.client_id) is owner
-        ):
-            del self._by_client[owner.client_id]
-        pool = alloc.pool
-        lease = Lease(
-            address=address,
-            client_id=client_id,
-            hwaddr=ctx.message.hwaddr,
-            pool=pool.name,
-            state=LeaseState.BOUND,
-            expires=now + pool.lease_time,
-            updated=now,
-            prl=ctx.message.options.get(OptionCode.PARAMETER_REQUEST_LIST),
-        )
-        self._by_address[address] = lease
-        self._by_client[client_id] = lease
-        heapq.heappush(self._lease_timers, (lease.expires, address))
-        decision.lease_writes.append(lease)
-        self._reply(ctx, decision, MessageType.ACK, address, pool)
-        decision.events.append(self._event(LeaseEventKind.ACK, ctx, address, pool.name))
-
-    def _forget(self, lease: Lease, now: float) -> None:
-        if self._by_address.get(lease.address) is lease:
-            del self._by_address[lease.address]
-        if self._active(lease, now):
-            alloc = self._allocator_for(lease.address, lease.pool)
-            if alloc is not None:
-                alloc.release(lease.address)
+        # The lease stays written even if the ACK cannot be encoded: the client retries
+        # and is given the same address.
+        if self._reply(ctx, decision, MessageType.ACK, address, alloc.pool):
+            decision.events.append(self._event(LeaseEventKind.ACK, ctx, address, alloc.pool.name))
 
     def _decline(self, ctx: ClientContext, decision: Decision) -> None:
         if ctx.server_id is not None and ctx.server_id != self.config.server_id:
             decision.drop = DropReason.OTHER_SERVER
             return
-        address = ctx.requested
-        lease = self._by_client.get(ctx.client_id)
-        if lease is None or lease.address != address or not self._active(lease, ctx.now):
+        lease = self._own_active_lease(ctx, ctx.requested)
+        if lease is None:
             decision.drop = DropReason.NO_MATCHING_LEASE
             return
-        # The address is in use by someone we don't know: keep it out of circulation. The
-        # allocator keeps it in use; the quarantine record carries no client.
-        hold_time = self.config.decline_hold
-        quarantine = replace(
-            lease,
-            client_id=b"",
-            state=LeaseState.DECLINED,
-            expires=ctx.now + hold_time,
-            updated=ctx.now,
-        )
-        del self._by_client[ctx.client_id]
-        self._by_address[address] = quarantine
-        heapq.heappush(self._lease_timers, (quarantine.expires, address))
-        decision.lease_writes.append(quarantine)
+        self.table.decline(lease, ctx.now, decision)
         decision.events.append(
             self._event(
-                LeaseEventKind.DECLINE, ctx, address, lease.pool, f"quarantined for {hold_time}s"
+                LeaseEventKind.DECLINE,
+                ctx,
+                lease.address,
+                lease.pool,
+                f"quarantined for {self.config.decline_hold}s",
             )
         )
 
@@ -537,29 +396,32 @@ class Server:
         if ctx.server_id is not None and ctx.server_id != self.config.server_id:
             decision.drop = DropReason.OTHER_SERVER
             return
-        address = ctx.message.ciaddr
-        lease = self._by_client.get(ctx.client_id)
-        if lease is None or lease.address != address or not self._active(lease, ctx.now):
+        lease = self._own_active_lease(ctx, ctx.message.ciaddr)
+        if lease is None:
             decision.drop = DropReason.NO_MATCHING_LEASE
             return
-        released = replace(lease, state=LeaseState.RELEASED, expires=ctx.now, updated=ctx.now)
-        self._by_address[address] = released
-        self._by_client[ctx.client_id] = released
-        alloc = self._allocator_for(address, lease.pool)
-        if alloc is not None:
-            alloc.release(address)
-        decision.lease_writes.append(released)
-        decision.events.append(self._event(LeaseEventKind.RELEASE, ctx, address, lease.pool))
+        self.table.release(lease, ctx.now, decision)
+        decision.events.append(self._event(LeaseEventKind.RELEASE, ctx, lease.address, lease.pool))
+
+    def _own_active_lease(self, ctx: ClientContext, address: int) -> Lease | None:
+        lease = self.table.lease_of(ctx.client_id)
+        if lease is None or lease.address != address or not lease.active(ctx.now):
+            return None
+        return lease
 
     def _inform(self, ctx: ClientContext, decision: Decision) -> None:
+        if not ctx.message.ciaddr:
+            # RFC 2131 4.3.5: the ACK goes to ciaddr; a client without one must DISCOVER.
+            decision.drop = DropReason.NO_CLIENT_ADDRESS
+            return
         if not ctx.pools:
             decision.drop = DropReason.NO_SUBNET
             return
         pool = ctx.pools[0].pool
-        self._reply(ctx, decision, MessageType.ACK, 0, pool, with_lease=False)
-        decision.events.append(
-            self._event(LeaseEventKind.INFORM, ctx, ctx.message.ciaddr, pool.name)
-        )
+        if self._reply(ctx, decision, MessageType.ACK, 0, pool, with_lease=False):
+            decision.events.append(
+                self._event(LeaseEventKind.INFORM, ctx, ctx.message.ciaddr, pool.name)
+            )
 
     # Replies ------------------------------------------------------------------------------
 
@@ -571,7 +433,9 @@ class Server:
         yiaddr: int,
         pool: Pool,
         with_lease: bool = True,
-    ) -> None:
+    ) -> bool:
+        """Append the reply (twin of write_headers in bpf/reply.h); False if it cannot be
+        made to fit the client's maximum message size (the request is dropped)."""
         request = ctx.message
         template = self._template(
             pool, mtype, with_lease, request.options.get(OptionCode.PARAMETER_REQUEST_LIST)
@@ -588,7 +452,7 @@ class Server:
             chaddr=request.chaddr,
             options=template.options,
         )
-        self._finish(ctx, decision, reply, mtype, template)
+        return self._finish(ctx, decision, reply, mtype, template)
 
     def _template(
         self, pool: Pool, mtype: MessageType, with_lease: bool, prl: bytes | None
@@ -636,15 +500,15 @@ class Server:
             htype=request.htype,
             hlen=request.hlen,
             # RFC 2131 4.3.2: a NAK through a relay asks the relay to broadcast it.
-            flags=request.flags | (0x8000 if request.giaddr else 0),
+            flags=request.flags | (BROADCAST_FLAG if request.giaddr else 0),
             giaddr=request.giaddr,
             chaddr=request.chaddr,
             options=options,
         )
         template = ReplyTemplate(options, encode_options(options), ())
-        self._finish(ctx, decision, reply, MessageType.NAK, template)
-        address = ctx.requested or request.ciaddr
-        decision.events.append(self._event(LeaseEventKind.NAK, ctx, address, "", why))
+        if self._finish(ctx, decision, reply, MessageType.NAK, template):
+            address = ctx.requested or request.ciaddr
+            decision.events.append(self._event(LeaseEventKind.NAK, ctx, address, "", why))
 
     def _finish(
         self,
@@ -653,34 +517,50 @@ class Server:
         reply: Message,
         mtype: MessageType,
         template: ReplyTemplate,
-    ) -> None:
+    ) -> bool:
+        """Echo what must be echoed, encode to fit, and address the reply.
+
+        Echoed, after the template's options and in this order (the fast path writes the
+        same bytes, bpf/reply.h): 118 when it chose the subnet (RFC 3011 3: a client
+        discards replies without it), 61 verbatim (RFC 6842), then 82 verbatim and last
+        (RFC 3046 2.2), never moved into `file` or `sname`."""
         request = ctx.message
+        echo: dict[int, bytes] = {}
+        if ctx.echo_118:
+            echo[OptionCode.SUBNET_SELECTION] = request.options[OptionCode.SUBNET_SELECTION]
+        for code in _ECHOED_LAST:
+            value = request.options.get(code)
+            if value is not None:
+                echo[code] = value
         wire = template.wire
-        relay_info = request.options.get(OptionCode.RELAY_AGENT_INFO)
-        if relay_info is not None:
-            # RFC 3046 2.2: echoed verbatim, after all other options.
-            echo: dict[int, bytes] = {OptionCode.RELAY_AGENT_INFO: relay_info}
+        if echo:
             reply.options = {**reply.options, **echo}
             wire += encode_options(echo)
         max_size = self._max_size(request)
-        try:
-            payload = encode(reply, max_size, wire)
-        except MessageTooLarge:
-            payload = self._trimmed(reply, max_size, list(template.optional))
+        payload = self._encoded(reply, max_size, wire, list(template.optional))
+        if payload is None:
+            decision.drop = DropReason.REPLY_TOO_LARGE
+            return False
         dest = reply_destination(request, mtype, reply.yiaddr)
         decision.replies.append(Reply(reply, payload, dest, ctx.ingress))
+        return True
 
     @staticmethod
-    def _trimmed(reply: Message, max_size: int, optional: list[int]) -> bytes:
-        """Drop requested options from the end of the request list until the reply fits."""
+    def _encoded(reply: Message, max_size: int, wire: bytes, optional: list[int]) -> bytes | None:
+        """The reply encoded within `max_size`, dropping requested options from the end of
+        the request list until it fits; None if even the mandatory ones do not."""
+        try:
+            return encode(reply, max_size, wire, _ECHOED_LAST)
+        except MessageTooLarge:
+            pass
         reply.options = dict(reply.options)
-        while True:
+        while optional:
+            del reply.options[optional.pop()]
             try:
-                return encode(reply, max_size)
+                return encode(reply, max_size, last=_ECHOED_LAST)
             except MessageTooLarge:
-                if not optional:
-                    raise
-                del reply.options[optional.pop()]
+                continue
+        return None
 
     @staticmethod
     def _max_size(request: Message) -> int:

@@ -26,6 +26,18 @@ That socket's receive queue is never read, so a drop-everything filter keeps it 
 is bound all the same, because the bound port is what stops the kernel answering unicast
 requests (which we read from the raw socket) with ICMP port-unreachable.
 
+Requests that waited in the receive queue longer than a client waits for its answer are
+counted as stale instead of returned (the daemon picks the age; see main.MAX_QUEUE_AGE). The
+kernel stamps each frame as it arrives (SO_TIMESTAMPNS); reading the stamp takes recvmsg,
+about 2.5 times the cost of recv (some 2 us more per frame, bench/recv_timestamps.py), so
+only frames up to the first fresh one of a batch are read with it: the queue is FIFO, and
+every frame behind a fresh one is fresher.
+
+Errors: BlockingIOError ends a batch (the queue is empty); any other error on receive
+(ENETDOWN after the link went down, ...) ends it too and is handed to the caller with what
+was read before it, so one bad moment of the link loses no request already read. Send
+errors are the caller's to count: send() raises them.
+
 UDP checksums are not verified on receive: a datagram that a local stack sent across a
 veth (perfdhcp, a relay in another namespace) still carries CHECKSUM_PARTIAL, i.e. only
 the pseudo-header sum, and the Ethernet FCS already covers the link. The IPv4 header
@@ -36,9 +48,16 @@ import ctypes
 import errno
 import socket
 import struct
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from brushtaild.dhcp.constants import SERVER_PORT
+from brushtaild.dhcp.constants import (
+    FIXED_HEADER_LEN,
+    MAGIC_COOKIE,
+    OPTIONS_OFFSET,
+    SERVER_PORT,
+    Op,
+)
 from brushtaild.engine.decisions import Destination, DestKind, Ingress
 
 ETH_P_ALL = 0x0003
@@ -51,6 +70,10 @@ PACKET_STATISTICS = 6
 PACKET_IGNORE_OUTGOING = 23
 PACKET_BROADCAST = 1
 SO_RCVBUFFORCE = 33
+# asm-generic/socket.h: the kernel's receive time as a struct timespec in a control message.
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 RCVBUF_BYTES = 4 << 20
 
@@ -197,17 +220,27 @@ def checksum_field(residue: int) -> int:
 # Ethertype, then the IPv4 header up to the addresses.
 _ETH_IP = struct.Struct("!HBxHxxHxBxxII")
 _UDP = struct.Struct("!xxxxHxx")
+# The BOOTP fields a well-formed request is judged by: op, htype, hlen; and the cookie.
+_BOOTP_KIND = struct.Struct("!BBB")
 _ETH_IP_OFFSET = 12
+_HTYPE_ETHER = 1
+_ETHER_HLEN = 6
+_COOKIE_OFFSET = FIXED_HEADER_LEN
+_MIN_REQUEST = OPTIONS_OFFSET  # the fixed BOOTP header and the magic cookie
 
 
 def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ingress] | None:
-    """The DHCP payload and its Ingress, or None if the frame is malformed at L2-L4.
+    """The DHCP payload and its Ingress, or None if `frame[:length]` is not a well-formed
+    request: docs/DESIGN.md, "Well-formed requests", the rules the XDP program applies too
+    (bpf/parsing.h), so neither path takes a frame the other refuses.
 
-    `frame[:length]` is one Ethernet frame (it may carry link-layer padding after the IP
-    datagram). Fragments are malformed here: DHCP messages never need fragmenting, and
-    reassembling in user space would be an amplification target.
+    The IPv4 datagram must end where the frame ends and the UDP datagram where the IPv4 one
+    does: bytes after either are not part of the request, and only one reading of a frame
+    may exist. (Ethernet pads frames shorter than 60 bytes, but a request is at least 282.)
+    Fragments are malformed: DHCP messages never need fragmenting, and reassembling in user
+    space would be an amplification target.
     """
-    if length < ETH_HLEN + IP_MIN_HLEN + UDP_HLEN:
+    if length < ETH_HLEN + IP_MIN_HLEN + UDP_HLEN + _MIN_REQUEST:
         return None
     ethertype, ver_ihl, total_len, frag, proto, src_ip, dst_ip = _ETH_IP.unpack_from(
         frame, _ETH_IP_OFFSET
@@ -218,8 +251,8 @@ def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ing
         ethertype != ETH_P_IP
         or ver_ihl >> 4 != 4
         or ip_hlen < IP_MIN_HLEN
-        or total_len < ip_hlen + UDP_HLEN
-        or ETH_HLEN + total_len > length
+        or ETH_HLEN + total_len != length
+        or total_len < ip_hlen + UDP_HLEN + _MIN_REQUEST
         or frag & _IP_MF_OR_OFFSET
         or proto != IPPROTO_UDP
         # Inlined residue (see internet_checksum_residue): the header length is a multiple of
@@ -228,9 +261,14 @@ def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ing
     ):
         return None
     (udp_len,) = _UDP.unpack_from(frame, l4)
-    if udp_len < UDP_HLEN or udp_len > total_len - ip_hlen:
+    bootp = l4 + UDP_HLEN
+    if (
+        udp_len != total_len - ip_hlen
+        or _BOOTP_KIND.unpack_from(frame, bootp) != (Op.BOOTREQUEST, _HTYPE_ETHER, _ETHER_HLEN)
+        or frame[bootp + _COOKIE_OFFSET : bootp + OPTIONS_OFFSET] != MAGIC_COOKIE
+    ):
         return None
-    payload = bytes(memoryview(frame)[l4 + UDP_HLEN : l4 + udp_len])
+    payload = bytes(memoryview(frame)[bootp:length])
     return payload, Ingress(ifindex, bytes(frame[6:12]), src_ip, dst_ip)
 
 
@@ -245,6 +283,17 @@ _UDP_OFFSET = ETH_HLEN + IP_MIN_HLEN
 _UDP_CHECKSUM_OFFSET = _UDP_OFFSET + 6
 _PSEUDO_ADDRS_OFFSET = ETH_HLEN + 12
 _TPACKET_STATS = struct.Struct("=II")
+
+
+@dataclass(slots=True)
+class Received:
+    """One batch read from the queue."""
+
+    # DHCP payloads with where they came from.
+    frames: list[tuple[bytes, Ingress]] = field(default_factory=list)
+    malformed: int = 0  # below DHCP: fragments, bad IHL or header checksum, truncated IP/UDP
+    stale: int = 0  # arrived before the caller's `stale_before`
+    error: OSError | None = None  # what ended the batch early, other than an empty queue
 
 
 class PacketIO:
@@ -277,6 +326,7 @@ class PacketIO:
         try:
             attach_filter(sock, DHCP_SERVER_FILTER)
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
             except PermissionError:
@@ -310,28 +360,46 @@ class PacketIO:
     def fileno(self) -> int:
         return self._raw.fileno()
 
-    def receive_batch(self, limit: int) -> tuple[list[tuple[bytes, Ingress]], int]:
-        """Drain up to `limit` queued frames without blocking.
-
-        Returns the DHCP payloads with their Ingress, and how many frames were malformed
-        below DHCP (fragments, bad IHL or header checksum, truncated IP or UDP).
-        """
-        received: list[tuple[bytes, Ingress]] = []
-        malformed = 0
+    def receive_batch(self, limit: int, stale_before: float = 0.0) -> Received:
+        """Drain up to `limit` queued frames without blocking; frames the kernel received
+        before `stale_before` (Unix seconds) are counted, not returned."""
+        received = Received()
+        frames = received.frames
         recv_into = self._raw.recv_into
         buf = self._recv_buf
         ifindex = self.ifindex
+        fresh = False
         for _ in range(limit):
             try:
-                length = recv_into(buf)
+                if fresh:
+                    length = recv_into(buf)
+                else:
+                    length, stamp = self._receive_stamped()
+                    if stamp < stale_before:
+                        received.stale += 1
+                        continue
+                    fresh = True
             except BlockingIOError:
+                break
+            except OSError as exc:
+                received.error = exc
                 break
             parsed = parse_frame(buf, length, ifindex)
             if parsed is None:
-                malformed += 1
+                received.malformed += 1
             else:
-                received.append(parsed)
-        return received, malformed
+                frames.append(parsed)
+        return received
+
+    def _receive_stamped(self) -> tuple[int, float]:
+        """One frame into the receive buffer: its length and the kernel's receive time."""
+        length, ancillary, _flags, _addr = self._raw.recvmsg_into([self._recv_buf], _CMSG_SPACE)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+                return length, seconds + nanoseconds / 1e9
+        # No stamp (never seen on Linux): count the frame as fresh rather than lose it.
+        return length, float("inf")
 
     def send(self, payload: bytes, dest: Destination, ingress: Ingress) -> None:
         if ingress.ifindex != self.ifindex or ingress.vlans:

@@ -7,11 +7,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from brushtaild.engine.config import Config
+from brushtaild.config.model import Config
+from brushtaild.daemon import clock
 from brushtaild.engine.decisions import Decision
 from brushtaild.engine.server import Server
 from brushtaild.xdp import loader, maps, stats
-from brushtaild.xdp.sync import NS, MapSync, boot_offset
+from brushtaild.xdp.sync import MapSync
 
 log = logging.getLogger("brushtaild.xdp")
 
@@ -36,7 +37,6 @@ class FastPath:
         )
         self.sync = MapSync(self.program, server)
         self._pending: list[Renewal] = []
-        self._offset = boot_offset()
         self.program.ring_buffer(self._on_renewal)
         self.mode: str | None = None
 
@@ -44,9 +44,7 @@ class FastPath:
         event = ctypes.cast(data, ctypes.POINTER(maps.Renewal)).contents
         self._pending.append(
             Renewal(
-                bytes(event.key),
-                maps.host32(event.address),
-                event.expires_ns / NS + self._offset,
+                bytes(event.key), maps.host32(event.address), clock.from_boot_ns(event.expires_ns)
             )
         )
 
@@ -61,9 +59,15 @@ class FastPath:
         place of any running one. Renewals still queued must be applied to the engine
         before (see Daemon), or reconcile would roll back their expiry."""
         settings = self.config.fastpath
-        self.sync.configure(self.config, server_mac, settings.rate_limit, settings.rate_burst)
+        self.sync.configure(
+            self.config,
+            server_mac,
+            settings.rate_limit,
+            settings.rate_burst,
+            settings.relay_rate_limit,
+        )
         written, removed = self.sync.reconcile(now)
-        self.mode = self.program.attach(self.config.interface, loader.XdpMode(settings.xdp_mode))
+        self.mode = self.program.attach(self.config.interface, settings.xdp_mode)
         log.info(
             "fast path attached to %s in %s mode: %d entries, %d stale removed, "
             "compiled and loaded in %.1fs",
@@ -90,7 +94,9 @@ class FastPath:
         self.config = config
         self.sync.server = server
         settings = config.fastpath
-        self.sync.configure(config, server_mac, settings.rate_limit, settings.rate_burst)
+        self.sync.configure(
+            config, server_mac, settings.rate_limit, settings.rate_burst, settings.relay_rate_limit
+        )
         self.sync.reconcile(now, keepalive)
 
     def collector(self) -> stats.FastPathCollector:

@@ -16,10 +16,10 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from brushtaild.config.model import XdpMode
 from brushtaild.xdp import libbpf, maps
 
 log = logging.getLogger("brushtaild.xdp")
@@ -32,12 +32,6 @@ XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 BPFFS = Path("/sys/fs/bpf")
 RINGBUF_PAGES = 1024
-
-
-class XdpMode(Enum):
-    AUTO = "auto"  # native where the driver has it, else generic
-    NATIVE = "native"
-    GENERIC = "generic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +57,10 @@ def _expected(limits: Limits) -> dict[str, libbpf.MapLayout]:
         ),
         "config": libbpf.MapLayout(MAP_ARRAY, u32, u64, maps.CFG_SLOTS),
         "ratelimit": libbpf.MapLayout(
-            MAP_LRU_HASH, key, ctypes.sizeof(maps.Bucket), limits.ratelimit_entries
+            MAP_LRU_HASH,
+            ctypes.sizeof(maps.RateKey),
+            ctypes.sizeof(maps.Bucket),
+            limits.ratelimit_entries,
         ),
         "results": libbpf.MapLayout(MAP_PERCPU_ARRAY, u32, u64, maps.RESULTS),
         "latency": libbpf.MapLayout(MAP_PERCPU_ARRAY, u32, u64, maps.LATENCY_BUCKETS),

@@ -23,7 +23,8 @@ CFG_SERVER_ID = 0
 CFG_RATE_COST = 1
 CFG_RATE_BURST = 2
 CFG_SERVER_MAC = 3
-CFG_SLOTS = 4
+CFG_RELAY_COST = 4
+CFG_SLOTS = 5
 
 _FNV64_OFFSET = 0xCBF29CE484222325
 _FNV64_PRIME = 0x100000001B3
@@ -49,13 +50,20 @@ class Result(IntEnum):
     NO_ROOM = 13
     NO_TEMPLATE = 14
     RATE_LIMIT = 15
+    MALFORMED = 16
+    SELECTOR = 17
+    PRIORITY_TAG = 18
+    LINK_BUDGET = 19
 
     @property
     def label(self) -> str:
         return self.name.lower()
 
 
-RESULTS = 16
+RESULTS = 20
+# struct bt_rate_key.kind
+RATE_SENDER = 0
+RATE_LINK = 1
 ANSWERED = (Result.OFFER, Result.ACK)
 # Passes that mean "no usable entry for this client": the cache missed. Other passes found
 # an entry but the request itself belongs to the slow path.
@@ -68,6 +76,21 @@ class ClientKey(ctypes.Structure):
         ("outer_vlan", ctypes.c_uint16),
         ("inner_vlan", ctypes.c_uint16),
         ("pad", ctypes.c_uint16),
+    )
+
+
+class RateKey(ctypes.Structure):
+    """Whom the program charges a request to (struct bt_rate_key)."""
+
+    _fields_ = (
+        ("mac", ctypes.c_uint8 * 6),  # the frame's L2 source
+        ("outer_vlan", ctypes.c_uint16),
+        ("inner_vlan", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+        ("giaddr", ctypes.c_uint32),  # network order; 0 for a client on the link
+        ("saddr", ctypes.c_uint32),  # the IP source, network order (0.0.0.0 before DHCP)
+        ("kind", ctypes.c_uint32),  # RATE_SENDER, or RATE_LINK: a link's new subscribers
+        ("circuit", ctypes.c_uint64),  # hash of option 82's circuit-id, or 0
     )
 
 
@@ -124,8 +147,8 @@ def host32(value: int) -> int:
 
 
 def prl_hash(prl: bytes | None) -> int:
-    """bpf/brushtail.c's prl_hash(): 64-bit FNV-1a over the length, then the list
-    zero-padded to 64 bytes, 8 bytes (little-endian words) a step; never PRL_ABSENT."""
+    """bpf/brushtail.c's hash_bytes() of option 55: 64-bit FNV-1a over the length, then the
+    list zero-padded to 64 bytes, 8 bytes (little-endian words) a step; never PRL_ABSENT."""
     if prl is None:
         return PRL_ABSENT
     padded = prl.ljust(PRL_MAX, b"\0")

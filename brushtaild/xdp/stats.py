@@ -58,7 +58,8 @@ class FastPathCollector(Collector):
         requests = CounterMetricFamily(
             "dhcp_fastpath_requests",
             "DHCP requests seen by the XDP program, by what it did: offer/ack (answered in "
-            "the kernel), a pass reason (left to the slow path) or rate_limit (dropped)",
+            "the kernel), a pass reason (left to the slow path), rate_limit, malformed or "
+            "link_budget (dropped)",
             labels=["result"],
         )
         for result, count in snap.results.items():

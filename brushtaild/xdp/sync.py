@@ -5,19 +5,24 @@ store does not hold: the fast path answers only what is already on disk. Entries
 the ids of reply templates that the engine rendered with the slow path's codec, for the
 client's own parameter request list, so both paths answer with the same bytes.
 
-Times: the engine and the store use wall-clock Unix seconds; the program compares
-CLOCK_BOOTTIME nanoseconds (bpf_ktime_get_boot_ns). The conversion happens here only.
+The maps are a cache: a lease without an entry is answered by the slow path. So a full
+`leases` map, a template table out of slots or a write the kernel refuses (E2BIG, ENOMEM)
+leaves the lease there, counted in `skipped` (and `failed`), and never stops the daemon.
+
+Times: entries hold CLOCK_BOOTTIME nanoseconds (bpf_ktime_get_boot_ns), converted from
+engine time by daemon/clock.py with its one constant offset.
 """
 
 import contextlib
 import ctypes
 import logging
-import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from brushtaild.config.model import Config
+from brushtaild.daemon import clock
 from brushtaild.dhcp.constants import MessageType
-from brushtaild.engine.config import Config
 from brushtaild.engine.decisions import Decision, LeaseEventKind
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
@@ -25,50 +30,171 @@ from brushtaild.xdp import maps
 
 log = logging.getLogger("brushtaild.xdp")
 
-NS = 1_000_000_000
 KEEPALIVE_EVERY = 65_536
+# A full map or a refusing kernel fails every install: say so at most this often (engine
+# seconds), with the count since.
+WARN_INTERVAL = 60.0
 TemplateKey = tuple[str, MessageType, bytes | None]
 # Events after which the client's entry must go; writes say the same, but an expiry is
 # only an event (the store needs no write for it).
 _WITHDRAW = (LeaseEventKind.EXPIRE, LeaseEventKind.RELEASE, LeaseEventKind.DECLINE)
 
 
-def boot_offset() -> float:
-    """Wall clock minus CLOCK_BOOTTIME, in seconds: add it to a boot time to get Unix time."""
-    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
 def key_bytes(hwaddr: bytes, outer_vlan: int = 0, inner_vlan: int = 0) -> bytes:
     return maps.KEY_FORMAT.pack(hwaddr, outer_vlan, inner_vlan, 0)
 
 
+class TemplateSlots:
+    """Which slot of the `templates` array holds which reply template. A slot is handed out
+    only while no entry can point at it: never one in use, nor one that entries still in
+    the map point at (`busy`). Allocation takes from a free list, so it ends even when no
+    slot is free (the lease then stays on the slow path)."""
+
+    def __init__(self, busy: Iterable[int] = ()) -> None:
+        taken = set(busy)
+        self.ids: dict[TemplateKey, int] = {}
+        self._free = deque(slot for slot in range(maps.TEMPLATE_SLOTS) if slot not in taken)
+
+    def take(self, key: TemplateKey) -> int | None:
+        # Clients choose request lists: never let them fill the map.
+        if len(self.ids) >= maps.MAX_TEMPLATES or not self._free:
+            return None
+        slot = self._free.popleft()
+        self.ids[key] = slot
+        return slot
+
+    def give_back(self, slots: Iterable[int]) -> None:
+        """Slots no entry points at any more (zeroed by the caller)."""
+        self._free.extend(slots)
+
+
+class Planner:
+    """Which leases get which entries and templates: decides, writes nothing. Templates
+    given a slot wait in `writes` (slot -> options) until the caller has put them in the
+    map, which it must do before it writes an entry that points at them."""
+
+    def __init__(self, busy: Iterable[int] = ()) -> None:
+        self.slots = TemplateSlots(busy)
+        self.writes: dict[int, bytes] = {}
+        self.skipped = 0  # leases the program cannot answer for (maps.fits, templates)
+        self._shapes: dict[tuple[str, bytes | None], maps.Shape | None] = {}
+
+    def plan(
+        self, server: Server, now: float, capacity: int, keepalive: Callable[[], object]
+    ) -> tuple[dict[bytes, tuple[int, bytes]], int]:
+        """Packed key -> (address, packed entry) of every lease to install, at most
+        `capacity` of them, and how many more there were. `keepalive` is called every
+        KEEPALIVE_EVERY leases."""
+        wanted: dict[bytes, tuple[int, bytes]] = {}
+        left_out = 0
+        for n, lease in enumerate(server.leases()):
+            if n % KEEPALIVE_EVERY == KEEPALIVE_EVERY - 1:
+                keepalive()
+            built = self.entry(server, lease, now)
+            if built is None:
+                continue
+            key, value = built
+            if key not in wanted and len(wanted) >= capacity:
+                left_out += 1
+                continue
+            # One MAC with two client ids: the later lease answers, as MapSync does.
+            wanted[key] = (lease.address, value)
+        return wanted, left_out
+
+    def entry(self, server: Server, lease: Lease, now: float) -> tuple[bytes, bytes] | None:
+        """The packed key and entry of a bound lease, or None for one the program may not
+        or cannot answer for (those stay on the slow path)."""
+        if not server.renewable(lease, now):
+            return None
+        shape = self._shape(server, lease.pool, lease.prl)
+        if len(lease.hwaddr) != 6 or not maps.fits(lease.client_id, lease.prl) or shape is None:
+            self.skipped += 1
+            return None
+        value = maps.pack_entry(
+            shape,
+            client_id=lease.client_id,
+            hwaddr=lease.hwaddr,
+            address=lease.address,
+            expires_ns=clock.to_boot_ns(lease.expires),
+        )
+        return key_bytes(lease.hwaddr), value
+
+    def _shape(self, server: Server, pool_name: str, prl: bytes | None) -> maps.Shape | None:
+        key = (pool_name, prl)
+        if key in self._shapes:
+            return self._shapes[key]
+        pool = next((p for p in server.config.pools if p.name == pool_name), None)
+        shape = None
+        if pool is not None:
+            offer = self._template_id(server, pool_name, MessageType.OFFER, prl)
+            ack = self._template_id(server, pool_name, MessageType.ACK, prl)
+            if offer is not None and ack is not None:
+                shape = maps.Shape(
+                    maps.net32(int(pool.subnet.network_address)),
+                    maps.net32(int(pool.subnet.netmask)),
+                    pool.lease_time,
+                    maps.prl_hash(prl),
+                    offer,
+                    ack,
+                )
+        self._shapes[key] = shape
+        return shape
+
+    def _template_id(
+        self, server: Server, pool: str, mtype: MessageType, prl: bytes | None
+    ) -> int | None:
+        key = (pool, mtype, prl)
+        template_id = self.slots.ids.get(key)
+        if template_id is not None:
+            return template_id
+        wire = server.template(pool, mtype, prl).wire
+        if len(wire) > maps.TEMPLATE_MAX:
+            return None
+        template_id = self.slots.take(key)
+        if template_id is not None:
+            self.writes[template_id] = wire
+        return template_id
+
+
 class MapSync:
-    """Owns the `leases` and `templates` maps and the `config` slots of one program."""
+    """Owns the `leases` and `templates` maps and the `config` slots of one program, and
+    writes what its Planner decides."""
 
     def __init__(self, tables: Any, server: Server) -> None:
         self._leases = tables.table("leases")
         self._templates = tables.table("templates")
         self._config = tables.table("config")
         self.server = server
-        self._template_ids: dict[TemplateKey, int] = {}
-        self._shapes: dict[tuple[str, bytes | None], maps.Shape | None] = {}
-        self._reserved: set[int] = set()
-        self._next_id = 0
+        self.capacity = int(self._leases.max_entries)
+        self._planner = Planner()
         self._owner: dict[bytes, int] = {}  # key -> address its entry answers with
         self._key_of: dict[int, bytes] = {}  # address -> key
-        self.skipped = 0  # bound leases left to the slow path (see maps.fits, templates)
-        self._offset = boot_offset()
+        # Until the first reconcile, the maps may hold what an earlier daemon left.
+        self._adopted = False
+        self._skipped = 0  # by planners before the current one, and for want of room
+        self.failed = 0  # map writes the kernel refused
+        self._warn_after: dict[str, float] = {}
+        self._unreported: dict[str, int] = {}
 
     @property
     def entries(self) -> int:
         return len(self._owner)
 
-    def configure(self, config: Config, server_mac: bytes, rate: int, burst: int) -> None:
-        cost = NS // rate if rate else 0
+    @property
+    def skipped(self) -> int:
+        """Bound leases left to the slow path: ones the program cannot answer for, and ones
+        beyond the map's room or refused by the kernel."""
+        return self._skipped + self._planner.skipped
+
+    def configure(
+        self, config: Config, server_mac: bytes, rate: int, burst: int, relay_rate: int = 0
+    ) -> None:
+        cost = clock.NS // rate if rate else 0
         self._put_config(maps.CFG_SERVER_ID, maps.net32(config.server_id))
         self._put_config(maps.CFG_RATE_COST, cost)
         self._put_config(maps.CFG_RATE_BURST, cost * burst)
         self._put_config(maps.CFG_SERVER_MAC, int.from_bytes(server_mac.ljust(8, b"\0"), "little"))
+        self._put_config(maps.CFG_RELAY_COST, clock.NS // relay_rate if relay_rate else 0)
 
     def _put_config(self, slot: int, value: int) -> None:
         self._config[ctypes.c_uint32(slot)] = ctypes.c_uint64(value)
@@ -85,90 +211,6 @@ class MapSync:
                 if event.kind in _WITHDRAW:
                     self.withdraw(event.address)
 
-    def client_of(self, key: bytes, address: int) -> bytes | None:
-        """The client the kernel answered under `key` with `address`, if the engine still
-        leases that address to the same hardware address."""
-        lease = self.server.lease_at(address)
-        # The MAC only: the engine does not know VLANs yet (entries it installs are untagged).
-        if lease is None or key[: len(lease.hwaddr)] != lease.hwaddr:
-            return None
-        return lease.client_id
-
-    # -- whole-map rebuild: at start (adoption) and after a reload ----------------------
-
-    def reconcile(
-        self, now: float, keepalive: Callable[[], object] = lambda: None
-    ) -> tuple[int, int]:
-        """Makes the maps hold exactly the engine's bound leases, with templates rendered
-        from the current config. Entries are overwritten in place and stale ones deleted
-        afterwards, so a client in both sets is answered throughout. Returns (entries
-        written, stale entries removed). At a million leases this takes seconds:
-        `keepalive` is called every KEEPALIVE_EVERY leases (the daemon pings systemd's
-        watchdog with it)."""
-        self._offset = boot_offset()
-        # Templates entries may still point at: never rewritten until the swap is done.
-        old_templates = [
-            template_id
-            for template_id in range(maps.TEMPLATE_SLOTS)
-            if self._templates[ctypes.c_uint32(template_id)].len
-        ]
-        self._template_ids = {}
-        self._shapes = {}
-        self._reserved = set(old_templates)
-        wanted: dict[bytes, tuple[int, bytes]] = {}
-        for n, lease in enumerate(self.server.leases()):
-            if n % KEEPALIVE_EVERY == KEEPALIVE_EVERY - 1:
-                keepalive()
-            built = self._entry(lease, now)
-            if built is not None:
-                # One MAC with two client ids: the later lease answers, as _install does.
-                wanted[built[0]] = (lease.address, built[1])
-        count = len(wanted)
-        had_entries = next(iter(self._leases), None) is not None
-        if count:
-            keys = bytearray(b"".join(wanted))
-            values = bytearray(b"".join(value for _, value in wanted.values()))
-            self._leases.items_update_batch(
-                (maps.ClientKey * count).from_buffer(keys),
-                (maps.LeaseEntry * count).from_buffer(values),
-            )
-        owner = {key: address for key, (address, _) in wanted.items()}
-        # Walking a million keys takes seconds: only maps adopted from a running program
-        # can hold entries we did not just write.
-        stale = (
-            [k for k, _ in self._leases.items_lookup_batch() if bytes(k) not in owner]
-            if had_entries
-            else []
-        )
-        for k in stale:
-            del self._leases[k]
-        live = set(self._template_ids.values())
-        for template_id in old_templates:
-            if template_id not in live:
-                self._templates[ctypes.c_uint32(template_id)] = maps.Template()
-        self._reserved = set()
-        self._owner = owner
-        self._key_of = {address: key for key, address in owner.items()}
-        return count, len(stale)
-
-    # -- internals -----------------------------------------------------------------------
-
-    def _install(self, lease: Lease, now: float) -> None:
-        built = self._entry(lease, now)
-        if built is None:
-            self.withdraw(lease.address)
-            return
-        key, value = built
-        previous = self._owner.get(key)
-        if previous is not None and previous != lease.address:
-            del self._key_of[previous]
-        old_key = self._key_of.get(lease.address)
-        if old_key is not None and old_key != key:
-            self.withdraw(lease.address)
-        self._leases[maps.ClientKey.from_buffer_copy(key)] = maps.LeaseEntry.from_buffer_copy(value)
-        self._owner[key] = lease.address
-        self._key_of[lease.address] = key
-
     def withdraw(self, address: int) -> None:
         """Removes the entry that answers with `address`, if one does."""
         key = self._key_of.pop(address, None)
@@ -178,62 +220,141 @@ class MapSync:
         with contextlib.suppress(KeyError):  # already gone from the kernel
             del self._leases[maps.ClientKey.from_buffer_copy(key)]
 
-    def _entry(self, lease: Lease, now: float) -> tuple[bytes, bytes] | None:
-        """The packed key and entry of a bound lease, or None for one the program cannot
-        answer for (those stay on the slow path)."""
-        if not self.server.renewable(lease, now):
-            return None
-        shape = self._shape(lease.pool, lease.prl)
-        if len(lease.hwaddr) != 6 or not maps.fits(lease.client_id, lease.prl) or shape is None:
-            self.skipped += 1
-            return None
-        value = maps.pack_entry(
-            shape,
-            client_id=lease.client_id,
-            hwaddr=lease.hwaddr,
-            address=lease.address,
-            expires_ns=int((lease.expires - self._offset) * NS),
-        )
-        return key_bytes(lease.hwaddr), value
+    # -- whole-map rebuild: at start (adoption) and after a reload ----------------------
 
-    def _shape(self, pool_name: str, prl: bytes | None) -> maps.Shape | None:
-        key = (pool_name, prl)
-        if key in self._shapes:
-            return self._shapes[key]
-        pool = next((p for p in self.server.config.pools if p.name == pool_name), None)
-        offer = self._template_id(pool_name, MessageType.OFFER, prl) if pool else None
-        ack = self._template_id(pool_name, MessageType.ACK, prl) if pool else None
-        shape = None
-        if pool is not None and offer is not None and ack is not None:
-            shape = maps.Shape(
-                maps.net32(int(pool.subnet.network_address)),
-                maps.net32(int(pool.subnet.netmask)),
-                pool.lease_time,
-                maps.prl_hash(prl),
-                offer,
-                ack,
+    def reconcile(
+        self, now: float, keepalive: Callable[[], object] = lambda: None
+    ) -> tuple[int, int]:
+        """Makes the maps hold exactly the engine's bound leases (at most `capacity`), with
+        templates rendered from the current config. Stale entries go first, so the map
+        never holds more than it will at the end; entries in both sets are overwritten in
+        place, so their clients are answered throughout. Returns (entries written, stale
+        entries removed). At a million leases this takes seconds: `keepalive` is called
+        every KEEPALIVE_EVERY leases (the daemon pings systemd's watchdog with it)."""
+        held, old_templates = self._held()
+        self._skipped += self._planner.skipped
+        # The old templates stay until no entry can point at them.
+        self._planner = Planner(busy=old_templates)
+        wanted, left_out = self._planner.plan(self.server, now, self.capacity, keepalive)
+        if left_out:
+            self._full(now, left_out)
+        self._write_templates()
+        stale = held.difference(wanted)
+        for key in stale:
+            with contextlib.suppress(KeyError):
+                del self._leases[maps.ClientKey.from_buffer_copy(key)]
+        self._owner, self._key_of = {}, {}
+        self._write_all(wanted, now)
+        dead = old_templates - set(self._planner.slots.ids.values())
+        for template_id in dead:
+            self._templates[ctypes.c_uint32(template_id)] = maps.Template()
+        self._planner.slots.give_back(dead)
+        self._adopted = True
+        return len(self._owner), len(stale)
+
+    def _held(self) -> tuple[set[bytes], set[int]]:
+        """The keys the leases map holds and the template slots they point at. Known from
+        the bookkeeping, except in maps adopted from an earlier daemon: those are read, and
+        template slots no entry points at (a previous set, or a set written just before a
+        crash) are zeroed, so they are free again."""
+        if self._adopted:
+            return set(self._owner), set(self._planner.slots.ids.values())
+        held: set[bytes] = set()
+        referenced: set[int] = set()
+        # Walking a million keys takes seconds: only when there is something to walk.
+        if next(iter(self._leases), None) is not None:
+            for key, value in self._leases.items_lookup_batch():
+                held.add(bytes(key))
+                referenced.update((value.offer_template, value.ack_template))
+        for template_id in range(maps.TEMPLATE_SLOTS):
+            slot = ctypes.c_uint32(template_id)
+            if template_id not in referenced and self._templates[slot].len:
+                self._templates[slot] = maps.Template()
+        return held, referenced
+
+    def _write_templates(self) -> None:
+        for template_id, wire in self._planner.writes.items():
+            self._templates[ctypes.c_uint32(template_id)] = maps.template(wire)
+        self._planner.writes.clear()
+
+    def _write_all(self, wanted: dict[bytes, tuple[int, bytes]], now: float) -> None:
+        """Writes `wanted` in one batch; if the kernel refuses it, entry by entry, so one
+        refusal costs one lease its entry and no more."""
+        if not wanted:
+            return
+        count = len(wanted)
+        keys = bytearray(b"".join(wanted))
+        values = bytearray(b"".join(value for _, value in wanted.values()))
+        try:
+            self._leases.items_update_batch(
+                (maps.ClientKey * count).from_buffer(keys),
+                (maps.LeaseEntry * count).from_buffer(values),
             )
-        self._shapes[key] = shape
-        return shape
+        except Exception as exc:  # BCC raises bare Exceptions with the errno's text
+            self._warn(
+                "batch", "fast path: bulk map write failed (%s), writing one by one", exc, now
+            )
+            for key, (address, value) in wanted.items():
+                self._write(key, address, value, now)
+            return
+        self._owner = {key: address for key, (address, _) in wanted.items()}
+        self._key_of = {address: key for key, address in self._owner.items()}
 
-    def _template_id(self, pool: str, mtype: MessageType, prl: bytes | None) -> int | None:
-        key = (pool, mtype, prl)
-        template_id = self._template_ids.get(key)
-        if template_id is not None:
-            return template_id
-        if len(self._template_ids) >= maps.MAX_TEMPLATES:
-            return None  # clients choose request lists: never let them fill the map
-        wire = self.server.template(pool, mtype, prl).wire
-        if len(wire) > maps.TEMPLATE_MAX:
-            return None
-        # A slot is written only while no entry can point at it: not one in use now, nor one
-        # the previous set used (during a rebuild). There are twice as many slots as
-        # templates in use, so one is always free.
-        live = set(self._template_ids.values())
-        while self._next_id in self._reserved or self._next_id in live:
-            self._next_id = (self._next_id + 1) % maps.TEMPLATE_SLOTS
-        template_id = self._next_id
-        self._next_id = (self._next_id + 1) % maps.TEMPLATE_SLOTS
-        self._templates[ctypes.c_uint32(template_id)] = maps.template(wire)
-        self._template_ids[key] = template_id
-        return template_id
+    # -- internals -----------------------------------------------------------------------
+
+    def _install(self, lease: Lease, now: float) -> None:
+        built = self._planner.entry(self.server, lease, now)
+        self._write_templates()
+        if built is None:
+            self.withdraw(lease.address)
+            return
+        key, value = built
+        old_key = self._key_of.get(lease.address)
+        if old_key is not None and old_key != key:
+            self.withdraw(lease.address)
+        if key not in self._owner and len(self._owner) >= self.capacity:
+            self._full(now)
+            return
+        self._write(key, lease.address, value, now)
+
+    def _write(self, key: bytes, address: int, value: bytes, now: float) -> None:
+        ckey = maps.ClientKey.from_buffer_copy(key)
+        try:
+            self._leases[ckey] = maps.LeaseEntry.from_buffer_copy(value)
+        except Exception as exc:  # BCC raises bare Exceptions with the errno's text
+            self._skipped += 1
+            self.failed += 1
+            self._warn(
+                "write", "fast path: map write refused (%s), lease left to the slow path", exc, now
+            )
+            # Whatever the key answered before must not go on answering.
+            previous = self._owner.pop(key, None)
+            if previous is not None:
+                self._key_of.pop(previous, None)
+            with contextlib.suppress(KeyError):
+                del self._leases[ckey]
+            return
+        previous = self._owner.get(key)
+        if previous is not None and previous != address:
+            del self._key_of[previous]
+        self._owner[key] = address
+        self._key_of[address] = key
+
+    def _full(self, now: float, leases: int = 1) -> None:
+        self._skipped += leases
+        self._warn(
+            "full",
+            "fast path: the leases map is full (max_subscribers=%d), more leases are left "
+            "to the slow path",
+            self.capacity,
+            now,
+        )
+
+    def _warn(self, kind: str, message: str, arg: object, now: float) -> None:
+        """Logs `message` at most once per WARN_INTERVAL per kind, with how many were not."""
+        if now < self._warn_after.get(kind, float("-inf")):
+            self._unreported[kind] = self._unreported.get(kind, 0) + 1
+            return
+        more = self._unreported.pop(kind, 0)
+        log.warning(message + (f" ({more} more since the last report)" if more else ""), arg)
+        self._warn_after[kind] = now + WARN_INTERVAL

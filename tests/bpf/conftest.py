@@ -33,7 +33,7 @@ def remove_pins(pin_dir: Path) -> None:
 def _sweep_stale_pins() -> None:
     """A run killed before its teardown leaves its pins; remove those of dead runs."""
     for pin_dir in BPFFS.glob(f"{PIN_PREFIX}*"):
-        pid = pin_dir.name.removeprefix(PIN_PREFIX)
+        pid = pin_dir.name.removeprefix(PIN_PREFIX).split("-")[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             remove_pins(pin_dir)
 

@@ -1,6 +1,7 @@
 """Ethernet frames around DHCP payloads, and their checked decoding, for XDP tests."""
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 ETH_P_IP = 0x0800
@@ -96,6 +97,71 @@ def with_ip_header(
         header = bytes(out[ip : ip + 10]) + b"\0\0" + bytes(out[ip + 12 : ip + size])
         struct.pack_into("!H", out, ip + 10, _ip_checksum(header))
     return bytes(out)
+
+
+def bootp_offset(frame: bytes) -> int:
+    """Where the BOOTP message starts: after the IPv4 header (and its options) and UDP."""
+    ip = ip_offset(frame)
+    return ip + (frame[ip] & 0x0F) * 4 + 8
+
+
+def _ip_len(frame: bytes) -> int:
+    return len(frame) - ip_offset(frame)
+
+
+def _udp_len(frame: bytes) -> int:
+    return len(frame) - bootp_offset(frame) + 8
+
+
+def _bootp_byte(offset: int, value: int) -> Callable[[bytes], bytes]:
+    def edit(frame: bytes) -> bytes:
+        at = bootp_offset(frame) + offset
+        return frame[:at] + bytes((value,)) + frame[at + 1 :]
+
+    return edit
+
+
+def _bad_ip_checksum(frame: bytes) -> bytes:
+    at = ip_offset(frame) + 10
+    return frame[:at] + bytes((frame[at] ^ 0x01,)) + frame[at + 1 :]
+
+
+def _cut_to(bootp_len: int) -> Callable[[bytes], bytes]:
+    """The message cut to `bootp_len` bytes, with IPv4 and UDP lengths that say so."""
+
+    def edit(frame: bytes) -> bytes:
+        cut = frame[: bootp_offset(frame) + bootp_len]
+        return with_ip_header(cut, tot_len=_ip_len(cut), udp_len=_udp_len(cut))
+
+    return edit
+
+
+# Frames that are not well-formed requests (docs/DESIGN.md, "Well-formed requests"), each
+# made from a well-formed request frame with one defect. Both paths refuse every one: the
+# kernel drops it (result `malformed`) and the slow path's parse_frame returns None
+# (tests/bpf/test_malformed.py and tests/unit/test_packet_io.py run the same table).
+MALFORMED_FRAMES: dict[str, Callable[[bytes], bytes]] = {
+    "a byte after the datagram": lambda f: f + b"\0",
+    "18 bytes after the datagram": lambda f: f + bytes(18),
+    "IPv4 total length one short": lambda f: with_ip_header(f, tot_len=_ip_len(f) - 1),
+    "IPv4 total length past the frame": lambda f: with_ip_header(f, tot_len=_ip_len(f) + 1),
+    "IPv4 total length below its headers": lambda f: with_ip_header(f, tot_len=27),
+    "IPv4 header checksum": _bad_ip_checksum,
+    "first fragment": lambda f: with_ip_header(f, frag=0x2000),
+    "UDP length one short of the IPv4 payload": lambda f: with_ip_header(
+        f, udp_len=_udp_len(f) - 1
+    ),
+    "UDP length past the IPv4 payload": lambda f: with_ip_header(f, udp_len=_udp_len(f) + 1),
+    "UDP length below its header": lambda f: with_ip_header(f, udp_len=7),
+    "BOOTP header cut short": _cut_to(239),
+    "no magic cookie": _cut_to(236),
+    "BOOTREPLY": _bootp_byte(0, 2),
+    "op 0": _bootp_byte(0, 0),
+    "htype 6 (IEEE 802)": _bootp_byte(1, 6),
+    "hlen 0": _bootp_byte(2, 0),
+    "hlen 16": _bootp_byte(2, 16),
+    "magic cookie": _bootp_byte(236, 0x64),
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,24 +10,24 @@ checks (brushtaild/net/packet_io.py), the codec, then `Server.handle`.
 import copy
 import ctypes
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from brushtaild.config.model import Config
+from brushtaild.daemon import clock
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode, parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.reasons import MalformedPacket
-from brushtaild.engine.config import Config
 from brushtaild.engine.decisions import Decision, Reply
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import parse_frame
 from brushtaild.xdp import libbpf, maps, stats
 from brushtaild.xdp.loader import Program
-from brushtaild.xdp.sync import MapSync, boot_offset
+from brushtaild.xdp.sync import MapSync
 from tests.bpf.frames import BROADCAST_MAC, ETH_P_IP, client_frame, decode_reply
 from tests.engine_helpers import SERVER, make_config, make_pool
 
@@ -170,7 +170,7 @@ class Fastpath:
         self.program = program
         self.renewal_log = renewals
         self.config = config or default_config()
-        self.now = time.time() - ENGINE_LAG
+        self.now = clock.wall() - ENGINE_LAG
         self.server = Server(self.config, [], self.now)
         self.sync = MapSync(program, self.server)
         self.sync.configure(self.config, SERVER_MAC, rate, burst)
@@ -246,19 +246,14 @@ class Fastpath:
         rewritten; one whose lease changed meanwhile has its entry withdrawn. Returns how
         many there were."""
         events = self.renewals()
-        offset = boot_offset()
         for event in events:
             address = maps.host32(event.address)
-            client = self.sync.client_of(bytes(event.key), address)
-            lease = (
-                self.server.extend(client, address, event.expires_ns / NS + offset, self.now)
-                if client is not None
-                else None
-            )
-            if lease is None:
+            expires = clock.from_boot_ns(event.expires_ns)
+            renewed = self.server.kernel_renewal(bytes(event.key)[:6], address, expires, self.now)
+            if renewed.drop is not None:
                 self.sync.withdraw(address)
             else:
-                self.sync.apply([Decision(lease_writes=[lease])], self.now)
+                self.sync.apply([renewed], self.now)
         return len(events)
 
     def bind(
@@ -356,8 +351,8 @@ def received(frame: bytes) -> tuple[bytes, Any] | None:
     """The DHCP payload and Ingress the daemon's socket would deliver for `frame`, or None.
 
     Its classic-BPF filter (packet_io.DHCP_SERVER_FILTER) takes untagged IPv4 UDP to port
-    67 sent to the interface's MAC or broadcast; parse_frame then checks the IPv4 header
-    (checksum, lengths, fragments) and the UDP length."""
+    67 sent to the interface's MAC or broadcast; parse_frame then refuses what is not a
+    well-formed request (docs/DESIGN.md), as the program does."""
     if len(frame) < 14 + 20 + 8 or frame[0:6] not in (SERVER_MAC, BROADCAST_MAC):
         return None
     if struct.unpack_from("!H", frame, 12)[0] != ETH_P_IP:

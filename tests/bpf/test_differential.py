@@ -17,7 +17,7 @@ from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.engine.leases import Lease, LeaseState
 from brushtaild.xdp import maps
 from brushtaild.xdp.loader import Program
-from tests.bpf.frames import client_frame
+from tests.bpf.frames import client_frame, decode_reply
 from tests.bpf.harness import (
     SERVER_IP,
     SERVER_MAC,
@@ -28,6 +28,7 @@ from tests.bpf.harness import (
     assert_same_reply,
     client_message,
     frame_payload,
+    options_in_order,
 )
 
 MAC = bytes.fromhex("02b700000301")
@@ -412,7 +413,7 @@ def with_regressions(test: Callable[..., None]) -> Callable[..., None]:
     return test
 
 
-NETWORKS = ["direct", "relay A", "relay B", "link B", "118 B"]
+NETWORKS = ["direct", "relay A", "relay B", "link B"]  # "118 B": see test_option_118_...
 KINDS = {"discover": (MessageType.DISCOVER, "selecting")} | {
     state: (MessageType.REQUEST, state) for state in STATES
 }
@@ -428,6 +429,60 @@ def test_client_holding_a_lease_is_answered(
     mtype, rfc_state = kind
     state = LeaseSetup("bound", "named", "dhclient", network)
     assert check(program, renewal_log, state, Request(mtype, rfc_state, xid=7)) == XDP_TX
+
+
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
+def test_option_118_is_left_to_the_slow_path(
+    program: Program, renewal_log: RenewalLog, kind: tuple[int, str]
+) -> None:
+    """RFC 3011: a reply to a request with option 118 must echo it, which the templates
+    cannot; the kernel passes every such request (result `selector`)."""
+    mtype, rfc_state = kind
+    state = LeaseSetup("bound", "named", "dhclient", "118 B")
+    fastpath = Fastpath(program, renewal_log)
+    lease = establish(fastpath, state)
+    frame = request_frame(fastpath, state, lease, Request(mtype, rfc_state, xid=7))
+    assert fastpath.results_of(frame) == {maps.Result.SELECTOR: 1}
+    assert fastpath.run(frame).retval == XDP_PASS
+
+
+@pytest.mark.parametrize("relay", ["circuit id", "link selection A"])
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
+def test_option_82_from_a_client_is_left_to_the_slow_path(
+    program: Program, renewal_log: RenewalLog, kind: tuple[int, str], relay: str
+) -> None:
+    """Relay information in a request without giaddr comes from the client itself, which
+    cannot be trusted with it: the slow path ignores it, and the kernel passes the
+    request (result `selector`) rather than echo it or select a subnet by it."""
+    mtype, rfc_state = kind
+    fastpath = Fastpath(program, renewal_log)
+    lease = establish(fastpath, BOUND)
+    frame = request_frame(fastpath, BOUND, lease, Request(mtype, rfc_state, xid=7, relay=relay))
+    assert fastpath.results_of(frame) == {maps.Result.SELECTOR: 1}
+
+
+@pytest.mark.parametrize("identity", list(IDENTITIES)[:-1])
+@pytest.mark.parametrize("relay", ["none", "circuit id"])
+def test_client_id_is_echoed_between_the_template_and_option_82(
+    program: Program, renewal_log: RenewalLog, identity: str, relay: str
+) -> None:
+    """RFC 6842: option 61 comes back verbatim when the request carried it, after the
+    template's options and before option 82 (which RFC 3046 wants last)."""
+    state = LeaseSetup("bound", identity, "dhclient", "relay A")
+    fastpath = Fastpath(program, renewal_log)
+    lease = establish(fastpath, state)
+    frame = request_frame(fastpath, state, lease, Request(3, "renewing", xid=7, relay=relay))
+    run = fastpath.run(frame)
+    assert run.retval == XDP_TX
+    payload = decode_reply(run.data).payload
+    order = options_in_order(payload)
+    sent = IDENTITIES[identity]
+    echoed = [OptionCode.CLIENT_ID] if sent is not None else []
+    relayed = [OptionCode.RELAY_AGENT_INFO] if relay != "none" else []
+    tail = echoed + relayed
+    assert order[len(order) - len(tail) :] == tail
+    assert order.count(OptionCode.CLIENT_ID) == len(echoed)
+    assert parse(payload).options.get(OptionCode.CLIENT_ID) == sent
 
 
 @pytest.mark.parametrize("junk", [j for j in JUNK if j != "none"])

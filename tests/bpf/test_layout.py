@@ -37,7 +37,7 @@ MAP_STRUCTS = {
     "leases key": ("leases", "Key", maps.ClientKey),
     "leases value": ("leases", "Leaf", maps.LeaseEntry),
     "templates value": ("templates", "Leaf", maps.Template),
-    "ratelimit key": ("ratelimit", "Key", maps.ClientKey),
+    "ratelimit key": ("ratelimit", "Key", maps.RateKey),
     "ratelimit value": ("ratelimit", "Leaf", maps.Bucket),
 }
 

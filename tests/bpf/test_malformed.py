@@ -1,9 +1,10 @@
 """Malformed frames against the kernel program, for a client that has a lease entry: it
-must never answer one (XDP_TX), and a mutated frame it does answer must get exactly the
-reply the slow path gives the same frame."""
+must never answer one (XDP_TX), a frame that is not a well-formed request is refused by
+both paths alike, and a mutated frame it does answer must get exactly the reply the slow
+path gives the same frame."""
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
@@ -11,17 +12,19 @@ from hypothesis import strategies as st
 
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import OptionCode
-from brushtaild.xdp import maps
+from brushtaild.xdp import libbpf, maps
 from brushtaild.xdp.loader import Program
-from tests.bpf.frames import client_frame, ip_offset, with_ip_header
+from tests.bpf.frames import MALFORMED_FRAMES, client_frame, ip_offset, with_ip_header
 from tests.bpf.harness import (
     ETH_HLEN,
     SERVER_MAC,
+    XDP_DROP,
     XDP_TX,
     Fastpath,
     RenewalLog,
     assert_same_reply,
     option_spans,
+    received,
     with_option,
     without_option,
 )
@@ -209,11 +212,18 @@ def test_dont_fragment_is_answered(fastpath: Fastpath, answered: bytes) -> None:
     assert_agrees(fastpath, frame)
 
 
-def test_udp_datagram_shorter_than_the_ip_payload(fastpath: Fastpath, answered: bytes) -> None:
-    """Legal for the slow path (it reads by the UDP length); the kernel may leave it."""
-    udp_len = _ip_len(answered) - 20
-    for shorter in (1, 4, 10):
-        assert_agrees(fastpath, with_ip_header(answered, udp_len=udp_len - shorter))
+@pytest.mark.parametrize("defect", MALFORMED_FRAMES.values(), ids=MALFORMED_FRAMES.keys())
+def test_malformed_frame_is_refused_by_both_paths(
+    fastpath: Fastpath, answered: bytes, defect: Callable[[bytes], bytes]
+) -> None:
+    """One definition of a well-formed request: the kernel drops each of these, counted
+    as malformed (the slow path would refuse it anyway), and the slow path's parse_frame
+    refuses it, whichever path a frame takes."""
+    assert received(answered) is not None
+    frame = defect(answered)
+    assert received(frame) is None
+    assert fastpath.results_of(frame) == {maps.Result.MALFORMED: 1}
+    assert fastpath.run(frame).retval == XDP_DROP
 
 
 DESTINATIONS = {
@@ -373,10 +383,17 @@ def test_mutated_frame_is_passed_or_answered_as_the_slow_path_would(
     frames = list(good_frames(fastpath, CAPTURED_CLIENTS[client]))
     frame = mutate(frames[which], edits, cut, extra)
     assume(len(frame) >= ETH_HLEN)
-    run = fastpath.run(frame)
+    runs: list[libbpf.TestRun] = []
+    counted = fastpath.counted(lambda: runs.append(fastpath.run(frame)))
+    [run] = runs
     event("answered" if run.retval == XDP_TX else "left alone")
     if run.retval == XDP_TX:
         assert_same_reply(run, frame, fastpath.slow_path(frame, apply=False))
+    # One definition of well-formed: of the untagged frames the program takes for DHCP
+    # (it counts them), it drops as malformed exactly those the slow path refuses.
+    if counted and frame[12:14] == b"\x08\x00":
+        event("malformed" if maps.Result.MALFORMED in counted else "well-formed")
+        assert (maps.Result.MALFORMED in counted) == (received(frame) is None)
 
 
 @pytest.mark.parametrize("client", CAPTURED_CLIENTS, ids=[c.name for c in CAPTURED_CLIENTS])

@@ -249,6 +249,25 @@ def test_vlan_tags_select_the_entry_and_are_kept(
     assert maps.Key.from_ctype(event.key) == tagged
 
 
+PRIORITY_TAGS = {"802.1p": (0,), "QinQ 0/0": (0, 0), "QinQ 100/0": (100, 0), "QinQ 0/100": (0, 100)}
+
+
+@pytest.mark.parametrize("tags", PRIORITY_TAGS.values(), ids=PRIORITY_TAGS.keys())
+def test_priority_tagged_frames_are_passed(fastpath: Fastpath, tags: tuple[int, ...]) -> None:
+    """Review finding 14b: a VID-0 tag is not "untagged". The slow path's socket refuses
+    every tagged frame, so the kernel passes these (result `priority_tag`) rather than
+    answer them from the untagged entry; the VLAN policy issue revisits both."""
+    client = by_name("udhcpc")
+    bind(fastpath, client)
+    entry = fastpath.entry(maps.Key(client.mac))
+    assert entry is not None
+    fastpath.put_entry(maps.Key(client.mac, *tags), entry)
+    frame = client.frame(fastpath, client.payload("discover"), vlans=tags)
+    assert fastpath.slow_path(frame, apply=False) is None
+    assert fastpath.results_of(frame) == {maps.Result.PRIORITY_TAG: 1}
+    assert fastpath.run(frame).retval == XDP_PASS
+
+
 IP_OPTIONS = {
     "router alert": bytes.fromhex("94040000"),
     "nop, record route": bytes.fromhex("01070b04") + bytes(8),

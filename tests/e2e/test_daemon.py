@@ -39,8 +39,10 @@ def test_dhclient_gets_reboots_and_releases(link: Link, tmp_path: Path) -> None:
             assert released.reasons[-1] == "RELEASE"
         time.sleep(0.5)
         log = daemon.log()
-        for kind in ("offer", "ack", "release"):
+        for kind in ("ack", "release"):
             assert f"{kind} client=" in log and f"ip={address}" in log, log
+        # OFFERs are logged at debug only: a DISCOVER flood must not become a log flood.
+        assert "offer client=" not in log
         assert "path=slow" in log
         assert daemon.metric('dhcp_slowpath_requests_total{result="ack"}') >= 2
         assert stored_leases(daemon.state_dir)[address][1] == 2  # RELEASED
@@ -196,3 +198,32 @@ def test_start_failures_are_one_clear_line(link: Link, tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 1 and "nosuch0" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_sighup_refuses_keys_only_a_restart_applies(link: Link, tmp_path: Path) -> None:
+    """The daemon names the same keys as `brushtail check-config --compare`
+    (brushtaild/config/reload.py), keeps running with the old file, and applies a later file
+    that changes only reloadable keys."""
+
+    def sighup_until(text: str) -> None:
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while text not in daemon.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert text in daemon.log()
+
+    daemon = Brushtaild(link, tmp_path)
+    with daemon.start():
+        good = daemon.config_file.read_text()
+        daemon.config_file.write_text(
+            good.replace("site: edge-test", "site: edge-other")
+            .replace("offer_hold: 30", "offer_hold: 10")
+            .replace("  enabled: false", "  enabled: false\n  xdp_mode: generic")
+        )
+        sighup_until("site, fastpath.xdp_mode cannot change without a restart")
+        daemon.config_file.write_text(good.replace("offer_hold: 30", "offer_hold: 10"))
+        sighup_until("config reloaded from")
+        client = UdhcpcProcess(link, tmp_path / "udhcpc", discovers=10, quit_when_bound=True)
+        with client.start():
+            assert client.wait_exit(15).address is not None

@@ -1,7 +1,7 @@
 """PacketIO on a real veth: raw receive with its kernel filter, frame and UDP sends.
 
-Frames are built and checked here with a deliberately plain word-loop checksum, independent
-of the residue arithmetic in packet_io, so the two cross-check each other.
+Frames are built and checked with tests/unit/test_packet_io.py's plain word-loop checksum,
+independent of the residue arithmetic in packet_io, so the two cross-check each other.
 """
 
 import contextlib
@@ -10,17 +10,14 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from brushtaild.engine.decisions import Destination, DestKind, Ingress
-from brushtaild.net import packet_io
-from brushtaild.net.packet_io import PacketIO
+from brushtaild.net.packet_io import PacketIO, Received
 from tests.e2e import netns
 from tests.e2e.netns import Link, in_netns
+from tests.unit.test_packet_io import discover, ones_sum, udp_frame
 
 SERVER_IP = 0xC6120001  # 198.18.0.1
 RELAY_IP = 0xC6120002  # 198.18.0.2
@@ -29,50 +26,6 @@ BROADCAST_IP = 0xFFFFFFFF
 BROADCAST_MAC = b"\xff" * 6
 ETH_P_ALL = 0x0003
 WAIT = 2.0
-
-
-def ones_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = 0
-    for (word,) in struct.iter_unpack("!H", data):
-        total += word
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def ip_header(src: int, dst: int, l4_len: int, *, frag: int = 0, options: bytes = b"",
-              proto: int = 17, ihl: int | None = None,
-              good_checksum: bool = True) -> bytes:  # fmt: skip
-    words = ihl if ihl is not None else 5 + len(options) // 4
-    hdr = struct.pack(
-        "!BBHHHBBHII", 0x40 | words, 0, 20 + len(options) + l4_len, 0x1234, frag, 64, proto, 0,
-        src, dst,
-    ) + options  # fmt: skip
-    checksum = 0xFFFF - ones_sum(hdr)
-    if not good_checksum:
-        checksum ^= 0x0101
-    return hdr[:10] + struct.pack("!H", checksum) + hdr[12:]
-
-
-def udp_frame(src_mac: bytes, dst_mac: bytes, src: int, dst: int, payload: bytes, *,
-              sport: int = 68, dport: int = 67, udp_len: int | None = None, frag: int = 0,
-              options: bytes = b"", proto: int = 17, ihl: int | None = None,
-              good_checksum: bool = True) -> bytes:  # fmt: skip
-    length = udp_len if udp_len is not None else 8 + len(payload)
-    udp = struct.pack("!HHHH", sport, dport, length, 0) + payload
-    ip = ip_header(src, dst, len(udp), frag=frag, options=options, proto=proto, ihl=ihl,
-                   good_checksum=good_checksum)  # fmt: skip
-    return dst_mac + src_mac + b"\x08\x00" + ip + udp
-
-
-def discover(mac: bytes, xid: int = 0x0BADCAFE) -> bytes:
-    """A minimal DHCPDISCOVER, padded to the 300 octets BOOTP clients send."""
-    fixed = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0, xid, 0, 0x8000,
-                        b"", b"", b"", b"", mac, b"", b"")  # fmt: skip
-    options = b"\x63\x82\x53\x63" + b"\x35\x01\x01" + b"\xff"
-    return (fixed + options).ljust(300, b"\x00")
 
 
 @contextlib.contextmanager
@@ -104,9 +57,10 @@ def receive(io: PacketIO, want: int = 1) -> tuple[list[tuple[bytes, Ingress]], i
     deadline = time.monotonic() + WAIT
     while len(got) + malformed < want and time.monotonic() < deadline:
         select.select([io], [], [], max(0.0, deadline - time.monotonic()))
-        batch, bad = io.receive_batch(64)
-        got += batch
-        malformed += bad
+        batch = io.receive_batch(64)
+        assert batch.error is None and batch.stale == 0
+        got += batch.frames
+        malformed += batch.malformed
     return got, malformed
 
 
@@ -138,66 +92,6 @@ def check_reply_frame(frame: bytes, *, dst_mac: bytes, src_mac: bytes, dst_ip: i
     pseudo = ip[12:20] + struct.pack("!BBH", 0, 17, udp_len)
     assert ones_sum(pseudo + udp) == 0xFFFF, "bad UDP checksum"
     assert udp[8:] == payload
-
-
-# --- without namespaces -------------------------------------------------------------------
-
-
-@given(st.binary(max_size=600))
-def test_residue_matches_word_sum(data: bytes) -> None:
-    residue = packet_io.internet_checksum_residue(data)
-    assert residue == ones_sum(data) % 0xFFFF
-
-
-def test_filter_jumps_resolve_to_labels() -> None:
-    code = packet_io.assemble(packet_io.DHCP_SERVER_FILTER)
-    insns = list(struct.iter_unpack("=HBBI", code))
-    drop = len(insns) - 1
-    assert insns[drop] == (0x06, 0, 0, 0)
-    for pc, (opcode, jt, jf, _k) in enumerate(insns):
-        if opcode & 0x07 == 0x05:  # a jump
-            assert drop in (pc + 1 + jt, pc + 1 + jf)
-
-
-def test_parse_frame_accepts_ip_options_and_link_padding() -> None:
-    mac = bytes.fromhex("020000000001")
-    payload = discover(mac)
-    frame = udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, payload,
-                      options=b"\x94\x04\x00\x00") + bytes(20)  # fmt: skip
-    buf = bytearray(packet_io.SNAPLEN)
-    buf[: len(frame)] = frame
-    assert packet_io.parse_frame(buf, len(frame), 7) == (
-        payload,
-        Ingress(7, mac, 0, BROADCAST_IP),
-    )
-
-
-MAC = bytes.fromhex("020000000001")
-
-
-def _bootp(**kwargs: Any) -> bytes:
-    return udp_frame(MAC, BROADCAST_MAC, 0, BROADCAST_IP, bytes(300), **kwargs)
-
-
-@pytest.mark.parametrize(
-    "frame",
-    [
-        pytest.param(_bootp(frag=0x2000), id="first-fragment"),
-        pytest.param(_bootp(frag=0x0010), id="later-fragment"),
-        pytest.param(_bootp(ihl=4), id="ihl-too-small"),
-        pytest.param(
-            udp_frame(MAC, BROADCAST_MAC, 0, BROADCAST_IP, b"", ihl=15), id="ihl-past-datagram"
-        ),
-        pytest.param(_bootp(good_checksum=False), id="ip-checksum"),
-        pytest.param(_bootp(udp_len=7), id="udp-length-too-small"),
-        pytest.param(_bootp(udp_len=400), id="udp-truncated"),
-        pytest.param(_bootp()[:41], id="runt"),
-    ],
-)
-def test_parse_frame_rejects_malformed(frame: bytes) -> None:
-    buf = bytearray(packet_io.SNAPLEN)
-    buf[: len(frame)] = frame
-    assert packet_io.parse_frame(buf, len(frame), 1) is None
 
 
 # --- on a veth between namespaces ---------------------------------------------------------
@@ -301,7 +195,7 @@ def test_relay_and_unicast_replies_go_through_the_kernel(relay_link: Link) -> No
         assert client.recvfrom(2048) == (b"renewed", (netns.SERVER_IP, 67))
         # Our own reply to port 67 left through sub0; the raw socket must not read it back.
         time.sleep(0.1)
-        assert io.receive_batch(16) == ([], 0)
+        assert io.receive_batch(16) == Received()
 
 
 def test_unicast_request_is_read_raw_and_not_refused(relay_link: Link) -> None:
@@ -311,9 +205,10 @@ def test_unicast_request_is_read_raw_and_not_refused(relay_link: Link) -> None:
     with server_io(link) as io, client:
         client.bind((netns.RELAY_IP, 68))
         client.connect((netns.SERVER_IP, 67))
-        client.send(b"request")
+        request = discover(link.client_mac)
+        client.send(request)
         got, _ = receive(io)
-        assert [(p, i.src_ip, i.dst_ip) for p, i in got] == [(b"request", RELAY_IP, SERVER_IP)]
+        assert [(p, i.src_ip, i.dst_ip) for p, i in got] == [(request, RELAY_IP, SERVER_IP)]
         # Without the bound UDP socket the kernel would answer ICMP port-unreachable, which a
         # connected socket reports as ECONNREFUSED on its next call.
         time.sleep(0.1)
@@ -339,7 +234,7 @@ def test_overflow_is_counted_as_kernel_drops(link: Link) -> None:
         drops = io.kernel_drops()
         assert io.kernel_drops() == 0, "the counter resets on each read"
         queued = 0
-        while batch := io.receive_batch(1024)[0]:
+        while batch := io.receive_batch(1024).frames:
             queued += len(batch)
     assert drops > 0
     assert queued + drops <= sent

@@ -144,3 +144,84 @@ def test_leases_lists_current_leases_while_the_store_is_open(
 def test_leases_without_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["leases", "--state-dir", str(tmp_path)]) == 2
     assert "no lease store" in capsys.readouterr().err
+
+
+# -- check-config --compare and warnings ---------------------------------------------------
+
+
+def variant(tmp_path: Path, name: str, *edits: tuple[str, str]) -> Path:
+    """docs/examples/brushtail.yaml with text replaced, written to tmp_path/name."""
+    text = EXAMPLE.read_text()
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_compare_says_reload_for_keys_a_reload_applies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    new = variant(tmp_path, "new.yaml", ("lease_time: 3600", "lease_time: 600"))
+    assert main(["check-config", "--compare", str(EXAMPLE), str(new)]) == 0
+    assert capsys.readouterr() == ("reload\n", "")
+
+
+def test_compare_names_the_keys_only_a_restart_applies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    new = variant(
+        tmp_path,
+        "new.yaml",
+        ("interface: sub0", "interface: sub1\nfastpath: {xdp_mode: generic, rate_limit: 3}"),
+    )
+    assert main(["check-config", "--compare", str(EXAMPLE), str(new)]) == 0
+    assert capsys.readouterr() == ("restart: interface, fastpath.xdp_mode\n", "")
+
+
+def test_compare_refuses_an_invalid_file_naming_it(
+    tmp_path: Path, invalid: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-config", "--compare", str(EXAMPLE), str(invalid)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [f"{invalid}: {line}" for line in INVALID_ERRORS]
+    absent = tmp_path / "absent.yaml"
+    assert main(["check-config", "--compare", str(absent), str(invalid)]) == 2
+    assert f"{absent}: cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["check-config", "--compare", "a"], ["check-config", "x", "--compare", "a", "b"]],
+)
+def test_compare_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "usage: brushtail" in capsys.readouterr().err
+
+
+def test_subprocess_compare() -> None:
+    result = run("check-config", "--compare", str(EXAMPLE), str(FULL_EXAMPLE))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "restart: metrics_listen\n", "")
+
+
+def test_warns_when_the_pools_outgrow_the_kernel_map(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = variant(tmp_path, "small.yaml", ("pools:", "fastpath: {max_subscribers: 1024}\npools:"))
+    assert main(["check-config", str(small)]) == 0
+    assert capsys.readouterr() == (
+        f"{small}: OK (1 pools, 65279 addresses)\n",
+        "warning: fastpath.max_subscribers: the pools hold 65279 addresses and the kernel map "
+        "holds 1024 entries; leases beyond it are served by the slow path\n",
+    )
+    off = variant(
+        tmp_path,
+        "off.yaml",
+        ("pools:", "fastpath: {enabled: false, max_subscribers: 1024}\npools:"),
+    )
+    assert main(["check-config", str(off)]) == 0
+    assert capsys.readouterr().err == ""

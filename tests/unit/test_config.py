@@ -10,20 +10,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from brushtaild.engine.config import (
+from brushtaild.config.load import (
     FASTPATH_KEYS,
     MAX_EXCLUDED_PER_POOL,
     ONE_YEAR,
     POOL_KEYS,
     TOP_LEVEL_KEYS,
-    AddressRange,
-    Config,
     ConfigError,
-    FastPath,
-    Pool,
     load_config,
     parse_config,
 )
+from brushtaild.config.model import AddressRange, Config, FastPath, Pool
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
@@ -715,9 +712,10 @@ def test_fastpath_defaults_and_every_key() -> None:
         "rate_limit": 0,
         "rate_burst": 5,
         "rate_limit_clients": 4096,
+        "relay_rate_limit": 0,
     }
     assert parse_config(raw).fastpath == FastPath(
-        False, "generic", Path("/sys/fs/bpf/edge-a"), 2_000_000, 0, 5, 4096
+        False, "generic", Path("/sys/fs/bpf/edge-a"), 2_000_000, 0, 5, 4096, 0
     )
 
 
@@ -731,6 +729,7 @@ def test_fastpath_defaults_and_every_key() -> None:
         ("max_subscribers", 10, "10 is out of range 1024..16777216"),
         ("rate_limit", -1, "-1 is out of range 0..1000000"),
         ("rate_burst", 0, "0 is out of range 1..1000000"),
+        ("relay_rate_limit", 1_000_001, "1000001 is out of range 0..1000000"),
     ],
 )
 def test_fastpath_errors_name_the_key(key: str, value: object, reason: str) -> None:

@@ -101,7 +101,7 @@ def test_detail_and_missing_pool() -> None:
 
 def test_disabled_sink_sends_nothing() -> None:
     sender = Recorder()
-    sink = journal.JournalLeaseLog("edge-a", io.StringIO(), enabled=False, sender=sender)
+    sink = journal.JournalLeaseLog("edge-a", io.StringIO(), logging.WARNING, sender=sender)
     sink.add([ACK], "slow")
     sink.flush()
     assert sender.entries == []

@@ -2,17 +2,24 @@
 dict-backed tables. tests/bpf runs the same code against the real program."""
 
 import ctypes
+from collections.abc import Callable
+from dataclasses import replace
+from ipaddress import IPv4Network
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from brushtaild.config.model import AddressRange, Pool
+from brushtaild.daemon import clock
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.engine.decisions import Decision
 from brushtaild.engine.server import Server
 from brushtaild.xdp import maps
-from brushtaild.xdp.sync import MapSync, key_bytes
+from brushtaild.xdp.sync import MapSync, Planner, key_bytes
 from tests.engine_helpers import INGRESS, SERVER, mac, make_config, request
+from tests.unit.conftest import HOUR, FakeClocks
 
 NOW = 1_800_000_000.0
 PRL = bytes([1, 3, 6, 15])
@@ -20,14 +27,24 @@ PRL = bytes([1, 3, 6, 15])
 
 class FakeTable:
     """A BCC table as MapSync uses it: ctypes keys and values, iteration, batch update.
-    With `zero`, it reads like an array: a missing slot holds a zero value."""
+    With `zero`, it reads like an array: a missing slot holds a zero value. Like the
+    kernel's hash, it refuses a new key beyond `max_entries` (E2BIG), and with `refuse`
+    set every write (as ENOMEM would), with BCC's bare Exception."""
 
-    def __init__(self, zero: type | None = None) -> None:
+    def __init__(self, zero: type | None = None, max_entries: int = 1 << 20) -> None:
         self.rows: dict[bytes, tuple[Any, Any]] = {}
         self.zero = zero
+        self.max_entries = max_entries
+        self.refuse = False
+        self.peak = 0
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        if self.refuse:
+            raise Exception("Could not update table: Cannot allocate memory")
+        if bytes(key) not in self.rows and len(self.rows) >= self.max_entries:
+            raise Exception("Could not update table: Argument list too long")
         self.rows[bytes(key)] = (key, value)
+        self.peak = max(self.peak, len(self.rows))
 
     def __getitem__(self, key: Any) -> Any:
         if self.zero is not None and bytes(key) not in self.rows:
@@ -41,6 +58,8 @@ class FakeTable:
         return iter([key for key, _ in self.rows.values()])
 
     def items_update_batch(self, keys: Any, values: Any) -> None:
+        if len(keys) > self.max_entries:
+            raise ValueError("Array's length is wrong")  # BCC checks before the kernel
         for key, value in zip(keys, values, strict=True):
             self[type(key).from_buffer_copy(key)] = type(value).from_buffer_copy(value)
 
@@ -49,9 +68,9 @@ class FakeTable:
 
 
 class FakeProgram:
-    def __init__(self) -> None:
+    def __init__(self, max_subscribers: int = 1 << 20) -> None:
         self.tables = {
-            "leases": FakeTable(),
+            "leases": FakeTable(max_entries=max_subscribers),
             "templates": FakeTable(zero=maps.Template),
             "config": FakeTable(),
         }
@@ -133,8 +152,6 @@ def test_an_ack_installs_an_entry_with_rendered_templates() -> None:
     wire = server.template("residential", MessageType.ACK, PRL).wire
     assert bytes(ack.options)[: ack.len] == wire
     assert sync.entries == 1
-    assert sync.client_of(key_bytes(mac(1)), lease.address) == lease.client_id
-    assert sync.client_of(key_bytes(mac(2)), lease.address) is None
 
 
 def test_release_and_expiry_withdraw_the_entry() -> None:
@@ -184,21 +201,197 @@ def test_clients_the_program_cannot_compare_stay_on_the_slow_path() -> None:
     assert sync.skipped == 1
 
 
-def test_extend_records_a_kernel_renewal() -> None:
-    server = Server(make_config(), [], NOW)
-    lease = bind(server, 1).lease_writes[0]
-    renewed = server.extend(lease.client_id, lease.address, NOW + 5000, NOW + 1000)
-    assert renewed is not None and renewed.expires == NOW + 5000 and renewed.prl == PRL
-    assert server.lease_at(lease.address) == renewed
-    # Another client's id, or an address that is not its own: refused.
-    assert server.extend(b"\x01" + mac(2), lease.address, NOW + 5000, NOW) is None
-    assert server.extend(lease.client_id, lease.address + 1, NOW + 5000, NOW) is None
+# -- time: entries do not move when the wall clock is stepped -----------------------------
 
 
-def test_extend_takes_back_an_expired_address_only_while_free() -> None:
+@pytest.mark.parametrize("step", [HOUR, -HOUR])
+def test_a_wall_clock_step_moves_no_entry_and_no_renewal(clocks: FakeClocks, step: float) -> None:
+    server = Server(make_config(), [], clock.wall())
+    program = FakeProgram()
+    sync = MapSync(program, server)
+    sync.reconcile(clock.wall())
+    sync.apply([bind(server, 1, now=clock.wall())], clock.wall())
+    written = entry(program, 1).expires_ns
+    clocks.step_wall(step)
+    sync.reconcile(clock.wall())  # as after a reload
+    assert entry(program, 1).expires_ns == written
+    # A renewal the kernel answered converts back to the same engine time.
+    assert clock.from_boot_ns(written) == pytest.approx(server.leases()[0].expires)
+
+
+# -- room: more bound leases than the map holds -------------------------------------------
+
+
+def bind_many(server: Server, n: int) -> list[Decision]:
+    return [bind(server, i) for i in range(1, n + 1)]
+
+
+def test_leases_beyond_the_maps_capacity_stay_on_the_slow_path() -> None:
     server = Server(make_config(), [], NOW)
-    lease = bind(server, 1).lease_writes[0]
-    later = NOW + 4000  # past the lease: the engine expires it on this tick
-    server.tick(later)
-    renewed = server.extend(lease.client_id, lease.address, later + 3600, later)
-    assert renewed is not None and renewed.expires == later + 3600
+    program = FakeProgram(max_subscribers=3)
+    sync = MapSync(program, server)
+    sync.apply(bind_many(server, 5), NOW)
+    assert len(program.tables["leases"].rows) == sync.entries == 3
+    assert sync.skipped == 2 and sync.failed == 0
+    # A client that has an entry keeps it when its lease is written again.
+    sync.apply([bind(server, 1)], NOW)
+    assert entry(program, 1).expires_ns and sync.entries == 3
+    # Room made by a release goes to the next lease written.
+    address = server.leases()[0].address
+    release = request(MessageType.RELEASE, 1, ciaddr=address, server_id=SERVER)
+    sync.apply([server.handle(release, INGRESS, NOW)], NOW)
+    sync.apply([bind(server, 5)], NOW)
+    assert key_bytes(mac(5)) in program.tables["leases"].rows and sync.entries == 3
+
+
+def test_a_refused_map_write_is_counted_and_withdraws_the_old_entry() -> None:
+    server = Server(make_config(), [], NOW)
+    program = FakeProgram()
+    sync = MapSync(program, server)
+    sync.apply([bind(server, 1)], NOW)
+    program.tables["leases"].refuse = True  # ENOMEM from here on
+    sync.apply([bind(server, 1), bind(server, 2)], NOW)
+    assert sync.failed == 2 and sync.skipped == 2
+    # The old entry of client 1 is not left answering with what the engine replaced.
+    assert program.tables["leases"].rows == {} and sync.entries == 0
+
+
+def test_a_restart_with_more_leases_than_room_starts() -> None:
+    """The adopted map is full of entries no lease backs any more, and the engine has more
+    bound leases than the map holds: stale entries go first, the rest are capped."""
+    server = Server(make_config(), [], NOW)
+    bind_many(server, 6)
+    program = FakeProgram(max_subscribers=4)
+    table = program.tables["leases"]
+    for n in range(100, 104):
+        table[maps.Key(mac(n)).ctype()] = maps.LeaseEntry()
+    sync = MapSync(program, server)
+    assert sync.reconcile(NOW) == (4, 4)
+    assert table.peak == 4 and sync.skipped == 2
+    assert all(maps.Key(mac(n)).packed() not in table.rows for n in range(100, 104))
+
+
+def test_a_refused_batch_is_written_one_by_one() -> None:
+    server = Server(make_config(), [], NOW)
+    bind_many(server, 3)
+    program = FakeProgram()
+    calls = []
+
+    def refuse_batch(keys: Any, values: Any) -> None:
+        calls.append(len(keys))
+        raise Exception("BPF_MAP_UPDATE_BATCH has failed: Cannot allocate memory")
+
+    program.tables["leases"].items_update_batch = refuse_batch  # type: ignore[method-assign]
+    sync = MapSync(program, server)
+    assert sync.reconcile(NOW) == (3, 0)
+    assert calls == [3] and len(program.tables["leases"].rows) == 3
+
+
+# -- template slots -----------------------------------------------------------------------
+
+
+def template_slots_in_use(program: FakeProgram) -> set[int]:
+    templates = program.tables["templates"]
+    return {int.from_bytes(k, "little") for k, (_, v) in templates.rows.items() if v.len}
+
+
+@pytest.mark.timeout(10)
+def test_a_start_after_a_crash_mid_reconcile_frees_unreferenced_template_slots() -> None:
+    server = Server(make_config(), [], NOW)
+    bind(server, 1)
+    program = FakeProgram()
+    for slot in range(maps.TEMPLATE_SLOTS):
+        program.tables["templates"][ctypes.c_uint32(slot)] = maps.template(b"\x35\x01\x05")
+    sync = MapSync(program, server)
+    assert sync.reconcile(NOW) == (1, 0)
+    got = entry(program, 1)
+    assert template_slots_in_use(program) == {got.offer_template, got.ack_template}
+
+
+@pytest.mark.timeout(10)
+def test_no_free_template_slot_leaves_the_lease_on_the_slow_path() -> None:
+    """Every slot is pointed at by an adopted entry: the lease gets none and reconcile
+    ends; those entries are stale, so the next reconcile has room."""
+    server = Server(make_config(), [], NOW)
+    bind(server, 1)
+    program = FakeProgram()
+    shape = maps.Shape(0, 0, 0, 0, 0, 0)
+    for n in range(maps.TEMPLATE_SLOTS // 2):
+        program.tables["templates"][ctypes.c_uint32(2 * n)] = maps.template(b"\x35\x01\x02")
+        program.tables["templates"][ctypes.c_uint32(2 * n + 1)] = maps.template(b"\x35\x01\x05")
+        stale = maps.lease_entry(
+            replace(shape, offer_template=2 * n, ack_template=2 * n + 1),
+            client_id=b"\x01" + mac(1000 + n),
+            hwaddr=mac(1000 + n),
+            address=n,
+            expires_ns=1,
+        )
+        program.tables["leases"][maps.Key(mac(1000 + n)).ctype()] = stale
+    sync = MapSync(program, server)
+    assert sync.reconcile(NOW) == (0, maps.TEMPLATE_SLOTS // 2)
+    assert sync.skipped == 1 and template_slots_in_use(program) == set()
+    assert sync.reconcile(NOW) == (1, 0)
+
+
+# -- leases the pool no longer hands out (review finding 7) -------------------------------
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        lambda pool, address: replace(pool, exclude=frozenset({address})),
+        lambda pool, _: replace(
+            pool,
+            subnet=IPv4Network("198.19.0.0/16"),
+            ranges=(AddressRange(0xC6130100, 0xC6130109),),
+        ),
+    ],
+    ids=["excluded", "renumbered"],
+)
+def test_a_reload_that_takes_the_address_away_withdraws_its_entry(
+    changed: Callable[[Pool, int], Pool],
+) -> None:
+    config = make_config()
+    server = Server(config, [], NOW)
+    program = FakeProgram()
+    sync = MapSync(program, server)
+    decision = bind(server, 1)
+    sync.apply([decision], NOW)
+    lease = decision.lease_writes[0]
+    new = replace(config, pools=(changed(config.pools[0], lease.address),))
+    sync.server = server.reconfigured(new, NOW)
+    sync.reconcile(NOW)
+    assert program.tables["leases"].rows == {} and sync.entries == 0
+    # Nor does a later write of the lease bring it back.
+    sync.apply([Decision(lease_writes=[lease])], NOW)
+    assert program.tables["leases"].rows == {}
+
+
+# -- the plan alone: no map at all ----------------------------------------------------------
+
+
+def test_the_plan_caps_entries_at_the_room_and_names_its_templates() -> None:
+    server = Server(make_config(), [], NOW)
+    bind_many(server, 5)
+    bind(server, 6, prl=None)
+    planner = Planner()
+    wanted, left_out = planner.plan(server, NOW, 4, lambda: None)
+    assert len(wanted) == 4 and left_out == 2 and planner.skipped == 0
+    # One OFFER and one ACK template per request list seen, each with its own slot.
+    assert len(planner.writes) == len(set(planner.writes)) == 4
+    ack = server.template("residential", MessageType.ACK, PRL).wire
+    assert ack in planner.writes.values()
+    for key, (address, value) in wanted.items():
+        lease = server.lease_at(address)
+        assert lease is not None and key == key_bytes(lease.hwaddr)
+        got = maps.LeaseEntry.from_buffer_copy(value)
+        assert got.expires_ns == clock.to_boot_ns(lease.expires)
+        assert {got.offer_template, got.ack_template} <= set(planner.writes)
+
+
+def test_the_plan_gives_up_when_no_template_slot_is_free() -> None:
+    server = Server(make_config(), [], NOW)
+    bind(server, 1)
+    planner = Planner(busy=range(maps.TEMPLATE_SLOTS))
+    assert planner.plan(server, NOW, 10, lambda: None) == ({}, 0)
+    assert planner.skipped == 1 and planner.writes == {}

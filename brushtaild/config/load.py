@@ -1,4 +1,4 @@
-"""Typed configuration. Validation lives here too: nothing starts half-configured.
+"""Reading and validating the configuration file: YAML in, a `Config` (model.py) out.
 
 `parse_config` checks everything it can before giving up, so an operator sees every problem
 in one run of `brushtail check-config` instead of fixing them one restart at a time. The
@@ -10,63 +10,20 @@ import difflib
 import re
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from brushtaild.config.model import AddressRange, Config, FastPath, LogLevel, Pool, XdpMode
+
 T = TypeVar("T")
+E = TypeVar("E", bound=StrEnum)
 
 # Where brushtaild and brushtail read the configuration when not given --config.
 DEFAULT_CONFIG = Path("/etc/brushtail/brushtail.yaml")
-
-
-@dataclass(frozen=True, slots=True)
-class AddressRange:
-    first: int  # host-order IPv4, inclusive
-    last: int  # inclusive
-
-
-@dataclass(frozen=True, slots=True)
-class Pool:
-    name: str
-    subnet: IPv4Network
-    ranges: tuple[AddressRange, ...]
-    routers: tuple[int, ...] = ()
-    dns_servers: tuple[int, ...] = ()
-    domain: str | None = None
-    lease_time: int = 3600
-    renewal_time: int = 1800  # T1, default 50% of lease_time
-    rebinding_time: int = 3150  # T2, default 87.5% of lease_time
-    exclude: frozenset[int] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class FastPath:
-    """The XDP fast path (docs/CONFIG.md, `fastpath:`)."""
-
-    enabled: bool = True
-    xdp_mode: str = "auto"  # auto (native where the driver has it), native, generic
-    pin_dir: Path = Path("/sys/fs/bpf/brushtail")
-    max_subscribers: int = 1_048_576  # lease entries the kernel map holds
-    rate_limit: int = 10  # requests per second per client MAC; 0 turns the limit off
-    rate_burst: int = 20  # requests a client may send at once after a quiet spell
-    rate_limit_clients: int = 65_536  # token buckets kept (LRU)
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    site: str
-    interface: str
-    server_id: int
-    pools: tuple[Pool, ...]
-    state_dir: Path = Path("/var/lib/brushtail")
-    offer_hold: int = 30  # seconds an OFFERed address stays reserved for that client
-    decline_hold: int = 86400  # seconds a DECLINEd address stays quarantined
-    metrics_listen: tuple[str, int] = ("127.0.0.1", 9967)
-    log_level: str = "info"
-    fastpath: FastPath = FastPath()
 
 
 class ConfigError(Exception):
@@ -85,42 +42,11 @@ class ConfigError(Exception):
         return "\n".join(f"{where}: {reason}" for where, reason in self.errors)
 
 
-TOP_LEVEL_KEYS = (
-    "site",
-    "interface",
-    "server_id",
-    "state_dir",
-    "offer_hold",
-    "decline_hold",
-    "metrics_listen",
-    "log_level",
-    "fastpath",
-    "pools",
-)
-FASTPATH_KEYS = (
-    "enabled",
-    "xdp_mode",
-    "pin_dir",
-    "max_subscribers",
-    "rate_limit",
-    "rate_burst",
-    "rate_limit_clients",
-)
-XDP_MODES = ("auto", "native", "generic")
+# Every key the file may hold is a field of the model, and only those.
+TOP_LEVEL_KEYS = tuple(f.name for f in fields(Config))
+POOL_KEYS = tuple(f.name for f in fields(Pool))
+FASTPATH_KEYS = tuple(f.name for f in fields(FastPath))
 BPFFS = "/sys/fs/bpf/"
-POOL_KEYS = (
-    "name",
-    "subnet",
-    "ranges",
-    "routers",
-    "dns_servers",
-    "domain",
-    "lease_time",
-    "renewal_time",
-    "rebinding_time",
-    "exclude",
-)
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 ONE_YEAR = 365 * 86400
 # Exclusions are stored expanded, one int per address; a bound keeps a typo such as a
@@ -412,6 +338,7 @@ class _Parser:
             "rate_limit": get("rate_limit", self.count(0, 1_000_000)),
             "rate_burst": get("rate_burst", self.count(1, 1_000_000)),
             "rate_limit_clients": get("rate_limit_clients", self.count(1024, 16_777_216)),
+            "relay_rate_limit": get("relay_rate_limit", self.count(0, 1_000_000)),
         }
         if any(v is None for v in values.values()):
             return None
@@ -420,12 +347,8 @@ class _Parser:
     def count(self, lo: int, hi: int) -> Callable[[object, str], int | None]:
         return self.integer(lo, hi, "integer")
 
-    def xdp_mode(self, value: object, where: str) -> str | None:
-        text = self.string(value, where)
-        if text is not None and text not in XDP_MODES:
-            self.fail(where, f"{text!r} is not one of {', '.join(XDP_MODES)}")
-            return None
-        return text
+    def xdp_mode(self, value: object, where: str) -> XdpMode | None:
+        return self.choice(XdpMode, value, where)
 
     def pin_dir(self, value: object, where: str) -> Path | None:
         path = self.state_dir(value, where)
@@ -436,12 +359,18 @@ class _Parser:
             return None
         return path
 
-    def log_level(self, value: object, where: str) -> str | None:
+    def log_level(self, value: object, where: str) -> LogLevel | None:
+        return self.choice(LogLevel, value, where)
+
+    def choice(self, kind: type[E], value: object, where: str) -> E | None:
         text = self.string(value, where)
-        if text is not None and text not in LOG_LEVELS:
-            self.fail(where, f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+        if text is None:
             return None
-        return text
+        try:
+            return kind(text)
+        except ValueError:
+            self.fail(where, f"{text!r} is not one of {', '.join(kind)}")
+            return None
 
     def config(self, raw: object) -> Config | None:
         if raw is None:  # what YAML makes of an empty or all-comment file

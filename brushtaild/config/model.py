@@ -1,0 +1,76 @@
+"""The configuration as the rest of brushtail sees it: frozen dataclasses, already validated.
+
+Nothing here reads files or YAML; `brushtaild.config.load` builds these objects and is the
+only place that knows the file format, so the engine can import the model and stay sans-IO.
+docs/CONFIG.md describes every field; its defaults are the ones written here.
+"""
+
+from dataclasses import dataclass
+from enum import StrEnum
+from ipaddress import IPv4Network
+from pathlib import Path
+
+
+class XdpMode(StrEnum):
+    """How the XDP program is attached (`fastpath.xdp_mode`)."""
+
+    AUTO = "auto"  # native where the driver has it, else generic
+    NATIVE = "native"  # in the NIC driver, before an skb exists
+    GENERIC = "generic"  # after the kernel has built an skb; any interface
+
+
+class LogLevel(StrEnum):
+    """Lowest severity logged (`log_level`); the values are the `logging` names, lower case."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class AddressRange:
+    first: int  # host-order IPv4, inclusive
+    last: int  # inclusive
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    name: str  # unique; stored with each lease and labels per-pool metrics
+    subnet: IPv4Network  # the clients' link; its mask and broadcast go out as options 1, 28
+    ranges: tuple[AddressRange, ...]  # what may be leased; disjoint across all pools
+    routers: tuple[int, ...] = ()  # option 3, in order of preference
+    dns_servers: tuple[int, ...] = ()  # option 6, in order of preference
+    domain: str | None = None  # option 15; None sends no option
+    lease_time: int = 3600  # seconds, option 51
+    renewal_time: int = 1800  # T1 (option 58), default 50% of lease_time
+    rebinding_time: int = 3150  # T2 (option 59), default 87.5% of lease_time
+    exclude: frozenset[int] = frozenset()  # addresses inside `ranges` never leased
+
+
+@dataclass(frozen=True, slots=True)
+class FastPath:
+    """The XDP fast path (docs/CONFIG.md, `fastpath:`)."""
+
+    enabled: bool = True  # load and attach the program; False runs the slow path alone
+    xdp_mode: XdpMode = XdpMode.AUTO
+    pin_dir: Path = Path("/sys/fs/bpf/brushtail")  # under bpffs, so the maps outlive us
+    max_subscribers: int = 1_048_576  # lease entries the kernel map holds
+    rate_limit: int = 10  # requests per second per client (L2 source) or access line; 0: off
+    rate_burst: int = 20  # requests a client may send at once after a quiet spell
+    rate_limit_clients: int = 65_536  # token buckets kept (LRU)
+    relay_rate_limit: int = 1000  # requests per second per relay (L2 source + giaddr); 0: off
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    site: str  # short name of this edge site; labels logs and metrics
+    interface: str  # where the server listens and the XDP program is attached
+    server_id: int  # option 54 and the replies' source address, host-order IPv4
+    pools: tuple[Pool, ...]  # tried in file order for a client's network
+    state_dir: Path = Path("/var/lib/brushtail")  # the lease store
+    offer_hold: int = 30  # seconds an OFFERed address stays reserved for that client
+    decline_hold: int = 86400  # seconds a DECLINEd address stays quarantined
+    metrics_listen: tuple[str, int] = ("127.0.0.1", 9967)  # Prometheus endpoint (host, port)
+    log_level: LogLevel = LogLevel.INFO
+    fastpath: FastPath = FastPath()

@@ -1,0 +1,559 @@
+"""The daemon's loop against a fake packet socket and fast path: what a request, a socket or
+the fast path can throw at it, and what it must do with it (the engine and store are real)."""
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from brushtaild.config import model as config_module
+from brushtaild.config.model import Config
+from brushtaild.daemon import main
+from brushtaild.daemon.main import Daemon, Signals
+from brushtaild.dhcp import options as opt
+from brushtaild.dhcp.codec import encode, parse
+from brushtaild.dhcp.constants import MessageType, OptionCode
+from brushtaild.dhcp.message import Message
+from brushtaild.engine.decisions import Decision, Destination, DestKind, Ingress
+from brushtaild.net.packet_io import Received
+from brushtaild.store.lease_store import StoreError
+from brushtaild.xdp.fastpath import Renewal
+from brushtaild.xdp.loader import LoadError
+from brushtaild.xdp.maps import Result
+from brushtaild.xdp.stats import Snapshot
+from tests.engine_helpers import INGRESS, mac, make_config, request
+
+RELAY = opt.parse_ip("198.19.0.1")  # giaddr of a relay the server has no route to
+
+
+@dataclass
+class FakeIO:
+    """PacketIO's interface: batches handed out in order, replies recorded or refused."""
+
+    batches: list[Received] = field(default_factory=list)
+    sent: list[tuple[bytes, Destination]] = field(default_factory=list)
+    refuse: Callable[[Destination], OSError | None] = lambda _dest: None
+    stale_before: list[float] = field(default_factory=list)
+    mac: bytes = b"\x02\x00\x00\x00\x00\xfe"
+
+    def fileno(self) -> int:
+        return -1
+
+    def receive_batch(self, limit: int, stale_before: float = 0.0) -> Received:
+        self.stale_before.append(stale_before)
+        return self.batches.pop(0) if self.batches else Received()
+
+    def send(self, payload: bytes, dest: Destination, ingress: Ingress) -> None:
+        error = self.refuse(dest)
+        if error is not None:
+            raise error
+        self.sent.append((payload, dest))
+
+    def sent_types(self) -> list[MessageType | None]:
+        return [parse(payload).message_type for payload, _ in self.sent]
+
+    def kernel_drops(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+class FakeFastPath:
+    """What the daemon asks of xdp.fastpath.FastPath, recorded."""
+
+    def __init__(self, calls: list[str], renewals: list[Renewal] | None = None) -> None:
+        self.calls = calls
+        self.pending = list(renewals or [])
+        self.attach_error: Exception | None = None
+        self.apply_error: Exception | None = None
+        self.mode = "generic"
+        self.withdrawn: list[int] = []
+        self.sync = self
+        self.entries = 0
+
+    def renewals(self) -> list[Renewal]:
+        self.calls.append("renewals")
+        pending, self.pending = self.pending, []
+        return pending
+
+    def withdraw(self, address: int) -> None:
+        self.withdrawn.append(address)
+
+    def attach(self, server_mac: bytes, now: float) -> str:
+        if self.attach_error is not None:
+            raise self.attach_error
+        return self.mode
+
+    def apply(self, decisions: list[Decision], now: float) -> None:
+        self.calls.append("apply")
+        if self.apply_error is not None:
+            raise self.apply_error
+
+    def collector(self) -> Any:
+        return _EmptyCollector()
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot({result: 0 for result in Result}, [])
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+class _EmptyCollector:
+    def collect(self) -> Iterator[Any]:
+        return iter(())
+
+
+@pytest.fixture
+def io(monkeypatch: pytest.MonkeyPatch) -> FakeIO:
+    fake = FakeIO()
+    monkeypatch.setattr(main, "PacketIO", lambda ifname, server_id: fake)
+    return fake
+
+
+@pytest.fixture
+def detached(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Interfaces the daemon removed a leftover program from."""
+    calls: list[str] = []
+
+    def detach_leftover(ifname: str, pin_dir: Path) -> bool:
+        calls.append(ifname)
+        return False
+
+    monkeypatch.setattr(main.loader, "detach_leftover", detach_leftover)
+    return calls
+
+
+@pytest.fixture
+def signals() -> Iterator[Signals]:
+    installed = Signals()
+    yield installed
+    installed.close()
+
+
+def daemon_config(tmp_path: Path, fastpath: bool = False) -> Config:
+    return replace(
+        make_config(),
+        state_dir=tmp_path / "state",
+        fastpath=config_module.FastPath(enabled=fastpath, pin_dir=tmp_path / "pins"),
+    )
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, io: FakeIO, detached: list[str], signals: Signals) -> Iterator[Daemon]:
+    started = Daemon(daemon_config(tmp_path), tmp_path / "brushtail.yaml", signals)
+    yield started
+    started.store.close()
+
+
+def frame(msg: Message, ingress: Ingress = INGRESS) -> tuple[bytes, Ingress]:
+    return encode(msg, max_size=1500), ingress
+
+
+def relayed_discover(n: int) -> Message:
+    """A DISCOVER from a relay we cannot route to, selecting our subnet with option 118."""
+    return request(
+        MessageType.DISCOVER,
+        n,
+        giaddr=RELAY,
+        extra={OptionCode.SUBNET_SELECTION: opt.ip(opt.parse_ip("198.18.0.0"))},
+    )
+
+
+def dropped(daemon: Daemon, reason: str) -> float:
+    value = daemon.metrics.registry.get_sample_value(
+        "dhcp_packets_dropped_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+def sample(daemon: Daemon, name: str, labels: dict[str, str] | None = None) -> float | None:
+    return daemon.metrics.registry.get_sample_value(name, labels or {})
+
+
+def unreachable(dest: Destination) -> OSError | None:
+    if dest.kind is DestKind.RELAY:
+        return OSError(errno.ENETUNREACH, os.strerror(errno.ENETUNREACH))
+    return None
+
+
+# --- send and receive errors ---------------------------------------------------------------
+
+
+def test_a_reply_that_cannot_be_sent_is_dropped_and_the_batch_goes_on(
+    daemon: Daemon, io: FakeIO
+) -> None:
+    io.refuse = unreachable
+    io.batches.append(
+        Received(frames=[frame(relayed_discover(1)), frame(request(MessageType.DISCOVER, 2))])
+    )
+    daemon._serve_batch()
+    assert io.sent_types() == [MessageType.OFFER]  # the direct client's
+    assert dropped(daemon, "send_failed") == 1
+    labels = {"operation": "send", "error": "ENETUNREACH"}
+    assert sample(daemon, "dhcp_socket_errors_total", labels) == 1
+
+
+def test_an_ack_that_cannot_be_sent_still_leaves_its_lease_on_disk(
+    daemon: Daemon, io: FakeIO
+) -> None:
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 1))]))
+    daemon._serve_batch()
+    offered = parse(io.sent[0][0]).yiaddr
+    io.refuse = lambda _dest: OSError(errno.ENOBUFS, os.strerror(errno.ENOBUFS))
+    req = request(MessageType.REQUEST, 1, requested=offered, server_id=daemon.config.server_id)
+    io.batches.append(Received(frames=[frame(req)]))
+    daemon._serve_batch()
+    assert dropped(daemon, "send_failed") == 1
+    assert [lease.address for lease in daemon.store.load()] == [offered]
+
+
+def test_a_receive_error_is_counted_and_the_loop_pauses_then_goes_on(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(main.time, "sleep", pauses.append)
+    down = OSError(errno.ENETDOWN, os.strerror(errno.ENETDOWN))
+    # What was read before the error is still answered.
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 1))], error=down))
+    io.batches.append(Received(error=down))
+    daemon._serve_batch()
+    daemon._serve_batch()
+    assert io.sent_types() == [MessageType.OFFER]
+    labels = {"operation": "receive", "error": "ENETDOWN"}
+    assert sample(daemon, "dhcp_socket_errors_total", labels) == 2
+    # A repeating error costs a pause per batch, not a busy loop.
+    assert pauses == [main.RECEIVE_ERROR_PAUSE] * 2
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 2))]))
+    daemon._serve_batch()
+    assert io.sent_types() == [MessageType.OFFER] * 2
+    assert len(pauses) == 2
+
+
+def test_stale_requests_are_counted_and_the_threshold_is_the_queue_age(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(main.clock, "wall", lambda: 1_000_000.0)
+    io.batches.append(Received(stale=3))
+    daemon._serve_batch()
+    assert io.stale_before == [1_000_000.0 - main.MAX_QUEUE_AGE]
+    assert dropped(daemon, "stale") == 3
+
+
+# --- one request cannot stop the loop ------------------------------------------------------
+
+
+def test_an_engine_failure_drops_that_request_only(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    handle = daemon.server.handle
+
+    def failing(msg: Message, ingress: Ingress, now: float) -> Decision:
+        if msg.hwaddr != mac(9):
+            raise KeyError("a bug")
+        return handle(msg, ingress, now)
+
+    monkeypatch.setattr(daemon.server, "handle", failing)
+    bad = [frame(request(MessageType.DISCOVER, n)) for n in range(1, 6)]
+    io.batches.append(Received(frames=[*bad, frame(request(MessageType.DISCOVER, 9))]))
+    with caplog.at_level(logging.WARNING, logger="brushtaild"):
+        daemon._serve_batch()
+    assert io.sent_types() == [MessageType.OFFER]
+    assert dropped(daemon, "internal_error") == 5
+    # Logged once for the five, at error level, with the traceback.
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert "reason=internal_error" in errors[0].getMessage()
+    assert "KeyError" in caplog.text and "Traceback" in caplog.text
+
+
+def test_a_reply_the_edge_cannot_build_is_an_internal_error(daemon: Daemon, io: FakeIO) -> None:
+    # PacketIO raises ValueError for a reply it cannot put on the wire (wrong interface).
+    io.refuse = lambda _dest: None
+    send = io.send
+
+    def refuse_value(payload: bytes, dest: Destination, ingress: Ingress) -> None:
+        if ingress.src_mac == b"\x02" * 6:
+            raise ValueError("reply for ingress cannot leave via sub0")
+        send(payload, dest, ingress)
+
+    io.send = refuse_value  # type: ignore[method-assign]
+    other = Ingress(2, b"\x04" * 6, 0, 0xFFFFFFFF)
+    io.batches.append(
+        Received(
+            frames=[
+                frame(request(MessageType.DISCOVER, 1)),
+                frame(request(MessageType.DISCOVER, 2), other),
+            ]
+        )
+    )
+    daemon._serve_batch()
+    assert dropped(daemon, "internal_error") == 1
+    assert io.sent_types() == [MessageType.OFFER]
+
+
+def test_repeated_option_82_does_not_stop_the_loop(daemon: Daemon, io: FakeIO) -> None:
+    """Review finding 2: option 82 twice, 255 bytes each, no option 57 (the engine may drop
+    it with a reason of its own; the daemon must survive either way)."""
+    agent = b"\x01\xfd" + b"A" * 253 + b"\x02\xfd" + b"B" * 253
+    msg = request(MessageType.DISCOVER, 1, extra={OptionCode.RELAY_AGENT_INFO: agent})
+    io.batches.append(
+        Received(frames=[frame(msg)] * 10 + [frame(request(MessageType.DISCOVER, 2))])
+    )
+    daemon._serve_batch()
+    assert io.sent_types()[-1] is MessageType.OFFER
+    assert sample(daemon, "dhcp_packets_dropped_total") is None  # labelled only
+    total = sum(
+        s.value
+        for family in daemon.metrics.dropped.collect()
+        for s in family.samples
+        if s.name.endswith("_total")
+    )
+    assert total >= 10
+
+
+def test_a_store_failure_still_stops_the_daemon(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*_args: object) -> None:
+        raise StoreError("disk full")
+
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 1))]))
+    daemon._serve_batch()
+    offered = parse(io.sent[0][0]).yiaddr
+    monkeypatch.setattr(daemon.store, "apply", fail)
+    req = request(MessageType.REQUEST, 1, requested=offered, server_id=daemon.config.server_id)
+    io.batches.append(Received(frames=[frame(req)]))
+    with pytest.raises(StoreError):
+        daemon._serve_batch()
+    assert io.sent_types() == [MessageType.OFFER]  # no ACK for what is not on disk
+
+
+# --- the fast path -------------------------------------------------------------------------
+
+
+def test_kernel_renewals_are_absorbed_before_the_batch_is_decided(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 17: a renewal the kernel ACKed must reach the engine before the
+    engine acts on the batch's time (expiry, offers)."""
+    calls: list[str] = []
+    daemon.fastpath = FakeFastPath(calls)  # type: ignore[assignment]
+    handle = daemon.server.handle
+    renewal = daemon.server.kernel_renewal
+
+    def record_handle(msg: Message, ingress: Ingress, now: float) -> Decision:
+        calls.append("handle")
+        return handle(msg, ingress, now)
+
+    def record_renewal(hwaddr: bytes, address: int, expires: float, now: float) -> Decision:
+        calls.append("kernel_renewal")
+        return renewal(hwaddr, address, expires, now)
+
+    monkeypatch.setattr(daemon.server, "handle", record_handle)
+    monkeypatch.setattr(daemon.server, "kernel_renewal", record_renewal)
+    daemon.fastpath.pending.append(  # type: ignore[union-attr]
+        Renewal(mac(7) + b"\x00\x00", 0xC6120105, 2e9)
+    )
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 1))]))
+    daemon._serve_batch()
+    assert calls.index("kernel_renewal") < calls.index("handle")
+    # Not a lease the engine holds: refused, and its kernel entry withdrawn.
+    assert daemon.fastpath.withdrawn == [0xC6120105]  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def notify(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[socket.socket]:
+    """systemd's notify socket, as the daemon's Notifier finds it."""
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(2)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        yield sock
+
+
+def test_no_bcc_means_the_slow_path_alone_said_loudly(
+    tmp_path: Path,
+    io: FakeIO,
+    detached: list[str],
+    signals: Signals,
+    notify: socket.socket,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def no_headers(config: Config, server: object) -> None:
+        raise LoadError("cannot load bpf/brushtail.c: kernel headers not found\nmore detail")
+
+    monkeypatch.setattr(main, "FastPath", no_headers)
+    config = daemon_config(tmp_path, fastpath=True)
+    with caplog.at_level(logging.INFO, logger="brushtaild"):
+        daemon = Daemon(config, tmp_path / "brushtail.yaml", signals)
+        daemon._start_complete()
+    try:
+        assert daemon.fastpath is None
+        assert "fast path FAILED, serving on the slow path alone" in caplog.text
+        assert "kernel headers not found" in caplog.text
+        assert sample(daemon, "dhcp_fastpath_up") == 0
+        # A program an earlier run left attached must not answer from unmaintained maps.
+        assert detached == [config.interface]
+        status = notify.recv(4096).decode()
+        assert status.startswith("READY=1\n")
+        assert "fast path: FAILED (cannot load bpf/brushtail.c: kernel headers not found)" in status
+        # And it serves.
+        io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 1))]))
+        daemon._serve_batch()
+        assert io.sent_types() == [MessageType.OFFER]
+    finally:
+        daemon.store.close()
+
+
+def test_attach_failure_means_the_slow_path_alone(
+    tmp_path: Path,
+    io: FakeIO,
+    detached: list[str],
+    signals: Signals,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    fast = FakeFastPath(calls)
+    fast.attach_error = LoadError("cannot attach XDP to sub0: native: busy; generic: busy")
+    monkeypatch.setattr(main, "FastPath", lambda config, server: fast)
+    daemon = Daemon(daemon_config(tmp_path, fastpath=True), tmp_path / "x.yaml", signals)
+    try:
+        assert sample(daemon, "dhcp_fastpath_up") is None  # not known before the attach
+        daemon._start_complete()
+        assert daemon.fastpath is None and "close" in calls
+        assert sample(daemon, "dhcp_fastpath_up") == 0
+        assert "FAILED (cannot attach XDP to sub0" in daemon._status(1.0)
+    finally:
+        daemon.store.close()
+
+
+def test_a_fastpath_that_fails_to_follow_is_removed_and_the_acks_still_go(
+    tmp_path: Path,
+    io: FakeIO,
+    detached: list[str],
+    signals: Signals,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    fast = FakeFastPath(calls)
+    monkeypatch.setattr(main, "FastPath", lambda config, server: fast)
+    daemon = Daemon(daemon_config(tmp_path, fastpath=True), tmp_path / "x.yaml", signals)
+    try:
+        daemon._start_complete()
+        assert sample(daemon, "dhcp_fastpath_up") == 1
+        fast.apply_error = RuntimeError("map full")
+        io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 1))]))
+        daemon._serve_batch()
+        assert daemon.fastpath is None and sample(daemon, "dhcp_fastpath_up") == 0
+        assert io.sent_types() == [MessageType.OFFER]
+    finally:
+        daemon.store.close()
+
+
+# --- start-up ------------------------------------------------------------------------------
+
+
+def test_signals_are_handled_during_the_compile(
+    tmp_path: Path, io: FakeIO, detached: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 16: a SIGHUP while BCC compiles (tens of seconds) must become a
+    reload once started, not kill the daemon; a SIGTERM then is a clean exit 0."""
+    handlers: list[object] = []
+
+    def compiling(config: Config, server: object) -> None:
+        handlers.append(signal.getsignal(signal.SIGHUP))
+        handlers.append(signal.getsignal(signal.SIGTERM))
+        # Only if handled: the default action would end the test run itself.
+        if all(callable(h) for h in handlers):
+            os.kill(os.getpid(), signal.SIGHUP)
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise LoadError("stop here")
+
+    monkeypatch.setattr(main, "FastPath", compiling)
+    path = tmp_path / "brushtail.yaml"
+    path.write_text(
+        f"site: edge-a\ninterface: sub0\nserver_id: 198.18.0.1\nstate_dir: {tmp_path}/state\n"
+        "pools:\n  - name: residential\n    subnet: 198.18.0.0/16\n"
+        '    ranges: ["198.18.1.0-198.18.1.9"]\n'
+        # Checked by the config (under bpffs), never touched: FastPath is the stand-in.
+        f"fastpath:\n  enabled: true\n  pin_dir: /sys/fs/bpf/brushtail-unit-{os.getpid()}\n"
+    )
+    before = signal.getsignal(signal.SIGHUP)
+    level = logging.getLogger().level
+    try:
+        assert main.main(["--config", str(path)]) == 0
+    finally:
+        logging.getLogger().setLevel(level)
+    assert all(callable(h) and h is not signal.SIG_DFL for h in handlers), handlers
+    # main() puts back what it found.
+    assert signal.getsignal(signal.SIGHUP) is before
+
+
+def test_a_sighup_during_startup_is_a_reload_once_started(
+    tmp_path: Path, io: FakeIO, detached: list[str], signals: Signals,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    def compiling(config: Config, server: object) -> FakeFastPath:
+        os.kill(os.getpid(), signal.SIGHUP)
+        return FakeFastPath([])
+
+    monkeypatch.setattr(main, "FastPath", compiling)
+    daemon = Daemon(daemon_config(tmp_path, fastpath=True), tmp_path / "x.yaml", signals)
+    try:
+        assert signals.reload and not signals.stop
+    finally:
+        daemon.store.close()
+
+
+def test_the_watchdog_is_fed_while_a_reload_rebuilds_the_leases(
+    tmp_path: Path,
+    io: FakeIO,
+    detached: list[str],
+    signals: Signals,
+    notify: socket.socket,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding 16: a reload at 1M leases takes longer than WatchdogSec."""
+    monkeypatch.setenv("WATCHDOG_USEC", "20000")
+    path = tmp_path / "brushtail.yaml"
+    path.write_text(
+        f"site: edge-a\ninterface: sub0\nserver_id: 198.18.0.1\nstate_dir: {tmp_path}/state\n"
+        "pools:\n  - name: residential\n    subnet: 198.18.0.0/16\n"
+        '    ranges: ["198.18.1.0-198.18.1.9"]\n'
+        "fastpath:\n  enabled: false\n"
+    )
+    daemon = Daemon(main.load_config(path), path, signals)
+    try:
+        daemon._start_complete()
+        assert notify.recv(4096).startswith(b"READY=1")
+        reconfigured = daemon.server.reconfigured
+
+        def slow_rebuild(config: Config, now: float, keepalive: Callable[[], object]) -> Any:
+            for _ in range(3):
+                time.sleep(0.02)
+                keepalive()
+            return reconfigured(config, now, keepalive)
+
+        monkeypatch.setattr(daemon.server, "reconfigured", slow_rebuild)
+        daemon._reload_config()
+        pings = []
+        notify.settimeout(0.1)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                pings.append(notify.recv(4096))
+        assert pings.count(b"WATCHDOG=1") >= 3
+    finally:
+        daemon.store.close()
