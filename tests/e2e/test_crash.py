@@ -189,13 +189,14 @@ CHURN = os.environ.get("BT_CRASH_CHURN") == "1"
 
 
 @pytest.mark.xfail(
-    reason="fails on today's code (issue 9 review findings 1 and 17): addresses ACKed to two "
-    "clients. (1) a lease whose stored expiry passed while the daemon was down is freed at "
-    "load, and the kernel renewal absorbed after the restart extends it without taking the "
-    "address back; (17) the engine expires a lease and hands its address out while the "
-    "kernel ACKed a renewal of it moments before, whose ring event is then refused as stale. "
-    "Not run unless BT_CRASH_CHURN=1 (about 150 s); bench/crash.py shows both every run. "
-    "Run it, and remove this mark, once the lease table (must-have 2) lands.",
+    reason="fails on main (at 5ded13f): addresses ACKed to two clients. The kernel answers a "
+    "renewal up to its entry's expiry; the engine expires the lease at that instant and hands "
+    "the address out, and the renewal, drained from the ring a moment later, is refused as "
+    "no longer active, so the ACK is never recorded (review finding 17, systematic for "
+    "clients that renew at expiry; no SIGKILL needed). Before the lease table also review "
+    "finding 1 (a lease loaded past its stored expiry freed, then extended by a renewal from "
+    "the ring without taking the address back). Not run unless BT_CRASH_CHURN=1 (about "
+    "150 s); bench/crash.py shows it every run. Remove this mark once fixed.",
     run=CHURN,
     raises=AssertionError,  # a violation; a daemon that fails to start is no expected failure
     strict=True,
