@@ -34,7 +34,7 @@ pools:
     routers: [{server_id}]
     dns_servers: [{server_id}]
     lease_time: {lease_time}
-fastpath:
+{timers}fastpath:
   enabled: {fastpath}
   pin_dir: {pin_dir}
 """
@@ -64,6 +64,8 @@ class Brushtaild:
         first: str = "198.18.1.0",
         last: str = "198.18.255.254",
         offer_hold: int = 30,
+        renewal_time: int | None = None,
+        rebinding_time: int | None = None,
         fastpath: bool = False,
         env: Mapping[str, str] | None = None,
     ) -> None:
@@ -84,6 +86,14 @@ class Brushtaild:
                 first=first,
                 last=last,
                 lease_time=lease_time,
+                timers="".join(
+                    f"    {key}: {value}\n"
+                    for key, value in (
+                        ("renewal_time", renewal_time),
+                        ("rebinding_time", rebinding_time),
+                    )
+                    if value is not None
+                ),
                 fastpath="true" if fastpath else "false",
                 pin_dir=self.pin_dir,
             )
