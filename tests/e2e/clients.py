@@ -281,7 +281,12 @@ def dhclient_obtain(link: Link, workdir: Path, timeout: float = 10.0) -> Events:
     """
     with DhclientProcess(link, workdir, timeout=timeout, once=True).start() as client:
         # dhclient's own `timeout` ends the attempt; the margin covers its start-up.
-        return client.wait_bound(timeout + 5)
+        events = client.wait_bound(timeout + 5)
+        if "BOUND" not in events.reasons:
+            # The script reports FAIL just before dhclient exits: a loaded machine can see
+            # the event before the exit status.
+            events = client.wait_exit(5)
+        return events
 
 
 def udhcpc_obtain(link: Link, workdir: Path, timeout: float = 10.0) -> Events:
