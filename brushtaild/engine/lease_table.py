@@ -223,12 +223,12 @@ class LeaseTable:
         """Record the offer of an address the caller has just taken from `alloc`."""
         previous = self._hold_by_client.get(client_id)
         if previous is not None:
-            self._drop_hold(previous, now)
+            self._drop_hold(previous)
         on_link = self._holds_by_link.setdefault(link, OrderedDict())
         bound = max(MIN_OFFERS_PER_LINK, alloc.total // OFFER_SHARE)
         while len(on_link) >= bound:
             oldest = next(iter(on_link))
-            self._drop_hold(self._hold_by_client[oldest], now)
+            self._drop_hold(self._hold_by_client[oldest])
         hold = Hold(client_id, address, alloc.pool.name, now + self.config.offer_hold, link)
         self._hold_by_client[client_id] = hold
         self._hold_by_address[address] = hold
@@ -236,13 +236,13 @@ class LeaseTable:
         self._hold_timers.arm(client_id, hold.expires)
         return address, alloc
 
-    def drop_hold(self, client_id: bytes, now: float) -> None:
+    def drop_hold(self, client_id: bytes) -> None:
         """The client took another server's offer: ours is free again (RFC 2131 4.3.2)."""
         hold = self._hold_by_client.get(client_id)
         if hold is not None:
-            self._drop_hold(hold, now)
+            self._drop_hold(hold)
 
-    def _drop_hold(self, hold: Hold, now: float, keep: int = 0) -> None:
+    def _drop_hold(self, hold: Hold, keep: int = 0) -> None:
         del self._hold_by_client[hold.client_id]
         del self._hold_by_address[hold.address]
         self._hold_timers.disarm(hold.client_id)
@@ -250,14 +250,15 @@ class LeaseTable:
         del on_link[hold.client_id]
         if not on_link:
             del self._holds_by_link[hold.link]
-        if hold.address != keep and not self._occupied(hold.address, now):
+        if hold.address != keep and not self._occupied(hold.address):
             alloc = self.allocators.get(hold.pool)
             if alloc is not None:
                 alloc.release(hold.address)
 
-    def _occupied(self, address: int, now: float) -> bool:
+    def _occupied(self, address: int) -> bool:
+        """Whether a record holds the address (see `check`: by state, not by time)."""
         lease = self._by_address.get(address)
-        return lease is not None and lease.active(now)
+        return lease is not None and lease.occupies
 
     # Bindings -----------------------------------------------------------------------------
 
@@ -284,11 +285,11 @@ class LeaseTable:
         own_hold = self._hold_by_client.get(client_id)
         if own_hold is not None:
             # Taken above or by the hold itself: either way `address` stays in use.
-            self._drop_hold(own_hold, now, keep=address)
+            self._drop_hold(own_hold, keep=address)
         previous = self._by_client.get(client_id)
         if previous is not None and previous.address != address:
             # One record per client: the old address is given back and forgotten.
-            self._forget(previous, now)
+            self._forget(previous)
             decision.lease_deletes.append(previous.address)
         if (
             owner is not None
@@ -316,9 +317,12 @@ class LeaseTable:
         held by the client with `hwaddr`, runs until at least `expires`. None when the
         address is no longer that client's to renew; the caller withdraws the kernel entry.
 
-        A lease that expired here meanwhile (the daemon was down or slow) is taken back if
-        no one else is bound to it: the client was told it holds it. Only an offer to
-        someone else can stand in the way, and an offer is no promise: it is withdrawn."""
+        The record's state, not the time, says whether the address is still taken: a BOUND
+        record holds it until `expire` has processed it, even past its end (the kernel may
+        answer in the lease's last instant, and this call come after it). A lease that
+        expired here meanwhile (EXPIRED: the daemon was down or slow) is taken back if no
+        one else is bound to it: the client was told it holds it. Only an offer to someone
+        else can stand in the way, and an offer is no promise: it is withdrawn."""
         lease = self._by_address.get(address)
         if (
             lease is None
@@ -331,10 +335,10 @@ class LeaseTable:
         alloc = self.allocators.get(lease.pool)
         if alloc is None or not alloc.contains(address):
             return None
-        if not lease.active(now):
+        if lease.state is LeaseState.EXPIRED:
             hold = self._hold_by_address.get(address)
             if hold is not None and hold.client_id != lease.client_id:
-                self._drop_hold(hold, now)
+                self._drop_hold(hold)
             if not alloc.take(address):
                 return None
         renewed = replace(
@@ -413,7 +417,7 @@ class LeaseTable:
         for client_id in self._hold_timers.due(now):
             hold = self._hold_by_client.get(client_id)
             if hold is not None:
-                self._drop_hold(hold, now)
+                self._drop_hold(hold)
 
     def _end_quarantine(self, address: int, decision: Decision, detail: str) -> None:
         lease = self._by_address.pop(address)
@@ -437,11 +441,11 @@ class LeaseTable:
         else:
             self._lease_timers.disarm(lease.address)
 
-    def _forget(self, lease: Lease, now: float) -> None:
+    def _forget(self, lease: Lease) -> None:
         if self._by_address.get(lease.address) is lease:
             del self._by_address[lease.address]
             self._lease_timers.disarm(lease.address)
-        if lease.active(now):
+        if lease.occupies:
             alloc = self.allocator_for(lease.address, lease.pool)
             if alloc is not None:
                 alloc.release(lease.address)
@@ -475,7 +479,7 @@ class LeaseTable:
             # the later one is the client's; the earlier stays only as an address record.
             previous_active = previous.active(now)
             if previous_active and active:
-                self._forget(previous, now)
+                self._forget(previous)
                 self._dead_rows.append(previous.address)
         self._by_address[lease.address] = lease
         self._by_client[lease.client_id] = lease
@@ -486,20 +490,21 @@ class LeaseTable:
         elif alloc is not None:
             alloc.recycle(lease.address)
 
-    def check(self, now: float) -> None:
-        """Assert the rules in the module docstring. Tests call it after `expire(now)`:
-        between two expiry passes a lease may be past its time and still count as taken."""
+    def check(self) -> None:
+        """Assert the rules in the module docstring (tests call it after every step). By
+        state, not by time: a BOUND record holds its address until `expire` has processed
+        it, whenever that comes, so the rules hold between two expiry passes too."""
         expected: dict[str, set[int]] = {name: set() for name in self.allocators}
         for address, lease in self._by_address.items():
             assert lease.address == address
             alloc = self.allocator_for(address, lease.pool)
-            if lease.active(now) and alloc is not None:
+            if lease.occupies and alloc is not None:
                 expected[alloc.pool.name].add(address)
         for address, hold in self._hold_by_address.items():
             assert self._hold_by_client[hold.client_id] is hold
             record = self._by_address.get(address)
-            assert record is None or not record.active(now) or record.client_id == hold.client_id, (
-                f"{address:#x} offered to one client and active for another"
+            assert record is None or not record.occupies or record.client_id == hold.client_id, (
+                f"{address:#x} offered to one client and held by another"
             )
             expected[hold.pool].add(address)
         for name, alloc in self.allocators.items():

@@ -295,7 +295,7 @@ class Server:
         names_us = ctx.server_id == self.config.server_id
         if ctx.server_id is not None and not names_us:
             # The client chose another server's offer: ours is free again.
-            self.table.drop_hold(ctx.client_id, ctx.now)
+            self.table.drop_hold(ctx.client_id)
             decision.drop = DropReason.OTHER_SERVER
         elif not ctx.pools:
             if names_us:
