@@ -6,8 +6,9 @@ leases read back from the store at start and at a reload, and expiry. Each chang
 reach the disk is appended to the caller's `Decision` (writes, deletes, events).
 
 Rules it keeps, checked after every step by tests/property/test_lease_table.py:
-1. An address is in its allocator's in-use set exactly while one active lease, one hold or
-   one quarantine holds it.
+1. An address is in its allocator's in-use set exactly while one bound lease, one hold or
+   one quarantine holds it. By state, not by time: a lease past its end holds its address
+   until `expire` has processed it.
 2. No address is active for two clients; a client has at most one hold, and `_by_client`
    points only at records that `_by_address` also holds.
 3. Memory follows the number of records, not the number of renewals: an address or a hold
