@@ -495,12 +495,15 @@ class Daemon:
         """Durably write a batch's lease changes. A store failure propagates and stops the
         daemon: acknowledging a lease that is not on disk is never an option."""
         writes, deletes = _collapse(decisions)
-        if not writes and not deletes:
-            return
-        started = clock.ticks()
-        self.store.apply(writes, deletes)
-        self.metrics.commits.observe(clock.ticks() - started)
-        self.metrics.committed.inc(len(writes) + len(deletes))
+        if writes or deletes:
+            started = clock.ticks()
+            self.store.apply(writes, deletes)
+            self.metrics.commits.observe(clock.ticks() - started)
+            self.metrics.committed.inc(len(writes) + len(deletes))
+        if self.fastpath is not None:
+            # Every renewal read from the ring so far was in a commit by now (each reading
+            # is committed by the caller that read it): the ring may reuse their room.
+            self.fastpath.recorded_up_to_here()
 
     def _apply_to_fastpath(self, decisions: list[Decision], now: float) -> None:
         if self.fastpath is None:

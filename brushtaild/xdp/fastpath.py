@@ -11,12 +11,10 @@ interfaces, then drains, then removes.
 """
 
 import contextlib
-import ctypes
 import logging
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from brushtaild.config.model import Config
 from brushtaild.daemon import clock
@@ -93,15 +91,10 @@ class FastPath:
             raise
         self.sync = MapSync(self.program, server)
         self._pending: list[Renewal] = []
-        self.program.ring_buffer(self._on_renewal)
         self.mode: str | None = None
         self._retiring = False
         self._drained_at: float | None = None
         self.longest_drain_interval = 0.0
-
-    def _on_renewal(self, _ctx: Any, data: Any, _size: int) -> None:
-        event = ctypes.cast(data, ctypes.POINTER(maps.Renewal)).contents
-        self._pending.append(_renewal(event))
 
     def renewals(self) -> list[Renewal]:
         """Renewals answered since the last call (or, at start, while no daemon ran). The
@@ -115,7 +108,9 @@ class FastPath:
                 log.info("fast path: removed the retired maps in %s", version.path)
             self._retired = []
             self._retiring = False
-        self.program.consume()
+        self._pending += [
+            _renewal(maps.Renewal.from_buffer_copy(raw)) for raw in self.program.renewals().peek()
+        ]
         for _, ring in self._retired:
             if ring is not None:
                 self._pending += [_renewal(event) for event in ring.drain()]
@@ -127,6 +122,11 @@ class FastPath:
         self._drained_at = now
         pending, self._pending = self._pending, []
         return pending
+
+    def recorded_up_to_here(self) -> None:
+        """The renewals returned so far are durable: the ring may reuse their room. Until
+        this call they stay in the ring, for the next brushtaild if this one dies."""
+        self.program.renewals().release()
 
     def attach(self, server_mac: bytes, now: float) -> str:
         """Fills the maps from the engine, then puts this program on the interface in

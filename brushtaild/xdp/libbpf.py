@@ -4,9 +4,14 @@ no loaded program of ours owns, which maps a program uses, and BPF_PROG_TEST_RUN
 
 import ctypes
 import ctypes.util
+import mmap
 import os
+import struct
 from dataclasses import dataclass
 from functools import cache
+
+_U32 = struct.Struct("=I")
+_U64 = struct.Struct("=Q")
 
 # BPF_F_TEST_XDP_LIVE_FRAMES (linux/bpf.h, 5.18): frames the program returns XDP_TX for
 # are really sent, which makes BPF_PROG_TEST_RUN a traffic generator.
@@ -178,25 +183,69 @@ def prog_map_ids(prog_id: int) -> list[int]:
     return list(ids[: min(info.nr_map_ids, len(ids))])
 
 
-def drain_ring(fd: int) -> list[bytes]:
-    """Consumes every record queued in the ring buffer map `fd`; returns them in order."""
-    lib = _lib()
-    records: list[bytes] = []
+class RingReader:
+    """A BPF ring buffer read in place, through its mmap, the way libbpf reads it: records
+    are handed out by `peek` and given back to the kernel only by `release`.
 
-    def sample(_ctx: int | None, data: int | None, size: int) -> int:
-        records.append(ctypes.string_at(data or 0, size))
-        return 0
+    libbpf's ring_buffer__consume (which BCC uses) moves the consumer position past each
+    record as soon as its callback returns: a daemon killed between reading renewals and
+    committing them would lose them, from the ring and from the store. Here the position
+    moves only once the caller has made them durable; a daemon killed before that leaves
+    them for the next one, which records them again (recording twice changes nothing).
+    The ordering reasoning is x86's (loads are not reordered with loads, stores not with
+    stores), as the appliance is: the producer position is read before the records.
+    """
 
-    callback = _SAMPLE_FN(sample)  # referenced until the ring is freed
-    ring = lib.ring_buffer__new(fd, callback, None, None)
-    if not ring:
-        err = ctypes.get_errno()
-        raise LibbpfError(err, f"ring_buffer__new: {os.strerror(err)}")
-    try:
-        _check(lib.ring_buffer__consume(ring), "ring_buffer__consume")
-    finally:
-        lib.ring_buffer__free(ring)
-    return records
+    _BUSY = 1 << 31  # linux/bpf.h BPF_RINGBUF_BUSY_BIT: reserved, not yet submitted
+    _DISCARD = 1 << 30  # BPF_RINGBUF_DISCARD_BIT
+    _HEADER = 8  # u32 length with the two bits, u32 page offset
+
+    def __init__(self, fd: int) -> None:
+        size = map_layout(fd).max_entries
+        page = mmap.PAGESIZE
+        self._mask = size - 1
+        self._page = page
+        # The consumer position's page is the only one user space may write.
+        self._consumer = mmap.mmap(
+            fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
+        )
+        try:
+            # The producer's page, then the data mapped twice over, so that a record that
+            # wraps around the end reads as one run of bytes.
+            self._data = mmap.mmap(
+                fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
+            )
+        except BaseException:
+            self._consumer.close()
+            raise
+        (self._read,) = _U64.unpack_from(self._consumer, 0)
+
+    def peek(self) -> list[bytes]:
+        """Records submitted since the previous peek (or since the last release, for the
+        first), in order; none is released."""
+        (producer,) = _U64.unpack_from(self._data, 0)
+        records = []
+        position = self._read
+        while position < producer:
+            at = self._page + (position & self._mask)
+            (header,) = _U32.unpack_from(self._data, at)
+            if header & self._BUSY:
+                break  # reserved by the program and not submitted yet: later
+            length = header & ~(self._BUSY | self._DISCARD)
+            if not header & self._DISCARD:
+                start = at + self._HEADER
+                records.append(self._data[start : start + length])
+            position += (length + self._HEADER + 7) & ~7
+        self._read = position
+        return records
+
+    def release(self) -> None:
+        """Gives every record peeked so far back to the kernel."""
+        _U64.pack_into(self._consumer, 0, self._read)
+
+    def close(self) -> None:
+        self._data.close()
+        self._consumer.close()
 
 
 def count_keys(fd: int, key_size: int) -> int:

@@ -200,18 +200,23 @@ class PinDirBusy(LoadError):
     """Another process holds the pin directory."""
 
 
-@dataclass(frozen=True, slots=True)
 class Ring:
-    """An open renewals ring: readable until closed, even once its pin is gone."""
+    """An open renewals ring of an older version: readable until closed, even once its pin
+    is gone. Nothing is released: its pins go once what it held is recorded."""
 
-    fd: int
-    layout: RenewalLayout
+    def __init__(self, fd: int, layout: RenewalLayout) -> None:
+        self.layout = layout
+        try:
+            self._reader = libbpf.RingReader(fd)
+        finally:
+            os.close(fd)  # the mappings keep the ring
 
     def drain(self) -> list[maps.Renewal]:
-        return [self.layout.decode(raw) for raw in libbpf.drain_ring(self.fd)]
+        """Renewals queued since the previous drain."""
+        return [self.layout.decode(raw) for raw in self._reader.peek()]
 
     def close(self) -> None:
-        os.close(self.fd)
+        self._reader.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +391,7 @@ class Program:
         self.pin_dir = pin_dir
         self.fd: int = self._fn.fd
         self.mode: str | None = None
+        self._ring: libbpf.RingReader | None = None
         self._put_config(maps.CFG_RENEWAL_LAYOUT, RenewalLayout.current().pack())
 
     def table(self, name: str) -> Any:
@@ -423,14 +429,16 @@ class Program:
             return name
         raise LoadError(f"cannot attach XDP to {ifname}: {'; '.join(errors)}")
 
-    def ring_buffer(self, callback: Any) -> None:
-        self.table("renewals").open_ring_buffer(callback)
-
-    def consume(self) -> None:
-        self._bpf.ring_buffer_consume()
+    def renewals(self) -> libbpf.RingReader:
+        """This program's renewals ring, read in place (see libbpf.RingReader)."""
+        if self._ring is None:
+            self._ring = libbpf.RingReader(self.table("renewals").map_fd)
+        return self._ring
 
     def close(self) -> None:
         """Frees this process's handles; the attached program and its pins stay."""
+        if self._ring is not None:
+            self._ring.close()
         self._bpf.cleanup()
 
 

@@ -71,7 +71,6 @@ def program() -> Iterator[Program]:
 @pytest.fixture(scope="session")
 def renewal_log(program: Program) -> RenewalLog:
     log = RenewalLog(program)
-    program.ring_buffer(log.on_event)
     return log
 
 

@@ -8,10 +8,9 @@ checks (brushtaild/net/packet_io.py), the codec, then `Server.handle`.
 """
 
 import copy
-import ctypes
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from brushtaild.config.model import Config
@@ -134,15 +133,11 @@ class RenewalLog:
     """Renewal events read from the program's ring buffer (opened once per session)."""
 
     program: Program
-    events: list[maps.Renewal] = field(default_factory=list)
-
-    def on_event(self, _ctx: Any, data: Any, _size: int) -> None:
-        event = ctypes.cast(data, ctypes.POINTER(maps.Renewal)).contents
-        self.events.append(maps.Renewal.from_buffer_copy(event))
 
     def drain(self) -> list[maps.Renewal]:
-        self.program.consume()
-        events, self.events = self.events, []
+        ring = self.program.renewals()
+        events = [maps.Renewal.from_buffer_copy(raw) for raw in ring.peek()]
+        ring.release()
         return events
 
 

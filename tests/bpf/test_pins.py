@@ -68,7 +68,6 @@ def renewed_in_the_kernel(harness: Fastpath, lease: Lease) -> None:
 
 def harness_for(program: Program, config: Config) -> Fastpath:
     renewals = RenewalLog(program)
-    program.ring_buffer(renewals.on_event)
     return Fastpath(program, renewals, config)
 
 

@@ -100,7 +100,6 @@ def small_program() -> Iterator[tuple[Program, RenewalLog]]:
     """The program compiled with room for SMALL.max_subscribers entries."""
     with compiled(BPFFS / f"{PIN_PREFIX}{os.getpid()}-small", SMALL) as program:
         log = RenewalLog(program)
-        program.ring_buffer(log.on_event)
         yield program, log
 
 

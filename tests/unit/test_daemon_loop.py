@@ -24,6 +24,7 @@ from brushtaild.dhcp.codec import encode, parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.dhcp.message import Message
 from brushtaild.engine.decisions import Decision, Destination, DestKind, Ingress
+from brushtaild.engine.leases import Lease
 from brushtaild.net.packet_io import Received
 from brushtaild.store.lease_store import StoreError
 from brushtaild.xdp.fastpath import Renewal
@@ -88,6 +89,9 @@ class FakeFastPath:
 
     def withdraw(self, address: int) -> None:
         self.withdrawn.append(address)
+
+    def recorded_up_to_here(self) -> None:
+        self.calls.append("released")
 
     def attach(self, server_mac: bytes, now: float) -> str:
         if self.attach_error is not None:
@@ -369,6 +373,35 @@ def test_kernel_renewals_are_absorbed_before_the_batch_is_decided(
     assert calls.index("kernel_renewal") < calls.index("handle")
     # Not a lease the engine holds: refused, and its kernel entry withdrawn.
     assert daemon.fastpath.withdrawn == [0xC6120105]  # type: ignore[union-attr]
+
+
+def test_the_ring_gives_renewals_back_only_after_their_commit(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the crash test: renewals read from the ring and not yet committed when the
+    daemon is killed must still be in the ring for the next one."""
+    calls: list[str] = []
+    daemon.fastpath = FakeFastPath(calls)  # type: ignore[assignment]
+    apply = daemon.store.apply
+
+    def record_apply(writes: list[Lease], deletes: list[int]) -> None:
+        calls.append("commit")
+        apply(writes, deletes)
+
+    monkeypatch.setattr(daemon.store, "apply", record_apply)
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 1))]))
+    daemon._serve_batch()
+    io.batches.append(
+        Received(
+            frames=[
+                frame(request(MessageType.REQUEST, 1, requested=0xC6120100, server_id=0xC6120001))
+            ]
+        )
+    )
+    daemon._serve_batch()
+    # The second batch binds: its renewals are read, committed with it, then released.
+    second = calls[calls.index("renewals", 1) :]
+    assert second.index("renewals") < second.index("commit") < second.index("released")
 
 
 @pytest.fixture
