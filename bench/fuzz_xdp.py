@@ -40,7 +40,6 @@ def main() -> int:
     # this run is killed before its own cleanup.
     with compiled(BPFFS / f"{PIN_PREFIX}{os.getpid()}", LIMITS) as program:
         log = RenewalLog(program)
-        program.ring_buffer(log.on_event)
         fuzz = XdpFuzz(program, log)
         disagreements = 0
         start = last = time.monotonic()
