@@ -9,6 +9,7 @@ stays in the list and is skipped when it reaches the front.
 """
 
 from collections import deque
+from collections.abc import Iterable
 from ipaddress import IPv4Network
 
 from brushtaild.config.model import Pool
@@ -125,3 +126,9 @@ class PoolAllocator:
             if address not in self._in_use:
                 return address
         return None
+
+
+def containing(allocators: Iterable[PoolAllocator], address: int) -> PoolAllocator | None:
+    """The first of `allocators` that may hand out `address` (pools sharing a subnet are
+    tried in config order), or None."""
+    return next((a for a in allocators if a.contains(address)), None)

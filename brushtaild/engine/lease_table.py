@@ -17,16 +17,17 @@ Rules it keeps, checked after every step by tests/property/test_lease_table.py:
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from brushtaild.config.model import Config
-from brushtaild.engine.allocator import PoolAllocator
+from brushtaild.engine.allocator import PoolAllocator, containing
 from brushtaild.engine.decisions import Decision, LeaseEvent, LeaseEventKind
 from brushtaild.engine.leases import Lease, LeaseState
 
 K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
 
 # Loading a million leases takes seconds: the caller's keepalive runs this often.
 KEEPALIVE_EVERY = 65_536
@@ -41,6 +42,15 @@ COMPACT_FACTOR = 2
 # Where a request came from, for the offer bound: a relay (its giaddr) or the local link
 # (interface index and VLAN ids).
 LinkKey = Hashable
+
+
+def paced(items: Iterable[T], keepalive: Callable[[], object]) -> Iterator[T]:
+    """`items`, calling `keepalive` every KEEPALIVE_EVERY of them: a walk over a million
+    leases takes seconds, and the daemon pings systemd's watchdog meanwhile."""
+    for n, item in enumerate(items, 1):
+        if n % KEEPALIVE_EVERY == 0:
+            keepalive()
+        yield item
 
 
 @dataclass(slots=True)
@@ -121,9 +131,7 @@ class LeaseTable:
         # Store rows that are dead on arrival (quarantines over while no daemon ran): the
         # next `expire` hands them to the store to delete.
         self._dead_rows: list[int] = []
-        for n, lease in enumerate(sorted(leases, key=lambda lease: lease.updated)):
-            if n % KEEPALIVE_EVERY == KEEPALIVE_EVERY - 1:
-                keepalive()
+        for lease in paced(sorted(leases, key=lambda lease: lease.updated), keepalive):
             self._load(lease, now)
 
     # Reading ------------------------------------------------------------------------------
@@ -146,7 +154,7 @@ class LeaseTable:
         alloc = self.allocators.get(pool_name)
         if alloc is not None and alloc.contains(address):
             return alloc
-        return next((a for a in self.allocators.values() if a.contains(address)), None)
+        return containing(self.allocators.values(), address)
 
     def renewable(self, lease: Lease, now: float) -> bool:
         """Bound, unexpired, the client's current record, and still an address of its
@@ -193,7 +201,7 @@ class LeaseTable:
         keep getting offers. None: nothing to offer."""
         lease = self._by_client.get(client_id)
         if lease is not None:
-            alloc = _member(pools, lease.address)
+            alloc = containing(pools, lease.address)
             if alloc is not None:
                 # A client's record is bound, released or expired: active means bound.
                 if lease.active(now):
@@ -202,14 +210,14 @@ class LeaseTable:
                     return self._hold(client_id, alloc, lease.address, link, now)
         hold = self._hold_by_client.get(client_id)
         if hold is not None:
-            alloc = _member(pools, hold.address)
+            alloc = containing(pools, hold.address)
             if alloc is not None:
                 hold.expires = now + self.config.offer_hold
                 self._hold_timers.arm(client_id, hold.expires)
                 self._holds_by_link[hold.link].move_to_end(client_id)
                 return hold.address, alloc
         if requested:
-            alloc = _member(pools, requested)
+            alloc = containing(pools, requested)
             if alloc is not None and alloc.take(requested):
                 return self._hold(client_id, alloc, requested, link, now)
         for alloc in pools:
@@ -515,7 +523,3 @@ class LeaseTable:
             assert self._by_address.get(lease.address) is lease
         records = len(self._by_address) + len(self._hold_by_client)
         assert self.timer_entries() <= COMPACT_FACTOR * records + 2 * 64 + 2
-
-
-def _member(pools: list[PoolAllocator], address: int) -> PoolAllocator | None:
-    return next((a for a in pools if a.contains(address)), None)

@@ -10,7 +10,6 @@ Rules this module keeps:
 
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 
 from brushtaild.config.model import Config, Pool
 from brushtaild.dhcp import options as opt
@@ -27,7 +26,7 @@ from brushtaild.dhcp.constants import (
 from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
 from brushtaild.engine.addressing import reply_destination
-from brushtaild.engine.allocator import PoolAllocator
+from brushtaild.engine.allocator import PoolAllocator, containing
 from brushtaild.engine.decisions import (
     Decision,
     Ingress,
@@ -261,18 +260,12 @@ class Server:
 
     @staticmethod
     def _pool_of(ctx: ClientContext, address: int) -> PoolAllocator | None:
-        return next((a for a in ctx.pools if a.contains(address)), None)
+        return containing(ctx.pools, address)
 
-    @staticmethod
-    def _on_network(ctx: ClientContext, address: int) -> bool:
-        """Whether `address` is on the client's network: inside a served subnet there,
-        whether or not our ranges hold it (other servers' ranges may share the subnet)."""
-        return any(IPv4Address(address) in a.pool.subnet for a in ctx.pools)
-
-    def _on_own_link(self, address: int) -> bool:
-        """Whether `address` is in a subnet of the server's own link."""
-        own = self._pools_for(self.config.server_id)
-        return any(IPv4Address(address) in a.pool.subnet for a in own)
+    def _on_network(self, pools: list[PoolAllocator], address: int) -> bool:
+        """Whether `address` is inside a subnet of `pools`, whether or not our ranges hold
+        it (other servers' ranges may share the subnet)."""
+        return any(alloc in pools for alloc in self._pools_for(address))
 
     # Message handlers ---------------------------------------------------------------------
 
@@ -319,7 +312,7 @@ class Server:
         self._bind(ctx, decision, ctx.requested)
 
     def _request_init_reboot(self, ctx: ClientContext, decision: Decision) -> None:
-        if not self._on_network(ctx, ctx.requested):
+        if not self._on_network(ctx.pools, ctx.requested):
             self._nak(ctx, decision, "address not on this network")
             return
         lease = self.table.lease_of(ctx.client_id)
@@ -340,14 +333,15 @@ class Server:
         if lease is not None and lease.address != address and lease.active(ctx.now):
             self._nak(ctx, decision, "address not leased to this client")
             return
-        if (lease is None or lease.address != address) and self._on_network(ctx, address):
+        if (lease is None or lease.address != address) and self._on_network(ctx.pools, address):
             # No record of this client at this address. Inside our ranges and free, the
             # client keeps it (it already uses it and nobody else holds it: this is how a
             # lease survives a lost record), but only where the network vouches for the
             # address: through a relay, or on our own link. Outside our ranges it may be
             # another server's lease: stay silent, as in INIT-REBOOT.
             alloc = self._pool_of(ctx, address)
-            vouched = ctx.message.giaddr or self._on_own_link(address)
+            own_link = self._pools_for(self.config.server_id)
+            vouched = ctx.message.giaddr or self._on_network(own_link, address)
             if alloc is None or not vouched:
                 decision.drop = DropReason.NO_RECORD
                 return

@@ -24,13 +24,13 @@ from brushtaild.config.model import Config
 from brushtaild.daemon import clock
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.engine.decisions import Decision, LeaseEventKind
+from brushtaild.engine.lease_table import paced
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.xdp import maps
 
 log = logging.getLogger("brushtaild.xdp")
 
-KEEPALIVE_EVERY = 65_536
 # A full map or a refusing kernel fails every install: say so at most this often (engine
 # seconds), with the count since.
 WARN_INTERVAL = 60.0
@@ -84,12 +84,10 @@ class Planner:
     ) -> tuple[dict[bytes, tuple[int, bytes]], int]:
         """Packed key -> (address, packed entry) of every lease to install, at most
         `capacity` of them, and how many more there were. `keepalive` is called every
-        KEEPALIVE_EVERY leases."""
+        few thousand leases (`lease_table.paced`)."""
         wanted: dict[bytes, tuple[int, bytes]] = {}
         left_out = 0
-        for n, lease in enumerate(server.leases()):
-            if n % KEEPALIVE_EVERY == KEEPALIVE_EVERY - 1:
-                keepalive()
+        for lease in paced(server.leases(), keepalive):
             built = self.entry(server, lease, now)
             if built is None:
                 continue
@@ -233,7 +231,7 @@ class MapSync:
         never holds more than it will at the end; entries in both sets are overwritten in
         place, so their clients are answered throughout. Returns (entries written, stale
         entries removed). At a million leases this takes seconds: `keepalive` is called
-        every KEEPALIVE_EVERY leases (the daemon pings systemd's watchdog with it)."""
+        every few thousand leases (the daemon pings systemd's watchdog with it)."""
         held, old_templates = self._held()
         self._skipped += self._planner.skipped
         # The old templates stay until no entry can point at them.
