@@ -13,6 +13,7 @@ of log writes competing with the lease store for the disk. The history of who he
 address is in the ACK, RELEASE, DECLINE and EXPIRE lines (and NAKs say who was refused).
 """
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Protocol, TextIO
@@ -66,6 +67,9 @@ class LeaseLog:
 
     def flush(self) -> None:
         if self._lines:
-            self._stream.write("".join(self._lines))
-            self._stream.flush()
+            # A log stream that is gone (journald restarting, EPIPE) loses these lines; it
+            # must not stop the daemon: the leases themselves are on disk.
+            with contextlib.suppress(OSError):
+                self._stream.write("".join(self._lines))
+                self._stream.flush()
             self._lines.clear()

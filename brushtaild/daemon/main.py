@@ -256,9 +256,7 @@ class Daemon:
                 self.notifier.stopping()
                 # The program goes on answering while we are away (queued for the next
                 # start); what it answered until now is recorded now.
-                renewed = self._absorb_renewals()
-                self._commit([renewed])
-                self.lease_log.add(renewed.events, "fast")
+                self._record_renewals()
                 self.lease_log.flush()
             finally:
                 self._close()
@@ -280,10 +278,8 @@ class Daemon:
         active only once known subscribers are answered in the kernel. Renewals it answered
         while no daemon ran are recorded first, so the maps are refilled with them."""
         config = self.config
-        if self.fastpath is not None:
-            renewed = self._absorb_renewals()
-            self._commit([renewed])
-            self.lease_log.add(renewed.events, "fast")
+        self._record_renewals()
+        if self.fastpath is not None:  # still: reading its ring can find it failed
             try:
                 self.fastpath.attach(self.io.mac, clock.wall())
             except Exception as exc:
@@ -319,7 +315,11 @@ class Daemon:
             self.metrics.registry.unregister(self._fastpath_collector)
             self.fastpath.close()
             self.fastpath = None
-        self._take_down_leftover("fast path failed")
+        try:
+            self._take_down_leftover("fast path failed")
+        except Exception:
+            # The loop goes on; the pins stay, for the next start or `fastpath detach`.
+            log.exception("fast path FAILED and could not be taken down")
 
     def _take_down_leftover(self, why: str) -> None:
         """Removes the program and maps an earlier run left, after recording the renewals
@@ -362,7 +362,10 @@ class Daemon:
             return f"FAILED ({self.fastpath_failure})"
         if self.fastpath is None:
             return "disabled"
-        snap = self.fastpath.snapshot()
+        try:
+            snap = self.fastpath.snapshot()
+        except Exception as exc:
+            return f"{self.fastpath.mode} XDP, counters unreadable ({exc})"
         return (
             f"{self.fastpath.mode} XDP, {self.fastpath.sync.entries} entries, "
             f"{snap.answered} answered, {100 * snap.hit_rate:.0f}% hits"
@@ -521,11 +524,25 @@ class Daemon:
         path. Called before the engine acts on the time (a batch, expiry)."""
         if self.fastpath is None:
             return Decision()
-        accepted, refused = self._recorded(self.fastpath.renewals())
+        try:
+            renewals = self.fastpath.renewals()
+        except Exception as exc:
+            # A ring or retired pins that cannot be read or removed: better no fast path
+            # than one whose renewals go unrecorded (taking it down records what it holds).
+            self._fastpath_failed(exc)
+            return Decision()
+        accepted, refused = self._recorded(renewals)
         for renewal in refused:
             # The slow path changed this lease meanwhile: its entry must go.
             self.fastpath.sync.withdraw(renewal.address)
         return accepted
+
+    def _record_renewals(self) -> None:
+        """Absorbs the kernel's renewals and commits them on their own (at start, before a
+        reload, at stop); a batch and housekeeping commit them with their own changes."""
+        renewed = self._absorb_renewals()
+        self._commit([renewed])
+        self.lease_log.add(renewed.events, "fast")
 
     def _recorded(self, renewals: list[Renewal]) -> tuple[Decision, list[Renewal]]:
         """The engine's decision on renewals the kernel answered, for the caller to commit,
@@ -539,7 +556,11 @@ class Daemon:
     def _housekeeping(self) -> None:
         renewed = self._absorb_renewals()
         now = clock.wall()
-        expired = self.server.tick(now)
+        try:
+            expired = self.server.tick(now)
+        except Exception as exc:
+            self._internal_error(exc, "expiry", now)
+            expired = Decision()
         self._commit([renewed, expired])
         self._apply_to_fastpath([expired], now)
         self.lease_log.add(renewed.events, "fast")
@@ -585,15 +606,18 @@ class Daemon:
             )
             return
         # Renewals the kernel answered so far belong to the old engine's leases.
-        renewed = self._absorb_renewals()
-        self._commit([renewed])
-        self.lease_log.add(renewed.events, "fast")
+        self._record_renewals()
         # A million leases take seconds to rebuild, and as long again to rewrite in the
         # kernel's maps: keep systemd's watchdog fed through both.
         self.server = self.server.reconfigured(new, clock.wall(), keepalive=self._keepalive)
         self.config = new
         if self.fastpath is not None:
-            self.fastpath.reconfigured(new, self.server, self.io.mac, clock.wall(), self._keepalive)
+            try:
+                self.fastpath.reconfigured(
+                    new, self.server, self.io.mac, clock.wall(), self._keepalive
+                )
+            except Exception as exc:
+                self._fastpath_failed(exc)
         level = logging.getLevelName(new.log_level.upper())
         logging.getLogger().setLevel(level)
         self.lease_log.level = level

@@ -3,6 +3,7 @@ the fast path can throw at it, and what it must do with it (the engine and store
 
 import contextlib
 import errno
+import io as io_module
 import logging
 import os
 import signal
@@ -18,12 +19,20 @@ import pytest
 from brushtaild.config import model as config_module
 from brushtaild.config.model import Config
 from brushtaild.daemon import main
+from brushtaild.daemon.lease_log import LeaseLog
 from brushtaild.daemon.main import Daemon, Signals
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode, parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.dhcp.message import Message
-from brushtaild.engine.decisions import Decision, Destination, DestKind, Ingress
+from brushtaild.engine.decisions import (
+    Decision,
+    Destination,
+    DestKind,
+    Ingress,
+    LeaseEvent,
+    LeaseEventKind,
+)
 from brushtaild.engine.leases import Lease
 from brushtaild.net.packet_io import Received
 from brushtaild.store.lease_store import StoreError
@@ -589,3 +598,63 @@ def test_the_watchdog_is_fed_while_a_reload_rebuilds_the_leases(
         assert pings.count(b"WATCHDOG=1") >= 3
     finally:
         daemon.store.close()
+
+
+# --- the fast path's and the housekeeping's failures stay out of the loop ------------------
+
+
+class _Broken(FakeFastPath):
+    def renewals(self) -> list[Renewal]:
+        raise OSError(errno.EBUSY, "retired pins busy")
+
+
+def test_a_ring_that_cannot_be_read_takes_the_fast_path_down_not_the_daemon(
+    daemon: Daemon, io: FakeIO, detached: list[str]
+) -> None:
+    calls: list[str] = []
+    daemon.fastpath = _Broken(calls)  # type: ignore[assignment]
+    daemon._fastpath_collector = _EmptyCollector()  # type: ignore[assignment]
+    daemon.metrics.registry.register(daemon._fastpath_collector)
+    taken_down_before = len(detached)
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 1))]))
+    daemon._serve_batch()
+    assert daemon.fastpath is None and "close" in calls
+    assert detached[taken_down_before:] == [daemon.config.interface]
+    assert io.sent_types() == [MessageType.OFFER]
+
+
+def test_a_take_down_that_fails_at_run_time_leaves_the_loop_going(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(_daemon: Daemon, why: str) -> None:
+        raise OSError(errno.EPERM, "bpffs is read-only")
+
+    monkeypatch.setattr(Daemon, "_take_down_leftover", refuse)
+    calls: list[str] = []
+    daemon.fastpath = _Broken(calls)  # type: ignore[assignment]
+    daemon._fastpath_collector = _EmptyCollector()  # type: ignore[assignment]
+    daemon.metrics.registry.register(daemon._fastpath_collector)
+    daemon._housekeeping()
+    assert daemon.fastpath is None
+    assert "FAILED" in daemon._status(1.0)
+
+
+def test_an_expiry_bug_is_counted_and_the_loop_goes_on(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_tick(now: float) -> Decision:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(daemon.server, "tick", broken_tick)
+    daemon._housekeeping()
+    assert dropped(daemon, "internal_error") == 1
+
+
+def test_a_log_stream_that_is_gone_does_not_stop_the_daemon(daemon: Daemon) -> None:
+    class Gone(io_module.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(errno.EPIPE, "journald went away")
+
+    log = LeaseLog(Gone())
+    log.add([LeaseEvent(LeaseEventKind.ACK, b"\x01", b"\x02" * 6, 1, "p")], "slow")
+    log.flush()
