@@ -80,10 +80,6 @@ class _ProgInfo(ctypes.Structure):
     )
 
 
-# int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
-_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
-
-
 @dataclass(frozen=True, slots=True)
 class MapLayout:
     type: int
@@ -118,10 +114,6 @@ def _lib() -> ctypes.CDLL:
     lib.bpf_map_get_next_key.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
     lib.libbpf_num_possible_cpus.argtypes = ()
     lib.bpf_prog_get_fd_by_id.argtypes = (ctypes.c_uint32,)
-    lib.ring_buffer__new.argtypes = (ctypes.c_int, _SAMPLE_FN, ctypes.c_void_p, ctypes.c_void_p)
-    lib.ring_buffer__new.restype = ctypes.c_void_p
-    lib.ring_buffer__consume.argtypes = (ctypes.c_void_p,)
-    lib.ring_buffer__free.argtypes = (ctypes.c_void_p,)
     return lib
 
 
