@@ -225,8 +225,6 @@ _BOOTP_KIND = struct.Struct("!BBB")
 _ETH_IP_OFFSET = 12
 _HTYPE_ETHER = 1
 _ETHER_HLEN = 6
-_COOKIE_OFFSET = FIXED_HEADER_LEN
-_MIN_REQUEST = OPTIONS_OFFSET  # the fixed BOOTP header and the magic cookie
 
 
 def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ingress] | None:
@@ -240,7 +238,7 @@ def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ing
     Fragments are malformed: DHCP messages never need fragmenting, and reassembling in user
     space would be an amplification target.
     """
-    if length < ETH_HLEN + IP_MIN_HLEN + UDP_HLEN + _MIN_REQUEST:
+    if length < ETH_HLEN + IP_MIN_HLEN + UDP_HLEN + OPTIONS_OFFSET:
         return None
     ethertype, ver_ihl, total_len, frag, proto, src_ip, dst_ip = _ETH_IP.unpack_from(
         frame, _ETH_IP_OFFSET
@@ -252,7 +250,7 @@ def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ing
         or ver_ihl >> 4 != 4
         or ip_hlen < IP_MIN_HLEN
         or ETH_HLEN + total_len != length
-        or total_len < ip_hlen + UDP_HLEN + _MIN_REQUEST
+        or total_len < ip_hlen + UDP_HLEN + OPTIONS_OFFSET
         or frag & _IP_MF_OR_OFFSET
         or proto != IPPROTO_UDP
         # Inlined residue (see internet_checksum_residue): the header length is a multiple of
@@ -265,7 +263,7 @@ def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ing
     if (
         udp_len != total_len - ip_hlen
         or _BOOTP_KIND.unpack_from(frame, bootp) != (Op.BOOTREQUEST, _HTYPE_ETHER, _ETHER_HLEN)
-        or frame[bootp + _COOKIE_OFFSET : bootp + OPTIONS_OFFSET] != MAGIC_COOKIE
+        or frame[bootp + FIXED_HEADER_LEN : bootp + OPTIONS_OFFSET] != MAGIC_COOKIE
     ):
         return None
     payload = bytes(memoryview(frame)[bootp:length])
