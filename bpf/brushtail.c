@@ -271,17 +271,19 @@ int xdp_brushtail(struct xdp_md *ctx)
 	    ipv4_csum_valid(ctx, ip, l3_off, ip->ihl * 4) && parse_bootp(&c, &b) == 0) {
 		result = BT_PASS_UNPARSED;
 		sender.giaddr = b->giaddr; /* only a well-formed request names a relay */
-		parsed = parse_request(ctx, &c, data, b, req, &sender);
 	}
-	if (rate_limited(&sender, now)) {
-		result = BT_DROP_RATE_LIMIT;
-		action = XDP_DROP;
-		goto out;
-	}
+	/* A client on the link is charged before its options are walked, so an over-rate
+	 * flood costs no walk; a relay's access line is named by an option (its circuit-id),
+	 * so a relayed request is charged after the walk. */
+	if (!sender.giaddr && rate_limited(&sender, now))
+		goto over_rate;
 	if (result == BT_DROP_MALFORMED) {
 		action = XDP_DROP;
 		goto out;
 	}
+	parsed = parse_request(ctx, &c, data, b, req, &sender);
+	if (sender.giaddr && rate_limited(&sender, now))
+		goto over_rate;
 	if (!parsed)
 		goto out;
 	/* The slow path's socket refuses every tagged frame; a priority tag is not untagged. */
@@ -396,6 +398,11 @@ int xdp_brushtail(struct xdp_md *ctx)
 	}
 	result = reply_type == DHCP_OFFER ? BT_RES_OFFER : BT_RES_ACK;
 	return record(result, XDP_TX, now);
+
+over_rate:
+	result = BT_DROP_RATE_LIMIT;
+	action = XDP_DROP;
+	goto out;
 
 out_discard:
 	if (event)
