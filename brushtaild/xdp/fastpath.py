@@ -133,16 +133,9 @@ class FastPath:
         place of any running one, and takes ours off an interface the config no longer
         names. Renewals still queued must be applied to the engine before (see Daemon), or
         reconcile would roll back their expiry."""
-        settings = self.config.fastpath
-        self.sync.configure(
-            self.config,
-            server_mac,
-            settings.rate_limit,
-            settings.rate_burst,
-            settings.relay_rate_limit,
-        )
+        self._configure(server_mac)
         written, removed = self.sync.reconcile(now)
-        self.mode = self.program.attach(self.config.interface, settings.xdp_mode)
+        self.mode = self.program.attach(self.config.interface, self.config.fastpath.xdp_mode)
         log.info(
             "fast path attached to %s in %s mode: %d entries, %d stale removed, "
             "compiled and loaded in %.1fs",
@@ -173,11 +166,19 @@ class FastPath:
         """New templates for the new config, and every entry rewritten to use them."""
         self.config = config
         self.sync.server = server
-        settings = config.fastpath
-        self.sync.configure(
-            config, server_mac, settings.rate_limit, settings.rate_burst, settings.relay_rate_limit
-        )
+        self._configure(server_mac)
         self.sync.reconcile(now, keepalive)
+
+    def _configure(self, server_mac: bytes) -> None:
+        """The program's settings (server identity, rate limits) from the config."""
+        settings = self.config.fastpath
+        self.sync.configure(
+            self.config,
+            server_mac,
+            settings.rate_limit,
+            settings.rate_burst,
+            settings.relay_rate_limit,
+        )
 
     def collector(self) -> stats.FastPathCollector:
         return stats.FastPathCollector(self.program, lambda: self.sync.entries, lambda: self.mode)
