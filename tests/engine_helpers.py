@@ -34,7 +34,12 @@ def make_pool(
     )
 
 
-def make_config(*pools: Pool, offer_hold: int = 30, decline_hold: int = 600) -> Config:
+def make_config(
+    *pools: Pool,
+    offer_hold: int = 30,
+    decline_hold: int = 600,
+    trusted_relays: tuple[IPv4Network, ...] = (),
+) -> Config:
     return Config(
         site="edge-a",
         interface="sub0",
@@ -43,6 +48,7 @@ def make_config(*pools: Pool, offer_hold: int = 30, decline_hold: int = 600) -> 
         state_dir=Path("/nonexistent"),
         offer_hold=offer_hold,
         decline_hold=decline_hold,
+        trusted_relays=trusted_relays,
     )
 
 

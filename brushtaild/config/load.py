@@ -248,6 +248,16 @@ class _Parser:
 
     # -- top-level keys ----------------------------------------------------------------
 
+    def relay(self, value: object, where: str) -> IPv4Network | None:
+        """A relay's address (`a.b.c.d`) or a prefix of them (`a.b.c.d/n`)."""
+        text = self.string(value, where)
+        if text is None:
+            return None
+        if "/" in text:
+            return self.prefix(text, where)
+        address = self._address(text, where)
+        return None if address is None else IPv4Network(address)
+
     def site(self, value: object, where: str) -> str | None:
         text = self.string(value, where)
         if text is not None and not _SITE_RE.fullmatch(text):
@@ -395,6 +405,9 @@ class _Parser:
         log_level = self.optional(m, "", "log_level", self.log_level, _default(Config, "log_level"))
         fastpath = self.optional(m, "", "fastpath", self.fastpath, FastPath())
         pools = self.required(m, "", "pools", self.list_of(self.pool, non_empty=True))
+        trusted_relays = self.optional(
+            m, "", "trusted_relays", self.list_of(self.relay), _default(Config, "trusted_relays")
+        )
         self.check_across_pools()
         if (
             site is None
@@ -407,6 +420,7 @@ class _Parser:
             or log_level is None
             or fastpath is None
             or pools is None
+            or trusted_relays is None
         ):
             return None
         return Config(
@@ -420,6 +434,7 @@ class _Parser:
             metrics_listen=metrics_listen,
             log_level=log_level,
             fastpath=fastpath,
+            trusted_relays=trusted_relays,
         )
 
     # -- pools -------------------------------------------------------------------------
@@ -438,6 +453,18 @@ class _Parser:
         self.pool_names[text] = where
         return text
 
+    def prefix(self, text: str, where: str) -> IPv4Network | None:
+        try:
+            return IPv4Network(text, strict=True)
+        except ValueError as exc:
+            try:
+                # Only host bits were wrong: name the prefix the operator most likely meant.
+                loose = IPv4Network(text, strict=False)
+                self.fail(where, f"{text!r} has host bits set; did you mean {loose}?")
+            except ValueError:
+                self.fail(where, f"{text!r} is not a valid IPv4 prefix ({exc})")
+            return None
+
     def subnet(self, value: object, where: str) -> IPv4Network | None:
         text = self.string(value, where)
         if text is None:
@@ -445,15 +472,8 @@ class _Parser:
         if "/" not in text:
             self.fail(where, f"{text!r} needs a prefix length, as in 198.18.0.0/16")
             return None
-        try:
-            subnet = IPv4Network(text, strict=True)
-        except ValueError as exc:
-            try:
-                # Only host bits were wrong: name the subnet the operator most likely meant.
-                loose = IPv4Network(text, strict=False)
-                self.fail(where, f"{text!r} has host bits set; did you mean {loose}?")
-            except ValueError:
-                self.fail(where, f"{text!r} is not a valid IPv4 subnet ({exc})")
+        subnet = self.prefix(text, where)
+        if subnet is None:
             return None
         if subnet.prefixlen > LONGEST_PREFIX:
             self.fail(

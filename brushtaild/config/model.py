@@ -7,7 +7,7 @@ docs/CONFIG.md describes every field; its defaults are the ones written here.
 
 from dataclasses import dataclass
 from enum import StrEnum
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 
@@ -74,3 +74,10 @@ class Config:
     metrics_listen: tuple[str, int] = ("127.0.0.1", 9967)  # Prometheus endpoint (host, port)
     log_level: LogLevel = LogLevel.INFO
     fastpath: FastPath = FastPath()
+    # Relays (giaddr) whose subnet and link selection (option 118, option 82 sub-option 5)
+    # choose the client's pool; from any other sender those options are ignored.
+    trusted_relays: tuple[IPv4Network, ...] = ()
+
+    def trusts_relay(self, giaddr: int) -> bool:
+        address = IPv4Address(giaddr)
+        return any(address in prefix for prefix in self.trusted_relays)

@@ -20,6 +20,7 @@ RELOADABLE = frozenset(
         "offer_hold",
         "decline_hold",
         "log_level",
+        "trusted_relays",
         "fastpath.rate_limit",
         "fastpath.rate_burst",
         "fastpath.relay_rate_limit",

@@ -234,22 +234,23 @@ class Server:
         """An address on the client's network, in Kea's order, and whether option 118
         chose it. Twin of the selector in bpf/brushtail.c.
 
-        Subnet selection (RFC 3011) and a relay's link selection (RFC 3527) are relay
-        information: honoured only in relayed requests, since from a client on our own
-        link they would let it pick any pool. Then the relay's giaddr; then ciaddr where
-        a client may set it (a RENEWING client unicasts without a relay; a DISCOVER's
-        ciaddr is 0 by RFC 2131 4.3.1, and a bogus one must not hide the link it came
-        on); then the server's own link."""
+        Subnet selection (RFC 3011) and a relay's link selection (RFC 3527) are honoured
+        only from a trusted relay: from anyone else (a client on our own link, a host
+        that writes a giaddr) they would pick any pool. Then the relay's giaddr; then
+        ciaddr where a client may set it (a RENEWING client unicasts without a relay; a
+        DISCOVER's ciaddr is 0 by RFC 2131 4.3.1, and a bogus one must not hide the link
+        it came on); then the server's own link."""
         options = msg.options
         if msg.giaddr:
-            subnet_selection = options.get(OptionCode.SUBNET_SELECTION)
-            if subnet_selection is not None:
-                return opt.decode_ip(subnet_selection), True
-            relay_info = options.get(OptionCode.RELAY_AGENT_INFO)
-            if relay_info is not None:
-                for code, value in opt.parse_relay_agent_info(relay_info):
-                    if code == RelayAgentSubOption.LINK_SELECTION:
-                        return opt.decode_ip(value), False
+            if self.config.trusts_relay(msg.giaddr):
+                subnet_selection = options.get(OptionCode.SUBNET_SELECTION)
+                if subnet_selection is not None:
+                    return opt.decode_ip(subnet_selection), True
+                relay_info = options.get(OptionCode.RELAY_AGENT_INFO)
+                if relay_info is not None:
+                    for code, value in opt.parse_relay_agent_info(relay_info):
+                        if code == RelayAgentSubOption.LINK_SELECTION:
+                            return opt.decode_ip(value), False
             return msg.giaddr, False
         if msg.ciaddr and msg.message_type is not MessageType.DISCOVER:
             return msg.ciaddr, False

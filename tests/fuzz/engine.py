@@ -21,6 +21,7 @@ what later requests name. Checked on every step:
 
 from dataclasses import dataclass, field
 from functools import cache
+from ipaddress import IPv4Network
 
 from brushtaild.config.model import Config, Pool
 from brushtaild.dhcp import options as opt
@@ -52,12 +53,13 @@ POOLS = (
     make_pool("a2", "198.18.0.0/16", "198.18.5.0", "198.18.5.3", lease_time=120),
     make_pool("b", "198.19.0.0/16", "198.19.1.0", "198.19.1.5", lease_time=600),
 )
-CONFIG: Config = make_config(*POOLS, offer_hold=30, decline_hold=200)
-
-RELAY_A = ip("198.18.2.2")  # on the server's subnet (pools a1, a2)
+RELAY_A = ip("198.18.2.2")  # on the server's subnet (pools a1, a2); trusted with 118 and 82/5
 RELAY_B = ip("198.19.0.1")  # on pool b's subnet
 RELAY_NOWHERE = ip("192.0.2.9")  # on no configured subnet
 OTHER_SERVER = ip("198.18.0.2")
+CONFIG: Config = make_config(
+    *POOLS, offer_hold=30, decline_hold=200, trusted_relays=(IPv4Network(RELAY_A),)
+)
 RELAY_MAC = bytes.fromhex("02b7000000aa")
 PRLS = (
     None,

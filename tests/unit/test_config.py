@@ -21,6 +21,7 @@ from brushtaild.config.load import (
     parse_config,
 )
 from brushtaild.config.model import AddressRange, Config, FastPath, Pool
+from brushtaild.dhcp import options as opt
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
@@ -491,7 +492,7 @@ def test_every_error_is_reported_at_once() -> None:
         ("pools[0].lease_tme", "unknown key; did you mean 'lease_time'?"),
         (
             "pools[0].subnet",
-            "'198.18.0.0/33' is not a valid IPv4 subnet ('33' is not a valid netmask)",
+            "'198.18.0.0/33' is not a valid IPv4 prefix ('33' is not a valid netmask)",
         ),
         ("pools[1]", "expected mapping, got string"),
     ]
@@ -746,3 +747,26 @@ def test_fastpath_unknown_key() -> None:
     [(where, reason)] = errors_of(raw)
     assert where == "fastpath.ratelimit"
     assert "did you mean 'rate_limit'" in reason
+
+
+def test_trusted_relays_take_addresses_and_prefixes() -> None:
+    raw = {**example(), "trusted_relays": ["198.19.0.1", "198.19.8.0/22"]}
+    config = parse_config(raw)
+    assert config.trusted_relays == (IPv4Network("198.19.0.1/32"), IPv4Network("198.19.8.0/22"))
+    assert config.trusts_relay(opt.parse_ip("198.19.11.200"))
+    assert not config.trusts_relay(opt.parse_ip("198.19.0.2"))
+    assert not parse_config(example()).trusts_relay(opt.parse_ip("198.19.0.1"))
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("198.19.8.1/22", "'198.19.8.1/22' has host bits set; did you mean 198.19.8.0/22?"),
+        ("198.19.0.256", "'198.19.0.256' is not a valid IPv4 address"),
+        (7, "expected string, got integer; quote the value"),
+    ],
+)
+def test_a_bad_trusted_relay_is_refused_by_its_key(value: object, reason: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config({**example(), "trusted_relays": ["198.19.0.1", value]})
+    assert refused.value.errors == [("trusted_relays[1]", reason)]

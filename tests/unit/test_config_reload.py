@@ -39,6 +39,7 @@ CHANGES: dict[str, object] = {
     "fastpath.rate_burst": 7,
     "fastpath.rate_limit_clients": 4096,
     "fastpath.relay_rate_limit": 500,
+    "trusted_relays": ["198.19.0.1", "198.19.8.0/22"],
 }
 # What the daemon could swap in place before this list had a home (daemon/main.py and the
 # role's vars): kept as the regression reference.

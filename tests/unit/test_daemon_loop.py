@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,7 @@ def daemon_config(tmp_path: Path, fastpath: bool = False) -> Config:
         make_config(),
         state_dir=tmp_path / "state",
         fastpath=config_module.FastPath(enabled=fastpath, pin_dir=tmp_path / "pins"),
+        trusted_relays=(IPv4Network(RELAY),),
     )
 
 

@@ -3,6 +3,7 @@
 points of the hardening issue. Each failed before its fix."""
 
 from dataclasses import replace
+from ipaddress import IPv4Network
 
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import OPTIONS_OFFSET, parse
@@ -207,9 +208,10 @@ def test_client_id_is_echoed_in_offer_ack_and_nak() -> None:
     assert nak.message_type is MessageType.NAK and OptionCode.CLIENT_ID in nak.options
 
 
-def test_subnet_selection_is_honoured_and_echoed_from_relays_only() -> None:
+def test_subnet_selection_is_honoured_and_echoed_from_trusted_relays_only() -> None:
     selection = {OptionCode.SUBNET_SELECTION: opt.ip(opt.parse_ip("198.19.0.0"))}
-    server = Server(make_config(POOL, REMOTE), [], NOW)
+    trusted = IPv4Network("198.18.0.8/30")
+    server = Server(make_config(POOL, REMOTE, trusted_relays=(trusted,)), [], NOW)
     relayed = only_reply(
         server.handle(
             request(D, 1, giaddr=opt.parse_ip("198.18.0.9"), extra=selection), INGRESS, NOW
@@ -217,10 +219,30 @@ def test_subnet_selection_is_honoured_and_echoed_from_relays_only() -> None:
     )
     assert relayed.yiaddr in range(opt.parse_ip("198.19.1.0"), opt.parse_ip("198.19.1.10"))
     assert relayed.options[OptionCode.SUBNET_SELECTION] == selection[OptionCode.SUBNET_SELECTION]
-    # From a client on our own link it picks nothing (review 15) and is not echoed.
+    # From a client on our own link, or a host that writes a giaddr we do not trust, it
+    # picks nothing (review 15) and is not echoed: giaddr (or the link) chooses.
     direct = only_reply(server.handle(request(D, 2, extra=selection), INGRESS, NOW))
-    assert direct.yiaddr in range(FIRST, FIRST + 10)
-    assert OptionCode.SUBNET_SELECTION not in direct.options
+    untrusted = only_reply(
+        server.handle(
+            request(D, 3, giaddr=opt.parse_ip("198.18.0.12"), extra=selection), INGRESS, NOW
+        )
+    )
+    for reply in (direct, untrusted):
+        assert reply.yiaddr in range(FIRST, FIRST + 10)
+        assert OptionCode.SUBNET_SELECTION not in reply.options
+
+
+def test_link_selection_is_honoured_from_trusted_relays_only() -> None:
+    link = opt.build_relay_agent_info(
+        [(RelayAgentSubOption.LINK_SELECTION, opt.ip(opt.parse_ip("198.19.0.0")))]
+    )
+    giaddr = opt.parse_ip("198.18.0.254")
+    discover = request(D, 1, giaddr=giaddr, extra={OptionCode.RELAY_AGENT_INFO: link})
+    trusting = Server(make_config(POOL, REMOTE, trusted_relays=(IPv4Network(giaddr),)), [], NOW)
+    remote = only_reply(trusting.handle(discover, INGRESS, NOW)).yiaddr
+    assert remote in range(opt.parse_ip("198.19.1.0"), opt.parse_ip("198.19.1.10"))
+    wary = Server(make_config(POOL, REMOTE), [], NOW)
+    assert only_reply(wary.handle(discover, INGRESS, NOW)).yiaddr in range(FIRST, FIRST + 10)
 
 
 def test_link_selection_from_a_client_on_our_link_is_ignored() -> None:

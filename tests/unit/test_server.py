@@ -1,6 +1,7 @@
 """The server engine, driven message by message with an explicit clock."""
 
 from dataclasses import replace
+from ipaddress import IPv4Network
 
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
@@ -186,7 +187,8 @@ def test_relayed_request_selects_by_giaddr_and_echoes_option_82() -> None:
 
 def test_link_selection_overrides_giaddr() -> None:
     relay_pool = make_pool("business", "198.19.0.0/24", "198.19.0.10", "198.19.0.20")
-    server = Server(make_config(make_pool(), relay_pool), [], 0.0)
+    trusted = (IPv4Network("198.18.0.254/32"),)
+    server = Server(make_config(make_pool(), relay_pool, trusted_relays=trusted), [], 0.0)
     link = opt.build_relay_agent_info(
         [(RelayAgentSubOption.LINK_SELECTION, opt.ip(opt.parse_ip("198.19.0.0")))]
     )
