@@ -230,6 +230,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 	struct iphdr *ip;
 	struct udphdr *udp;
 	struct bootp_hdr *b = NULL;
+	struct bt_relay *relay = NULL;
 	struct bt_lease *lease;
 	struct bt_template *tpl;
 	struct bt_renewal *event = NULL;
@@ -303,6 +304,19 @@ int xdp_brushtail(struct xdp_md *ctx)
 	if (slow_path_selector(b, req))
 		goto out;
 
+	result = BT_PASS_RELAY;
+	if (b->giaddr) {
+		struct bt_relay_key relay_key = {
+			.giaddr = b->giaddr,
+			.outer_vlan = key.outer_vlan,
+			.inner_vlan = key.inner_vlan,
+		};
+
+		relay = relays.lookup(&relay_key);
+		if (!relay)
+			goto out;
+	}
+
 	result = BT_PASS_MISS;
 	lease = leases.lookup(&key);
 	if (!lease) {
@@ -322,11 +336,13 @@ int xdp_brushtail(struct xdp_md *ctx)
 	result = BT_PASS_NETWORK;
 	{
 		/* The slow path's subnet selector, in its order (Server._network_selector), 118
-		 * aside; a link selection of 0.0.0.0 is still a selection (of no subnet). A
-		 * DISCOVER's ciaddr is 0 by RFC 2131 4.3.1 and does not select. */
+		 * aside; a link selection (from a trusted relay only) of 0.0.0.0 is still a
+		 * selection, of no subnet. A DISCOVER's ciaddr is 0 by RFC 2131 4.3.1 and does
+		 * not select. */
 		__be32 ciaddr = reply_type == DHCP_ACK ? b->ciaddr : 0;
-		__be32 selector = req->seen & SEEN_SELECTOR ? req->subnet_selection :
-				  b->giaddr ?: ciaddr ?: server_id;
+		__be32 selector = relay && relay->trusted && (req->seen & SEEN_SELECTOR) ?
+					  req->subnet_selection :
+					  b->giaddr ?: ciaddr ?: server_id;
 
 		if ((selector & lease->netmask) != lease->subnet)
 			goto out;
@@ -369,7 +385,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 	limit = req->max_size > MIN_IP_DATAGRAM ? req->max_size : MIN_IP_DATAGRAM;
 	if (UDP_IP_HLEN + plan.bootp_len > limit)
 		goto out;
-	reply_destination(eth, b, lease->address, &plan.to);
+	reply_destination(eth, b, relay, lease->address, &plan.to);
 	plan.server_id = server_id;
 	plan.yiaddr = lease->address;
 	plan.ciaddr = reply_type == DHCP_ACK ? b->ciaddr : 0;

@@ -41,6 +41,11 @@ BPF_TABLE_PINNED("hash", struct bt_client_key, struct bt_lease, leases, BT_MAX_L
 BPF_TABLE_PINNED("array", __u32, struct bt_template, templates, 2 * BT_MAX_TEMPLATES,
 		 BT_PIN_DIR "/templates");
 BPF_TABLE_PINNED("array", __u32, __u64, config, BT_CFG_SLOTS, BT_PIN_DIR "/config");
+/* Relay -> its next hop. A relayed reply goes where routing would send it, never to the
+ * frame's L2 source, which any host on the link can be; a relay without an entry is
+ * answered by the slow path, which then has the entry written. */
+BPF_TABLE_PINNED("hash", struct bt_relay_key, struct bt_relay, relays, BT_MAX_RELAYS,
+		 BT_PIN_DIR "/relays");
 /* Token buckets per sender (struct bt_rate_key); an LRU apart from the leases, so a flood
  * of random MACs only ever evicts other buckets. */
 BPF_TABLE_PINNED("lru_hash", struct bt_rate_key, struct bt_bucket, ratelimit,

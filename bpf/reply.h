@@ -62,14 +62,16 @@ struct reply_plan {
 	__u64 server_mac; /* low 6 bytes */
 };
 
-/* RFC 2131 section 4.1, in brushtaild/engine/addressing.py's order (NAKs never come here). */
+/* RFC 2131 section 4.1, in brushtaild/engine/addressing.py's order (NAKs never come here).
+ * `relay` is the request's relay, NULL when giaddr is 0. */
 static __always_inline void reply_destination(struct ethhdr *eth, struct bootp_hdr *req,
-					      __be32 yiaddr, struct reply_addr *to)
+					      struct bt_relay *relay, __be32 yiaddr,
+					      struct reply_addr *to)
 {
-	if (req->giaddr) {
+	if (relay) {
 		to->ip = req->giaddr;
 		to->port = htons(DHCP_SERVER_PORT);
-		__builtin_memcpy(to->mac, eth->h_source, ETH_ALEN);
+		__builtin_memcpy(to->mac, relay->next_hop, ETH_ALEN);
 	} else if (req->ciaddr) {
 		to->ip = req->ciaddr;
 		to->port = htons(DHCP_CLIENT_PORT);

@@ -11,6 +11,7 @@
 #define BT_MAX_CLIENT_ID 32   /* option 61 longer than this: slow path only */
 #define BT_TEMPLATE_MAX 192   /* reply options rendered by userspace, without 82 and end */
 #define BT_MAX_TEMPLATES 4096
+#define BT_MAX_RELAYS 4096    /* relays whose next hop the program knows */
 #define BT_LATENCY_BUCKETS 32 /* log2 nanosecond buckets: 1 ns .. 2^31 ns */
 #define BT_PRL_ABSENT 0       /* prl_hash of a request without option 55 */
 
@@ -51,7 +52,8 @@ enum bt_result {
 	BT_PASS_SELECTOR = 17,     /* option 118, or 82 from a client: the slow path decides */
 	BT_PASS_PRIORITY_TAG = 18, /* a VLAN tag with VID 0, which the slow path refuses */
 	BT_DROP_LINK_BUDGET = 19,  /* a new subscriber's DISCOVER over its link's budget */
-	BT_RESULTS = 20,
+	BT_PASS_RELAY = 20,        /* a relay (giaddr) whose next hop userspace has not given */
+	BT_RESULTS = 21,
 };
 
 struct bt_client_key {
@@ -80,6 +82,20 @@ struct bt_template {
 	__u16 len;
 	__u16 csum; /* partial checksum of options[0, len), as bpf_csum_diff would fold it */
 	__u8 options[BT_TEMPLATE_MAX]; /* zero after len: the program copies past it */
+};
+
+/* A relay as its requests name it: the giaddr it writes, on the VLANs it sends on. */
+struct bt_relay_key {
+	__be32 giaddr;
+	__u16 outer_vlan;
+	__u16 inner_vlan;
+};
+
+/* Where a relay's replies go and what it is trusted with, from brushtaild/xdp/relays.py. */
+struct bt_relay {
+	__u8 next_hop[6]; /* the MAC the kernel's routing and neighbour tables give for giaddr */
+	__u8 trusted;     /* its link selection (82 sub-option 5) chooses the subnet */
+	__u8 pad;
 };
 
 /* Ring buffer record for every lease the program extends. */

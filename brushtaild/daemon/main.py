@@ -492,6 +492,8 @@ class Daemon:
                 self._internal_error(exc, f"mac={format_mac(reply.message.hwaddr)}", now)
             else:
                 self.metrics.count_reply(reply.message.message_type)
+                if self.fastpath is not None:
+                    self.fastpath.relays.answered(reply)
         self.lease_log.add(decision.events, "slow")
 
     def _commit(self, decisions: list[Decision]) -> None:
@@ -574,6 +576,12 @@ class Daemon:
                 "stored lease ends will shift by that much at the next start",
                 step,
             )
+        if self.fastpath is not None:
+            try:
+                self.fastpath.relays.refresh(clock.ticks())
+            except Exception as exc:
+                # Relays without an entry are answered by the slow path: nothing is lost.
+                self.drops.report("relays", f"fast path: relay refresh failed: {exc!r}", now, exc)
         dropped = self.io.kernel_drops()
         if dropped:
             self.metrics.socket_drops.inc(dropped)

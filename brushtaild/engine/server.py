@@ -214,9 +214,14 @@ class Server:
             # RFC 3046 2.0: the whole option fits one option, 255 bytes; repeats
             # concatenated past that are not a relay's, and could not be echoed.
             raise MalformedPacket(DropReason.BAD_OPTION, f"option 82 of {len(relay_info)} bytes")
+        # A relay's option 82 goes back to it in the reply: one whose sub-options do not
+        # parse is no relay's, whether or not the relay is trusted with link selection.
+        relay_subs = (
+            opt.parse_relay_agent_info(relay_info) if relay_info is not None and msg.giaddr else []
+        )
         requested = options.get(OptionCode.REQUESTED_ADDRESS)
         server_id = options.get(OptionCode.SERVER_ID)
-        selector, by_118 = self._network_selector(msg)
+        selector, by_118 = self._network_selector(msg, relay_subs)
         return ClientContext(
             message=msg,
             ingress=ingress,
@@ -230,7 +235,9 @@ class Server:
             max_size=self._max_size(msg),
         )
 
-    def _network_selector(self, msg: Message) -> tuple[int, bool]:
+    def _network_selector(
+        self, msg: Message, relay_subs: list[tuple[int, bytes]]
+    ) -> tuple[int, bool]:
         """An address on the client's network, in Kea's order, and whether option 118
         chose it. Twin of the selector in bpf/brushtail.c.
 
@@ -246,11 +253,9 @@ class Server:
                 subnet_selection = options.get(OptionCode.SUBNET_SELECTION)
                 if subnet_selection is not None:
                     return opt.decode_ip(subnet_selection), True
-                relay_info = options.get(OptionCode.RELAY_AGENT_INFO)
-                if relay_info is not None:
-                    for code, value in opt.parse_relay_agent_info(relay_info):
-                        if code == RelayAgentSubOption.LINK_SELECTION:
-                            return opt.decode_ip(value), False
+                for code, value in relay_subs:
+                    if code == RelayAgentSubOption.LINK_SELECTION:
+                        return opt.decode_ip(value), False
             return msg.giaddr, False
         if msg.ciaddr and msg.message_type is not MessageType.DISCOVER:
             return msg.ciaddr, False

@@ -20,7 +20,9 @@ from brushtaild.config.model import Config
 from brushtaild.daemon import clock
 from brushtaild.engine.decisions import Decision
 from brushtaild.engine.server import Server
+from brushtaild.net.next_hop import NextHops
 from brushtaild.xdp import loader, maps, stats
+from brushtaild.xdp.relays import Relays
 from brushtaild.xdp.sync import MapSync
 
 log = logging.getLogger("brushtaild.xdp")
@@ -90,6 +92,8 @@ class FastPath:
             self._release()
             raise
         self.sync = MapSync(self.program, server)
+        self._next_hops = NextHops(config.interface)
+        self.relays = Relays(self.program, self._next_hops.mac, config)
         self._pending: list[Renewal] = []
         self.mode: str | None = None
         self._retiring = False
@@ -168,6 +172,7 @@ class FastPath:
         self.sync.server = server
         self._configure(server_mac)
         self.sync.reconcile(now, keepalive)
+        self.relays.reconfigured(config)
 
     def _configure(self, server_mac: bytes) -> None:
         """The program's settings (server identity, rate limits) from the config."""
@@ -181,7 +186,12 @@ class FastPath:
         )
 
     def collector(self) -> stats.FastPathCollector:
-        return stats.FastPathCollector(self.program, lambda: self.sync.entries, lambda: self.mode)
+        return stats.FastPathCollector(
+            self.program,
+            lambda: self.sync.entries,
+            lambda: self.relays.entries,
+            lambda: self.mode,
+        )
 
     def snapshot(self) -> stats.Snapshot:
         return stats.read(self.program)
@@ -190,6 +200,7 @@ class FastPath:
         """Leaves the program attached and its maps pinned: renewals go on being answered
         (and queued for the next brushtaild) while the daemon is away."""
         self.program.close()
+        self._next_hops.close()
         self._release()
         if self._drained_at is not None:
             log.info(

@@ -67,6 +67,9 @@ def _expected(limits: Limits) -> dict[str, libbpf.MapLayout]:
             MAP_ARRAY, u32, ctypes.sizeof(maps.Template), maps.TEMPLATE_SLOTS
         ),
         "config": libbpf.MapLayout(MAP_ARRAY, u32, u64, maps.CFG_SLOTS),
+        "relays": libbpf.MapLayout(
+            MAP_HASH, ctypes.sizeof(maps.RelayKey), ctypes.sizeof(maps.Relay), maps.MAX_RELAYS
+        ),
         "ratelimit": libbpf.MapLayout(
             MAP_LRU_HASH,
             ctypes.sizeof(maps.RateKey),
@@ -134,7 +137,15 @@ def layout_version(limits: Limits) -> str:
     maps' contents depend on (every struct's size and field offsets as bpf/shared.h lays
     them out, the numbers it defines, each map's type and size), so a reordered field is
     a new version as much as a resized one."""
-    structs = (maps.ClientKey, maps.LeaseEntry, maps.Template, maps.Renewal, maps.Bucket)
+    structs = (
+        maps.ClientKey,
+        maps.LeaseEntry,
+        maps.Template,
+        maps.Renewal,
+        maps.Bucket,
+        maps.RelayKey,
+        maps.Relay,
+    )
     described = [(s.__name__, ctypes.sizeof(s), _fields(s)) for s in structs]
     numbers = sorted(
         (name, value)

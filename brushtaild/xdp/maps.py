@@ -14,6 +14,7 @@ MAX_CLIENT_ID = 32
 TEMPLATE_MAX = 192
 MAX_TEMPLATES = 4096  # in use at once
 TEMPLATE_SLOTS = 2 * MAX_TEMPLATES  # the array's size: room for a rebuild
+MAX_RELAYS = 4096
 LATENCY_BUCKETS = 32
 PRL_ABSENT = 0
 PRL_MAX = 64
@@ -56,20 +57,29 @@ class Result(IntEnum):
     SELECTOR = 17
     PRIORITY_TAG = 18
     LINK_BUDGET = 19
+    RELAY = 20
 
     @property
     def label(self) -> str:
         return self.name.lower()
 
 
-RESULTS = 20
+RESULTS = 21
 # struct bt_rate_key.kind
 RATE_SENDER = 0
 RATE_LINK = 1
 ANSWERED = (Result.OFFER, Result.ACK)
 # Passes that mean "no usable entry for this client": the cache missed. Other passes found
 # an entry but the request itself belongs to the slow path.
-CACHE_MISSES = (Result.MISS, Result.EXPIRED, Result.IDENTITY, Result.PRL, Result.NO_TEMPLATE)
+# A relay the program has no next hop for is one too.
+CACHE_MISSES = (
+    Result.MISS,
+    Result.EXPIRED,
+    Result.IDENTITY,
+    Result.PRL,
+    Result.NO_TEMPLATE,
+    Result.RELAY,
+)
 
 
 class ClientKey(ctypes.Structure):
@@ -93,6 +103,26 @@ class RateKey(ctypes.Structure):
         ("saddr", ctypes.c_uint32),  # the IP source, network order (0.0.0.0 before DHCP)
         ("kind", ctypes.c_uint32),  # RATE_SENDER, or RATE_LINK: a link's new subscribers
         ("circuit", ctypes.c_uint64),  # hash of option 82's circuit-id, or 0
+    )
+
+
+class RelayKey(ctypes.Structure):
+    """A relay as its requests name it (struct bt_relay_key)."""
+
+    _fields_ = (
+        ("giaddr", ctypes.c_uint32),  # network order
+        ("outer_vlan", ctypes.c_uint16),
+        ("inner_vlan", ctypes.c_uint16),
+    )
+
+
+class Relay(ctypes.Structure):
+    """Where a relay's replies go (struct bt_relay)."""
+
+    _fields_ = (
+        ("next_hop", ctypes.c_uint8 * 6),  # MAC
+        ("trusted", ctypes.c_uint8),  # its link selection (82 sub-option 5) is honoured
+        ("pad", ctypes.c_uint8),
     )
 
 

@@ -47,10 +47,15 @@ def read(tables: Any) -> Snapshot:
 
 class FastPathCollector(Collector):
     def __init__(
-        self, tables: Any, entries: Callable[[], int], mode: Callable[[], str | None]
+        self,
+        tables: Any,
+        entries: Callable[[], int],
+        relays: Callable[[], int],
+        mode: Callable[[], str | None],
     ) -> None:
         self._tables = tables
         self._entries = entries
+        self._relays = relays
         self._mode = mode
 
     def collect(self) -> Iterator[Metric]:
@@ -87,6 +92,11 @@ class FastPathCollector(Collector):
             "dhcp_cache_entries_total",
             "Lease entries installed in the kernel map",
             value=self._entries(),
+        )
+        yield GaugeMetricFamily(
+            "dhcp_fastpath_relays",
+            "Relays the kernel answers, each with the next hop routing gives for its giaddr",
+            value=self._relays(),
         )
         mode = GaugeMetricFamily(
             "dhcp_fastpath_xdp_mode",

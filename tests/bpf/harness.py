@@ -11,6 +11,7 @@ import copy
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 from typing import Any
 
 from brushtaild.config.model import Config
@@ -20,12 +21,13 @@ from brushtaild.dhcp.codec import encode, parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.reasons import MalformedPacket
-from brushtaild.engine.decisions import Decision, Reply
+from brushtaild.engine.decisions import Decision, DestKind, Reply
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import parse_frame
 from brushtaild.xdp import libbpf, maps, stats
 from brushtaild.xdp.loader import Program
+from brushtaild.xdp.relays import REFRESH_INTERVAL, Relays
 from brushtaild.xdp.sync import MapSync
 from tests.bpf.frames import BROADCAST_MAC, ETH_P_IP, client_frame, decode_reply
 from tests.engine_helpers import SERVER, make_config, make_pool
@@ -35,7 +37,8 @@ XDP_PASS = 2
 XDP_TX = 3
 
 SERVER_MAC = bytes.fromhex("02b7000000fe")  # the served interface's MAC
-RELAY_MAC = bytes.fromhex("02b7000000aa")  # a relay agent's, on the served link
+# A relay agent's, on the served link: the next hop routing gives for every giaddr here.
+RELAY_MAC = bytes.fromhex("02b7000000aa")
 SERVER_IP = opt.format_ip(SERVER)
 IFINDEX = 2
 NS = 1_000_000_000
@@ -53,12 +56,17 @@ OPTIONS_OFFSET = 240
 BROADCAST_FLAG = 0x8000
 
 
+# Relays whose options 118 and 82 link selection are honoured: those on 198.18.2.0/24.
+TRUSTED_RELAYS = IPv4Network("198.18.2.0/24")
+
+
 def default_config() -> Config:
     """Two pools on separate subnets: 198.18/16 (the server's link and its relays) and
     198.19/16 (reached only through a relay or a subnet selection)."""
     return make_config(
         make_pool(),
         make_pool(name="other", subnet="198.19.0.0/16", first="198.19.1.0", last="198.19.1.9"),
+        trusted_relays=(TRUSTED_RELAYS,),
     )
 
 
@@ -142,9 +150,9 @@ class RenewalLog:
 
 
 def clear_maps(program: Program) -> None:
-    """Empties the lease entries and rate buckets. Templates stay: an array, rewritten by
+    """Empties the lease entries, rate buckets and relays. Templates stay: an array, rewritten by
     the next MapSync from slot 0, and no entry is left to point at an old one."""
-    for name in ("leases", "ratelimit"):
+    for name in ("leases", "ratelimit", "relays"):
         program.table(name).clear()
 
 
@@ -169,6 +177,8 @@ class Fastpath:
         self.server = Server(self.config, [], self.now)
         self.sync = MapSync(program, self.server)
         self.sync.configure(self.config, SERVER_MAC, rate, burst)
+        self.relays = Relays(program, lambda _giaddr: RELAY_MAC, self.config)
+        self._relays_checked = 0.0
         self._leases = program.table("leases")
 
     # -- the kernel -------------------------------------------------------------------------
@@ -233,7 +243,20 @@ class Fastpath:
         decision = server.handle(msg, ingress, when)
         if apply:
             self.sync.apply([decision], when)
+            for reply in decision.replies:
+                self.relays.answered(reply)
+            self.refresh_relays()
         return decision
+
+    def know_relay(self, giaddr: int, vlans: tuple[int, ...] = ()) -> None:
+        """As after the slow path answered this relay: the kernel has its next hop."""
+        self.relays.learn(giaddr, vlans)
+        self.refresh_relays()
+
+    def refresh_relays(self) -> None:
+        """The daemon's next relay refresh, as if REFRESH_INTERVAL had passed."""
+        self._relays_checked += REFRESH_INTERVAL
+        self.relays.refresh(self._relays_checked)
 
     def absorb_renewals(self) -> int:
         """What the daemon does with the renewals the kernel answered
@@ -375,7 +398,7 @@ def expected_destination(frame: bytes, yiaddr: int) -> Expected:
     ciaddr = payload[CIADDR_OFFSET : CIADDR_OFFSET + 4]
     giaddr = payload[GIADDR_OFFSET : GIADDR_OFFSET + 4]
     if any(giaddr):
-        return Expected(".".join(map(str, giaddr)), 67, src_mac)
+        return Expected(".".join(map(str, giaddr)), 67, RELAY_MAC)
     if any(ciaddr):
         return Expected(".".join(map(str, ciaddr)), 68, src_mac)
     if flags & BROADCAST_FLAG:
@@ -407,7 +430,9 @@ def assert_same_reply(fast: libbpf.TestRun, request: bytes, slow: Decision | Non
     assert (got.dst_ip, got.dport) == (opt.format_ip(want.dest.ip), want.dest.port)
     if want.dest.mac:
         assert got.dst_mac == want.dest.mac
-    else:  # routed by the slow path: the next hop is whoever sent the request
+    elif want.dest.kind is DestKind.RELAY:  # the next hop routing gives for giaddr
+        assert got.dst_mac == RELAY_MAC
+    else:  # routed by the slow path to a bound client: the one that sent the request
         assert got.dst_mac == request[6:12]
     assert (got.src_mac, got.src_ip, got.sport) == (SERVER_MAC, SERVER_IP, 67)
     return want

@@ -37,8 +37,8 @@ LEASE_TIME = 3600  # tests.engine_helpers.make_pool
 
 ip = opt.parse_ip
 POOL_A_FIRST = ip("198.18.1.0")
-RELAY_A = ip("198.18.2.2")  # a relay on 198.18/16, the server's own subnet
-RELAY_B = ip("198.19.0.1")  # a relay on 198.19/16, the second pool
+RELAY_A = ip("198.18.2.2")  # a trusted relay on 198.18/16, the server's own subnet
+RELAY_B = ip("198.19.0.1")  # a relay on 198.19/16, the second pool; its 118 and 82/5 ignored
 RELAY_NOWHERE = ip("10.9.9.9")  # no pool
 LINK_A = ip("198.18.3.1")
 LINK_B = ip("198.19.3.1")
@@ -378,6 +378,9 @@ def check(
     """Runs `request` against a fresh engine holding `state`; returns the kernel's verdict
     after checking it against the slow path. `note` hears what happened."""
     fastpath = Fastpath(program, renewal_log)
+    for relay in (RELAY_A, RELAY_B, RELAY_NOWHERE):
+        # As if each had been answered before: the kernel knows their next hops.
+        fastpath.know_relay(relay)
     lease = establish(fastpath, state)
     frame = request_frame(fastpath, state, lease, request)
     run = fastpath.run(frame)

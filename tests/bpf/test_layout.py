@@ -37,6 +37,8 @@ MAP_STRUCTS = {
     "leases key": ("leases", "Key", maps.ClientKey),
     "leases value": ("leases", "Leaf", maps.LeaseEntry),
     "templates value": ("templates", "Leaf", maps.Template),
+    "relays key": ("relays", "Key", maps.RelayKey),
+    "relays value": ("relays", "Leaf", maps.Relay),
     "ratelimit key": ("ratelimit", "Key", maps.RateKey),
     "ratelimit value": ("ratelimit", "Leaf", maps.Bucket),
 }
@@ -84,7 +86,16 @@ def test_scalar_maps(program: Program, table: str, side: str) -> None:
         assert ctypes.sizeof(value) == ctypes.sizeof(ctypes.c_uint64)
 
 
-PINNED = ("leases", "templates", "config", "ratelimit", "results", "latency", "renewals")
+PINNED = (
+    "leases",
+    "templates",
+    "config",
+    "relays",
+    "ratelimit",
+    "results",
+    "latency",
+    "renewals",
+)
 
 
 @pytest.mark.parametrize("name", PINNED)

@@ -92,10 +92,12 @@ def ids(clients: tuple[Client, ...]) -> list[str]:
 
 
 def bind(fastpath: Fastpath, client: Client) -> Lease:
-    """The client's captured exchange, through the kernel (which has no entry yet and
-    passes both) to the engine; the ACK installs the client's entry."""
+    """The client's captured exchange, through the kernel (which has no entry yet, and no
+    next hop for a relay it has not seen answered, and passes both) to the engine; the ACK
+    installs the client's entry."""
     discover = client.frame(fastpath, client.payload("discover"))
-    assert fastpath.results_of(discover) == {maps.Result.MISS: 1}
+    unknown = maps.Result.RELAY if client.relayed else maps.Result.MISS
+    assert fastpath.results_of(discover) == {unknown: 1}
     offer = fastpath.slow_path(discover)
     assert offer is not None and offer.replies, offer
     yiaddr = offer.replies[0].message.yiaddr
@@ -233,6 +235,7 @@ def test_vlan_tags_select_the_entry_and_are_kept(
     assert entry is not None
     tagged = maps.Key(client.mac, *tags)
     fastpath.put_entry(tagged, entry)
+    know_relay_on(fastpath, client, tags)
     del fastpath.program.table("leases")[untagged.ctype()]
 
     for kind, mtype in (("discover", MessageType.OFFER), ("request", MessageType.ACK)):
@@ -244,9 +247,19 @@ def test_vlan_tags_select_the_entry_and_are_kept(
         # Same client, other tags or none: another key, no entry.
         for other in ((), (101,), (100, 4093) if len(tags) == 2 else (100, 1)):
             frame = client.frame(fastpath, payload, vlans=other)
-            assert fastpath.results_of(frame) == {maps.Result.MISS: 1}
+            # A relay, too, is known on its VLANs only.
+            unknown = maps.Result.RELAY if client.relayed and other else maps.Result.MISS
+            assert fastpath.results_of(frame) == {unknown: 1}
     [event] = fastpath.renewals()
     assert maps.Key.from_ctype(event.key) == tagged
+
+
+def know_relay_on(fastpath: Fastpath, client: Client, tags: tuple[int, ...]) -> None:
+    """The slow path has no VLANs yet, so it never answers a tagged relay: its next hop is
+    given to the kernel as the daemon would."""
+    if client.relayed:
+        giaddr = client.payload("discover")[GIADDR_OFFSET : GIADDR_OFFSET + 4]
+        fastpath.know_relay(int.from_bytes(giaddr, "big"), tags)
 
 
 PRIORITY_TAGS = {"802.1p": (0,), "QinQ 0/0": (0, 0), "QinQ 100/0": (100, 0), "QinQ 0/100": (0, 100)}
@@ -365,6 +378,7 @@ def test_ip_options_behind_vlan_tags(
     entry = fastpath.entry(maps.Key(client.mac))
     assert entry is not None
     fastpath.put_entry(maps.Key(client.mac, *tags), entry)
+    know_relay_on(fastpath, client, tags)
     for kind, mtype in (("discover", MessageType.OFFER), ("request", MessageType.ACK)):
         payload = client.payload(kind)
         if kind == "request":
