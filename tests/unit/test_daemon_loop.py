@@ -33,6 +33,7 @@ from brushtaild.engine.decisions import (
     Ingress,
     LeaseEvent,
     LeaseEventKind,
+    Reply,
 )
 from brushtaild.engine.leases import Lease
 from brushtaild.net.packet_io import Received
@@ -90,7 +91,17 @@ class FakeFastPath:
         self.mode = "generic"
         self.withdrawn: list[int] = []
         self.sync = self
+        self.relays = self
         self.entries = 0
+        self.answered_relays: list[int] = []
+        self.relay_refreshes = 0
+
+    def answered(self, reply: Reply) -> None:
+        if reply.dest.kind is DestKind.RELAY:
+            self.answered_relays.append(reply.dest.ip)
+
+    def refresh(self, now: float) -> None:
+        self.relay_refreshes += 1
 
     def renewals(self) -> list[Renewal]:
         self.calls.append("renewals")
@@ -660,3 +671,23 @@ def test_a_log_stream_that_is_gone_does_not_stop_the_daemon(daemon: Daemon) -> N
     log = LeaseLog(Gone())
     log.add([LeaseEvent(LeaseEventKind.ACK, b"\x01", b"\x02" * 6, 1, "p")], "slow")
     log.flush()
+
+
+def test_relays_answered_are_handed_to_the_fast_path_and_a_refresh_failure_stays_inside(
+    daemon: Daemon, io: FakeIO, caplog: pytest.LogCaptureFixture
+) -> None:
+    fast = FakeFastPath([])
+    daemon.fastpath = fast  # type: ignore[assignment]
+    io.batches.append(Received(frames=[frame(relayed_discover(1))]))
+    daemon._serve_batch()
+    assert fast.answered_relays == [RELAY]
+    daemon._housekeeping()
+    assert fast.relay_refreshes == 1
+
+    def broken(now: float) -> None:
+        raise OSError(errno.ENOBUFS, "netlink buffer overrun")
+
+    fast.refresh = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING):
+        daemon._housekeeping()  # logged, not raised
+    assert "relay refresh failed" in caplog.text
