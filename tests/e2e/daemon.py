@@ -1,5 +1,6 @@
 """brushtaild as a real process in a Link's server namespace."""
 
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ interface: {interface}
 server_id: {server_id}
 state_dir: {state_dir}
 offer_hold: {offer_hold}
+trusted_relays: {trusted_relays}
 pools:
   - name: residential
     subnet: 198.18.0.0/16
@@ -67,6 +69,7 @@ class Brushtaild:
         renewal_time: int | None = None,
         rebinding_time: int | None = None,
         fastpath: bool = False,
+        trusted_relays: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.link = link
@@ -83,6 +86,7 @@ class Brushtaild:
                 server_id=SERVER_IP,
                 state_dir=self.state_dir,
                 offer_hold=offer_hold,
+                trusted_relays=json.dumps(list(trusted_relays)),
                 first=first,
                 last=last,
                 lease_time=lease_time,

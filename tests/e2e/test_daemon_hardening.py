@@ -69,7 +69,7 @@ def test_an_unroutable_relay_does_not_stop_the_daemon(relay_link: Link, tmp_path
     route); the reply is dropped and counted, and the next client is served."""
     selector = {OptionCode.SUBNET_SELECTION: opt.ip(opt.parse_ip("198.18.0.0"))}
     payloads = [client_message(n, UNROUTABLE_RELAY, selector) for n in range(1, 4)]
-    with Brushtaild(relay_link, tmp_path).start() as daemon:
+    with Brushtaild(relay_link, tmp_path, trusted_relays=[UNROUTABLE_RELAY]).start() as daemon:
         send_from_relay(relay_link, payloads)
         wait_for(lambda: daemon.metric('dhcp_packets_dropped_total{reason="send_failed"}') >= 3)
         assert daemon.proc is not None and daemon.proc.poll() is None

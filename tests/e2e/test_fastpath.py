@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from tests.e2e.clients import DhclientProcess, Events, UdhcpcProcess
+from tests.e2e.clients import DhclientProcess, Events, UdhcpcProcess, run_perfdhcp
 from tests.e2e.daemon import PYTHON, Brushtaild, sweep_stale_pins
 from tests.e2e.netns import SERVER_IF, Link
 from tests.e2e.xdp_pass import attach_client_pass
@@ -41,6 +41,7 @@ SLOW_ACK = 'dhcp_slowpath_requests_total{result="ack"}'
 SLOW_OFFER = 'dhcp_slowpath_requests_total{result="offer"}'
 SLOW_NAK = 'dhcp_slowpath_requests_total{result="nak"}'
 ENTRIES = "dhcp_cache_entries_total"
+RELAYS = "dhcp_fastpath_relays"
 ATTACHED = re.compile(
     r"fast path attached to \S+ in (native|generic) mode: (\d+) entries.*"
     r" compiled and loaded in ([\d.]+)s"
@@ -163,6 +164,23 @@ def test_udhcpc_renewals_are_answered_in_the_kernel(link: Link, tmp_path: Path) 
         for slow in (SLOW_ACK, SLOW_OFFER):
             assert after[slow] == before[slow], slow
         assert after["dhcp_cache_hit_rate"] > 0
+
+
+def test_a_relays_renewals_are_answered_in_the_kernel_at_its_next_hop(
+    relay_link: Link, tmp_path: Path
+) -> None:
+    """perfdhcp plays a relay on the link: the slow path answers its first exchanges, the
+    daemon gives the program the relay's next hop (from the neighbour table), and the
+    kernel answers the renewals perfdhcp then sends, which reach the relay."""
+    with fast_daemon(relay_link, tmp_path) as daemon:
+        daemon.start(START_TIMEOUT)
+        result = run_perfdhcp(relay_link, rate=20, duration=6, clients=20, extra_args=["-f", "10"])
+        after = scrape(daemon)
+    assert after[RELAYS] == 1
+    assert after['dhcp_fastpath_requests_total{result="relay"}'] >= 1  # before it was known
+    # perfdhcp counts its renewals with the REQUESTs: none of them went unanswered.
+    requests = result.exchanges["REQUEST-ACK"]
+    assert requests.drops == 0 and after[FAST_ACK] >= 10, result.output
 
 
 def test_dhclient_reboot_and_discover_are_answered_in_the_kernel(
