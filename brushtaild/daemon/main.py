@@ -37,6 +37,7 @@ from brushtaild.daemon import clock, journal
 from brushtaild.daemon.lease_log import LeaseLog, LeaseSink
 from brushtaild.daemon.metrics import Metrics
 from brushtaild.daemon.systemd import Notifier, Watchdog
+from brushtaild.daemon.throttled_log import ThrottledLog
 from brushtaild.dhcp.codec import parse
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.message import Message
@@ -75,30 +76,18 @@ CLOCK_STEP_LOGGED = 1.0
 log = logging.getLogger("brushtaild")
 
 
-class DropLog:
-    """Logs drops by reason, and other per-packet trouble by kind, at most once per interval
-    each, with how many were suppressed, so a flood of garbage cannot flood the journal."""
+class DropLog(ThrottledLog):
+    """Logs drops by reason, and other per-packet trouble by kind (`report`), each at most
+    once per DROP_LOG_INTERVAL."""
 
-    def __init__(self, interval: float = DROP_LOG_INTERVAL) -> None:
-        self._interval = interval
-        self._next: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+    def __init__(self) -> None:
+        super().__init__(log, DROP_LOG_INTERVAL)
 
     def drop(
         self, reason: DropReason, detail: str, now: float, exc: BaseException | None = None
     ) -> None:
         """A dropped request; with `exc`, a bug: logged as an error with its traceback."""
         self.report(reason.label, f"drop reason={reason.label} {detail}", now, exc)
-
-    def report(self, kind: str, message: str, now: float, exc: BaseException | None = None) -> None:
-        if now < self._next.get(kind, 0.0):
-            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-            return
-        suppressed = self._suppressed.pop(kind, 0)
-        more = f" ({suppressed} more since last report)" if suppressed else ""
-        level = logging.WARNING if exc is None else logging.ERROR
-        log.log(level, "%s%s", message, more, exc_info=exc)
-        self._next[kind] = now + self._interval
 
 
 class Signals:
