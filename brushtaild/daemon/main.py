@@ -48,7 +48,7 @@ from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO, Received
 from brushtaild.store.lease_store import LeaseStore, StoreError
-from brushtaild.xdp.fastpath import FastPath, Renewal, pinned, recorded, taken_down
+from brushtaild.xdp.fastpath import FastPath, Renewal, recorded, take_down
 from brushtaild.xdp.loader import LoadError, PinDirBusy
 
 EX_CONFIG = 78  # sysexits.h; systemd shows it as "config" and does not restart-loop on it
@@ -313,13 +313,10 @@ class Daemon:
     def _take_down_leftover(self, why: str) -> None:
         """Removes the program and maps an earlier run left, after recording the renewals
         its rings hold."""
-        if not pinned(self.config):
+        taken = take_down(self.config, self._record_leftover)
+        if taken is None:
             return
-        with taken_down(self.config) as leftover:
-            renewed, _ = self._recorded(leftover.renewals)
-            self._commit([renewed])
-            self.lease_log.add(renewed.events, "fast")
-            self.lease_log.flush()
+        leftover, _ = taken
         log.warning(
             "%s: removed the XDP program and maps an earlier run left on %s; recorded the %d "
             "renewals it answered",
@@ -327,6 +324,12 @@ class Daemon:
             ", ".join(leftover.interfaces) or self.config.interface,
             len(leftover.renewals),
         )
+
+    def _record_leftover(self, renewals: list[Renewal]) -> None:
+        renewed, _ = self._recorded(renewals)
+        self._commit([renewed])
+        self.lease_log.add(renewed.events, "fast")
+        self.lease_log.flush()
 
     def _status(self, now: float) -> str:
         """The STATUS= line: what an operator needs from `systemctl status` at a glance.
