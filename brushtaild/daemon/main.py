@@ -230,18 +230,19 @@ class Daemon:
             try:
                 self._start_complete()
                 while not self.signals.stop:
+                    absorbed_at = None
                     for key, _ in selector.select(self._timeout()):
                         if key.data == "signal":
                             self.signals.drain()
                         else:
-                            self._serve_batch()
+                            absorbed_at = self._serve_batch()
                     if self.signals.reload:
                         self.signals.reload = False
                         # ticks() is CLOCK_MONOTONIC on Linux, the clock systemd expects.
                         self.notifier.reloading(int(clock.ticks() * 1_000_000))
                         self._reload_config()
                         self.notifier.ready(self._status(clock.ticks()))
-                    self._housekeeping()
+                    self._housekeeping(absorbed_at)
                 self.notifier.stopping()
                 # The program goes on answering while we are away (queued for the next
                 # start); what it answered until now is recorded now.
@@ -372,10 +373,11 @@ class Daemon:
         ping = self.watchdog.wait(clock.ticks())
         return timeout if ping is None else min(ping, timeout)
 
-    def _serve_batch(self) -> None:
+    def _serve_batch(self) -> float:
         """One batch, in group-commit order: decide every request, send the replies that
         change no lease, commit the batch's lease changes in one transaction, give them to
-        the fast path, then send the replies that depended on them."""
+        the fast path, then send the replies that depended on them. Returns the time it
+        decided at: every renewal the kernel answered before it has been absorbed."""
         started = clock.ticks()
         now = clock.wall()
         received = self.io.receive_batch(BATCH, now - MAX_QUEUE_AGE)
@@ -411,6 +413,7 @@ class Daemon:
                 self.metrics.latency.observe(elapsed)
         if received.error is not None:
             time.sleep(RECEIVE_ERROR_PAUSE)
+        return now
 
     def _count_receive(self, received: Received, now: float) -> None:
         if received.malformed:
@@ -545,9 +548,17 @@ class Daemon:
             self.metrics.count_drop(decision.drop)
         return accepted, [renewal for renewal, _ in refused]
 
-    def _housekeeping(self) -> None:
-        renewed = self._absorb_renewals()
-        now = clock.wall()
+    def _housekeeping(self, absorbed_at: float | None = None) -> None:
+        """Expiry and the periodic chores, after a batch or on a timeout. The renewals ring
+        is read once per wake-up, after the time expiry runs at, so every renewal the
+        kernel answered before a lease's end is in the engine when the lease is looked at:
+        a batch read it after `absorbed_at`, and expiry runs at that time; with no batch,
+        the time is read here, then the ring."""
+        if absorbed_at is None:
+            now = clock.wall()
+            renewed = self._absorb_renewals()
+        else:
+            now, renewed = absorbed_at, Decision()
         try:
             expired = self.server.tick(now)
         except Exception as exc:
