@@ -178,27 +178,29 @@ def _fastpath_detach(config: Config) -> int:
     from brushtaild.store.lease_store import LeaseStore
     from brushtaild.xdp import fastpath, loader
 
+    def record(store: LeaseStore | None, renewals: list[fastpath.Renewal]) -> tuple[int, int]:
+        """(recorded, refused: the lease changed since)."""
+        if store is None:
+            return 0, 0
+        now = clock.wall()
+        accepted, refused = fastpath.recorded(Server(config, store.load(), now), renewals, now)
+        store.apply(accepted.lease_writes, [])
+        return len(accepted.lease_writes), len(refused)
+
     pin_dir = config.fastpath.pin_dir
-    versions = fastpath.pinned(config)
-    if not versions:
-        print(f"nothing pinned under {pin_dir}: no fast path to remove")
-        return EXIT_OK
-    recorded = refused = 0
+    # Only a ring can hold renewals: without one, the store is not needed.
+    queued = any(version.queues() for version in fastpath.pinned(config))
     try:
         with contextlib.ExitStack() as stack:
-            # Only a ring can hold renewals: without one, the store is not needed.
-            queued = any(version.queues() for version in versions)
             store = stack.enter_context(LeaseStore.open(config.state_dir)) if queued else None
-            down = stack.enter_context(fastpath.taken_down(config))
-            if store is not None:
-                now = clock.wall()
-                server = Server(config, store.load(), now)
-                accepted, refusals = fastpath.recorded(server, down.renewals, now)
-                store.apply(accepted.lease_writes, [])
-                recorded, refused = len(accepted.lease_writes), len(refusals)
+            taken = fastpath.take_down(config, lambda renewals: record(store, renewals))
     except (loader.LoadError, StoreError, OSError) as exc:
         print(f"pinned maps left in place: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    if taken is None:
+        print(f"nothing pinned under {pin_dir}: no fast path to remove")
+        return EXIT_OK
+    down, (recorded, refused) = taken
     removed = ", ".join(down.interfaces) or "no interface"
     print(
         f"XDP program removed from {removed}; {recorded} renewals it answered recorded in "

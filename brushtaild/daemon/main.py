@@ -37,6 +37,7 @@ from brushtaild.daemon import clock, journal
 from brushtaild.daemon.lease_log import LeaseLog, LeaseSink
 from brushtaild.daemon.metrics import Metrics
 from brushtaild.daemon.systemd import Notifier, Watchdog
+from brushtaild.daemon.throttled_log import ThrottledLog
 from brushtaild.dhcp.codec import parse
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.message import Message
@@ -47,7 +48,7 @@ from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO, Received
 from brushtaild.store.lease_store import LeaseStore, StoreError
-from brushtaild.xdp.fastpath import FastPath, Renewal, pinned, recorded, taken_down
+from brushtaild.xdp.fastpath import FastPath, Renewal, recorded, take_down
 from brushtaild.xdp.loader import LoadError, PinDirBusy
 
 EX_CONFIG = 78  # sysexits.h; systemd shows it as "config" and does not restart-loop on it
@@ -75,30 +76,18 @@ CLOCK_STEP_LOGGED = 1.0
 log = logging.getLogger("brushtaild")
 
 
-class DropLog:
-    """Logs drops by reason, and other per-packet trouble by kind, at most once per interval
-    each, with how many were suppressed, so a flood of garbage cannot flood the journal."""
+class DropLog(ThrottledLog):
+    """Logs drops by reason, and other per-packet trouble by kind (`report`), each at most
+    once per DROP_LOG_INTERVAL."""
 
-    def __init__(self, interval: float = DROP_LOG_INTERVAL) -> None:
-        self._interval = interval
-        self._next: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+    def __init__(self) -> None:
+        super().__init__(log, DROP_LOG_INTERVAL)
 
     def drop(
         self, reason: DropReason, detail: str, now: float, exc: BaseException | None = None
     ) -> None:
         """A dropped request; with `exc`, a bug: logged as an error with its traceback."""
         self.report(reason.label, f"drop reason={reason.label} {detail}", now, exc)
-
-    def report(self, kind: str, message: str, now: float, exc: BaseException | None = None) -> None:
-        if now < self._next.get(kind, 0.0):
-            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-            return
-        suppressed = self._suppressed.pop(kind, 0)
-        more = f" ({suppressed} more since last report)" if suppressed else ""
-        level = logging.WARNING if exc is None else logging.ERROR
-        log.log(level, "%s%s", message, more, exc_info=exc)
-        self._next[kind] = now + self._interval
 
 
 class Signals:
@@ -241,18 +230,19 @@ class Daemon:
             try:
                 self._start_complete()
                 while not self.signals.stop:
+                    absorbed_at = None
                     for key, _ in selector.select(self._timeout()):
                         if key.data == "signal":
                             self.signals.drain()
                         else:
-                            self._serve_batch()
+                            absorbed_at = self._serve_batch()
                     if self.signals.reload:
                         self.signals.reload = False
                         # ticks() is CLOCK_MONOTONIC on Linux, the clock systemd expects.
                         self.notifier.reloading(int(clock.ticks() * 1_000_000))
                         self._reload_config()
                         self.notifier.ready(self._status(clock.ticks()))
-                    self._housekeeping()
+                    self._housekeeping(absorbed_at)
                 self.notifier.stopping()
                 # The program goes on answering while we are away (queued for the next
                 # start); what it answered until now is recorded now.
@@ -324,13 +314,10 @@ class Daemon:
     def _take_down_leftover(self, why: str) -> None:
         """Removes the program and maps an earlier run left, after recording the renewals
         its rings hold."""
-        if not pinned(self.config):
+        taken = take_down(self.config, self._record_leftover)
+        if taken is None:
             return
-        with taken_down(self.config) as leftover:
-            renewed, _ = self._recorded(leftover.renewals)
-            self._commit([renewed])
-            self.lease_log.add(renewed.events, "fast")
-            self.lease_log.flush()
+        leftover, _ = taken
         log.warning(
             "%s: removed the XDP program and maps an earlier run left on %s; recorded the %d "
             "renewals it answered",
@@ -338,6 +325,12 @@ class Daemon:
             ", ".join(leftover.interfaces) or self.config.interface,
             len(leftover.renewals),
         )
+
+    def _record_leftover(self, renewals: list[Renewal]) -> None:
+        renewed, _ = self._recorded(renewals)
+        self._commit([renewed])
+        self.lease_log.add(renewed.events, "fast")
+        self.lease_log.flush()
 
     def _status(self, now: float) -> str:
         """The STATUS= line: what an operator needs from `systemctl status` at a glance.
@@ -380,10 +373,11 @@ class Daemon:
         ping = self.watchdog.wait(clock.ticks())
         return timeout if ping is None else min(ping, timeout)
 
-    def _serve_batch(self) -> None:
+    def _serve_batch(self) -> float:
         """One batch, in group-commit order: decide every request, send the replies that
         change no lease, commit the batch's lease changes in one transaction, give them to
-        the fast path, then send the replies that depended on them."""
+        the fast path, then send the replies that depended on them. Returns the time it
+        decided at: every renewal the kernel answered before it has been absorbed."""
         started = clock.ticks()
         now = clock.wall()
         received = self.io.receive_batch(BATCH, now - MAX_QUEUE_AGE)
@@ -419,6 +413,7 @@ class Daemon:
                 self.metrics.latency.observe(elapsed)
         if received.error is not None:
             time.sleep(RECEIVE_ERROR_PAUSE)
+        return now
 
     def _count_receive(self, received: Received, now: float) -> None:
         if received.malformed:
@@ -555,9 +550,17 @@ class Daemon:
             self.metrics.count_drop(decision.drop)
         return accepted, [renewal for renewal, _ in refused]
 
-    def _housekeeping(self) -> None:
-        renewed = self._absorb_renewals()
-        now = clock.wall()
+    def _housekeeping(self, absorbed_at: float | None = None) -> None:
+        """Expiry and the periodic chores, after a batch or on a timeout. The renewals ring
+        is read once per wake-up, after the time expiry runs at, so every renewal the
+        kernel answered before a lease's end is in the engine when the lease is looked at:
+        a batch read it after `absorbed_at`, and expiry runs at that time; with no batch,
+        the time is read here, then the ring."""
+        if absorbed_at is None:
+            now = clock.wall()
+            renewed = self._absorb_renewals()
+        else:
+            now, renewed = absorbed_at, Decision()
         try:
             expired = self.server.tick(now)
         except Exception as exc:

@@ -9,9 +9,10 @@ import struct
 from typing import Final
 
 from brushtaild.dhcp.constants import (
+    ETHERNET_HLEN,
+    HTYPE_ETHERNET,
     IP_UDP_HEADERS,
     MAGIC_COOKIE,
-    MAX_HLEN,
     MIN_BOOTP_LEN,
     MIN_IP_DATAGRAM,
     OPTIONS_OFFSET,
@@ -87,7 +88,8 @@ def _scan(data: bytes, pos: int, end: int, field: str, opts: dict[int, bytes]) -
 
 
 def parse(data: bytes) -> Message:
-    """Decode and validate one DHCP message; raise only `MalformedPacket`."""
+    """Decode and validate one DHCP message from or to an Ethernet client; raise only
+    `MalformedPacket`."""
     if len(data) < OPTIONS_OFFSET:
         raise MalformedPacket(DropReason.TRUNCATED, f"{len(data)} bytes")
     (
@@ -109,7 +111,11 @@ def parse(data: bytes) -> Message:
     ) = _HEADER.unpack_from(data)
     if op not in _OPS:
         raise MalformedPacket(DropReason.BAD_OP, f"op {op}")
-    if hlen > MAX_HLEN:
+    # Every served link is Ethernet, and the XDP program refuses any other hardware address
+    # as well (docs/DESIGN.md, "Well-formed requests").
+    if htype != HTYPE_ETHERNET:
+        raise MalformedPacket(DropReason.BAD_HTYPE, f"htype {htype}")
+    if hlen != ETHERNET_HLEN:
         raise MalformedPacket(DropReason.BAD_HLEN, f"hlen {hlen}")
     if cookie != MAGIC_COOKIE:
         raise MalformedPacket(DropReason.BAD_COOKIE, cookie.hex())

@@ -16,7 +16,9 @@ MIN_BOOTP_LEN = 300
 MIN_IP_DATAGRAM = 576
 IP_UDP_HEADERS = 28
 BROADCAST_FLAG = 0x8000
-MAX_HLEN = 16
+# ARP's hardware type and address length for Ethernet (RFC 1700): every link served.
+HTYPE_ETHERNET = 1
+ETHERNET_HLEN = 6
 
 
 class Op(IntEnum):

@@ -8,10 +8,11 @@ from enum import IntEnum
 
 
 class DropReason(IntEnum):
-    # Malformed on the wire (raised by the codec or the frame parser).
+    # Malformed on the wire: BAD_FRAME by the frame parser (below UDP), the rest by the codec.
     TRUNCATED = 1
     BAD_OP = 2
     BAD_HLEN = 3
+    BAD_HTYPE = 13  # not Ethernet: numbered after the rest, numbers are never reused
     BAD_COOKIE = 4
     OPTION_OVERRUN = 5
     NO_MESSAGE_TYPE = 6

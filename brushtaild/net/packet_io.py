@@ -51,13 +51,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from brushtaild.dhcp.constants import (
-    FIXED_HEADER_LEN,
-    MAGIC_COOKIE,
-    OPTIONS_OFFSET,
-    SERVER_PORT,
-    Op,
-)
+from brushtaild.dhcp.constants import SERVER_PORT
 from brushtaild.engine.decisions import Destination, DestKind, Ingress
 
 ETH_P_ALL = 0x0003
@@ -220,17 +214,14 @@ def checksum_field(residue: int) -> int:
 # Ethertype, then the IPv4 header up to the addresses.
 _ETH_IP = struct.Struct("!HBxHxxHxBxxII")
 _UDP = struct.Struct("!xxxxHxx")
-# The BOOTP fields a well-formed request is judged by: op, htype, hlen; and the cookie.
-_BOOTP_KIND = struct.Struct("!BBB")
 _ETH_IP_OFFSET = 12
-_HTYPE_ETHER = 1
-_ETHER_HLEN = 6
 
 
 def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ingress] | None:
-    """The DHCP payload and its Ingress, or None if `frame[:length]` is not a well-formed
-    request: docs/DESIGN.md, "Well-formed requests", the rules the XDP program applies too
-    (bpf/parsing.h), so neither path takes a frame the other refuses.
+    """The UDP payload and its Ingress, or None if `frame[:length]` is not one well-formed
+    datagram: docs/DESIGN.md, "Well-formed requests", the rules the XDP program applies too
+    (bpf/parsing.h), so neither path takes a frame the other refuses. The payload's own rules
+    (the BOOTP header, the cookie) are the codec's, which counts each by its reason.
 
     The IPv4 datagram must end where the frame ends and the UDP datagram where the IPv4 one
     does: bytes after either are not part of the request, and only one reading of a frame
@@ -238,7 +229,7 @@ def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ing
     Fragments are malformed: DHCP messages never need fragmenting, and reassembling in user
     space would be an amplification target.
     """
-    if length < ETH_HLEN + IP_MIN_HLEN + UDP_HLEN + OPTIONS_OFFSET:
+    if length < ETH_HLEN + IP_MIN_HLEN + UDP_HLEN:
         return None
     ethertype, ver_ihl, total_len, frag, proto, src_ip, dst_ip = _ETH_IP.unpack_from(
         frame, _ETH_IP_OFFSET
@@ -250,7 +241,7 @@ def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ing
         or ver_ihl >> 4 != 4
         or ip_hlen < IP_MIN_HLEN
         or ETH_HLEN + total_len != length
-        or total_len < ip_hlen + UDP_HLEN + OPTIONS_OFFSET
+        or total_len < ip_hlen + UDP_HLEN
         or frag & _IP_MF_OR_OFFSET
         or proto != IPPROTO_UDP
         # Inlined residue (see internet_checksum_residue): the header length is a multiple of
@@ -259,14 +250,9 @@ def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ing
     ):
         return None
     (udp_len,) = _UDP.unpack_from(frame, l4)
-    bootp = l4 + UDP_HLEN
-    if (
-        udp_len != total_len - ip_hlen
-        or _BOOTP_KIND.unpack_from(frame, bootp) != (Op.BOOTREQUEST, _HTYPE_ETHER, _ETHER_HLEN)
-        or frame[bootp + FIXED_HEADER_LEN : bootp + OPTIONS_OFFSET] != MAGIC_COOKIE
-    ):
+    if udp_len != total_len - ip_hlen:
         return None
-    payload = bytes(memoryview(frame)[bootp:length])
+    payload = bytes(memoryview(frame)[l4 + UDP_HLEN : length])
     return payload, Ingress(ifindex, bytes(frame[6:12]), src_ip, dst_ip)
 
 
@@ -287,7 +273,7 @@ _TPACKET_STATS = struct.Struct("=II")
 class Received:
     """One batch read from the queue."""
 
-    # DHCP payloads with where they came from.
+    # UDP payloads to port 67 with where they came from, for the codec to judge.
     frames: list[tuple[bytes, Ingress]] = field(default_factory=list)
     malformed: int = 0  # below DHCP: fragments, bad IHL or header checksum, truncated IP/UDP
     stale: int = 0  # arrived before the caller's `stale_before`

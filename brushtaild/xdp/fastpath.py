@@ -10,11 +10,11 @@ retired only after the daemon committed their last renewals, and taking the fast
 interfaces, then drains, then removes.
 """
 
-import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from brushtaild.config.model import Config
 from brushtaild.daemon import clock
@@ -26,6 +26,8 @@ from brushtaild.xdp.relays import Relays
 from brushtaild.xdp.sync import MapSync
 
 log = logging.getLogger("brushtaild.xdp")
+# What the caller's record step of a take-down returns (take_down hands it back).
+Recorded = TypeVar("Recorded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +219,7 @@ class FastPath:
 
 @dataclass(frozen=True, slots=True)
 class Takedown:
-    renewals: list[Renewal]  # to be recorded before the pins go
+    renewals: list[Renewal]  # recorded before the pins went
     interfaces: list[str]  # the programs were taken off these
 
 
@@ -226,22 +228,27 @@ def pinned(config: Config) -> list[loader.Version]:
     return loader.PinDir(config.fastpath.pin_dir, _limits(config)).versions()
 
 
-@contextlib.contextmanager
-def taken_down(config: Config) -> Iterator[Takedown]:
-    """Takes the fast path out of the kernel: the programs off the interfaces first (so
-    nothing is queued any more), then every ring drained into the Takedown, which the
-    caller records in the lease store inside the `with`; the pins go when it ends
-    normally, and stay if it raises. Raises loader.PinDirBusy while a brushtaild holds
-    the pin directory."""
+def take_down(
+    config: Config, record: Callable[[list[Renewal]], Recorded]
+) -> tuple[Takedown, Recorded] | None:
+    """Takes the fast path out of the kernel, if anything is pinned (None if not): the
+    programs off the interfaces first (so nothing is queued any more), then every ring
+    drained and its renewals handed to `record`, which puts them in the lease store; the
+    pins go once it returns, and stay if it raises. Returns what was taken down and what
+    `record` returned. Raises loader.PinDirBusy while a brushtaild holds the pin directory."""
+    if not pinned(config):
+        return None
     pins = loader.PinDir(config.fastpath.pin_dir, _limits(config))
     pins.lock()
     rings: list[loader.Ring] = []
     try:
         interfaces = loader.remove_programs(pins, [config.interface])
         rings = [ring for v in pins.versions() if (ring := v.ring()) is not None]
-        yield Takedown([_renewal(e) for ring in rings for e in ring.drain()], interfaces)
+        down = Takedown([_renewal(e) for ring in rings for e in ring.drain()], interfaces)
+        result = record(down.renewals)
         pins.remove_all()
     finally:
         for ring in rings:
             ring.close()
         pins.close()
+    return down, result

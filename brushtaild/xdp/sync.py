@@ -22,6 +22,7 @@ from typing import Any
 
 from brushtaild.config.model import Config
 from brushtaild.daemon import clock
+from brushtaild.daemon.throttled_log import ThrottledLog
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.engine.decisions import Decision, LeaseEventKind
 from brushtaild.engine.lease_table import paced
@@ -171,8 +172,7 @@ class MapSync:
         self._adopted = False
         self._skipped = 0  # by planners before the current one, and for want of room
         self.failed = 0  # map writes the kernel refused
-        self._warn_after: dict[str, float] = {}
-        self._unreported: dict[str, int] = {}
+        self._warnings = ThrottledLog(log, WARN_INTERVAL)
 
     @property
     def entries(self) -> int:
@@ -292,8 +292,8 @@ class MapSync:
                 (maps.LeaseEntry * count).from_buffer(values),
             )
         except Exception as exc:  # BCC raises bare Exceptions with the errno's text
-            self._warn(
-                "batch", "fast path: bulk map write failed (%s), writing one by one", exc, now
+            self._warnings.report(
+                "batch", f"fast path: bulk map write failed ({exc}), writing one by one", now
             )
             for key, (address, value) in wanted.items():
                 self._write(key, address, value, now)
@@ -325,8 +325,8 @@ class MapSync:
         except Exception as exc:  # BCC raises bare Exceptions with the errno's text
             self._skipped += 1
             self.failed += 1
-            self._warn(
-                "write", "fast path: map write refused (%s), lease left to the slow path", exc, now
+            self._warnings.report(
+                "write", f"fast path: map write refused ({exc}), lease left to the slow path", now
             )
             # Whatever the key answered before must not go on answering.
             previous = self._owner.pop(key, None)
@@ -343,19 +343,9 @@ class MapSync:
 
     def _full(self, now: float, leases: int = 1) -> None:
         self._skipped += leases
-        self._warn(
+        self._warnings.report(
             "full",
-            "fast path: the leases map is full (max_subscribers=%d), more leases are left "
-            "to the slow path",
-            self.capacity,
+            f"fast path: the leases map is full (max_subscribers={self.capacity}), more "
+            "leases are left to the slow path",
             now,
         )
-
-    def _warn(self, kind: str, message: str, arg: object, now: float) -> None:
-        """Logs `message` at most once per WARN_INTERVAL per kind, with how many were not."""
-        if now < self._warn_after.get(kind, float("-inf")):
-            self._unreported[kind] = self._unreported.get(kind, 0) + 1
-            return
-        more = self._unreported.pop(kind, 0)
-        log.warning(message + (f" ({more} more since the last report)" if more else ""), arg)
-        self._warn_after[kind] = now + WARN_INTERVAL

@@ -4,6 +4,11 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from brushtaild.dhcp.codec import parse
+from brushtaild.dhcp.constants import Op
+from brushtaild.dhcp.reasons import DropReason, MalformedPacket
+from brushtaild.net.packet_io import parse_frame
+
 ETH_P_IP = 0x0800
 ETH_P_8021Q = 0x8100
 ETH_P_8021AD = 0x88A8
@@ -138,8 +143,9 @@ def _cut_to(bootp_len: int) -> Callable[[bytes], bytes]:
 
 # Frames that are not well-formed requests (docs/DESIGN.md, "Well-formed requests"), each
 # made from a well-formed request frame with one defect. Both paths refuse every one: the
-# kernel drops it (result `malformed`) and the slow path's parse_frame returns None
-# (tests/bpf/test_malformed.py and tests/unit/test_packet_io.py run the same table).
+# kernel drops it (result `malformed`) and the slow path counts it under one of
+# NOT_WELL_FORMED (tests/bpf/test_malformed.py and tests/unit/test_packet_io.py run the
+# same table).
 MALFORMED_FRAMES: dict[str, Callable[[bytes], bytes]] = {
     "a byte after the datagram": lambda f: f + b"\0",
     "18 bytes after the datagram": lambda f: f + bytes(18),
@@ -162,6 +168,36 @@ MALFORMED_FRAMES: dict[str, Callable[[bytes], bytes]] = {
     "hlen 16": _bootp_byte(2, 16),
     "magic cookie": _bootp_byte(236, 0x64),
 }
+
+
+# What the slow path counts a frame that is not a well-formed request as: parse_frame's
+# bad_frame (below UDP), the codec's reasons for the BOOTP header, and the engine's for a
+# BOOTREPLY. The kernel counts every one of them as `malformed`.
+NOT_WELL_FORMED = frozenset(
+    {
+        DropReason.BAD_FRAME,
+        DropReason.TRUNCATED,
+        DropReason.BAD_OP,
+        DropReason.BAD_HTYPE,
+        DropReason.BAD_HLEN,
+        DropReason.BAD_COOKIE,
+        DropReason.NOT_FROM_CLIENT,
+    }
+)
+
+
+def refusal(frame: bytes) -> DropReason | None:
+    """Why the daemon drops `frame` (after its socket filter) before the engine decides on
+    it, as the daemon checks it: parse_frame, the codec, the engine's first check (a
+    BOOTREPLY); None if it gets that far."""
+    parsed = parse_frame(bytearray(frame), len(frame), 1)
+    if parsed is None:
+        return DropReason.BAD_FRAME
+    try:
+        msg = parse(parsed[0])
+    except MalformedPacket as exc:
+        return exc.reason
+    return DropReason.NOT_FROM_CLIENT if msg.op != Op.BOOTREQUEST else None
 
 
 @dataclass(frozen=True, slots=True)

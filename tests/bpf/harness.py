@@ -370,7 +370,7 @@ def received(frame: bytes) -> tuple[bytes, Any] | None:
 
     Its classic-BPF filter (packet_io.DHCP_SERVER_FILTER) takes untagged IPv4 UDP to port
     67 sent to the interface's MAC or broadcast; parse_frame then refuses what is not a
-    well-formed request (docs/DESIGN.md), as the program does."""
+    well-formed datagram (docs/DESIGN.md), as the program does."""
     if len(frame) < 14 + 20 + 8 or frame[0:6] not in (SERVER_MAC, BROADCAST_MAC):
         return None
     if struct.unpack_from("!H", frame, 12)[0] != ETH_P_IP:

@@ -12,9 +12,17 @@ from hypothesis import strategies as st
 
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import OptionCode
+from brushtaild.dhcp.reasons import DropReason
 from brushtaild.xdp import libbpf, maps
 from brushtaild.xdp.loader import Program
-from tests.bpf.frames import MALFORMED_FRAMES, client_frame, ip_offset, with_ip_header
+from tests.bpf.frames import (
+    MALFORMED_FRAMES,
+    NOT_WELL_FORMED,
+    client_frame,
+    ip_offset,
+    refusal,
+    with_ip_header,
+)
 from tests.bpf.harness import (
     ETH_HLEN,
     SERVER_MAC,
@@ -217,11 +225,11 @@ def test_malformed_frame_is_refused_by_both_paths(
     fastpath: Fastpath, answered: bytes, defect: Callable[[bytes], bytes]
 ) -> None:
     """One definition of a well-formed request: the kernel drops each of these, counted
-    as malformed (the slow path would refuse it anyway), and the slow path's parse_frame
-    refuses it, whichever path a frame takes."""
-    assert received(answered) is not None
+    as malformed (the slow path would refuse it anyway), and the slow path refuses it as
+    not well-formed, whichever path a frame takes."""
+    assert received(answered) is not None and refusal(answered) is None
     frame = defect(answered)
-    assert received(frame) is None
+    assert refusal(frame) in NOT_WELL_FORMED
     assert fastpath.results_of(frame) == {maps.Result.MALFORMED: 1}
     assert fastpath.run(frame).retval == XDP_DROP
 
@@ -390,10 +398,17 @@ def test_mutated_frame_is_passed_or_answered_as_the_slow_path_would(
     if run.retval == XDP_TX:
         assert_same_reply(run, frame, fastpath.slow_path(frame, apply=False))
     # One definition of well-formed: of the untagged frames the program takes for DHCP
-    # (it counts them), it drops as malformed exactly those the slow path refuses.
+    # (it counts them), it drops as malformed exactly those the slow path refuses as not
+    # well-formed; or for their options first: a BOOTREPLY is the engine's to refuse,
+    # after the codec has read its options.
     if counted and frame[12:14] == b"\x08\x00":
-        event("malformed" if maps.Result.MALFORMED in counted else "well-formed")
-        assert (maps.Result.MALFORMED in counted) == (received(frame) is None)
+        malformed = maps.Result.MALFORMED in counted
+        event("malformed" if malformed else "well-formed")
+        reason = refusal(frame) if received(frame) is not None else DropReason.BAD_FRAME
+        if malformed:
+            assert reason is not None
+        else:
+            assert reason not in NOT_WELL_FORMED
 
 
 @pytest.mark.parametrize("client", CAPTURED_CLIENTS, ids=[c.name for c in CAPTURED_CLIENTS])

@@ -397,6 +397,53 @@ def test_kernel_renewals_are_absorbed_before_the_batch_is_decided(
     assert daemon.fastpath.withdrawn == [0xC6120105]  # type: ignore[union-attr]
 
 
+def test_the_ring_is_read_once_per_wake_up(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch and the housekeeping after it share one read of the renewals ring, and
+    expiry runs at the batch's time, before which the batch absorbed every renewal."""
+    calls: list[str] = []
+    daemon.fastpath = FakeFastPath(calls)  # type: ignore[assignment]
+    ticked: list[float] = []
+    tick = daemon.server.tick
+
+    def record_tick(now: float) -> Decision:
+        ticked.append(now)
+        return tick(now)
+
+    monkeypatch.setattr(daemon.server, "tick", record_tick)
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 1))]))
+    decided_at = daemon._serve_batch()
+    daemon._housekeeping(decided_at)
+    assert calls.count("renewals") == 1
+    assert ticked == [decided_at]
+
+
+def test_without_a_batch_the_ring_is_read_after_the_time_expiry_runs_at(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal the kernel answers between the two reads is one of a lease still
+    unexpired at that time: read the other way round, expiry could end the lease first."""
+    calls: list[str] = []
+    daemon.fastpath = FakeFastPath(calls)  # type: ignore[assignment]
+    wall = main.clock.wall
+    tick = daemon.server.tick
+
+    def record_wall() -> float:
+        calls.append("clock")
+        return wall()
+
+    def record_tick(now: float) -> Decision:
+        calls.append("expiry")
+        return tick(now)
+
+    monkeypatch.setattr(main.clock, "wall", record_wall)
+    monkeypatch.setattr(daemon.server, "tick", record_tick)
+    daemon._housekeeping()
+    assert calls.index("clock") < calls.index("renewals") < calls.index("expiry")
+    assert calls.count("renewals") == 1
+
+
 def test_the_ring_gives_renewals_back_only_after_their_commit(
     daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
 ) -> None:

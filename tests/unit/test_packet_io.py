@@ -6,16 +6,16 @@ residue arithmetic in packet_io, so the two cross-check each other.
 """
 
 import struct
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from brushtaild.dhcp.reasons import DropReason
 from brushtaild.engine.decisions import Ingress
 from brushtaild.net import packet_io
-from tests.bpf.frames import MALFORMED_FRAMES
+from tests.bpf.frames import MALFORMED_FRAMES, NOT_WELL_FORMED, refusal
 
 BROADCAST_IP = 0xFFFFFFFF
 BROADCAST_MAC = b"\xff" * 6
@@ -114,22 +114,56 @@ def _bootp(**kwargs: Any) -> bytes:
         pytest.param(_bootp(proto=6), id="tcp"),
         pytest.param(_bootp()[:41], id="runt"),
         pytest.param(_bootp() + bytes(20), id="link-padding"),
-        pytest.param(udp_frame(MAC, BROADCAST_MAC, 0, BROADCAST_IP, b"request"), id="not-bootp"),
     ],
 )
 def test_parse_frame_rejects_malformed(frame: bytes) -> None:
     assert parsed(frame) is None
 
 
-@pytest.mark.parametrize("defect", MALFORMED_FRAMES.values(), ids=MALFORMED_FRAMES.keys())
-def test_parse_frame_refuses_what_the_kernel_calls_malformed(
-    defect: Callable[[bytes], bytes],
-) -> None:
+def test_parse_frame_leaves_the_payload_to_the_codec() -> None:
+    """Whatever the UDP datagram holds is the codec's to judge, which counts it by its own
+    reason (here `truncated`), not as a bad frame."""
+    frame = udp_frame(MAC, BROADCAST_MAC, 0, BROADCAST_IP, b"request")
+    assert parsed(frame) == (b"request", Ingress(1, MAC, 0, BROADCAST_IP))
+    assert refusal(frame) is DropReason.TRUNCATED
+
+
+# The reason the daemon counts each of MALFORMED_FRAMES under: the most specific one.
+MALFORMED_REASONS = {
+    "a byte after the datagram": DropReason.BAD_FRAME,
+    "18 bytes after the datagram": DropReason.BAD_FRAME,
+    "IPv4 total length one short": DropReason.BAD_FRAME,
+    "IPv4 total length past the frame": DropReason.BAD_FRAME,
+    "IPv4 total length below its headers": DropReason.BAD_FRAME,
+    "IPv4 header checksum": DropReason.BAD_FRAME,
+    "first fragment": DropReason.BAD_FRAME,
+    "UDP length one short of the IPv4 payload": DropReason.BAD_FRAME,
+    "UDP length past the IPv4 payload": DropReason.BAD_FRAME,
+    "UDP length below its header": DropReason.BAD_FRAME,
+    "BOOTP header cut short": DropReason.TRUNCATED,
+    "no magic cookie": DropReason.TRUNCATED,
+    "BOOTREPLY": DropReason.NOT_FROM_CLIENT,
+    "op 0": DropReason.BAD_OP,
+    "htype 6 (IEEE 802)": DropReason.BAD_HTYPE,
+    "hlen 0": DropReason.BAD_HLEN,
+    "hlen 16": DropReason.BAD_HLEN,
+    "magic cookie": DropReason.BAD_COOKIE,
+}
+
+
+def test_every_malformed_frame_has_its_reason() -> None:
+    assert MALFORMED_REASONS.keys() == MALFORMED_FRAMES.keys()
+    assert set(MALFORMED_REASONS.values()) == NOT_WELL_FORMED
+
+
+@pytest.mark.parametrize("name", MALFORMED_FRAMES)
+def test_the_slow_path_refuses_what_the_kernel_calls_malformed(name: str) -> None:
     """The table tests/bpf/test_malformed.py runs through the XDP program as well: one
-    definition of a well-formed request for both paths."""
+    definition of a well-formed request for both paths, each defect counted once, under
+    its own reason."""
     frame = _bootp()
-    assert parsed(frame) is not None
-    assert parsed(defect(frame)) is None
+    assert refusal(frame) is None
+    assert refusal(MALFORMED_FRAMES[name](frame)) is MALFORMED_REASONS[name]
 
 
 @given(st.binary(max_size=700))
