@@ -179,7 +179,8 @@ static __always_inline int parse_udphdr(struct cursor *c, struct udphdr **udph)
 }
 
 /* A well-formed request (docs/DESIGN.md, "Well-formed requests"; the slow path's
- * parse_frame in brushtaild/net/packet_io.py applies the same rules) is one unfragmented
+ * parse_frame in brushtaild/net/packet_io.py applies the same datagram rules, its codec
+ * the BOOTP ones) is one unfragmented
  * datagram whose IPv4 and UDP lengths both end exactly where the frame ends: every bounds
  * check against the frame's end is then one against the payload's, and bytes after the
  * datagram are never walked as options. A DHCP request is far longer than Ethernet's
