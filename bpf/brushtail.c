@@ -26,6 +26,7 @@
 #define FNV64_PRIME 0x100000001b3ull
 #define HASH_MAX PRL_MAX /* bytes hash_bytes reads: all of option 55, a circuit-id's first */
 #define RELAY_BURST_NS NS_PER_SEC /* a relay's bucket holds one second of its rate */
+#define TRACE_BURST_NS NS_PER_SEC /* the trace bucket holds one second of events */
 
 static __always_inline __u64 config_get(__u32 slot)
 {
@@ -197,23 +198,89 @@ static __always_inline __u32 log2_bucket(__u64 v)
 	return r < BT_LATENCY_BUCKETS ? r : BT_LATENCY_BUCKETS - 1;
 }
 
+static __always_inline void count_lost_trace(__u32 why)
+{
+	__u64 *n = trace_lost.lookup(&why);
+
+	if (n)
+		*n += 1;
+}
+
+/* Whether a tracer's filters (chaddr, results) take this request. */
+static __always_inline int trace_wanted(__u32 result, struct bt_client_key *key)
+{
+	__u64 only = config_get(BT_CFG_TRACE_MAC);
+	__u64 results = config_get(BT_CFG_TRACE_RESULTS);
+	__u64 mac = 0;
+
+	__builtin_memcpy(&mac, key->mac, ETH_ALEN);
+	if (only && only != mac)
+		return 0;
+	return !results || (results & (1ull << result));
+}
+
+/* Queues a trace event for `brushtail trace` (brushtaild/xdp/trace.py). Nobody tracing
+ * costs one config lookup. A tracer's events are paid from one token bucket, so however
+ * fast packets come, tracing costs at most its rate in events a second (and a bucket
+ * update a packet); what the bucket or a full ring refuses is only counted. `address` is
+ * the lease's for an answer, else ciaddr; a request without ciaddr shows its option 50. */
+static __always_inline void trace_event(__u32 result, int action, __u64 start,
+					struct bt_client_key *key, struct dhcp_request *req,
+					__be32 giaddr, __be32 address)
+{
+	__u64 cost = config_get(BT_CFG_TRACE_COST);
+	struct bt_trace event = {};
+	struct bt_bucket *bucket;
+	__u32 zero = 0;
+
+	if (!cost || !trace_wanted(result, key))
+		return;
+	bucket = trace_bucket.lookup(&zero);
+	if (!bucket || bucket_take(bucket, start, cost, TRACE_BURST_NS)) {
+		count_lost_trace(BT_TRACE_LOST_RATE);
+		return;
+	}
+	event.time_ns = start;
+	if (action == XDP_TX)
+		event.latency_ns = bpf_ktime_get_boot_ns() - start;
+	__builtin_memcpy(event.mac, key->mac, ETH_ALEN);
+	event.outer_vlan = key->outer_vlan;
+	event.inner_vlan = key->inner_vlan;
+	event.result = result;
+	event.action = action;
+	event.giaddr = giaddr;
+	event.address = address;
+	if (req) {
+		event.msg_type = req->msg_type;
+		if (!address && (req->seen & SEEN_REQUESTED))
+			event.address = req->requested;
+	}
+	/* Woken up (flags 0): the tracer sleeps on the ring until an event comes. */
+	if (trace.ringbuf_output(&event, sizeof(event), 0) < 0)
+		count_lost_trace(BT_TRACE_LOST_FULL);
+}
+
 /* Counts the result; one reply in LATENCY_SAMPLE also has its latency recorded: a clock
  * read costs as much as a map lookup on some machines, and one per packet (for expiry) is
- * all the packet path should pay. */
-static __always_inline int record(__u32 result, int action, __u64 start)
+ * all the packet path should pay. The one way out for every DHCP request, so every result
+ * can be traced. */
+static __always_inline int record(__u32 result, int action, __u64 start,
+				  struct bt_client_key *key, struct dhcp_request *req,
+				  __be32 giaddr, __be32 address)
 {
 	__u64 *count = results.lookup(&result);
 
-	if (!count)
-		return action;
-	*count += 1;
-	if (action == XDP_TX && (*count & (LATENCY_SAMPLE - 1)) == 0) {
-		__u32 bucket = log2_bucket(bpf_ktime_get_boot_ns() - start);
-		__u64 *n = latency.lookup(&bucket);
+	if (count) {
+		*count += 1;
+		if (action == XDP_TX && (*count & (LATENCY_SAMPLE - 1)) == 0) {
+			__u32 bucket = log2_bucket(bpf_ktime_get_boot_ns() - start);
+			__u64 *n = latency.lookup(&bucket);
 
-		if (n)
-			*n += 1;
+			if (n)
+				*n += 1;
+		}
 	}
+	trace_event(result, action, start, key, req, giaddr, address);
 	return action;
 }
 
@@ -222,7 +289,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct cursor c = { .pos = data, .end = data_end };
-	struct dhcp_request *req;
+	struct dhcp_request *req = NULL;
 	struct bt_client_key key = {};
 	struct bt_rate_key sender = {};
 	struct reply_plan plan = {};
@@ -236,7 +303,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 	struct bt_renewal *event = NULL;
 	struct bt_scratch *s;
 	__u32 result, zero = 0, tpl_id, l3_off, frame_len, limit;
-	__be32 server_id;
+	__be32 server_id, ciaddr = 0;
 	__be16 proto;
 	__u64 now;
 	__u8 reply_type;
@@ -272,6 +339,9 @@ int xdp_brushtail(struct xdp_md *ctx)
 	    ipv4_csum_valid(ctx, ip, l3_off, ip->ihl * 4) && parse_bootp(&c, &b) == 0) {
 		result = BT_PASS_UNPARSED;
 		sender.giaddr = b->giaddr; /* only a well-formed request names a relay */
+		/* Read now for a trace event, which may come after the frame became the reply. */
+		__builtin_memcpy(key.mac, b->chaddr, ETH_ALEN);
+		ciaddr = b->ciaddr;
 	}
 	/* A client on the link is charged before its options are walked, so an over-rate
 	 * flood costs no walk; a relay's access line is named by an option (its circuit-id),
@@ -291,7 +361,6 @@ int xdp_brushtail(struct xdp_md *ctx)
 	result = BT_PASS_PRIORITY_TAG;
 	if ((tags > 0 && !key.outer_vlan) || (tags > 1 && !key.inner_vlan))
 		goto out;
-	__builtin_memcpy(key.mac, b->chaddr, ETH_ALEN);
 
 	result = BT_PASS_MESSAGE;
 	if (req->msg_type == DHCP_DISCOVER)
@@ -339,10 +408,9 @@ int xdp_brushtail(struct xdp_md *ctx)
 		 * aside; a link selection (from a trusted relay only) of 0.0.0.0 is still a
 		 * selection, of no subnet. A DISCOVER's ciaddr is 0 by RFC 2131 4.3.1 and does
 		 * not select. */
-		__be32 ciaddr = reply_type == DHCP_ACK ? b->ciaddr : 0;
 		__be32 selector = relay && relay->trusted && (req->seen & SEEN_SELECTOR) ?
 					  req->subnet_selection :
-					  b->giaddr ?: ciaddr ?: server_id;
+					  b->giaddr ?: (reply_type == DHCP_ACK ? ciaddr : 0) ?: server_id;
 
 		if ((selector & lease->netmask) != lease->subnet)
 			goto out;
@@ -388,7 +456,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 	reply_destination(eth, b, relay, lease->address, &plan.to);
 	plan.server_id = server_id;
 	plan.yiaddr = lease->address;
-	plan.ciaddr = reply_type == DHCP_ACK ? b->ciaddr : 0;
+	plan.ciaddr = reply_type == DHCP_ACK ? ciaddr : 0;
 	plan.server_mac = config_get(BT_CFG_SERVER_MAC);
 
 	if (reply_type == DHCP_ACK) {
@@ -413,7 +481,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 		renewals.ringbuf_submit(event, BPF_RB_NO_WAKEUP);
 	}
 	result = reply_type == DHCP_OFFER ? BT_RES_OFFER : BT_RES_ACK;
-	return record(result, XDP_TX, now);
+	return record(result, XDP_TX, now, &key, req, sender.giaddr, lease->address);
 
 over_rate:
 	result = BT_DROP_RATE_LIMIT;
@@ -424,5 +492,5 @@ out_discard:
 	if (event)
 		renewals.ringbuf_discard(event, 0);
 out:
-	return record(result, action, now);
+	return record(result, action, now, &key, req, sender.giaddr, ciaddr);
 }

@@ -23,6 +23,9 @@
 #ifndef BT_EVENT_PAGES
 #define BT_EVENT_PAGES 1024 /* 4 MiB: about 130k renewals while brushtaild is away */
 #endif
+#ifndef BT_TRACE_PAGES
+#define BT_TRACE_PAGES 64 /* 256 KiB: 5000 events a slow tracer has not read yet */
+#endif
 #define BT_SCRATCH_SIZE 264 /* option 82 (2 + 255 bytes), zero-padded to 4 */
 #define BT_SCRATCH_ID_SIZE 64 /* option 61 (2 + BT_MAX_CLIENT_ID bytes), zero-padded to a
 				* power of two, so a masked length bounds its copy */
@@ -62,18 +65,31 @@ struct bt_scratch {
 };
 BPF_PERCPU_ARRAY(scratch, struct bt_scratch, 1);
 
-/* BPF_RINGBUF_OUTPUT, pinned: renewals queued while brushtaild is away are read by the
- * next one, so none is lost across a restart. */
-struct renewals_table_t {
-	int key;
-	u32 leaf;
-	int (*ringbuf_output)(void *, u64, u64);
-	void *(*ringbuf_reserve)(u64);
-	void (*ringbuf_discard)(void *, u64);
-	void (*ringbuf_submit)(void *, u64);
-	u32 max_entries;
-};
-__attribute__((section("maps/ringbuf:" BT_PIN_DIR "/renewals")))
-struct renewals_table_t renewals = { .max_entries = BT_EVENT_PAGES * PAGE_SIZE };
+/* BCC's BPF_RINGBUF_OUTPUT, pinned at `path`. */
+#define BT_RINGBUF_PINNED(_name, _size, _path)                                       \
+	struct _name##_table_t {                                                     \
+		int key;                                                             \
+		u32 leaf;                                                            \
+		int (*ringbuf_output)(void *, u64, u64);                             \
+		void *(*ringbuf_reserve)(u64);                                       \
+		void (*ringbuf_discard)(void *, u64);                                \
+		void (*ringbuf_submit)(void *, u64);                                 \
+		u32 max_entries;                                                     \
+	};                                                                           \
+	__attribute__((section("maps/ringbuf:" _path)))                              \
+	struct _name##_table_t _name = { .max_entries = (_size) }
+
+/* Renewals queued while brushtaild is away are read by the next one, so none is lost
+ * across a restart. */
+BT_RINGBUF_PINNED(renewals, BT_EVENT_PAGES * PAGE_SIZE, BT_PIN_DIR "/renewals");
+
+/* Trace events (struct bt_trace), read by `brushtail trace` whether or not brushtaild
+ * runs: pinned, like the counts of events it lost. */
+BT_RINGBUF_PINNED(trace, BT_TRACE_PAGES * PAGE_SIZE, BT_PIN_DIR "/trace");
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, trace_lost, BT_TRACE_LOST_SLOTS,
+		 BT_PIN_DIR "/trace_lost");
+/* One bucket for all CPUs, so the rate a tracer asks for is the rate it gets. Written only
+ * while someone traces. Not pinned: it holds nothing worth keeping across programs. */
+BPF_ARRAY(trace_bucket, struct bt_bucket, 1);
 
 #endif

@@ -27,7 +27,16 @@
 #define BT_CFG_RELAY_COST 4  /* ns of credit one request costs a relay; 0: relays unlimited */
 #define BT_CFG_IFINDEX 5     /* the interface the program was attached to (userspace only) */
 #define BT_CFG_RENEWAL_LAYOUT 6 /* offsets in struct bt_renewal (userspace only, loader.py) */
-#define BT_CFG_SLOTS 7
+/* Tracing (brushtaild/xdp/trace.py sets them while `brushtail trace` runs). */
+#define BT_CFG_TRACE_COST 7    /* ns of credit one trace event costs; 0: nobody traces */
+#define BT_CFG_TRACE_MAC 8     /* only requests with this chaddr (as SERVER_MAC); 0: any */
+#define BT_CFG_TRACE_RESULTS 9 /* bit n: trace result n (enum bt_result); 0: every result */
+#define BT_CFG_SLOTS 10
+
+/* Slots of the per-CPU array "trace_lost": trace events the program did not queue. */
+#define BT_TRACE_LOST_RATE 0  /* over the trace bucket's rate */
+#define BT_TRACE_LOST_FULL 1  /* the trace ring was full: the tracer reads too slowly */
+#define BT_TRACE_LOST_SLOTS 2
 
 /* What the program did with a packet: the index of its per-CPU counter. */
 enum bt_result {
@@ -103,6 +112,21 @@ struct bt_renewal {
 	struct bt_client_key key;
 	__u32 address;
 	__u64 expires_ns;
+};
+
+/* Ring buffer record of one traced request: what the program decided and on what. */
+struct bt_trace {
+	__u64 time_ns;    /* CLOCK_BOOTTIME when the request was read */
+	__u64 latency_ns; /* answered: from then to the reply written; else 0 */
+	__u8 mac[6];      /* chaddr; zero if the request was not well-formed */
+	__u16 outer_vlan; /* host order; 0 = untagged */
+	__u16 inner_vlan;
+	__u8 result;      /* enum bt_result */
+	__u8 action;      /* XDP_DROP, XDP_PASS or XDP_TX */
+	__be32 giaddr;
+	__be32 address;   /* answered: the lease's; else ciaddr, or option 50 */
+	__u8 msg_type;    /* option 53, 0 if the walk did not reach it */
+	__u8 pad[3];
 };
 
 /* Whom a request is charged to: what its sender cannot forge. A client on the link is its

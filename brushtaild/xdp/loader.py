@@ -38,6 +38,7 @@ XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 BPFFS = Path("/sys/fs/bpf")
 RINGBUF_PAGES = 1024
+TRACE_PAGES = 64
 # linux/sockios.h and linux/ethtool.h: the legacy flags call, which every kernel maps onto
 # the NETIF_F_HW_VLAN_CTAG_RX feature.
 SIOCETHTOOL = 0x8946
@@ -79,6 +80,8 @@ def _expected(limits: Limits) -> dict[str, libbpf.MapLayout]:
         "results": libbpf.MapLayout(MAP_PERCPU_ARRAY, u32, u64, maps.RESULTS),
         "latency": libbpf.MapLayout(MAP_PERCPU_ARRAY, u32, u64, maps.LATENCY_BUCKETS),
         "renewals": libbpf.MapLayout(MAP_RINGBUF, 0, 0, RINGBUF_PAGES * mmap.PAGESIZE),
+        "trace": libbpf.MapLayout(MAP_RINGBUF, 0, 0, TRACE_PAGES * mmap.PAGESIZE),
+        "trace_lost": libbpf.MapLayout(MAP_PERCPU_ARRAY, u32, u64, maps.TRACE_LOST_SLOTS),
     }
 
 
@@ -145,6 +148,7 @@ def layout_version(limits: Limits) -> str:
         maps.Bucket,
         maps.RelayKey,
         maps.Relay,
+        maps.TraceEvent,
     )
     described = [(s.__name__, ctypes.sizeof(s), _fields(s)) for s in structs]
     numbers = sorted(
@@ -392,6 +396,7 @@ class Program:
                     f"-DBT_MAX_LEASES={limits.max_subscribers}",
                     f"-DBT_RATELIMIT_ENTRIES={limits.ratelimit_entries}",
                     f"-DBT_EVENT_PAGES={RINGBUF_PAGES}",
+                    f"-DBT_TRACE_PAGES={TRACE_PAGES}",
                     "-Wno-unused-function",
                 ],
             )

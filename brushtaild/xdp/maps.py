@@ -27,7 +27,14 @@ CFG_SERVER_MAC = 3
 CFG_RELAY_COST = 4
 CFG_IFINDEX = 5
 CFG_RENEWAL_LAYOUT = 6
-CFG_SLOTS = 7
+CFG_TRACE_COST = 7
+CFG_TRACE_MAC = 8
+CFG_TRACE_RESULTS = 9
+CFG_SLOTS = 10
+# Slots of the per-CPU array `trace_lost`.
+TRACE_LOST_RATE = 0
+TRACE_LOST_FULL = 1
+TRACE_LOST_SLOTS = 2
 
 _FNV64_OFFSET = 0xCBF29CE484222325
 _FNV64_PRIME = 0x100000001B3
@@ -156,6 +163,24 @@ class Renewal(ctypes.Structure):
         ("key", ClientKey),
         ("address", ctypes.c_uint32),
         ("expires_ns", ctypes.c_uint64),
+    )
+
+
+class TraceEvent(ctypes.Structure):
+    """One traced request (struct bt_trace)."""
+
+    _fields_ = (
+        ("time_ns", ctypes.c_uint64),  # CLOCK_BOOTTIME
+        ("latency_ns", ctypes.c_uint64),  # answered ones only
+        ("mac", ctypes.c_uint8 * 6),  # chaddr, zero if not well-formed
+        ("outer_vlan", ctypes.c_uint16),
+        ("inner_vlan", ctypes.c_uint16),
+        ("result", ctypes.c_uint8),  # Result
+        ("action", ctypes.c_uint8),  # XDP_DROP, XDP_PASS, XDP_TX
+        ("giaddr", ctypes.c_uint32),  # network order
+        ("address", ctypes.c_uint32),  # the lease's if answered, else ciaddr or option 50
+        ("msg_type", ctypes.c_uint8),  # option 53, 0 if not read
+        ("pad", ctypes.c_uint8 * 3),
     )
 
 

@@ -51,28 +51,41 @@ def test_map_struct_matches_the_c(
     assert_same_layout(mirror, getattr(program.table(table), side))
 
 
+# Ring buffer records: C struct -> mirror.
+RECORDS = {"bt_renewal": maps.Renewal, "bt_trace": maps.TraceEvent}
+
+
 @pytest.fixture(scope="module")
-def renewal_ctype() -> Iterator[type[ctypes.Structure]]:
-    """struct bt_renewal is never a map key or value BCC describes (the ring buffer holds
-    raw records), so a probe declares an array of it, which BCC then describes."""
+def record_ctypes() -> Iterator[dict[str, type[ctypes.Structure]]]:
+    """Ring buffer records are never a map key or value BCC describes (a ring holds raw
+    records), so a probe declares an array of each, which BCC then describes."""
     from bcc import BPF
 
-    probe = BPF(
-        text=b'#include "shared.h"\nBPF_ARRAY(renewal_layout, struct bt_renewal, 1);\n',
-        cflags=[f"-I{source_dir()}"],
+    text = '#include "shared.h"\n' + "".join(
+        f"BPF_ARRAY({name}_layout, struct {name}, 1);\n" for name in RECORDS
     )
+    probe = BPF(text=text.encode(), cflags=[f"-I{source_dir()}"])
     try:
-        yield probe[b"renewal_layout"].Leaf
+        yield {name: probe[f"{name}_layout".encode()].Leaf for name in RECORDS}
     finally:
         probe.cleanup()
 
 
-def test_renewal_record_matches_the_c(program: Program, renewal_ctype: type) -> None:
-    assert_same_layout(maps.Renewal, renewal_ctype)
+@pytest.mark.parametrize("name", RECORDS)
+def test_ring_record_matches_the_c(
+    record_ctypes: dict[str, type[ctypes.Structure]], name: str
+) -> None:
+    assert_same_layout(RECORDS[name], record_ctypes[name])
 
 
 # Maps of scalars, as brushtaild reads and writes them: u32 keys, u64 values.
-SCALARS = {"templates": "Key", "config": "Leaf", "results": "Leaf", "latency": "Leaf"}
+SCALARS = {
+    "templates": "Key",
+    "config": "Leaf",
+    "results": "Leaf",
+    "latency": "Leaf",
+    "trace_lost": "Leaf",
+}
 
 
 @pytest.mark.parametrize(("table", "side"), SCALARS.items(), ids=SCALARS.keys())
@@ -95,6 +108,8 @@ PINNED = (
     "results",
     "latency",
     "renewals",
+    "trace",
+    "trace_lost",
 )
 
 
