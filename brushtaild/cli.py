@@ -254,6 +254,12 @@ def _add_fastpath(commands: "argparse._SubParsersAction[argparse.ArgumentParser]
     parser.set_defaults(run=_fastpath)
 
 
+def _add_trace(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from brushtaild.xdp import trace
+
+    trace.add_parser(commands)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brushtail", description="Operate a brushtail DHCPv4 server."
@@ -263,6 +269,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_check_config(commands)
     _add_leases(commands)
     _add_fastpath(commands)
+    _add_trace(commands)
     return parser
 
 

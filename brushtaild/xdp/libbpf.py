@@ -1,5 +1,6 @@
 """The few libbpf calls BCC's Python binding lacks, through ctypes on Debian's libbpf1:
-opening pinned objects, reading a map's layout and entries, draining a pinned ring buffer
+opening pinned objects, reading a map's layout and entries (and an array's slots),
+draining a pinned ring buffer
 no loaded program of ours owns, which maps a program uses, and BPF_PROG_TEST_RUN."""
 
 import ctypes
@@ -111,6 +112,12 @@ def _lib() -> ctypes.CDLL:
     )
     lib.bpf_prog_test_run_opts.argtypes = (ctypes.c_int, ctypes.POINTER(_TestRunOpts))
     lib.bpf_map_lookup_elem.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+    lib.bpf_map_update_elem.argtypes = (
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_uint64,
+    )
     lib.bpf_map_get_next_key.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
     lib.libbpf_num_possible_cpus.argtypes = ()
     lib.bpf_prog_get_fd_by_id.argtypes = (ctypes.c_uint32,)
@@ -156,6 +163,16 @@ def lookup_u64(fd: int, index: int) -> int | None:
     if _lib().bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value)) != 0:
         return None
     return value.value
+
+
+def update_u64(fd: int, index: int, value: int) -> None:
+    """Sets slot `index` of an array of u64."""
+    key = ctypes.c_uint32(index)
+    leaf = ctypes.c_uint64(value)
+    _check(
+        _lib().bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(leaf), 0),
+        "bpf_map_update_elem",
+    )
 
 
 def prog_map_ids(prog_id: int) -> list[int]:

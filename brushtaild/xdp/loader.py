@@ -296,22 +296,17 @@ class PinDir:
     def lock(self) -> None:
         """Takes the pin directory for this process (until it exits or calls close()): a
         second brushtaild with the same pin directory would delete this one's entries as
-        stale and overwrite its config slots. flock on the directory itself: nothing to
-        write into bpffs, and the kernel drops the lock however the holder dies."""
+        stale and overwrite its config slots."""
         ensure_bpffs()
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _flock_holder(fd)
-            os.close(fd)
+            self._lock_fd = lock_dir(self.root)
+        except Held as exc:
             raise PinDirBusy(
-                f"pin directory {self.root} is in use by {holder}: one pin directory per "
+                f"pin directory {self.root} is in use by {exc.holder}: one pin directory per "
                 "brushtaild (give each its own fastpath.pin_dir), and `brushtail fastpath "
                 "detach` only once brushtaild is stopped"
             ) from None
-        self._lock_fd = fd
 
     def versions(self) -> list[Version]:
         """Every version with pins, the unversioned pins of an old brushtaild included."""
@@ -348,6 +343,28 @@ class PinDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+class Held(Exception):
+    """Another process holds a directory's lock; `holder` says which."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+def lock_dir(path: Path) -> int:
+    """An fd of the directory `path` holding its exclusive flock, until closed; raises Held
+    if another process has it. flock on a directory: bpffs holds no lock files, and the
+    kernel drops the lock however the holder dies."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _flock_holder(fd)
+        os.close(fd)
+        raise Held(holder) from None
+    return fd
 
 
 def _flock_holder(fd: int) -> str:
