@@ -156,7 +156,13 @@ class Tracer:
     """The trace ring of one version's pins, with the trace switched on while open."""
 
     def __init__(self, version: Path, wanted: Filter) -> None:
-        if not (version / "trace").exists():
+        try:
+            pinned = (version / "trace").exists()
+        except PermissionError:
+            raise TraceError(
+                f"cannot read {version}: tracing reads the pinned maps, as root"
+            ) from None
+        if not pinned:
             raise TraceError(
                 f"no fast path with a trace ring is pinned under {version}: brushtaild has "
                 "not attached its program with this configuration, or an older one runs"

@@ -3,18 +3,21 @@ scripts; the config slots a filter sets; the command's arguments. tests/bpf/test
 reads real records from the program."""
 
 import ctypes
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from brushtaild.cli import _parser
+from brushtaild.cli import _parser, main
 from brushtaild.daemon import clock
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.options import parse_ip
 from brushtaild.xdp import maps
 from brushtaild.xdp.trace import Event, Filter, parse_mac
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "brushtail.yaml"
 MAC = bytes.fromhex("02b700000701")
 XDP_DROP, XDP_PASS, XDP_TX = 1, 2, 3
 # 2026-12-03 10:15:30.123456 UTC, as the program's CLOCK_BOOTTIME stamp
@@ -138,3 +141,15 @@ def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         _parser().parse_args(["trace", *argv])
     assert exit_.value.code == 2
+
+
+def test_without_a_pinned_program_it_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "brushtail.yaml"
+    pin_dir = f"/sys/fs/bpf/brushtail-unit-none-{os.getpid()}"
+    config.write_text(f"{EXAMPLE.read_text()}fastpath:\n  pin_dir: {pin_dir}\n")
+    assert main(["trace", "--config", str(config)]) == 1
+    assert f"no fast path with a trace ring is pinned under {pin_dir}/v-" in (
+        capsys.readouterr().err
+    )
