@@ -244,7 +244,8 @@ class Version:
     def pins(self) -> list[Path]:
         return [p for p in self.path.iterdir() if not p.is_dir()] if self.path.is_dir() else []
 
-    def _config(self, slot: int) -> int | None:
+    def config(self, slot: int) -> int | None:
+        """Slot `slot` of its pinned config, if it has one."""
         if not (self.path / "config").exists():
             return None
         fd = libbpf.obj_get(str(self.path / "config"))
@@ -255,7 +256,7 @@ class Version:
 
     def ifindex(self) -> int | None:
         """The interface this version's program was last attached to, if recorded."""
-        return self._config(maps.CFG_IFINDEX) or None
+        return self.config(maps.CFG_IFINDEX) or None
 
     def queues(self) -> bool:
         """Whether it has a renewals ring, which may hold renewals nobody recorded."""
@@ -264,7 +265,7 @@ class Version:
     def ring(self) -> Ring | None:
         if not self.queues():
             return None
-        recorded = self._config(maps.CFG_RENEWAL_LAYOUT)
+        recorded = self.config(maps.CFG_RENEWAL_LAYOUT)
         layout = RenewalLayout.unpack(recorded) if recorded else UNRECORDED_RENEWAL_LAYOUT
         return Ring(libbpf.obj_get(str(self.path / "renewals")), layout)
 

@@ -10,7 +10,6 @@ does). One tracer at a time: it holds the flock of the pin directory's current v
 """
 
 import argparse
-import contextlib
 import ctypes
 import json
 import os
@@ -183,7 +182,10 @@ class Tracer:
             self._ring = libbpf.RingReader(self._fds["trace"])
             self._epoll = select.epoll()
             self._epoll.register(self._fds["trace"], select.EPOLLIN)
-            self._ring.peek()  # what an earlier tracer left unread
+            # A tracer killed by SIGKILL left tracing on, and events unread: off, then
+            # those go, so that this tracer shows only what its own filters took.
+            libbpf.update_u64(self._fds["config"], maps.CFG_TRACE_COST, 0)
+            self._ring.peek()
             self._ring.release()
             self._lost_before = self.lost()
             for slot, value in wanted.slots().items():
@@ -211,19 +213,19 @@ class Tracer:
         return [Event.decode(raw) for raw in records]
 
     def close(self) -> None:
-        """Tracing off first (a failure to close must not leave it on), then the handles."""
-        config = self._fds.get("config")
-        if config is not None:
-            with contextlib.suppress(OSError):
-                libbpf.update_u64(config, maps.CFG_TRACE_COST, 0)
-        if self._epoll is not None:
-            self._epoll.close()
-        if self._ring is not None:
-            self._ring.close()
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-        os.close(self._lock)
+        """Tracing off, then the handles go, even if it could not be turned off."""
+        try:
+            if "config" in self._fds:
+                libbpf.update_u64(self._fds["config"], maps.CFG_TRACE_COST, 0)
+        finally:
+            if self._epoll is not None:
+                self._epoll.close()
+            if self._ring is not None:
+                self._ring.close()
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            os.close(self._lock)
 
     def __enter__(self) -> "Tracer":
         return self
@@ -330,7 +332,13 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "and counts the rest, reported at exit. One trace at a time; exit 1 if no program "
         "is pinned or another trace runs.",
     )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        metavar="FILE",
+        help="where the maps are pinned",
+    )
     parser.add_argument("--mac", type=_mac_arg, help="only requests with this chaddr")
     parser.add_argument(
         "--reason",
@@ -345,9 +353,10 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "--rate",
         type=_positive(int),
         default=DEFAULT_RATE,
+        metavar="N",
         help=f"events a second at most (default {DEFAULT_RATE})",
     )
-    parser.add_argument("--count", type=_positive(int), help="stop after N events")
+    parser.add_argument("--count", type=_positive(int), metavar="N", help="stop after N events")
     parser.add_argument("--duration", type=_positive(float), metavar="S", help="stop after S s")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.set_defaults(run=run)

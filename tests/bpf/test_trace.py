@@ -14,7 +14,7 @@ from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.xdp import libbpf, maps
-from brushtaild.xdp.loader import Program
+from brushtaild.xdp.loader import Program, Version
 from brushtaild.xdp.trace import Event, Filter, TraceError, Tracer
 from tests.bpf.frames import MALFORMED_FRAMES
 from tests.bpf.harness import ENGINE_LAG, XDP_DROP, XDP_PASS, XDP_TX, Fastpath, client_message
@@ -33,11 +33,7 @@ def tracing(program: Program) -> Iterator[None]:
 
 
 def config_slot(program: Program, slot: int) -> int:
-    fd = libbpf.obj_get(str(program.pin_dir / "config"))
-    try:
-        value = libbpf.lookup_u64(fd, slot)
-    finally:
-        os.close(fd)
+    value = Version(program.pin_dir).config(slot)
     assert value is not None
     return value
 
@@ -166,3 +162,18 @@ def test_a_tracer_sets_its_filter_and_turns_the_trace_off_when_it_closes(
 def test_without_a_trace_ring_there_is_nothing_to_trace(tmp_path: Path) -> None:
     with pytest.raises(TraceError, match="no fast path with a trace ring"):
         Tracer(tmp_path, ALL)
+
+
+def test_a_tracer_shows_nothing_a_killed_one_left(
+    fastpath: Fastpath, program: Program, tracing: None
+) -> None:
+    """A tracer killed by SIGKILL leaves tracing on and its events unread: the next one
+    starts from its own filters, with none of them."""
+    fd = libbpf.obj_get(str(program.pin_dir / "config"))
+    try:
+        for slot, value in Filter(mac=B).slots().items():
+            libbpf.update_u64(fd, slot, value)
+    finally:
+        os.close(fd)
+    fastpath.run(discover(fastpath, B))
+    assert [event.mac for event in traced(program, ALL, discover(fastpath, A))] == [A]

@@ -6,7 +6,6 @@ once the tracer exits, by --count or by SIGTERM.
 The tracer runs as a real process in the test's own namespaces: it needs only bpffs."""
 
 import json
-import os
 import select
 import signal
 import subprocess
@@ -14,7 +13,8 @@ import time
 from pathlib import Path
 
 from brushtaild.dhcp.options import format_mac
-from brushtaild.xdp import libbpf, maps
+from brushtaild.xdp import maps
+from brushtaild.xdp.loader import Version
 from tests.e2e.daemon import PYTHON, REPO, Brushtaild
 from tests.e2e.netns import Link
 from tests.e2e.test_fastpath import (
@@ -31,12 +31,8 @@ TRACE_TIMEOUT = 30.0
 
 def trace_cost(daemon: Brushtaild) -> int:
     """The rate slot of the daemon's pinned config: not 0 while a tracer runs."""
-    [config] = daemon.pin_dir.glob("v-*/config")
-    fd = libbpf.obj_get(str(config))
-    try:
-        value = libbpf.lookup_u64(fd, maps.CFG_TRACE_COST)
-    finally:
-        os.close(fd)
+    [version] = daemon.pin_dir.glob("v-*")
+    value = Version(version).config(maps.CFG_TRACE_COST)
     assert value is not None
     return value
 
