@@ -111,7 +111,10 @@ EOF
 # /sys/fs/bpf), keeping the server's network namespace.
 in_ns "$ns_srv" nsenter --mount="/proc/$$/ns/mnt" --wd="$repo" \
     "$python" -m brushtaild --config "$work/brushtail.yaml" >"$work/brushtaild.log" 2>&1 &
-tail -n +1 -f "$work/brushtaild.log" --pid=$$ 2>/dev/null | sed -u 's/^/  brushtaild: /' &
+# Live, except the lines of perfdhcp's hundred relayed clients (its MACs start 00:0c:01),
+# which are summed up after it runs.
+tail -n +1 -f "$work/brushtaild.log" --pid=$$ 2>/dev/null |
+    grep --line-buffered -v 'mac=00:0c:01:' | sed -u 's/^/  brushtaild: /' &
 wait_for "$work/brushtaild.log" "started" 60 || fail "brushtaild did not start"
 
 step "cpe1: ISC dhclient gets a lease"
@@ -145,6 +148,12 @@ in_ns "$ns_relay" perfdhcp -4 -l eth0 -r 50 -R 100 -n 100 -W 1000000 198.18.0.1 
 grep -E '^(Rate|\*\*\*Statistics for|sent packets|received packets|drops:)' "$work/perfdhcp.txt" |
     sed 's/^/  perfdhcp: /'
 grep -q '^received packets: [1-9]' "$work/perfdhcp.txt" || fail "perfdhcp got no answer"
+relayed=$(grep -c 'INFO ack .*mac=00:0c:01:' "$work/brushtaild.log" || true)
+echo "  brushtaild: $relayed relayed clients bound through 198.18.0.2 (their log lines not shown)"
+
+# From here on, every decision the kernel makes is traced (at most 100 a second).
+"$python" -m brushtaild.cli trace --config "$work/brushtail.yaml" >"$work/trace.txt" 2>&1 &
+trace_pid=$!
 
 step "cpe1: waiting for dhclient to renew on its own at T1 ($((LEASE_TIME / 2))s), in the kernel"
 wait_for "$work/cpe1.events" RENEW $((LEASE_TIME / 2 + 10)) || fail "dhclient did not renew"
@@ -177,6 +186,12 @@ for mac in "$mac1" "$mac2"; do
     wait_for "$work/brushtaild.log" "release .*mac=$mac " 5 || fail "no release from $mac"
 done
 metrics dhcp_cache_entries_total 'dhcp_fastpath_requests_total{result="message"}'
+
+step "What the kernel decided meanwhile: brushtail trace (Ctrl-C ends it)"
+kill -INT "$trace_pid"
+wait "$trace_pid" || fail "brushtail trace failed: $(cat "$work/trace.txt")"
+grep -v 'events shown' "$work/trace.txt" | tail -n 6 | sed 's/^/  /'
+grep 'events shown' "$work/trace.txt" | sed 's/^/  /'
 
 step "Stopping brushtaild (SIGTERM); the leases stay on disk"
 ip netns pids "$ns_srv" | xargs -r kill -TERM
