@@ -21,6 +21,27 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+# Per pool, read at scrape time: name, help, value.
+_POOL_GAUGES: tuple[tuple[str, str, Callable[[PoolUsage], float]], ...] = (
+    ("dhcp_pool_addresses", "Addresses a pool can hand out", lambda u: u.total),
+    (
+        "dhcp_pool_addresses_assigned",
+        "Addresses of a pool leased, offered or quarantined",
+        lambda u: u.assigned,
+    ),
+    (
+        "dhcp_pool_addresses_declined",
+        "Addresses of a pool quarantined after a DECLINE (also counted as assigned)",
+        lambda u: u.declined,
+    ),
+    (
+        "dhcp_pool_utilization_ratio",
+        "Assigned addresses of a pool out of the addresses it can hand out",
+        lambda u: u.utilization,
+    ),
+)
+
+
 class _PoolCollector(Collector):
     """Reads pool usage at scrape time, so the request loop never updates gauges."""
 
@@ -28,30 +49,12 @@ class _PoolCollector(Collector):
         self._usage = usage
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        total = GaugeMetricFamily(
-            "dhcp_pool_addresses", "Addresses a pool can hand out", labels=["pool"]
-        )
-        assigned = GaugeMetricFamily(
-            "dhcp_pool_addresses_assigned",
-            "Addresses of a pool leased, offered or quarantined",
-            labels=["pool"],
-        )
-        declined = GaugeMetricFamily(
-            "dhcp_pool_addresses_declined",
-            "Addresses of a pool quarantined after a DECLINE (also counted as assigned)",
-            labels=["pool"],
-        )
-        utilization = GaugeMetricFamily(
-            "dhcp_pool_utilization_ratio",
-            "Assigned addresses of a pool out of the addresses it can hand out",
-            labels=["pool"],
-        )
-        for pool, usage in self._usage().items():
-            total.add_metric([pool], usage.total)
-            assigned.add_metric([pool], usage.assigned)
-            declined.add_metric([pool], usage.declined)
-            utilization.add_metric([pool], usage.utilization)
-        yield from (total, assigned, declined, utilization)
+        usage = self._usage()
+        for name, documentation, value in _POOL_GAUGES:
+            family = GaugeMetricFamily(name, documentation, labels=["pool"])
+            for pool, pool_usage in usage.items():
+                family.add_metric([pool], value(pool_usage))
+            yield family
 
 
 class Metrics:

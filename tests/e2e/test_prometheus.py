@@ -37,7 +37,7 @@ from brushtaild.engine.decisions import NakReason
 from tests.e2e.capture import Capture
 from tests.e2e.clients import DhclientProcess, UdhcpcProcess, run_perfdhcp
 from tests.e2e.daemon import METRICS_PORT, PYTHON, REPO, Brushtaild
-from tests.e2e.netns import RELAY_IP, SERVER_IP, Link, in_netns
+from tests.e2e.netns import RELAY_IP, SERVER_IP, Link, in_netns, terminate
 from tests.e2e.test_fastpath import START_TIMEOUT, fast_daemon, renew, udhcpc_bound, wait_until
 from tests.environment import unavailable
 
@@ -228,13 +228,8 @@ class Prometheus:
         return list(data["result"])
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            terminate(self.proc, grace=10)
         shutil.rmtree(self.storage, ignore_errors=True)
 
 
