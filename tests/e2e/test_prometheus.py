@@ -37,7 +37,7 @@ from brushtaild.engine.decisions import NakReason
 from tests.e2e.capture import Capture
 from tests.e2e.clients import DhclientProcess, UdhcpcProcess, run_perfdhcp
 from tests.e2e.daemon import METRICS_PORT, PYTHON, REPO, Brushtaild
-from tests.e2e.netns import RELAY_IP, SERVER_IP, Link, in_netns, terminate
+from tests.e2e.netns import RELAY_IP, SERVER_IF, SERVER_IP, Link, in_netns, ip, terminate
 from tests.e2e.test_fastpath import START_TIMEOUT, fast_daemon, renew, udhcpc_bound, wait_until
 from tests.environment import unavailable
 
@@ -335,3 +335,20 @@ def test_prometheus_scrapes_the_daemon_and_every_dashboard_and_rule_expression_h
         memory = server.query("dhcp_cache_size_bytes")
         assert {"leases", "ratelimit"} <= {m["metric"]["map"] for m in memory}, memory
         assert all(float(m["value"][1]) > 0 for m in memory), memory
+
+
+def test_a_program_taken_off_the_interface_is_reported_detached(link: Link, tmp_path: Path) -> None:
+    """What BrushtailFastPathDetached watches: the mode as the kernel reports it at each
+    scrape, not as the daemon remembers attaching it."""
+    with fast_daemon(link, tmp_path) as daemon:
+        daemon.start(START_TIMEOUT)
+        attached = [k for k in daemon.samples() if k.startswith("dhcp_fastpath_xdp_mode{")]
+        assert attached in (
+            ['dhcp_fastpath_xdp_mode{configured="auto",mode="native"}'],
+            ['dhcp_fastpath_xdp_mode{configured="auto",mode="generic"}'],
+        ), attached
+        mode = "xdpgeneric" if "generic" in attached[0] else "xdpdrv"
+        ip("-n", link.server_ns, "link", "set", "dev", SERVER_IF, mode, "off")
+        samples = daemon.samples()
+        assert samples['dhcp_fastpath_xdp_mode{configured="auto",mode="detached"}'] == 1
+        assert samples["dhcp_fastpath_up"] == 1  # the daemon did not take it down itself
