@@ -542,7 +542,7 @@ def one_run(run: int, args: argparse.Namespace, root: Path, gen: Path, snapshot:
 
         bound = bind_subscribers(wire, server_mac, args.subscribers)
         wait_for("kernel entry for every subscriber",
-                 lambda: sum_samples(scrape(daemon), "dhcp_cache_entries_total") >= len(bound),
+                 lambda: sum_samples(scrape(daemon), "dhcp_cache_entries") >= len(bound),
                  30)  # fmt: skip
         add_neighbours(link, bound, work)
         renewals = Renewals(wire, server_mac, bound, args.renew_rate)

@@ -185,7 +185,7 @@ in_ns "$ns_cpe1" "${dh[@]}" -r >/dev/null 2>&1
 for mac in "$mac1" "$mac2"; do
     wait_for "$work/brushtaild.log" "release .*mac=$mac " 5 || fail "no release from $mac"
 done
-metrics dhcp_cache_entries_total 'dhcp_fastpath_requests_total{result="message"}'
+metrics dhcp_cache_entries 'dhcp_fastpath_requests_total{result="message"}'
 
 step "What the kernel decided meanwhile: brushtail trace (Ctrl-C ends it)"
 kill -INT "$trace_pid"

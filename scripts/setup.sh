@@ -17,6 +17,7 @@ PACKAGES=(
     python3-bpfcc bpfcc-tools python3-openssl python3-cryptography
     iproute2 isc-dhcp-client udhcpc kea-admin kea-dhcp4-server tcpdump util-linux strace
     libfaketime  # tests/e2e/test_clock_step.py steps the daemon's wall clock
+    prometheus   # tests/e2e/test_prometheus.py: its server and promtool check monitoring/
     # Debian package build (scripts/build-deb.sh, tests/packaging)
     debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian
     # Linters of scripts/check.sh (ansible for the collections the roles use)
@@ -63,17 +64,21 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-keep_kea_stopped() {
-    # kea-dhcp4-server is only a benchmark peer that tests start by hand in a namespace; a
-    # host-wide instance would answer on every interface.
-    if [ -d /run/systemd/system ]; then
-        systemctl disable --now kea-dhcp4-server
-    elif [ -x /etc/init.d/kea-dhcp4-server ]; then
-        update-rc.d kea-dhcp4-server disable
-        if /etc/init.d/kea-dhcp4-server status; then
-            /etc/init.d/kea-dhcp4-server stop
+keep_stopped() {
+    # kea-dhcp4-server is only a benchmark peer, prometheus a scraper, that tests start by
+    # hand in a namespace (their binaries, with configs of their own): a host-wide kea
+    # would answer on every interface, a host-wide prometheus scrape and fill a disk.
+    local service
+    for service in "$@"; do
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now "$service"
+        elif [ -x "/etc/init.d/$service" ]; then
+            update-rc.d "$service" disable
+            if "/etc/init.d/$service" status; then
+                "/etc/init.d/$service" stop
+            fi
         fi
-    fi
+    done
 }
 
 kernel_headers() {
@@ -140,7 +145,7 @@ exec 9>/run/lock/brushtail-setup.lock
 flock 9
 
 step "Debian packages" apt_install "${PACKAGES[@]}"
-step "kea-dhcp4-server service off" keep_kea_stopped
+step "kea-dhcp4-server and prometheus services off" keep_stopped kea-dhcp4-server prometheus
 step "kernel headers for BCC" kernel_headers
 step "bpffs on /sys/fs/bpf" mount_bpffs
 step "venv .venv (/usr/bin/python3, system site-packages)" make_venv

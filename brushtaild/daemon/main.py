@@ -43,7 +43,7 @@ from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
-from brushtaild.engine.decisions import Decision, Ingress
+from brushtaild.engine.decisions import Decision, Ingress, LeaseEvent
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO, Received
@@ -329,7 +329,7 @@ class Daemon:
     def _record_leftover(self, renewals: list[Renewal]) -> None:
         renewed, _ = self._recorded(renewals)
         self._commit([renewed])
-        self.lease_log.add(renewed.events, "fast")
+        self._log_events(renewed.events, "fast")
         self.lease_log.flush()
 
     def _status(self, now: float) -> str:
@@ -341,8 +341,8 @@ class Daemon:
         self._status_window = (now, requests)
         self._status_due = now + STATUS_INTERVAL
         usage = self.server.pool_usage().values()
-        total = sum(n_total for n_total, _ in usage)
-        assigned = sum(n_assigned for _, n_assigned in usage)
+        total = sum(pool.total for pool in usage)
+        assigned = sum(pool.assigned for pool in usage)
         share = 100 * assigned / total if total else 0.0
         return (
             f"serving {self.config.interface}: {assigned} leases ({share:.0f}% of {total}), "
@@ -401,7 +401,7 @@ class Daemon:
             if not (decision.lease_writes or decision.lease_deletes):
                 self._send(decision, now)
         self._commit([renewed, *durable])
-        self.lease_log.add(renewed.events, "fast")
+        self._log_events(renewed.events, "fast")
         # Only now that the batch is on disk may the kernel answer for its leases.
         self._apply_to_fastpath(decisions, now)
         for decision in durable:
@@ -487,9 +487,15 @@ class Daemon:
                 self._internal_error(exc, f"mac={format_mac(reply.message.hwaddr)}", now)
             else:
                 self.metrics.count_reply(reply.message.message_type)
+                if decision.nak is not None:
+                    self.metrics.count_nak(decision.nak)
                 if self.fastpath is not None:
                     self.fastpath.relays.answered(reply)
-        self.lease_log.add(decision.events, "slow")
+        self._log_events(decision.events, "slow")
+
+    def _log_events(self, events: list[LeaseEvent], path: str) -> None:
+        self.lease_log.add(events, path)
+        self.metrics.count_events(events, path)
 
     def _commit(self, decisions: list[Decision]) -> None:
         """Durably write a batch's lease changes. A store failure propagates and stops the
@@ -539,7 +545,7 @@ class Daemon:
         reload, at stop); a batch and housekeeping commit them with their own changes."""
         renewed = self._absorb_renewals()
         self._commit([renewed])
-        self.lease_log.add(renewed.events, "fast")
+        self._log_events(renewed.events, "fast")
 
     def _recorded(self, renewals: list[Renewal]) -> tuple[Decision, list[Renewal]]:
         """The engine's decision on renewals the kernel answered, for the caller to commit,
@@ -568,8 +574,8 @@ class Daemon:
             expired = Decision()
         self._commit([renewed, expired])
         self._apply_to_fastpath([expired], now)
-        self.lease_log.add(renewed.events, "fast")
-        self.lease_log.add(expired.events, "slow")
+        self._log_events(renewed.events, "fast")
+        self._log_events(expired.events, "slow")
         self.lease_log.flush()
         step = clock.step()
         if abs(step - self._step_logged) > CLOCK_STEP_LOGGED:

@@ -3,7 +3,7 @@
 The fast path and replication add their metrics to this same registry.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -11,6 +11,8 @@ from prometheus_client.registry import Collector
 
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.reasons import DropReason
+from brushtaild.engine.decisions import LeaseEvent, LeaseEventKind, NakReason
+from brushtaild.engine.lease_table import PoolUsage
 
 # Slow-path latency runs from tens of microseconds (an OFFER) to a few milliseconds (an ACK
 # waiting for its fsync); buckets resolve both ends.
@@ -19,30 +21,44 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+# Per pool, read at scrape time: name, help, value.
+_POOL_GAUGES: tuple[tuple[str, str, Callable[[PoolUsage], float]], ...] = (
+    ("dhcp_pool_addresses", "Addresses a pool can hand out", lambda u: u.total),
+    (
+        "dhcp_pool_addresses_assigned",
+        "Addresses of a pool leased, offered or quarantined",
+        lambda u: u.assigned,
+    ),
+    (
+        "dhcp_pool_addresses_declined",
+        "Addresses of a pool quarantined after a DECLINE (also counted as assigned)",
+        lambda u: u.declined,
+    ),
+    (
+        "dhcp_pool_utilization_ratio",
+        "Assigned addresses of a pool out of the addresses it can hand out",
+        lambda u: u.utilization,
+    ),
+)
+
+
 class _PoolCollector(Collector):
     """Reads pool usage at scrape time, so the request loop never updates gauges."""
 
-    def __init__(self, usage: Callable[[], dict[str, tuple[int, int]]]) -> None:
+    def __init__(self, usage: Callable[[], dict[str, PoolUsage]]) -> None:
         self._usage = usage
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        total = GaugeMetricFamily(
-            "dhcp_pool_addresses_total", "Addresses a pool can hand out", labels=["pool"]
-        )
-        assigned = GaugeMetricFamily(
-            "dhcp_pool_addresses_assigned",
-            "Addresses of a pool leased, offered or quarantined",
-            labels=["pool"],
-        )
-        for pool, (n_total, n_assigned) in self._usage().items():
-            total.add_metric([pool], n_total)
-            assigned.add_metric([pool], n_assigned)
-        yield total
-        yield assigned
+        usage = self._usage()
+        for name, documentation, value in _POOL_GAUGES:
+            family = GaugeMetricFamily(name, documentation, labels=["pool"])
+            for pool, pool_usage in usage.items():
+                family.add_metric([pool], value(pool_usage))
+            yield family
 
 
 class Metrics:
-    def __init__(self, pool_usage: Callable[[], dict[str, tuple[int, int]]]) -> None:
+    def __init__(self, pool_usage: Callable[[], dict[str, PoolUsage]]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "dhcp_slowpath_requests_total",
@@ -78,6 +94,20 @@ class Metrics:
             "Lease changes written durably to the lease store",
             registry=self.registry,
         )
+        self.naks = Counter(
+            "dhcp_naks_total",
+            "NAKs sent, by why the engine refused the REQUEST",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.lease_events = Counter(
+            "dhcp_lease_events_total",
+            "What happened to leases, as the lease log records it (offer, ack, nak, release, "
+            "decline, expire, inform), by the path that decided it (slow: the engine; fast: "
+            "a renewal the kernel answered, recorded by the daemon)",
+            ["event", "path"],
+            registry=self.registry,
+        )
         self.socket_errors = Counter(
             "dhcp_socket_errors_total",
             "Errors of the DHCP sockets by operation (receive, send) and errno name; "
@@ -98,6 +128,12 @@ class Metrics:
         self._drop_children = {r: self.dropped.labels(r.label) for r in DropReason}
         self._request_drop_children = {r: self.requests.labels(r.label) for r in DropReason}
         self._reply_children: dict[MessageType | None, Counter] = {}
+        self._nak_children = {r: self.naks.labels(r.label) for r in NakReason}
+        self._event_children = {
+            (kind, path): self.lease_events.labels(kind.value, path)
+            for kind in LeaseEventKind
+            for path in ("slow", "fast")
+        }
 
     def count_reply(self, mtype: MessageType | None) -> None:
         child = self._reply_children.get(mtype)
@@ -109,6 +145,13 @@ class Metrics:
     def count_drop(self, reason: DropReason, n: int = 1) -> None:
         self._drop_children[reason].inc(n)
         self._request_drop_children[reason].inc(n)
+
+    def count_nak(self, reason: NakReason) -> None:
+        self._nak_children[reason].inc()
+
+    def count_events(self, events: Iterable[LeaseEvent], path: str) -> None:
+        for event in events:
+            self._event_children[event.kind, path].inc()
 
     def count_socket_error(self, operation: str, error: str) -> None:
         self.socket_errors.labels(operation, error).inc()

@@ -62,6 +62,20 @@ class LeaseEventKind(Enum):
     INFORM = "inform"
 
 
+class NakReason(Enum):
+    """Why a REQUEST was NAKed: the metrics' label, and the text the NAK carries (option 56)."""
+
+    NO_SUBNET = "no subnet for this network"
+    NO_REQUESTED_ADDRESS = "no requested address"
+    NOT_ON_NETWORK = "address not on this network"
+    NOT_CLIENTS = "address not leased to this client"
+    ADDRESS_IN_USE = "address in use"
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseEvent:
     """One line of the lease log: who got what, where, and why."""
@@ -81,5 +95,6 @@ class Decision:
     lease_deletes: list[int] = field(default_factory=list)
     events: list[LeaseEvent] = field(default_factory=list)
     drop: DropReason | None = None
+    nak: NakReason | None = None  # set with the NAK among `replies`
     # A bug met while deciding (drop is INTERNAL_ERROR): for the daemon to log.
     error: Exception | None = None

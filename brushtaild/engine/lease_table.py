@@ -110,6 +110,17 @@ class _Timers(Generic[K]):
         return len(self._heap)
 
 
+@dataclass(frozen=True, slots=True)
+class PoolUsage:
+    total: int  # addresses the pool can hand out
+    assigned: int  # leased, offered or quarantined
+    declined: int  # quarantined after a DECLINE (counted in `assigned` too)
+
+    @property
+    def utilization(self) -> float:
+        return self.assigned / self.total if self.total else 0.0
+
+
 class LeaseTable:
     def __init__(
         self,
@@ -172,8 +183,11 @@ class LeaseTable:
             times.append(0.0)
         return min(times) if times else None
 
-    def usage(self) -> dict[str, tuple[int, int]]:
-        return {name: (a.total, a.assigned) for name, a in self.allocators.items()}
+    def usage(self) -> dict[str, PoolUsage]:
+        return {
+            name: PoolUsage(a.total, a.assigned, len(self._quarantined.get(name, ())))
+            for name, a in self.allocators.items()
+        }
 
     def timer_entries(self) -> int:
         """Heap entries of both timer kinds: bounded by the records, whatever the renewals."""

@@ -32,9 +32,10 @@ from brushtaild.engine.decisions import (
     Ingress,
     LeaseEvent,
     LeaseEventKind,
+    NakReason,
     Reply,
 )
-from brushtaild.engine.lease_table import LeaseTable
+from brushtaild.engine.lease_table import LeaseTable, PoolUsage
 from brushtaild.engine.leases import Lease
 
 # Replies never exceed what fits an Ethernet frame, whatever option 57 claims.
@@ -193,8 +194,7 @@ class Server:
     def leases(self) -> list[Lease]:
         return self.table.leases()
 
-    def pool_usage(self) -> dict[str, tuple[int, int]]:
-        """Pool name -> (addresses total, addresses assigned, offered or quarantined)."""
+    def pool_usage(self) -> dict[str, PoolUsage]:
         return self.table.usage()
 
     def reconfigured(
@@ -298,7 +298,7 @@ class Server:
             decision.drop = DropReason.OTHER_SERVER
         elif not ctx.pools:
             if names_us:
-                self._nak(ctx, decision, "no subnet for this network")
+                self._nak(ctx, decision, NakReason.NO_SUBNET)
             else:
                 decision.drop = DropReason.NO_SUBNET
         elif msg.ciaddr:
@@ -313,13 +313,13 @@ class Server:
 
     def _request_selecting(self, ctx: ClientContext, decision: Decision) -> None:
         if not ctx.requested:
-            self._nak(ctx, decision, "no requested address")
+            self._nak(ctx, decision, NakReason.NO_REQUESTED_ADDRESS)
             return
         self._bind(ctx, decision, ctx.requested)
 
     def _request_init_reboot(self, ctx: ClientContext, decision: Decision) -> None:
         if not self._on_network(ctx.pools, ctx.requested):
-            self._nak(ctx, decision, "address not on this network")
+            self._nak(ctx, decision, NakReason.NOT_ON_NETWORK)
             return
         lease = self.table.lease_of(ctx.client_id)
         hold = self.table.hold_of(ctx.client_id)
@@ -329,7 +329,7 @@ class Server:
             decision.drop = DropReason.NO_RECORD
             return
         if ctx.requested not in {lease.address if lease else 0, hold.address if hold else 0}:
-            self._nak(ctx, decision, "address not leased to this client")
+            self._nak(ctx, decision, NakReason.NOT_CLIENTS)
             return
         self._bind(ctx, decision, ctx.requested)
 
@@ -337,7 +337,7 @@ class Server:
         address = ctx.message.ciaddr
         lease = self.table.lease_of(ctx.client_id)
         if lease is not None and lease.address != address and lease.active(ctx.now):
-            self._nak(ctx, decision, "address not leased to this client")
+            self._nak(ctx, decision, NakReason.NOT_CLIENTS)
             return
         if (lease is None or lease.address != address) and self._on_network(ctx.pools, address):
             # No record of this client at this address. Inside our ranges and free, the
@@ -357,7 +357,7 @@ class Server:
         """Lease `address` to the client (ACK), or NAK if it can't be."""
         alloc = self._pool_of(ctx, address)
         if alloc is None:
-            self._nak(ctx, decision, "address not on this network")
+            self._nak(ctx, decision, NakReason.NOT_ON_NETWORK)
             return
         msg = ctx.message
         lease = self.table.bind(
@@ -370,7 +370,7 @@ class Server:
             decision,
         )
         if lease is None:
-            self._nak(ctx, decision, "address in use")
+            self._nak(ctx, decision, NakReason.ADDRESS_IN_USE)
             return
         # The lease stays written even if the ACK cannot be encoded: the client retries
         # and is given the same address.
@@ -492,12 +492,12 @@ class Server:
         self._templates[key] = template
         return template
 
-    def _nak(self, ctx: ClientContext, decision: Decision, why: str) -> None:
+    def _nak(self, ctx: ClientContext, decision: Decision, why: NakReason) -> None:
         request = ctx.message
         options: dict[int, bytes] = {
             OptionCode.MESSAGE_TYPE: bytes((MessageType.NAK,)),
             OptionCode.SERVER_ID: self._server_id,
-            OptionCode.MESSAGE: why.encode("ascii"),
+            OptionCode.MESSAGE: why.value.encode("ascii"),
         }
         reply = Message(
             op=Op.BOOTREPLY,
@@ -512,8 +512,9 @@ class Server:
         )
         template = ReplyTemplate(options, encode_options(options), ())
         if self._finish(ctx, decision, reply, MessageType.NAK, template):
+            decision.nak = why
             address = ctx.requested or request.ciaddr
-            decision.events.append(self._event(LeaseEventKind.NAK, ctx, address, "", why))
+            decision.events.append(self._event(LeaseEventKind.NAK, ctx, address, "", why.value))
 
     def _finish(
         self,

@@ -190,9 +190,11 @@ class FastPath:
     def collector(self) -> stats.FastPathCollector:
         return stats.FastPathCollector(
             self.program,
-            lambda: self.sync.entries,
-            lambda: self.relays.entries,
-            lambda: self.mode,
+            entries=lambda: self.sync.entries,
+            relays=lambda: self.relays.entries,
+            mode=lambda: self.program.mode_on(self.config.interface),
+            configured_mode=self.config.fastpath.xdp_mode.value,
+            memory=self.program.map_memory,
         )
 
     def snapshot(self) -> stats.Snapshot:

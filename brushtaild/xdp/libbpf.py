@@ -121,6 +121,7 @@ def _lib() -> ctypes.CDLL:
     lib.bpf_map_get_next_key.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
     lib.libbpf_num_possible_cpus.argtypes = ()
     lib.bpf_prog_get_fd_by_id.argtypes = (ctypes.c_uint32,)
+    lib.bpf_map_get_fd_by_id.argtypes = (ctypes.c_uint32,)
     return lib
 
 
@@ -175,21 +176,47 @@ def update_u64(fd: int, index: int, value: int) -> None:
     )
 
 
+def _prog_info(fd: int) -> tuple[_ProgInfo, list[int]]:
+    """A program's info and the ids of the maps it uses."""
+    ids = (ctypes.c_uint32 * 64)()
+    info = _ProgInfo(nr_map_ids=len(ids), map_ids=ctypes.addressof(ids))
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(
+        _lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+        "bpf_obj_get_info_by_fd",
+    )
+    return info, list(ids[: min(info.nr_map_ids, len(ids))])
+
+
+def prog_id(fd: int) -> int:
+    """The kernel's id of a loaded program, as the interface's XDP attachment names it."""
+    return int(_prog_info(fd)[0].id)
+
+
 def prog_map_ids(prog_id: int) -> list[int]:
     """The ids of the maps the program `prog_id` uses."""
-    lib = _lib()
-    fd = _check(lib.bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id({prog_id})")
+    fd = _check(_lib().bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id({prog_id})")
     try:
-        ids = (ctypes.c_uint32 * 64)()
-        info = _ProgInfo(nr_map_ids=len(ids), map_ids=ctypes.addressof(ids))
-        size = ctypes.c_uint32(ctypes.sizeof(info))
-        _check(
-            lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
-            "bpf_obj_get_info_by_fd",
-        )
+        return _prog_info(fd)[1]
     finally:
         os.close(fd)
-    return list(ids[: min(info.nr_map_ids, len(ids))])
+
+
+def map_memory(map_id: int) -> tuple[str, int]:
+    """A map's name and the bytes of kernel memory it takes: the `memlock` of its fdinfo,
+    which the kernel computes per map type (per-CPU copies, hash buckets and LRU lists
+    included), the figure `bpftool map show` prints."""
+    fd = _check(_lib().bpf_map_get_fd_by_id(map_id), f"bpf_map_get_fd_by_id({map_id})")
+    try:
+        name = _map_info(fd).name.decode(errors="replace")
+        with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
+            for line in fdinfo:
+                key, _, value = line.partition(":")
+                if key == "memlock":
+                    return name, int(value)
+    finally:
+        os.close(fd)
+    raise LibbpfError(0, f"map {map_id} ({name}): no memlock in its fdinfo")
 
 
 class RingReader:

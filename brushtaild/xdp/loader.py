@@ -424,6 +424,7 @@ class Program:
         self.load_seconds = clock.ticks() - started
         self.pin_dir = pin_dir
         self.fd: int = self._fn.fd
+        self.id = libbpf.prog_id(self.fd)
         self.mode: str | None = None
         self._ring: libbpf.RingReader | None = None
         self._put_config(maps.CFG_RENEWAL_LAYOUT, RenewalLayout.current().pack())
@@ -463,6 +464,16 @@ class Program:
             return name
         raise LoadError(f"cannot attach XDP to {ifname}: {'; '.join(errors)}")
 
+    def mode_on(self, ifname: str) -> str | None:
+        """The mode this program is attached in on `ifname` as the kernel reports it now,
+        or None if it is not there (never attached, taken off, replaced by another)."""
+        program = _attached(ifname)
+        return program[1] if program is not None and program[0] == self.id else None
+
+    def map_memory(self) -> dict[str, int]:
+        """Kernel memory of each map the program uses, by map name."""
+        return dict(libbpf.map_memory(i) for i in libbpf.prog_map_ids(self.id))
+
     def renewals(self) -> libbpf.RingReader:
         """This program's renewals ring, read in place (see libbpf.RingReader)."""
         if self._ring is None:
@@ -499,13 +510,17 @@ def _xdp_program(ifindex: int) -> tuple[int, str] | None:
     return (int(prog_id or 0), mode) if mode is not None else None
 
 
-def attached_mode(ifname: str) -> str | None:
-    """'native', 'generic' or None, as the kernel reports the interface's XDP program."""
+def _attached(ifname: str) -> tuple[int, str] | None:
     try:
         ifindex = socket.if_nametoindex(ifname)
     except OSError:
         return None  # no such interface: nothing attached to it
-    program = _xdp_program(ifindex)
+    return _xdp_program(ifindex)
+
+
+def attached_mode(ifname: str) -> str | None:
+    """'native', 'generic' or None, as the kernel reports the interface's XDP program."""
+    program = _attached(ifname)
     return program[1] if program is not None else None
 
 

@@ -49,14 +49,19 @@ class FastPathCollector(Collector):
     def __init__(
         self,
         tables: Any,
+        *,
         entries: Callable[[], int],
         relays: Callable[[], int],
         mode: Callable[[], str | None],
+        configured_mode: str,
+        memory: Callable[[], dict[str, int]],
     ) -> None:
         self._tables = tables
         self._entries = entries
         self._relays = relays
         self._mode = mode
+        self._configured_mode = configured_mode
+        self._memory = memory
 
     def collect(self) -> Iterator[Metric]:
         snap = read(self._tables)
@@ -84,15 +89,24 @@ class FastPathCollector(Collector):
             sum_value=_estimated_sum(snap.latency),
         )
         yield GaugeMetricFamily(
-            "dhcp_cache_hit_rate",
-            "Share of requests that found a usable lease entry and were answered in the kernel",
+            "dhcp_cache_hit_ratio",
+            "Share of requests that found a usable lease entry and were answered in the "
+            "kernel, since the maps were created",
             value=snap.hit_rate,
         )
         yield GaugeMetricFamily(
-            "dhcp_cache_entries_total",
+            "dhcp_cache_entries",
             "Lease entries installed in the kernel map",
             value=self._entries(),
         )
+        size = GaugeMetricFamily(
+            "dhcp_cache_size_bytes",
+            "Kernel memory the fast path's maps take, by map (the kernel's own figure)",
+            labels=["map"],
+        )
+        for name, memory in sorted(self._memory().items()):
+            size.add_metric([name], memory)
+        yield size
         yield GaugeMetricFamily(
             "dhcp_fastpath_relays",
             "Relays the kernel answers, each with the next hop routing gives for its giaddr",
@@ -100,11 +114,12 @@ class FastPathCollector(Collector):
         )
         mode = GaugeMetricFamily(
             "dhcp_fastpath_xdp_mode",
-            "1 for the XDP mode the program is attached in (native: in the driver; "
-            "generic: after the kernel built an skb)",
-            labels=["mode"],
+            "1 for the XDP mode the program is attached in as the kernel reports it now "
+            "(native: in the driver; generic: after the kernel built an skb; detached: not "
+            "on the interface), with the mode the config asks for",
+            labels=["mode", "configured"],
         )
-        mode.add_metric([self._mode() or "detached"], 1)
+        mode.add_metric([self._mode() or "detached", self._configured_mode], 1)
         yield mode
 
 

@@ -11,7 +11,6 @@ clock the daemon keeps its expiries in. `-U --immediate-mode` writes each frame 
 it is seen: a reader gets every frame captured up to a moment shortly after it.
 """
 
-import contextlib
 import struct
 import subprocess
 import time
@@ -24,7 +23,7 @@ from brushtaild.dhcp.codec import parse
 from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.options import parse_ip
 from brushtaild.dhcp.reasons import MalformedPacket
-from tests.e2e.netns import CLIENT_IF, SERVER_IP, Link
+from tests.e2e.netns import CLIENT_IF, SERVER_IP, Link, terminate
 
 # pcap with nanosecond timestamps, as tcpdump writes it on a little-endian host.
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -158,13 +157,8 @@ class Capture:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=5)
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            terminate(self.proc)
 
     def __enter__(self) -> Self:
         return self

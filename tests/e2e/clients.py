@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from tests.e2e.netns import CLIENT_IF, SERVER_IP, Link
+from tests.e2e.netns import CLIENT_IF, SERVER_IP, Link, terminate
 
 HERE = Path(__file__).parent
 DHCLIENT_SCRIPT = HERE / "dhclient-script.sh"
@@ -122,13 +122,8 @@ class _ClientProcess:
 
     def kill(self) -> None:
         """Stop without running the script: the address, if any, stays on the interface."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            terminate(self.proc)
 
     def wait_exit(self, timeout: float) -> Events:
         """Wait up to `timeout` seconds for the client to exit by itself."""

@@ -92,6 +92,18 @@ def delete_namespace(ns: str) -> None:
         ip("netns", "del", ns)
 
 
+def terminate(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if `proc` is still running after `grace` seconds; reaped."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie, killed but not yet reaped, does not): the test runs
     that own namespaces and pin directories are told apart from dead ones by it."""

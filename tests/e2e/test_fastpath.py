@@ -40,7 +40,7 @@ FAST_MESSAGE = 'dhcp_fastpath_requests_total{result="message"}'
 SLOW_ACK = 'dhcp_slowpath_requests_total{result="ack"}'
 SLOW_OFFER = 'dhcp_slowpath_requests_total{result="offer"}'
 SLOW_NAK = 'dhcp_slowpath_requests_total{result="nak"}'
-ENTRIES = "dhcp_cache_entries_total"
+ENTRIES = "dhcp_cache_entries"
 RELAYS = "dhcp_fastpath_relays"
 ATTACHED = re.compile(
     r"fast path attached to \S+ in (native|generic) mode: (\d+) entries.*"
@@ -163,7 +163,7 @@ def test_udhcpc_renewals_are_answered_in_the_kernel(link: Link, tmp_path: Path) 
         assert after[FAST_ACK] >= before[FAST_ACK] + 2
         for slow in (SLOW_ACK, SLOW_OFFER):
             assert after[slow] == before[slow], slow
-        assert after["dhcp_cache_hit_rate"] > 0
+        assert after["dhcp_cache_hit_ratio"] > 0
 
 
 def test_a_relays_renewals_are_answered_in_the_kernel_at_its_next_hop(

@@ -186,6 +186,17 @@ def test_bpf_sources_are_installed_for_bcc(debs: Built) -> None:
     assert shipped - {""} == in_tree
 
 
+def test_dashboard_and_alerting_rules_are_shipped(debs: Built) -> None:
+    """Every file of monitoring/, at the same place under /usr/share/brushtail/monitoring/
+    (the rules' tests name the rules file beside them), and the page that explains them."""
+    in_tree = {str(p.relative_to(REPO)) for p in (REPO / "monitoring").rglob("*") if p.is_file()}
+    contents = _contents(debs.first)
+    for path in sorted(in_tree):
+        assert f"/usr/share/brushtail/{path}" in contents, path
+    # dh_compress compresses docs above 4 kB.
+    assert contents & {f"/usr/share/doc/brushtail/METRICS.md{gz}" for gz in ("", ".gz")}
+
+
 def test_build_refuses_a_changelog_that_disagrees_with_the_code(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("scripts/build-deb.sh runs only as root")

@@ -81,8 +81,8 @@ def test_no_address_is_ever_active_for_two_clients(ops: list[tuple[str, int, int
         msg = _message(op, client, address)
         decision = server.handle(msg, INGRESS, now)
         if decision.drop is DropReason.POOL_EXHAUSTED:
-            total, assigned = server.pool_usage()[POOL.name]
-            assert assigned == total
+            usage = server.pool_usage()[POOL.name]
+            assert usage.assigned == usage.total
         # Invariant: active leases, quarantines and offers never share an address.
         occupied = [
             lease.address
@@ -90,6 +90,9 @@ def test_no_address_is_ever_active_for_two_clients(ops: list[tuple[str, int, int
             if lease.state in (LeaseState.BOUND, LeaseState.DECLINED) and lease.expires > now
         ]
         assert len(occupied) == len(set(occupied))
+        # The pool's declined count is its quarantine records, whatever ended them.
+        declined = [lease for lease in server.leases() if lease.state is LeaseState.DECLINED]
+        assert server.pool_usage()[POOL.name].declined == len(declined)
         offered = [r.message.yiaddr for r in decision.replies if r.message.yiaddr]
         for address_offered in offered:
             assert PoolAllocator(POOL, SERVER).contains(address_offered)

@@ -42,7 +42,7 @@ from brushtaild.xdp.fastpath import Renewal
 from brushtaild.xdp.loader import LoadError
 from brushtaild.xdp.maps import Result
 from brushtaild.xdp.stats import Snapshot
-from tests.engine_helpers import INGRESS, mac, make_config, request
+from tests.engine_helpers import INGRESS, SERVER, mac, make_config, request
 
 RELAY = opt.parse_ip("198.19.0.1")  # giaddr of a relay the server has no route to
 
@@ -738,3 +738,43 @@ def test_relays_answered_are_handed_to_the_fast_path_and_a_refresh_failure_stays
     with caplog.at_level(logging.WARNING):
         daemon._housekeeping()  # logged, not raised
     assert "relay refresh failed" in caplog.text
+
+
+# --- metrics after a known sequence ---------------------------------------------------------
+
+
+def test_metrics_count_each_reply_nak_reason_lease_event_and_pool_state(
+    daemon: Daemon, io: FakeIO
+) -> None:
+    first = opt.parse_ip("198.18.1.0")
+    second = first + 1
+    elsewhere = opt.parse_ip("203.0.113.5")
+    sequence = [
+        request(MessageType.DISCOVER, 1),
+        request(MessageType.REQUEST, 1, requested=first, server_id=SERVER),
+        request(MessageType.DISCOVER, 2),
+        request(MessageType.REQUEST, 2, requested=second, server_id=SERVER),
+        request(MessageType.DECLINE, 2, requested=second, server_id=SERVER),
+        request(MessageType.RELEASE, 1, ciaddr=first, server_id=SERVER),
+        request(MessageType.REQUEST, 3, requested=elsewhere),  # INIT-REBOOT, wrong network
+        request(MessageType.REQUEST, 3, server_id=SERVER),  # SELECTING without option 50
+        request(MessageType.REQUEST, 3, requested=first, server_id=SERVER),  # free again
+    ]
+    for msg in sequence:  # one a batch: a batch puts its DISCOVERs last
+        io.batches.append(Received(frames=[frame(msg)]))
+        daemon._serve_batch()
+    replies = {"offer": 2, "ack": 3, "nak": 2}
+    for result, count in replies.items():
+        assert sample(daemon, "dhcp_slowpath_requests_total", {"result": result}) == count
+    naks = {"not_on_network": 1, "no_requested_address": 1, "address_in_use": 0}
+    for reason, count in naks.items():
+        assert sample(daemon, "dhcp_naks_total", {"reason": reason}) == count
+    events = {"offer": 2, "ack": 3, "nak": 2, "release": 1, "decline": 1, "expire": 0}
+    for event, count in events.items():
+        labels = {"event": event, "path": "slow"}
+        assert sample(daemon, "dhcp_lease_events_total", labels) == count, event
+    pool = {"pool": "residential"}
+    assert sample(daemon, "dhcp_pool_addresses", pool) == 10
+    assert sample(daemon, "dhcp_pool_addresses_assigned", pool) == 2  # client 3, the decline
+    assert sample(daemon, "dhcp_pool_addresses_declined", pool) == 1
+    assert sample(daemon, "dhcp_pool_utilization_ratio", pool) == pytest.approx(0.2)

@@ -170,8 +170,8 @@ def test_a_discover_flood_on_one_link_cannot_drain_a_shared_pool() -> None:
     server = Server(make_config(pool), [], NOW)
     for n in range(5000):
         server.handle(request(D, 1000 + n, giaddr=RELAY), INGRESS, NOW)
-    total, assigned = server.pool_usage()["shared"]
-    assert assigned <= max(MIN_OFFERS_PER_LINK, total // 4)
+    usage = server.pool_usage()["shared"]
+    assert usage.assigned <= max(MIN_OFFERS_PER_LINK, usage.total // 4)
     other_relay = opt.parse_ip("198.19.0.2")
     assert bound(server, 1, giaddr=other_relay)
     # The flooded link still gets offers too (its oldest ones are withdrawn).
@@ -188,8 +188,9 @@ def test_decline_floods_cannot_quarantine_a_whole_pool() -> None:
         decline = request(MessageType.DECLINE, 100 + n, requested=address, server_id=SERVER)
         server.handle(decline, INGRESS, NOW)
     quarantined = [lease for lease in server.leases() if lease.state is LeaseState.DECLINED]
-    total, _ = server.pool_usage()[POOL.name]
-    assert len(quarantined) <= max(1, total // 4)
+    usage = server.pool_usage()[POOL.name]
+    assert len(quarantined) <= max(1, usage.total // 4)
+    assert usage.declined == len(quarantined)
     assert bound(server, 1)
 
 

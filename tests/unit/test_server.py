@@ -6,7 +6,7 @@ from ipaddress import IPv4Network
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
 from brushtaild.dhcp.reasons import DropReason
-from brushtaild.engine.decisions import DestKind, LeaseEventKind
+from brushtaild.engine.decisions import DestKind, LeaseEventKind, NakReason
 from brushtaild.engine.leases import LeaseState
 from brushtaild.engine.server import Server
 from tests.engine_helpers import (
@@ -82,6 +82,29 @@ def test_pool_exhaustion_means_no_offer_and_nak_for_a_taken_address() -> None:
     assert nak.message_type is MessageType.NAK
 
 
+def test_every_nak_says_why_in_the_decision_and_in_option_56() -> None:
+    server = Server(make_config(make_pool(last="198.18.1.1")), [], 0.0)
+    a = dora(server, 1)
+    dora(server, 2)
+    cases = [
+        (request(R, 3, requested=a, server_id=SERVER), NakReason.ADDRESS_IN_USE),
+        (request(R, 1, requested=opt.parse_ip("203.0.113.5")), NakReason.NOT_ON_NETWORK),
+        (request(R, 1, requested=a + 5), NakReason.NOT_CLIENTS),
+        (request(R, 4, server_id=SERVER), NakReason.NO_REQUESTED_ADDRESS),
+        (
+            request(R, 5, giaddr=opt.parse_ip("203.0.113.1"), requested=a, server_id=SERVER),
+            NakReason.NO_SUBNET,
+        ),
+    ]
+    for msg, why in cases:
+        decision = server.handle(msg, INGRESS, 1.0)
+        nak = only_reply(decision)
+        assert nak.message_type is MessageType.NAK, why
+        assert decision.nak is why
+        assert nak.options[OptionCode.MESSAGE] == why.value.encode()
+    assert server.handle(request(D, 6), INGRESS, 1.0).nak is None
+
+
 def test_offer_hold_expires() -> None:
     server = Server(make_config(make_pool(last="198.18.1.0"), offer_hold=30), [], 0.0)
     only_reply(server.handle(request(D, 1), INGRESS, 0.0))
@@ -134,7 +157,7 @@ def test_expired_lease_returns_to_its_client_while_free() -> None:
     address = dora(server, 1)
     tick = server.tick(61.0)
     assert [e.kind for e in tick.events] == [LeaseEventKind.EXPIRE]
-    assert server.pool_usage()["residential"][1] == 0
+    assert server.pool_usage()["residential"].assigned == 0
     dora(server, 2, now=62.0)  # a newcomer gets a never-used address first
     assert only_reply(server.handle(request(D, 1), INGRESS, 63.0)).yiaddr == address
 
