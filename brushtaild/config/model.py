@@ -72,6 +72,7 @@ class Config:
     offer_hold: int = 30  # seconds an OFFERed address stays reserved for that client
     decline_hold: int = 86400  # seconds a DECLINEd address stays quarantined
     metrics_listen: tuple[str, int] = ("127.0.0.1", 9967)  # Prometheus endpoint (host, port)
+    control_socket: Path = Path("/run/brushtail/control.sock")  # `brushtail` CLI <-> daemon
     log_level: LogLevel = LogLevel.INFO
     fastpath: FastPath = FastPath()
     # Relays (giaddr) whose subnet and link selection (option 118, option 82 sub-option 5)

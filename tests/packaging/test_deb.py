@@ -41,6 +41,7 @@ SYSTEM_ENV = {
 SYSTEMD_LOG = "/run/systemd/brushtail-test.log"
 
 DEPENDS = {
+    "adduser",
     "iproute2",
     "python3-bpfcc",
     "python3-cryptography",
