@@ -60,6 +60,7 @@ class LeaseEventKind(Enum):
     DECLINE = "decline"
     EXPIRE = "expire"
     INFORM = "inform"
+    REVOKE = "revoke"  # by the operator (`brushtail lease release`)
 
 
 @dataclass(frozen=True, slots=True)
