@@ -8,6 +8,8 @@ import os
 import selectors
 import socket
 import stat
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from brushtaild.cli import main as cli_main
 from brushtaild.daemon import control as control_module
 from brushtaild.daemon.commands import NOT_RECORDED
 from brushtaild.daemon.control import MAX_CONNECTIONS, MAX_REQUEST, TIMEOUT, ControlServer
@@ -26,6 +29,7 @@ from brushtaild.engine.leases import LeaseState
 from brushtaild.net.packet_io import Received
 from brushtaild.store.lease_store import StoreError, read_snapshot
 from tests.engine_helpers import mac, request
+from tests.unit.test_cli import EXAMPLE
 from tests.unit.test_daemon_loop import FakeIO, daemon_config, frame
 
 pytest_plugins = ["tests.unit.test_daemon_loop"]
@@ -357,3 +361,80 @@ def test_a_daemon_whose_socket_cannot_be_made_serves_without_it(
         assert "the brushtail command cannot reach this daemon" in caplog.text
     finally:
         daemon.store.close()
+
+
+# -- the brushtail command against it --------------------------------------------------------
+
+
+@pytest.fixture
+def looping(served: Served) -> Iterator[Served]:
+    """The server pumped by a thread, as the daemon's loop would, while the CLI blocks."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            served.pump()
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    yield served
+    stop.set()
+    thread.join()
+
+
+def cli(served: Served, *argv: str) -> int:
+    return cli_main([*argv, "--socket", str(served.server.path)])
+
+
+def test_cli_commands_render_tables_and_json(
+    daemon: Daemon, io: FakeIO, looping: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = format_ip(bind(daemon, io, 1))
+    assert cli(looping, "status") == 0
+    screen = capsys.readouterr().out
+    assert "site         edge-a, brushtaild" in screen
+    assert "fast path    disabled" in screen
+    assert "peers        none configured" in screen
+    assert "POOL         SUBNET         SIZE  ASSIGNED  DECLINED  FREE   USED" in screen
+    assert "residential  198.18.0.0/16    10         1         0     9  10.0%" in screen
+    assert cli(looping, "leases") == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[1].startswith(f"{address}  bound") and listed[-1] == (
+        "1 of 1 matching leases shown"
+    )
+    assert cli(looping, "leases", "--vlan", "7") == 0
+    assert "note: circuit-id and VLAN are not recorded" in capsys.readouterr().out
+    for argv in (("status",), ("pools",), ("peers",), ("leases", "--mac", format_mac(mac(1)))):
+        assert cli(looping, *argv, "--json") == 0
+        json.loads(capsys.readouterr().out)
+    assert cli(looping, "lease", "show", address) == 0
+    assert "bound" in capsys.readouterr().out
+    assert cli(looping, "lease", "release", format_mac(mac(1))) == 0
+    assert capsys.readouterr().out.startswith(f"revoked {address}: withdrawn")
+    assert cli(looping, "lease", "release", address) == 1
+    assert capsys.readouterr().err == f"brushtaild: no bound lease of {address}\n"
+    assert cli(looping, "reload") == 1  # no config file where the daemon looks
+    assert capsys.readouterr().out.startswith("refused, the running config is kept: ")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("status",),
+        ("leases",),
+        ("lease", "show", "198.18.1.1"),
+        ("lease", "release", "198.18.1.1"),
+        ("pools",),
+        ("peers",),
+        ("reload",),
+    ],
+)
+def test_cli_without_a_daemon_says_so_and_exits_3(
+    tmp_path: Path, argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "control.sock"
+    config = tmp_path / "brushtail.yaml"
+    config.write_text(EXAMPLE.read_text() + f"control_socket: {path}\n")
+    assert cli_main([*argv, "--config", str(config)]) == 3
+    assert capsys.readouterr().err == f"brushtaild is not running: nothing answers on {path}\n"
