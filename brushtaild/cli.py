@@ -291,7 +291,10 @@ def _ask(args: argparse.Namespace, command: str, request_args: dict[str, Any]) -
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(ANSWER_TIMEOUT)
             conn.connect(str(path))
-            conn.sendall(request)
+            # A daemon that turns us away (too many connections) answers and closes
+            # before reading: its answer is still there to read.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                conn.sendall(request)
             answer = _read_line(conn)
     except (FileNotFoundError, ConnectionRefusedError):
         print(f"brushtaild is not running: nothing answers on {path}", file=sys.stderr)
@@ -307,6 +310,9 @@ def _ask(args: argparse.Namespace, command: str, request_args: dict[str, Any]) -
         return EXIT_NOT_RUNNING
     except OSError as exc:
         print(f"{path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    if not answer:
+        print(f"brushtaild closed {path} without answering", file=sys.stderr)
         return EXIT_NOT_RUNNING
     try:
         decoded = json.loads(answer)

@@ -41,8 +41,11 @@ class ReloadResult:
 
 
 class RateWindow:
-    """Answers per second of each path, between the last two samples (the daemon samples
-    every few seconds), so `status` shows the current rate, not the average since start."""
+    """Answers per second of each path over the last few seconds: from the daemon's
+    latest sample of its counters (taken every few seconds) to the counters now, or from
+    the sample before when the latest is too recent to say much."""
+
+    MIN_SPAN = 1.0
 
     def __init__(self) -> None:
         self._previous: tuple[float, float, float] | None = None
@@ -51,18 +54,19 @@ class RateWindow:
     def sample(self, now: float, slow: float, fast: float) -> None:
         self._previous, self._last = self._last, (now, slow, fast)
 
-    def rates(self) -> dict[str, float] | None:
-        if self._previous is None or self._last is None:
+    def rates(self, now: float, slow: float, fast: float) -> dict[str, float] | None:
+        base = self._last
+        if base is None or now - base[0] < self.MIN_SPAN:
+            base = self._previous
+        if base is None or now <= base[0]:
             return None
-        (t0, slow0, fast0), (t1, slow1, fast1) = self._previous, self._last
-        span = t1 - t0
-        if span <= 0:
-            return None
+        since, slow0, fast0 = base
+        span = now - since
         return {
             "interval": round(span, 1),
-            "slow": round((slow1 - slow0) / span, 1),
+            "slow": round((slow - slow0) / span, 1),
             # Pinned counters restart at zero with new maps: never a negative rate.
-            "fast": round(max(fast1 - fast0, 0.0) / span, 1),
+            "fast": round(max(fast - fast0, 0.0) / span, 1),
         }
 
 
@@ -173,7 +177,7 @@ class Commands:
             "slowpath": {"state": "up"},
             "fastpath": daemon.fastpath_state(),
             "pools": pool_rows(daemon.server),
-            "rates": daemon.rates.rates(),
+            "rates": daemon.rates.rates(clock.ticks(), *daemon.answers()),
             "peers": self.peers({}),
             "last_reload": asdict(last) if last is not None else None,
         }

@@ -397,15 +397,19 @@ class Daemon:
             state["hit_rate"] = round(snap.hit_rate, 4)
         return state
 
-    def _sample_rates(self, now: float) -> None:
-        """Answers so far on each path, for `brushtail status`'s rates."""
-        self._rates_due = now + STATUS_INTERVAL
+    def answers(self) -> tuple[float, float]:
+        """Requests answered so far by the slow path (this process) and the fast path
+        (since its maps were made), for `brushtail status`'s rates."""
         slow = _counter_total(self.metrics.requests) - _counter_total(self.metrics.dropped)
         fast = 0.0
         if self.fastpath is not None:
             with contextlib.suppress(Exception):  # unreadable counters: status says so
                 fast = float(self.fastpath.snapshot().answered)
-        self.rates.sample(now, slow, fast)
+        return slow, fast
+
+    def _sample_rates(self, now: float) -> None:
+        self._rates_due = now + STATUS_INTERVAL
+        self.rates.sample(now, *self.answers())
 
     def _timeout(self) -> float:
         timeout = IDLE_WAKEUP

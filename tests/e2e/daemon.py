@@ -27,6 +27,7 @@ site: edge-test
 interface: {interface}
 server_id: {server_id}
 state_dir: {state_dir}
+control_socket: {control_socket}
 offer_hold: {offer_hold}
 trusted_relays: {trusted_relays}
 pools:
@@ -78,6 +79,9 @@ class Brushtaild:
         self.state_dir = workdir / "state"
         self.config_file = workdir / "brushtail.yaml"
         self.log_file = workdir / "brushtaild.log"
+        # A socket address holds 107 bytes, which a pytest tmp_path may exceed; the name of
+        # the server namespace is unique to this test, like the pin dir's.
+        self.control_socket = Path("/tmp") / f"brushtail-{link.server_ns}.sock"
         # bpffs is not per network namespace: each test pins under its own directory.
         self.pin_dir = BPFFS / f"brushtail-test-{link.server_ns}"
         self.config_file.write_text(
@@ -85,6 +89,7 @@ class Brushtaild:
                 interface=SERVER_IF,
                 server_id=SERVER_IP,
                 state_dir=self.state_dir,
+                control_socket=self.control_socket,
                 offer_hold=offer_hold,
                 trusted_relays=json.dumps(list(trusted_relays)),
                 first=first,
@@ -167,6 +172,17 @@ class Brushtaild:
                 samples[name] = float(value)
         return samples
 
+    def cli(self, *argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """`brushtail ARGV` against this daemon's control socket (from its config file)."""
+        return subprocess.run(
+            [PYTHON, "-m", "brushtaild.cli", *argv, "--config", str(self.config_file)],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            timeout=timeout,
+            check=False,
+        )
+
     def kill(self) -> None:
         """SIGKILL: the crash case."""
         if self.proc is not None:
@@ -194,6 +210,8 @@ class Brushtaild:
     ) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.kill()
+        # What a killed daemon leaves (the next start would replace it).
+        self.control_socket.unlink(missing_ok=True)
 
 
 def sum_samples(samples: Mapping[str, float], name: str) -> float:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from brushtaild.cli import main as cli_main
+from brushtaild.daemon import clock
 from brushtaild.daemon import control as control_module
 from brushtaild.daemon.commands import NOT_RECORDED
 from brushtaild.daemon.control import MAX_CONNECTIONS, MAX_REQUEST, TIMEOUT, ControlServer
@@ -126,14 +127,15 @@ def test_status_shows_site_paths_pools_rates_and_peers(
     daemon: Daemon, io: FakeIO, served: Served
 ) -> None:
     bind(daemon, io, 1)
-    daemon._sample_rates(1.0)
-    daemon._sample_rates(3.0)
+    daemon.rates.sample(clock.ticks() - 2.0, 0.0, 0.0)
     status = result(served, "status")
     assert status["site"] == "edge-a"
     assert status["fastpath"] == {"state": "disabled"}
     assert status["slowpath"] == {"state": "up"}
     assert status["pools"][0]["assigned"] == 1
-    assert status["rates"] == {"interval": 2.0, "slow": 0.0, "fast": 0.0}
+    assert status["rates"]["interval"] == pytest.approx(2.0, abs=0.5)
+    assert status["rates"]["slow"] == pytest.approx(2 / status["rates"]["interval"], abs=0.1)
+    assert status["rates"]["fast"] == 0.0
     assert status["peers"]["peers"] == []
     assert status["last_reload"] is None
 
