@@ -451,8 +451,8 @@ def _lease(args: argparse.Namespace) -> int:
         _print_leases(answer)
     else:
         print(
-            f"revoked {', '.join(answer['revoked'])}: withdrawn from the fast path; the "
-            "client's next request for it is NAKed"
+            f"revoked {', '.join(answer['revoked'])}: the client's next request for it is "
+            "NAKed; no one else gets it before the lease would have ended"
         )
     return EXIT_OK
 

@@ -413,7 +413,7 @@ def test_cli_commands_render_tables_and_json(
     assert cli(looping, "lease", "show", address) == 0
     assert "bound" in capsys.readouterr().out
     assert cli(looping, "lease", "release", format_mac(mac(1))) == 0
-    assert capsys.readouterr().out.startswith(f"revoked {address}: withdrawn")
+    assert capsys.readouterr().out.startswith(f"revoked {address}: the client's next request")
     assert cli(looping, "lease", "release", address) == 1
     assert capsys.readouterr().err == f"brushtaild: no bound lease of {address}\n"
     assert cli(looping, "reload") == 1  # no config file where the daemon looks
