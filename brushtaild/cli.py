@@ -236,12 +236,11 @@ def _leases(args: argparse.Namespace) -> int:
         "site": args.site,
         "limit": args.limit,
     }
-    answer = _ask(args, "leases", {k: v for k, v in filters.items() if v is not None})
-    if isinstance(answer, int):
-        return answer
-    if args.json:
-        _print_json(answer)
-        return EXIT_OK
+    request = {k: v for k, v in filters.items() if v is not None}
+    return _daemon_command(args, "leases", request, _render_leases)
+
+
+def _render_leases(answer: dict[str, Any]) -> int:
     _print_leases(answer["leases"])
     print(f"{len(answer['leases'])} of {answer['matched']} matching leases shown")
     for note in answer["notes"]:
@@ -326,6 +325,24 @@ def _ask(args: argparse.Namespace, command: str, request_args: dict[str, Any]) -
     return value
 
 
+def _daemon_command(
+    args: argparse.Namespace,
+    command: str,
+    request: dict[str, Any],
+    render: Callable[[Any], int],
+) -> int:
+    """One request to the daemon; its answer as JSON (--json) or rendered for people. The
+    exit status is the renderer's: it runs with --json too, printing nowhere."""
+    answer = _ask(args, command, request)
+    if isinstance(answer, int):
+        return answer
+    if not args.json:
+        return render(answer)
+    _print_json(answer)
+    with contextlib.redirect_stdout(None):
+        return render(answer)
+
+
 def _read_line(conn: socket.socket) -> bytes:
     data = bytearray()
     while not data.endswith(b"\n"):
@@ -350,13 +367,7 @@ def _when(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
 
 
-def _status(args: argparse.Namespace) -> int:
-    status = _ask(args, "status", {})
-    if isinstance(status, int):
-        return status
-    if args.json:
-        _print_json(status)
-        return EXIT_OK
+def _render_status(status: dict[str, Any]) -> int:
     rates = status["rates"]
     slow_rate = fast_rate = "rate not measured yet"
     if rates is not None:
@@ -405,63 +416,48 @@ def _print_pools(pools: list[dict[str, Any]]) -> None:
     )
 
 
-def _pools(args: argparse.Namespace) -> int:
-    pools = _ask(args, "pools", {})
-    if isinstance(pools, int):
-        return pools
-    if args.json:
-        _print_json(pools)
-    else:
-        _print_pools(pools)
+def _render_pools(pools: list[dict[str, Any]]) -> int:
+    _print_pools(pools)
     return EXIT_OK
 
 
-def _peers(args: argparse.Namespace) -> int:
-    peers = _ask(args, "peers", {})
-    if isinstance(peers, int):
-        return peers
-    if args.json:
-        _print_json(peers)
-    else:
-        print(peers["note"] if not peers["peers"] else "\n".join(map(str, peers["peers"])))
+def _render_peers(peers: dict[str, Any]) -> int:
+    print(peers["note"] if not peers["peers"] else "\n".join(map(str, peers["peers"])))
     return EXIT_OK
 
 
-def _reload(args: argparse.Namespace) -> int:
-    outcome = _ask(args, "reload", {})
-    if isinstance(outcome, int):
-        return outcome
-    if args.json:
-        _print_json(outcome)
-    elif outcome["applied"]:
+def _render_reload(outcome: dict[str, Any]) -> int:
+    if outcome["applied"]:
         print(f"applied: {outcome['detail']}")
-    else:
-        print(f"refused, the running config is kept: {outcome['detail']}")
-    return EXIT_OK if outcome["applied"] else EXIT_INVALID
+        return EXIT_OK
+    print(f"refused, the running config is kept: {outcome['detail']}")
+    return EXIT_INVALID
+
+
+def _render_shown(rows: list[dict[str, Any]]) -> int:
+    _print_leases(rows)
+    return EXIT_OK
+
+
+def _render_released(answer: dict[str, Any]) -> int:
+    print(
+        f"revoked {', '.join(answer['revoked'])}: the client's next request for it is "
+        "NAKed; no one else gets it before the lease would have ended"
+    )
+    return EXIT_OK
 
 
 def _lease(args: argparse.Namespace) -> int:
-    command = "lease-show" if args.action == "show" else "lease-release"
-    answer = _ask(args, command, {"target": args.target})
-    if isinstance(answer, int):
-        return answer
-    if args.json:
-        _print_json(answer)
-    elif args.action == "show":
-        _print_leases(answer)
-    else:
-        print(
-            f"revoked {', '.join(answer['revoked'])}: the client's next request for it is "
-            "NAKed; no one else gets it before the lease would have ended"
-        )
-    return EXIT_OK
+    if args.action == "show":
+        return _daemon_command(args, "lease-show", {"target": args.target}, _render_shown)
+    return _daemon_command(args, "lease-release", {"target": args.target}, _render_released)
 
 
 def _add_daemon_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    for name, run, help_text, description in (
+    renderers: tuple[tuple[str, Callable[[Any], int], str, str], ...] = (
         (
             "status",
-            _status,
+            _render_status,
             "the running daemon at a glance",
             "One screen: site and uptime, the slow and fast paths (mode, kernel entries, "
             "hit rate, or why the fast path is down), answers per second of each, peers, "
@@ -469,23 +465,31 @@ def _add_daemon_commands(commands: "argparse._SubParsersAction[argparse.Argument
         ),
         (
             "pools",
-            _pools,
+            _render_pools,
             "pool size, assigned, declined, free, utilisation",
             "Per pool: addresses it can lease (SIZE), in use (ASSIGNED: leased, offered, "
             "quarantined or revoked), quarantined after a DECLINE, FREE, and USED.",
         ),
-        ("peers", _peers, "replication peers", "Replication peers (none until replication)."),
+        (
+            "peers",
+            _render_peers,
+            "replication peers",
+            "Replication peers (none until replication).",
+        ),
         (
             "reload",
-            _reload,
+            _render_reload,
             "re-read the configuration, as SIGHUP",
             "Ask the daemon to reload its configuration file, as `systemctl reload` does, "
             "and say whether it was applied or refused and why. Exit 1 if refused.",
         ),
-    ):
+    )
+    for name, render, help_text, description in renderers:
         parser = commands.add_parser(name, help=help_text, description=description)
         _daemon_options(parser)
-        parser.set_defaults(run=run)
+        parser.set_defaults(
+            run=lambda args, name=name, render=render: _daemon_command(args, name, {}, render)
+        )
     parser = commands.add_parser(
         "lease",
         help="show or revoke one subscriber's lease",

@@ -41,6 +41,7 @@ MAX_REQUEST = 4096  # bytes in one request line; commands take a few short argum
 MAX_CONNECTIONS = 16
 TIMEOUT = 10.0  # seconds to finish a request, or to read an answer
 BACKLOG = 16
+PROBE_TIMEOUT = 1.0  # seconds to tell a stale socket file from a live one, at start
 
 Args = dict[str, Any]
 Handler = Callable[[Args], object]
@@ -110,12 +111,16 @@ class ControlServer:
         if not stat.S_ISSOCK(mode):
             raise OSError(errno.EEXIST, f"{self.path} exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A listener too busy to accept within this is alive all the same.
+        probe.settimeout(PROBE_TIMEOUT)
         try:
             probe.connect(str(self.path))
         except ConnectionRefusedError:
             log.info("removing the control socket %s a stopped daemon left", self.path)
             self.path.unlink()
             return
+        except TimeoutError:
+            pass
         finally:
             probe.close()
         raise OSError(errno.EADDRINUSE, f"{self.path} is another running daemon's socket")

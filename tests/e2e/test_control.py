@@ -13,13 +13,7 @@ from brushtaild.daemon.control import MAX_CONNECTIONS, TIMEOUT
 from tests.e2e.clients import udhcpc_obtain
 from tests.e2e.daemon import Brushtaild
 from tests.e2e.netns import Link
-from tests.e2e.test_fastpath import (
-    START_TIMEOUT,
-    entries,
-    fast_daemon,
-    udhcpc_bound,
-    wait_until,
-)
+from tests.e2e.test_fastpath import entries, fast_client, wait_until
 
 EXIT_NOT_RUNNING = 3
 COMMANDS = [
@@ -89,32 +83,28 @@ def test_every_command_with_the_daemon_running_and_without_it(link: Link, tmp_pa
 def test_lease_release_is_a_nak_at_the_next_renew_and_leaves_the_kernel(
     link: Link, tmp_path: Path
 ) -> None:
-    with fast_daemon(link, tmp_path) as daemon:
-        daemon.start(START_TIMEOUT)
-        client, address = udhcpc_bound(link, tmp_path / "udhcpc")
-        with client:
-            wait_until("lease entry", lambda: entries(daemon) == 1)
-            status = daemon.cli("status")
-            assert status.returncode == 0, status.stderr
-            print(status.stdout)
-            assert "XDP, 1 entries" in status.stdout
-            released = daemon.cli("lease", "release", address)
-            assert released.returncode == 0, released.stderr
-            wait_until("entry withdrawn", lambda: entries(daemon) == 0)
-            assert any(f"ip={address} " in line for line in daemon.lines("revoke"))
-            # The renewal misses the kernel (no entry), and the slow path NAKs it.
-            seen = len(client.events().events)
-            naked = client.renew(15)
-            if "nak" not in naked.reasons[seen:]:
-                naked = client.wait_for({"nak"}, 15, after=seen)
-            assert "nak" in naked.reasons[seen:], naked.log
-            assert any("lease revoked by the operator" in line for line in daemon.lines("nak")), (
-                daemon.log()
-            )
-            # The client starts over, and may be given its address again.
-            rebound = client.wait_for({"bound"}, 20, after=seen)
-            assert rebound.reasons[-1] == "bound", rebound.log
-            wait_until("entry again", lambda: entries(daemon) == 1)
+    with fast_client(link, tmp_path) as (daemon, client, address):
+        status = daemon.cli("status")
+        assert status.returncode == 0, status.stderr
+        print(status.stdout)
+        assert "XDP, 1 entries" in status.stdout
+        released = daemon.cli("lease", "release", address)
+        assert released.returncode == 0, released.stderr
+        wait_until("entry withdrawn", lambda: entries(daemon) == 0)
+        assert any(f"ip={address} " in line for line in daemon.lines("revoke"))
+        # The renewal misses the kernel (no entry), and the slow path NAKs it.
+        seen = len(client.events().events)
+        naked = client.renew(15)
+        if "nak" not in naked.reasons[seen:]:
+            naked = client.wait_for({"nak"}, 15, after=seen)
+        assert "nak" in naked.reasons[seen:], naked.log
+        assert any("lease revoked by the operator" in line for line in daemon.lines("nak")), (
+            daemon.log()
+        )
+        # The client starts over, and may be given its address again.
+        rebound = client.wait_for({"bound"}, 20, after=seen)
+        assert rebound.reasons[-1] == "bound", rebound.log
+        wait_until("entry again", lambda: entries(daemon) == 1)
 
 
 def _stalled(path: Path, payload: bytes) -> socket.socket:

@@ -418,6 +418,8 @@ def test_cli_commands_render_tables_and_json(
     assert capsys.readouterr().err == f"brushtaild: no bound lease of {address}\n"
     assert cli(looping, "reload") == 1  # no config file where the daemon looks
     assert capsys.readouterr().out.startswith("refused, the running config is kept: ")
+    assert cli(looping, "reload", "--json") == 1
+    assert json.loads(capsys.readouterr().out)["applied"] is False
 
 
 @pytest.mark.parametrize(
