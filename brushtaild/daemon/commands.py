@@ -244,8 +244,7 @@ class Commands:
         bound = [r for r in self._records(target) if r.state is LeaseState.BOUND]
         revoked = []
         for lease in bound:
-            decision = self._daemon.server.revoke(lease.address, clock.wall())
-            self._daemon.execute(decision)
+            decision = self._daemon.revoke(lease.address)
             if decision.drop is None:
                 revoked.append(format_ip(lease.address))
         if not revoked:

@@ -653,14 +653,20 @@ class Daemon:
             self.notifier.ping()
             self.watchdog.pinged(now)
 
-    def execute(self, decision: Decision) -> None:
-        """Carries out a decision made outside a batch (an operator's command): on disk,
-        then in the kernel's maps, then in the lease log."""
+    def revoke(self, address: int) -> Decision:
+        """`brushtail lease release`: the engine's revoke of `address`, carried out like a
+        batch's decisions: on disk, then withdrawn from the kernel's map, then logged. The
+        renewals the kernel answered so far are absorbed first, as before a batch: the
+        revoked lease must keep the address as long as its client was told it may."""
+        renewed = self._absorb_renewals()
         now = clock.wall()
-        self._commit([decision])
+        decision = self.server.revoke(address, now)
+        self._commit([renewed, decision])
         self._apply_to_fastpath([decision], now)
+        self.lease_log.add(renewed.events, "fast")
         self.lease_log.add(decision.events, "slow")
         self.lease_log.flush()
+        return decision
 
     def reload(self) -> ReloadResult:
         """The reload of SIGHUP and `brushtail reload`, announced to systemd around it."""

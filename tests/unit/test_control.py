@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from brushtaild.cli import main as cli_main
-from brushtaild.daemon import clock
+from brushtaild.daemon import clock, main
 from brushtaild.daemon import control as control_module
 from brushtaild.daemon.commands import NOT_RECORDED
 from brushtaild.daemon.control import MAX_CONNECTIONS, MAX_REQUEST, TIMEOUT, ControlServer
@@ -29,9 +29,10 @@ from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.engine.leases import LeaseState
 from brushtaild.net.packet_io import Received
 from brushtaild.store.lease_store import StoreError, read_snapshot
+from brushtaild.xdp.fastpath import Renewal
 from tests.engine_helpers import mac, request
 from tests.unit.test_cli import EXAMPLE
-from tests.unit.test_daemon_loop import FakeIO, daemon_config, frame
+from tests.unit.test_daemon_loop import FakeFastPath, FakeIO, daemon_config, frame
 
 pytest_plugins = ["tests.unit.test_daemon_loop"]
 
@@ -200,6 +201,33 @@ def test_lease_release_revokes_on_disk_and_the_client_is_naked(
         "no bound lease"
     )
     assert not call(served, "lease-show", target="198.18.9.9")["ok"]
+
+
+def test_lease_release_first_records_what_the_kernel_renewed(
+    tmp_path: Path,
+    io: FakeIO,
+    detached: Any,
+    signals: Signals,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A renewal the kernel answered just before the release extended what the client was
+    told: the revoked lease keeps the address until then, not until its older end."""
+    calls: list[str] = []
+    fast = FakeFastPath(calls)
+    monkeypatch.setattr(main, "FastPath", lambda config, server: fast)
+    daemon = Daemon(daemon_config(tmp_path, fastpath=True), tmp_path / "x.yaml", signals)
+    served = Served(daemon.control)
+    try:
+        daemon._start_complete()
+        address = bind(daemon, io, 1)
+        told = time.time() + 7200
+        fast.pending.append(Renewal(mac(1) + bytes(2), address, told))
+        result(served, "lease-release", target=format_ip(address))
+        [stored] = read_snapshot(daemon.config.state_dir)
+        assert (stored.state, stored.expires) == (LeaseState.REVOKED, told)
+    finally:
+        served.close()
+        daemon.store.close()
 
 
 def test_reload_answers_applied_or_refused_and_why(
