@@ -11,6 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from brushtaild.config.load import MAX_SOCKET_PATH
 from tests.e2e.netns import SERVER_IF, SERVER_IP, Link, pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,9 +80,10 @@ class Brushtaild:
         self.state_dir = workdir / "state"
         self.config_file = workdir / "brushtail.yaml"
         self.log_file = workdir / "brushtaild.log"
-        # A socket address holds 107 bytes, which a pytest tmp_path may exceed; the name of
-        # the server namespace is unique to this test, like the pin dir's.
-        self.control_socket = Path("/tmp") / f"brushtail-{link.server_ns}.sock"
+        self.control_socket = workdir / "control.sock"
+        if len(bytes(self.control_socket)) > MAX_SOCKET_PATH:
+            # A deep workdir: the server namespace's name is unique to the test too.
+            self.control_socket = Path("/tmp") / f"brushtail-{link.server_ns}.sock"
         # bpffs is not per network namespace: each test pins under its own directory.
         self.pin_dir = BPFFS / f"brushtail-test-{link.server_ns}"
         self.config_file.write_text(
