@@ -2,31 +2,48 @@
 
 Each subcommand is an `_add_<name>` function that registers its parser and sets `run` to
 the function that carries it out; `main` only dispatches. Exit codes follow one rule across
-subcommands: 0 success, 1 the input was read but is wrong, 2 usage errors or input that could
-not be read at all (argparse uses 2 for usage errors too).
+subcommands: 0 success, 1 the input was read but is wrong (or the daemon refused the
+request), 2 usage errors or input that could not be read at all (argparse uses 2 for usage
+errors too), 3 the daemon is not running (nothing answers on its control socket).
+
+The commands that talk to the running daemon (status, leases, lease, pools, peers, reload)
+send one request over its control socket (daemon/control.py) and render the JSON answer:
+aligned tables for people, the answer itself with --json.
 """
 
 import argparse
 import contextlib
 import ctypes
+import json
 import os
+import socket
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from brushtaild import __version__
 from brushtaild.config.load import DEFAULT_CONFIG, ConfigError, load_config
-from brushtaild.config.model import Config
+from brushtaild.config.model import DEFAULT_CONTROL_SOCKET, Config
 from brushtaild.config.reload import restart_keys
 from brushtaild.daemon import clock
-from brushtaild.dhcp.options import format_ip, format_mac
+from brushtaild.daemon.commands import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    STATES,
+    describe_fastpath,
+    lease_row,
+)
 from brushtaild.engine.allocator import PoolAllocator
-from brushtaild.engine.leases import Lease, LeaseState
 from brushtaild.store.lease_store import StoreError, read_snapshot
 
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_UNREADABLE = 2
+EXIT_NOT_RUNNING = 3
+# A reload rebuilds every lease and rewrites the kernel's maps: seconds at a million.
+ANSWER_TIMEOUT = 120.0
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -107,14 +124,15 @@ def _add_check_config(commands: "argparse._SubParsersAction[argparse.ArgumentPar
 def _config_of(args: argparse.Namespace) -> Config | None:
     """The --config file of a command that only reads settings from it; None, with the
     reason on standard error, if it cannot be used."""
+    path = args.config if args.config is not None else DEFAULT_CONFIG
     try:
-        return load_config(args.config)
+        return load_config(path)
     except (ConfigError, OSError) as exc:
-        print(f"{args.config}: {exc}", file=sys.stderr)
+        print(f"{path}: {exc}", file=sys.stderr)
         return None
 
 
-def _leases(args: argparse.Namespace) -> int:
+def _store_leases(args: argparse.Namespace) -> int:
     state_dir: Path | None = args.state_dir
     if state_dir is None:
         config = _config_of(args)
@@ -129,35 +147,363 @@ def _leases(args: argparse.Namespace) -> int:
     now = clock.wall()
     if not args.all:
         leases = [lease for lease in leases if lease.active(now)]
-    print(f"{'ADDRESS':<16} {'STATE':<9} {'EXPIRES IN':>10}  {'MAC':<17}  {'POOL':<12} CLIENT-ID")
-    for lease in leases:
-        remaining = f"{lease.expires - now:.0f}s" if lease.expires > now else "-"
-        print(
-            f"{format_ip(lease.address):<16} {_state_name(lease, now):<9} {remaining:>10}  "
-            f"{format_mac(lease.hwaddr):<17}  {lease.pool:<12} {lease.client_id.hex() or '-'}"
-        )
+    rows = [lease_row(lease, now) for lease in leases]
+    if args.json:
+        _print_json({"matched": len(rows), "leases": rows, "notes": []})
+    else:
+        _print_leases(rows)
     return EXIT_OK
 
 
-def _state_name(lease: Lease, now: float) -> str:
-    # A bound lease past its expiry is expired even if the daemon has not rewritten it.
-    if lease.state is LeaseState.BOUND and lease.expires <= now:
-        return "expired"
-    return lease.state.name.lower()
+def _print_leases(rows: list[dict[str, Any]]) -> None:
+    _print_table(
+        ("ADDRESS", "STATE", ">EXPIRES IN", "MAC", "POOL", "CLIENT-ID"),
+        [
+            (
+                row["address"],
+                row["state"],
+                f"{row['expires_in']}s" if row["expires_in"] else "-",
+                row["mac"],
+                row["pool"],
+                row["client_id"] or "-",
+            )
+            for row in rows
+        ],
+    )
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Columns as wide as their widest cell; a header written `>NAME` is right-aligned,
+    and a table whose headers are all empty has no header line."""
+    right = [h.startswith(">") for h in headers]
+    header = [[h.lstrip(">") for h in headers]] if any(headers) else []
+    cells = [*header, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        line = "  ".join(
+            cell.rjust(width) if r else cell.ljust(width)
+            for cell, width, r in zip(row, widths, right, strict=True)
+        )
+        print(line.rstrip())
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2))
 
 
 def _add_leases(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = commands.add_parser(
         "leases",
-        help="list the leases in the lease store",
-        description="List leases from the lease store, read-only (safe while brushtaild "
-        "runs). By default only bound leases and quarantined addresses; --all adds released "
-        "and expired ones, which the server remembers to give clients their old address.",
+        help="list leases, from the running daemon or (--store) the lease store",
+        description="List the running daemon's leases in address order, LIMIT of them, "
+        "and how many matched. Filters combine. --circuit-id and --vlan are accepted but "
+        "not recorded per lease yet, so they match nothing; --site matches only this site "
+        "until replication exists. With --store (or --state-dir), read the lease store "
+        "instead, read-only: works without the daemon; by default only bound leases and "
+        "quarantined addresses, --all adds released, revoked and expired ones.",
     )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE")
-    parser.add_argument("--state-dir", type=Path, help="read this state dir, not the config's")
-    parser.add_argument("--all", action="store_true", help="include released and expired")
+    _daemon_options(parser)
+    parser.add_argument("--mac", help="client hardware address, aa:bb:cc:dd:ee:ff")
+    parser.add_argument("--address", help="leased IPv4 address")
+    parser.add_argument("--pool", help="pool name")
+    parser.add_argument("--state", choices=STATES)
+    parser.add_argument("--circuit-id", help="relay agent circuit id (not recorded yet)")
+    parser.add_argument("--vlan", type=int, help="VLAN id (not recorded yet)")
+    parser.add_argument("--site", help="site name (only this site's leases are known)")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        help=f"list at most this many (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})",
+    )
+    store = parser.add_argument_group("reading the lease store instead")
+    store.add_argument("--store", action="store_true", help="read the lease store")
+    store.add_argument("--state-dir", type=Path, help="read this state dir (implies --store)")
+    store.add_argument("--all", action="store_true", help="include released and expired")
     parser.set_defaults(run=_leases)
+
+
+def _leases(args: argparse.Namespace) -> int:
+    if args.store or args.state_dir is not None:
+        return _store_leases(args)
+    filters = {
+        "mac": args.mac,
+        "address": args.address,
+        "pool": args.pool,
+        "state": args.state,
+        "circuit_id": args.circuit_id,
+        "vlan": args.vlan,
+        "site": args.site,
+        "limit": args.limit,
+    }
+    request = {k: v for k, v in filters.items() if v is not None}
+    return _daemon_command(args, "leases", request, _render_leases)
+
+
+def _render_leases(answer: dict[str, Any]) -> int:
+    _print_leases(answer["leases"])
+    print(f"{len(answer['leases'])} of {answer['matched']} matching leases shown")
+    for note in answer["notes"]:
+        print(f"note: {note}")
+    return EXIT_OK
+
+
+# -- talking to the daemon ------------------------------------------------------------------
+
+
+def _daemon_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=f"take control_socket (and for --store, state_dir) from FILE "
+        f"(default {DEFAULT_CONFIG})",
+    )
+    parser.add_argument("--socket", type=Path, metavar="PATH", help="the daemon's control socket")
+    parser.add_argument("--json", action="store_true", help="print the answer as JSON")
+
+
+def _socket_path(args: argparse.Namespace) -> Path | int:
+    """--socket; else the control_socket of --config; else that of the default config
+    file if it can be read (it may not be, for a member of the brushtail group), else
+    the default path."""
+    if args.socket is not None:
+        return Path(args.socket)
+    if args.config is not None:
+        config = _config_of(args)
+        return EXIT_UNREADABLE if config is None else config.control_socket
+    try:
+        return load_config(DEFAULT_CONFIG).control_socket
+    except (ConfigError, OSError):
+        return DEFAULT_CONTROL_SOCKET
+
+
+def _ask(args: argparse.Namespace, command: str, request_args: dict[str, Any]) -> Any:
+    """The daemon's result for one request, or the exit status after saying why there is
+    none."""
+    path = _socket_path(args)
+    if isinstance(path, int):
+        return path
+    request = json.dumps({"command": command, "args": request_args}).encode() + b"\n"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(ANSWER_TIMEOUT)
+            conn.connect(str(path))
+            # A daemon that turns us away (too many connections) answers and closes
+            # before reading: its answer is still there to read.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                conn.sendall(request)
+            answer = _read_line(conn)
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(f"brushtaild is not running: nothing answers on {path}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    except PermissionError:
+        print(
+            f"{path}: permission denied (the control socket is for root and group brushtail)",
+            file=sys.stderr,
+        )
+        return EXIT_UNREADABLE
+    except TimeoutError:
+        print(f"brushtaild did not answer on {path} within {ANSWER_TIMEOUT:.0f}s", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    except OSError as exc:
+        print(f"{path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    if not answer:
+        print(f"brushtaild closed {path} without answering", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    try:
+        decoded = json.loads(answer)
+        ok, value = decoded["ok"], decoded["result"] if decoded["ok"] else decoded["error"]
+    except (ValueError, KeyError, TypeError):
+        print(f"{path}: not an answer brushtail understands: {answer[:200]!r}", file=sys.stderr)
+        return EXIT_INVALID
+    if not ok:
+        print(f"brushtaild: {value}", file=sys.stderr)
+        return EXIT_INVALID
+    return value
+
+
+def _daemon_command(
+    args: argparse.Namespace,
+    command: str,
+    request: dict[str, Any],
+    render: Callable[[Any], int],
+) -> int:
+    """One request to the daemon; its answer as JSON (--json) or rendered for people. The
+    exit status is the renderer's: it runs with --json too, printing nowhere."""
+    answer = _ask(args, command, request)
+    if isinstance(answer, int):
+        return answer
+    if not args.json:
+        return render(answer)
+    _print_json(answer)
+    with contextlib.redirect_stdout(None):
+        return render(answer)
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    shown = [f"{n}{unit}" for n, unit in parts if n]
+    return " ".join(shown[:2]) or "0s"
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+
+
+def _render_status(status: dict[str, Any]) -> int:
+    rates = status["rates"]
+    slow_rate = fast_rate = "rate not measured yet"
+    if rates is not None:
+        window = f"answers/s over the last {rates['interval']:.0f}s"
+        slow_rate, fast_rate = f"{rates['slow']:.1f} {window}", f"{rates['fast']:.1f} {window}"
+    fastpath = status["fastpath"]
+    last = status["last_reload"]
+    reload_line = "none since start"
+    if last is not None:
+        verdict = "applied" if last["applied"] else "REFUSED"
+        reload_line = f"{_when(last['at'])}: {verdict}: {last['detail'].splitlines()[0]}"
+    _print_table(
+        ("", ""),
+        [
+            ("site", f"{status['site']}, brushtaild {status['version']}, up "
+                     f"{_duration(status['uptime'])}"),
+            ("serving", f"{status['interface']} as {status['server_id']}"),
+            ("slow path", f"up, {slow_rate}"),
+            ("fast path", describe_fastpath(fastpath)
+             + (f", {fast_rate}" if fastpath["state"] == "up" else "")),
+            ("peers", status["peers"]["note"] if not status["peers"]["peers"] else
+             ", ".join(map(str, status["peers"]["peers"]))),
+            ("last reload", reload_line),
+        ],
+    )  # fmt: skip
+    print()
+    _print_pools(status["pools"])
+    return EXIT_OK
+
+
+def _print_pools(pools: list[dict[str, Any]]) -> None:
+    _print_table(
+        ("POOL", "SUBNET", ">SIZE", ">ASSIGNED", ">DECLINED", ">FREE", ">USED"),
+        [
+            (
+                p["pool"],
+                p["subnet"],
+                p["size"],
+                p["assigned"],
+                p["declined"],
+                p["free"],
+                f"{100 * p['utilization']:.1f}%",
+            )
+            for p in pools
+        ],
+    )
+
+
+def _render_pools(pools: list[dict[str, Any]]) -> int:
+    _print_pools(pools)
+    return EXIT_OK
+
+
+def _render_peers(peers: dict[str, Any]) -> int:
+    print(peers["note"] if not peers["peers"] else "\n".join(map(str, peers["peers"])))
+    return EXIT_OK
+
+
+def _render_reload(outcome: dict[str, Any]) -> int:
+    if outcome["applied"]:
+        print(f"applied: {outcome['detail']}")
+        return EXIT_OK
+    print(f"refused, the running config is kept: {outcome['detail']}")
+    return EXIT_INVALID
+
+
+def _render_shown(rows: list[dict[str, Any]]) -> int:
+    _print_leases(rows)
+    return EXIT_OK
+
+
+def _render_released(answer: dict[str, Any]) -> int:
+    print(
+        f"revoked {', '.join(answer['revoked'])}: the client's next request for it is "
+        "NAKed; no one else gets it before the lease would have ended"
+    )
+    return EXIT_OK
+
+
+def _lease(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        return _daemon_command(args, "lease-show", {"target": args.target}, _render_shown)
+    return _daemon_command(args, "lease-release", {"target": args.target}, _render_released)
+
+
+def _add_daemon_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    renderers: tuple[tuple[str, Callable[[Any], int], str, str], ...] = (
+        (
+            "status",
+            _render_status,
+            "the running daemon at a glance",
+            "One screen: site and uptime, the slow and fast paths (mode, kernel entries, "
+            "hit rate, or why the fast path is down), answers per second of each, peers, "
+            "the last reload, and the pools.",
+        ),
+        (
+            "pools",
+            _render_pools,
+            "pool size, assigned, declined, free, utilization",
+            "Per pool: addresses it can lease (SIZE), in use (ASSIGNED: leased, offered, "
+            "quarantined or revoked), quarantined after a DECLINE, FREE, and USED.",
+        ),
+        (
+            "peers",
+            _render_peers,
+            "replication peers",
+            "Replication peers (none until replication).",
+        ),
+        (
+            "reload",
+            _render_reload,
+            "re-read the configuration, as SIGHUP",
+            "Ask the daemon to reload its configuration file, as `systemctl reload` does, "
+            "and say whether it was applied or refused and why. Exit 1 if refused.",
+        ),
+    )
+    for name, render, help_text, description in renderers:
+        parser = commands.add_parser(name, help=help_text, description=description)
+        _daemon_options(parser)
+        parser.set_defaults(
+            run=lambda args, name=name, render=render: _daemon_command(args, name, {}, render)
+        )
+    parser = commands.add_parser(
+        "lease",
+        help="show or revoke one subscriber's lease",
+        description="show: every lease record of an address or a MAC address. release: "
+        "revoke the bound lease(s) of TARGET now (forced release): written to the lease "
+        "store, withdrawn from the kernel's map, and the client's next request for it is "
+        "NAKed, so it starts over with a DISCOVER; the address is not given to anyone "
+        "else before the old lease would have ended. Exit 1 if there is nothing to show "
+        "or revoke.",
+    )
+    parser.add_argument("action", choices=("show", "release"))
+    parser.add_argument("target", metavar="ADDRESS|MAC")
+    _daemon_options(parser)
+    parser.set_defaults(run=_lease)
 
 
 def _fastpath(args: argparse.Namespace) -> int:
@@ -268,6 +614,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_check_config(commands)
     _add_leases(commands)
+    _add_daemon_commands(commands)
     _add_fastpath(commands)
     _add_trace(commands)
     return parser

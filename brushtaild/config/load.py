@@ -49,6 +49,7 @@ FASTPATH_KEYS = tuple(f.name for f in fields(FastPath))
 BPFFS = "/sys/fs/bpf/"
 
 ONE_YEAR = 365 * 86400
+MAX_SOCKET_PATH = 107
 # Exclusions are stored expanded, one int per address; a bound keeps a typo such as a
 # /8-sized exclude from costing gigabytes. Shrinking `ranges` is the way to carve big holes.
 MAX_EXCLUDED_PER_POOL = 65536
@@ -326,6 +327,16 @@ class _Parser:
             return None
         return str(address), int(port)
 
+    def control_socket(self, value: object, where: str) -> Path | None:
+        path = self.state_dir(value, where)
+        if path is None:
+            return None
+        # sun_path holds 108 bytes with the terminating NUL: a longer path cannot be bound.
+        if len(str(path).encode()) > MAX_SOCKET_PATH:
+            self.fail(where, f"{str(path)!r} is longer than {MAX_SOCKET_PATH} bytes")
+            return None
+        return path
+
     def boolean(self, value: object, where: str) -> bool | None:
         if not isinstance(value, bool):
             self.wrong_type(where, "true or false", value)
@@ -402,6 +413,9 @@ class _Parser:
         metrics_listen = self.optional(
             m, "", "metrics_listen", self.metrics_listen, _default(Config, "metrics_listen")
         )
+        control_socket = self.optional(
+            m, "", "control_socket", self.control_socket, _default(Config, "control_socket")
+        )
         log_level = self.optional(m, "", "log_level", self.log_level, _default(Config, "log_level"))
         fastpath = self.optional(m, "", "fastpath", self.fastpath, FastPath())
         pools = self.required(m, "", "pools", self.list_of(self.pool, non_empty=True))
@@ -417,6 +431,7 @@ class _Parser:
             or offer_hold is None
             or decline_hold is None
             or metrics_listen is None
+            or control_socket is None
             or log_level is None
             or fastpath is None
             or pools is None
@@ -432,6 +447,7 @@ class _Parser:
             offer_hold=offer_hold,
             decline_hold=decline_hold,
             metrics_listen=metrics_listen,
+            control_socket=control_socket,
             log_level=log_level,
             fastpath=fastpath,
             trusted_relays=trusted_relays,

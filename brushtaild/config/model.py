@@ -10,6 +10,9 @@ from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+# Where the daemon listens for the `brushtail` command, and where the command looks first.
+DEFAULT_CONTROL_SOCKET = Path("/run/brushtail/control.sock")
+
 
 class XdpMode(StrEnum):
     """How the XDP program is attached (`fastpath.xdp_mode`)."""
@@ -72,6 +75,7 @@ class Config:
     offer_hold: int = 30  # seconds an OFFERed address stays reserved for that client
     decline_hold: int = 86400  # seconds a DECLINEd address stays quarantined
     metrics_listen: tuple[str, int] = ("127.0.0.1", 9967)  # Prometheus endpoint (host, port)
+    control_socket: Path = DEFAULT_CONTROL_SOCKET  # the `brushtail` command's way in
     log_level: LogLevel = LogLevel.INFO
     fastpath: FastPath = FastPath()
     # Relays (giaddr) whose subnet and link selection (option 118, option 82 sub-option 5)

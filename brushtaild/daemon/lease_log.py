@@ -10,7 +10,8 @@ Under journald `journal.JournalLeaseLog` replaces this with structured entries t
 OFFERs and INFORM answers are logged at DEBUG, every other event at INFO: they change no
 lease, and a DISCOVER flood (random MACs, one OFFER each) would otherwise turn into a flood
 of log writes competing with the lease store for the disk. The history of who held which
-address is in the ACK, RELEASE, DECLINE and EXPIRE lines (and NAKs say who was refused).
+address is in the ACK, RELEASE, DECLINE, EXPIRE and REVOKE lines (and NAKs say who was
+refused).
 """
 
 import contextlib

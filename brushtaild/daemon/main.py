@@ -34,6 +34,8 @@ from brushtaild.config.load import DEFAULT_CONFIG, ConfigError, load_config
 from brushtaild.config.model import Config
 from brushtaild.config.reload import restart_keys
 from brushtaild.daemon import clock, journal
+from brushtaild.daemon.commands import Commands, RateWindow, ReloadResult, describe_fastpath
+from brushtaild.daemon.control import ControlServer
 from brushtaild.daemon.lease_log import LeaseLog, LeaseSink
 from brushtaild.daemon.metrics import Metrics
 from brushtaild.daemon.systemd import Notifier, Watchdog
@@ -197,6 +199,14 @@ class Daemon:
         )
         self.notifier = Notifier()
         self.watchdog = Watchdog()
+        self.started = clock.ticks()
+        self.rates = RateWindow()
+        self._rates_due = 0.0
+        self.last_reload: ReloadResult | None = None
+        # A lease store that cannot commit stops the daemon, from a command as from a batch.
+        self.control = ControlServer(
+            config.control_socket, Commands(self).table(), fatal=(StoreError,)
+        )
         self._status_due = 0.0
         self._status_window = (0.0, 0.0)  # (ticks, requests counted) at the last STATUS
         self.fastpath: FastPath | None = None
@@ -228,20 +238,20 @@ class Daemon:
             selector.register(self.io.fileno(), selectors.EVENT_READ, "packets")
             selector.register(self.signals.fileno(), selectors.EVENT_READ, "signal")
             try:
+                self._open_control(selector)
                 self._start_complete()
                 while not self.signals.stop:
                     absorbed_at = None
-                    for key, _ in selector.select(self._timeout()):
+                    for key, events in selector.select(self._timeout()):
                         if key.data == "signal":
                             self.signals.drain()
-                        else:
+                        elif key.data == "packets":
                             absorbed_at = self._serve_batch()
+                        else:
+                            self.control.ready(key.data, events, clock.ticks())
                     if self.signals.reload:
                         self.signals.reload = False
-                        # ticks() is CLOCK_MONOTONIC on Linux, the clock systemd expects.
-                        self.notifier.reloading(int(clock.ticks() * 1_000_000))
-                        self._reload_config()
-                        self.notifier.ready(self._status(clock.ticks()))
+                        self.reload()
                     self._housekeeping(absorbed_at)
                 self.notifier.stopping()
                 # The program goes on answering while we are away (queued for the next
@@ -253,7 +263,20 @@ class Daemon:
         log.info("brushtaild stopped; every acknowledged lease is on disk")
         return 0
 
+    def _open_control(self, selector: selectors.BaseSelector) -> None:
+        """Without its control socket the daemon still serves DHCP: subscribers come
+        before the operator's tools, as they do before the fast path."""
+        try:
+            self.control.open(selector)
+        except OSError as exc:
+            log.error(
+                "control socket %s unavailable, the brushtail command cannot reach this daemon: %s",
+                self.control.path,
+                exc.strerror or exc,
+            )
+
     def _close(self) -> None:
+        self.control.close()
         if self.fastpath is not None:
             self.fastpath.close()
         self.io.close()
@@ -351,18 +374,42 @@ class Daemon:
         )
 
     def _fastpath_status(self) -> str:
+        return describe_fastpath(self.fastpath_state())
+
+    def fastpath_state(self) -> dict[str, object]:
+        """The fast path for `brushtail status`: up (mode, entries, counters), failed (why)
+        or disabled."""
         if self.fastpath_failure is not None:
-            return f"FAILED ({self.fastpath_failure})"
+            return {"state": "failed", "reason": self.fastpath_failure}
         if self.fastpath is None:
-            return "disabled"
+            return {"state": "disabled"}
+        state: dict[str, object] = {
+            "state": "up",
+            "mode": self.fastpath.mode,
+            "entries": self.fastpath.sync.entries,
+        }
         try:
             snap = self.fastpath.snapshot()
         except Exception as exc:
-            return f"{self.fastpath.mode} XDP, counters unreadable ({exc})"
-        return (
-            f"{self.fastpath.mode} XDP, {self.fastpath.sync.entries} entries, "
-            f"{snap.answered} answered, {100 * snap.hit_rate:.0f}% hits"
-        )
+            state["counters"] = str(exc)
+        else:
+            state["answered"] = snap.answered
+            state["hit_rate"] = round(snap.hit_rate, 4)
+        return state
+
+    def answers(self) -> tuple[float, float]:
+        """Requests answered so far by the slow path (this process) and the fast path
+        (since its maps were made), for `brushtail status`'s rates."""
+        slow = _counter_total(self.metrics.requests) - _counter_total(self.metrics.dropped)
+        fast = 0.0
+        if self.fastpath is not None:
+            with contextlib.suppress(Exception):  # unreadable counters: status says so
+                fast = float(self.fastpath.snapshot().answered)
+        return slow, fast
+
+    def _sample_rates(self, now: float) -> None:
+        self._rates_due = now + STATUS_INTERVAL
+        self.rates.sample(now, *self.answers())
 
     def _timeout(self) -> float:
         timeout = IDLE_WAKEUP
@@ -598,6 +645,9 @@ class Daemon:
         # stops the pings, and systemd restarts the daemon.
         self._keepalive()
         ticks = clock.ticks()
+        self.control.expire(ticks)
+        if ticks >= self._rates_due:
+            self._sample_rates(ticks)
         if self.notifier.enabled and ticks >= self._status_due:
             self.notifier.status(self._status(ticks))
 
@@ -609,19 +659,42 @@ class Daemon:
             self.notifier.ping()
             self.watchdog.pinged(now)
 
-    def _reload_config(self) -> None:
+    def revoke(self, address: int) -> Decision:
+        """`brushtail lease release`: the engine's revoke of `address`, carried out like a
+        batch's decisions: on disk, then withdrawn from the kernel's map, then logged. The
+        renewals the kernel answered so far are absorbed first, as before a batch: the
+        revoked lease must keep the address as long as its client was told it may."""
+        renewed = self._absorb_renewals()
+        now = clock.wall()
+        decision = self.server.revoke(address, now)
+        self._commit([renewed, decision])
+        self._apply_to_fastpath([decision], now)
+        self.lease_log.add(renewed.events, "fast")
+        self.lease_log.add(decision.events, "slow")
+        self.lease_log.flush()
+        return decision
+
+    def reload(self) -> ReloadResult:
+        """The reload of SIGHUP and `brushtail reload`, announced to systemd around it."""
+        # ticks() is CLOCK_MONOTONIC on Linux, the clock systemd expects.
+        self.notifier.reloading(int(clock.ticks() * 1_000_000))
+        applied, detail = self._reload_config()
+        self.last_reload = ReloadResult(clock.wall(), applied, detail)
+        self.notifier.ready(self._status(clock.ticks()))
+        return self.last_reload
+
+    def _reload_config(self) -> tuple[bool, str]:
+        """(applied, why not or from where)."""
         try:
             new = load_config(self.config_path)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running config: %s", exc)
-            return
+            return False, str(exc)
         changed = restart_keys(self.config, new)
         if changed:
-            log.error(
-                "reload refused, keeping the running config: %s cannot change without a restart",
-                ", ".join(changed),
-            )
-            return
+            why = f"{', '.join(changed)} cannot change without a restart"
+            log.error("reload refused, keeping the running config: %s", why)
+            return False, why
         # Renewals the kernel answered so far belong to the old engine's leases.
         self._record_renewals()
         # A million leases take seconds to rebuild, and as long again to rewrite in the
@@ -639,6 +712,7 @@ class Daemon:
         logging.getLogger().setLevel(level)
         self.lease_log.level = level
         log.info("config reloaded from %s", self.config_path)
+        return True, f"config reloaded from {self.config_path}"
 
 
 def _errno_name(exc: OSError) -> str:

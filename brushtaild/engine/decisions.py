@@ -60,6 +60,7 @@ class LeaseEventKind(Enum):
     DECLINE = "decline"
     EXPIRE = "expire"
     INFORM = "inform"
+    REVOKE = "revoke"  # by the operator (`brushtail lease release`)
 
 
 class NakReason(Enum):
@@ -70,6 +71,7 @@ class NakReason(Enum):
     NOT_ON_NETWORK = "address not on this network"
     NOT_CLIENTS = "address not leased to this client"
     ADDRESS_IN_USE = "address in use"
+    REVOKED = "lease revoked by the operator"
 
     @property
     def label(self) -> str:

@@ -6,9 +6,9 @@ leases read back from the store at start and at a reload, and expiry. Each chang
 reach the disk is appended to the caller's `Decision` (writes, deletes, events).
 
 Rules it keeps, checked after every step by tests/property/test_lease_table.py:
-1. An address is in its allocator's in-use set exactly while one bound lease, one hold or
-   one quarantine holds it. By state, not by time: a lease past its end holds its address
-   until `expire` has processed it.
+1. An address is in its allocator's in-use set exactly while one bound lease, one hold,
+   one quarantine or one revoked lease holds it. By state, not by time: a lease past its
+   end holds its address until `expire` has processed it.
 2. No address is active for two clients; a client has at most one hold, and `_by_client`
    points only at records that `_by_address` also holds.
 3. Memory follows the number of records, not the number of renewals: an address or a hold
@@ -217,7 +217,8 @@ class LeaseTable:
         if lease is not None:
             alloc = containing(pools, lease.address)
             if alloc is not None:
-                # A client's record is bound, released or expired: active means bound.
+                # A client's record is bound, revoked, released or expired: active means
+                # bound or revoked, and either way the address is still this client's.
                 if lease.active(now):
                     return lease.address, alloc
                 if alloc.take(lease.address):
@@ -381,6 +382,17 @@ class LeaseTable:
         decision.lease_writes.append(released)
         return released
 
+    def revoke(self, lease: Lease, now: float, decision: Decision) -> Lease:
+        """The operator ends the client's active lease. The record stays the client's, as
+        REVOKED until the lease's old end: its address stays in use (the client knows
+        nothing of this until its next request, which the server NAKs), it is never
+        renewed (`renew` refuses it, `renewable` is False), and `expire` ends it at that
+        time like any lease. The client may bind anew through DISCOVER meanwhile."""
+        revoked = replace(lease, state=LeaseState.REVOKED, updated=now)
+        self._put(revoked)
+        decision.lease_writes.append(revoked)
+        return revoked
+
     def decline(self, lease: Lease, now: float, decision: Decision) -> None:
         """Someone we do not know uses the address of the client's active lease: keep it
         out of circulation for `decline_hold` seconds. The allocator keeps it in use; the
@@ -494,7 +506,7 @@ class LeaseTable:
                 alloc.take(lease.address)
                 self._quarantined.setdefault(alloc.pool.name, OrderedDict())[lease.address] = None
             return
-        if lease.state is LeaseState.BOUND and not active:
+        if lease.state in (LeaseState.BOUND, LeaseState.REVOKED) and not active:
             lease = replace(lease, state=LeaseState.EXPIRED)
         previous = self._by_client.get(lease.client_id)
         if previous is not None:

@@ -11,6 +11,10 @@ class LeaseState(IntEnum):
     RELEASED = 2  # client gave it back; remembered so the client gets it again while free
     EXPIRED = 3  # lease ran out; remembered likewise
     DECLINED = 4  # client reported a conflict; quarantined until `expires`
+    # Ended by the operator (`brushtail lease release`): the client's requests for it are
+    # NAKed, and the address stays out of circulation until `expires`, the lease's old end,
+    # since the client may use it until it hears the NAK.
+    REVOKED = 5
 
 
 @dataclass(slots=True)
@@ -29,8 +33,8 @@ class Lease:
 
     @property
     def occupies(self) -> bool:
-        """Holds its address while unexpired: a binding or a quarantine."""
-        return self.state in (LeaseState.BOUND, LeaseState.DECLINED)
+        """Holds its address while unexpired: a binding, a quarantine or a revoked binding."""
+        return self.state in (LeaseState.BOUND, LeaseState.DECLINED, LeaseState.REVOKED)
 
     def active(self, now: float) -> bool:
         return self.expires > now and self.occupies

@@ -36,7 +36,7 @@ from brushtaild.engine.decisions import (
     Reply,
 )
 from brushtaild.engine.lease_table import LeaseTable, PoolUsage
-from brushtaild.engine.leases import Lease
+from brushtaild.engine.leases import Lease, LeaseState
 
 # Replies never exceed what fits an Ethernet frame, whatever option 57 claims.
 MAX_IP_DATAGRAM = 1500
@@ -44,6 +44,7 @@ MAX_IP_DATAGRAM = 1500
 MAX_TEMPLATES = 4096
 # RFC 3046 2.0: option 82 is one option, at most 255 bytes, however it was split.
 MAX_RELAY_AGENT_INFO = 255
+# The NAK's message (option 56) to a client whose lease was revoked.
 # Echoed options that stay at the end of the options field, in this order.
 _ECHOED_LAST = (OptionCode.CLIENT_ID, OptionCode.RELAY_AGENT_INFO)
 
@@ -80,6 +81,12 @@ def client_identity(msg: Message) -> bytes:
     if client_id:
         return client_id
     return bytes((msg.htype,)) + msg.hwaddr
+
+
+def _revoked(lease: Lease, address: int) -> bool:
+    """Whether the client's `lease` of `address` was revoked. Handlers see one only before
+    its old end: the table expires it at that time, before any request is handled."""
+    return lease.state is LeaseState.REVOKED and lease.address == address
 
 
 def _pool_options(pool: Pool) -> dict[int, bytes]:
@@ -175,6 +182,29 @@ class Server:
         decision.lease_writes.append(renewed)
         decision.events.append(
             LeaseEvent(LeaseEventKind.ACK, renewed.client_id, hwaddr, address, renewed.pool)
+        )
+        return decision
+
+    def revoke(self, address: int, now: float) -> Decision:
+        """Ends the bound lease of `address` on the operator's word (`brushtail lease
+        release`). The decision writes it as REVOKED, which withdraws its kernel entry;
+        the client's next REQUEST for it is NAKed (not ignored, as a client unknown to us
+        would be: RFC 2131 4.3.2), so it starts over with a DISCOVER, and the address
+        stays its own until the lease's old end. Drops with NO_MATCHING_LEASE when the
+        address has no bound lease."""
+        decision = Decision()
+        self.table.expire(now, decision)
+        lease = self.table.lease_at(address)
+        if (
+            lease is None
+            or lease.state is not LeaseState.BOUND
+            or self.table.lease_of(lease.client_id) is not lease
+        ):
+            decision.drop = DropReason.NO_MATCHING_LEASE
+            return decision
+        self.table.revoke(lease, now, decision)
+        decision.events.append(
+            LeaseEvent(LeaseEventKind.REVOKE, lease.client_id, lease.hwaddr, address, lease.pool)
         )
         return decision
 
@@ -322,6 +352,9 @@ class Server:
             self._nak(ctx, decision, NakReason.NOT_ON_NETWORK)
             return
         lease = self.table.lease_of(ctx.client_id)
+        if lease is not None and _revoked(lease, ctx.requested):
+            self._nak(ctx, decision, NakReason.REVOKED)
+            return
         hold = self.table.hold_of(ctx.client_id)
         if lease is None and hold is None:
             # RFC 2131 4.3.2: with no record of the client, stay silent (another server
@@ -336,6 +369,9 @@ class Server:
     def _request_renewing(self, ctx: ClientContext, decision: Decision) -> None:
         address = ctx.message.ciaddr
         lease = self.table.lease_of(ctx.client_id)
+        if lease is not None and _revoked(lease, address):
+            self._nak(ctx, decision, NakReason.REVOKED)
+            return
         if lease is not None and lease.address != address and lease.active(ctx.now):
             self._nak(ctx, decision, NakReason.NOT_CLIENTS)
             return

@@ -292,7 +292,9 @@ def run(args: argparse.Namespace) -> int:
         settings.pin_dir, loader.Limits(settings.max_subscribers, settings.rate_limit_clients)
     )
     wanted = Filter(args.rate, args.mac, frozenset(maps.Result[r.upper()] for r in args.reason))
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT too: a trace started in the background by a script inherits SIGINT ignored,
+    # and `kill -INT` must still end it.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop)
     try:
         with Tracer(pins.current.path, wanted) as tracer:
@@ -316,7 +318,7 @@ def _show(tracer: Tracer, args: argparse.Namespace) -> int:
         for event in stream(tracer, args.count, args.duration):
             print(json.dumps(event.as_json()) if args.json else event.line(), flush=True)
             shown += 1
-    except (KeyboardInterrupt, _Stopped):
+    except _Stopped:
         pass
     return shown
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from brushtaild.config.load import MAX_SOCKET_PATH
 from tests.e2e.netns import SERVER_IF, SERVER_IP, Link, pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,6 +28,7 @@ site: edge-test
 interface: {interface}
 server_id: {server_id}
 state_dir: {state_dir}
+control_socket: {control_socket}
 offer_hold: {offer_hold}
 trusted_relays: {trusted_relays}
 pools:
@@ -78,6 +80,10 @@ class Brushtaild:
         self.state_dir = workdir / "state"
         self.config_file = workdir / "brushtail.yaml"
         self.log_file = workdir / "brushtaild.log"
+        self.control_socket = workdir / "control.sock"
+        if len(bytes(self.control_socket)) > MAX_SOCKET_PATH:
+            # A deep workdir: the server namespace's name is unique to the test too.
+            self.control_socket = Path("/tmp") / f"brushtail-{link.server_ns}.sock"
         # bpffs is not per network namespace: each test pins under its own directory.
         self.pin_dir = BPFFS / f"brushtail-test-{link.server_ns}"
         self.config_file.write_text(
@@ -85,6 +91,7 @@ class Brushtaild:
                 interface=SERVER_IF,
                 server_id=SERVER_IP,
                 state_dir=self.state_dir,
+                control_socket=self.control_socket,
                 offer_hold=offer_hold,
                 trusted_relays=json.dumps(list(trusted_relays)),
                 first=first,
@@ -167,6 +174,17 @@ class Brushtaild:
                 samples[name] = float(value)
         return samples
 
+    def cli(self, *argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """`brushtail ARGV` against this daemon's control socket (from its config file)."""
+        return subprocess.run(
+            [PYTHON, "-m", "brushtaild.cli", *argv, "--config", str(self.config_file)],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            timeout=timeout,
+            check=False,
+        )
+
     def kill(self) -> None:
         """SIGKILL: the crash case."""
         if self.proc is not None:
@@ -194,6 +212,8 @@ class Brushtaild:
     ) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.kill()
+        # What a killed daemon leaves (the next start would replace it).
+        self.control_socket.unlink(missing_ok=True)
 
 
 def sum_samples(samples: Mapping[str, float], name: str) -> float:

@@ -124,6 +124,17 @@ def udhcpc_bound(link: Link, workdir: Path) -> tuple[UdhcpcProcess, str]:
     return client, bound.address
 
 
+@contextlib.contextmanager
+def fast_client(link: Link, workdir: Path) -> Iterator[tuple[Brushtaild, UdhcpcProcess, str]]:
+    """A started fast-path daemon, and a udhcpc bound by it whose lease has its entry."""
+    with fast_daemon(link, workdir) as daemon:
+        daemon.start(START_TIMEOUT)
+        client, address = udhcpc_bound(link, workdir / "udhcpc")
+        with client:
+            wait_until("lease entry", lambda: entries(daemon) == 1)
+            yield daemon, client, address
+
+
 def dhclient_bound(client: DhclientProcess, daemon: Brushtaild) -> str:
     """The address dhclient bound from the slow path, once its kernel entry is in."""
     bound = client.wait_bound(15)
@@ -215,40 +226,36 @@ def test_dhclient_reboot_and_discover_are_answered_in_the_kernel(
 def test_renewals_are_answered_while_the_daemon_is_dead_and_recorded_after_restart(
     link: Link, tmp_path: Path
 ) -> None:
-    with fast_daemon(link, tmp_path) as daemon:
-        daemon.start(START_TIMEOUT)
-        client, address = udhcpc_bound(link, tmp_path / "udhcpc")
-        with client:
-            wait_until("lease entry", lambda: entries(daemon) == 1)
-            expires = stored_expiry(daemon.state_dir, address)
-            daemon.kill()
-            # Nothing in userspace answers now: the program does, and queues each renewal.
-            renewed = 2
-            for _ in range(renewed):
-                renew(client, address)
-            assert stored_expiry(daemon.state_dir, address) == expires
-            # Renew throughout the restart: while the new daemon compiles its program, the
-            # old one answers; then the new one replaces it.
-            daemon.spawn()
-            before_attach = 0
-            deadline = time.monotonic() + START_TIMEOUT
-            while "fast path attached" not in daemon.log():
-                assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log()
-                assert time.monotonic() < deadline, daemon.log()
-                renew(client, address)
-                renewed += 1
-                if "fast path attached" not in daemon.log():
-                    before_attach += 1
-            daemon.wait_started(START_TIMEOUT)
-            assert before_attach >= 1, "no renewal fell in the compile window"
-            # It adopted the pinned maps: the lease's entry was there, none was stale.
-            assert attached_entries(daemon) == 1
+    with fast_client(link, tmp_path) as (daemon, client, address):
+        expires = stored_expiry(daemon.state_dir, address)
+        daemon.kill()
+        # Nothing in userspace answers now: the program does, and queues each renewal.
+        renewed = 2
+        for _ in range(renewed):
+            renew(client, address)
+        assert stored_expiry(daemon.state_dir, address) == expires
+        # Renew throughout the restart: while the new daemon compiles its program, the
+        # old one answers; then the new one replaces it.
+        daemon.spawn()
+        before_attach = 0
+        deadline = time.monotonic() + START_TIMEOUT
+        while "fast path attached" not in daemon.log():
+            assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log()
+            assert time.monotonic() < deadline, daemon.log()
             renew(client, address)
             renewed += 1
-            # Every renewal is recorded, those queued while no daemon ran included.
-            wait_until("path=fast ack lines", lambda: len(fast_acks(daemon, address)) >= renewed)
-            wait_until("later expiry", lambda: stored_expiry(daemon.state_dir, address) > expires)
-            samples = scrape(daemon)
+            if "fast path attached" not in daemon.log():
+                before_attach += 1
+        daemon.wait_started(START_TIMEOUT)
+        assert before_attach >= 1, "no renewal fell in the compile window"
+        # It adopted the pinned maps: the lease's entry was there, none was stale.
+        assert attached_entries(daemon) == 1
+        renew(client, address)
+        renewed += 1
+        # Every renewal is recorded, those queued while no daemon ran included.
+        wait_until("path=fast ack lines", lambda: len(fast_acks(daemon, address)) >= renewed)
+        wait_until("later expiry", lambda: stored_expiry(daemon.state_dir, address) > expires)
+        samples = scrape(daemon)
         # This daemon's slow path acknowledged nothing; the pinned counters kept counting.
         assert samples[SLOW_ACK] == 0
         assert samples[FAST_ACK] >= renewed

@@ -41,6 +41,7 @@ SYSTEM_ENV = {
 SYSTEMD_LOG = "/run/systemd/brushtail-test.log"
 
 DEPENDS = {
+    "adduser",
     "iproute2",
     "python3-bpfcc",
     "python3-cryptography",
@@ -383,6 +384,8 @@ def test_install_upgrade_remove_purge(debs: Built, scratch_system: Run, tmp_path
     origin = _ok(run, "/usr/bin/python3 -c 'import brushtaild; print(brushtaild.__file__)'")
     assert origin.strip() == "/usr/lib/python3/dist-packages/brushtaild/__init__.py"
     _ok(run, f"test ! -L {wants}")
+    # The group that may use the control socket (the unit's SupplementaryGroups= needs it).
+    _ok(run, "getent group brushtail")
     calls = _systemd_calls(run)
     assert not [call for call in calls if call.startswith("deb-systemd-invoke")], calls
 

@@ -3,7 +3,8 @@
 A hypothesis state machine drives one engine the way the daemon does: client requests on
 two links, renewals answered by a model of the kernel's map (and absorbed later, as the
 daemon reads its ring), restarts from a model of the lease store, reloads that exclude,
-shrink or renumber ranges, clock jumps and expiry. After every step:
+shrink or renumber ranges, the operator's revocations, clock jumps and expiry. After every
+step:
 - the table's own rules hold (`LeaseTable.check`: in use exactly while held, one record
   per address, timers bounded by the records);
 - no address was ever acknowledged to two clients for overlapping times: every ACK that
@@ -198,6 +199,13 @@ class LeaseTableMachine(RuleBasedStateMachine):
             msg = request(MessageType.DECLINE, client, requested=owned[0], server_id=SERVER)
             self._handle(*self._route(client, msg))
             self._forget_client(bytes((1,)) + mac(client))
+
+    @rule(offset=st.integers(0, len(ADDRESSES) - 1))
+    def revoke(self, offset: int) -> None:
+        """The operator revokes a lease (`brushtail lease release`). Its client is not
+        told: it goes on using the address until it is NAKed or its lease ends."""
+        self._absorb()
+        self._apply(self.server.revoke(ADDRESSES[offset], self.now))
 
     @precondition(lambda self: bool(self.kernel))
     @rule(pick=st.integers(0, 1000), last_second=st.booleans())

@@ -138,7 +138,7 @@ def test_leases_lists_current_leases_while_the_store_is_open(
         assert "198.18.1.5" in out and "bound" in out and "00:01:02:03:04:05" in out
         assert "198.18.1.6" not in out
         assert main(["leases", "--all", "--state-dir", str(tmp_path)]) == 0
-        assert "198.18.1.6       released" in capsys.readouterr().out
+        assert "198.18.1.6  released" in capsys.readouterr().out
 
 
 def test_leases_without_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

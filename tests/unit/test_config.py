@@ -408,6 +408,12 @@ def test_missing_file_is_an_os_error_not_a_config_error(tmp_path: Path) -> None:
             "127.0.0.1:0",
             "'127.0.0.1:0' is not 'a.b.c.d:port' or '[ipv6]:port' (port 1-65535)",
         ),
+        ("control_socket", "run/control.sock", "'run/control.sock' is not an absolute path"),
+        (
+            "control_socket",
+            "/run/" + "x" * 103,
+            f"'/run/{'x' * 103}' is longer than 107 bytes",
+        ),
         ("log_level", "INFO", "'INFO' is not one of debug, info, warning, error"),
         ("pools", [], "must not be empty"),
     ],

@@ -169,6 +169,7 @@ def daemon_config(tmp_path: Path, fastpath: bool = False) -> Config:
     return replace(
         make_config(),
         state_dir=tmp_path / "state",
+        control_socket=tmp_path / "control.sock",
         fastpath=config_module.FastPath(enabled=fastpath, pin_dir=tmp_path / "pins"),
         trusted_relays=(IPv4Network(RELAY),),
     )

@@ -176,6 +176,52 @@ def test_decline_quarantines_the_address() -> None:
     assert only_reply(server.handle(request(D, 2), INGRESS, 602.0)).yiaddr == address
 
 
+def test_revoke_naks_the_clients_next_request_and_keeps_the_address_until_the_old_end() -> None:
+    server = Server(make_config(make_pool(last="198.18.1.0", lease_time=100)), [], 0.0)
+    address = dora(server, 1)
+    revoked = server.revoke(address, 10.0)
+    assert revoked.drop is None
+    assert [lease.state for lease in revoked.lease_writes] == [LeaseState.REVOKED]
+    assert [e.kind for e in revoked.events] == [LeaseEventKind.REVOKE]
+    assert not server.renewable(revoked.lease_writes[0], 10.0)
+    # Renewing, rebinding and rebooting with the old address are NAKed, not ignored.
+    for msg in (request(R, 1, ciaddr=address), request(R, 1, requested=address)):
+        nak = only_reply(server.handle(msg, INGRESS, 20.0))
+        assert nak.message_type is MessageType.NAK
+        assert nak.options[OptionCode.MESSAGE] == b"lease revoked by the operator"
+    # The client may still use it until it hears that: nobody else is given it...
+    assert server.handle(request(D, 2), INGRESS, 30.0).drop is DropReason.POOL_EXHAUSTED
+    # ...but its own DISCOVER starts over, on the same address.
+    assert dora(server, 1, now=40.0) == address
+    assert reply_type(server.handle(request(R, 1, ciaddr=address), INGRESS, 50.0)) is (
+        MessageType.ACK
+    )
+
+
+def test_a_revoked_lease_ends_at_its_old_end_and_survives_a_restart() -> None:
+    server = Server(make_config(make_pool(last="198.18.1.0", lease_time=100)), [], 0.0)
+    address = dora(server, 1)
+    server.revoke(address, 10.0)
+    restarted = Server(
+        make_config(make_pool(last="198.18.1.0", lease_time=100)), server.leases(), 20.0
+    )
+    assert reply_type(restarted.handle(request(R, 1, ciaddr=address), INGRESS, 20.0)) is (
+        MessageType.NAK
+    )
+    assert [e.kind for e in restarted.tick(100.0).events] == [LeaseEventKind.EXPIRE]
+    assert only_reply(restarted.handle(request(D, 2), INGRESS, 101.0)).yiaddr == address
+
+
+def test_revoke_refuses_what_is_not_a_bound_lease_and_a_racing_kernel_renewal() -> None:
+    server = Server(make_config(), [], 0.0)
+    address = dora(server, 1)
+    assert server.revoke(address + 1, 1.0).drop is DropReason.NO_MATCHING_LEASE
+    server.revoke(address, 1.0)
+    assert server.revoke(address, 2.0).drop is DropReason.NO_MATCHING_LEASE
+    renewal = server.kernel_renewal(mac(1), address, 5000.0, 3.0)
+    assert renewal.drop is DropReason.STALE_RENEWAL
+
+
 def test_inform_acks_without_address_or_lease_time() -> None:
     server = Server(make_config(), [], 0.0)
     client_ip = opt.parse_ip("198.18.7.7")

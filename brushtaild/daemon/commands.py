@@ -1,0 +1,259 @@
+"""What each control socket command answers (daemon/control.py carries the bytes).
+
+Read-only commands read the engine and the daemon's own state. `lease-release` asks the
+engine for a decision (Server.revoke), which the daemon commits, applies to the fast path
+and logs like any other; `reload` is the daemon's SIGHUP reload. Answers are JSON values:
+the `brushtail` command renders them for people and prints them as they are with --json.
+The rendering helpers shared by both ends (lease rows, the fast path line) live here too,
+so the daemon's STATUS= line, `brushtail status` and `brushtail leases --store` agree.
+"""
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from brushtaild import __version__
+from brushtaild.daemon import clock
+from brushtaild.daemon.control import Args, CommandError
+from brushtaild.dhcp.options import format_ip, format_mac, parse_ip
+from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.engine.server import Server
+
+if TYPE_CHECKING:
+    from brushtaild.daemon.main import Daemon
+
+DEFAULT_LIMIT = 100
+# An answer is built in memory and written by the loop: a few megabytes at most. A whole
+# million-lease table is for `brushtail leases --store`.
+MAX_LIMIT = 10_000
+NOT_RECORDED = "circuit-id and VLAN are not recorded per lease yet: no lease matches them"
+NO_PEERS = "none configured (replication is not available yet)"
+STATES = ("bound", "revoked", "released", "expired", "declined")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """The outcome of the last reload, by SIGHUP or by `brushtail reload`."""
+
+    at: float  # Unix seconds
+    applied: bool
+    detail: str  # why it was refused, or where the config came from
+
+
+class RateWindow:
+    """Answers per second of each path over the last few seconds: from the daemon's
+    latest sample of its counters (taken every few seconds) to the counters now, or from
+    the sample before when the latest is too recent to say much."""
+
+    MIN_SPAN = 1.0
+
+    def __init__(self) -> None:
+        self._previous: tuple[float, float, float] | None = None
+        self._last: tuple[float, float, float] | None = None
+
+    def sample(self, now: float, slow: float, fast: float) -> None:
+        self._previous, self._last = self._last, (now, slow, fast)
+
+    def rates(self, now: float, slow: float, fast: float) -> dict[str, float] | None:
+        base = self._last
+        if base is None or now - base[0] < self.MIN_SPAN:
+            base = self._previous
+        if base is None or now <= base[0]:
+            return None
+        since, slow0, fast0 = base
+        span = now - since
+        return {
+            "interval": round(span, 1),
+            "slow": round((slow - slow0) / span, 1),
+            # Pinned counters restart at zero with new maps: never a negative rate.
+            "fast": round(max(fast - fast0, 0.0) / span, 1),
+        }
+
+
+def state_name(lease: Lease, now: float) -> str:
+    # A bound lease past its expiry is expired even if the daemon has not rewritten it.
+    if lease.state in (LeaseState.BOUND, LeaseState.REVOKED) and lease.expires <= now:
+        return "expired"
+    return lease.state.name.lower()
+
+
+def lease_row(lease: Lease, now: float) -> dict[str, Any]:
+    return {
+        "address": format_ip(lease.address),
+        "state": state_name(lease, now),
+        "expires": lease.expires,
+        "expires_in": max(round(lease.expires - now), 0),
+        "mac": format_mac(lease.hwaddr),
+        "pool": lease.pool,
+        "client_id": lease.client_id.hex(),
+        "updated": lease.updated,
+    }
+
+
+def describe_fastpath(state: dict[str, Any]) -> str:
+    """One line for people: the daemon's STATUS= line and `brushtail status`."""
+    if state["state"] == "failed":
+        return f"FAILED ({state['reason']})"
+    if state["state"] != "up":
+        return str(state["state"])
+    text = f"{state['mode']} XDP, {state['entries']} entries"
+    if "counters" in state:
+        return f"{text}, counters unreadable ({state['counters']})"
+    return f"{text}, {state['answered']} answered, {100 * state['hit_rate']:.0f}% hits"
+
+
+def pool_rows(server: Server) -> list[dict[str, Any]]:
+    subnets = {pool.name: pool.subnet for pool in server.config.pools}
+    return [
+        {
+            "pool": name,
+            "subnet": str(subnets[name]),
+            "size": usage.total,
+            "assigned": usage.assigned,
+            "declined": usage.declined,
+            "free": usage.total - usage.assigned,
+            "utilization": round(usage.utilization, 4),
+        }
+        for name, usage in server.pool_usage().items()
+    ]
+
+
+def _mac(text: object) -> bytes:
+    raw = bytes.fromhex(str(text).replace(":", "").replace("-", "")) if _hexlike(text) else b""
+    if len(raw) != 6:
+        raise CommandError(f"{text!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+    return raw
+
+
+def _hexlike(text: object) -> bool:
+    digits = str(text).replace(":", "").replace("-", "")
+    return len(digits) == 12 and all(c in "0123456789abcdefABCDEF" for c in digits)
+
+
+def _address(text: object) -> int:
+    try:
+        return parse_ip(str(text))
+    except ValueError:
+        raise CommandError(f"{text!r} is not an IPv4 address") from None
+
+
+def _limit(value: object) -> int:
+    if value is None:
+        return DEFAULT_LIMIT
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_LIMIT:
+        raise CommandError(f"limit must be 1..{MAX_LIMIT}")
+    return value
+
+
+class Commands:
+    """The command table of one daemon."""
+
+    def __init__(self, daemon: "Daemon") -> None:
+        self._daemon = daemon
+
+    def table(self) -> dict[str, Callable[[Args], object]]:
+        return {
+            "status": self.status,
+            "leases": self.leases,
+            "lease-show": self.lease_show,
+            "lease-release": self.lease_release,
+            "pools": self.pools,
+            "peers": self.peers,
+            "reload": self.reload,
+        }
+
+    def status(self, _args: Args) -> dict[str, Any]:
+        daemon = self._daemon
+        config = daemon.config
+        last = daemon.last_reload
+        return {
+            "site": config.site,
+            "interface": config.interface,
+            "server_id": format_ip(config.server_id),
+            "version": __version__,
+            "uptime": round(clock.ticks() - daemon.started),
+            "slowpath": {"state": "up"},
+            "fastpath": daemon.fastpath_state(),
+            "pools": pool_rows(daemon.server),
+            "rates": daemon.rates.rates(clock.ticks(), *daemon.answers()),
+            "peers": self.peers({}),
+            "last_reload": asdict(last) if last is not None else None,
+        }
+
+    def leases(self, args: Args) -> dict[str, Any]:
+        """Leases by filter, in address order: `limit` of them, and how many matched."""
+        daemon = self._daemon
+        now = clock.wall()
+        limit = _limit(args.get("limit"))
+        notes = []
+        candidates: list[Lease]
+        if args.get("circuit_id") is not None or args.get("vlan") is not None:
+            notes.append(NOT_RECORDED)
+            candidates = []
+        elif args.get("site") not in (None, daemon.config.site):
+            notes.append(f"only this site's leases ({daemon.config.site}) are known here")
+            candidates = []
+        elif args.get("address") is not None:
+            found = daemon.server.lease_at(_address(args["address"]))
+            candidates = [found] if found is not None else []
+        else:
+            # A walk over every lease: a million take about a second of the loop.
+            candidates = daemon.server.leases()
+        mac = _mac(args["mac"]) if args.get("mac") is not None else None
+        pool, state = args.get("pool"), args.get("state")
+        if state is not None and state not in STATES:
+            raise CommandError(f"state must be one of {', '.join(STATES)}")
+        matched = [
+            lease
+            for lease in candidates
+            if (mac is None or lease.hwaddr == mac)
+            and (pool is None or lease.pool == pool)
+            and (state is None or state_name(lease, now) == state)
+        ]
+        matched.sort(key=lambda lease: lease.address)
+        return {
+            "matched": len(matched),
+            "leases": [lease_row(lease, now) for lease in matched[:limit]],
+            "notes": notes,
+        }
+
+    def _records(self, target: object) -> list[Lease]:
+        """The records of an address, or of every client with a MAC address."""
+        server = self._daemon.server
+        if _hexlike(target):
+            mac = _mac(target)
+            return sorted(
+                (lease for lease in server.leases() if lease.hwaddr == mac),
+                key=lambda lease: lease.address,
+            )
+        found = server.lease_at(_address(target))
+        return [found] if found is not None else []
+
+    def lease_show(self, args: Args) -> list[dict[str, Any]]:
+        records = self._records(args.get("target"))
+        if not records:
+            raise CommandError(f"no lease of {args.get('target')}")
+        now = clock.wall()
+        return [lease_row(lease, now) for lease in records]
+
+    def lease_release(self, args: Args) -> dict[str, Any]:
+        """Revokes the bound leases of an address or a MAC address."""
+        target = args.get("target")
+        bound = [r for r in self._records(target) if r.state is LeaseState.BOUND]
+        revoked = []
+        for lease in bound:
+            decision = self._daemon.revoke(lease.address)
+            if decision.drop is None:
+                revoked.append(format_ip(lease.address))
+        if not revoked:
+            raise CommandError(f"no bound lease of {target}")
+        return {"revoked": revoked}
+
+    def pools(self, _args: Args) -> list[dict[str, Any]]:
+        return pool_rows(self._daemon.server)
+
+    def peers(self, _args: Args) -> dict[str, Any]:
+        return {"peers": [], "note": NO_PEERS}
+
+    def reload(self, _args: Args) -> dict[str, Any]:
+        return asdict(self._daemon.reload())
