@@ -33,8 +33,9 @@ from brushtaild.daemon.commands import (
     MAX_LIMIT,
     STATES,
     describe_fastpath,
-    lease_row,
+    select_leases,
 )
+from brushtaild.daemon.control import CommandError
 from brushtaild.engine.allocator import PoolAllocator
 from brushtaild.store.lease_store import StoreError, read_snapshot
 
@@ -134,6 +135,7 @@ def _config_of(args: argparse.Namespace) -> Config | None:
 
 def _store_leases(args: argparse.Namespace) -> int:
     state_dir: Path | None = args.state_dir
+    config = None
     if state_dir is None:
         config = _config_of(args)
         if config is None:
@@ -145,14 +147,18 @@ def _store_leases(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_UNREADABLE
     now = clock.wall()
-    if not args.all:
+    if not args.all and args.state is None:
         leases = [lease for lease in leases if lease.active(now)]
-    rows = [lease_row(lease, now) for lease in leases]
+    site = config.site if args.state_dir is None and config is not None else None
+    try:
+        answer = select_leases(leases, _lease_filters(args), now, site or args.site or "")
+    except CommandError as exc:
+        print(f"brushtail leases: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     if args.json:
-        _print_json({"matched": len(rows), "leases": rows, "notes": []})
-    else:
-        _print_leases(rows)
-    return EXIT_OK
+        _print_json(answer)
+        return EXIT_OK
+    return _render_leases(answer)
 
 
 def _print_leases(rows: list[dict[str, Any]]) -> None:
@@ -223,9 +229,7 @@ def _add_leases(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
     parser.set_defaults(run=_leases)
 
 
-def _leases(args: argparse.Namespace) -> int:
-    if args.store or args.state_dir is not None:
-        return _store_leases(args)
+def _lease_filters(args: argparse.Namespace) -> dict[str, Any]:
     filters = {
         "mac": args.mac,
         "address": args.address,
@@ -236,8 +240,13 @@ def _leases(args: argparse.Namespace) -> int:
         "site": args.site,
         "limit": args.limit,
     }
-    request = {k: v for k, v in filters.items() if v is not None}
-    return _daemon_command(args, "leases", request, _render_leases)
+    return {k: v for k, v in filters.items() if v is not None}
+
+
+def _leases(args: argparse.Namespace) -> int:
+    if args.store or args.state_dir is not None:
+        return _store_leases(args)
+    return _daemon_command(args, "leases", _lease_filters(args), _render_leases)
 
 
 def _render_leases(answer: dict[str, Any]) -> int:

@@ -93,6 +93,7 @@ site: demo
 interface: sub0
 server_id: 198.18.0.1
 state_dir: $work/state
+control_socket: $work/control.sock
 pools:
   - name: residential
     subnet: 198.18.0.0/16
@@ -193,10 +194,18 @@ wait "$trace_pid" || fail "brushtail trace failed: $(cat "$work/trace.txt")"
 grep -v 'events shown' "$work/trace.txt" | tail -n 6 | sed 's/^/  /'
 grep 'events shown' "$work/trace.txt" | sed 's/^/  /'
 
+step "Asking the running daemon: brushtail status, brushtail leases"
+brushtail() { "$python" -m brushtaild.cli "$@" --config "$work/brushtail.yaml"; }
+brushtail status | sed 's/^/  /'
+echo
+brushtail leases --limit 5 | sed 's/^/  /'
+
 step "Stopping brushtaild (SIGTERM); the leases stay on disk"
 ip netns pids "$ns_srv" | xargs -r kill -TERM
 sleep 1
-"$python" -m brushtaild.cli leases --all --state-dir "$work/state" | head -8
+echo "  without the daemon, brushtail status says so (exit 3) and the store is read directly:"
+brushtail status 2>&1 | sed 's/^/  /' || true
+brushtail leases --store --all --limit 5 | sed 's/^/  /'
 echo
 echo "Demo complete: dhclient and udhcpc got their leases from the slow path, renewed them"
 echo "in the kernel (XDP, recorded in the lease store) and released them on the slow path."

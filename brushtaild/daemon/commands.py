@@ -8,7 +8,7 @@ The rendering helpers shared by both ends (lease rows, the fast path line) live 
 so the daemon's STATUS= line, `brushtail status` and `brushtail leases --store` agree.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +87,39 @@ def lease_row(lease: Lease, now: float) -> dict[str, Any]:
         "pool": lease.pool,
         "client_id": lease.client_id.hex(),
         "updated": lease.updated,
+    }
+
+
+def select_leases(candidates: Iterable[Lease], args: Args, now: float, site: str) -> dict[str, Any]:
+    """The `leases` answer: the candidates that pass every filter in `args` (mac, address,
+    pool, state, circuit_id, vlan, site), in address order, `limit` of them, and how many
+    matched. For the daemon's leases and, with --store, the store's."""
+    limit = _limit(args.get("limit"))
+    notes = []
+    if args.get("circuit_id") is not None or args.get("vlan") is not None:
+        notes.append(NOT_RECORDED)
+        candidates = []
+    elif args.get("site") not in (None, site):
+        notes.append(f"only this site's leases ({site}) are known here")
+        candidates = []
+    mac = _mac(args["mac"]) if args.get("mac") is not None else None
+    address = _address(args["address"]) if args.get("address") is not None else None
+    pool, state = args.get("pool"), args.get("state")
+    if state is not None and state not in STATES:
+        raise CommandError(f"state must be one of {', '.join(STATES)}")
+    matched = [
+        lease
+        for lease in candidates
+        if (mac is None or lease.hwaddr == mac)
+        and (address is None or lease.address == address)
+        and (pool is None or lease.pool == pool)
+        and (state is None or state_name(lease, now) == state)
+    ]
+    matched.sort(key=lambda lease: lease.address)
+    return {
+        "matched": len(matched),
+        "leases": [lease_row(lease, now) for lease in matched[:limit]],
+        "notes": notes,
     }
 
 
@@ -182,40 +215,14 @@ class Commands:
 
     def leases(self, args: Args) -> dict[str, Any]:
         """Leases by filter, in address order: `limit` of them, and how many matched."""
-        daemon = self._daemon
-        now = clock.wall()
-        limit = _limit(args.get("limit"))
-        notes = []
-        candidates: list[Lease]
-        if args.get("circuit_id") is not None or args.get("vlan") is not None:
-            notes.append(NOT_RECORDED)
-            candidates = []
-        elif args.get("site") not in (None, daemon.config.site):
-            notes.append(f"only this site's leases ({daemon.config.site}) are known here")
-            candidates = []
-        elif args.get("address") is not None:
-            found = daemon.server.lease_at(_address(args["address"]))
+        server = self._daemon.server
+        if args.get("address") is not None:
+            found = server.lease_at(_address(args["address"]))
             candidates = [found] if found is not None else []
         else:
             # A walk over every lease: a million take about a second of the loop.
-            candidates = daemon.server.leases()
-        mac = _mac(args["mac"]) if args.get("mac") is not None else None
-        pool, state = args.get("pool"), args.get("state")
-        if state is not None and state not in STATES:
-            raise CommandError(f"state must be one of {', '.join(STATES)}")
-        matched = [
-            lease
-            for lease in candidates
-            if (mac is None or lease.hwaddr == mac)
-            and (pool is None or lease.pool == pool)
-            and (state is None or state_name(lease, now) == state)
-        ]
-        matched.sort(key=lambda lease: lease.address)
-        return {
-            "matched": len(matched),
-            "leases": [lease_row(lease, now) for lease in matched[:limit]],
-            "notes": notes,
-        }
+            candidates = server.leases()
+        return select_leases(candidates, args, clock.wall(), self._daemon.config.site)
 
     def _records(self, target: object) -> list[Lease]:
         """The records of an address, or of every client with a MAC address."""

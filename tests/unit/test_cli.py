@@ -139,6 +139,15 @@ def test_leases_lists_current_leases_while_the_store_is_open(
         assert "198.18.1.6" not in out
         assert main(["leases", "--all", "--state-dir", str(tmp_path)]) == 0
         assert "198.18.1.6  released" in capsys.readouterr().out
+        # The daemon's filters and limit, on the store's leases.
+        assert main(["leases", "--all", "--limit", "1", "--state-dir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert "198.18.1.6" not in out and "1 of 2 matching leases shown" in out
+        assert main(["leases", "--state", "released", "--state-dir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert "198.18.1.5" not in out and "198.18.1.6" in out
+        assert main(["leases", "--mac", "nope", "--state-dir", str(tmp_path)]) == 1
+        assert "not a MAC address" in capsys.readouterr().err
 
 
 def test_leases_without_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
