@@ -10,11 +10,9 @@ from brushtaild.dhcp.codec import encode
 from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
 from brushtaild.xdp import maps
 from brushtaild.xdp.loader import Program
-from tests.bpf.frames import client_frame, decode_reply
+from tests.bpf.frames import decode_reply
 from tests.bpf.harness import (
     RELAY_MAC,
-    SERVER_IP,
-    SERVER_MAC,
     XDP_PASS,
     XDP_TX,
     Fastpath,
@@ -66,15 +64,7 @@ def test_a_relay_is_answered_only_once_its_next_hop_is_known(fastpath: Fastpath)
 def test_a_relay_on_other_vlans_is_another_relay(fastpath: Fastpath) -> None:
     lease = fastpath.bind(MAC, giaddr=RELAY)
     payload = encode(client_message(MessageType.REQUEST, MAC, ciaddr=lease.address, giaddr=RELAY))
-    tagged = client_frame(
-        payload,
-        src_mac=RELAY_MAC,
-        dst_mac=SERVER_MAC,
-        src_ip=opt.format_ip(RELAY),
-        dst_ip=SERVER_IP,
-        sport=67,
-        vlans=(100,),
-    )
+    tagged = fastpath.frame(payload, mac=MAC, relay=True, vlans=(100,))
     assert fastpath.results_of(tagged) == {maps.Result.RELAY: 1}
 
 
