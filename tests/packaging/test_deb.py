@@ -454,6 +454,7 @@ def _help(*argv: str) -> str:
                 ["-m", "brushtaild.cli"],
                 ["-m", "brushtaild.cli", "check-config"],
                 ["-m", "brushtaild.cli", "leases"],
+                ["-m", "brushtaild.cli", "trace"],
             ],
         ),
     ],
