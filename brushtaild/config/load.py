@@ -17,7 +17,18 @@ from typing import Any, TypeVar
 
 import yaml
 
-from brushtaild.config.model import AddressRange, Config, FastPath, LogLevel, Pool, XdpMode
+from brushtaild.config.model import (
+    AddressRange,
+    Config,
+    FastPath,
+    LogLevel,
+    OptionSet,
+    Pool,
+    XdpMode,
+    option_set,
+)
+from brushtaild.dhcp import options as opt
+from brushtaild.dhcp.constants import OptionCode
 
 T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)
@@ -64,6 +75,49 @@ _PORT_RE = re.compile(r"[0-9]{1,5}")
 # Characters the kernel's dev_valid_name() refuses in an interface name, besides whitespace.
 _IFNAME_FORBIDDEN = frozenset("/:")
 _IFNAMSIZ = 16  # including the terminating NUL
+
+# Options by name (`options:`), and the pool keys written before `options:` existed that
+# stand for three of them.
+OPTION_NAMES: dict[str, int] = {
+    "routers": OptionCode.ROUTERS,
+    "dns-servers": OptionCode.DNS_SERVERS,
+    "domain-name": OptionCode.DOMAIN_NAME,
+    "interface-mtu": OptionCode.INTERFACE_MTU,
+    "ntp-servers": OptionCode.NTP_SERVERS,
+    "vendor-specific": OptionCode.VENDOR_SPECIFIC,
+    "domain-search": OptionCode.DOMAIN_SEARCH,
+    "classless-static-routes": OptionCode.CLASSLESS_STATIC_ROUTE,
+}
+POOL_OPTION_KEYS = {"routers": "routers", "dns-servers": "dns_servers", "domain-name": "domain"}
+# Codes `code-N` may not give, and why: the server writes them from other keys or from the
+# request, and a second value would contradict it.
+OWNED_CODES: dict[int, str] = {
+    OptionCode.PAD: "padding, not an option",
+    OptionCode.SUBNET_MASK: "the server sends it from the pool's subnet",
+    OptionCode.BROADCAST_ADDRESS: "the server sends it from the pool's subnet",
+    OptionCode.REQUESTED_ADDRESS: "only a client sends it",
+    OptionCode.LEASE_TIME: "the server sends it from lease_time",
+    OptionCode.OVERLOAD: "the server's encoder writes it when options overflow",
+    OptionCode.MESSAGE_TYPE: "the server writes the message type",
+    OptionCode.SERVER_ID: "the server sends it from server_id",
+    OptionCode.PARAMETER_REQUEST_LIST: "only a client sends it",
+    OptionCode.MESSAGE: "the server writes it in its NAKs",
+    OptionCode.MAX_MESSAGE_SIZE: "only a client sends it",
+    OptionCode.RENEWAL_TIME: "the server sends it from renewal_time",
+    OptionCode.REBINDING_TIME: "the server sends it from rebinding_time",
+    OptionCode.CLIENT_ID: "the server echoes the client's (RFC 6842)",
+    OptionCode.RAPID_COMMIT: "the server does no rapid commit (RFC 4039)",
+    OptionCode.CLIENT_FQDN: "its answer depends on each client's (RFC 4702)",
+    OptionCode.RELAY_AGENT_INFO: "the server echoes the relay's (RFC 3046)",
+    OptionCode.SUBNET_SELECTION: "the server echoes the relay's (RFC 3011)",
+    OptionCode.END: "the end of the options, not an option",
+}
+# One option's value: longer ones would be split in two (RFC 3396), which not every
+# client joins again.
+MAX_OPTION_LEN = 255
+_OPTION_CODE_RE = re.compile(r"code-([0-9]{1,3})")
+_HEX_RE = re.compile(r"[0-9A-Fa-f]{2}(?::?[0-9A-Fa-f]{2})*")
+_ROUTE_RE = re.compile(r"(\S+)\s+via\s+(\S+)")
 
 
 def _type_name(value: object) -> str:
@@ -527,31 +581,36 @@ class _Parser:
                 self.ranges.append(_Span(span.first, span.last, item_where, len(self.ranges)))
             return span
 
-        def router(value: object, item_where: str) -> int | None:
-            address = self.ipv4(value, item_where)
-            if address is None or not self.inside(subnet, (address, address), item_where):
-                return None
-            if subnet is not None and address in (
-                int(subnet.network_address),
-                int(subnet.broadcast_address),
-            ):
-                self.fail(item_where, f"{_ip(address)} is the network or broadcast address")
-                return None
-            return address
-
         ranges = self.required(m, where, "ranges", self.list_of(leasable_range, non_empty=True))
 
         def exclusions(value: object, item_where: str) -> frozenset[int] | None:
             spans = self.list_of(in_subnet_span)(value, item_where)
             return None if spans is None else self.expand(spans, item_where)
 
-        routers = self.optional(
-            m, where, "routers", self.list_of(router), _default(Pool, "routers")
+        raw_options = m.get("options", {})
+        if not isinstance(raw_options, dict):
+            raw_options = {}  # reported by self.options below
+        routers = self.pool_option(
+            m, raw_options, where, "routers", self.list_of(self.on_link(subnet))
         )
-        dns_servers = self.optional(
-            m, where, "dns_servers", self.list_of(self.ipv4), _default(Pool, "dns_servers")
+        dns_servers = self.pool_option(
+            m, raw_options, where, "dns-servers", self.list_of(self.ipv4)
         )
-        domain = self.optional(m, where, "domain", self.domain, _default(Pool, "domain"))
+        domain = self.pool_option(m, raw_options, where, "domain-name", self.domain)
+        options = self.optional(
+            m,
+            where,
+            "options",
+            lambda value, path: self.options(
+                {k: v for k, v in value.items() if k not in POOL_OPTION_KEYS}
+                if isinstance(value, dict)
+                else value,
+                path,
+                subnet,
+                routers or (),
+            ),
+            _default(Pool, "options"),
+        )
         excluded = self.optional(m, where, "exclude", exclusions, _default(Pool, "exclude"))
         lease_time = self.optional(
             m, where, "lease_time", self.integer(60, ONE_YEAR), _default(Pool, "lease_time")
@@ -563,6 +622,7 @@ class _Parser:
             or ranges is None
             or routers is None
             or dns_servers is None
+            or options is None
             or excluded is None
             or lease_time is None
             or timers is None
@@ -579,7 +639,27 @@ class _Parser:
             renewal_time=timers[0],
             rebinding_time=timers[1],
             exclude=excluded,
+            options=options,
         )
+
+    def pool_option(
+        self,
+        m: Mapping[str, object],
+        raw_options: Mapping[object, object],
+        where: str,
+        name: str,
+        parse: Callable[[object, str], T | None],
+    ) -> T | None:
+        """One of the options a pool also gives with a key of its own (POOL_OPTION_KEYS),
+        from whichever of the two places names it; both is a contradiction."""
+        key = POOL_OPTION_KEYS[name]
+        if name not in raw_options:
+            return self.optional(m, where, key, parse, _default(Pool, key))
+        path = f"{where}.options.{name}"
+        if key in m:
+            self.fail(path, f"also given as {where}.{key}; give one of them")
+            return None
+        return parse(raw_options[name], path)
 
     def domain(self, value: object, where: str) -> str | None:
         text = self.string(value, where)
@@ -590,6 +670,183 @@ class _Parser:
             self.fail(where, f"{text!r} is not a valid DNS name")
             return None
         return text
+
+    # -- options -----------------------------------------------------------------------
+
+    def options(
+        self,
+        value: object,
+        where: str,
+        subnet: IPv4Network | None = None,
+        routers: tuple[int, ...] = (),
+    ) -> OptionSet | None:
+        """An `options:` mapping: names from OPTION_NAMES and `code-N` (N of no name and
+        not in OWNED_CODES). `subnet` is the link the options go to when the level has one
+        (a pool): routers given there must be on it. `routers` are the level's option 3
+        given elsewhere, for the check RFC 3442 calls for."""
+        if not isinstance(value, dict):
+            self.wrong_type(where, "mapping", value)
+            return None
+        encoded: dict[int, bytes] = {}
+        ok = True
+        for key, item in value.items():
+            path = _join(where, _printable(str(key)))
+            code = self.option_code(key, path)
+            raw = None if code is None else self.option_value(code, item, path, subnet)
+            if raw is not None and len(raw) > MAX_OPTION_LEN:
+                self.fail(path, f"is {len(raw)} bytes encoded; one option holds {MAX_OPTION_LEN}")
+                raw = None
+            if code is None or raw is None:
+                ok = False
+                continue
+            encoded[code] = raw
+        if not ok:
+            return None
+        self.default_route(encoded, routers, where)
+        return option_set(encoded)
+
+    def option_code(self, key: object, where: str) -> int | None:
+        if not isinstance(key, str):
+            self.fail(where, f"option key {key!r} is not a string")
+            return None
+        if key in OPTION_NAMES:
+            return OPTION_NAMES[key]
+        numbered = _OPTION_CODE_RE.fullmatch(key)
+        if numbered is None:
+            close = difflib.get_close_matches(key, OPTION_NAMES, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "or code-N for option N"
+            self.fail(where, f"unknown option name; one of {', '.join(OPTION_NAMES)}, {hint}")
+            return None
+        code = int(numbered[1])
+        named = next((name for name, c in OPTION_NAMES.items() if c == code), None)
+        if named is not None:
+            self.fail(where, f"option {code} has a name: write it as {named!r}")
+        elif code in OWNED_CODES:
+            self.fail(where, f"option {code} cannot be configured: {OWNED_CODES[code]}")
+        elif not 0 < code < OptionCode.END:
+            self.fail(where, f"option code {code} is out of range 1..254")
+        else:
+            return code
+        return None
+
+    def option_value(
+        self, code: int, value: object, where: str, subnet: IPv4Network | None
+    ) -> bytes | None:
+        addresses = self.list_of(self.ipv4, non_empty=True)
+        match code:
+            case OptionCode.ROUTERS:
+                routers = self.list_of(self.on_link(subnet), non_empty=True)(value, where)
+                return None if routers is None else opt.ips(routers)
+            case OptionCode.DNS_SERVERS | OptionCode.NTP_SERVERS:
+                servers = addresses(value, where)
+                return None if servers is None else opt.ips(servers)
+            case OptionCode.DOMAIN_NAME:
+                name = self.domain(value, where)
+                return None if name is None else name.encode("ascii")
+            case OptionCode.DOMAIN_SEARCH:
+                names = self.list_of(self.domain, non_empty=True)(value, where)
+                return None if names is None else opt.domain_search(names)
+            case OptionCode.INTERFACE_MTU:
+                # RFC 2132 5.1: 68 is the smallest MTU an IPv4 link may have.
+                mtu = self.integer(68, 65535, "integer")(value, where)
+                return None if mtu is None else opt.u16(mtu)
+            case OptionCode.CLASSLESS_STATIC_ROUTE:
+                routes = self.list_of(self.route(subnet), non_empty=True)(value, where)
+                return None if routes is None else opt.classless_routes(routes)
+            case OptionCode.VENDOR_SPECIFIC:
+                if isinstance(value, dict):
+                    return self.sub_options(value, where)
+                return self.hex(value, where)
+        return self.hex(value, where)
+
+    def on_link(self, subnet: IPv4Network | None) -> Callable[[object, str], int | None]:
+        """An address a client reaches directly: inside `subnet`, not its network or
+        broadcast address (any address when the level has no subnet)."""
+
+        def parse(value: object, where: str) -> int | None:
+            address = self.ipv4(value, where)
+            if address is None or not self.inside(subnet, (address, address), where):
+                return None
+            if subnet is not None and address in (
+                int(subnet.network_address),
+                int(subnet.broadcast_address),
+            ):
+                self.fail(where, f"{_ip(address)} is the network or broadcast address")
+                return None
+            return address
+
+        return parse
+
+    def route(
+        self, subnet: IPv4Network | None
+    ) -> Callable[[object, str], tuple[int, int, int] | None]:
+        """`prefix via router`: the router on the link, or 0.0.0.0 for a route on the link
+        itself (RFC 3442 section 5 leaves the meaning to the client; Linux clients install
+        it as on-link)."""
+        gateway = self.on_link(subnet)
+
+        def parse(value: object, where: str) -> tuple[int, int, int] | None:
+            text = self.string(value, where)
+            if text is None:
+                return None
+            matched = _ROUTE_RE.fullmatch(text.strip())
+            if matched is None or "/" not in matched[1]:
+                self.fail(where, f"{text!r} is not 'a.b.c.d/n via e.f.g.h'")
+                return None
+            prefix = self.prefix(matched[1], where)
+            if matched[2] == "0.0.0.0":
+                router: int | None = 0
+            else:
+                router = gateway(matched[2], where)
+            if prefix is None or router is None:
+                return None
+            return int(prefix.network_address), prefix.prefixlen, router
+
+        return parse
+
+    def default_route(
+        self, encoded: dict[int, bytes], routers: tuple[int, ...], where: str
+    ) -> None:
+        """RFC 3442: a client given option 121 ignores option 3. Routers next to routes
+        without a default route would leave such clients without one."""
+        routes = encoded.get(OptionCode.CLASSLESS_STATIC_ROUTE)
+        has_routers = routers or OptionCode.ROUTERS in encoded
+        if (
+            routes is None
+            or not has_routers
+            or any(length == 0 for _, length, _ in opt.decode_classless_routes(routes))
+        ):
+            return
+        self.fail(
+            _join(where, "classless-static-routes"),
+            "has no default route (0.0.0.0/0), and clients given option 121 ignore routers"
+            " (RFC 3442): add '0.0.0.0/0 via' the router",
+        )
+
+    def hex(self, value: object, where: str) -> bytes | None:
+        if not isinstance(value, str) or not _HEX_RE.fullmatch(value):
+            self.fail(where, f"expected hex bytes such as '0a0b' or '0a:0b', got {value!r}")
+            return None
+        return bytes.fromhex(value.replace(":", ""))
+
+    def sub_options(self, value: dict[Any, Any], where: str) -> bytes | None:
+        """Option 43 as sub-option code -> hex value (RFC 2132 8.4; 0 and 255 are pad and
+        end there too)."""
+        subs: list[tuple[int, bytes]] = []
+        for key, item in value.items():
+            path = f"{where}[{key!r}]"
+            sub = self.integer(1, 254, "sub-option code 1..254")(key, path)
+            raw = self.hex(item, path)
+            if sub is not None and raw is not None:
+                if len(raw) > MAX_OPTION_LEN:
+                    self.fail(path, f"is {len(raw)} bytes; a sub-option holds {MAX_OPTION_LEN}")
+                    return None
+                subs.append((sub, raw))
+        if len(subs) != len(value) or not subs:
+            if not value:
+                self.fail(where, "must not be empty")
+            return None
+        return opt.build_sub_options(subs)
 
     def expand(self, spans: tuple[AddressRange, ...], where: str) -> frozenset[int] | None:
         if sum(s.last - s.first + 1 for s in spans) > MAX_EXCLUDED_PER_POOL:

@@ -38,6 +38,34 @@ class AddressRange:
 
 
 @dataclass(frozen=True, slots=True)
+class OptionSet:
+    """DHCP options one level of the config gives (`options:` in docs/CONFIG.md), each
+    value already encoded as it goes on the wire, in ascending code order.
+
+    Levels are combined by `merge_options`, later levels winning per option code. The
+    documented precedence is pool < class < reservation: a reply carries the pool's options,
+    overridden by its client's class, overridden by its client's reservation."""
+
+    values: tuple[tuple[int, bytes], ...] = ()
+
+    def as_dict(self) -> dict[int, bytes]:
+        return dict(self.values)
+
+
+def option_set(values: dict[int, bytes]) -> OptionSet:
+    return OptionSet(tuple(sorted(values.items())))
+
+
+def merge_options(*levels: OptionSet) -> OptionSet:
+    """The options of `levels` in precedence order, lowest first: per code, the last
+    level that gives a value wins (no level removes an option another gave)."""
+    merged: dict[int, bytes] = {}
+    for level in levels:
+        merged.update(level.values)
+    return option_set(merged)
+
+
+@dataclass(frozen=True, slots=True)
 class Pool:
     name: str  # unique; stored with each lease and labels per-pool metrics
     subnet: IPv4Network  # the clients' link; its mask and broadcast go out as options 1, 28
@@ -49,6 +77,9 @@ class Pool:
     renewal_time: int = 1800  # T1 (option 58), default 50% of lease_time
     rebinding_time: int = 3150  # T2 (option 59), default 87.5% of lease_time
     exclude: frozenset[int] = frozenset()  # addresses inside `ranges` never leased
+    # Every other option by name or code (`options:`). Never 3, 6 or 15: the loader puts
+    # `options.routers`, `dns-servers` and `domain-name` in the fields above.
+    options: OptionSet = OptionSet()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,6 @@
-"""Typed encoders and decoders for option values, and option 82 sub-options (RFC 3046).
+"""Typed encoders and decoders for option values, sub-options (option 82, RFC 3046; option
+43, RFC 2132 8.4), and the encodings of domain search (119, RFC 3397) and classless static
+routes (121, RFC 3442).
 
 Decoders raise `MalformedPacket(BAD_OPTION)` because their input comes off the wire; encoders
 raise `ValueError`/`OverflowError` because their input comes from our own code and config.
@@ -10,6 +12,9 @@ from collections.abc import Iterable
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
 
 _MAX_SUB_OPTION_LEN = 255
+_MAX_LABEL_LEN = 63  # RFC 1035 2.3.4
+_POINTER = 0xC000  # RFC 1035 4.1.4: two bytes, the top two bits set, then the offset
+_MAX_POINTER = 0x3FFF
 
 
 def ip(value: int) -> bytes:
@@ -72,7 +77,9 @@ def parse_relay_agent_info(raw: bytes) -> list[tuple[int, bytes]]:
     return subs
 
 
-def build_relay_agent_info(subs: Iterable[tuple[int, bytes]]) -> bytes:
+def build_sub_options(subs: Iterable[tuple[int, bytes]]) -> bytes:
+    """Code, length, value for each: option 82's sub-options and option 43's encapsulated
+    vendor options are both written this way, with no pad or end."""
     out = bytearray()
     for code, value in subs:
         if len(value) > _MAX_SUB_OPTION_LEN:
@@ -81,6 +88,73 @@ def build_relay_agent_info(subs: Iterable[tuple[int, bytes]]) -> bytes:
         out.append(len(value))
         out += value
     return bytes(out)
+
+
+build_relay_agent_info = build_sub_options
+
+
+def dns_name(name: str) -> list[bytes]:
+    """A domain name's labels, each with its length byte (RFC 1035 3.1), root excluded."""
+    labels = name.rstrip(".").split(".")
+    out = []
+    for label in labels:
+        raw = label.encode("ascii")
+        if not 0 < len(raw) <= _MAX_LABEL_LEN:
+            raise ValueError(f"label {label!r} of {name!r} is not 1-{_MAX_LABEL_LEN} bytes")
+        out.append(bytes((len(raw),)) + raw)
+    return out
+
+
+def domain_search(names: Iterable[str]) -> bytes:
+    """Option 119's value (RFC 3397): the names one after another in RFC 1035 wire form,
+    each suffix already written replaced by a pointer to it. Offsets count from the start
+    of the (concatenated) option value, as RFC 3397 section 2 says."""
+    out = bytearray()
+    written: dict[tuple[bytes, ...], int] = {}  # suffix (labels, lower case) -> offset
+    for name in names:
+        labels = dns_name(name)
+        for i in range(len(labels)):
+            suffix = tuple(label.lower() for label in labels[i:])
+            offset = written.get(suffix)
+            if offset is not None:
+                out += (_POINTER | offset).to_bytes(2, "big")
+                break
+            if len(out) <= _MAX_POINTER:
+                written[suffix] = len(out)
+            out += labels[i]
+        else:
+            out.append(0)
+    return bytes(out)
+
+
+def classless_routes(routes: Iterable[tuple[int, int, int]]) -> bytes:
+    """Option 121's value (RFC 3442) from (destination, prefix length, router): the length,
+    the destination's significant octets only, then the router."""
+    out = bytearray()
+    for destination, length, router in routes:
+        if not 0 <= length <= 32:
+            raise ValueError(f"prefix length {length}")
+        significant = (length + 7) // 8
+        out.append(length)
+        out += destination.to_bytes(4, "big")[:significant]
+        out += router.to_bytes(4, "big")
+    return bytes(out)
+
+
+def decode_classless_routes(raw: bytes) -> list[tuple[int, int, int]]:
+    """Option 121 as (destination, prefix length, router): `classless_routes` inverted."""
+    routes = []
+    pos = 0
+    while pos < len(raw):
+        length = raw[pos]
+        significant = (length + 7) // 8
+        end = pos + 1 + significant + 4
+        if length > 32 or end > len(raw):
+            raise MalformedPacket(DropReason.BAD_OPTION, f"route of /{length} at byte {pos}")
+        destination = int.from_bytes(raw[pos + 1 : pos + 1 + significant].ljust(4, b"\0"), "big")
+        routes.append((destination, length, int.from_bytes(raw[end - 4 : end], "big")))
+        pos = end
+    return routes
 
 
 def format_ip(n: int) -> str:

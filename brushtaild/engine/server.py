@@ -11,7 +11,7 @@ Rules this module keeps:
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
-from brushtaild.config.model import Config, Pool
+from brushtaild.config.model import Config, Pool, merge_options, option_set
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import MessageTooLarge, encode, encode_options
 from brushtaild.dhcp.constants import (
@@ -90,18 +90,23 @@ def _revoked(lease: Lease, address: int) -> bool:
 
 
 def _pool_options(pool: Pool) -> dict[int, bytes]:
+    """Every option a reply from `pool` may carry besides the lease's own: the subnet's
+    mask and broadcast address, then the configured options in ascending code order (the
+    order a client without a parameter request list receives them in)."""
     net = pool.subnet
-    options: dict[int, bytes] = {
+    own: dict[int, bytes] = {}
+    if pool.routers:
+        own[OptionCode.ROUTERS] = opt.ips(pool.routers)
+    if pool.dns_servers:
+        own[OptionCode.DNS_SERVERS] = opt.ips(pool.dns_servers)
+    if pool.domain:
+        own[OptionCode.DOMAIN_NAME] = pool.domain.encode("ascii")
+    configured = merge_options(option_set(own), pool.options)
+    return {
         OptionCode.SUBNET_MASK: opt.ip(int(net.netmask)),
         OptionCode.BROADCAST_ADDRESS: opt.ip(int(net.broadcast_address)),
+        **configured.as_dict(),
     }
-    if pool.routers:
-        options[OptionCode.ROUTERS] = opt.ips(pool.routers)
-    if pool.dns_servers:
-        options[OptionCode.DNS_SERVERS] = opt.ips(pool.dns_servers)
-    if pool.domain:
-        options[OptionCode.DOMAIN_NAME] = pool.domain.encode("ascii")
-    return options
 
 
 class Server:
