@@ -3,7 +3,7 @@
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from brushtaild.config.model import AddressRange, Config, Pool
+from brushtaild.config.model import AddressRange, Config, OptionSet, Pool, option_set
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
@@ -97,3 +97,20 @@ def only_reply(decision: Decision) -> Message:
 
 def reply_type(decision: Decision) -> MessageType | None:
     return only_reply(decision).message_type
+
+
+def every_option() -> OptionSet:
+    """One of each option `options:` names, plus one by code: what a pool, class or
+    reservation may give beyond the pool's own keys (docs/CONFIG.md, Options)."""
+    return option_set(
+        {
+            OptionCode.INTERFACE_MTU: opt.u16(1492),
+            OptionCode.NTP_SERVERS: opt.ips([SERVER, SERVER + 1]),
+            OptionCode.VENDOR_SPECIFIC: opt.build_sub_options([(1, opt.ip(SERVER)), (2, b"sip")]),
+            OptionCode.DOMAIN_SEARCH: opt.domain_search(["isp.example", "example.net"]),
+            OptionCode.CLASSLESS_STATIC_ROUTE: opt.classless_routes(
+                [(0, 0, SERVER), (opt.parse_ip("203.0.113.0"), 24, SERVER + 2)]
+            ),
+            224: bytes.fromhex("0a0b"),
+        }
+    )

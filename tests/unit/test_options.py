@@ -130,3 +130,74 @@ def test_parse_ip_is_strict(text: str) -> None:
 def test_format_mac() -> None:
     assert opt.format_mac(bytes.fromhex("0200c6120002")) == "02:00:c6:12:00:02"
     assert opt.format_mac(b"") == ""
+
+
+# -- option values from the configuration: RFC examples byte for byte ---------------------
+
+
+def test_domain_search_rfc_3397_example() -> None:
+    """RFC 3397 section 3: "eng.apple.com." and "marketing.apple.com.", the second name's
+    "apple.com" a pointer to offset 4 of the option's value."""
+    expected = b"\x03eng\x05apple\x03com\x00\x09marketing\xc0\x04"
+    assert opt.domain_search(["eng.apple.com", "marketing.apple.com"]) == expected
+    assert opt.domain_search(["eng.apple.com.", "marketing.apple.com."]) == expected
+
+
+def test_domain_search_compression() -> None:
+    # A whole name seen before is one pointer; case does not matter to DNS (RFC 4343).
+    assert opt.domain_search(["example.net", "EXAMPLE.net"]) == b"\x07example\x03net\x00\xc0\x00"
+    # Nothing shared: every name written out in full.
+    assert opt.domain_search(["a.b", "c.d"]) == b"\x01a\x01b\x00\x01c\x01d\x00"
+    assert opt.domain_search(["x.a.b", "a.b"]) == b"\x01x\x01a\x01b\x00\xc0\x02"
+
+
+def test_domain_search_refuses_bad_labels() -> None:
+    with pytest.raises(ValueError):
+        opt.domain_search(["a" * 64 + ".net"])
+    with pytest.raises(ValueError):
+        opt.domain_search(["a..net"])
+
+
+# RFC 3442 section 5's table of destination descriptors, with router 10.0.0.1 appended.
+RFC_3442_DESCRIPTORS = [
+    ("0.0.0.0", 0, bytes([0])),
+    ("10.0.0.0", 8, bytes([8, 10])),
+    ("10.0.0.0", 24, bytes([24, 10, 0, 0])),
+    ("10.17.0.0", 16, bytes([16, 10, 17])),
+    ("10.27.129.0", 24, bytes([24, 10, 27, 129])),
+    ("10.229.0.128", 25, bytes([25, 10, 229, 0, 128])),
+    ("10.198.122.47", 32, bytes([32, 10, 198, 122, 47])),
+]
+
+
+@pytest.mark.parametrize(("destination", "length", "descriptor"), RFC_3442_DESCRIPTORS)
+def test_classless_routes_rfc_3442_descriptors(
+    destination: str, length: int, descriptor: bytes
+) -> None:
+    router = opt.parse_ip("10.0.0.1")
+    route = (opt.parse_ip(destination), length, router)
+    raw = opt.classless_routes([route])
+    assert raw == descriptor + bytes([10, 0, 0, 1])
+    assert opt.decode_classless_routes(raw) == [route]
+
+
+def test_classless_routes_several() -> None:
+    routes = [
+        (0, 0, opt.parse_ip("198.18.0.1")),
+        (opt.parse_ip("203.0.113.0"), 24, opt.parse_ip("198.18.0.3")),
+    ]
+    raw = opt.classless_routes(routes)
+    assert raw.hex() == "00c6120001" + "18cb0071c6120003"
+    assert opt.decode_classless_routes(raw) == routes
+
+
+@pytest.mark.parametrize("raw", [b"\x21" + bytes(8), b"\x18\x0a\x00", b"\x00\x01\x02\x03"])
+def test_classless_routes_decoder_rejects_bad_descriptors(raw: bytes) -> None:
+    with pytest.raises(MalformedPacket):
+        opt.decode_classless_routes(raw)
+
+
+def test_vendor_specific_sub_options() -> None:
+    """RFC 2132 8.4: encapsulated vendor options are code, length, value, as option 82's."""
+    raw = opt.build_sub_options([(1, bytes.fromhex("c6120001")), (2, b"sip")])
+    assert raw == bytes.fromhex("0104c6120001") + b"\x02\x03sip"
