@@ -2,7 +2,8 @@
 
 dhclient (isc-dhcp-client) and udhcpc (busybox) run with our own scripts
 (dhclient-script.sh, udhcpc-script.sh next to this file), which only set the address on
-the interface and append one "reason ip" line to an events file; Debian's
+the interface and append one "reason ip" line to an events file (and leave the variables
+the client gave them, its received options, beside it: `received()`); Debian's
 /sbin/dhclient-script is never run, because it would rewrite the host's /etc/resolv.conf.
 Every dhclient invocation, including the `-r`/`-x` ones that stop a running client and run
 the script themselves, goes through `DhclientProcess._argv` so it always carries `-sf`.
@@ -107,6 +108,14 @@ class _ClientProcess:
         returncode = self.proc.poll() if self.proc is not None else None
         log = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
         return Events(read_events(self.events_file), returncode, log)
+
+    def received(self) -> dict[str, str]:
+        """The variables the client gave its script at its last binding event: the lease's
+        options under the client's own names (dhclient: new_ntp_servers ..., udhcpc:
+        ntpsrv ...)."""
+        path = self.events_file.with_name(self.events_file.name + ".env")
+        lines = path.read_text().splitlines() if path.exists() else []
+        return dict(line.partition("=")[::2] for line in lines if "=" in line)
 
     def wait_for(self, reasons: set[str], timeout: float, after: int = 0) -> Events:
         """Wait until an event in `reasons` is reported past index `after`, or the client
@@ -232,10 +241,14 @@ class UdhcpcProcess(_ClientProcess):
         discovers: int = 3,
         quit_when_bound: bool = False,
         ifname: str = CLIENT_IF,
+        request: Sequence[str] = (),
     ) -> None:
+        """`request`: options asked for besides udhcpc's defaults (`-O`: a name such as
+        ntpsrv, or a code)."""
         super().__init__(link, workdir, ifname)
         self.discovers = discovers
         self.quit_when_bound = quit_when_bound
+        self.request = request
 
     def start(self) -> Self:
         argv = [
@@ -245,6 +258,8 @@ class UdhcpcProcess(_ClientProcess):
         ]  # fmt: skip
         if self.quit_when_bound:
             argv.append("-q")
+        for option in self.request:
+            argv += ["-O", option]
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
         env[EVENTS_ENV] = str(self.events_file)
         self._spawn(argv, env)

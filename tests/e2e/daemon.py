@@ -38,7 +38,7 @@ pools:
     routers: [{server_id}]
     dns_servers: [{server_id}]
     lease_time: {lease_time}
-{timers}fastpath:
+{timers}{pool_extra}fastpath:
   enabled: {fastpath}
   pin_dir: {pin_dir}
 """
@@ -72,8 +72,10 @@ class Brushtaild:
         rebinding_time: int | None = None,
         fastpath: bool = False,
         trusted_relays: Sequence[str] = (),
+        pool_extra: str = "",
         env: Mapping[str, str] | None = None,
     ) -> None:
+        """`pool_extra`: YAML lines added to the pool, indented as its keys."""
         self.link = link
         self.env = dict(env or {})
         self.workdir = workdir
@@ -105,6 +107,7 @@ class Brushtaild:
                     )
                     if value is not None
                 ),
+                pool_extra=pool_extra,
                 fastpath="true" if fastpath else "false",
                 pin_dir=self.pin_dir,
             )

@@ -1,5 +1,6 @@
 #!/bin/sh
-# dhclient -sf script for tests: configures only the address and records what happened.
+# dhclient -sf script for tests: configures only the address and records what happened, and
+# the options of the last lease (dhclient's new_* variables) in $BT_EVENTS.env.
 # It stands in for Debian's /sbin/dhclient-script, which would rewrite the host's
 # /etc/resolv.conf and routes. dhclient runs it with a clean environment: BT_EVENTS arrives
 # through `dhclient -e`, and PATH is set here.
@@ -13,6 +14,7 @@ BOUND | RENEW | REBIND | REBOOT)
         ip -4 addr del "$old_ip_address/$old_subnet_mask" dev "$interface" 2>/dev/null
     fi
     ip -4 addr replace "$new_ip_address/$new_subnet_mask" dev "$interface" || exit 1
+    env >"$BT_EVENTS.env"
     echo "$reason $new_ip_address" >>"$BT_EVENTS"
     ;;
 RELEASE | EXPIRE | STOP)

@@ -20,7 +20,7 @@ import re
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -62,11 +62,11 @@ def wait_until(what: str, check: Callable[[], T], timeout: float = 15.0) -> T:
 
 
 @contextlib.contextmanager
-def fast_daemon(link: Link, workdir: Path) -> Iterator[Brushtaild]:
+def fast_daemon(link: Link, workdir: Path, pool_extra: str = "") -> Iterator[Brushtaild]:
     """A daemon (not started) with the fast path on; killed and its pins removed on exit."""
     sweep_stale_pins()
     attach_client_pass(link)
-    daemon = Brushtaild(link, workdir, fastpath=True)
+    daemon = Brushtaild(link, workdir, fastpath=True, pool_extra=pool_extra)
     try:
         yield daemon
     finally:
@@ -117,8 +117,10 @@ def load_seconds(daemon: Brushtaild) -> float:
     return float(match.group(3))
 
 
-def udhcpc_bound(link: Link, workdir: Path) -> tuple[UdhcpcProcess, str]:
-    client = UdhcpcProcess(link, workdir, discovers=10).start()
+def udhcpc_bound(
+    link: Link, workdir: Path, request: Sequence[str] = ()
+) -> tuple[UdhcpcProcess, str]:
+    client = UdhcpcProcess(link, workdir, discovers=10, request=request).start()
     bound = client.wait_bound(15)
     assert bound.reasons[-1] == "bound" and bound.address is not None, bound.log
     return client, bound.address

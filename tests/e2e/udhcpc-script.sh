@@ -1,5 +1,6 @@
 #!/bin/sh
-# udhcpc -s script for tests: configures only the address and records what happened.
+# udhcpc -s script for tests: configures only the address and records what happened, and
+# the options of the last lease (udhcpc's variables) in $BT_EVENTS.env.
 # udhcpc passes its own environment through, so BT_EVENTS comes from whoever started it.
 # shellcheck disable=SC2154  # interface, ip and mask come from udhcpc
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -13,6 +14,7 @@ deconfig)
 bound | renew)
     # $mask is the prefix length, $subnet the dotted mask.
     ip -4 addr replace "$ip/$mask" dev "$interface" || exit 1
+    env >"$BT_EVENTS.env"
     echo "$1 $ip" >>"$BT_EVENTS"
     ;;
 leasefail | nak)
