@@ -707,7 +707,8 @@ class _Parser:
 
     def option_code(self, key: object, where: str) -> int | None:
         if not isinstance(key, str):
-            self.fail(where, f"option key {key!r} is not a string")
+            hint = f"; write code-{key} for option {key}" if isinstance(key, int) else ""
+            self.fail(where, f"option key {key!r} is not a string{hint}")
             return None
         if key in OPTION_NAMES:
             return OPTION_NAMES[key]
@@ -825,7 +826,9 @@ class _Parser:
 
     def hex(self, value: object, where: str) -> bytes | None:
         if not isinstance(value, str) or not _HEX_RE.fullmatch(value):
-            self.fail(where, f"expected hex bytes such as '0a0b' or '0a:0b', got {value!r}")
+            # YAML reads unquoted 0104 as a number, and 0a0b as a string.
+            hint = "; quote the value" if isinstance(value, int) else ""
+            self.fail(where, f"expected hex bytes such as '0a0b' or '0a:0b', got {value!r}{hint}")
             return None
         return bytes.fromhex(value.replace(":", ""))
 
