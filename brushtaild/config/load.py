@@ -76,8 +76,7 @@ _PORT_RE = re.compile(r"[0-9]{1,5}")
 _IFNAME_FORBIDDEN = frozenset("/:")
 _IFNAMSIZ = 16  # including the terminating NUL
 
-# Options by name (`options:`), and the pool keys written before `options:` existed that
-# stand for three of them.
+# Options by name (`options:`), with their codes.
 OPTION_NAMES: dict[str, int] = {
     "routers": OptionCode.ROUTERS,
     "dns-servers": OptionCode.DNS_SERVERS,
@@ -88,6 +87,8 @@ OPTION_NAMES: dict[str, int] = {
     "domain-search": OptionCode.DOMAIN_SEARCH,
     "classless-static-routes": OptionCode.CLASSLESS_STATIC_ROUTE,
 }
+# Options a pool also gives with keys of its own, written before `options:` existed: the
+# option's name -> the pool key (and Pool field).
 POOL_OPTION_KEYS = {"routers": "routers", "dns-servers": "dns_servers", "domain-name": "domain"}
 # Codes `code-N` may not give, and why: the server writes them from other keys or from the
 # request, and a second value would contradict it.
@@ -597,20 +598,14 @@ class _Parser:
             m, raw_options, where, "dns-servers", self.list_of(self.ipv4)
         )
         domain = self.pool_option(m, raw_options, where, "domain-name", self.domain)
-        options = self.optional(
-            m,
-            where,
-            "options",
-            lambda value, path: self.options(
-                {k: v for k, v in value.items() if k not in POOL_OPTION_KEYS}
-                if isinstance(value, dict)
-                else value,
-                path,
-                subnet,
-                routers or (),
-            ),
-            _default(Pool, "options"),
-        )
+
+        def other_options(value: object, item_where: str) -> OptionSet | None:
+            # The three of POOL_OPTION_KEYS are the pool's fields, read above.
+            if isinstance(value, dict):
+                value = {k: v for k, v in value.items() if k not in POOL_OPTION_KEYS}
+            return self.options(value, item_where, subnet, routers or ())
+
+        options = self.optional(m, where, "options", other_options, _default(Pool, "options"))
         excluded = self.optional(m, where, "exclude", exclusions, _default(Pool, "exclude"))
         lease_time = self.optional(
             m, where, "lease_time", self.integer(60, ONE_YEAR), _default(Pool, "lease_time")
@@ -733,13 +728,12 @@ class _Parser:
     def option_value(
         self, code: int, value: object, where: str, subnet: IPv4Network | None
     ) -> bytes | None:
-        addresses = self.list_of(self.ipv4, non_empty=True)
         match code:
             case OptionCode.ROUTERS:
                 routers = self.list_of(self.on_link(subnet), non_empty=True)(value, where)
                 return None if routers is None else opt.ips(routers)
             case OptionCode.DNS_SERVERS | OptionCode.NTP_SERVERS:
-                servers = addresses(value, where)
+                servers = self.list_of(self.ipv4, non_empty=True)(value, where)
                 return None if servers is None else opt.ips(servers)
             case OptionCode.DOMAIN_NAME:
                 name = self.domain(value, where)
@@ -781,9 +775,8 @@ class _Parser:
     def route(
         self, subnet: IPv4Network | None
     ) -> Callable[[object, str], tuple[int, int, int] | None]:
-        """`prefix via router`: the router on the link, or 0.0.0.0 for a route on the link
-        itself (RFC 3442 section 5 leaves the meaning to the client; Linux clients install
-        it as on-link)."""
+        """`prefix via router`, as (destination, prefix length, router): the router on the
+        link, or 0.0.0.0 for a destination reached on the link itself."""
         gateway = self.on_link(subnet)
 
         def parse(value: object, where: str) -> tuple[int, int, int] | None:
