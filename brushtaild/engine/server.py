@@ -503,7 +503,9 @@ class Server:
         self, pool: Pool, mtype: MessageType, with_lease: bool, prl: bytes | None
     ) -> ReplyTemplate:
         """The options of a reply, which depend only on the pool, the reply type and the
-        client's parameter request list: rendered once, reused for every such reply."""
+        client's parameter request list: rendered once, reused for every such reply. With a
+        request list, the configured options it names, in its order (RFC 2131 4.3.1);
+        without one, all of them (docs/CONFIG.md, "Which options a reply carries")."""
         key = (pool.name, mtype, with_lease, prl)
         template = self._templates.get(key)
         if template is not None:

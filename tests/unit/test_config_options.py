@@ -11,6 +11,7 @@ from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import OptionCode
 from tests.unit.test_config import EXAMPLES, errors_of, example, ip
 
+SUB_256 = "is 256 bytes; a sub-option holds 255"
 HEX = "expected hex bytes such as '0a0b' or '0a:0b', got "
 
 
@@ -141,6 +142,7 @@ def test_routers_under_options_are_checked_as_routers() -> None:
         ({"vendor-specific": {}}, "vendor-specific", "must not be empty"),
         ({"vendor-specific": {0: "0a"}}, "vendor-specific[0]", "0 is out of range 1..254"),
         ({"vendor-specific": {1: "zz"}}, "vendor-specific[1]", HEX + "'zz'"),
+        ({"vendor-specific": {1: "00" * 256}}, "vendor-specific[1]", SUB_256),
         (
             {"vendor-specific": {"a": "00"}},
             "vendor-specific['a']",
