@@ -736,15 +736,15 @@ class _Parser:
                 pool = owners[0][1]
                 net = pool.subnet
                 unusable = {
-                    int(net.network_address): "the network address",
-                    int(net.broadcast_address): "the broadcast address",
-                    server_id: "server_id",
                     **{a: f"a router of pools[{k}]" for k, p in owners for a in p.routers},
+                    int(net.network_address): f"the network address of {net}",
+                    int(net.broadcast_address): f"the broadcast address of {net}",
+                    server_id: "server_id",
                 }
                 if r.address in unusable:
                     self.fail(
                         f"{where}.address",
-                        f"{_ip(r.address)} is {unusable[r.address]} of subnet {net}",
+                        f"{_ip(r.address)} is {unusable[r.address]}, which is never leased",
                     )
             keys: list[tuple[str, tuple[str, bytes | int | None, bytes | None]]] = [
                 ("address", ("address", r.address, None))
