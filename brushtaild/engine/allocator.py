@@ -13,8 +13,8 @@ the lease table says when a client may.
 """
 
 from collections import deque
-from collections.abc import Iterable
-from ipaddress import IPv4Network
+from collections.abc import Iterable, Sequence
+from ipaddress import IPv4Address, IPv4Network
 
 from brushtaild.config.model import Config, Pool
 
@@ -141,32 +141,21 @@ class PoolAllocator:
 
 def pool_allocators(config: Config) -> dict[str, PoolAllocator]:
     """An allocator per pool, by name, each knowing the fixed addresses it serves."""
-    fixed = fixed_addresses(
-        config.pools, (r.address for r in config.reservations), config.server_id
-    )
+    fixed = fixed_addresses(config.pools, (r.address for r in config.reservations))
     return {p.name: PoolAllocator(p, config.server_id, fixed[p.name]) for p in config.pools}
 
 
-def fixed_addresses(
-    pools: Iterable[Pool], addresses: Iterable[int], server_id: int
-) -> dict[str, frozenset[int]]:
+def fixed_addresses(pools: Sequence[Pool], addresses: Iterable[int]) -> dict[str, frozenset[int]]:
     """Which pool serves each fixed address: the first whose ranges hold it, else the first
     whose subnet does (config validation guarantees one does)."""
-    pools = list(pools)
-    dynamic = [PoolAllocator(p, server_id) for p in pools]
     owners: dict[str, set[int]] = {p.name: set() for p in pools}
     for address in addresses:
-        alloc = containing(dynamic, address)
-        pool = alloc.pool if alloc is not None else None
-        if pool is None:
-            pool = next((p for p in pools if address in _hosts(p.subnet)), None)
+        in_ranges = (p for p in pools if any(r.first <= address <= r.last for r in p.ranges))
+        in_subnet = (p for p in pools if IPv4Address(address) in p.subnet)
+        pool = next(in_ranges, None) or next(in_subnet, None)
         if pool is not None:
             owners[pool.name].add(address)
     return {name: frozenset(a) for name, a in owners.items()}
-
-
-def _hosts(net: IPv4Network) -> range:
-    return range(int(net.network_address), int(net.broadcast_address) + 1)
 
 
 def containing(allocators: Iterable[PoolAllocator], address: int) -> PoolAllocator | None:

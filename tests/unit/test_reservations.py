@@ -142,6 +142,17 @@ def test_reload_removing_a_reservation_frees_its_address_for_everyone() -> None:
     assert dora(server, 1) == FIRST
 
 
+def test_reload_removing_a_reservation_outside_the_ranges_ends_the_hosts_lease() -> None:
+    server = Server(make_config(reservations=(by_mac(1, OUTSIDE),)), [], NOW)
+    assert dora(server, 1) == OUTSIDE
+    server = server.reconfigured(make_config(), NOW)
+    lease = server.lease_at(OUTSIDE)
+    assert lease is not None and not server.renewable(lease, NOW)
+    nak = server.handle(request(R, 1, ciaddr=OUTSIDE), INGRESS, NOW)
+    assert nak.nak is NakReason.NOT_ON_NETWORK
+    assert dora(server, 1, NOW + 1) == FIRST
+
+
 def test_a_stored_lease_of_the_host_survives_a_restart_at_its_reservation() -> None:
     config = make_config(reservations=(by_mac(1, OUTSIDE),))
     server = Server(config, [], NOW)
