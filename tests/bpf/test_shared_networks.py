@@ -13,10 +13,7 @@ from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.engine.decisions import NakReason
 from brushtaild.xdp import maps
 from brushtaild.xdp.loader import Program
-from tests.bpf.frames import client_frame
 from tests.bpf.harness import (
-    SERVER_IP,
-    SERVER_MAC,
     XDP_PASS,
     XDP_TX,
     Fastpath,
@@ -50,16 +47,15 @@ def renewal(fastpath: Fastpath, mac: bytes, address: int, giaddr: int = 0) -> by
         giaddr=giaddr,
         extra={OptionCode.PARAMETER_REQUEST_LIST: PRL},
     )
-    payload = encode(msg, 1500)
-    if giaddr:
-        return fastpath.frame(payload, mac=mac, relay=True)
-    return client_frame(
-        payload,
-        src_mac=mac,
-        dst_mac=SERVER_MAC,
-        src_ip=opt.format_ip(address),
-        dst_ip=SERVER_IP,
+    return fastpath.frame(
+        encode(msg, 1500), mac=mac, relay=bool(giaddr), unicast_from=0 if giaddr else address
     )
+
+
+def assert_answered_alike(fastpath: Fastpath, frame: bytes) -> None:
+    run = fastpath.run(frame)
+    assert run.retval == XDP_TX
+    assert_same_reply(run, frame, fastpath.slow_path(frame, apply=False))
 
 
 def second_subnet_lease(fastpath: Fastpath) -> int:
@@ -93,10 +89,7 @@ def test_unicast_renewal_in_the_second_subnet_is_answered_as_the_slow_path(
 ) -> None:
     fastpath = Fastpath(program, renewal_log, shared_config())
     address = second_subnet_lease(fastpath)
-    frame = renewal(fastpath, MAC, address)
-    run = fastpath.run(frame)
-    assert run.retval == XDP_TX
-    assert_same_reply(run, frame, fastpath.slow_path(frame, apply=False))
+    assert_answered_alike(fastpath, renewal(fastpath, MAC, address))
 
 
 def test_a_reserved_host_is_answered_as_the_slow_path(
@@ -106,10 +99,7 @@ def test_a_reserved_host_is_answered_as_the_slow_path(
     fastpath = Fastpath(program, renewal_log, config)
     lease = fastpath.bind(HOST_MAC, options={OptionCode.PARAMETER_REQUEST_LIST: PRL})
     assert lease.address == FIXED
-    frame = renewal(fastpath, HOST_MAC, FIXED)
-    run = fastpath.run(frame)
-    assert run.retval == XDP_TX
-    assert_same_reply(run, frame, fastpath.slow_path(frame, apply=False))
+    assert_answered_alike(fastpath, renewal(fastpath, HOST_MAC, FIXED))
 
 
 def test_a_reload_reserving_a_held_address_withdraws_its_entry(
