@@ -10,6 +10,7 @@ Rules this module keeps:
 
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 from brushtaild.config.model import Config, Pool, Reservation
 from brushtaild.dhcp import options as opt
@@ -511,7 +512,10 @@ class Server:
         if not ctx.pools:
             decision.drop = DropReason.NO_SUBNET
             return
-        pool = ctx.pools[0].pool
+        # In a shared network, the options of the client's own subnet (its mask above all).
+        ciaddr = IPv4Address(ctx.message.ciaddr)
+        own = (a.pool for a in ctx.pools if ciaddr in a.pool.subnet)
+        pool = next(own, ctx.pools[0].pool)
         if self._reply(ctx, decision, MessageType.ACK, 0, pool, with_lease=False):
             decision.events.append(
                 self._event(LeaseEventKind.INFORM, ctx, ctx.message.ciaddr, pool.name)

@@ -207,3 +207,14 @@ def test_a_reservation_in_the_second_subnet_is_served_through_the_first() -> Non
     assert dora(server, 5, giaddr=GIADDR_A) == fixed
     lease = server.lease_at(fixed)
     assert lease is not None and lease.pool == "line-b"
+
+
+def test_inform_from_the_second_subnet_gets_its_mask_and_broadcast() -> None:
+    server = Server(make_config(make_pool(), A, B), [], NOW)
+    inside_b = opt.parse_ip("198.19.1.77")
+    ack = only_reply(
+        server.handle(
+            request(MessageType.INFORM, 1, ciaddr=inside_b, giaddr=GIADDR_A), INGRESS, NOW
+        )
+    )
+    assert ack.options[OptionCode.BROADCAST_ADDRESS] == opt.ip(opt.parse_ip("198.19.1.255"))
