@@ -243,7 +243,10 @@ class Server:
     ) -> "Server":
         """A server for a new config that keeps every lease and quarantine, loaded the way
         a restart loads them; pending offers are dropped (the client's REQUEST is still
-        granted while the address is free). `keepalive` runs every few thousand leases."""
+        granted while the address is free). `keepalive` runs every few thousand leases.
+        A lease at an address the new config reserves for someone else stays until it
+        ends but is not renewed: its holder is NAKed at its next renewal (LeaseTable rule
+        4), and `renewable` turns false so the fast path's entry goes at the reconcile."""
         return Server(config, self.leases(), now, keepalive)
 
     # Request context ----------------------------------------------------------------------
