@@ -36,7 +36,7 @@ from brushtaild.daemon.commands import (
     select_leases,
 )
 from brushtaild.daemon.control import CommandError
-from brushtaild.engine.allocator import PoolAllocator
+from brushtaild.engine.allocator import pool_allocators
 from brushtaild.store.lease_store import StoreError, read_snapshot
 
 EXIT_OK = 0
@@ -87,7 +87,7 @@ def _check_config(args: argparse.Namespace) -> int:
     if isinstance(config, int):
         return config
     # Counted by the allocator itself, so the number matches what the daemon can lease.
-    leasable = sum(PoolAllocator(p, config.server_id).total for p in config.pools)
+    leasable = sum(a.total for a in pool_allocators(config).values())
     print(f"{path}: OK ({len(config.pools)} pools, {leasable} addresses)")
     for where, reason in _warnings(config, leasable):
         print(f"warning: {where}: {reason}", file=sys.stderr)

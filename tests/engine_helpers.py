@@ -3,7 +3,14 @@
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from brushtaild.config.model import AddressRange, Config, OptionSet, Pool, option_set
+from brushtaild.config.model import (
+    AddressRange,
+    Config,
+    OptionSet,
+    Pool,
+    Reservation,
+    option_set,
+)
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
@@ -20,6 +27,7 @@ def make_pool(
     first: str = "198.18.1.0",
     last: str = "198.18.1.9",
     lease_time: int = 3600,
+    shared_network: str | None = None,
 ) -> Pool:
     return Pool(
         name=name,
@@ -31,6 +39,7 @@ def make_pool(
         lease_time=lease_time,
         renewal_time=lease_time // 2,
         rebinding_time=lease_time * 7 // 8,
+        shared_network=shared_network,
     )
 
 
@@ -39,6 +48,7 @@ def make_config(
     offer_hold: int = 30,
     decline_hold: int = 600,
     trusted_relays: tuple[IPv4Network, ...] = (),
+    reservations: tuple[Reservation, ...] = (),
 ) -> Config:
     return Config(
         site="edge-a",
@@ -49,6 +59,7 @@ def make_config(
         offer_hold=offer_hold,
         decline_hold=decline_hold,
         trusted_relays=trusted_relays,
+        reservations=reservations,
     )
 
 

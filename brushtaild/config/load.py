@@ -24,6 +24,7 @@ from brushtaild.config.model import (
     LogLevel,
     OptionSet,
     Pool,
+    Reservation,
     XdpMode,
     option_set,
 )
@@ -57,6 +58,9 @@ class ConfigError(Exception):
 TOP_LEVEL_KEYS = tuple(f.name for f in fields(Config))
 POOL_KEYS = tuple(f.name for f in fields(Pool))
 FASTPATH_KEYS = tuple(f.name for f in fields(FastPath))
+RESERVATION_KEYS = tuple(f.name for f in fields(Reservation))
+# What identifies a reserved host; exactly one per reservation (remote_id only narrows).
+_IDENTIFIERS = ("mac", "client_id", "circuit_id")
 BPFFS = "/sys/fs/bpf/"
 
 ONE_YEAR = 365 * 86400
@@ -72,6 +76,8 @@ _SITE_RE = re.compile(r"[a-z0-9-]{1,63}")
 _POOL_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
 _DNS_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
+_MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5}")
+_HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2}:?)*[0-9A-Fa-f]{2}")
 # Characters the kernel's dev_valid_name() refuses in an interface name, besides whitespace.
 _IFNAME_FORBIDDEN = frozenset("/:")
 _IFNAMSIZ = 16  # including the terminating NUL
@@ -477,7 +483,14 @@ class _Parser:
         trusted_relays = self.optional(
             m, "", "trusted_relays", self.list_of(self.relay), _default(Config, "trusted_relays")
         )
+        reservations = self.optional(
+            m, "", "reservations", self.list_of(self.reservation), _default(Config, "reservations")
+        )
         self.check_across_pools()
+        if pools is not None:
+            self.check_shared_networks(pools)
+            if reservations is not None and server_id is not None:
+                self.check_reservations(pools, reservations, server_id)
         if (
             site is None
             or interface is None
@@ -491,6 +504,7 @@ class _Parser:
             or fastpath is None
             or pools is None
             or trusted_relays is None
+            or reservations is None
         ):
             return None
         return Config(
@@ -506,16 +520,21 @@ class _Parser:
             log_level=log_level,
             fastpath=fastpath,
             trusted_relays=trusted_relays,
+            reservations=reservations,
         )
 
     # -- pools -------------------------------------------------------------------------
 
-    def pool_name(self, value: object, where: str) -> str | None:
+    def name(self, value: object, where: str) -> str | None:
         text = self.string(value, where)
-        if text is None:
-            return None
-        if not _POOL_NAME_RE.fullmatch(text):
+        if text is not None and not _POOL_NAME_RE.fullmatch(text):
             self.fail(where, f"{text!r} must be 1-63 characters of A-Z, a-z, 0-9, '.', '_', '-'")
+            return None
+        return text
+
+    def pool_name(self, value: object, where: str) -> str | None:
+        text = self.name(value, where)
+        if text is None:
             return None
         if text in self.pool_names:
             first = self.pool_names[text].removesuffix(".name")
@@ -611,6 +630,7 @@ class _Parser:
             m, where, "lease_time", self.integer(60, ONE_YEAR), _default(Pool, "lease_time")
         )
         timers = self.timers(m, where, lease_time)
+        shared_network = self.optional(m, where, "shared_network", self.name, None)
         if (
             name is None
             or subnet is None
@@ -635,6 +655,7 @@ class _Parser:
             rebinding_time=timers[1],
             exclude=excluded,
             options=options,
+            shared_network=shared_network,
         )
 
     def pool_option(
@@ -888,6 +909,114 @@ class _Parser:
             )
             return None
         return t1, t2
+
+    # -- reservations ------------------------------------------------------------------
+
+    def mac(self, value: object, where: str) -> bytes | None:
+        text = self.string(value, where)
+        if text is not None and not _MAC_RE.fullmatch(text):
+            self.fail(where, f"{text!r} is not a MAC address aa:bb:cc:dd:ee:ff")
+            return None
+        return None if text is None else bytes.fromhex(text.replace(":", "").replace("-", ""))
+
+    def hex_bytes(self, value: object, where: str) -> bytes | None:
+        """Hex digits, in pairs optionally separated by ':' (01:aa:bb or 01aabb)."""
+        text = self.string(value, where)
+        if text is None:
+            return None
+        if not _HEX_RE.fullmatch(text) or len(text.replace(":", "")) > 2 * 255:
+            self.fail(where, f"{text!r} is not 1-255 bytes of hex, as in 01:aa:bb:cc:dd:ee:ff")
+            return None
+        return bytes.fromhex(text.replace(":", ""))
+
+    def agent_id(self, value: object, where: str) -> bytes | None:
+        """An option 82 sub-option's value: its text, or its bytes written `0x` + hex."""
+        text = self.string(value, where)
+        if text is None:
+            return None
+        if text.startswith("0x"):
+            return self.hex_bytes(text[2:], where)
+        raw = text.encode()
+        if not 0 < len(raw) <= 255:
+            self.fail(where, f"{text!r} must be 1-255 bytes long")
+            return None
+        return raw
+
+    def reservation(self, value: object, where: str) -> Reservation | None:
+        m = self.mapping(value, where, RESERVATION_KEYS)
+        if m is None:
+            return None
+        address = self.required(m, where, "address", self.ipv4)
+        given = [key for key in _IDENTIFIERS if key in m]
+        if len(given) != 1:
+            self.fail(
+                where,
+                f"needs exactly one of {', '.join(_IDENTIFIERS)}"
+                + (f", not {' and '.join(given)}" if given else ""),
+            )
+        if "remote_id" in m and "circuit_id" not in m:
+            self.fail(_join(where, "remote_id"), "only narrows a circuit_id; add circuit_id")
+        mac = self.optional(m, where, "mac", self.mac, None)
+        client_id = self.optional(m, where, "client_id", self.hex_bytes, None)
+        circuit_id = self.optional(m, where, "circuit_id", self.agent_id, None)
+        remote_id = self.optional(m, where, "remote_id", self.agent_id, None)
+        if address is None or len(given) != 1 or (mac or client_id or circuit_id) is None:
+            return None
+        return Reservation(address, mac, client_id, circuit_id, remote_id)
+
+    def check_reservations(
+        self, pools: tuple[Pool, ...], reservations: tuple[Reservation, ...], server_id: int
+    ) -> None:
+        """Each address inside some pool's subnet and leasable there; no address and no
+        identifier reserved twice (the second would never be served)."""
+        seen: dict[tuple[str, bytes | int | None, bytes | None], str] = {}
+        for i, r in enumerate(reservations):
+            where = f"reservations[{i}]"
+            owners = [(j, p) for j, p in enumerate(pools) if IPv4Address(r.address) in p.subnet]
+            if not owners:
+                self.fail(
+                    f"{where}.address",
+                    f"{_ip(r.address)} is not inside the subnet of any pool",
+                )
+            else:
+                pool = owners[0][1]
+                net = pool.subnet
+                unusable = {
+                    **{a: f"a router of pools[{k}]" for k, p in owners for a in p.routers},
+                    int(net.network_address): f"the network address of {net}",
+                    int(net.broadcast_address): f"the broadcast address of {net}",
+                    server_id: "server_id",
+                }
+                if r.address in unusable:
+                    self.fail(
+                        f"{where}.address",
+                        f"{_ip(r.address)} is {unusable[r.address]}, which is never leased",
+                    )
+            keys: list[tuple[str, tuple[str, bytes | int | None, bytes | None]]] = [
+                ("address", ("address", r.address, None))
+            ]
+            for name in _IDENTIFIERS:
+                ident: bytes | None = getattr(r, name)
+                if ident is not None:
+                    narrow = r.remote_id if name == "circuit_id" else None
+                    keys.append((name, (name, ident, narrow)))
+            for name, key in keys:
+                if key in seen:
+                    self.fail(f"{where}.{name}", f"already reserved by {seen[key]}")
+                else:
+                    seen[key] = where
+
+    def check_shared_networks(self, pools: tuple[Pool, ...]) -> None:
+        """Pools with one subnet are one network: they cannot sit in two shared networks."""
+        first: dict[IPv4Network, int] = {}
+        for i, pool in enumerate(pools):
+            j = first.setdefault(pool.subnet, i)
+            if pools[j].shared_network != pool.shared_network:
+                self.fail(
+                    f"pools[{i}].shared_network",
+                    f"pools[{j}] has the same subnet {pool.subnet} and shared_network "
+                    f"{pools[j].shared_network!r}; pools of one subnet share one network",
+                )
 
     def check_across_pools(self) -> None:
         # Partly overlapping subnets would give one address two netmasks and two broadcast

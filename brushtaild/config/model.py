@@ -77,9 +77,30 @@ class Pool:
     renewal_time: int = 1800  # T1 (option 58), default 50% of lease_time
     rebinding_time: int = 3150  # T2 (option 59), default 87.5% of lease_time
     exclude: frozenset[int] = frozenset()  # addresses inside `ranges` never leased
+    # Pools naming one shared network serve one link together, whatever their subnets:
+    # tried in file order, so the next takes over when one is exhausted. Pools with the
+    # same subnet are one shared network even without a name.
+    shared_network: str | None = None
     # Every other option by name or code (`options:`). Never 3, 6 or 15: the loader puts
     # `options.routers`, `dns-servers` and `domain-name` in the fields above.
     options: OptionSet = OptionSet()
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A host's fixed address (`reservations:`), for the one client its identifier names.
+
+    Exactly one of `mac`, `client_id` and `circuit_id` is set; `remote_id` narrows a
+    `circuit_id` (option 82 sub-options 1 and 2 of a relayed request). The address is
+    served from the pool whose ranges hold it, else the first pool whose subnet does.
+    Per-host options (issue 11, options by name) belong here as one more field.
+    """
+
+    address: int  # host-order IPv4
+    mac: bytes | None = None  # chaddr, 6 bytes
+    client_id: bytes | None = None  # option 61 as sent, or htype + chaddr (RFC 2132 9.14)
+    circuit_id: bytes | None = None
+    remote_id: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +133,7 @@ class Config:
     # Relays (giaddr) whose subnet and link selection (option 118, option 82 sub-option 5)
     # choose the client's pool; from any other sender those options are ignored.
     trusted_relays: tuple[IPv4Network, ...] = ()
+    reservations: tuple[Reservation, ...] = ()  # fixed addresses, never handed to others
 
     def trusts_relay(self, giaddr: int) -> bool:
         address = IPv4Address(giaddr)

@@ -21,6 +21,7 @@ RELOADABLE = frozenset(
         "decline_hold",
         "log_level",
         "trusted_relays",
+        "reservations",
         "fastpath.rate_limit",
         "fastpath.rate_burst",
         "fastpath.relay_rate_limit",

@@ -6,13 +6,17 @@ end of quarantine) join a FIFO free list, so the address a client held longest a
 first and a returning client usually finds its old address still free. The free list is
 checked lazily: an address taken directly (a client's old address, a requested address)
 stays in the list and is skipped when it reaches the front.
+
+A host's fixed address (a reservation) belongs to the pool that serves it, inside its
+ranges or not, but is never allocated: only `take(address, host=True)` reserves it, and
+the lease table says when a client may.
 """
 
 from collections import deque
-from collections.abc import Iterable
-from ipaddress import IPv4Network
+from collections.abc import Iterable, Sequence
+from ipaddress import IPv4Address, IPv4Network
 
-from brushtaild.config.model import Pool
+from brushtaild.config.model import Config, Pool
 
 
 def reserved_addresses(pool: Pool, server_id: int) -> frozenset[int]:
@@ -23,9 +27,10 @@ def reserved_addresses(pool: Pool, server_id: int) -> frozenset[int]:
 
 
 class PoolAllocator:
-    def __init__(self, pool: Pool, server_id: int) -> None:
+    def __init__(self, pool: Pool, server_id: int, fixed: frozenset[int] = frozenset()) -> None:
         self.pool = pool
-        self._reserved = reserved_addresses(pool, server_id)
+        self._fixed = fixed  # reserved for hosts, served from this pool
+        self._reserved = reserved_addresses(pool, server_id) - fixed
         self._ranges = [(r.first, r.last) for r in pool.ranges]
         self._in_use: set[int] = set()
         # Addresses the cursor must skip because they came back at least once.
@@ -36,13 +41,16 @@ class PoolAllocator:
         self._queued: set[int] = set()
         self._range_index = 0
         self._cursor = self._ranges[0][0] if self._ranges else 0
-        self.total = sum(
-            last - first + 1 - sum(1 for a in self._reserved if first <= a <= last)
+        never = self._reserved | fixed
+        self.total = len(fixed) + sum(
+            last - first + 1 - sum(1 for a in never if first <= a <= last)
             for first, last in self._ranges
         )
 
     def contains(self, address: int) -> bool:
-        """True if the pool may ever hand out this address."""
+        """True if the pool may ever hand out this address (a fixed one to its host)."""
+        if address in self._fixed:
+            return True
         if address in self._reserved:
             return False
         # An explicit loop: any() over a generator costs several times more per call, and
@@ -68,9 +76,9 @@ class PoolAllocator:
         """Length of the free list (bounded by the pool's size)."""
         return len(self._free)
 
-    def take(self, address: int) -> bool:
-        """Reserve a specific address; False if it is not free."""
-        if not self.is_free(address):
+    def take(self, address: int, host: bool = False) -> bool:
+        """Reserve a specific address; False if it is not free, or fixed and not `host`."""
+        if not self.is_free(address) or (address in self._fixed and not host):
             return False
         self._in_use.add(address)
         return True
@@ -97,6 +105,8 @@ class PoolAllocator:
             self._queue(address)
 
     def _queue(self, address: int) -> None:
+        if address in self._fixed:  # never allocated, so never queued
+            return
         self._recycled.add(address)
         if address not in self._queued:
             self._queued.add(address)
@@ -112,6 +122,7 @@ class PoolAllocator:
                     address not in self._in_use
                     and address not in self._recycled
                     and address not in self._reserved
+                    and address not in self._fixed
                 ):
                     return address
             self._range_index += 1
@@ -126,6 +137,25 @@ class PoolAllocator:
             if address not in self._in_use:
                 return address
         return None
+
+
+def pool_allocators(config: Config) -> dict[str, PoolAllocator]:
+    """An allocator per pool, by name, each knowing the fixed addresses it serves."""
+    fixed = fixed_addresses(config.pools, (r.address for r in config.reservations))
+    return {p.name: PoolAllocator(p, config.server_id, fixed[p.name]) for p in config.pools}
+
+
+def fixed_addresses(pools: Sequence[Pool], addresses: Iterable[int]) -> dict[str, frozenset[int]]:
+    """Which pool serves each fixed address: the first whose ranges hold it, else the first
+    whose subnet does (config validation guarantees one does)."""
+    owners: dict[str, set[int]] = {p.name: set() for p in pools}
+    for address in addresses:
+        in_ranges = (p for p in pools if any(r.first <= address <= r.last for r in p.ranges))
+        in_subnet = (p for p in pools if IPv4Address(address) in p.subnet)
+        pool = next(in_ranges, None) or next(in_subnet, None)
+        if pool is not None:
+            owners[pool.name].add(address)
+    return {name: frozenset(a) for name, a in owners.items()}
 
 
 def containing(allocators: Iterable[PoolAllocator], address: int) -> PoolAllocator | None:

@@ -72,6 +72,8 @@ class NakReason(Enum):
     NOT_CLIENTS = "address not leased to this client"
     ADDRESS_IN_USE = "address in use"
     REVOKED = "lease revoked by the operator"
+    RESERVED = "address reserved for another client"
+    RESERVATION = "another address is reserved for this client"
 
     @property
     def label(self) -> str:

@@ -13,6 +13,9 @@ Rules it keeps, checked after every step by tests/property/test_lease_table.py:
    points only at records that `_by_address` also holds.
 3. Memory follows the number of records, not the number of renewals: an address or a hold
    has at most one armed timer, and stale heap entries are compacted away.
+4. A reserved address is offered and bound only to its host (`Reservations.entitled`). A
+   record another client held before a reload reserved the address keeps it until it ends
+   (rule 1) but is never offered, renewed or bound again.
 """
 
 import heapq
@@ -22,9 +25,10 @@ from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from brushtaild.config.model import Config
-from brushtaild.engine.allocator import PoolAllocator, containing
+from brushtaild.engine.allocator import PoolAllocator, containing, pool_allocators
 from brushtaild.engine.decisions import Decision, LeaseEvent, LeaseEventKind
 from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.engine.reservations import Reservations
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -130,7 +134,8 @@ class LeaseTable:
         keepalive: Callable[[], object] = lambda: None,
     ) -> None:
         self.config = config
-        self.allocators = {p.name: PoolAllocator(p, config.server_id) for p in config.pools}
+        self.reservations = Reservations(config.reservations)
+        self.allocators = pool_allocators(config)
         self._by_client: dict[bytes, Lease] = {}
         self._by_address: dict[int, Lease] = {}
         self._hold_by_client: dict[bytes, Hold] = {}
@@ -169,13 +174,31 @@ class LeaseTable:
 
     def renewable(self, lease: Lease, now: float) -> bool:
         """Bound, unexpired, the client's current record, and still an address of its
-        pool: a reload that excluded or renumbered it ends it at the next renewal."""
+        pool: a reload that excluded or renumbered it ends it at the next renewal. Not if
+        the address is now another host's, nor if the client has another address reserved
+        (the slow path sends it there)."""
         if lease.state is not LeaseState.BOUND or not lease.active(now):
             return False
         if self._by_client.get(lease.client_id) is not lease:
             return False
         alloc = self.allocators.get(lease.pool)
-        return alloc is not None and alloc.contains(lease.address)
+        if alloc is None or not alloc.contains(lease.address):
+            return False
+        if not self.reservations:
+            return True
+        own = self.reservations.of_identity(lease.client_id, lease.hwaddr)
+        return (own is None or own.address == lease.address) and self._entitled(
+            lease.address, lease.client_id, lease.hwaddr, 0
+        )
+
+    def _entitled(self, address: int, client_id: bytes, hwaddr: bytes, host: int) -> bool:
+        """Whether the client may have `address` (rule 4); `host` is the address reserved
+        for it as this request identifies it (by circuit-id too), or 0."""
+        if address == host:
+            return True
+        lease = self._by_address.get(address)
+        holder = lease is not None and self._by_client.get(client_id) is lease
+        return self.reservations.entitled(address, client_id, hwaddr, holder)
 
     def next_deadline(self) -> float | None:
         times = [t for t in (self._lease_timers.next(), self._hold_timers.next()) if t is not None]
@@ -202,6 +225,8 @@ class LeaseTable:
         requested: int,
         link: LinkKey,
         now: float,
+        hwaddr: bytes = b"",
+        host: int = 0,
     ) -> tuple[int, PoolAllocator] | None:
         """The address to offer, in Kea's order: the client's active lease, its old address
         while free, its pending offer, the address it asks for if free, any free address.
@@ -212,34 +237,71 @@ class LeaseTable:
         only that share, and the rest stays for renewals, reboots and other links that
         share the pools. Past the bound the link's oldest offer is withdrawn (its client
         may still REQUEST the address while it is free), so new clients on a flooded link
-        keep getting offers. None: nothing to offer."""
+        keep getting offers. None: nothing to offer.
+
+        A client with a reserved address (`host`, on its network) is offered that first;
+        while someone else still holds it, the client gets a dynamic address meanwhile."""
+        if host:
+            chosen = self._offer_host(client_id, pools, host, link, now)
+            if chosen is not None:
+                return chosen
         lease = self._by_client.get(client_id)
-        if lease is not None:
+        if lease is not None and lease.address != host:
             alloc = containing(pools, lease.address)
-            if alloc is not None:
+            if alloc is not None and self._entitled(lease.address, client_id, hwaddr, 0):
                 # A client's record is bound, revoked, released or expired: active means
                 # bound or revoked, and either way the address is still this client's.
                 if lease.active(now):
                     return lease.address, alloc
-                if alloc.take(lease.address):
+                if alloc.take(lease.address, host=True):
                     return self._hold(client_id, alloc, lease.address, link, now)
         hold = self._hold_by_client.get(client_id)
         if hold is not None:
             alloc = containing(pools, hold.address)
             if alloc is not None:
-                hold.expires = now + self.config.offer_hold
-                self._hold_timers.arm(client_id, hold.expires)
-                self._holds_by_link[hold.link].move_to_end(client_id)
-                return hold.address, alloc
-        if requested:
+                return self._keep_hold(hold, alloc, now)
+        if requested and requested != host:
             alloc = containing(pools, requested)
-            if alloc is not None and alloc.take(requested):
+            if alloc is not None and alloc.take(
+                requested, self._entitled(requested, client_id, hwaddr, 0)
+            ):
                 return self._hold(client_id, alloc, requested, link, now)
         for alloc in pools:
             address = alloc.allocate()
             if address is not None:
                 return self._hold(client_id, alloc, address, link, now)
         return None
+
+    def _offer_host(
+        self, client_id: bytes, pools: list[PoolAllocator], host: int, link: LinkKey, now: float
+    ) -> tuple[int, PoolAllocator] | None:
+        """The client's reserved address, unless another client still holds it."""
+        alloc = containing(pools, host)
+        if alloc is None:
+            return None
+        lease = self._by_address.get(host)
+        if lease is not None and lease.client_id == client_id and lease.active(now):
+            return host, alloc
+        hold = self._hold_by_address.get(host)
+        if hold is not None and hold.client_id == client_id:
+            return self._keep_hold(hold, alloc, now)
+        if alloc.take(host, host=True):
+            return self._hold(client_id, alloc, host, link, now)
+        return None
+
+    def _keep_hold(self, hold: Hold, alloc: PoolAllocator, now: float) -> tuple[int, PoolAllocator]:
+        hold.expires = now + self.config.offer_hold
+        self._hold_timers.arm(hold.client_id, hold.expires)
+        self._holds_by_link[hold.link].move_to_end(hold.client_id)
+        return hold.address, alloc
+
+    def host_free(self, client_id: bytes, host: int) -> bool:
+        """Whether the client's reserved address waits for it: not held by anyone else."""
+        lease = self._by_address.get(host)
+        hold = self._hold_by_address.get(host)
+        return (lease is None or not lease.occupies or lease.client_id == client_id) and (
+            hold is None or hold.client_id == client_id
+        )
 
     def _hold(
         self, client_id: bytes, alloc: PoolAllocator, address: int, link: LinkKey, now: float
@@ -295,16 +357,20 @@ class LeaseTable:
         now: float,
         prl: bytes | None,
         decision: Decision,
+        host: int = 0,
     ) -> Lease | None:
         """Lease `address` to the client if it is the client's to take: its own active
-        lease, its own offer, or free. None if someone else holds it."""
+        lease, its own offer, or free. None if someone else holds it, or it is reserved
+        for another host (`may_bind` tells which)."""
+        if not self.may_bind(client_id, hwaddr, address, host):
+            return None
         owner = self._by_address.get(address)
         hold = self._hold_by_address.get(address)
         leased_to_client = owner is not None and owner.client_id == client_id
         mine = (leased_to_client and owner is not None and owner.active(now)) or (
             hold is not None and hold.client_id == client_id
         )
-        if not mine and not alloc.take(address):
+        if not mine and not alloc.take(address, host=True):
             return None
         own_hold = self._hold_by_client.get(client_id)
         if own_hold is not None:
@@ -336,6 +402,11 @@ class LeaseTable:
         decision.lease_writes.append(lease)
         return lease
 
+    def may_bind(self, client_id: bytes, hwaddr: bytes, address: int, host: int) -> bool:
+        """Whether `address` is no other host's (rule 4): False when the client must be
+        told no even if the address is free or its own."""
+        return not self.reservations or self._entitled(address, client_id, hwaddr, host)
+
     def renew(self, hwaddr: bytes, address: int, expires: float, now: float) -> Lease | None:
         """Record a renewal the kernel has already acknowledged: the lease of `address`,
         held by the client with `hwaddr`, runs until at least `expires`. None when the
@@ -359,11 +430,13 @@ class LeaseTable:
         alloc = self.allocators.get(lease.pool)
         if alloc is None or not alloc.contains(address):
             return None
+        if not self._entitled(address, lease.client_id, lease.hwaddr, 0):
+            return None
         if lease.state is LeaseState.EXPIRED:
             hold = self._hold_by_address.get(address)
             if hold is not None and hold.client_id != lease.client_id:
                 self._drop_hold(hold)
-            if not alloc.take(address):
+            if not alloc.take(address, host=True):
                 return None
         renewed = replace(
             lease, state=LeaseState.BOUND, expires=max(expires, lease.expires), updated=now
@@ -503,7 +576,7 @@ class LeaseTable:
             self._by_address[lease.address] = lease
             self._lease_timers.arm(lease.address, lease.expires)
             if alloc is not None:
-                alloc.take(lease.address)
+                alloc.take(lease.address, host=True)
                 self._quarantined.setdefault(alloc.pool.name, OrderedDict())[lease.address] = None
             return
         if lease.state in (LeaseState.BOUND, LeaseState.REVOKED) and not active:
@@ -521,7 +594,7 @@ class LeaseTable:
         if active:
             self._lease_timers.arm(lease.address, lease.expires)
             if alloc is not None:
-                alloc.take(lease.address)
+                alloc.take(lease.address, host=True)
         elif alloc is not None:
             alloc.recycle(lease.address)
 

@@ -10,8 +10,9 @@ Rules this module keeps:
 
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
-from brushtaild.config.model import Config, Pool, merge_options, option_set
+from brushtaild.config.model import Config, Pool, Reservation, merge_options, option_set
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import MessageTooLarge, encode, encode_options
 from brushtaild.dhcp.constants import (
@@ -69,6 +70,7 @@ class ClientContext:
     now: float
     link: Hashable  # the relay (giaddr) or the local link (ifindex, VLAN ids)
     echo_118: bool  # option 118 chose the subnet, so the reply carries it back
+    host: int  # the client's reserved address on this network, or 0
     # The reply's size limit (option 57), decoded with the rest before anything changes:
     # a request found malformed after its lease was moved would leave the table changed.
     max_size: int
@@ -121,8 +123,17 @@ class Server:
         self._server_id = opt.ip(config.server_id)
         self.table = LeaseTable(config, leases, now, keepalive)
         allocators = self.table.allocators
+        # A pool serves every client of its shared network: the pools of its subnet and
+        # of its `shared_network` name, in config order.
+        networks: dict[object, list[PoolAllocator]] = {}
+        for p in config.pools:
+            networks.setdefault(p.shared_network or p.subnet, []).append(allocators[p.name])
         self._subnets = [
-            (int(p.subnet.network_address), int(p.subnet.netmask), allocators[p.name])
+            (
+                int(p.subnet.network_address),
+                int(p.subnet.netmask),
+                networks[p.shared_network or p.subnet],
+            )
             for p in config.pools
         ]
         self._options = {p.name: _pool_options(p) for p in config.pools}
@@ -237,7 +248,10 @@ class Server:
     ) -> "Server":
         """A server for a new config that keeps every lease and quarantine, loaded the way
         a restart loads them; pending offers are dropped (the client's REQUEST is still
-        granted while the address is free). `keepalive` runs every few thousand leases."""
+        granted while the address is free). `keepalive` runs every few thousand leases.
+        A lease at an address the new config reserves for someone else stays until it
+        ends but is not renewed: its holder is NAKed at its next renewal (LeaseTable rule
+        4), and `renewable` turns false so the fast path's entry goes at the reconcile."""
         return Server(config, self.leases(), now, keepalive)
 
     # Request context ----------------------------------------------------------------------
@@ -257,18 +271,44 @@ class Server:
         requested = options.get(OptionCode.REQUESTED_ADDRESS)
         server_id = options.get(OptionCode.SERVER_ID)
         selector, by_118 = self._network_selector(msg, relay_subs)
+        client_id = client_identity(msg)
+        pools = self._pools_for(selector)
         return ClientContext(
             message=msg,
             ingress=ingress,
-            client_id=client_identity(msg),
-            pools=self._pools_for(selector),
+            client_id=client_id,
+            pools=pools,
             requested=opt.decode_ip(requested) if requested is not None else 0,
             server_id=opt.decode_ip(server_id) if server_id is not None else None,
             now=now,
             link=msg.giaddr if msg.giaddr else (ingress.ifindex, ingress.vlans),
             echo_118=by_118,
+            host=self._host(client_id, msg.hwaddr, relay_subs, pools),
             max_size=self._max_size(msg),
         )
+
+    def _host(
+        self,
+        client_id: bytes,
+        hwaddr: bytes,
+        relay_subs: list[tuple[int, bytes]],
+        pools: list[PoolAllocator],
+    ) -> int:
+        """The client's reserved address, if the network it is on serves it; else 0 (a
+        reservation elsewhere does not follow the client to another network)."""
+        reservations = self.table.reservations
+        if not reservations:
+            return 0
+        subs = dict(relay_subs)
+        found: Reservation | None = reservations.find(
+            client_id,
+            hwaddr,
+            subs.get(RelayAgentSubOption.CIRCUIT_ID),
+            subs.get(RelayAgentSubOption.REMOTE_ID),
+        )
+        if found is None or containing(pools, found.address) is None:
+            return 0
+        return found.address
 
     def _network_selector(
         self, msg: Message, relay_subs: list[tuple[int, bytes]]
@@ -297,7 +337,8 @@ class Server:
         return self.config.server_id, False
 
     def _pools_for(self, address: int) -> list[PoolAllocator]:
-        return [alloc for net, mask, alloc in self._subnets if address & mask == net]
+        """The pools of the shared network whose subnet holds `address`, in config order."""
+        return next((pools for net, mask, pools in self._subnets if address & mask == net), [])
 
     @staticmethod
     def _pool_of(ctx: ClientContext, address: int) -> PoolAllocator | None:
@@ -314,7 +355,15 @@ class Server:
         if not ctx.pools:
             decision.drop = DropReason.NO_SUBNET
             return
-        chosen = self.table.offer(ctx.client_id, ctx.pools, ctx.requested, ctx.link, ctx.now)
+        chosen = self.table.offer(
+            ctx.client_id,
+            ctx.pools,
+            ctx.requested,
+            ctx.link,
+            ctx.now,
+            ctx.message.hwaddr,
+            ctx.host,
+        )
         if chosen is None:
             decision.drop = DropReason.POOL_EXHAUSTED
             return
@@ -401,6 +450,14 @@ class Server:
             self._nak(ctx, decision, NakReason.NOT_ON_NETWORK)
             return
         msg = ctx.message
+        if not self.table.may_bind(ctx.client_id, msg.hwaddr, address, ctx.host):
+            self._nak(ctx, decision, NakReason.RESERVED)
+            return
+        if ctx.host and address != ctx.host and self.table.host_free(ctx.client_id, ctx.host):
+            # Its reserved address is free again (a reload added it, or the client that
+            # held it has gone): the NAK sends the client back to DISCOVER, and to it.
+            self._nak(ctx, decision, NakReason.RESERVATION)
+            return
         lease = self.table.bind(
             ctx.client_id,
             msg.hwaddr,
@@ -409,6 +466,7 @@ class Server:
             ctx.now,
             msg.options.get(OptionCode.PARAMETER_REQUEST_LIST),
             decision,
+            ctx.host,
         )
         if lease is None:
             self._nak(ctx, decision, NakReason.ADDRESS_IN_USE)
@@ -462,7 +520,10 @@ class Server:
         if not ctx.pools:
             decision.drop = DropReason.NO_SUBNET
             return
-        pool = ctx.pools[0].pool
+        # In a shared network, the options of the client's own subnet (its mask above all).
+        ciaddr = IPv4Address(ctx.message.ciaddr)
+        own = (a.pool for a in ctx.pools if ciaddr in a.pool.subnet)
+        pool = next(own, ctx.pools[0].pool)
         if self._reply(ctx, decision, MessageType.ACK, 0, pool, with_lease=False):
             decision.events.append(
                 self._event(LeaseEventKind.INFORM, ctx, ctx.message.ciaddr, pool.name)

@@ -3,13 +3,15 @@
 A hypothesis state machine drives one engine the way the daemon does: client requests on
 two links, renewals answered by a model of the kernel's map (and absorbed later, as the
 daemon reads its ring), restarts from a model of the lease store, reloads that exclude,
-shrink or renumber ranges, the operator's revocations, clock jumps and expiry. After every
-step:
+shrink or renumber ranges, add or remove host reservations (inside and outside the ranges)
+or join both pools in one shared network, the operator's revocations, clock jumps and
+expiry. After every step:
 - the table's own rules hold (`LeaseTable.check`: in use exactly while held, one record
   per address, timers bounded by the records);
 - no address was ever acknowledged to two clients for overlapping times: every ACK that
   went out, from either path, is remembered with the time the client was told it may use
-  the address until, and a second client must never be told the same address before then.
+  the address until, and a second client must never be told the same address before then;
+- an address reserved for a host is acknowledged to nobody else.
 """
 
 from dataclasses import replace
@@ -18,7 +20,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from brushtaild.config.model import Config, Pool
+from brushtaild.config.model import Config, Pool, Reservation
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.dhcp.message import Message
@@ -32,14 +34,24 @@ LEASE_TIME = 100
 POOL_A = make_pool("a", "198.18.0.0/16", "198.18.1.0", "198.18.1.5", LEASE_TIME)
 POOL_B = make_pool("b", "198.19.0.0/16", "198.19.1.0", "198.19.1.5", LEASE_TIME)
 CLIENTS = 10  # more clients than addresses
+OUTSIDE_B = opt.parse_ip("198.19.0.50")  # in pool b's subnet, outside its ranges
 ADDRESSES = [
     *range(opt.parse_ip("198.18.1.0"), opt.parse_ip("198.18.1.6")),
     *range(opt.parse_ip("198.19.1.0"), opt.parse_ip("198.19.1.6")),
+    OUTSIDE_B,
 ]
+# Hosts 2, 3 and 4: one address inside each pool's ranges, one outside the ranges.
+RESERVED = (
+    Reservation(ADDRESSES[1], mac=mac(2)),
+    Reservation(ADDRESSES[7], mac=mac(3)),
+    Reservation(OUTSIDE_B, client_id=bytes((1,)) + mac(4)),
+)
 
 
-def _config(pool_a: Pool = POOL_A, pool_b: Pool = POOL_B) -> Config:
-    return make_config(pool_a, pool_b, offer_hold=20, decline_hold=150)
+def _config(
+    pool_a: Pool = POOL_A, pool_b: Pool = POOL_B, reservations: tuple[Reservation, ...] = ()
+) -> Config:
+    return make_config(pool_a, pool_b, offer_hold=20, decline_hold=150, reservations=reservations)
 
 
 RELOADS: dict[str, Config] = {
@@ -49,6 +61,11 @@ RELOADS: dict[str, Config] = {
         pool_b=replace(POOL_B, ranges=(replace(POOL_B.ranges[0], last=opt.parse_ip("198.19.1.2")),))
     ),
     "renumber": _config(pool_b=make_pool("b", "198.20.0.0/16", "198.20.1.0", "198.20.1.5")),
+    "reserve": _config(reservations=RESERVED),
+    "reserve-one": _config(reservations=RESERVED[1:2]),
+    "shared": _config(
+        replace(POOL_A, shared_network="ab"), replace(POOL_B, shared_network="ab"), RESERVED
+    ),
 }
 
 _WITHDRAW = (LeaseEventKind.EXPIRE, LeaseEventKind.RELEASE, LeaseEventKind.DECLINE)
@@ -104,6 +121,10 @@ class LeaseTableMachine(RuleBasedStateMachine):
                 del self.kernel[hwaddr]
 
     def _tell(self, client: bytes, address: int, until: float) -> None:
+        host = self.server.table.reservations.by_address.get(address)
+        assert host is None or client in (host.client_id, bytes((1,)) + (host.mac or b"")), (
+            f"{opt.format_ip(address)}, reserved, acknowledged to {client.hex()}"
+        )
         holder = self.told.get(address)
         assert holder is None or holder[0] == client or holder[1] <= self.now, (
             f"{opt.format_ip(address)} acknowledged to {client.hex()} while "

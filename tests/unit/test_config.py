@@ -20,7 +20,7 @@ from brushtaild.config.load import (
     load_config,
     parse_config,
 )
-from brushtaild.config.model import AddressRange, Config, FastPath, Pool
+from brushtaild.config.model import AddressRange, Config, FastPath, Pool, Reservation
 from brushtaild.dhcp import options as opt
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
@@ -776,3 +776,146 @@ def test_a_bad_trusted_relay_is_refused_by_its_key(value: object, reason: str) -
     with pytest.raises(ConfigError) as refused:
         parse_config({**example(), "trusted_relays": ["198.19.0.1", value]})
     assert refused.value.errors == [("trusted_relays[1]", reason)]
+
+
+# -- reservations and shared networks ------------------------------------------------------
+
+
+def with_reservations(*items: dict[str, Any]) -> dict[str, Any]:
+    raw = example()
+    raw["reservations"] = list(items)
+    return raw
+
+
+def test_reservations_parse_each_identifier() -> None:
+    config = parse_config(
+        with_reservations(
+            {"mac": "52:54:00:AB:cd:ef", "address": "198.18.0.10"},
+            {"client_id": "01:52:54:00:00:00:01", "address": "198.18.1.5"},
+            {"client_id": "ff00", "address": "198.18.1.6"},
+            {"circuit_id": "olt1/1/3:101", "remote_id": "0x0a0b", "address": "198.18.1.7"},
+        )
+    )
+    assert config.reservations == (
+        Reservation(ip("198.18.0.10"), mac=bytes.fromhex("525400abcdef")),
+        Reservation(ip("198.18.1.5"), client_id=bytes.fromhex("01525400000001")),
+        Reservation(ip("198.18.1.6"), client_id=b"\xff\x00"),
+        Reservation(ip("198.18.1.7"), circuit_id=b"olt1/1/3:101", remote_id=b"\x0a\x0b"),
+    )
+
+
+def test_reservation_outside_every_subnet_is_refused() -> None:
+    errors = errors_of(with_reservations({"mac": "52:54:00:00:00:01", "address": "203.0.113.9"}))
+    assert errors == [
+        ("reservations[0].address", "203.0.113.9 is not inside the subnet of any pool")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("address", "what"),
+    [
+        ("198.18.0.0", "the network address of 198.18.0.0/16"),
+        ("198.18.255.255", "the broadcast address of 198.18.0.0/16"),
+        ("198.18.0.1", "server_id"),
+        ("198.18.0.2", "a router of pools[0]"),
+    ],
+)
+def test_reservation_of_an_unusable_address_is_refused(address: str, what: str) -> None:
+    raw = with_reservations({"mac": "52:54:00:00:00:01", "address": address})
+    raw["pools"][0]["routers"] = ["198.18.0.2"]
+    errors = errors_of(raw)
+    assert errors == [("reservations[0].address", f"{address} is {what}, which is never leased")]
+
+
+def test_duplicate_reservations_name_both_places() -> None:
+    errors = errors_of(
+        with_reservations(
+            {"mac": "52:54:00:00:00:01", "address": "198.18.1.5"},
+            {"mac": "52:54:00:00:00:01", "address": "198.18.1.6"},
+            {"circuit_id": "c1", "address": "198.18.1.5"},
+            {"circuit_id": "c1", "remote_id": "r", "address": "198.18.1.7"},
+            {"circuit_id": "c1", "address": "198.18.1.8"},
+        )
+    )
+    assert errors == [
+        ("reservations[1].mac", "already reserved by reservations[0]"),
+        ("reservations[2].address", "already reserved by reservations[0]"),
+        ("reservations[4].circuit_id", "already reserved by reservations[2]"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("entry", "error"),
+    [
+        (
+            {"address": "198.18.1.5"},
+            ("reservations[0]", "needs exactly one of mac, client_id, circuit_id"),
+        ),
+        (
+            {"mac": "52:54:00:00:00:01", "client_id": "01", "address": "198.18.1.5"},
+            (
+                "reservations[0]",
+                "needs exactly one of mac, client_id, circuit_id, not mac and client_id",
+            ),
+        ),
+        (
+            {"mac": "52:54:00:00:00:01", "remote_id": "r", "address": "198.18.1.5"},
+            ("reservations[0].remote_id", "only narrows a circuit_id; add circuit_id"),
+        ),
+        (
+            {"mac": "52:54:00:00:01", "address": "198.18.1.5"},
+            ("reservations[0].mac", "'52:54:00:00:01' is not a MAC address aa:bb:cc:dd:ee:ff"),
+        ),
+        (
+            {"client_id": "0x1", "address": "198.18.1.5"},
+            (
+                "reservations[0].client_id",
+                "'0x1' is not 1-255 bytes of hex, as in 01:aa:bb:cc:dd:ee:ff",
+            ),
+        ),
+        (
+            {"mac": "52:54:00:00:00:01"},
+            ("reservations[0].address", "required key missing"),
+        ),
+        (
+            {"mac": "52:54:00:00:00:01", "address": "198.18.1.5", "pool": "x"},
+            ("reservations[0].pool", "unknown key"),
+        ),
+    ],
+)
+def test_malformed_reservations_name_the_key(entry: dict[str, Any], error: tuple[str, str]) -> None:
+    assert errors_of(with_reservations(entry)) == [error]
+
+
+def test_shared_network_of_different_subnets_is_accepted() -> None:
+    raw = example()
+    second = {
+        "name": "second",
+        "subnet": "198.19.0.0/24",
+        "ranges": ["198.19.0.10-198.19.0.20"],
+        "shared_network": "line-1",
+    }
+    raw["pools"][0]["shared_network"] = "line-1"
+    raw["pools"].append(second)
+    config = parse_config(raw)
+    assert [p.shared_network for p in config.pools] == ["line-1", "line-1"]
+
+
+def test_pools_of_one_subnet_in_two_shared_networks_are_refused() -> None:
+    raw = example()
+    raw["pools"][0]["ranges"] = ["198.18.1.0-198.18.1.255"]
+    raw["pools"].append(
+        {
+            "name": "second",
+            "subnet": "198.18.0.0/16",
+            "ranges": ["198.18.2.0-198.18.2.255"],
+            "shared_network": "a",
+        }
+    )
+    assert errors_of(raw) == [
+        (
+            "pools[1].shared_network",
+            "pools[0] has the same subnet 198.18.0.0/16 and shared_network None; "
+            "pools of one subnet share one network",
+        )
+    ]

@@ -41,6 +41,7 @@ CHANGES: dict[str, object] = {
     "fastpath.rate_limit_clients": 4096,
     "fastpath.relay_rate_limit": 500,
     "trusted_relays": ["198.19.0.1", "198.19.8.0/22"],
+    "reservations": [{"mac": "52:54:00:00:00:01", "address": "198.18.0.10"}],
 }
 # What the daemon could swap in place before this list had a home (daemon/main.py and the
 # role's vars): kept as the regression reference.

@@ -1,0 +1,61 @@
+"""Host reservations: which client a fixed address belongs to, as lookups (no lease state).
+
+A client is matched by its MAC (chaddr), then its client identifier, then the circuit-id
+(with the remote-id, if the reservation names one) of a relayed request's option 82, the
+order Kea checks its host identifiers in. The lease table asks `entitled` before it lets a
+client have a reserved address; the allocators never hand one out by themselves.
+"""
+
+from collections.abc import Iterable
+
+from brushtaild.config.model import Reservation
+
+
+class Reservations:
+    def __init__(self, reservations: Iterable[Reservation]) -> None:
+        self.by_address: dict[int, Reservation] = {}
+        self._by_mac: dict[bytes, Reservation] = {}
+        self._by_client_id: dict[bytes, Reservation] = {}
+        self._by_circuit: dict[tuple[bytes, bytes | None], Reservation] = {}
+        for r in reservations:
+            self.by_address[r.address] = r
+            if r.mac is not None:
+                self._by_mac[r.mac] = r
+            elif r.client_id is not None:
+                self._by_client_id[r.client_id] = r
+            elif r.circuit_id is not None:
+                self._by_circuit[(r.circuit_id, r.remote_id)] = r
+
+    def __bool__(self) -> bool:
+        return bool(self.by_address)
+
+    def of_identity(self, client_id: bytes, hwaddr: bytes) -> Reservation | None:
+        """The reservation a client's own identifiers name, whatever path it came by."""
+        return self._by_mac.get(hwaddr) or self._by_client_id.get(client_id)
+
+    def find(
+        self, client_id: bytes, hwaddr: bytes, circuit_id: bytes | None, remote_id: bytes | None
+    ) -> Reservation | None:
+        """The client's reservation; a circuit-id one only for a relayed request that
+        carries the circuit (and the remote-id, where the reservation names one)."""
+        found = self.of_identity(client_id, hwaddr)
+        if found is None and circuit_id is not None:
+            found = self._by_circuit.get((circuit_id, remote_id)) or self._by_circuit.get(
+                (circuit_id, None)
+            )
+        return found
+
+    def entitled(self, address: int, client_id: bytes, hwaddr: bytes, holder: bool) -> bool:
+        """Whether the client may hold `address`: it is no host's, or this client's.
+
+        `holder`: the client already holds the address. That is proof enough for a
+        circuit-id reservation: the client's renewals come unicast without option 82, and
+        the lease does not remember the circuit, so only the relayed request that bound it
+        could check it. A dynamic lease of a newly reserved circuit-id address therefore
+        stays until it ends; MAC and client-id reservations take theirs back at once."""
+        reservation = self.by_address.get(address)
+        if reservation is None:
+            return True
+        if reservation.circuit_id is not None:
+            return holder
+        return self.of_identity(client_id, hwaddr) is reservation

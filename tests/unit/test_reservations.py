@@ -1,0 +1,220 @@
+"""Host reservations and shared networks of different subnets, in the engine."""
+
+from dataclasses import replace
+
+from brushtaild.config.model import Reservation
+from brushtaild.dhcp import options as opt
+from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
+from brushtaild.dhcp.reasons import DropReason
+from brushtaild.engine.decisions import NakReason
+from brushtaild.engine.server import Server
+from tests.engine_helpers import (
+    INGRESS,
+    SERVER,
+    mac,
+    make_config,
+    make_pool,
+    only_reply,
+    reply_type,
+    request,
+)
+
+D, R = MessageType.DISCOVER, MessageType.REQUEST
+NOW = 10_000.0
+FIRST = opt.parse_ip("198.18.1.0")  # make_pool(): 198.18.1.0-9 in 198.18.0.0/16
+OUTSIDE = opt.parse_ip("198.18.0.50")  # in the subnet, outside the ranges
+RELAY = opt.parse_ip("198.19.0.1")
+
+
+def dora(server: Server, n: int, now: float = NOW, **kw: int) -> int:
+    offer = only_reply(server.handle(request(D, n, **kw), INGRESS, now))
+    ack = server.handle(request(R, n, requested=offer.yiaddr, server_id=SERVER, **kw), INGRESS, now)
+    assert reply_type(ack) is MessageType.ACK, ack
+    return offer.yiaddr
+
+
+def renew(server: Server, n: int, address: int, now: float = NOW) -> MessageType | None:
+    return reply_type(server.handle(request(R, n, ciaddr=address), INGRESS, now))
+
+
+def by_mac(n: int, address: int) -> Reservation:
+    return Reservation(address, mac=mac(n))
+
+
+def agent_info(circuit: bytes, remote: bytes | None = None) -> bytes:
+    subs = [(RelayAgentSubOption.CIRCUIT_ID, circuit)]
+    if remote is not None:
+        subs.append((RelayAgentSubOption.REMOTE_ID, remote))
+    return opt.build_relay_agent_info(subs)
+
+
+def test_a_reserved_host_gets_its_address_outside_the_ranges_and_keeps_it() -> None:
+    server = Server(make_config(reservations=(by_mac(1, OUTSIDE),)), [], NOW)
+    assert dora(server, 1) == OUTSIDE
+    assert renew(server, 1, OUTSIDE, NOW + 1800) is MessageType.ACK
+    lease = server.lease_at(OUTSIDE)
+    assert lease is not None and server.renewable(lease, NOW + 1800)
+    assert lease.pool == "residential"
+
+
+def test_a_reserved_address_inside_the_ranges_is_never_handed_to_others() -> None:
+    # The pool has ten addresses; FIRST is reserved for client 99, who never comes.
+    server = Server(make_config(reservations=(by_mac(99, FIRST),)), [], NOW)
+    got = {dora(server, n) for n in range(1, 10)}
+    assert FIRST not in got and len(got) == 9
+    assert server.handle(request(D, 10), INGRESS, NOW).drop is DropReason.POOL_EXHAUSTED
+    # Asking for it, by DISCOVER or by REQUEST, does not help.
+    asked = server.handle(request(D, 11, requested=FIRST), INGRESS, NOW)
+    assert asked.drop is DropReason.POOL_EXHAUSTED
+    nak = server.handle(request(R, 11, requested=FIRST, server_id=SERVER), INGRESS, NOW)
+    assert nak.nak is NakReason.RESERVED
+    assert dora(server, 99) == FIRST
+    assert server.pool_usage()["residential"].total == 10
+
+
+def test_client_id_reservation_matches_option_61() -> None:
+    client_id = b"\xff" + b"subscriber-7"
+    server = Server(make_config(reservations=(Reservation(OUTSIDE, client_id=client_id),)), [], NOW)
+    assert dora(server, 3, extra={OptionCode.CLIENT_ID: client_id}) == OUTSIDE
+
+
+def test_circuit_id_reservation_through_a_relay_and_its_unicast_renewal() -> None:
+    remote = make_pool("remote", "198.19.0.0/16", "198.19.1.0", "198.19.1.9")
+    fixed = opt.parse_ip("198.19.7.7")
+    reservations = (
+        Reservation(fixed, circuit_id=b"olt1/1/3:101", remote_id=b"cpe-1"),
+        Reservation(fixed + 1, circuit_id=b"olt1/1/3:101"),
+    )
+    server = Server(make_config(remote, reservations=reservations), [], NOW)
+    exact = {OptionCode.RELAY_AGENT_INFO: agent_info(b"olt1/1/3:101", b"cpe-1")}
+    loose = {OptionCode.RELAY_AGENT_INFO: agent_info(b"olt1/1/3:101", b"cpe-2")}
+    assert dora(server, 1, giaddr=RELAY, extra=exact) == fixed
+    assert dora(server, 2, giaddr=RELAY, extra=loose) == fixed + 1
+    # Renewals come unicast, without option 82: the client holding it keeps it.
+    assert renew(server, 1, fixed) is MessageType.ACK
+
+
+def test_option_82_without_a_relay_matches_no_circuit_id() -> None:
+    # A DHCP-snooping switch may add option 82 on our own link; it names no relay's circuit.
+    reservation = Reservation(OUTSIDE, circuit_id=b"port-1")
+    server = Server(make_config(reservations=(reservation,)), [], NOW)
+    extra = {OptionCode.RELAY_AGENT_INFO: agent_info(b"port-1")}
+    assert only_reply(server.handle(request(D, 1, extra=extra), INGRESS, NOW)).yiaddr == FIRST
+
+
+def test_reservation_on_another_network_does_not_follow_the_client() -> None:
+    remote = make_pool("remote", "198.19.0.0/16", "198.19.1.0", "198.19.1.9")
+    config = make_config(make_pool(), remote, reservations=(by_mac(1, OUTSIDE),))
+    server = Server(config, [], NOW)
+    assert dora(server, 1, giaddr=RELAY) in range(
+        opt.parse_ip("198.19.1.0"), opt.parse_ip("198.19.1.10")
+    )
+
+
+def test_reload_reserving_a_held_address_naks_the_holder_and_moves_the_host() -> None:
+    server = Server(make_config(), [], NOW)
+    taken = dora(server, 1)
+    server = server.reconfigured(make_config(reservations=(by_mac(2, taken),)), NOW)
+    lease = server.lease_at(taken)
+    assert lease is not None and not server.renewable(lease, NOW)  # kernel entry withdrawn
+    assert server.kernel_renewal(mac(1), taken, NOW + 3600, NOW).drop is DropReason.STALE_RENEWAL
+    # The host is given another address meanwhile: the reserved one is still held.
+    meanwhile = dora(server, 2)
+    assert meanwhile != taken
+    # The holder's renewal is NAKed; it starts over elsewhere.
+    nak = server.handle(request(R, 1, ciaddr=taken), INGRESS, NOW + 10)
+    assert nak.nak is NakReason.RESERVED
+    assert dora(server, 1, NOW + 20) not in {taken, meanwhile}
+    # Its new binding gave the reserved address back: the host's renewal is NAKed, and
+    # its next DISCOVER gets the reservation.
+    held = server.lease_at(meanwhile)
+    assert held is not None and not server.renewable(held, NOW + 20)
+    moved = server.handle(request(R, 2, ciaddr=meanwhile), INGRESS, NOW + 30)
+    assert moved.nak is NakReason.RESERVATION
+    assert dora(server, 2, NOW + 40) == taken
+
+
+def test_reload_removing_a_reservation_frees_its_address_for_everyone() -> None:
+    config = make_config(make_pool(last="198.18.1.0"), reservations=(by_mac(9, FIRST),))
+    server = Server(config, [], NOW)
+    assert server.handle(request(D, 1), INGRESS, NOW).drop is DropReason.POOL_EXHAUSTED
+    server = server.reconfigured(make_config(make_pool(last="198.18.1.0")), NOW)
+    assert dora(server, 1) == FIRST
+
+
+def test_reload_removing_a_reservation_outside_the_ranges_ends_the_hosts_lease() -> None:
+    server = Server(make_config(reservations=(by_mac(1, OUTSIDE),)), [], NOW)
+    assert dora(server, 1) == OUTSIDE
+    server = server.reconfigured(make_config(), NOW)
+    lease = server.lease_at(OUTSIDE)
+    assert lease is not None and not server.renewable(lease, NOW)
+    nak = server.handle(request(R, 1, ciaddr=OUTSIDE), INGRESS, NOW)
+    assert nak.nak is NakReason.NOT_ON_NETWORK
+    assert dora(server, 1, NOW + 1) == FIRST
+
+
+def test_a_stored_lease_of_the_host_survives_a_restart_at_its_reservation() -> None:
+    config = make_config(reservations=(by_mac(1, OUTSIDE),))
+    server = Server(config, [], NOW)
+    dora(server, 1)
+    server = Server(config, server.leases(), NOW + 5)
+    assert renew(server, 1, OUTSIDE, NOW + 10) is MessageType.ACK
+    assert dora(server, 2, NOW + 10) != OUTSIDE
+
+
+# Shared networks of different subnets ------------------------------------------------------
+
+
+A = make_pool("line-a", "198.19.0.0/24", "198.19.0.10", "198.19.0.11", shared_network="line")
+B = make_pool("line-b", "198.19.1.0/24", "198.19.1.10", "198.19.1.19", shared_network="line")
+GIADDR_A = opt.parse_ip("198.19.0.1")
+
+
+def test_allocation_continues_in_the_next_subnet_with_its_own_mask_and_router() -> None:
+    routed_b = replace(B, routers=(opt.parse_ip("198.19.1.1"),))
+    server = Server(make_config(make_pool(), A, routed_b), [], NOW)
+    got = [dora(server, n, giaddr=GIADDR_A) for n in range(1, 4)]
+    assert got == [
+        opt.parse_ip("198.19.0.10"),
+        opt.parse_ip("198.19.0.11"),
+        opt.parse_ip("198.19.1.10"),
+    ]
+    offer = only_reply(server.handle(request(D, 4, giaddr=GIADDR_A), INGRESS, NOW))
+    assert offer.options[OptionCode.ROUTERS] == opt.ip(opt.parse_ip("198.19.1.1"))
+    assert offer.options[OptionCode.BROADCAST_ADDRESS] == opt.ip(opt.parse_ip("198.19.1.255"))
+    # Renewed through the relay on subnet A, and by unicast from subnet B.
+    third = got[2]
+    relayed = server.handle(request(R, 3, ciaddr=third, giaddr=GIADDR_A), INGRESS, NOW)
+    assert reply_type(relayed) is MessageType.ACK
+    assert renew(server, 3, third) is MessageType.ACK
+
+
+def test_pools_outside_the_shared_network_are_not_used() -> None:
+    other = make_pool("other", "198.19.2.0/24", "198.19.2.10", "198.19.2.19")
+    server = Server(make_config(make_pool(), A, other), [], NOW)
+    dora(server, 1, giaddr=GIADDR_A)
+    dora(server, 2, giaddr=GIADDR_A)
+    assert (
+        server.handle(request(D, 3, giaddr=GIADDR_A), INGRESS, NOW).drop
+        is DropReason.POOL_EXHAUSTED
+    )
+
+
+def test_a_reservation_in_the_second_subnet_is_served_through_the_first() -> None:
+    fixed = opt.parse_ip("198.19.1.200")
+    config = make_config(make_pool(), A, B, reservations=(by_mac(5, fixed),))
+    server = Server(config, [], NOW)
+    assert dora(server, 5, giaddr=GIADDR_A) == fixed
+    lease = server.lease_at(fixed)
+    assert lease is not None and lease.pool == "line-b"
+
+
+def test_inform_from_the_second_subnet_gets_its_mask_and_broadcast() -> None:
+    server = Server(make_config(make_pool(), A, B), [], NOW)
+    inside_b = opt.parse_ip("198.19.1.77")
+    ack = only_reply(
+        server.handle(
+            request(MessageType.INFORM, 1, ciaddr=inside_b, giaddr=GIADDR_A), INGRESS, NOW
+        )
+    )
+    assert ack.options[OptionCode.BROADCAST_ADDRESS] == opt.ip(opt.parse_ip("198.19.1.255"))
