@@ -158,7 +158,8 @@ def test_domain_search_refuses_bad_labels() -> None:
         opt.domain_search(["a..net"])
 
 
-# RFC 3442 section 5's table of destination descriptors, with router 10.0.0.1 appended.
+# RFC 3442's examples of destination descriptors (under "Classless Route Option Format"),
+# each followed by router 10.0.0.1.
 RFC_3442_DESCRIPTORS = [
     ("0.0.0.0", 0, bytes([0])),
     ("10.0.0.0", 8, bytes([8, 10])),
