@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 from brushtaild.config.model import (
+    NO_OPTIONS,
     AddressRange,
     Config,
     FastPath,
@@ -960,9 +961,15 @@ class _Parser:
         client_id = self.optional(m, where, "client_id", self.hex_bytes, None)
         circuit_id = self.optional(m, where, "circuit_id", self.agent_id, None)
         remote_id = self.optional(m, where, "remote_id", self.agent_id, None)
-        if address is None or len(given) != 1 or (mac or client_id or circuit_id) is None:
+        options = self.optional(m, where, "options", self.options, NO_OPTIONS)
+        if (
+            address is None
+            or len(given) != 1
+            or (mac or client_id or circuit_id) is None
+            or options is None
+        ):
             return None
-        return Reservation(address, mac, client_id, circuit_id, remote_id)
+        return Reservation(address, mac, client_id, circuit_id, remote_id, options)
 
     def check_reservations(
         self, pools: tuple[Pool, ...], reservations: tuple[Reservation, ...], server_id: int

@@ -52,6 +52,9 @@ class OptionSet:
         return dict(self.values)
 
 
+NO_OPTIONS = OptionSet()
+
+
 def option_set(values: dict[int, bytes]) -> OptionSet:
     return OptionSet(tuple(sorted(values.items())))
 
@@ -93,7 +96,7 @@ class Reservation:
     Exactly one of `mac`, `client_id` and `circuit_id` is set; `remote_id` narrows a
     `circuit_id` (option 82 sub-options 1 and 2 of a relayed request). The address is
     served from the pool whose ranges hold it, else the first pool whose subnet does.
-    Per-host options (issue 11, options by name) belong here as one more field.
+    `options` override the pool's for this host (the reservation level of OptionSet).
     """
 
     address: int  # host-order IPv4
@@ -101,6 +104,7 @@ class Reservation:
     client_id: bytes | None = None  # option 61 as sent, or htype + chaddr (RFC 2132 9.14)
     circuit_id: bytes | None = None
     remote_id: bytes | None = None
+    options: OptionSet = NO_OPTIONS
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,15 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from brushtaild.config.model import Config, Pool, Reservation, merge_options, option_set
+from brushtaild.config.model import (
+    NO_OPTIONS,
+    Config,
+    OptionSet,
+    Pool,
+    Reservation,
+    merge_options,
+    option_set,
+)
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import MessageTooLarge, encode, encode_options
 from brushtaild.dhcp.constants import (
@@ -91,10 +99,11 @@ def _revoked(lease: Lease, address: int) -> bool:
     return lease.state is LeaseState.REVOKED and lease.address == address
 
 
-def _pool_options(pool: Pool) -> dict[int, bytes]:
-    """Every option a reply from `pool` may carry besides the lease's own: the subnet's
-    mask and broadcast address, then the configured options in ascending code order (the
-    order a client without a parameter request list receives them in)."""
+def _pool_options(pool: Pool, host: OptionSet = NO_OPTIONS) -> dict[int, bytes]:
+    """Every option a reply from `pool` (to a reserved host with options `host`) may carry
+    besides the lease's own: the subnet's mask and broadcast address, then the configured
+    options, the host's overriding the pool's, in ascending code order (the order a client
+    without a parameter request list receives them in)."""
     net = pool.subnet
     own: dict[int, bytes] = {}
     if pool.routers:
@@ -103,7 +112,7 @@ def _pool_options(pool: Pool) -> dict[int, bytes]:
         own[OptionCode.DNS_SERVERS] = opt.ips(pool.dns_servers)
     if pool.domain:
         own[OptionCode.DOMAIN_NAME] = pool.domain.encode("ascii")
-    configured = merge_options(option_set(own), pool.options)
+    configured = merge_options(option_set(own), pool.options, host)
     return {
         OptionCode.SUBNET_MASK: opt.ip(int(net.netmask)),
         OptionCode.BROADCAST_ADDRESS: opt.ip(int(net.broadcast_address)),
@@ -136,7 +145,11 @@ class Server:
             )
             for p in config.pools
         ]
+        # Options by profile: a pool's name, or for a reserved host with options of its own
+        # "pool/address" (made by _profile when first needed), with the pool it belongs to.
         self._options = {p.name: _pool_options(p) for p in config.pools}
+        self._profile_pools = {p.name: p for p in config.pools}
+        self._host_options = {r.address: r.options for r in config.reservations if r.options.values}
         self._templates: dict[tuple[str, MessageType, bool, bytes | None], ReplyTemplate] = {}
         self._handlers: dict[MessageType, Callable[[ClientContext, Decision], None]] = {
             MessageType.DISCOVER: self._discover,
@@ -228,11 +241,29 @@ class Server:
         """Whether the fast path may answer for `lease` (see LeaseTable.renewable)."""
         return self.table.renewable(lease, now)
 
-    def template(self, pool_name: str, mtype: MessageType, prl: bytes | None) -> ReplyTemplate:
-        """The options a reply of `mtype` from `pool_name` carries for a client that asked
-        for `prl`: the fast path answers with exactly these bytes."""
-        pool = self.table.allocators[pool_name].pool
-        return self._template(pool, mtype, True, prl)
+    def profile(self, lease: Lease) -> str:
+        """The options profile `lease`'s replies are rendered with (see `template`)."""
+        return self._profile(self.table.allocators[lease.pool].pool, lease.address)
+
+    def profile_pool(self, profile: str) -> Pool:
+        return self._profile_pools[profile]
+
+    def template(self, profile: str, mtype: MessageType, prl: bytes | None) -> ReplyTemplate:
+        """The options a reply of `mtype` rendered with `profile` carries for a client that
+        asked for `prl`: the fast path answers with exactly these bytes."""
+        return self._template(self._profile_pools[profile], profile, mtype, True, prl)
+
+    def _profile(self, pool: Pool, address: int) -> str:
+        """`pool`'s name, or for a reserved host with options of its own a profile of its
+        own: its replies carry the pool's options overridden by the host's."""
+        host = self._host_options.get(address)
+        if host is None:
+            return pool.name
+        profile = f"{pool.name}/{opt.format_ip(address)}"
+        if profile not in self._options:
+            self._options[profile] = _pool_options(pool, host)
+            self._profile_pools[profile] = pool
+        return profile
 
     def lease_at(self, address: int) -> Lease | None:
         return self.table.lease_at(address)
@@ -544,7 +575,11 @@ class Server:
         made to fit the client's maximum message size (the request is dropped)."""
         request = ctx.message
         template = self._template(
-            pool, mtype, with_lease, request.options.get(OptionCode.PARAMETER_REQUEST_LIST)
+            pool,
+            self._profile(pool, yiaddr or request.ciaddr),
+            mtype,
+            with_lease,
+            request.options.get(OptionCode.PARAMETER_REQUEST_LIST),
         )
         reply = Message(
             op=Op.BOOTREPLY,
@@ -561,13 +596,14 @@ class Server:
         return self._finish(ctx, decision, reply, mtype, template)
 
     def _template(
-        self, pool: Pool, mtype: MessageType, with_lease: bool, prl: bytes | None
+        self, pool: Pool, profile: str, mtype: MessageType, with_lease: bool, prl: bytes | None
     ) -> ReplyTemplate:
-        """The options of a reply, which depend only on the pool, the reply type and the
-        client's parameter request list: rendered once, reused for every such reply. With a
-        request list, the configured options it names, in its order (RFC 2131 4.3.1);
-        without one, all of them (docs/CONFIG.md, "Which options a reply carries")."""
-        key = (pool.name, mtype, with_lease, prl)
+        """The options of a reply, which depend only on the profile (the pool, or a reserved
+        host's own), the reply type and the client's parameter request list: rendered once,
+        reused for every such reply. With a request list, the configured options it names,
+        in its order (RFC 2131 4.3.1); without one, all of them (docs/CONFIG.md, "Which
+        options a reply carries")."""
+        key = (profile, mtype, with_lease, prl)
         template = self._templates.get(key)
         if template is not None:
             return template
@@ -579,7 +615,7 @@ class Server:
             options[OptionCode.LEASE_TIME] = opt.u32(pool.lease_time)
             options[OptionCode.RENEWAL_TIME] = opt.u32(pool.renewal_time)
             options[OptionCode.REBINDING_TIME] = opt.u32(pool.rebinding_time)
-        pool_options = self._options[pool.name]
+        pool_options = self._options[profile]
         options[OptionCode.SUBNET_MASK] = pool_options[OptionCode.SUBNET_MASK]
         # A code listed twice in option 55 is one option (dict.fromkeys keeps the order).
         optional = [

@@ -105,7 +105,7 @@ class Planner:
         or cannot answer for (those stay on the slow path)."""
         if not server.renewable(lease, now):
             return None
-        shape = self._shape(server, lease.pool, lease.prl)
+        shape = self._shape(server, server.profile(lease), lease.prl)
         if len(lease.hwaddr) != 6 or not maps.fits(lease.client_id, lease.prl) or shape is None:
             self.skipped += 1
             return None
@@ -118,35 +118,36 @@ class Planner:
         )
         return key_bytes(lease.hwaddr), value
 
-    def _shape(self, server: Server, pool_name: str, prl: bytes | None) -> maps.Shape | None:
-        key = (pool_name, prl)
+    def _shape(self, server: Server, profile: str, prl: bytes | None) -> maps.Shape | None:
+        """What entries of leases rendered with `profile` (a pool, or a reserved host with
+        options of its own) for request list `prl` share."""
+        key = (profile, prl)
         if key in self._shapes:
             return self._shapes[key]
-        pool = next((p for p in server.config.pools if p.name == pool_name), None)
+        pool = server.profile_pool(profile)
         shape = None
-        if pool is not None:
-            offer = self._template_id(server, pool_name, MessageType.OFFER, prl)
-            ack = self._template_id(server, pool_name, MessageType.ACK, prl)
-            if offer is not None and ack is not None:
-                shape = maps.Shape(
-                    maps.net32(int(pool.subnet.network_address)),
-                    maps.net32(int(pool.subnet.netmask)),
-                    pool.lease_time,
-                    maps.prl_hash(prl),
-                    offer,
-                    ack,
-                )
+        offer = self._template_id(server, profile, MessageType.OFFER, prl)
+        ack = self._template_id(server, profile, MessageType.ACK, prl)
+        if offer is not None and ack is not None:
+            shape = maps.Shape(
+                maps.net32(int(pool.subnet.network_address)),
+                maps.net32(int(pool.subnet.netmask)),
+                pool.lease_time,
+                maps.prl_hash(prl),
+                offer,
+                ack,
+            )
         self._shapes[key] = shape
         return shape
 
     def _template_id(
-        self, server: Server, pool: str, mtype: MessageType, prl: bytes | None
+        self, server: Server, profile: str, mtype: MessageType, prl: bytes | None
     ) -> int | None:
-        key = (pool, mtype, prl)
+        key = (profile, mtype, prl)
         template_id = self.slots.ids.get(key)
         if template_id is not None:
             return template_id
-        wire = server.template(pool, mtype, prl).wire
+        wire = server.template(profile, mtype, prl).wire
         if len(wire) > maps.TEMPLATE_MAX:
             return None
         template_id = self.slots.take(key)

@@ -6,7 +6,7 @@ A renewal whose network address (giaddr) lies in the first subnet does not match
 program passes it (result `network`) and the slow path, which knows the shared network,
 answers; a unicast renewal from the lease's own address is answered in the kernel."""
 
-from brushtaild.config.model import Config, Reservation
+from brushtaild.config.model import Config, Reservation, option_set
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode
 from brushtaild.dhcp.constants import MessageType, OptionCode
@@ -100,6 +100,27 @@ def test_a_reserved_host_is_answered_as_the_slow_path(
     lease = fastpath.bind(HOST_MAC, options={OptionCode.PARAMETER_REQUEST_LIST: PRL})
     assert lease.address == FIXED
     assert_answered_alike(fastpath, renewal(fastpath, HOST_MAC, FIXED))
+
+
+def test_a_reserved_host_with_options_of_its_own_is_answered_as_the_slow_path(
+    program: Program, renewal_log: RenewalLog
+) -> None:
+    """Its entry points at templates of its own: the pool's options overridden by the
+    host's; a neighbour in the same pool keeps the pool's."""
+    host_dns = option_set({OptionCode.DNS_SERVERS: opt.ip(ip("198.18.0.53"))})
+    config = shared_config(Reservation(FIXED, mac=HOST_MAC, options=host_dns))
+    fastpath = Fastpath(program, renewal_log, config)
+    prl = {OptionCode.PARAMETER_REQUEST_LIST: PRL}
+    host = fastpath.bind(HOST_MAC, options=prl)
+    neighbour = fastpath.bind(MAC, options=prl)
+    answers = {}
+    for mac, lease in ((HOST_MAC, host), (MAC, neighbour)):
+        frame = renewal(fastpath, mac, lease.address)
+        run = fastpath.run(frame)
+        assert run.retval == XDP_TX
+        reply = assert_same_reply(run, frame, fastpath.slow_path(frame, apply=False))
+        answers[mac] = reply.message.options[OptionCode.DNS_SERVERS]
+    assert answers == {HOST_MAC: opt.ip(ip("198.18.0.53")), MAC: opt.ip(ip("198.18.0.1"))}
 
 
 def test_a_reload_reserving_a_held_address_withdraws_its_entry(

@@ -804,6 +804,29 @@ def test_reservations_parse_each_identifier() -> None:
     )
 
 
+def test_a_reservation_carries_options_of_its_own() -> None:
+    config = parse_config(
+        with_reservations(
+            {
+                "mac": "52:54:00:00:00:01",
+                "address": "198.18.1.5",
+                "options": {"ntp-servers": ["198.18.0.123"], "domain-name": "cpe.example.net"},
+            }
+        )
+    )
+    [reservation] = config.reservations
+    assert reservation.options.as_dict() == {
+        15: b"cpe.example.net",
+        42: bytes([198, 18, 0, 123]),
+    }
+    errors = errors_of(
+        with_reservations(
+            {"mac": "52:54:00:00:00:01", "address": "198.18.1.5", "options": {"ntp": ["x"]}}
+        )
+    )
+    assert [where for where, _ in errors] == ["reservations[0].options.ntp"]
+
+
 def test_reservation_outside_every_subnet_is_refused() -> None:
     errors = errors_of(with_reservations({"mac": "52:54:00:00:00:01", "address": "203.0.113.9"}))
     assert errors == [

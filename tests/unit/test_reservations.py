@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from brushtaild.config.model import Reservation
+from brushtaild.config.model import Reservation, option_set
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
 from brushtaild.dhcp.reasons import DropReason
@@ -218,3 +218,21 @@ def test_inform_from_the_second_subnet_gets_its_mask_and_broadcast() -> None:
         )
     )
     assert ack.options[OptionCode.BROADCAST_ADDRESS] == opt.ip(opt.parse_ip("198.19.1.255"))
+
+
+def test_a_reserved_hosts_options_override_its_pools_for_it_alone() -> None:
+    ntp = opt.ip(opt.parse_ip("198.18.0.123"))
+    dns = opt.ip(opt.parse_ip("198.18.0.53"))
+    host = option_set({OptionCode.DNS_SERVERS: dns, OptionCode.NTP_SERVERS: ntp})
+    server = Server(
+        make_config(reservations=(Reservation(OUTSIDE, mac(1), options=host),)), [], NOW
+    )
+    offer = only_reply(server.handle(request(D, 1), INGRESS, NOW))
+    assert offer.yiaddr == OUTSIDE
+    assert offer.options[OptionCode.DNS_SERVERS] == dns
+    assert offer.options[OptionCode.NTP_SERVERS] == ntp
+    other = only_reply(server.handle(request(D, 2), INGRESS, NOW))
+    assert other.options[OptionCode.DNS_SERVERS] == opt.ip(SERVER)
+    assert OptionCode.NTP_SERVERS not in other.options
+    lease = server.lease_at(dora(server, 1))
+    assert lease is not None and server.profile(lease) == "residential/198.18.0.50"
