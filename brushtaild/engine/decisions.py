@@ -20,7 +20,8 @@ class Ingress:
     src_mac: bytes
     src_ip: int
     dst_ip: int
-    vlans: tuple[int, ...] = ()
+    vlans: tuple[int, ...] = ()  # VLAN ids, outer first; priority tags (VID 0) name none
+    tags: bytes = b""  # the 802.1Q/802.1ad tags as received (TPID, TCI each), for the reply
 
     @property
     def l3_broadcast(self) -> bool:

@@ -66,6 +66,15 @@ def client_frame(
     return eth + struct.pack("!H", ETH_P_IP) + ip + udp
 
 
+def as_received(frame: bytes) -> tuple[bytes, bytes]:
+    """`frame` as a packet socket reads it, and the tag the kernel took off (TPID and TCI, as
+    PACKET_AUXDATA gives it; empty for an untagged frame): the outer tag, if any, is gone
+    from the frame, and any inner one stays."""
+    if struct.unpack_from("!H", frame, 12)[0] not in (ETH_P_8021Q, ETH_P_8021AD):
+        return frame, b""
+    return frame[:12] + frame[16:], frame[12:16]
+
+
 def ip_offset(frame: bytes) -> int:
     """Where the IPv4 header starts: after the Ethernet header and any VLAN tags."""
     pos = 12
@@ -190,7 +199,8 @@ def refusal(frame: bytes) -> DropReason | None:
     """Why the daemon drops `frame` (after its socket filter) before the engine decides on
     it, as the daemon checks it: parse_frame, the codec, the engine's first check (a
     BOOTREPLY); None if it gets that far."""
-    parsed = parse_frame(bytearray(frame), len(frame), 1)
+    received, outer = as_received(frame)
+    parsed = parse_frame(bytearray(received), len(received), 1, outer)
     if parsed is None:
         return DropReason.BAD_FRAME
     try:
