@@ -357,11 +357,6 @@ int xdp_brushtail(struct xdp_md *ctx)
 		goto over_rate;
 	if (!parsed)
 		goto out;
-	/* The slow path's socket refuses every tagged frame; a priority tag is not untagged. */
-	result = BT_PASS_PRIORITY_TAG;
-	if ((tags > 0 && !key.outer_vlan) || (tags > 1 && !key.inner_vlan))
-		goto out;
-
 	result = BT_PASS_MESSAGE;
 	if (req->msg_type == DHCP_DISCOVER)
 		reply_type = DHCP_OFFER;

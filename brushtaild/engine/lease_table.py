@@ -295,9 +295,10 @@ class LeaseTable:
         now: float,
         prl: bytes | None,
         decision: Decision,
+        vlans: tuple[int, ...] = (),
     ) -> Lease | None:
-        """Lease `address` to the client if it is the client's to take: its own active
-        lease, its own offer, or free. None if someone else holds it."""
+        """Lease `address` to the client (on `vlans`) if it is the client's to take: its
+        own active lease, its own offer, or free. None if someone else holds it."""
         owner = self._by_address.get(address)
         hold = self._hold_by_address.get(address)
         leased_to_client = owner is not None and owner.client_id == client_id
@@ -331,6 +332,7 @@ class LeaseTable:
             expires=now + alloc.pool.lease_time,
             updated=now,
             prl=prl,
+            vlans=vlans,
         )
         self._put(lease)
         decision.lease_writes.append(lease)

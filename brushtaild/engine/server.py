@@ -167,15 +167,28 @@ class Server:
     def next_deadline(self) -> float | None:
         return self.table.next_deadline()
 
-    def kernel_renewal(self, hwaddr: bytes, address: int, expires: float, now: float) -> Decision:
+    def kernel_renewal(
+        self,
+        hwaddr: bytes,
+        address: int,
+        expires: float,
+        now: float,
+        vlans: tuple[int, ...] = (),
+    ) -> Decision:
         """Records a renewal the XDP fast path has already ACKed: the bound lease of
-        `address` held by the client with `hwaddr` now runs until `expires`. The decision
+        `address` held by the client with `hwaddr` on `vlans` now runs until `expires`. The
+        decision
         writes the lease and logs the ACK; it drops with STALE_RENEWAL when the address is
         no longer this client's to renew (changed by the slow path or a reload meanwhile):
         the caller then withdraws the kernel's entry, and the client's next request comes
         to the slow path."""
         decision = Decision()
-        renewed = self.table.renew(hwaddr, address, expires, now)
+        held = self.table.lease_at(address)
+        renewed = (
+            self.table.renew(hwaddr, address, expires, now)
+            if held is not None and held.vlans == vlans
+            else None
+        )
         if renewed is None:
             decision.drop = DropReason.STALE_RENEWAL
             return decision
@@ -404,6 +417,7 @@ class Server:
             ctx.now,
             msg.options.get(OptionCode.PARAMETER_REQUEST_LIST),
             decision,
+            ctx.ingress.vlans,
         )
         if lease is None:
             self._nak(ctx, decision, NakReason.ADDRESS_IN_USE)

@@ -62,7 +62,7 @@ class Result(IntEnum):
     RATE_LIMIT = 15
     MALFORMED = 16
     SELECTOR = 17
-    PRIORITY_TAG = 18
+    PRIORITY_TAG = 18  # no longer counted; the number stays taken (bpf/shared.h)
     LINK_BUDGET = 19
     RELAY = 20
 
@@ -225,6 +225,11 @@ class Key:
 
     def packed(self) -> bytes:
         return KEY_FORMAT.pack(self.mac, self.outer_vlan, self.inner_vlan, 0)
+
+    @property
+    def vlans(self) -> tuple[int, ...]:
+        """The VLAN ids as the slow path holds them (Ingress.vlans, Lease.vlans)."""
+        return tuple(vid for vid in (self.outer_vlan, self.inner_vlan) if vid)
 
     def ctype(self) -> ClientKey:
         return ClientKey.from_buffer_copy(self.packed())

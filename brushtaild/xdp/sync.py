@@ -116,7 +116,7 @@ class Planner:
             address=lease.address,
             expires_ns=clock.to_boot_ns(lease.expires),
         )
-        return key_bytes(lease.hwaddr), value
+        return key_bytes(lease.hwaddr, *lease.vlans), value
 
     def _shape(self, server: Server, pool_name: str, prl: bytes | None) -> maps.Shape | None:
         key = (pool_name, prl)

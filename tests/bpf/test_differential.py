@@ -63,6 +63,20 @@ IDENTITIES: dict[str, bytes | None] = {
 }
 
 
+# Tags (TCIs, outer first) a lease is made on or a request comes with: a priority tag (VID 0)
+# names no VLAN, whatever its priority bits; the reply keeps the tags as received.
+VLANS: dict[str, tuple[int, ...]] = {
+    "none": (),
+    "802.1Q": (100,),
+    "802.1Q PCP 5": (0xA000 | 100,),
+    "QinQ": (100, 4094),
+    "priority": (0x2000,),
+    "priority, 802.1Q": (0, 100),
+    "other VLAN": (101,),
+    "other inner": (100, 4093),
+}
+
+
 def relay_info(*subs: tuple[int, bytes]) -> bytes:
     return opt.build_relay_agent_info(subs)
 
@@ -106,6 +120,7 @@ class LeaseSetup:
     identity: str
     prl: str
     network: str  # how the lease was obtained: direct, relay A, relay B, link B, 118 B
+    vlans: str = "none"  # the tags it was obtained with (VLANS)
 
     def options(self) -> dict[int, bytes]:
         options: dict[int, bytes] = {}
@@ -132,6 +147,7 @@ lease_states = st.builds(
     identity=st.sampled_from(list(IDENTITIES)),
     prl=st.sampled_from(list(PRLS)),
     network=st.sampled_from(["direct", "direct", "relay A", "relay B", "link B", "118 B"]),
+    vlans=st.sampled_from(["none", "none", "802.1Q", "QinQ", "priority"]),
 )
 
 
@@ -140,11 +156,12 @@ def establish(fastpath: Fastpath, state: LeaseSetup) -> Lease | None:
     if state.kind == "none":
         return None
     options = state.options()
+    vlans = VLANS[state.vlans]
     if state.kind == "expired":
         # Bound so long ago that it ran out before the engine's `now` (and the kernel's).
         then = fastpath.now - LEASE_TIME - 5
-        return fastpath.bind(MAC, options=options, giaddr=state.giaddr, now=then)
-    lease = fastpath.bind(MAC, options=options, giaddr=state.giaddr)
+        return fastpath.bind(MAC, options=options, giaddr=state.giaddr, now=then, vlans=vlans)
+    lease = fastpath.bind(MAC, options=options, giaddr=state.giaddr, vlans=vlans)
     if state.kind in ("released", "declined"):
         mtype = MessageType.RELEASE if state.kind == "released" else MessageType.DECLINE
         extra = {**options, OptionCode.SERVER_ID: opt.ip(fastpath.config.server_id)}
@@ -158,10 +175,10 @@ def establish(fastpath: Fastpath, state: LeaseSetup) -> Lease | None:
             extra=extra,
         )
         decision = fastpath.slow_path(
-            fastpath.frame(encode(msg), mac=MAC, relay=bool(state.giaddr))
+            fastpath.frame(encode(msg), mac=MAC, relay=bool(state.giaddr), vlans=vlans)
         )
         assert decision is not None and decision.lease_writes, decision
-        assert fastpath.entry(maps.Key(MAC)) is None
+        assert fastpath.entry(maps.Key(MAC, *lease.vlans)) is None
     return lease
 
 
@@ -192,6 +209,7 @@ class Request:
     ip_options: bool = False
     no_end: bool = False  # options run to the payload's end without an end option
     junk: str = "none"  # a BOOTP field the reply must not copy (see JUNK)
+    vlans: str = "lease"  # or a VLANS name
 
 
 DEVIATIONS: dict[str, list[object]] = {
@@ -210,6 +228,7 @@ DEVIATIONS: dict[str, list[object]] = {
     "ip_options": [True],
     "no_end": [True],
     "junk": ["sname", "file", "secs", "hops", "yiaddr", "siaddr", "chaddr padding", "all"],
+    "vlans": list(VLANS),
 }
 # Request fields a reply sets itself (zero, or the lease's address): a kernel that builds
 # the reply in the request's frame must overwrite every one of them.
@@ -342,8 +361,11 @@ def request_frame(fastpath: Fastpath, state: LeaseSetup, lease: Lease | None, r:
         assert payload.endswith(b"\xff")
         payload = payload[:-1]
     ip_options = bytes.fromhex("94040000") if r.ip_options else b""
+    vlans = VLANS[state.vlans if r.vlans == "lease" else r.vlans]
     if giaddr or choice["framing"] == "broadcast":
-        return fastpath.frame(payload, mac=mac, relay=bool(giaddr), ip_options=ip_options)
+        return fastpath.frame(
+            payload, mac=mac, relay=bool(giaddr), ip_options=ip_options, vlans=vlans
+        )
     return client_frame(
         payload,
         src_mac=mac,
@@ -351,6 +373,7 @@ def request_frame(fastpath: Fastpath, state: LeaseSetup, lease: Lease | None, r:
         src_ip=opt.format_ip(ciaddr or address),
         dst_ip=SERVER_IP if choice["framing"] == "to server" else "198.18.0.77",
         ip_options=ip_options,
+        vlans=vlans,
     )
 
 
@@ -422,15 +445,17 @@ KINDS = {"discover": (MessageType.DISCOVER, "selecting")} | {
 }
 
 
+@pytest.mark.parametrize("vlans", ["none", "802.1Q PCP 5", "QinQ", "priority", "priority, 802.1Q"])
 @pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
 @pytest.mark.parametrize("network", NETWORKS)
 def test_client_holding_a_lease_is_answered(
-    program: Program, renewal_log: RenewalLog, network: str, kind: tuple[int, str]
+    program: Program, renewal_log: RenewalLog, network: str, kind: tuple[int, str], vlans: str
 ) -> None:
     """The generated cases' starting point: what a client holding a lease sends, in each
-    RFC 2131 state, on each way of reaching the server, is answered by the kernel."""
+    RFC 2131 state, on each way of reaching the server, untagged or on the VLANs it got
+    the lease on, is answered by the kernel (with its tags, as the slow path would)."""
     mtype, rfc_state = kind
-    state = LeaseSetup("bound", "named", "dhclient", network)
+    state = LeaseSetup("bound", "named", "dhclient", network, vlans)
     assert check(program, renewal_log, state, Request(mtype, rfc_state, xid=7)) == XDP_TX
 
 

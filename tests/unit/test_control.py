@@ -29,6 +29,7 @@ from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.engine.leases import LeaseState
 from brushtaild.net.packet_io import Received
 from brushtaild.store.lease_store import StoreError, read_snapshot
+from brushtaild.xdp import maps
 from brushtaild.xdp.fastpath import Renewal
 from tests.engine_helpers import mac, request
 from tests.unit.test_cli import EXAMPLE
@@ -221,7 +222,7 @@ def test_lease_release_first_records_what_the_kernel_renewed(
         daemon._start_complete()
         address = bind(daemon, io, 1)
         told = time.time() + 7200
-        fast.pending.append(Renewal(mac(1) + bytes(2), address, told))
+        fast.pending.append(Renewal(maps.Key(mac(1)).packed(), address, told))
         result(served, "lease-release", target=format_ip(address))
         [stored] = read_snapshot(daemon.config.state_dir)
         assert (stored.state, stored.expires) == (LeaseState.REVOKED, told)

@@ -20,7 +20,9 @@ from tests.bpf.frames import (
     NOT_WELL_FORMED,
     as_received,
     client_frame,
+    filtered,
     refusal,
+    run_filter,
 )
 
 BROADCAST_IP = 0xFFFFFFFF
@@ -83,43 +85,6 @@ def parsed(frame: bytes, ifindex: int = 1) -> tuple[bytes, Ingress] | None:
 def test_residue_matches_word_sum(data: bytes) -> None:
     residue = packet_io.internet_checksum_residue(data)
     assert residue == ones_sum(data) % 0xFFFF
-
-
-def run_filter(program: tuple[packet_io.Insn, ...], frame: bytes, *, pkttype: int = 0,
-               tag_present: bool = False) -> int:  # fmt: skip
-    """What the kernel's classic-BPF interpreter returns for `frame` (the snap length, 0 to
-    drop): the instructions packet_io emits, decoded from their assembled bytes."""
-    meta = {packet_io._SKF_AD_PKTTYPE: pkttype,
-            packet_io._SKF_AD_VLAN_TAG_PRESENT: int(tag_present)}  # fmt: skip
-    insns = list(struct.iter_unpack("=HBBI", packet_io.assemble(program)))
-    a = x = pc = 0
-    while True:
-        code, jt, jf, k = insns[pc]
-        pc += 1
-        if code & 0x07 == 0x06:  # ret
-            return k
-        if code & 0x07 == 0x05:  # jmp, against k
-            taken = {0x10: a == k, 0x20: a > k, 0x40: bool(a & k)}[code & 0xF0]
-            pc += jt if taken else jf
-            continue
-        if code == 0xB1:  # ldx msh
-            x = (frame[k] & 0x0F) * 4
-            continue
-        if k >= 1 << 31:  # ancillary load
-            a = meta[k - (1 << 32) - packet_io._SKF_AD_OFF]
-            continue
-        offset = k + (x if code & 0xE0 == 0x40 else 0)
-        size = {0x00: 4, 0x08: 2, 0x10: 1}[code & 0x18]
-        if offset + size > len(frame):
-            return 0
-        a = int.from_bytes(frame[offset : offset + size], "big")
-
-
-def filtered(frame: bytes, pkttype: int = 0) -> bool:
-    """Whether the socket's filter takes `frame` as the kernel hands it over."""
-    received, outer = as_received(frame)
-    program = packet_io.DHCP_SERVER_FILTER
-    return bool(run_filter(program, received, pkttype=pkttype, tag_present=bool(outer)))
 
 
 DISCOVER = discover(MAC)
