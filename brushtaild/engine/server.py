@@ -120,6 +120,8 @@ class Server:
             (int(p.subnet.network_address), int(p.subnet.netmask), allocators[p.name])
             for p in config.pools
         ]
+        self._vlan_pools = [allocators[p.name] for p in config.pools if p.vlans]
+        self._plain_pools = [allocators[p.name] for p in config.pools if not p.vlans]
         self._options = {p.name: _pool_options(p) for p in config.pools}
         self._templates: dict[tuple[str, MessageType, bool, bytes | None], ReplyTemplate] = {}
         self._handlers: dict[MessageType, Callable[[ClientContext, Decision], None]] = {
@@ -222,7 +224,13 @@ class Server:
         return decision
 
     def renewable(self, lease: Lease, now: float) -> bool:
-        """Whether the fast path may answer for `lease` (see LeaseTable.renewable)."""
+        """Whether the fast path may answer for `lease` (see LeaseTable.renewable): not
+        when its VLANs no longer select its pool (a reload moved them), since the program
+        checks only the lease's subnet. (So a relayed lease in a pool that lists VLANs is
+        the slow path's: the lease does not say whether it was relayed.)"""
+        alloc = self.table.allocators.get(lease.pool)
+        if alloc is None or alloc not in self._for_vlans(lease.vlans):
+            return False
         return self.table.renewable(lease, now)
 
     def template(self, pool_name: str, mtype: MessageType, prl: bytes | None) -> ReplyTemplate:
@@ -265,11 +273,14 @@ class Server:
         requested = options.get(OptionCode.REQUESTED_ADDRESS)
         server_id = options.get(OptionCode.SERVER_ID)
         selector, by_118 = self._network_selector(msg, relay_subs)
+        pools = self._pools_for(selector)
+        if not msg.giaddr:
+            pools = self._on_link(pools, selector, ingress.vlans)
         return ClientContext(
             message=msg,
             ingress=ingress,
             client_id=client_identity(msg),
-            pools=self._pools_for(selector),
+            pools=pools,
             requested=opt.decode_ip(requested) if requested is not None else 0,
             server_id=opt.decode_ip(server_id) if server_id is not None else None,
             now=now,
@@ -306,6 +317,30 @@ class Server:
 
     def _pools_for(self, address: int) -> list[PoolAllocator]:
         return [alloc for net, mask, alloc in self._subnets if address & mask == net]
+
+    def _for_vlans(self, vlans: tuple[int, ...]) -> list[PoolAllocator]:
+        """The pools that may serve a client on our own link that came on `vlans`: those
+        listing the VLANs if any does, else those listing none (docs/CONFIG.md, `vlans`)."""
+        tagged = [alloc for alloc in self._vlan_pools if alloc.pool.serves_vlans(vlans)]
+        if tagged:
+            return tagged
+        return self._plain_pools
+
+    def _on_link(
+        self, pools: list[PoolAllocator], selector: int, vlans: tuple[int, ...]
+    ) -> list[PoolAllocator]:
+        """Of `pools` (those whose subnet holds `selector`), the ones serving a client on
+        our own link that came on `vlans` (_for_vlans). Pools chosen by their VLANs are
+        the client's network whatever their subnets, unless ciaddr selects among them."""
+        eligible = self._for_vlans(vlans)
+        if selector == self.config.server_id and eligible and eligible[0].pool.vlans:
+            return eligible
+        return [alloc for alloc in pools if alloc in eligible]
+
+    def _link_pools(self, vlans: tuple[int, ...]) -> list[PoolAllocator]:
+        """The pools serving our own link's clients on `vlans`."""
+        server_id = self.config.server_id
+        return self._on_link(self._pools_for(server_id), server_id, vlans)
 
     @staticmethod
     def _pool_of(ctx: ClientContext, address: int) -> PoolAllocator | None:
@@ -395,7 +430,7 @@ class Server:
             # address: through a relay, or on our own link. Outside our ranges it may be
             # another server's lease: stay silent, as in INIT-REBOOT.
             alloc = self._pool_of(ctx, address)
-            own_link = self._pools_for(self.config.server_id)
+            own_link = self._link_pools(ctx.ingress.vlans)
             vouched = ctx.message.giaddr or self._on_network(own_link, address)
             if alloc is None or not vouched:
                 decision.drop = DropReason.NO_RECORD

@@ -49,8 +49,9 @@ def test_valid_file(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_full_example_counts_exclusions(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(FULL_EXAMPLE)]) == 0
-    # 127 * 256 + 128 * 256 - 1 residential, 253 business less 11 excluded.
-    assert capsys.readouterr().out == f"{FULL_EXAMPLE}: OK (3 pools, 65521 addresses)\n"
+    # 127 * 256 + 128 * 256 - 1 residential, 253 business less 11 excluded, 255 * 256 - 1
+    # on VLANs.
+    assert capsys.readouterr().out == f"{FULL_EXAMPLE}: OK (4 pools, 130800 addresses)\n"
 
 
 def test_invalid_file_lists_every_error(invalid: Path, capsys: pytest.CaptureFixture[str]) -> None:
