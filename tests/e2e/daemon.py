@@ -38,7 +38,7 @@ pools:
     routers: [{server_id}]
     dns_servers: [{server_id}]
     lease_time: {lease_time}
-{timers}fastpath:
+{timers}{vlans}fastpath:
   enabled: {fastpath}
   pin_dir: {pin_dir}
 """
@@ -72,6 +72,7 @@ class Brushtaild:
         rebinding_time: int | None = None,
         fastpath: bool = False,
         trusted_relays: Sequence[str] = (),
+        vlans: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.link = link
@@ -105,6 +106,7 @@ class Brushtaild:
                     )
                     if value is not None
                 ),
+                vlans=f"    vlans: {json.dumps(list(vlans))}\n" if vlans else "",
                 fastpath="true" if fastpath else "false",
                 pin_dir=self.pin_dir,
             )
