@@ -83,6 +83,23 @@ def client_identity(msg: Message) -> bytes:
     return bytes((msg.htype,)) + msg.hwaddr
 
 
+def subscriber_identity(client_id: bytes, vlans: tuple[int, ...]) -> bytes:
+    """A client's identity in a pool that lists VLANs: its client identifier on its VLANs,
+    so the same MAC on two VLANs is two subscribers. The VLAN ids and their count follow
+    the identifier (2 + 1 bytes per VLAN and one), so the pair can be read back from the
+    end (wire_client_id) and no two pairs give the same identity."""
+    return client_id + b"".join(vid.to_bytes(2, "big") for vid in vlans) + bytes((len(vlans),))
+
+
+def wire_client_id(lease: Lease) -> bytes:
+    """The client identifier as the client sends it (what the XDP program compares), for
+    a lease whose identity may carry its VLANs (subscriber_identity)."""
+    trailer = subscriber_identity(b"", lease.vlans)
+    if lease.vlans and len(lease.client_id) > len(trailer) and lease.client_id.endswith(trailer):
+        return lease.client_id[: -len(trailer)]
+    return lease.client_id
+
+
 def _revoked(lease: Lease, address: int) -> bool:
     """Whether the client's `lease` of `address` was revoked. Handlers see one only before
     its old end: the table expires it at that time, before any request is handled."""
@@ -274,12 +291,15 @@ class Server:
         server_id = options.get(OptionCode.SERVER_ID)
         selector, by_118 = self._network_selector(msg, relay_subs)
         pools = self._pools_for(selector)
+        client_id = client_identity(msg)
         if not msg.giaddr:
             pools = self._on_link(pools, selector, ingress.vlans)
+            if any(alloc.pool.serves_vlans(ingress.vlans) for alloc in self._vlan_pools):
+                client_id = subscriber_identity(client_id, ingress.vlans)
         return ClientContext(
             message=msg,
             ingress=ingress,
-            client_id=client_identity(msg),
+            client_id=client_id,
             pools=pools,
             requested=opt.decode_ip(requested) if requested is not None else 0,
             server_id=opt.decode_ip(server_id) if server_id is not None else None,

@@ -27,7 +27,7 @@ from brushtaild.dhcp.constants import MessageType
 from brushtaild.engine.decisions import Decision, LeaseEventKind
 from brushtaild.engine.lease_table import paced
 from brushtaild.engine.leases import Lease
-from brushtaild.engine.server import Server
+from brushtaild.engine.server import Server, wire_client_id
 from brushtaild.xdp import maps
 
 log = logging.getLogger("brushtaild.xdp")
@@ -106,12 +106,13 @@ class Planner:
         if not server.renewable(lease, now):
             return None
         shape = self._shape(server, lease.pool, lease.prl)
-        if len(lease.hwaddr) != 6 or not maps.fits(lease.client_id, lease.prl) or shape is None:
+        client_id = wire_client_id(lease)
+        if len(lease.hwaddr) != 6 or not maps.fits(client_id, lease.prl) or shape is None:
             self.skipped += 1
             return None
         value = maps.pack_entry(
             shape,
-            client_id=lease.client_id,
+            client_id=client_id,
             hwaddr=lease.hwaddr,
             address=lease.address,
             expires_ns=clock.to_boot_ns(lease.expires),

@@ -5,16 +5,18 @@ destination."""
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from brushtaild.config.model import Config, VlanRange
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode, parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.engine.server import wire_client_id
 from brushtaild.xdp import maps
 from brushtaild.xdp.loader import Program
 from tests.bpf.frames import client_frame, decode_reply
@@ -27,9 +29,11 @@ from tests.bpf.harness import (
     RenewalLog,
     assert_same_reply,
     client_message,
+    default_config,
     frame_payload,
     options_in_order,
 )
+from tests.engine_helpers import make_pool
 
 MAC = bytes.fromhex("02b700000301")
 OTHER_MAC = bytes.fromhex("02b700000302")
@@ -397,10 +401,11 @@ def check(
     state: LeaseSetup,
     request: Request,
     note: Callable[[str], object] = lambda _: None,
+    config: Config | None = None,
 ) -> int:
     """Runs `request` against a fresh engine holding `state`; returns the kernel's verdict
     after checking it against the slow path. `note` hears what happened."""
-    fastpath = Fastpath(program, renewal_log)
+    fastpath = Fastpath(program, renewal_log, config)
     for relay in (RELAY_A, RELAY_B, RELAY_NOWHERE):
         # As if each had been answered before: the kernel knows their next hops.
         fastpath.know_relay(relay)
@@ -537,6 +542,35 @@ def test_kernel_passes_or_answers_as_the_slow_path(
     check(program, renewal_log, state, request, event)
 
 
+# The QinQ lines of S-VLAN 100 with C-VLAN 4094 have a pool of their own, on a subnet that
+# does not hold the server's address: their leases are made there, and those clients are
+# identified by their VLANs (the engine's subscriber_identity).
+VLAN_CONFIG = replace(
+    default_config(),
+    pools=(
+        *default_config().pools,
+        replace(
+            make_pool(name="qinq", subnet="192.0.2.0/24", first="192.0.2.10", last="192.0.2.19"),
+            vlans=(VlanRange(100, 100, 4094, 4094),),
+        ),
+    ),
+)
+
+
+@settings(
+    max_examples=200,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(state=lease_states, request=requests())
+def test_kernel_passes_or_answers_as_the_slow_path_with_a_vlan_pool(
+    program: Program, renewal_log: RenewalLog, state: LeaseSetup, request: Request
+) -> None:
+    check(program, renewal_log, state, request, event, VLAN_CONFIG)
+
+
 def current_lease(fastpath: Fastpath, first: Lease | None) -> Lease | None:
     """The client's bound lease now (the slow path may have moved it), else the first."""
     bound = [
@@ -556,8 +590,8 @@ def assert_entries_are_engine_leases(fastpath: Fastpath) -> None:
             continue  # the kernel no longer answers with it
         lease = fastpath.server.lease_at(maps.host32(entry.address))
         assert lease is not None and lease.active(fastpath.now), (key, lease)
-        assert lease.hwaddr == key.mac
-        assert bytes(entry.client_id[: entry.id_len]) == lease.client_id
+        assert (lease.hwaddr, lease.vlans) == (key.mac, key.vlans)
+        assert bytes(entry.client_id[: entry.id_len]) == wire_client_id(lease)
 
 
 @settings(
@@ -568,14 +602,19 @@ def assert_entries_are_engine_leases(fastpath: Fastpath) -> None:
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(state=lease_states, sequence=st.lists(requests(), min_size=2, max_size=4))
+@pytest.mark.parametrize("config", [None, VLAN_CONFIG], ids=["link pools", "a VLAN pool"])
 def test_exchanges_stay_in_agreement_as_the_daemon_runs_them(
-    program: Program, renewal_log: RenewalLog, state: LeaseSetup, sequence: list[Request]
+    program: Program,
+    renewal_log: RenewalLog,
+    state: LeaseSetup,
+    sequence: list[Request],
+    config: Config | None,
 ) -> None:
     """Several requests in a row, handled as the daemon does: a request the kernel passes
     goes to the engine (its decision synced to the maps); a kernel ACK's renewal is
     absorbed by the engine. At each step the kernel's answer is the slow path's, and every
     entry stays one of the engine's leases."""
-    fastpath = Fastpath(program, renewal_log)
+    fastpath = Fastpath(program, renewal_log, config)
     first = establish(fastpath, state)
     for request in sequence:
         frame = request_frame(fastpath, state, current_lease(fastpath, first), request)

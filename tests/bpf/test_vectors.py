@@ -6,11 +6,12 @@ import ctypes
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import pytest
 
+from brushtaild.config.model import VlanRange
 from brushtaild.daemon import clock
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import parse
@@ -18,6 +19,7 @@ from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.dhcp.reasons import DropReason
 from brushtaild.engine.leases import Lease
 from brushtaild.xdp import maps, stats
+from brushtaild.xdp.loader import Program
 from tests.bpf.frames import decode_reply
 from tests.bpf.harness import (
     BROADCAST_FLAG,
@@ -28,7 +30,9 @@ from tests.bpf.harness import (
     XDP_PASS,
     XDP_TX,
     Fastpath,
+    RenewalLog,
     assert_same_reply,
+    default_config,
     expected_destination,
     frame_payload,
     options_in_order,
@@ -36,6 +40,7 @@ from tests.bpf.harness import (
     with_option,
     without_option,
 )
+from tests.engine_helpers import make_pool
 from tests.vectors import CLIENTS, load_vector
 
 
@@ -384,3 +389,22 @@ def test_latency_is_sampled(fastpath: Fastpath) -> None:
     assert [fastpath.run(discover).retval for _ in range(runs)] == [XDP_TX] * runs
     sampled = sum(stats.read(fastpath.program).latency) - before
     assert 1 <= sampled <= runs // 16 + (os.cpu_count() or 1)
+
+
+def test_the_same_mac_on_two_listed_vlans_is_two_subscribers_in_the_kernel(
+    program: Program, renewal_log: RenewalLog
+) -> None:
+    """In a pool that lists VLANs a client is its identifier on its VLANs: two leases,
+    two entries keyed with the VLANs, each holding the identifier as the client sends it,
+    so the kernel answers each subscriber with its own address, as the slow path does."""
+    config = replace(default_config(), pools=(replace(make_pool(), vlans=(VlanRange(100, 101),)),))
+    fastpath = Fastpath(program, renewal_log, config)
+    client = by_name("udhcpc")
+    leases = [bind(fastpath, client, (vid,)) for vid in (100, 101)]
+    assert leases[0].address != leases[1].address
+    for lease in leases:
+        for kind, mtype in (("discover", MessageType.OFFER), ("request", MessageType.ACK)):
+            payload = client.payload(kind)
+            if kind == "request":
+                payload = with_option(payload, OptionCode.REQUESTED_ADDRESS, opt.ip(lease.address))
+            check_reply(fastpath, client.frame(fastpath, payload, vlans=lease.vlans), mtype, lease)

@@ -83,10 +83,10 @@ def stored_vlans(state_dir: Path, address: int) -> tuple[int, int]:
 def test_tagged_subscribers_get_and_renew_leases_with_their_tags(
     link: Link, tmp_path: Path, fastpath: bool
 ) -> None:
-    """One client, on VLAN 100 and then on QinQ 300.7 (one client: its lease moves with
-    it): DISCOVER, REQUEST and a unicast RENEWING REQUEST, each answered with the tags it
-    came with; the lease is stored with its VLANs. With the fast path, the renewal is
-    answered in the kernel once the lease's entry (keyed with the VLANs) is there."""
+    """One MAC on VLAN 100 and on QinQ 300.7, two subscribers of a pool that lists both:
+    DISCOVER, REQUEST and a unicast RENEWING REQUEST, each answered with the tags it came
+    with; each lease is stored with its VLANs. With the fast path, the renewal is answered
+    in the kernel once the lease's entry (keyed with the VLANs) is there."""
     if fastpath:
         sweep_stale_pins()
         attach_client_pass(link)
@@ -96,6 +96,7 @@ def test_tagged_subscribers_get_and_renew_leases_with_their_tags(
     server_id = opt.ip(opt.parse_ip(SERVER_IP))
     try:
         daemon.start(START_TIMEOUT)
+        addresses = set()
         with tagged_client(link) as sock:
             for n, (name, tcis) in enumerate(TAGGINGS.items()):
                 vids = tuple(tci & 0x0FFF for tci in tcis)
@@ -107,6 +108,7 @@ def test_tagged_subscribers_get_and_renew_leases_with_their_tags(
                 offer = exchange(sock, discover, tags, xid)
                 assert offer.message_type is MessageType.OFFER, name
                 address = offer.yiaddr
+                addresses.add(address)
                 request = message(
                     MessageType.REQUEST, mac, xid + 1,
                     requested_address=opt.ip(address), server_id=server_id,
@@ -132,6 +134,7 @@ def test_tagged_subscribers_get_and_renew_leases_with_their_tags(
                     time.sleep(0.25)
                 else:
                     raise AssertionError(f"{name}: no renewal answered in the kernel")
+        assert len(addresses) == len(TAGGINGS)
     finally:
         daemon.kill()
         if fastpath:

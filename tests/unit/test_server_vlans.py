@@ -8,8 +8,17 @@ from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.reasons import DropReason
 from brushtaild.engine.decisions import Ingress
-from brushtaild.engine.server import Server
-from tests.engine_helpers import INGRESS, SERVER, make_config, make_pool, only_reply, request
+from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.engine.server import Server, subscriber_identity, wire_client_id
+from tests.engine_helpers import (
+    INGRESS,
+    SERVER,
+    mac,
+    make_config,
+    make_pool,
+    only_reply,
+    request,
+)
 
 NOW = 1_000_000.0
 ip = opt.parse_ip
@@ -127,3 +136,26 @@ def test_a_kernel_renewal_on_other_vlans_is_stale() -> None:
     stale = server.kernel_renewal(lease.hwaddr, address, NOW + 7200, NOW, (151,))
     assert stale.drop is DropReason.STALE_RENEWAL
     assert server.kernel_renewal(lease.hwaddr, address, NOW + 7200, NOW, (150,)).drop is None
+
+
+def test_the_same_mac_on_two_listed_vlans_is_two_subscribers() -> None:
+    server = Server(CONFIG, [], NOW)
+    first, second = bind(server, 1, on(100)), bind(server, 1, on(101))
+    assert first != second
+    leases = [server.lease_at(first), server.lease_at(second)]
+    assert [lease.vlans for lease in leases if lease] == [(100,), (101,)]
+    # The kernel compares the identifier the client sends, without the VLANs.
+    assert {wire_client_id(lease) for lease in leases if lease} == {b"\x01" + mac(1)}
+    # On VLANs no pool lists (and untagged) a client is its identifier alone: one lease.
+    third = bind(server, 2, on(200))
+    assert bind(server, 2, INGRESS) == third
+
+
+def test_subscriber_identities_read_back_and_never_collide() -> None:
+    pairs = [(b"\x01ab", (100,)), (b"\x01ab\x00\x64", ()), (b"\x01a", (0x6264, 100)), (b"x", ())]
+    identities = {subscriber_identity(client_id, vlans) for client_id, vlans in pairs}
+    assert len(identities) == len(pairs)
+    for client_id, vlans in pairs:
+        lease = Lease(1, subscriber_identity(client_id, vlans), b"", "p", LeaseState.BOUND, 0, 0)
+        lease.vlans = vlans
+        assert wire_client_id(lease) == (client_id if vlans else lease.client_id)
