@@ -15,6 +15,7 @@ import pytest
 
 from brushtaild.engine.decisions import Destination, DestKind, Ingress
 from brushtaild.net.packet_io import PacketIO, Received
+from brushtaild.xdp import loader
 from tests.bpf.frames import client_frame
 from tests.e2e import netns
 from tests.e2e.netns import Link, in_netns
@@ -188,11 +189,22 @@ TAGGINGS = [
 ]
 
 
-def test_receives_tagged_requests_with_their_vlans(link: Link) -> None:
+def set_rx_vlan_offload(link: Link, on: bool) -> None:
+    with in_netns(link.server_ns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        flags = loader.ethtool_flags(sock, netns.SERVER_IF, loader.ETHTOOL_GFLAGS)
+        flags = flags | loader.ETH_FLAG_RXVLAN if on else flags & ~loader.ETH_FLAG_RXVLAN
+        loader.ethtool_flags(sock, netns.SERVER_IF, loader.ETHTOOL_SFLAGS, flags)
+        got = loader.ethtool_flags(sock, netns.SERVER_IF, loader.ETHTOOL_GFLAGS)
+    assert bool(got & loader.ETH_FLAG_RXVLAN) is on
+
+
+@pytest.mark.parametrize("offload", [True, False], ids=["rxvlan on", "rxvlan off"])
+def test_receives_tagged_requests_with_their_vlans(link: Link, offload: bool) -> None:
     """The kernel hands the packet socket the frame without its outer tag and the tag in
-    PACKET_AUXDATA (no fast path here, rx VLAN offload as the veth has it); an inner tag
-    stays in the frame. The tags read back are the ones sent, TPIDs and priority bits
-    included."""
+    PACKET_AUXDATA, whether rx VLAN offload is on (as without the fast path) or off (as the
+    fast path leaves it); an inner tag stays in the frame. The tags read back are the ones
+    sent, TPIDs and priority bits included."""
+    set_rx_vlan_offload(link, offload)
     mac = link.client_mac
     sub0 = link.ifindex(link.server_ns, netns.SERVER_IF)
     with server_io(link) as io, client_raw(link) as cli:
