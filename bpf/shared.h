@@ -17,6 +17,8 @@
 
 /* Lease entry flags. */
 #define BT_LEASE_HW_ID 1 /* identity is htype 1 + chaddr: a request without option 61 matches */
+#define BT_LEASE_BY_VLAN 2 /* its pool was chosen by the client's VLANs (the key's), not by
+			    * server_id: a request from the link without ciaddr is on it */
 
 /* Config slots (array "config"). Never renumbered: a new brushtaild reads the IFINDEX and
  * RENEWAL_LAYOUT slots of an older version's pinned config to take that version down. */

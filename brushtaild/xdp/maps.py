@@ -19,6 +19,7 @@ LATENCY_BUCKETS = 32
 PRL_ABSENT = 0
 PRL_MAX = 64
 LEASE_HW_ID = 1
+LEASE_BY_VLAN = 2
 
 CFG_SERVER_ID = 0
 CFG_RATE_COST = 1
@@ -262,6 +263,7 @@ class Shape:
     prl_hash: int
     offer_template: int
     ack_template: int
+    flags: int = 0  # LEASE_BY_VLAN for a pool that lists VLANs
 
 
 def pack_entry(
@@ -276,7 +278,7 @@ def pack_entry(
         shape.lease_time,
         shape.offer_template,
         shape.ack_template,
-        LEASE_HW_ID if hardware_identity(client_id, hwaddr) else 0,
+        shape.flags | (LEASE_HW_ID if hardware_identity(client_id, hwaddr) else 0),
         len(client_id),
         client_id,
     )

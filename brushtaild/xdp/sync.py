@@ -136,6 +136,7 @@ class Planner:
                     maps.prl_hash(prl),
                     offer,
                     ack,
+                    maps.LEASE_BY_VLAN if pool.vlans else 0,
                 )
         self._shapes[key] = shape
         return shape

@@ -557,6 +557,19 @@ VLAN_CONFIG = replace(
 )
 
 
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
+def test_a_vlan_pools_client_is_answered_in_every_state(
+    program: Program, renewal_log: RenewalLog, kind: tuple[int, str]
+) -> None:
+    """The QinQ pool's subnet does not hold the server's address: its clients' VLANs, not
+    server_id, chose it, and the kernel answers them as the slow path does (entry flag
+    BY_VLAN), DISCOVER and INIT-REBOOT included."""
+    mtype, rfc_state = kind
+    state = LeaseSetup("bound", "named", "dhclient", "direct", "QinQ")
+    request = Request(mtype, rfc_state, xid=7)
+    assert check(program, renewal_log, state, request, config=VLAN_CONFIG) == XDP_TX
+
+
 @settings(
     max_examples=200,
     derandomize=True,
