@@ -89,6 +89,12 @@ class LeaseEvent:
     address: int
     pool: str
     detail: str = ""
+    vlans: tuple[int, ...] = ()  # the VLAN ids the client came on, outer first
+
+    @property
+    def vlan_text(self) -> str:
+        """`100`, `100.7` (outer.inner), or empty for an untagged client."""
+        return ".".join(map(str, self.vlans))
 
 
 @dataclass(slots=True)

@@ -213,7 +213,14 @@ class Server:
             return decision
         decision.lease_writes.append(renewed)
         decision.events.append(
-            LeaseEvent(LeaseEventKind.ACK, renewed.client_id, hwaddr, address, renewed.pool)
+            LeaseEvent(
+                LeaseEventKind.ACK,
+                renewed.client_id,
+                hwaddr,
+                address,
+                renewed.pool,
+                vlans=renewed.vlans,
+            )
         )
         return decision
 
@@ -236,7 +243,14 @@ class Server:
             return decision
         self.table.revoke(lease, now, decision)
         decision.events.append(
-            LeaseEvent(LeaseEventKind.REVOKE, lease.client_id, lease.hwaddr, address, lease.pool)
+            LeaseEvent(
+                LeaseEventKind.REVOKE,
+                lease.client_id,
+                lease.hwaddr,
+                address,
+                lease.pool,
+                vlans=lease.vlans,
+            )
         )
         return decision
 
@@ -682,4 +696,6 @@ class Server:
     def _event(
         kind: LeaseEventKind, ctx: ClientContext, address: int, pool: str, detail: str = ""
     ) -> LeaseEvent:
-        return LeaseEvent(kind, ctx.client_id, ctx.message.hwaddr, address, pool, detail)
+        return LeaseEvent(
+            kind, ctx.client_id, ctx.message.hwaddr, address, pool, detail, ctx.ingress.vlans
+        )

@@ -4,6 +4,8 @@ VLANs, and which leases the fast path may answer for (docs/CONFIG.md, `vlans`)."
 from dataclasses import replace
 
 from brushtaild.config.model import Pool, VlanRange
+from brushtaild.daemon.journal import lease_entry
+from brushtaild.daemon.lease_log import format_event
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.reasons import DropReason
@@ -159,3 +161,16 @@ def test_subscriber_identities_read_back_and_never_collide() -> None:
         lease = Lease(1, subscriber_identity(client_id, vlans), b"", "p", LeaseState.BOUND, 0, 0)
         lease.vlans = vlans
         assert wire_client_id(lease) == (client_id if vlans else lease.client_id)
+
+
+def test_lease_events_name_the_vlans_in_the_log_and_the_journal() -> None:
+    server = Server(CONFIG, [], NOW)
+    decision = server.handle(request(MessageType.DISCOVER, 1), on(300, 7), NOW)
+    [event] = decision.events
+    assert event.vlans == (300, 7)
+    line = format_event(event, "slow")
+    assert line.endswith(" path=slow vlan=300.7")
+    assert b"\nLEASE_VLAN=300.7\n" in lease_entry(event, "slow")
+    untagged = server.handle(request(MessageType.DISCOVER, 2), INGRESS, NOW).events[0]
+    assert "vlan=" not in format_event(untagged, "slow")
+    assert b"LEASE_VLAN" not in lease_entry(untagged, "slow")
