@@ -357,11 +357,6 @@ int xdp_brushtail(struct xdp_md *ctx)
 		goto over_rate;
 	if (!parsed)
 		goto out;
-	/* The slow path's socket refuses every tagged frame; a priority tag is not untagged. */
-	result = BT_PASS_PRIORITY_TAG;
-	if ((tags > 0 && !key.outer_vlan) || (tags > 1 && !key.inner_vlan))
-		goto out;
-
 	result = BT_PASS_MESSAGE;
 	if (req->msg_type == DHCP_DISCOVER)
 		reply_type = DHCP_OFFER;
@@ -407,12 +402,14 @@ int xdp_brushtail(struct xdp_md *ctx)
 		/* The slow path's subnet selector, in its order (Server._network_selector), 118
 		 * aside; a link selection (from a trusted relay only) of 0.0.0.0 is still a
 		 * selection, of no subnet. A DISCOVER's ciaddr is 0 by RFC 2131 4.3.1 and does
-		 * not select. */
+		 * not select. Where server_id would select, a pool chosen by the client's VLANs
+		 * (the key's) is the client's network whatever its subnet (Server._on_link). */
 		__be32 selector = relay && relay->trusted && (req->seen & SEEN_SELECTOR) ?
 					  req->subnet_selection :
 					  b->giaddr ?: (reply_type == DHCP_ACK ? ciaddr : 0) ?: server_id;
 
-		if ((selector & lease->netmask) != lease->subnet)
+		if ((selector & lease->netmask) != lease->subnet &&
+		    !(selector == server_id && !b->giaddr && (lease->flags & BT_LEASE_BY_VLAN)))
 			goto out;
 	}
 	result = BT_PASS_PRL;

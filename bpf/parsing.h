@@ -109,14 +109,15 @@ static __always_inline int proto_is_vlan(__be16 proto)
 	return proto == htons(ETH_P_8021Q) || proto == htons(ETH_P_8021AD);
 }
 
-/* Ethernet and up to two VLAN tags; IDs go to outer/inner (0 when untagged). Returns the
- * number of tags, so a priority tag (VID 0) can be told from none. */
+/* Ethernet and up to two VLAN tags; their nonzero IDs go to outer/inner, in order (0: none),
+ * as the slow path reads them (packet_io.vlan_ids). Returns the number of tags. */
 static __always_inline int parse_ethhdr_vlan(struct cursor *c, struct ethhdr **eth,
 					     __u16 *outer, __u16 *inner, __be16 *proto)
 {
 	struct ethhdr *e = c->pos;
 	struct vlan_hdr *vlh;
 	__be16 p;
+	__u16 vid;
 	int i;
 
 	if ((void *)(e + 1) > c->end)
@@ -132,10 +133,12 @@ static __always_inline int parse_ethhdr_vlan(struct cursor *c, struct ethhdr **e
 			break;
 		if ((void *)(vlh + 1) > c->end)
 			return -1;
-		if (i == 0)
-			*outer = ntohs(vlh->tci) & VLAN_VID_MASK;
-		else
-			*inner = ntohs(vlh->tci) & VLAN_VID_MASK;
+		vid = ntohs(vlh->tci) & VLAN_VID_MASK;
+		/* A priority tag (VID 0) names no VLAN: the next tag, if any, is the outer one. */
+		if (vid && !*outer)
+			*outer = vid;
+		else if (vid)
+			*inner = vid;
 		p = vlh->encap_proto;
 		vlh++;
 	}

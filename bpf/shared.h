@@ -17,6 +17,8 @@
 
 /* Lease entry flags. */
 #define BT_LEASE_HW_ID 1 /* identity is htype 1 + chaddr: a request without option 61 matches */
+#define BT_LEASE_BY_VLAN 2 /* its pool was chosen by the client's VLANs (the key's), not by
+			    * server_id: a request from the link without ciaddr is on it */
 
 /* Config slots (array "config"). Never renumbered: a new brushtaild reads the IFINDEX and
  * RENEWAL_LAYOUT slots of an older version's pinned config to take that version down. */
@@ -59,7 +61,9 @@ enum bt_result {
 	BT_DROP_RATE_LIMIT = 15,
 	BT_DROP_MALFORMED = 16,     /* not a well-formed request (docs/DESIGN.md): never passed */
 	BT_PASS_SELECTOR = 17,     /* option 118, or 82 from a client: the slow path decides */
-	BT_PASS_PRIORITY_TAG = 18, /* a VLAN tag with VID 0, which the slow path refuses */
+	/* No longer counted: a VLAN tag with VID 0 names no VLAN, on both paths. The number
+	 * stays taken, so a pinned results map adopted across an upgrade keeps its meaning. */
+	BT_PASS_PRIORITY_TAG = 18,
 	BT_DROP_LINK_BUDGET = 19,  /* a new subscriber's DISCOVER over its link's budget */
 	BT_PASS_RELAY = 20,        /* a relay (giaddr) whose next hop userspace has not given */
 	BT_RESULTS = 21,

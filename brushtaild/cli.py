@@ -202,8 +202,9 @@ def _add_leases(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
         "leases",
         help="list leases, from the running daemon or (--store) the lease store",
         description="List the running daemon's leases in address order, LIMIT of them, "
-        "and how many matched. Filters combine. --circuit-id and --vlan are accepted but "
-        "not recorded per lease yet, so they match nothing; --site matches only this site "
+        "and how many matched. Filters combine. --vlan matches leases on that VLAN id, outer "
+        "or inner. --circuit-id is accepted but not recorded per lease yet, so it matches "
+        "nothing; --site matches only this site "
         "until replication exists. With --store (or --state-dir), read the lease store "
         "instead, read-only: works without the daemon; by default only bound leases and "
         "quarantined addresses, --all adds released, revoked and expired ones.",
@@ -214,7 +215,7 @@ def _add_leases(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
     parser.add_argument("--pool", help="pool name")
     parser.add_argument("--state", choices=STATES)
     parser.add_argument("--circuit-id", help="relay agent circuit id (not recorded yet)")
-    parser.add_argument("--vlan", type=int, help="VLAN id (not recorded yet)")
+    parser.add_argument("--vlan", type=int, help="VLAN id, outer or inner")
     parser.add_argument("--site", help="site name (only this site's leases are known)")
     parser.add_argument(
         "--limit",

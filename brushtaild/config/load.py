@@ -26,6 +26,7 @@ from brushtaild.config.model import (
     OptionSet,
     Pool,
     Reservation,
+    VlanRange,
     XdpMode,
     option_set,
 )
@@ -69,6 +70,7 @@ MAX_SOCKET_PATH = 107
 # Exclusions are stored expanded, one int per address; a bound keeps a typo such as a
 # /8-sized exclude from costing gigabytes. Shrinking `ranges` is the way to carve big holes.
 MAX_EXCLUDED_PER_POOL = 65536
+MAX_VID = 4094  # 4095 is reserved; 0 tags priority only (802.1p)
 # /31 and /32 have no addresses left once network and broadcast are taken out.
 LONGEST_PREFIX = 30
 
@@ -160,6 +162,28 @@ def _span_text(first: int, last: int) -> str:
     return _ip(first) if first == last else f"{_ip(first)}-{_ip(last)}"
 
 
+def _vlans_overlap(a: VlanRange, b: VlanRange) -> bool:
+    return (
+        a.outer_first <= b.outer_last
+        and b.outer_first <= a.outer_last
+        and a.inner_first <= b.inner_last
+        and b.inner_first <= a.inner_last
+    )
+
+
+def _vlan_text(r: VlanRange) -> str:
+    def span(first: int, last: int) -> str:
+        return str(first) if first == last else f"{first}-{last}"
+
+    outer = span(r.outer_first, r.outer_last)
+    if not r.inner_last:
+        return outer
+    inner = (
+        "*" if (r.inner_first, r.inner_last) == (1, MAX_VID) else span(r.inner_first, r.inner_last)
+    )
+    return f"{outer}.{inner}"
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
@@ -185,6 +209,7 @@ class _Parser:
     ranges: list[_Span] = field(default_factory=list)
     pool_names: dict[str, str] = field(default_factory=dict)
     subnets: list[tuple[IPv4Network, str]] = field(default_factory=list)
+    vlan_ranges: list[tuple[VlanRange, IPv4Network | str | None, str]] = field(default_factory=list)
 
     def fail(self, where: str, reason: str) -> None:
         self.errors.append((where, reason))
@@ -492,6 +517,7 @@ class _Parser:
             self.check_shared_networks(pools)
             if reservations is not None and server_id is not None:
                 self.check_reservations(pools, reservations, server_id)
+        self.check_vlans_across_pools()
         if (
             site is None
             or interface is None
@@ -632,6 +658,12 @@ class _Parser:
         )
         timers = self.timers(m, where, lease_time)
         shared_network = self.optional(m, where, "shared_network", self.name, None)
+        vlans = self.optional(
+            m, where, "vlans", self.list_of(self.vlan_range), _default(Pool, "vlans")
+        )
+        if vlans:
+            network = shared_network or subnet
+            self.vlan_ranges += [(r, network, f"{where}.vlans[{i}]") for i, r in enumerate(vlans)]
         if (
             name is None
             or subnet is None
@@ -642,6 +674,7 @@ class _Parser:
             or excluded is None
             or lease_time is None
             or timers is None
+            or vlans is None
         ):
             return None
         return Pool(
@@ -657,6 +690,7 @@ class _Parser:
             exclude=excluded,
             options=options,
             shared_network=shared_network,
+            vlans=vlans,
         )
 
     def pool_option(
@@ -677,6 +711,54 @@ class _Parser:
             self.fail(path, f"also given as {where}.{key}; give one of them")
             return None
         return parse(raw_options[name], path)
+
+    # -- VLANs -------------------------------------------------------------------------
+
+    def vlan_range(self, value: object, where: str) -> VlanRange | None:
+        """`100`, `100-199`, `100.7`, `100.7-9`, `100.*` or `100-199.*`: the outer VLAN
+        id(s), then for QinQ the inner one(s), `*` for any."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            self.wrong_type(where, 'VLAN id or range ("100", "100-199", "100.7", "100.*")', value)
+            return None
+        outer_text, dot, inner_text = value.partition(".")
+        outer = self.vid_span(outer_text, value, where)
+        if outer is None:
+            return None
+        if not dot:
+            return VlanRange(*outer)
+        inner = (
+            (1, MAX_VID) if inner_text.strip() == "*" else self.vid_span(inner_text, value, where)
+        )
+        return None if inner is None else VlanRange(*outer, *inner)
+
+    def vid_span(self, text: str, value: str, where: str) -> tuple[int, int] | None:
+        parts = [p.strip() for p in text.split("-")]
+        if len(parts) > 2 or not all(p.isdigit() for p in parts):
+            self.fail(where, f"{value!r} is not a VLAN id or range (100, 100-199, 100.7, 100.*)")
+            return None
+        first, last = int(parts[0]), int(parts[-1])
+        if not (1 <= first <= MAX_VID and 1 <= last <= MAX_VID):
+            self.fail(where, f"{value!r}: VLAN ids are 1-{MAX_VID} (0 tags priority, no VLAN)")
+            return None
+        if first > last:
+            self.fail(where, f"{value!r}: VLAN range starts after it ends")
+            return None
+        return first, last
+
+    def check_vlans_across_pools(self) -> None:
+        """A VLAN is one link: two pools may both list it only as one shared network (the
+        same subnet or `shared_network`); otherwise the client's pool would depend on file
+        order."""
+        for i, (a, a_network, a_where) in enumerate(self.vlan_ranges):
+            for b, b_network, b_where in self.vlan_ranges[:i]:
+                if a_network == b_network or not _vlans_overlap(a, b):
+                    continue
+                self.fail(
+                    a_where,
+                    f"overlaps {b_where} (VLANs {_vlan_text(b)}), a pool of another network",
+                )
 
     def domain(self, value: object, where: str) -> str | None:
         text = self.string(value, where)

@@ -69,6 +69,26 @@ def merge_options(*levels: OptionSet) -> OptionSet:
 
 
 @dataclass(frozen=True, slots=True)
+class VlanRange:
+    """Requests that came on these VLANs (`pools[].vlans`): an outer VLAN id in
+    outer_first..outer_last and, for QinQ, an inner one in inner_first..inner_last; an
+    inner range of 0..0 means one tag only. IDs are 1-4094 (a VID-0 tag names no VLAN)."""
+
+    outer_first: int
+    outer_last: int
+    inner_first: int = 0
+    inner_last: int = 0
+
+    def matches(self, vlans: tuple[int, ...]) -> bool:
+        outer, inner = (*vlans, 0, 0)[:2]
+        return (
+            bool(vlans)
+            and self.outer_first <= outer <= self.outer_last
+            and self.inner_first <= inner <= self.inner_last
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Pool:
     name: str  # unique; stored with each lease and labels per-pool metrics
     subnet: IPv4Network  # the clients' link; its mask and broadcast go out as options 1, 28
@@ -86,7 +106,13 @@ class Pool:
     shared_network: str | None = None
     # Every other option by name or code (`options:`). Never 3, 6 or 15: the loader puts
     # `options.routers`, `dns-servers` and `domain-name` in the fields above.
-    options: OptionSet = OptionSet()
+    options: OptionSet = NO_OPTIONS
+    # The VLANs whose clients (not relayed) this pool serves; empty: the link's own
+    # clients, untagged or on VLANs no pool lists (docs/CONFIG.md, "vlans").
+    vlans: tuple[VlanRange, ...] = ()
+
+    def serves_vlans(self, vlans: tuple[int, ...]) -> bool:
+        return any(r.matches(vlans) for r in self.vlans)
 
 
 @dataclass(frozen=True, slots=True)

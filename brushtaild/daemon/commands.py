@@ -26,7 +26,7 @@ DEFAULT_LIMIT = 100
 # An answer is built in memory and written by the loop: a few megabytes at most. A whole
 # million-lease table is for `brushtail leases --store`.
 MAX_LIMIT = 10_000
-NOT_RECORDED = "circuit-id and VLAN are not recorded per lease yet: no lease matches them"
+NOT_RECORDED = "circuit-id is not recorded per lease yet: no lease matches it"
 NO_PEERS = "none configured (replication is not available yet)"
 STATES = ("bound", "revoked", "released", "expired", "declined")
 
@@ -86,6 +86,7 @@ def lease_row(lease: Lease, now: float) -> dict[str, Any]:
         "mac": format_mac(lease.hwaddr),
         "pool": lease.pool,
         "client_id": lease.client_id.hex(),
+        "vlans": ".".join(map(str, lease.vlans)),  # outer.inner; empty: untagged
         "updated": lease.updated,
     }
 
@@ -96,7 +97,7 @@ def select_leases(candidates: Iterable[Lease], args: Args, now: float, site: str
     matched. For the daemon's leases and, with --store, the store's."""
     limit = _limit(args.get("limit"))
     notes = []
-    if args.get("circuit_id") is not None or args.get("vlan") is not None:
+    if args.get("circuit_id") is not None:
         notes.append(NOT_RECORDED)
         candidates = []
     elif args.get("site") not in (None, site):
@@ -104,7 +105,7 @@ def select_leases(candidates: Iterable[Lease], args: Args, now: float, site: str
         candidates = []
     mac = _mac(args["mac"]) if args.get("mac") is not None else None
     address = _address(args["address"]) if args.get("address") is not None else None
-    pool, state = args.get("pool"), args.get("state")
+    pool, state, vlan = args.get("pool"), args.get("state"), args.get("vlan")
     if state is not None and state not in STATES:
         raise CommandError(f"state must be one of {', '.join(STATES)}")
     matched = [
@@ -114,6 +115,7 @@ def select_leases(candidates: Iterable[Lease], args: Args, now: float, site: str
         and (address is None or lease.address == address)
         and (pool is None or lease.pool == pool)
         and (state is None or state_name(lease, now) == state)
+        and (vlan is None or vlan in lease.vlans)
     ]
     matched.sort(key=lambda lease: lease.address)
     return {

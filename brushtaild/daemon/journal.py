@@ -78,6 +78,8 @@ def lease_entry(event: LeaseEvent, path: str, common: bytes = b"") -> bytes:
     # An event outside any pool (a NAK for a foreign network) has none to match on.
     if event.pool:
         fields.append(f"POOL={event.pool}")
+    if event.vlans:
+        fields.append(f"LEASE_VLAN={event.vlan_text}")
     fields.append("")
     entry = "\n".join(fields).encode() + common
     if event.detail:

@@ -35,6 +35,8 @@ def format_event(event: LeaseEvent, path: str) -> str:
         f"{event.kind.value} client={event.client_id.hex()} mac={format_mac(event.hwaddr)} "
         f"ip={format_ip(event.address)} pool={event.pool or '-'} path={path}"
     )
+    if event.vlans:
+        text += f" vlan={event.vlan_text}"
     return f"{text} detail={event.detail!r}" if event.detail else text
 
 

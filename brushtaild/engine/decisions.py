@@ -20,7 +20,8 @@ class Ingress:
     src_mac: bytes
     src_ip: int
     dst_ip: int
-    vlans: tuple[int, ...] = ()
+    vlans: tuple[int, ...] = ()  # VLAN ids, outer first; priority tags (VID 0) name none
+    tags: bytes = b""  # the 802.1Q/802.1ad tags as received (TPID, TCI each), for the reply
 
     @property
     def l3_broadcast(self) -> bool:
@@ -90,6 +91,12 @@ class LeaseEvent:
     address: int
     pool: str
     detail: str = ""
+    vlans: tuple[int, ...] = ()  # the VLAN ids the client came on, outer first
+
+    @property
+    def vlan_text(self) -> str:
+        """`100`, `100.7` (outer.inner), or empty for an untagged client."""
+        return ".".join(map(str, self.vlans))
 
 
 @dataclass(slots=True)

@@ -358,10 +358,11 @@ class LeaseTable:
         prl: bytes | None,
         decision: Decision,
         host: int = 0,
+        vlans: tuple[int, ...] = (),
     ) -> Lease | None:
-        """Lease `address` to the client if it is the client's to take: its own active
-        lease, its own offer, or free. None if someone else holds it, or it is reserved
-        for another host (`may_bind` tells which)."""
+        """Lease `address` to the client (on `vlans`) if it is the client's to take: its
+        own active lease, its own offer, or free. None if someone else holds it, or it is
+        reserved for another host (`may_bind` tells which)."""
         if not self.may_bind(client_id, hwaddr, address, host):
             return None
         owner = self._by_address.get(address)
@@ -397,6 +398,7 @@ class LeaseTable:
             expires=now + alloc.pool.lease_time,
             updated=now,
             prl=prl,
+            vlans=vlans,
         )
         self._put(lease)
         decision.lease_writes.append(lease)

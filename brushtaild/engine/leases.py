@@ -30,6 +30,9 @@ class Lease:
     expires: float
     updated: float  # client last transaction time (cltt)
     prl: bytes | None = None  # option 55 of the client's last request, for the fast path
+    # The VLAN ids (outer first) its requests came on, the relay's for a relayed client:
+    # the XDP program keys the client's entry with them.
+    vlans: tuple[int, ...] = ()
 
     @property
     def occupies(self) -> bool:

@@ -93,6 +93,23 @@ def client_identity(msg: Message) -> bytes:
     return bytes((msg.htype,)) + msg.hwaddr
 
 
+def subscriber_identity(client_id: bytes, vlans: tuple[int, ...]) -> bytes:
+    """A client's identity in a pool that lists VLANs: its client identifier on its VLANs,
+    so the same MAC on two VLANs is two subscribers. The VLAN ids and their count follow
+    the identifier (2 + 1 bytes per VLAN and one), so the pair can be read back from the
+    end (wire_client_id) and no two pairs give the same identity."""
+    return client_id + b"".join(vid.to_bytes(2, "big") for vid in vlans) + bytes((len(vlans),))
+
+
+def wire_client_id(lease: Lease) -> bytes:
+    """The client identifier as the client sends it (what the XDP program compares), for
+    a lease whose identity may carry its VLANs (subscriber_identity)."""
+    trailer = subscriber_identity(b"", lease.vlans)
+    if lease.vlans and len(lease.client_id) > len(trailer) and lease.client_id.endswith(trailer):
+        return lease.client_id[: -len(trailer)]
+    return lease.client_id
+
+
 def _revoked(lease: Lease, address: int) -> bool:
     """Whether the client's `lease` of `address` was revoked. Handlers see one only before
     its old end: the table expires it at that time, before any request is handled."""
@@ -145,6 +162,8 @@ class Server:
             )
             for p in config.pools
         ]
+        self._vlan_pools = [allocators[p.name] for p in config.pools if p.vlans]
+        self._plain_pools = [allocators[p.name] for p in config.pools if not p.vlans]
         # Options by profile: a pool's name, or for a reserved host with options of its own
         # "pool/address" (made by _profile when first needed), with the pool it belongs to.
         self._options = {p.name: _pool_options(p) for p in config.pools}
@@ -196,21 +215,41 @@ class Server:
     def next_deadline(self) -> float | None:
         return self.table.next_deadline()
 
-    def kernel_renewal(self, hwaddr: bytes, address: int, expires: float, now: float) -> Decision:
+    def kernel_renewal(
+        self,
+        hwaddr: bytes,
+        address: int,
+        expires: float,
+        now: float,
+        vlans: tuple[int, ...] = (),
+    ) -> Decision:
         """Records a renewal the XDP fast path has already ACKed: the bound lease of
-        `address` held by the client with `hwaddr` now runs until `expires`. The decision
+        `address` held by the client with `hwaddr` on `vlans` now runs until `expires`. The
+        decision
         writes the lease and logs the ACK; it drops with STALE_RENEWAL when the address is
         no longer this client's to renew (changed by the slow path or a reload meanwhile):
         the caller then withdraws the kernel's entry, and the client's next request comes
         to the slow path."""
         decision = Decision()
-        renewed = self.table.renew(hwaddr, address, expires, now)
+        held = self.table.lease_at(address)
+        renewed = (
+            self.table.renew(hwaddr, address, expires, now)
+            if held is not None and held.vlans == vlans
+            else None
+        )
         if renewed is None:
             decision.drop = DropReason.STALE_RENEWAL
             return decision
         decision.lease_writes.append(renewed)
         decision.events.append(
-            LeaseEvent(LeaseEventKind.ACK, renewed.client_id, hwaddr, address, renewed.pool)
+            LeaseEvent(
+                LeaseEventKind.ACK,
+                renewed.client_id,
+                hwaddr,
+                address,
+                renewed.pool,
+                vlans=renewed.vlans,
+            )
         )
         return decision
 
@@ -233,12 +272,25 @@ class Server:
             return decision
         self.table.revoke(lease, now, decision)
         decision.events.append(
-            LeaseEvent(LeaseEventKind.REVOKE, lease.client_id, lease.hwaddr, address, lease.pool)
+            LeaseEvent(
+                LeaseEventKind.REVOKE,
+                lease.client_id,
+                lease.hwaddr,
+                address,
+                lease.pool,
+                vlans=lease.vlans,
+            )
         )
         return decision
 
     def renewable(self, lease: Lease, now: float) -> bool:
-        """Whether the fast path may answer for `lease` (see LeaseTable.renewable)."""
+        """Whether the fast path may answer for `lease` (see LeaseTable.renewable): not
+        when its VLANs no longer select its pool (a reload moved them), since the program
+        checks only the lease's subnet. (So a relayed lease in a pool that lists VLANs is
+        the slow path's: the lease does not say whether it was relayed.)"""
+        alloc = self.table.allocators.get(lease.pool)
+        if alloc is None or alloc not in self._for_vlans(lease.vlans):
+            return False
         return self.table.renewable(lease, now)
 
     def profile(self, lease: Lease) -> str:
@@ -302,8 +354,12 @@ class Server:
         requested = options.get(OptionCode.REQUESTED_ADDRESS)
         server_id = options.get(OptionCode.SERVER_ID)
         selector, by_118 = self._network_selector(msg, relay_subs)
-        client_id = client_identity(msg)
         pools = self._pools_for(selector)
+        client_id = client_identity(msg)
+        if not msg.giaddr:
+            pools = self._on_link(pools, selector, ingress.vlans)
+            if any(alloc.pool.serves_vlans(ingress.vlans) for alloc in self._vlan_pools):
+                client_id = subscriber_identity(client_id, ingress.vlans)
         return ClientContext(
             message=msg,
             ingress=ingress,
@@ -370,6 +426,30 @@ class Server:
     def _pools_for(self, address: int) -> list[PoolAllocator]:
         """The pools of the shared network whose subnet holds `address`, in config order."""
         return next((pools for net, mask, pools in self._subnets if address & mask == net), [])
+
+    def _for_vlans(self, vlans: tuple[int, ...]) -> list[PoolAllocator]:
+        """The pools that may serve a client on our own link that came on `vlans`: those
+        listing the VLANs if any does, else those listing none (docs/CONFIG.md, `vlans`)."""
+        tagged = [alloc for alloc in self._vlan_pools if alloc.pool.serves_vlans(vlans)]
+        if tagged:
+            return tagged
+        return self._plain_pools
+
+    def _on_link(
+        self, pools: list[PoolAllocator], selector: int, vlans: tuple[int, ...]
+    ) -> list[PoolAllocator]:
+        """Of `pools` (those whose subnet holds `selector`), the ones serving a client on
+        our own link that came on `vlans` (_for_vlans). Pools chosen by their VLANs are
+        the client's network whatever their subnets, unless ciaddr selects among them."""
+        eligible = self._for_vlans(vlans)
+        if selector == self.config.server_id and eligible and eligible[0].pool.vlans:
+            return eligible
+        return [alloc for alloc in pools if alloc in eligible]
+
+    def _link_pools(self, vlans: tuple[int, ...]) -> list[PoolAllocator]:
+        """The pools serving our own link's clients on `vlans`."""
+        server_id = self.config.server_id
+        return self._on_link(self._pools_for(server_id), server_id, vlans)
 
     @staticmethod
     def _pool_of(ctx: ClientContext, address: int) -> PoolAllocator | None:
@@ -467,7 +547,7 @@ class Server:
             # address: through a relay, or on our own link. Outside our ranges it may be
             # another server's lease: stay silent, as in INIT-REBOOT.
             alloc = self._pool_of(ctx, address)
-            own_link = self._pools_for(self.config.server_id)
+            own_link = self._link_pools(ctx.ingress.vlans)
             vouched = ctx.message.giaddr or self._on_network(own_link, address)
             if alloc is None or not vouched:
                 decision.drop = DropReason.NO_RECORD
@@ -498,6 +578,7 @@ class Server:
             msg.options.get(OptionCode.PARAMETER_REQUEST_LIST),
             decision,
             ctx.host,
+            ctx.ingress.vlans,
         )
         if lease is None:
             self._nak(ctx, decision, NakReason.ADDRESS_IN_USE)
@@ -717,4 +798,6 @@ class Server:
     def _event(
         kind: LeaseEventKind, ctx: ClientContext, address: int, pool: str, detail: str = ""
     ) -> LeaseEvent:
-        return LeaseEvent(kind, ctx.client_id, ctx.message.hwaddr, address, pool, detail)
+        return LeaseEvent(
+            kind, ctx.client_id, ctx.message.hwaddr, address, pool, detail, ctx.ingress.vlans
+        )

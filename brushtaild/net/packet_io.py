@@ -11,27 +11,39 @@ PACKET_IGNORE_OUTGOING keeps our own transmissions, notably relay replies to por
 looping back into the socket; the filter's packet-type check would reject them as well, but
 only after the kernel had cloned each one for us.
 
-The socket is bound with ETH_P_ALL rather than ETH_P_IP because only the ETH_P_ALL taps
-run on the parent interface before VLAN demultiplexing; that is where 802.1Q/QinQ support
-will come from. The kernel strips the outer tag before packet taps see the frame and
-reports it out of band (PACKET_AUXDATA, tp_vlan_tci); until that is read, the filter
-rejects tagged frames so they are never mistaken for untagged ones.
+VLANs (802.1Q, and QinQ: 802.1ad outer, 802.1Q inner). The socket is bound with ETH_P_ALL
+rather than ETH_P_IP because only the ETH_P_ALL taps run on the parent interface before
+VLAN demultiplexing, so tagged subscribers reach it without a VLAN interface each. The
+kernel always takes the outer tag off before packet taps see the frame, in hardware (rx
+VLAN offload) or else in software (skb_vlan_untag in the receive path), and reports it out
+of band: PACKET_AUXDATA gives it back as tp_vlan_tpid and tp_vlan_tci. An inner QinQ tag
+stays in the frame. So what this socket sees is the same whether or not the XDP fast path
+turned rx VLAN offload off (which only changes what the XDP program sees, and always runs
+before the tag is taken off): the frame without its outer tag, the filter included, which
+accepts IPv4 right after the MACs, or after one in-frame tag when an outer one was taken
+off (at most two tags, as the XDP program takes). The VLAN ids of a request are its tags'
+nonzero VIDs, outer first: a priority tag (VID 0, 802.1p) names no VLAN, so a client is the
+same subscriber with or without one, as the XDP program keys it (bpf/parsing.h). The tags
+as received (TPID and TCI, so priority bits too) go back on the reply frame.
 
 Send: BROADCAST and LINK_UNICAST replies go to clients that have no usable address, so
 they are built here as complete Ethernet/IPv4/UDP frames and written to the AF_PACKET
 socket: LINK_UNICAST reaches chaddr at yiaddr without ARP, as RFC 2131 section 4.1 asks.
 RELAY (giaddr:67) and UNICAST (ciaddr:68) replies go to hosts that have an address, so an
-ordinary UDP socket bound to (server_id, 67) sends them and the kernel routes and ARPs.
+ordinary UDP socket bound to (server_id, 67) sends them and the kernel routes and ARPs;
+except a UNICAST reply to a client that came tagged, which no route of ours reaches (no
+VLAN interfaces): it is framed here too, to the MAC the request came from, with its tags.
 That socket's receive queue is never read, so a drop-everything filter keeps it empty; it
 is bound all the same, because the bound port is what stops the kernel answering unicast
 requests (which we read from the raw socket) with ICMP port-unreachable.
 
 Requests that waited in the receive queue longer than a client waits for its answer are
 counted as stale instead of returned (the daemon picks the age; see main.MAX_QUEUE_AGE). The
-kernel stamps each frame as it arrives (SO_TIMESTAMPNS); reading the stamp takes recvmsg,
-about 2.5 times the cost of recv (some 2 us more per frame, bench/recv_timestamps.py), so
-only frames up to the first fresh one of a batch are read with it: the queue is FIFO, and
-every frame behind a fresh one is fresher.
+kernel stamps each frame as it arrives (SO_TIMESTAMPNS). Every frame is read with recvmsg,
+since the outer VLAN tag comes only as ancillary data (about 2.5 times the cost of recv,
+some 2 us more per frame, bench/recv_timestamps.py); the stamp is looked at only up to the
+first fresh frame of a batch: the queue is FIFO, and every frame behind a fresh one is
+fresher.
 
 Errors: BlockingIOError ends a batch (the queue is empty); any other error on receive
 (ENETDOWN after the link went down, ...) ends it too and is handed to the caller with what
@@ -56,18 +68,28 @@ from brushtaild.engine.decisions import Destination, DestKind, Ingress
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
+ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8
+VLAN_HLEN = 4
+VLAN_VID_MASK = 0x0FFF
 IPPROTO_UDP = 17
 
 # linux/if_packet.h; not all of them are exported by the socket module.
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
+PACKET_AUXDATA = 8
 PACKET_IGNORE_OUTGOING = 23
 PACKET_BROADCAST = 1
 SO_RCVBUFFORCE = 33
 # asm-generic/socket.h: the kernel's receive time as a struct timespec in a control message.
 SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("@qq")
-_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+# struct tpacket_auxdata: tp_status, tp_len, tp_snaplen, tp_mac, tp_net, tp_vlan_tci,
+# tp_vlan_tpid; the status bits say whether the tag fields hold a tag.
+_AUXDATA = struct.Struct("=IIIHHHH")
+TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_VLAN_TPID_VALID = 0x40
+_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_AUXDATA.size)
 
 RCVBUF_BYTES = 4 << 20
 
@@ -109,16 +131,16 @@ class Insn(NamedTuple):
     label: str | None = None
 
 
-def load_word_meta(offset: int) -> Insn:
-    return Insn(_BPF_LD | _BPF_W | _BPF_ABS, (_SKF_AD_OFF + offset) & 0xFFFFFFFF)
+def load_word_meta(offset: int, label: str | None = None) -> Insn:
+    return Insn(_BPF_LD | _BPF_W | _BPF_ABS, (_SKF_AD_OFF + offset) & 0xFFFFFFFF, label=label)
 
 
 def load_half(offset: int) -> Insn:
     return Insn(_BPF_LD | _BPF_H | _BPF_ABS, offset)
 
 
-def load_byte(offset: int) -> Insn:
-    return Insn(_BPF_LD | _BPF_B | _BPF_ABS, offset)
+def load_byte(offset: int, label: str | None = None) -> Insn:
+    return Insn(_BPF_LD | _BPF_B | _BPF_ABS, offset, label=label)
 
 
 def load_half_x(offset: int) -> Insn:
@@ -139,23 +161,36 @@ def ret(k: int, label: str) -> Insn:
     return Insn(_BPF_RET | _BPF_K, k, label=label)
 
 
-# IPv4 UDP to port 67, received as unicast to us or broadcast, untagged, and either
-# unfragmented or the first fragment: a first fragment still shows the port, and the
-# parser counts it as malformed; later fragments carry no UDP header to match on.
+def udp_to_server(l3: int, label: str) -> tuple[Insn, ...]:
+    """IPv4 at `l3` carrying UDP to port 67, unfragmented or the first fragment: a first
+    fragment still shows the port, and the parser counts it as malformed; later fragments
+    carry no UDP header to match on."""
+    return (
+        load_byte(l3 + 9, label),
+        jump(_BPF_JEQ, IPPROTO_UDP, false="drop"),
+        load_half(l3 + 6),
+        jump(_BPF_JSET, _IP_OFFSET, true="drop"),
+        load_x_ip_hlen(l3),
+        load_half_x(l3 + 2),
+        jump(_BPF_JEQ, SERVER_PORT, true="accept", false="drop"),
+    )
+
+
+# IPv4 UDP to port 67 (udp_to_server), received as unicast to us or broadcast, untagged or
+# with one tag left in the frame after the kernel took the outer one off (module docstring).
 DHCP_SERVER_FILTER: tuple[Insn, ...] = (
     load_word_meta(_SKF_AD_PKTTYPE),
     jump(_BPF_JGT, PACKET_BROADCAST, true="drop"),
-    load_word_meta(_SKF_AD_VLAN_TAG_PRESENT),
-    jump(_BPF_JEQ, 0, false="drop"),
     load_half(12),
-    jump(_BPF_JEQ, ETH_P_IP, false="drop"),
-    load_byte(ETH_HLEN + 9),
-    jump(_BPF_JEQ, IPPROTO_UDP, false="drop"),
-    load_half(ETH_HLEN + 6),
-    jump(_BPF_JSET, _IP_OFFSET, true="drop"),
-    load_x_ip_hlen(ETH_HLEN),
-    load_half_x(ETH_HLEN + 2),
-    jump(_BPF_JEQ, SERVER_PORT, false="drop"),
+    jump(_BPF_JEQ, ETH_P_IP, true="untagged"),
+    jump(_BPF_JEQ, ETH_P_8021Q, true="inner"),
+    jump(_BPF_JEQ, ETH_P_8021AD, true="inner", false="drop"),
+    load_word_meta(_SKF_AD_VLAN_TAG_PRESENT, label="inner"),
+    jump(_BPF_JEQ, 0, true="drop"),
+    load_half(12 + VLAN_HLEN),
+    jump(_BPF_JEQ, ETH_P_IP, true="tagged", false="drop"),
+    *udp_to_server(ETH_HLEN, "untagged"),
+    *udp_to_server(ETH_HLEN + VLAN_HLEN, "tagged"),
     ret(SNAPLEN, label="accept"),
     ret(0, label="drop"),
 )
@@ -211,17 +246,30 @@ def checksum_field(residue: int) -> int:
 
 # --- frame parsing -------------------------------------------------------------------------
 
-# Ethertype, then the IPv4 header up to the addresses.
-_ETH_IP = struct.Struct("!HBxHxxHxBxxII")
+# The IPv4 header up to the addresses.
+_IP = struct.Struct("!BxHxxHxBxxII")
 _UDP = struct.Struct("!xxxxHxx")
-_ETH_IP_OFFSET = 12
+_TAG = struct.Struct("!HH")
+_ETHERTYPE = struct.Struct("!H")
+_VLAN_TPIDS = (ETH_P_8021Q, ETH_P_8021AD)
 
 
-def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ingress] | None:
+def vlan_ids(tags: bytes) -> tuple[int, ...]:
+    """The VLAN ids that `tags` (TPID and TCI each, outer first) name: their nonzero VIDs.
+    A priority tag (VID 0) names no VLAN, as in the XDP program (bpf/parsing.h)."""
+    return tuple(vid for _tpid, tci in _TAG.iter_unpack(tags) if (vid := tci & VLAN_VID_MASK))
+
+
+def parse_frame(
+    frame: bytearray, length: int, ifindex: int, outer_tag: bytes = b""
+) -> tuple[bytes, Ingress] | None:
     """The UDP payload and its Ingress, or None if `frame[:length]` is not one well-formed
     datagram: docs/DESIGN.md, "Well-formed requests", the rules the XDP program applies too
     (bpf/parsing.h), so neither path takes a frame the other refuses. The payload's own rules
     (the BOOTP header, the cookie) are the codec's, which counts each by its reason.
+
+    `outer_tag` is the tag the kernel took off (TPID and TCI, from PACKET_AUXDATA), empty
+    for an untagged frame; one more tag may follow in the frame (QinQ), not without it.
 
     The IPv4 datagram must end where the frame ends and the UDP datagram where the IPv4 one
     does: bytes after either are not part of the request, and only one reading of a frame
@@ -229,31 +277,64 @@ def parse_frame(frame: bytearray, length: int, ifindex: int) -> tuple[bytes, Ing
     Fragments are malformed: DHCP messages never need fragmenting, and reassembling in user
     space would be an amplification target.
     """
-    if length < ETH_HLEN + IP_MIN_HLEN + UDP_HLEN:
+    l3 = ETH_HLEN
+    tags = outer_tag
+    if length < l3 + IP_MIN_HLEN + UDP_HLEN:
         return None
-    ethertype, ver_ihl, total_len, frag, proto, src_ip, dst_ip = _ETH_IP.unpack_from(
-        frame, _ETH_IP_OFFSET
-    )
+    (ethertype,) = _ETHERTYPE.unpack_from(frame, l3 - 2)
+    if outer_tag and ethertype in _VLAN_TPIDS:
+        tags += bytes(frame[l3 - 2 : l3 + 2])
+        l3 += VLAN_HLEN
+        if length < l3 + IP_MIN_HLEN + UDP_HLEN:
+            return None
+        (ethertype,) = _ETHERTYPE.unpack_from(frame, l3 - 2)
+    ver_ihl, total_len, frag, proto, src_ip, dst_ip = _IP.unpack_from(frame, l3)
     ip_hlen = (ver_ihl & 0x0F) << 2
-    l4 = ETH_HLEN + ip_hlen
+    l4 = l3 + ip_hlen
     if (
         ethertype != ETH_P_IP
         or ver_ihl >> 4 != 4
         or ip_hlen < IP_MIN_HLEN
-        or ETH_HLEN + total_len != length
+        or l3 + total_len != length
         or total_len < ip_hlen + UDP_HLEN
         or frag & _IP_MF_OR_OFFSET
         or proto != IPPROTO_UDP
         # Inlined residue (see internet_checksum_residue): the header length is a multiple of
         # four, so no odd-byte padding, and a valid header sums to 0xffff, residue 0.
-        or int.from_bytes(frame[ETH_HLEN:l4], "big") % 0xFFFF
+        or int.from_bytes(frame[l3:l4], "big") % 0xFFFF
     ):
         return None
     (udp_len,) = _UDP.unpack_from(frame, l4)
     if udp_len != total_len - ip_hlen:
         return None
     payload = bytes(memoryview(frame)[l4 + UDP_HLEN : length])
-    return payload, Ingress(ifindex, bytes(frame[6:12]), src_ip, dst_ip)
+    ingress = Ingress(ifindex, bytes(frame[6:12]), src_ip, dst_ip, vlan_ids(tags), tags)
+    return payload, ingress
+
+
+def received_at(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """The kernel's receive time of a frame (Unix seconds), from its SO_TIMESTAMPNS control
+    message; with none (never seen on Linux) the frame counts as fresh rather than lost."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return float(seconds + nanoseconds / 1e9)
+    return float("inf")
+
+
+def outer_tag(ancillary: list[tuple[int, int, bytes]]) -> bytes:
+    """The tag the kernel took off a received frame (TPID and TCI), from its PACKET_AUXDATA
+    control message; empty when it had none. A kernel that does not say which TPID it was
+    (TP_STATUS_VLAN_TPID_VALID) saw an 802.1Q one."""
+    for level, kind, data in ancillary:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA:
+            status, _len, _snaplen, _mac, _net, tci, tpid = _AUXDATA.unpack_from(data)
+            if not status & TP_STATUS_VLAN_VALID:
+                return b""
+            if not status & TP_STATUS_VLAN_TPID_VALID:
+                tpid = ETH_P_8021Q
+            return _TAG.pack(tpid, tci)
+    return b""
 
 
 # --- the sockets ---------------------------------------------------------------------------
@@ -311,6 +392,7 @@ class PacketIO:
             attach_filter(sock, DHCP_SERVER_FILTER)
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
             except PermissionError:
@@ -349,67 +431,66 @@ class PacketIO:
         before `stale_before` (Unix seconds) are counted, not returned."""
         received = Received()
         frames = received.frames
-        recv_into = self._raw.recv_into
+        recvmsg_into = self._raw.recvmsg_into
+        buffers = [self._recv_buf]
         buf = self._recv_buf
         ifindex = self.ifindex
         fresh = False
         for _ in range(limit):
             try:
-                if fresh:
-                    length = recv_into(buf)
-                else:
-                    length, stamp = self._receive_stamped()
-                    if stamp < stale_before:
-                        received.stale += 1
-                        continue
-                    fresh = True
+                length, ancillary, _flags, _addr = recvmsg_into(buffers, _CMSG_SPACE)
             except BlockingIOError:
                 break
             except OSError as exc:
                 received.error = exc
                 break
-            parsed = parse_frame(buf, length, ifindex)
+            if not fresh:
+                if received_at(ancillary) < stale_before:
+                    received.stale += 1
+                    continue
+                fresh = True
+            parsed = parse_frame(buf, length, ifindex, outer_tag(ancillary))
             if parsed is None:
                 received.malformed += 1
             else:
                 frames.append(parsed)
         return received
 
-    def _receive_stamped(self) -> tuple[int, float]:
-        """One frame into the receive buffer: its length and the kernel's receive time."""
-        length, ancillary, _flags, _addr = self._raw.recvmsg_into([self._recv_buf], _CMSG_SPACE)
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-                return length, seconds + nanoseconds / 1e9
-        # No stamp (never seen on Linux): count the frame as fresh rather than lose it.
-        return length, float("inf")
-
     def send(self, payload: bytes, dest: Destination, ingress: Ingress) -> None:
-        if ingress.ifindex != self.ifindex or ingress.vlans:
+        if ingress.ifindex != self.ifindex:
             raise ValueError(f"reply for ingress {ingress} cannot leave via {self.ifname}")
         kind = dest.kind
-        if kind is DestKind.RELAY or kind is DestKind.UNICAST:
+        if kind is DestKind.RELAY or (kind is DestKind.UNICAST and not ingress.tags):
             self._udp.sendto(payload, (socket.inet_ntoa(dest.ip.to_bytes(4, "big")), dest.port))
             return
-        if kind is DestKind.BROADCAST:
+        if kind is DestKind.UNICAST:
+            mac = ingress.src_mac
+        elif kind is DestKind.BROADCAST:
             mac = _BROADCAST_MAC
         elif len(dest.mac) == 6:
             mac = dest.mac
         else:
             raise ValueError(f"link unicast needs a 6-byte MAC, got {dest.mac.hex()!r}")
-        self._raw.send(self._build_frame(payload, mac, dest.ip, dest.port))
+        self._raw.send(self._build_frame(payload, mac, dest.ip, dest.port, ingress.tags))
 
-    def _build_frame(self, payload: bytes, mac: bytes, ip: int, port: int) -> memoryview:
+    def _build_frame(
+        self, payload: bytes, mac: bytes, ip: int, port: int, tags: bytes = b""
+    ) -> memoryview:
+        """The reply frame in the send buffer: Ethernet, `tags` as given (outer first),
+        IPv4, UDP, `payload`."""
         buf = self._send_buf
+        l2 = len(tags)
         udp_len = UDP_HLEN + len(payload)
-        end = _FRAME_HEADERS + len(payload)
+        headers = l2 + _FRAME_HEADERS
+        end = headers + len(payload)
         if end > SNAPLEN:
             raise ValueError(f"payload of {len(payload)} bytes does not fit one IPv4 datagram")
         self._ip_id = (self._ip_id + 1) & 0xFFFF
+        # Packed after room for the tags; the MACs then move to the front and the tags
+        # go between them and the ethertype.
         _REPLY_HEADERS.pack_into(
             buf,
-            0,
+            l2,
             mac,
             self.mac,
             ETH_P_IP,
@@ -428,15 +509,18 @@ class PacketIO:
             udp_len,
             0,  # checksum, filled in below
         )
-        buf[_FRAME_HEADERS:end] = payload
+        if tags:
+            buf[:12] = buf[l2 : l2 + 12]
+            buf[12 : 12 + l2] = tags
+        buf[headers:end] = payload
         view = self._send_view
-        ip_residue = internet_checksum_residue(view[ETH_HLEN:_UDP_OFFSET])
-        _CHECKSUM.pack_into(buf, _IP_CHECKSUM_OFFSET, checksum_field(ip_residue))
+        ip_residue = internet_checksum_residue(view[l2 + ETH_HLEN : l2 + _UDP_OFFSET])
+        _CHECKSUM.pack_into(buf, l2 + _IP_CHECKSUM_OFFSET, checksum_field(ip_residue))
         # Pseudo-header: the two addresses sit in the IP header right before the UDP header,
         # so one residue covers them, the UDP header and the payload; add protocol and length.
-        residue = internet_checksum_residue(view[_PSEUDO_ADDRS_OFFSET:end])
+        residue = internet_checksum_residue(view[l2 + _PSEUDO_ADDRS_OFFSET : end])
         udp_sum = checksum_field((residue + IPPROTO_UDP + udp_len) % 0xFFFF)
-        _CHECKSUM.pack_into(buf, _UDP_CHECKSUM_OFFSET, udp_sum)
+        _CHECKSUM.pack_into(buf, l2 + _UDP_CHECKSUM_OFFSET, udp_sum)
         return view[:end]
 
     def kernel_drops(self) -> int:

@@ -48,12 +48,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # The client's parameter request list (option 55) as last seen, or NULL when it sent
     # none: the XDP fast path answers with options rendered for exactly that list.
     ("ALTER TABLE lease ADD COLUMN prl BLOB",),
+    # The VLAN ids the client's requests came on (0: none), so its kernel entry is keyed
+    # with them; leases made before VLANs were served have none.
+    (
+        "ALTER TABLE lease ADD COLUMN outer_vlan INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE lease ADD COLUMN inner_vlan INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _UPSERT = """
-    INSERT INTO lease (address, client_id, hwaddr, pool, state, expires, updated, prl)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO lease (address, client_id, hwaddr, pool, state, expires, updated, prl,
+                       outer_vlan, inner_vlan)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (address) DO UPDATE SET
         client_id = excluded.client_id,
         hwaddr = excluded.hwaddr,
@@ -61,12 +68,14 @@ _UPSERT = """
         state = excluded.state,
         expires = excluded.expires,
         prl = excluded.prl,
+        outer_vlan = excluded.outer_vlan,
+        inner_vlan = excluded.inner_vlan,
         updated = excluded.updated
 """
 _DELETE = "DELETE FROM lease WHERE address = ?"
 _SELECT_ALL = (
-    "SELECT address, client_id, hwaddr, pool, state, expires, updated, prl"
-    " FROM lease ORDER BY address"
+    "SELECT address, client_id, hwaddr, pool, state, expires, updated, prl, outer_vlan,"
+    " inner_vlan FROM lease ORDER BY address"
 )
 
 # A dict lookup is several times cheaper than LeaseState(n), which matters at 1M rows.
@@ -228,10 +237,20 @@ def _select_all(conn: sqlite3.Connection, path: Path) -> list[Lease]:
                 expires,
                 updated,
                 prls.setdefault(prl, prl) if prl is not None else None,
+                vlan_ids(outer, inner),
             )
-            for address, client_id, hwaddr, pool, state, expires, updated, prl in conn.execute(
-                _SELECT_ALL
-            )
+            for (
+                address,
+                client_id,
+                hwaddr,
+                pool,
+                state,
+                expires,
+                updated,
+                prl,
+                outer,
+                inner,
+            ) in conn.execute(_SELECT_ALL)
         ]
     except sqlite3.Error as e:
         raise StoreError(f"lease store {path}: load failed: {_describe(e)}") from e
@@ -241,10 +260,16 @@ def _select_all(conn: sqlite3.Connection, path: Path) -> list[Lease]:
         ) from e
 
 
+def vlan_ids(outer: int, inner: int) -> tuple[int, ...]:
+    """A lease's VLAN ids from its two columns (0: none)."""
+    return (outer, inner) if inner else (outer,) if outer else ()
+
+
 def _rows(
     writes: Sequence[Lease],
-) -> Iterator[tuple[int, bytes, bytes, str, int, float, float, bytes | None]]:
+) -> Iterator[tuple[int, bytes, bytes, str, int, float, float, bytes | None, int, int]]:
     for lease in writes:
+        outer, inner = (*lease.vlans, 0, 0)[:2]
         yield (
             lease.address,
             lease.client_id,
@@ -254,6 +279,8 @@ def _rows(
             lease.expires,
             lease.updated,
             lease.prl,
+            outer,
+            inner,
         )
 
 

@@ -59,7 +59,8 @@ def recorded(
     accepted = Decision()
     refused = []
     for renewal in renewals:
-        renewed = server.kernel_renewal(renewal.key[:6], renewal.address, renewal.expires, now)
+        key = maps.Key.from_ctype(maps.ClientKey.from_buffer_copy(renewal.key))
+        renewed = server.kernel_renewal(key.mac, renewal.address, renewal.expires, now, key.vlans)
         if renewed.drop is not None:
             refused.append((renewal, renewed))
             continue

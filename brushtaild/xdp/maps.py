@@ -19,6 +19,7 @@ LATENCY_BUCKETS = 32
 PRL_ABSENT = 0
 PRL_MAX = 64
 LEASE_HW_ID = 1
+LEASE_BY_VLAN = 2
 
 CFG_SERVER_ID = 0
 CFG_RATE_COST = 1
@@ -62,7 +63,7 @@ class Result(IntEnum):
     RATE_LIMIT = 15
     MALFORMED = 16
     SELECTOR = 17
-    PRIORITY_TAG = 18
+    PRIORITY_TAG = 18  # no longer counted; the number stays taken (bpf/shared.h)
     LINK_BUDGET = 19
     RELAY = 20
 
@@ -226,6 +227,11 @@ class Key:
     def packed(self) -> bytes:
         return KEY_FORMAT.pack(self.mac, self.outer_vlan, self.inner_vlan, 0)
 
+    @property
+    def vlans(self) -> tuple[int, ...]:
+        """The VLAN ids as the slow path holds them (Ingress.vlans, Lease.vlans)."""
+        return tuple(vid for vid in (self.outer_vlan, self.inner_vlan) if vid)
+
     def ctype(self) -> ClientKey:
         return ClientKey.from_buffer_copy(self.packed())
 
@@ -257,6 +263,7 @@ class Shape:
     prl_hash: int
     offer_template: int
     ack_template: int
+    flags: int = 0  # LEASE_BY_VLAN for a pool that lists VLANs
 
 
 def pack_entry(
@@ -271,7 +278,7 @@ def pack_entry(
         shape.lease_time,
         shape.offer_template,
         shape.ack_template,
-        LEASE_HW_ID if hardware_identity(client_id, hwaddr) else 0,
+        shape.flags | (LEASE_HW_ID if hardware_identity(client_id, hwaddr) else 0),
         len(client_id),
         client_id,
     )

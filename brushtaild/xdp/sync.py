@@ -27,7 +27,7 @@ from brushtaild.dhcp.constants import MessageType
 from brushtaild.engine.decisions import Decision, LeaseEventKind
 from brushtaild.engine.lease_table import paced
 from brushtaild.engine.leases import Lease
-from brushtaild.engine.server import Server
+from brushtaild.engine.server import Server, wire_client_id
 from brushtaild.xdp import maps
 
 log = logging.getLogger("brushtaild.xdp")
@@ -106,17 +106,18 @@ class Planner:
         if not server.renewable(lease, now):
             return None
         shape = self._shape(server, server.profile(lease), lease.prl)
-        if len(lease.hwaddr) != 6 or not maps.fits(lease.client_id, lease.prl) or shape is None:
+        client_id = wire_client_id(lease)
+        if len(lease.hwaddr) != 6 or not maps.fits(client_id, lease.prl) or shape is None:
             self.skipped += 1
             return None
         value = maps.pack_entry(
             shape,
-            client_id=lease.client_id,
+            client_id=client_id,
             hwaddr=lease.hwaddr,
             address=lease.address,
             expires_ns=clock.to_boot_ns(lease.expires),
         )
-        return key_bytes(lease.hwaddr), value
+        return key_bytes(lease.hwaddr, *lease.vlans), value
 
     def _shape(self, server: Server, profile: str, prl: bytes | None) -> maps.Shape | None:
         """What entries of leases rendered with `profile` (a pool, or a reserved host with
@@ -136,6 +137,7 @@ class Planner:
                 maps.prl_hash(prl),
                 offer,
                 ack,
+                maps.LEASE_BY_VLAN if pool.vlans else 0,
             )
         self._shapes[key] = shape
         return shape

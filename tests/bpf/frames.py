@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from brushtaild.dhcp.codec import parse
 from brushtaild.dhcp.constants import Op
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
+from brushtaild.net import packet_io
 from brushtaild.net.packet_io import parse_frame
 
 ETH_P_IP = 0x0800
@@ -64,6 +65,53 @@ def client_frame(
     for tpid, vid in zip(tpids, vlans, strict=False):
         eth += struct.pack("!HH", tpid, vid)
     return eth + struct.pack("!H", ETH_P_IP) + ip + udp
+
+
+def as_received(frame: bytes) -> tuple[bytes, bytes]:
+    """`frame` as a packet socket reads it, and the tag the kernel took off (TPID and TCI, as
+    PACKET_AUXDATA gives it; empty for an untagged frame): the outer tag, if any, is gone
+    from the frame, and any inner one stays."""
+    if struct.unpack_from("!H", frame, 12)[0] not in (ETH_P_8021Q, ETH_P_8021AD):
+        return frame, b""
+    return frame[:12] + frame[16:], frame[12:16]
+
+
+def run_filter(program: tuple[packet_io.Insn, ...], frame: bytes, *, pkttype: int = 0,
+               tag_present: bool = False) -> int:  # fmt: skip
+    """What the kernel's classic-BPF interpreter returns for `frame` (the snap length, 0 to
+    drop): the instructions packet_io emits, decoded from their assembled bytes."""
+    meta = {packet_io._SKF_AD_PKTTYPE: pkttype,
+            packet_io._SKF_AD_VLAN_TAG_PRESENT: int(tag_present)}  # fmt: skip
+    insns = list(struct.iter_unpack("=HBBI", packet_io.assemble(program)))
+    a = x = pc = 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        pc += 1
+        if code & 0x07 == 0x06:  # ret
+            return k
+        if code & 0x07 == 0x05:  # jmp, against k
+            taken = {0x10: a == k, 0x20: a > k, 0x40: bool(a & k)}[code & 0xF0]
+            pc += jt if taken else jf
+            continue
+        if code == 0xB1:  # ldx msh
+            x = (frame[k] & 0x0F) * 4
+            continue
+        if k >= 1 << 31:  # ancillary load
+            a = meta[k - (1 << 32) - packet_io._SKF_AD_OFF]
+            continue
+        offset = k + (x if code & 0xE0 == 0x40 else 0)
+        size = {0x00: 4, 0x08: 2, 0x10: 1}[code & 0x18]
+        if offset + size > len(frame):
+            return 0
+        a = int.from_bytes(frame[offset : offset + size], "big")
+
+
+def filtered(frame: bytes, pkttype: int = 0) -> bool:
+    """Whether the socket's filter takes `frame` as the kernel hands it over; `pkttype` as
+    the kernel classifies it (0 to this host, 1 broadcast, 3 to another host)."""
+    received, outer = as_received(frame)
+    program = packet_io.DHCP_SERVER_FILTER
+    return bool(run_filter(program, received, pkttype=pkttype, tag_present=bool(outer)))
 
 
 def ip_offset(frame: bytes) -> int:
@@ -190,7 +238,8 @@ def refusal(frame: bytes) -> DropReason | None:
     """Why the daemon drops `frame` (after its socket filter) before the engine decides on
     it, as the daemon checks it: parse_frame, the codec, the engine's first check (a
     BOOTREPLY); None if it gets that far."""
-    parsed = parse_frame(bytearray(frame), len(frame), 1)
+    received, outer = as_received(frame)
+    parsed = parse_frame(bytearray(received), len(received), 1, outer)
     if parsed is None:
         return DropReason.BAD_FRAME
     try:

@@ -29,7 +29,14 @@ from brushtaild.xdp import libbpf, maps, stats
 from brushtaild.xdp.loader import Program
 from brushtaild.xdp.relays import REFRESH_INTERVAL, Relays
 from brushtaild.xdp.sync import MapSync
-from tests.bpf.frames import BROADCAST_MAC, ETH_P_IP, client_frame, decode_reply
+from tests.bpf.frames import (
+    BROADCAST_MAC,
+    ETH_P_IP,
+    as_received,
+    client_frame,
+    decode_reply,
+    filtered,
+)
 from tests.engine_helpers import SERVER, make_config, make_pool
 
 XDP_DROP = 1
@@ -267,7 +274,8 @@ class Fastpath:
         for event in events:
             address = maps.host32(event.address)
             expires = clock.from_boot_ns(event.expires_ns)
-            renewed = self.server.kernel_renewal(bytes(event.key)[:6], address, expires, self.now)
+            key = maps.Key.from_ctype(event.key)
+            renewed = self.server.kernel_renewal(key.mac, address, expires, self.now, key.vlans)
             if renewed.drop is not None:
                 self.sync.withdraw(address)
             else:
@@ -281,13 +289,16 @@ class Fastpath:
         options: dict[int, bytes] | None = None,
         giaddr: int = 0,
         now: float | None = None,
+        vlans: tuple[int, ...] = (),
     ) -> Lease:
         """A bound lease for `mac`, made by a DISCOVER/REQUEST exchange with the engine
-        (SELECTING) and installed in the maps. `options` go into both messages (61, 55,
-        82, 118 ...)."""
+        (SELECTING) on `vlans` and installed in the maps. `options` go into both messages
+        (61, 55, 82, 118 ...)."""
         extra = dict(options or {})
         discover = client_message(MessageType.DISCOVER, mac, giaddr=giaddr, extra=extra)
-        offer = self.slow_path(self.frame(encode(discover), mac=mac, relay=bool(giaddr)), now=now)
+        offer = self.slow_path(
+            self.frame(encode(discover), mac=mac, relay=bool(giaddr), vlans=vlans), now=now
+        )
         assert offer is not None and offer.replies, offer
         yiaddr = offer.replies[0].message.yiaddr
         request = client_message(
@@ -300,7 +311,9 @@ class Fastpath:
                 OptionCode.SERVER_ID: opt.ip(self.config.server_id),
             },
         )
-        ack = self.slow_path(self.frame(encode(request), mac=mac, relay=bool(giaddr)), now=now)
+        ack = self.slow_path(
+            self.frame(encode(request), mac=mac, relay=bool(giaddr), vlans=vlans), now=now
+        )
         assert ack is not None and len(ack.lease_writes) == 1, ack
         return ack.lease_writes[0]
 
@@ -368,17 +381,15 @@ def client_message(
 def received(frame: bytes) -> tuple[bytes, Any] | None:
     """The DHCP payload and Ingress the daemon's socket would deliver for `frame`, or None.
 
-    Its classic-BPF filter (packet_io.DHCP_SERVER_FILTER) takes untagged IPv4 UDP to port
-    67 sent to the interface's MAC or broadcast; parse_frame then refuses what is not a
-    well-formed datagram (docs/DESIGN.md), as the program does."""
-    if len(frame) < 14 + 20 + 8 or frame[0:6] not in (SERVER_MAC, BROADCAST_MAC):
+    The kernel takes the outer VLAN tag off (frames.as_received); the socket's classic-BPF
+    filter (packet_io.DHCP_SERVER_FILTER, run by frames.run_filter) takes IPv4 UDP to port
+    67 sent to the interface's MAC or broadcast, with up to two tags; parse_frame then
+    refuses what is not a well-formed datagram (docs/DESIGN.md), as the program does."""
+    pkttype = {SERVER_MAC: 0, BROADCAST_MAC: 1}.get(frame[0:6], 3)
+    if not filtered(frame, pkttype):
         return None
-    if struct.unpack_from("!H", frame, 12)[0] != ETH_P_IP:
-        return None
-    ihl = (frame[14] & 0x0F) * 4
-    if len(frame) < 14 + ihl + 4 or struct.unpack_from("!H", frame, 14 + ihl + 2)[0] != 67:
-        return None
-    return parse_frame(bytearray(frame), len(frame), IFINDEX)
+    inside, outer = as_received(frame)
+    return parse_frame(bytearray(inside), len(inside), IFINDEX, outer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,4 +446,8 @@ def assert_same_reply(fast: libbpf.TestRun, request: bytes, slow: Decision | Non
     else:  # routed by the slow path to a bound client: the one that sent the request
         assert got.dst_mac == request[6:12]
     assert (got.src_mac, got.src_ip, got.sport) == (SERVER_MAC, SERVER_IP, 67)
+    if want.dest.kind is not DestKind.RELAY:  # the slow path frames it with these tags
+        tags = want.ingress.tags
+        assert fast.data[12 : 12 + len(tags)] == tags
+        assert struct.unpack_from("!H", fast.data, 12 + len(tags))[0] == ETH_P_IP
     return want

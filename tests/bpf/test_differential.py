@@ -5,16 +5,18 @@ destination."""
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from brushtaild.config.model import Config, VlanRange
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode, parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.engine.server import wire_client_id
 from brushtaild.xdp import maps
 from brushtaild.xdp.loader import Program
 from tests.bpf.frames import client_frame, decode_reply
@@ -27,9 +29,11 @@ from tests.bpf.harness import (
     RenewalLog,
     assert_same_reply,
     client_message,
+    default_config,
     frame_payload,
     options_in_order,
 )
+from tests.engine_helpers import make_pool
 
 MAC = bytes.fromhex("02b700000301")
 OTHER_MAC = bytes.fromhex("02b700000302")
@@ -60,6 +64,20 @@ IDENTITIES: dict[str, bytes | None] = {
     "named": b"\x00cpe-4711",
     "longest": b"\x00" + bytes(range(31)),  # MAX_CLIENT_ID
     "too long": b"\x00" + bytes(range(32)),  # no entry
+}
+
+
+# Tags (TCIs, outer first) a lease is made on or a request comes with: a priority tag (VID 0)
+# names no VLAN, whatever its priority bits; the reply keeps the tags as received.
+VLANS: dict[str, tuple[int, ...]] = {
+    "none": (),
+    "802.1Q": (100,),
+    "802.1Q PCP 5": (0xA000 | 100,),
+    "QinQ": (100, 4094),
+    "priority": (0x2000,),
+    "priority, 802.1Q": (0, 100),
+    "other VLAN": (101,),
+    "other inner": (100, 4093),
 }
 
 
@@ -106,6 +124,7 @@ class LeaseSetup:
     identity: str
     prl: str
     network: str  # how the lease was obtained: direct, relay A, relay B, link B, 118 B
+    vlans: str = "none"  # the tags it was obtained with (VLANS)
 
     def options(self) -> dict[int, bytes]:
         options: dict[int, bytes] = {}
@@ -132,6 +151,7 @@ lease_states = st.builds(
     identity=st.sampled_from(list(IDENTITIES)),
     prl=st.sampled_from(list(PRLS)),
     network=st.sampled_from(["direct", "direct", "relay A", "relay B", "link B", "118 B"]),
+    vlans=st.sampled_from(["none", "none", "802.1Q", "QinQ", "priority"]),
 )
 
 
@@ -140,11 +160,12 @@ def establish(fastpath: Fastpath, state: LeaseSetup) -> Lease | None:
     if state.kind == "none":
         return None
     options = state.options()
+    vlans = VLANS[state.vlans]
     if state.kind == "expired":
         # Bound so long ago that it ran out before the engine's `now` (and the kernel's).
         then = fastpath.now - LEASE_TIME - 5
-        return fastpath.bind(MAC, options=options, giaddr=state.giaddr, now=then)
-    lease = fastpath.bind(MAC, options=options, giaddr=state.giaddr)
+        return fastpath.bind(MAC, options=options, giaddr=state.giaddr, now=then, vlans=vlans)
+    lease = fastpath.bind(MAC, options=options, giaddr=state.giaddr, vlans=vlans)
     if state.kind in ("released", "declined"):
         mtype = MessageType.RELEASE if state.kind == "released" else MessageType.DECLINE
         extra = {**options, OptionCode.SERVER_ID: opt.ip(fastpath.config.server_id)}
@@ -158,10 +179,10 @@ def establish(fastpath: Fastpath, state: LeaseSetup) -> Lease | None:
             extra=extra,
         )
         decision = fastpath.slow_path(
-            fastpath.frame(encode(msg), mac=MAC, relay=bool(state.giaddr))
+            fastpath.frame(encode(msg), mac=MAC, relay=bool(state.giaddr), vlans=vlans)
         )
         assert decision is not None and decision.lease_writes, decision
-        assert fastpath.entry(maps.Key(MAC)) is None
+        assert fastpath.entry(maps.Key(MAC, *lease.vlans)) is None
     return lease
 
 
@@ -192,6 +213,7 @@ class Request:
     ip_options: bool = False
     no_end: bool = False  # options run to the payload's end without an end option
     junk: str = "none"  # a BOOTP field the reply must not copy (see JUNK)
+    vlans: str = "lease"  # or a VLANS name
 
 
 DEVIATIONS: dict[str, list[object]] = {
@@ -210,6 +232,7 @@ DEVIATIONS: dict[str, list[object]] = {
     "ip_options": [True],
     "no_end": [True],
     "junk": ["sname", "file", "secs", "hops", "yiaddr", "siaddr", "chaddr padding", "all"],
+    "vlans": list(VLANS),
 }
 # Request fields a reply sets itself (zero, or the lease's address): a kernel that builds
 # the reply in the request's frame must overwrite every one of them.
@@ -342,8 +365,11 @@ def request_frame(fastpath: Fastpath, state: LeaseSetup, lease: Lease | None, r:
         assert payload.endswith(b"\xff")
         payload = payload[:-1]
     ip_options = bytes.fromhex("94040000") if r.ip_options else b""
+    vlans = VLANS[state.vlans if r.vlans == "lease" else r.vlans]
     if giaddr or choice["framing"] == "broadcast":
-        return fastpath.frame(payload, mac=mac, relay=bool(giaddr), ip_options=ip_options)
+        return fastpath.frame(
+            payload, mac=mac, relay=bool(giaddr), ip_options=ip_options, vlans=vlans
+        )
     return client_frame(
         payload,
         src_mac=mac,
@@ -351,6 +377,7 @@ def request_frame(fastpath: Fastpath, state: LeaseSetup, lease: Lease | None, r:
         src_ip=opt.format_ip(ciaddr or address),
         dst_ip=SERVER_IP if choice["framing"] == "to server" else "198.18.0.77",
         ip_options=ip_options,
+        vlans=vlans,
     )
 
 
@@ -374,10 +401,11 @@ def check(
     state: LeaseSetup,
     request: Request,
     note: Callable[[str], object] = lambda _: None,
+    config: Config | None = None,
 ) -> int:
     """Runs `request` against a fresh engine holding `state`; returns the kernel's verdict
     after checking it against the slow path. `note` hears what happened."""
-    fastpath = Fastpath(program, renewal_log)
+    fastpath = Fastpath(program, renewal_log, config)
     for relay in (RELAY_A, RELAY_B, RELAY_NOWHERE):
         # As if each had been answered before: the kernel knows their next hops.
         fastpath.know_relay(relay)
@@ -422,15 +450,17 @@ KINDS = {"discover": (MessageType.DISCOVER, "selecting")} | {
 }
 
 
+@pytest.mark.parametrize("vlans", ["none", "802.1Q PCP 5", "QinQ", "priority", "priority, 802.1Q"])
 @pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
 @pytest.mark.parametrize("network", NETWORKS)
 def test_client_holding_a_lease_is_answered(
-    program: Program, renewal_log: RenewalLog, network: str, kind: tuple[int, str]
+    program: Program, renewal_log: RenewalLog, network: str, kind: tuple[int, str], vlans: str
 ) -> None:
     """The generated cases' starting point: what a client holding a lease sends, in each
-    RFC 2131 state, on each way of reaching the server, is answered by the kernel."""
+    RFC 2131 state, on each way of reaching the server, untagged or on the VLANs it got
+    the lease on, is answered by the kernel (with its tags, as the slow path would)."""
     mtype, rfc_state = kind
-    state = LeaseSetup("bound", "named", "dhclient", network)
+    state = LeaseSetup("bound", "named", "dhclient", network, vlans)
     assert check(program, renewal_log, state, Request(mtype, rfc_state, xid=7)) == XDP_TX
 
 
@@ -512,6 +542,48 @@ def test_kernel_passes_or_answers_as_the_slow_path(
     check(program, renewal_log, state, request, event)
 
 
+# The QinQ lines of S-VLAN 100 with C-VLAN 4094 have a pool of their own, on a subnet that
+# does not hold the server's address: their leases are made there, and those clients are
+# identified by their VLANs (the engine's subscriber_identity).
+VLAN_CONFIG = replace(
+    default_config(),
+    pools=(
+        *default_config().pools,
+        replace(
+            make_pool(name="qinq", subnet="192.0.2.0/24", first="192.0.2.10", last="192.0.2.19"),
+            vlans=(VlanRange(100, 100, 4094, 4094),),
+        ),
+    ),
+)
+
+
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
+def test_a_vlan_pools_client_is_answered_in_every_state(
+    program: Program, renewal_log: RenewalLog, kind: tuple[int, str]
+) -> None:
+    """The QinQ pool's subnet does not hold the server's address: its clients' VLANs, not
+    server_id, chose it, and the kernel answers them as the slow path does (entry flag
+    BY_VLAN), DISCOVER and INIT-REBOOT included."""
+    mtype, rfc_state = kind
+    state = LeaseSetup("bound", "named", "dhclient", "direct", "QinQ")
+    request = Request(mtype, rfc_state, xid=7)
+    assert check(program, renewal_log, state, request, config=VLAN_CONFIG) == XDP_TX
+
+
+@settings(
+    max_examples=200,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(state=lease_states, request=requests())
+def test_kernel_passes_or_answers_as_the_slow_path_with_a_vlan_pool(
+    program: Program, renewal_log: RenewalLog, state: LeaseSetup, request: Request
+) -> None:
+    check(program, renewal_log, state, request, event, VLAN_CONFIG)
+
+
 def current_lease(fastpath: Fastpath, first: Lease | None) -> Lease | None:
     """The client's bound lease now (the slow path may have moved it), else the first."""
     bound = [
@@ -531,8 +603,8 @@ def assert_entries_are_engine_leases(fastpath: Fastpath) -> None:
             continue  # the kernel no longer answers with it
         lease = fastpath.server.lease_at(maps.host32(entry.address))
         assert lease is not None and lease.active(fastpath.now), (key, lease)
-        assert lease.hwaddr == key.mac
-        assert bytes(entry.client_id[: entry.id_len]) == lease.client_id
+        assert (lease.hwaddr, lease.vlans) == (key.mac, key.vlans)
+        assert bytes(entry.client_id[: entry.id_len]) == wire_client_id(lease)
 
 
 @settings(
@@ -543,14 +615,19 @@ def assert_entries_are_engine_leases(fastpath: Fastpath) -> None:
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(state=lease_states, sequence=st.lists(requests(), min_size=2, max_size=4))
+@pytest.mark.parametrize("config", [None, VLAN_CONFIG], ids=["link pools", "a VLAN pool"])
 def test_exchanges_stay_in_agreement_as_the_daemon_runs_them(
-    program: Program, renewal_log: RenewalLog, state: LeaseSetup, sequence: list[Request]
+    program: Program,
+    renewal_log: RenewalLog,
+    state: LeaseSetup,
+    sequence: list[Request],
+    config: Config | None,
 ) -> None:
     """Several requests in a row, handled as the daemon does: a request the kernel passes
     goes to the engine (its decision synced to the maps); a kernel ACK's renewal is
     absorbed by the engine. At each step the kernel's answer is the slow path's, and every
     entry stays one of the engine's leases."""
-    fastpath = Fastpath(program, renewal_log)
+    fastpath = Fastpath(program, renewal_log, config)
     first = establish(fastpath, state)
     for request in sequence:
         frame = request_frame(fastpath, state, current_lease(fastpath, first), request)

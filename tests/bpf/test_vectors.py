@@ -6,16 +6,20 @@ import ctypes
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import pytest
 
+from brushtaild.config.model import VlanRange
+from brushtaild.daemon import clock
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
+from brushtaild.dhcp.reasons import DropReason
 from brushtaild.engine.leases import Lease
 from brushtaild.xdp import maps, stats
+from brushtaild.xdp.loader import Program
 from tests.bpf.frames import decode_reply
 from tests.bpf.harness import (
     BROADCAST_FLAG,
@@ -26,7 +30,9 @@ from tests.bpf.harness import (
     XDP_PASS,
     XDP_TX,
     Fastpath,
+    RenewalLog,
     assert_same_reply,
+    default_config,
     expected_destination,
     frame_payload,
     options_in_order,
@@ -34,6 +40,7 @@ from tests.bpf.harness import (
     with_option,
     without_option,
 )
+from tests.engine_helpers import make_pool
 from tests.vectors import CLIENTS, load_vector
 
 
@@ -91,11 +98,11 @@ def ids(clients: tuple[Client, ...]) -> list[str]:
     return [c.name for c in clients]
 
 
-def bind(fastpath: Fastpath, client: Client) -> Lease:
-    """The client's captured exchange, through the kernel (which has no entry yet, and no
-    next hop for a relay it has not seen answered, and passes both) to the engine; the ACK
-    installs the client's entry."""
-    discover = client.frame(fastpath, client.payload("discover"))
+def bind(fastpath: Fastpath, client: Client, vlans: tuple[int, ...] = ()) -> Lease:
+    """The client's captured exchange on `vlans`, through the kernel (which has no entry
+    yet, and no next hop for a relay it has not seen answered, and passes both) to the
+    engine; the ACK installs the client's entry, keyed with the VLANs."""
+    discover = client.frame(fastpath, client.payload("discover"), vlans=vlans)
     unknown = maps.Result.RELAY if client.relayed else maps.Result.MISS
     assert fastpath.results_of(discover) == {unknown: 1}
     offer = fastpath.slow_path(discover)
@@ -104,12 +111,14 @@ def bind(fastpath: Fastpath, client: Client) -> Lease:
     request = client.frame(
         fastpath,
         with_option(client.payload("request"), OptionCode.REQUESTED_ADDRESS, opt.ip(yiaddr)),
+        vlans=vlans,
     )
     assert fastpath.run(request).retval == XDP_PASS
     ack = fastpath.slow_path(request)
     assert ack is not None and [r.message.message_type for r in ack.replies] == [MessageType.ACK]
     [lease] = ack.lease_writes
-    assert fastpath.entry(maps.Key(client.mac)) is not None
+    assert lease.vlans == tuple(vid & 0xFFF for vid in vlans if vid & 0xFFF)
+    assert fastpath.entry(maps.Key(client.mac, *lease.vlans)) is not None
     return lease
 
 
@@ -131,22 +140,15 @@ def request_in_state(client: Client, fastpath: Fastpath, state: str, address: in
     return client.frame(fastpath, payload)
 
 
-def check_reply(
-    fastpath: Fastpath,
-    frame: bytes,
-    mtype: MessageType,
-    lease: Lease,
-    untagged: bytes | None = None,
-) -> None:
-    """Runs `frame` through the kernel and checks its reply against the engine's (to
-    `untagged`, the same request without VLAN tags, if given) and RFC 2131 4.1, and that
-    exactly one counter rose, for the reply's type."""
+def check_reply(fastpath: Fastpath, frame: bytes, mtype: MessageType, lease: Lease) -> None:
+    """Runs `frame` through the kernel and checks its reply against the engine's and RFC
+    2131 4.1, and that exactly one counter rose, for the reply's type."""
     result = maps.Result.OFFER if mtype is MessageType.OFFER else maps.Result.ACK
     runs = []
     assert fastpath.counted(lambda: runs.append(fastpath.run(frame))) == {result: 1}
     [fast] = runs
     assert fast.retval == XDP_TX
-    assert_same_reply(fast, frame, fastpath.slow_path(untagged or frame, apply=False))
+    assert_same_reply(fast, frame, fastpath.slow_path(frame, apply=False))
     got = decode_reply(fast.data)
     reply = parse(got.payload)
     assert reply.message_type is mtype and reply.yiaddr == lease.address
@@ -227,58 +229,51 @@ VLAN_TAGS = {"802.1Q": (100,), "QinQ": (100, 4094)}
 def test_vlan_tags_select_the_entry_and_are_kept(
     fastpath: Fastpath, client: Client, tags: tuple[int, ...]
 ) -> None:
-    """The slow path has no VLANs yet: the entry for the tagged key is copied from the
-    engine's untagged one, and the reply compared with the engine's untagged answer."""
-    lease = bind(fastpath, client)
-    untagged = maps.Key(client.mac)
-    entry = fastpath.entry(untagged)
-    assert entry is not None
+    """A client leased on its VLANs by the slow path is answered on them, with its tags,
+    as the slow path answers it; on other tags or none it is another key."""
+    lease = bind(fastpath, client, tags)
     tagged = maps.Key(client.mac, *tags)
-    fastpath.put_entry(tagged, entry)
-    know_relay_on(fastpath, client, tags)
-    del fastpath.program.table("leases")[untagged.ctype()]
-
     for kind, mtype in (("discover", MessageType.OFFER), ("request", MessageType.ACK)):
         payload = client.payload(kind)
         if kind == "request":
             payload = with_option(payload, OptionCode.REQUESTED_ADDRESS, opt.ip(lease.address))
         frame = client.frame(fastpath, payload, vlans=tags)
-        check_reply(fastpath, frame, mtype, lease, untagged=client.frame(fastpath, payload))
-        # Same client, other tags or none: another key, no entry.
+        check_reply(fastpath, frame, mtype, lease)
         for other in ((), (101,), (100, 4093) if len(tags) == 2 else (100, 1)):
             frame = client.frame(fastpath, payload, vlans=other)
             # A relay, too, is known on its VLANs only.
-            unknown = maps.Result.RELAY if client.relayed and other else maps.Result.MISS
+            unknown = maps.Result.RELAY if client.relayed else maps.Result.MISS
             assert fastpath.results_of(frame) == {unknown: 1}
     [event] = fastpath.renewals()
     assert maps.Key.from_ctype(event.key) == tagged
+    # The engine takes the renewal for the lease on those VLANs, and no other.
+    expires = clock.from_boot_ns(event.expires_ns)
+    renew = fastpath.server.kernel_renewal
+    stale = renew(client.mac, lease.address, expires, fastpath.now, ())
+    assert stale.drop is DropReason.STALE_RENEWAL
+    assert renew(client.mac, lease.address, expires, fastpath.now, lease.vlans).drop is None
 
 
-def know_relay_on(fastpath: Fastpath, client: Client, tags: tuple[int, ...]) -> None:
-    """The slow path has no VLANs yet, so it never answers a tagged relay: its next hop is
-    given to the kernel as the daemon would."""
-    if client.relayed:
-        giaddr = client.payload("discover")[GIADDR_OFFSET : GIADDR_OFFSET + 4]
-        fastpath.know_relay(int.from_bytes(giaddr, "big"), tags)
+# (TCIs sent, VLAN ids they name): a VID-0 tag names no VLAN, priority bits or not.
+PRIORITY_TAGS = {
+    "802.1p": ((0,), ()),
+    "802.1p PCP 5": ((0xA000,), ()),
+    "QinQ 0/0": ((0, 0), ()),
+    "QinQ 100/0": ((100, 0), (100,)),
+    "QinQ 0/100": ((0, 100), (100,)),
+}
 
 
-PRIORITY_TAGS = {"802.1p": (0,), "QinQ 0/0": (0, 0), "QinQ 100/0": (100, 0), "QinQ 0/100": (0, 100)}
-
-
-@pytest.mark.parametrize("tags", PRIORITY_TAGS.values(), ids=PRIORITY_TAGS.keys())
-def test_priority_tagged_frames_are_passed(fastpath: Fastpath, tags: tuple[int, ...]) -> None:
-    """Review finding 14b: a VID-0 tag is not "untagged". The slow path's socket refuses
-    every tagged frame, so the kernel passes these (result `priority_tag`) rather than
-    answer them from the untagged entry; the VLAN policy issue revisits both."""
+@pytest.mark.parametrize(("tags", "vlans"), PRIORITY_TAGS.values(), ids=PRIORITY_TAGS.keys())
+def test_priority_tags_name_no_vlan(
+    fastpath: Fastpath, tags: tuple[int, ...], vlans: tuple[int, ...]
+) -> None:
+    """Review finding 14b, settled: a VID-0 tag is "untagged" for the client's key, on both
+    paths, and the reply keeps it as received (check_reply compares the tags)."""
     client = by_name("udhcpc")
-    bind(fastpath, client)
-    entry = fastpath.entry(maps.Key(client.mac))
-    assert entry is not None
-    fastpath.put_entry(maps.Key(client.mac, *tags), entry)
+    lease = bind(fastpath, client, vlans)
     frame = client.frame(fastpath, client.payload("discover"), vlans=tags)
-    assert fastpath.slow_path(frame, apply=False) is None
-    assert fastpath.results_of(frame) == {maps.Result.PRIORITY_TAG: 1}
-    assert fastpath.run(frame).retval == XDP_PASS
+    check_reply(fastpath, frame, MessageType.OFFER, lease)
 
 
 IP_OPTIONS = {
@@ -374,18 +369,13 @@ def test_ip_options_behind_vlan_tags(
 ) -> None:
     """Stripping IP options moves the link-layer header: every tag must move with it."""
     client = by_name("dhcrelay_udhcpc")
-    lease = bind(fastpath, client)
-    entry = fastpath.entry(maps.Key(client.mac))
-    assert entry is not None
-    fastpath.put_entry(maps.Key(client.mac, *tags), entry)
-    know_relay_on(fastpath, client, tags)
+    lease = bind(fastpath, client, tags)
     for kind, mtype in (("discover", MessageType.OFFER), ("request", MessageType.ACK)):
         payload = client.payload(kind)
         if kind == "request":
             payload = with_option(payload, OptionCode.REQUESTED_ADDRESS, opt.ip(lease.address))
         frame = client.frame(fastpath, payload, vlans=tags, ip_options=ip_options)
-        untagged = client.frame(fastpath, payload)
-        check_reply(fastpath, frame, mtype, lease, untagged=untagged)
+        check_reply(fastpath, frame, mtype, lease)
 
 
 def test_latency_is_sampled(fastpath: Fastpath) -> None:
@@ -399,3 +389,22 @@ def test_latency_is_sampled(fastpath: Fastpath) -> None:
     assert [fastpath.run(discover).retval for _ in range(runs)] == [XDP_TX] * runs
     sampled = sum(stats.read(fastpath.program).latency) - before
     assert 1 <= sampled <= runs // 16 + (os.cpu_count() or 1)
+
+
+def test_the_same_mac_on_two_listed_vlans_is_two_subscribers_in_the_kernel(
+    program: Program, renewal_log: RenewalLog
+) -> None:
+    """In a pool that lists VLANs a client is its identifier on its VLANs: two leases,
+    two entries keyed with the VLANs, each holding the identifier as the client sends it,
+    so the kernel answers each subscriber with its own address, as the slow path does."""
+    config = replace(default_config(), pools=(replace(make_pool(), vlans=(VlanRange(100, 101),)),))
+    fastpath = Fastpath(program, renewal_log, config)
+    client = by_name("udhcpc")
+    leases = [bind(fastpath, client, (vid,)) for vid in (100, 101)]
+    assert leases[0].address != leases[1].address
+    for lease in leases:
+        for kind, mtype in (("discover", MessageType.OFFER), ("request", MessageType.ACK)):
+            payload = client.payload(kind)
+            if kind == "request":
+                payload = with_option(payload, OptionCode.REQUESTED_ADDRESS, opt.ip(lease.address))
+            check_reply(fastpath, client.frame(fastpath, payload, vlans=lease.vlans), mtype, lease)

@@ -38,7 +38,7 @@ pools:
     routers: [{server_id}]
     dns_servers: [{server_id}]
     lease_time: {lease_time}
-{timers}{pool_extra}fastpath:
+{timers}{pool_extra}{vlans}fastpath:
   enabled: {fastpath}
   pin_dir: {pin_dir}
 """
@@ -73,6 +73,7 @@ class Brushtaild:
         fastpath: bool = False,
         trusted_relays: Sequence[str] = (),
         pool_extra: str = "",
+        vlans: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
         """`pool_extra`: YAML lines added to the pool, indented as its keys."""
@@ -108,6 +109,7 @@ class Brushtaild:
                     if value is not None
                 ),
                 pool_extra=pool_extra,
+                vlans=f"    vlans: {json.dumps(list(vlans))}\n" if vlans else "",
                 fastpath="true" if fastpath else "false",
                 pin_dir=self.pin_dir,
             )

@@ -15,6 +15,8 @@ import pytest
 
 from brushtaild.engine.decisions import Destination, DestKind, Ingress
 from brushtaild.net.packet_io import PacketIO, Received
+from brushtaild.xdp import loader
+from tests.bpf.frames import client_frame
 from tests.e2e import netns
 from tests.e2e.netns import Link, in_netns
 from tests.unit.test_packet_io import discover, ones_sum, udp_frame
@@ -137,16 +139,18 @@ def test_filter_keeps_other_traffic_in_the_kernel(link: Link) -> None:
     server_mac = link.server_mac
     # Promiscuous, the veth also delivers frames for other MACs: those must not reach us.
     link.run_in(link.server_ns, ["ip", "link", "set", netns.SERVER_IF, "promisc", "on"])
-    tagged = udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac))
     noise = [
         udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac), dport=68),
         udp_frame(mac, bytes.fromhex("020000000099"), 0, BROADCAST_IP, discover(mac)),
         udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac), proto=6),
         udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac), frag=0x0010),
         BROADCAST_MAC + mac + b"\x08\x06" + bytes(28),  # ARP
-        # 802.1Q VLAN 100: the kernel moves the tag out of band, leaving what looks like an
-        # untagged DISCOVER; only the filter's tag check keeps it out.
-        tagged[:12] + b"\x81\x00\x00\x64" + tagged[12:],
+        # Three tags: the kernel takes the outer one off, and two are left in the frame.
+        client_frame(discover(mac), src_mac=mac, vlans=(100, 200, 300)),
+        # QinQ to port 68 (dport at Ethernet, two tags, IPv4, two bytes in).
+        (qinq := client_frame(discover(mac), src_mac=mac, vlans=(100, 200)))[:44]
+        + b"\x00\x44"
+        + qinq[46:],
     ]
     last = discover(mac, xid=42)
     with server_io(link) as io, client_raw(link) as cli:
@@ -175,6 +179,88 @@ def test_broadcast_and_link_unicast_replies_arrive_with_valid_checksums(link: Li
                 next_udp_to(cli, 68),
                 dst_mac=client_mac, src_mac=io.mac, dst_ip=YIADDR, payload=payload,
             )  # fmt: skip
+
+
+# (TCIs as sent, VLAN ids the server reads): priority bits kept, VID 0 names no VLAN.
+TAGGINGS = [
+    ((0xA000 | 100,), (100,)),
+    ((100, 0x2000 | 7), (100, 7)),
+    ((0x6000,), ()),
+]
+
+
+def set_rx_vlan_offload(link: Link, on: bool) -> None:
+    with in_netns(link.server_ns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        flags = loader.ethtool_flags(sock, netns.SERVER_IF, loader.ETHTOOL_GFLAGS)
+        flags = flags | loader.ETH_FLAG_RXVLAN if on else flags & ~loader.ETH_FLAG_RXVLAN
+        loader.ethtool_flags(sock, netns.SERVER_IF, loader.ETHTOOL_SFLAGS, flags)
+        got = loader.ethtool_flags(sock, netns.SERVER_IF, loader.ETHTOOL_GFLAGS)
+    assert bool(got & loader.ETH_FLAG_RXVLAN) is on
+
+
+@pytest.mark.parametrize("offload", [True, False], ids=["rxvlan on", "rxvlan off"])
+def test_receives_tagged_requests_with_their_vlans(link: Link, offload: bool) -> None:
+    """The kernel hands the packet socket the frame without its outer tag and the tag in
+    PACKET_AUXDATA, whether rx VLAN offload is on (as without the fast path) or off (as the
+    fast path leaves it); an inner tag stays in the frame. The tags read back are the ones
+    sent, TPIDs and priority bits included."""
+    set_rx_vlan_offload(link, offload)
+    mac = link.client_mac
+    sub0 = link.ifindex(link.server_ns, netns.SERVER_IF)
+    with server_io(link) as io, client_raw(link) as cli:
+        for tcis, vlans in TAGGINGS:
+            payload = discover(mac, xid=len(tcis))
+            frame = client_frame(payload, src_mac=mac, vlans=tcis)
+            cli.send(frame)
+            got, malformed = receive(io)
+            tags = frame[12 : 12 + 4 * len(tcis)]
+            assert got == [(payload, Ingress(sub0, mac, 0, BROADCAST_IP, vlans, tags))]
+            assert malformed == 0
+
+
+def next_tagged_udp_to(sock: socket.socket, port: int) -> tuple[bytes, bytes]:
+    """The next IPv4/UDP frame to `port` on `sock` (PACKET_AUXDATA on): its tags, the outer
+    one read from the auxdata (struct tpacket_auxdata), and the frame without them."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        frame, ancillary, _flags, _addr = sock.recvmsg(65535, 256)
+        tags = b""
+        for level, kind, data in ancillary:
+            if (level, kind) == (263, 8):  # SOL_PACKET, PACKET_AUXDATA
+                status, *_lengths, tci, tpid = struct.unpack("=IIIHHHH", data)
+                if status & 0x10:  # TP_STATUS_VLAN_VALID
+                    tags = struct.pack("!HH", tpid, tci)
+        while frame[12:14] in (b"\x81\x00", b"\x88\xa8"):
+            tags, frame = tags + frame[12:16], frame[:12] + frame[16:]
+        if frame[12:14] == b"\x08\x00" and frame[23] == 17:
+            ihl = (frame[14] & 0x0F) * 4
+            if struct.unpack_from("!H", frame, 14 + ihl + 2)[0] == port:
+                return tags, frame
+    raise AssertionError(f"no UDP frame to port {port} within {WAIT}s")
+
+
+def test_tagged_replies_carry_the_request_tags(link: Link) -> None:
+    """Broadcast, link-unicast and unicast (RENEWING) replies to a tagged client are framed
+    with its tags as received: no route of ours reaches its VLAN."""
+    mac = link.client_mac
+    sub0 = link.ifindex(link.server_ns, netns.SERVER_IF)
+    payload = b"\x02" + bytes(299)
+    with server_io(link) as io, client_raw(link) as cli:
+        cli.setsockopt(263, 8, 1)
+        for tcis, vlans in TAGGINGS:
+            tags = client_frame(b"", src_mac=mac, vlans=tcis)[12 : 12 + 4 * len(tcis)]
+            for dest, dst_mac, dst_ip in [
+                (Destination(DestKind.BROADCAST, BROADCAST_IP, 68), BROADCAST_MAC, BROADCAST_IP),
+                (Destination(DestKind.LINK_UNICAST, YIADDR, 68, mac), mac, YIADDR),
+                (Destination(DestKind.UNICAST, YIADDR, 68), mac, YIADDR),
+            ]:
+                ingress = Ingress(sub0, mac, YIADDR, SERVER_IP, vlans, tags)
+                io.send(payload, dest, ingress)
+                got_tags, frame = next_tagged_udp_to(cli, 68)
+                assert got_tags == tags
+                check_reply_frame(
+                    frame, dst_mac=dst_mac, src_mac=io.mac, dst_ip=dst_ip, payload=payload
+                )
 
 
 def test_relay_and_unicast_replies_go_through_the_kernel(relay_link: Link) -> None:

@@ -50,8 +50,8 @@ def test_valid_file(capsys: pytest.CaptureFixture[str]) -> None:
 def test_full_example_counts_exclusions(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(FULL_EXAMPLE)]) == 0
     # 127 * 256 + 128 * 256 - 1 residential, 253 business less 11 excluded, 241 business-2,
-    # and the one reserved address outside every range (198.18.0.10).
-    assert capsys.readouterr().out == f"{FULL_EXAMPLE}: OK (4 pools, 65763 addresses)\n"
+    # 255 * 256 - 1 on VLANs, and the one reserved address outside every range (198.18.0.10).
+    assert capsys.readouterr().out == f"{FULL_EXAMPLE}: OK (5 pools, 131042 addresses)\n"
 
 
 def test_invalid_file_lists_every_error(invalid: Path, capsys: pytest.CaptureFixture[str]) -> None:

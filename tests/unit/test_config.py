@@ -20,7 +20,14 @@ from brushtaild.config.load import (
     load_config,
     parse_config,
 )
-from brushtaild.config.model import AddressRange, Config, FastPath, Pool, Reservation
+from brushtaild.config.model import (
+    AddressRange,
+    Config,
+    FastPath,
+    Pool,
+    Reservation,
+    VlanRange,
+)
 from brushtaild.dhcp import options as opt
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
@@ -109,6 +116,8 @@ def test_full_example_is_accepted_and_sets_every_key() -> None:
     assert (business.renewal_time, business.rebinding_time) == (1800, 3150)
     assert ip("198.51.100.10") in business.exclude
     assert all(ip(f"198.51.100.{n}") in business.exclude for n in range(20, 30))
+    vlans = next(p for p in config.pools if p.name == "vlan-subscribers")
+    assert vlans.vlans == (VlanRange(1000, 1999), VlanRange(2000, 2000, 1, 4094))
 
 
 @pytest.mark.parametrize(
@@ -753,6 +762,68 @@ def test_fastpath_unknown_key() -> None:
     [(where, reason)] = errors_of(raw)
     assert where == "fastpath.ratelimit"
     assert "did you mean 'rate_limit'" in reason
+
+
+@pytest.mark.parametrize(
+    ("written", "parsed"),
+    [
+        (100, VlanRange(100, 100)),
+        ("100", VlanRange(100, 100)),
+        ("100-199", VlanRange(100, 199)),
+        ("100.7", VlanRange(100, 100, 7, 7)),
+        ("100.7-9", VlanRange(100, 100, 7, 9)),
+        ("100.*", VlanRange(100, 100, 1, 4094)),
+        ("1-4094.*", VlanRange(1, 4094, 1, 4094)),
+    ],
+)
+def test_pool_vlans_take_ids_ranges_and_qinq(written: object, parsed: VlanRange) -> None:
+    raw = example()
+    raw["pools"][0]["vlans"] = [written]
+    assert parse_config(raw).pools[0].vlans == (parsed,)
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        (0, "VLAN ids are 1-4094 (0 tags priority, no VLAN)"),
+        ("4095", "VLAN ids are 1-4094"),
+        ("100.0", "VLAN ids are 1-4094"),
+        ("200-100", "VLAN range starts after it ends"),
+        ("100.7.1", "is not a VLAN id or range"),
+        ("vlan100", "is not a VLAN id or range"),
+        (True, "expected VLAN id or range"),
+    ],
+)
+def test_pool_vlans_refuse_what_names_no_vlan(written: object, message: str) -> None:
+    raw = example()
+    raw["pools"][0]["vlans"] = [written]
+    errors = errors_of(raw)
+    assert [where for where, _ in errors] == ["pools[0].vlans[0]"]
+    assert message in errors[0][1]
+
+
+def test_one_vlan_in_pools_on_two_subnets_is_refused_naming_both() -> None:
+    raw = example()
+    other = {**raw["pools"][0], "name": "other", "subnet": "198.19.0.0/16",
+             "ranges": ["198.19.1.0-198.19.1.9"], "routers": [], "dns_servers": []}  # fmt: skip
+    raw["pools"][0]["vlans"] = ["100-199", "300.*"]
+    raw["pools"].append({**other, "vlans": [99, "150", "300.7"]})
+    errors = errors_of(raw)
+    assert errors == [
+        (
+            "pools[1].vlans[1]",
+            "overlaps pools[0].vlans[0] (VLANs 100-199), a pool of another network",
+        ),
+        (
+            "pools[1].vlans[2]",
+            "overlaps pools[0].vlans[1] (VLANs 300.*), a pool of another network",
+        ),
+    ]
+    # On one subnet the two pools are a shared network, VLANs and all.
+    raw["pools"][0]["ranges"] = ["198.18.1.0-198.18.1.255"]
+    raw["pools"][1] = {**raw["pools"][0], "name": "overflow", "ranges": ["198.18.2.0-198.18.2.9"],
+                       "vlans": ["150"]}  # fmt: skip
+    assert [p.name for p in parse_config(raw).pools] == ["residential", "overflow"]
 
 
 def test_trusted_relays_take_addresses_and_prefixes() -> None:

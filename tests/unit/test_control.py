@@ -20,15 +20,16 @@ import pytest
 from brushtaild.cli import main as cli_main
 from brushtaild.daemon import clock, main
 from brushtaild.daemon import control as control_module
-from brushtaild.daemon.commands import NOT_RECORDED
+from brushtaild.daemon.commands import NOT_RECORDED, select_leases
 from brushtaild.daemon.control import MAX_CONNECTIONS, MAX_REQUEST, TIMEOUT, ControlServer
 from brushtaild.daemon.main import Daemon, Signals
 from brushtaild.dhcp.codec import parse
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.options import format_ip, format_mac
-from brushtaild.engine.leases import LeaseState
+from brushtaild.engine.leases import Lease, LeaseState
 from brushtaild.net.packet_io import Received
 from brushtaild.store.lease_store import StoreError, read_snapshot
+from brushtaild.xdp import maps
 from brushtaild.xdp.fastpath import Renewal
 from tests.engine_helpers import mac, request
 from tests.unit.test_cli import EXAMPLE
@@ -221,7 +222,7 @@ def test_lease_release_first_records_what_the_kernel_renewed(
         daemon._start_complete()
         address = bind(daemon, io, 1)
         told = time.time() + 7200
-        fast.pending.append(Renewal(mac(1) + bytes(2), address, told))
+        fast.pending.append(Renewal(maps.Key(mac(1)).packed(), address, told))
         result(served, "lease-release", target=format_ip(address))
         [stored] = read_snapshot(daemon.config.state_dir)
         assert (stored.state, stored.expires) == (LeaseState.REVOKED, told)
@@ -433,8 +434,10 @@ def test_cli_commands_render_tables_and_json(
     assert listed[1].startswith(f"{address}  bound") and listed[-1] == (
         "1 of 1 matching leases shown"
     )
+    assert cli(looping, "leases", "--circuit-id", "7") == 0
+    assert "note: circuit-id is not recorded" in capsys.readouterr().out
     assert cli(looping, "leases", "--vlan", "7") == 0
-    assert "note: circuit-id and VLAN are not recorded" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines()[-1] == "0 of 0 matching leases shown"
     for argv in (("status",), ("pools",), ("peers",), ("leases", "--mac", format_mac(mac(1)))):
         assert cli(looping, *argv, "--json") == 0
         json.loads(capsys.readouterr().out)
@@ -470,3 +473,14 @@ def test_cli_without_a_daemon_says_so_and_exits_3(
     config.write_text(EXAMPLE.read_text() + f"control_socket: {path}\n")
     assert cli_main([*argv, "--config", str(config)]) == 3
     assert capsys.readouterr().err == f"brushtaild is not running: nothing answers on {path}\n"
+
+
+def test_leases_filter_by_vlan_outer_or_inner() -> None:
+    def on(address: int, vlans: tuple[int, ...]) -> Lease:
+        return Lease(address, b"\x01" + mac(address), mac(address), "residential",
+                     LeaseState.BOUND, 2e9, 1e9, vlans=vlans)  # fmt: skip
+
+    leases = [on(1, ()), on(2, (100,)), on(3, (100, 7)), on(4, (7,))]
+    answer = select_leases(leases, {"vlan": 7}, 1e9, "edge-a")
+    assert [row["vlans"] for row in answer["leases"]] == ["100.7", "7"]
+    assert select_leases(leases, {"vlan": 100}, 1e9, "edge-a")["matched"] == 2

@@ -38,6 +38,7 @@ from brushtaild.engine.decisions import (
 from brushtaild.engine.leases import Lease
 from brushtaild.net.packet_io import Received
 from brushtaild.store.lease_store import StoreError
+from brushtaild.xdp import maps
 from brushtaild.xdp.fastpath import Renewal
 from brushtaild.xdp.loader import LoadError
 from brushtaild.xdp.maps import Result
@@ -382,14 +383,16 @@ def test_kernel_renewals_are_absorbed_before_the_batch_is_decided(
         calls.append("handle")
         return handle(msg, ingress, now)
 
-    def record_renewal(hwaddr: bytes, address: int, expires: float, now: float) -> Decision:
+    def record_renewal(
+        hwaddr: bytes, address: int, expires: float, now: float, vlans: tuple[int, ...]
+    ) -> Decision:
         calls.append("kernel_renewal")
-        return renewal(hwaddr, address, expires, now)
+        return renewal(hwaddr, address, expires, now, vlans)
 
     monkeypatch.setattr(daemon.server, "handle", record_handle)
     monkeypatch.setattr(daemon.server, "kernel_renewal", record_renewal)
     daemon.fastpath.pending.append(  # type: ignore[union-attr]
-        Renewal(mac(7) + b"\x00\x00", 0xC6120105, 2e9)
+        Renewal(maps.Key(mac(7)).packed(), 0xC6120105, 2e9)
     )
     io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 1))]))
     daemon._serve_batch()

@@ -248,6 +248,8 @@ def test_a_version_1_store_gains_the_prl_column_and_keeps_its_rows(tmp_path: Pat
         store.apply([lease(1)], [])
     path = tmp_path / "leases.sqlite3"
     with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE lease DROP COLUMN outer_vlan")
+        conn.execute("ALTER TABLE lease DROP COLUMN inner_vlan")
         conn.execute("ALTER TABLE lease DROP COLUMN prl")
         conn.execute("PRAGMA user_version = 1")
     conn.close()
@@ -255,3 +257,20 @@ def test_a_version_1_store_gains_the_prl_column_and_keeps_its_rows(tmp_path: Pat
         assert store.load() == [lease(1)]
         store.apply([lease(1, prl=b"\x01\x03")], [])
         assert store.load()[0].prl == b"\x01\x03"
+
+
+def test_a_version_2_store_gains_the_vlan_columns_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Stores written before VLANs were served (schema 2) load as untagged leases; leases
+    on one VLAN or two (QinQ) are kept with them."""
+    with LeaseStore.open(tmp_path) as store:
+        store.apply([lease(1, prl=b"\x01")], [])
+    path = tmp_path / "leases.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE lease DROP COLUMN outer_vlan")
+        conn.execute("ALTER TABLE lease DROP COLUMN inner_vlan")
+        conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    with LeaseStore.open(tmp_path) as store:
+        assert store.load() == [lease(1, prl=b"\x01")]
+        store.apply([lease(1, vlans=(100,)), lease(2, vlans=(100, 4094))], [])
+        assert [row.vlans for row in store.load()] == [(100,), (100, 4094)]

@@ -15,7 +15,15 @@ from hypothesis import strategies as st
 from brushtaild.dhcp.reasons import DropReason
 from brushtaild.engine.decisions import Ingress
 from brushtaild.net import packet_io
-from tests.bpf.frames import MALFORMED_FRAMES, NOT_WELL_FORMED, refusal
+from tests.bpf.frames import (
+    MALFORMED_FRAMES,
+    NOT_WELL_FORMED,
+    as_received,
+    client_frame,
+    filtered,
+    refusal,
+    run_filter,
+)
 
 BROADCAST_IP = 0xFFFFFFFF
 BROADCAST_MAC = b"\xff" * 6
@@ -79,20 +87,113 @@ def test_residue_matches_word_sum(data: bytes) -> None:
     assert residue == ones_sum(data) % 0xFFFF
 
 
-def test_filter_jumps_resolve_to_labels() -> None:
-    code = packet_io.assemble(packet_io.DHCP_SERVER_FILTER)
-    insns = list(struct.iter_unpack("=HBBI", code))
-    drop = len(insns) - 1
-    assert insns[drop] == (0x06, 0, 0, 0)
-    for pc, (opcode, jt, jf, _k) in enumerate(insns):
-        if opcode & 0x07 == 0x05:  # a jump
-            assert drop in (pc + 1 + jt, pc + 1 + jf)
+DISCOVER = discover(MAC)
+
+
+@pytest.mark.parametrize(
+    ("frame", "pkttype", "taken"),
+    [
+        pytest.param(client_frame(DISCOVER, src_mac=MAC), 1, True, id="untagged"),
+        pytest.param(client_frame(DISCOVER, src_mac=MAC, vlans=(100,)), 1, True, id="802.1q"),
+        pytest.param(client_frame(DISCOVER, src_mac=MAC, vlans=(100, 7)), 1, True, id="qinq"),
+        pytest.param(client_frame(DISCOVER, src_mac=MAC, vlans=(0,)), 1, True, id="priority"),
+        pytest.param(client_frame(DISCOVER, src_mac=MAC), 0, True, id="unicast-to-us"),
+        pytest.param(client_frame(DISCOVER, src_mac=MAC), 3, False, id="to-another-host"),
+        pytest.param(
+            client_frame(DISCOVER, src_mac=MAC, vlans=(1, 2, 3)), 1, False, id="three-tags"
+        ),
+        pytest.param(
+            client_frame(DISCOVER, src_mac=MAC, vlans=(100,), frag=0x0010), 1, False,
+            id="tagged-later-fragment",
+        ),
+        pytest.param(
+            client_frame(DISCOVER, src_mac=MAC, vlans=(100,), sport=67)[:-len(DISCOVER)],
+            1, True, id="tagged-cut-short",
+        ),
+    ],
+)  # fmt: skip
+def test_filter_takes_ipv4_udp_to_67_with_up_to_two_tags(
+    frame: bytes, pkttype: int, taken: bool
+) -> None:
+    assert filtered(frame, pkttype) is taken
+
+
+def test_filter_refuses_an_inner_tag_without_an_outer_one() -> None:
+    """The kernel always takes the outer tag off: a tag left in a frame that had none taken
+    off would be a third one, or a tag the kernel did not recognise."""
+    frame = client_frame(DISCOVER, src_mac=MAC, vlans=(100,))
+    assert not run_filter(packet_io.DHCP_SERVER_FILTER, frame, pkttype=1, tag_present=False)
+
+
+def test_filter_refuses_other_ports_when_tagged() -> None:
+    frame = bytearray(client_frame(DISCOVER, src_mac=MAC, vlans=(100, 7)))
+    struct.pack_into("!H", frame, 22 + 20 + 2, 68)  # two tags, IPv4, the UDP dport
+    assert not filtered(bytes(frame), 1)
 
 
 def test_parse_frame_accepts_ip_options() -> None:
     payload = discover(MAC)
     frame = udp_frame(MAC, BROADCAST_MAC, 0, BROADCAST_IP, payload, options=b"\x94\x04\x00\x00")
     assert parsed(frame, 7) == (payload, Ingress(7, MAC, 0, BROADCAST_IP))
+
+
+def parsed_as_received(frame: bytes) -> tuple[bytes, Ingress] | None:
+    received, outer = as_received(frame)
+    buf = bytearray(packet_io.SNAPLEN)
+    buf[: len(received)] = received
+    return packet_io.parse_frame(buf, len(received), 1, outer)
+
+
+@pytest.mark.parametrize(
+    ("tcis", "vlans"),
+    [
+        pytest.param((100,), (100,), id="802.1q"),
+        pytest.param((0x6000 | 100,), (100,), id="802.1q-with-priority-bits"),
+        pytest.param((100, 7), (100, 7), id="qinq"),
+        pytest.param((0,), (), id="priority-tag"),
+        pytest.param((0x2000,), (), id="priority-tag-pcp-1"),
+        pytest.param((0, 7), (7,), id="priority-outer-then-vlan"),
+        pytest.param((100, 0), (100,), id="vlan-then-priority-inner"),
+    ],
+)
+def test_parse_frame_reads_both_tags(tcis: tuple[int, ...], vlans: tuple[int, ...]) -> None:
+    """VLAN ids are the tags' nonzero VIDs, outer first (bpf/parsing.h keys them so); the
+    tags themselves, priority bits and TPIDs included, are kept for the reply."""
+    frame = client_frame(DISCOVER, src_mac=MAC, vlans=tcis)
+    result = parsed_as_received(frame)
+    assert result is not None
+    payload, ingress = result
+    assert payload == DISCOVER
+    assert ingress.vlans == vlans
+    assert ingress.tags == frame[12 : 12 + 4 * len(tcis)]
+
+
+def test_parse_frame_takes_no_inner_tag_without_an_outer_one() -> None:
+    frame = client_frame(DISCOVER, src_mac=MAC, vlans=(100,))
+    assert parsed(frame) is None
+
+
+def test_parse_frame_refuses_three_tags() -> None:
+    assert parsed_as_received(client_frame(DISCOVER, src_mac=MAC, vlans=(1, 2, 3))) is None
+
+
+def auxdata(status: int, tci: int, tpid: int) -> list[tuple[int, int, bytes]]:
+    data = struct.pack("=IIIHHHH", status, 342, 342, 2, 16, tci, tpid)
+    return [(packet_io.SOL_PACKET, packet_io.PACKET_AUXDATA, data)]
+
+
+@pytest.mark.parametrize(
+    ("ancillary", "tag"),
+    [
+        pytest.param([], b"", id="no-auxdata"),
+        pytest.param(auxdata(0x01, 0, 0), b"", id="untagged"),
+        pytest.param(auxdata(0x51, 0x2064, 0x88A8), bytes.fromhex("88a82064"), id="802.1ad"),
+        pytest.param(auxdata(0x11, 0x0064, 0), bytes.fromhex("81000064"), id="tpid-unknown"),
+        pytest.param(auxdata(0x50, 0x0000, 0x8100), bytes.fromhex("81000000"), id="priority"),
+    ],
+)
+def test_outer_tag_from_auxdata(ancillary: list[tuple[int, int, bytes]], tag: bytes) -> None:
+    assert packet_io.outer_tag(ancillary) == tag
 
 
 def _bootp(**kwargs: Any) -> bytes:
