@@ -163,7 +163,7 @@ def _store_leases(args: argparse.Namespace) -> int:
 
 def _print_leases(rows: list[dict[str, Any]]) -> None:
     _print_table(
-        ("ADDRESS", "STATE", ">EXPIRES IN", "MAC", "POOL", "CLIENT-ID"),
+        ("ADDRESS", "STATE", ">EXPIRES IN", "MAC", "POOL", "CLIENT-ID", "CIRCUIT-ID"),
         [
             (
                 row["address"],
@@ -172,6 +172,7 @@ def _print_leases(rows: list[dict[str, Any]]) -> None:
                 row["mac"],
                 row["pool"],
                 row["client_id"] or "-",
+                row.get("circuit_id") or "-",
             )
             for row in rows
         ],
@@ -203,8 +204,8 @@ def _add_leases(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
         help="list leases, from the running daemon or (--store) the lease store",
         description="List the running daemon's leases in address order, LIMIT of them, "
         "and how many matched. Filters combine. --vlan matches leases on that VLAN id, outer "
-        "or inner. --circuit-id is accepted but not recorded per lease yet, so it matches "
-        "nothing; --site matches only this site "
+        "or inner. --circuit-id matches the relay agent circuit id stashed with the lease "
+        "when it was bound (its text, or 0x and hex); --site matches only this site "
         "until replication exists. With --store (or --state-dir), read the lease store "
         "instead, read-only: works without the daemon; by default only bound leases and "
         "quarantined addresses, --all adds released, revoked and expired ones.",
@@ -214,7 +215,7 @@ def _add_leases(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
     parser.add_argument("--address", help="leased IPv4 address")
     parser.add_argument("--pool", help="pool name")
     parser.add_argument("--state", choices=STATES)
-    parser.add_argument("--circuit-id", help="relay agent circuit id (not recorded yet)")
+    parser.add_argument("--circuit-id", help="relay agent circuit id: text, or 0x + hex")
     parser.add_argument("--vlan", type=int, help="VLAN id, outer or inner")
     parser.add_argument("--site", help="site name (only this site's leases are known)")
     parser.add_argument(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from brushtaild import __version__
 from brushtaild.daemon import clock
 from brushtaild.daemon.control import Args, CommandError
+from brushtaild.dhcp.constants import RelayAgentSubOption
 from brushtaild.dhcp.options import format_ip, format_mac, parse_ip
 from brushtaild.engine.leases import Lease, LeaseState
 from brushtaild.engine.server import Server
@@ -26,7 +27,6 @@ DEFAULT_LIMIT = 100
 # An answer is built in memory and written by the loop: a few megabytes at most. A whole
 # million-lease table is for `brushtail leases --store`.
 MAX_LIMIT = 10_000
-NOT_RECORDED = "circuit-id is not recorded per lease yet: no lease matches it"
 NO_PEERS = "none configured (replication is not available yet)"
 STATES = ("bound", "revoked", "released", "expired", "declined")
 
@@ -87,8 +87,31 @@ def lease_row(lease: Lease, now: float) -> dict[str, Any]:
         "pool": lease.pool,
         "client_id": lease.client_id.hex(),
         "vlans": ".".join(map(str, lease.vlans)),  # outer.inner; empty: untagged
+        # The relay's, as stashed when the lease was bound; empty for a local client.
+        "circuit_id": agent_id_text(lease.relay_sub_option(RelayAgentSubOption.CIRCUIT_ID)),
+        "remote_id": agent_id_text(lease.relay_sub_option(RelayAgentSubOption.REMOTE_ID)),
         "updated": lease.updated,
     }
+
+
+def agent_id_text(value: bytes | None) -> str:
+    """A circuit-id or remote-id as config spells it: its text if printable, else 0x + hex."""
+    if value is None:
+        return ""
+    if value.isascii() and value.decode().isprintable() and not value.startswith(b"0x"):
+        return value.decode()
+    return "0x" + value.hex()
+
+
+def _agent_id(text: object) -> bytes:
+    """A circuit-id filter, written as config writes one (docs/CONFIG.md: text, or 0x + hex)."""
+    raw = str(text)
+    if not raw.startswith("0x"):
+        return raw.encode()
+    try:
+        return bytes.fromhex(raw[2:])
+    except ValueError:
+        raise CommandError(f"{raw!r} is not 0x followed by hex digits") from None
 
 
 def select_leases(candidates: Iterable[Lease], args: Args, now: float, site: str) -> dict[str, Any]:
@@ -97,15 +120,13 @@ def select_leases(candidates: Iterable[Lease], args: Args, now: float, site: str
     matched. For the daemon's leases and, with --store, the store's."""
     limit = _limit(args.get("limit"))
     notes = []
-    if args.get("circuit_id") is not None:
-        notes.append(NOT_RECORDED)
-        candidates = []
-    elif args.get("site") not in (None, site):
+    if args.get("site") not in (None, site):
         notes.append(f"only this site's leases ({site}) are known here")
         candidates = []
     mac = _mac(args["mac"]) if args.get("mac") is not None else None
     address = _address(args["address"]) if args.get("address") is not None else None
     pool, state, vlan = args.get("pool"), args.get("state"), args.get("vlan")
+    circuit = _agent_id(args["circuit_id"]) if args.get("circuit_id") is not None else None
     if state is not None and state not in STATES:
         raise CommandError(f"state must be one of {', '.join(STATES)}")
     matched = [
@@ -116,6 +137,7 @@ def select_leases(candidates: Iterable[Lease], args: Args, now: float, site: str
         and (pool is None or lease.pool == pool)
         and (state is None or state_name(lease, now) == state)
         and (vlan is None or vlan in lease.vlans)
+        and (circuit is None or lease.relay_sub_option(RelayAgentSubOption.CIRCUIT_ID) == circuit)
     ]
     matched.sort(key=lambda lease: lease.address)
     return {

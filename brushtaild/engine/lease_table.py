@@ -359,10 +359,14 @@ class LeaseTable:
         decision: Decision,
         host: int = 0,
         vlans: tuple[int, ...] = (),
+        relay_info: bytes | None = None,
     ) -> Lease | None:
         """Lease `address` to the client (on `vlans`) if it is the client's to take: its
         own active lease, its own offer, or free. None if someone else holds it, or it is
-        reserved for another host (`may_bind` tells which)."""
+        reserved for another host (`may_bind` tells which). `relay_info` is the relayed
+        request's option 82 (empty if the relay added none); None for a request that came
+        without a relay, which keeps what the client's record of `address` stashed (a
+        renewal unicast from a relayed client carries no option 82)."""
         if not self.may_bind(client_id, hwaddr, address, host):
             return None
         owner = self._by_address.get(address)
@@ -378,6 +382,9 @@ class LeaseTable:
             # Taken above or by the hold itself: either way `address` stays in use.
             self._drop_hold(own_hold, keep=address)
         previous = self._by_client.get(client_id)
+        if relay_info is None:
+            kept = previous is not None and previous.address == address
+            relay_info = previous.relay_info if previous is not None and kept else b""
         if previous is not None and previous.address != address:
             # One record per client: the old address is given back and forgotten.
             self._forget(previous)
@@ -399,6 +406,7 @@ class LeaseTable:
             updated=now,
             prl=prl,
             vlans=vlans,
+            relay_info=relay_info,
         )
         self._put(lease)
         decision.lease_writes.append(lease)

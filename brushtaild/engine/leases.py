@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 from enum import IntEnum
 
+from brushtaild.dhcp.options import parse_relay_agent_info
+
 
 class LeaseState(IntEnum):
     """Persisted state of an address binding; the numbers are stored on disk."""
@@ -33,6 +35,15 @@ class Lease:
     # The VLAN ids (outer first) its requests came on, the relay's for a relayed client:
     # the XDP program keys the client's entry with them.
     vlans: tuple[int, ...] = ()
+    # Option 82 as the relay sent it with the request that bound the lease (stash-agent-
+    # options): a client renews by unicast, without it, and is still the relay's subscriber.
+    # Empty for a client on our own link.
+    relay_info: bytes = b""
+
+    def relay_sub_option(self, code: int) -> bytes | None:
+        """The value of sub-option `code` of the stashed option 82, if it has one (only
+        option 82 whose sub-options parse is stashed)."""
+        return dict(parse_relay_agent_info(self.relay_info)).get(code)
 
     @property
     def occupies(self) -> bool:

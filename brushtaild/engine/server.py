@@ -82,6 +82,8 @@ class ClientContext:
     # The reply's size limit (option 57), decoded with the rest before anything changes:
     # a request found malformed after its lease was moved would leave the table changed.
     max_size: int
+    # Option 82 as a relay sent it, empty if the relay added none; None without a relay.
+    relay_info: bytes | None
 
 
 def client_identity(msg: Message) -> bytes:
@@ -351,6 +353,7 @@ class Server:
         relay_subs = (
             opt.parse_relay_agent_info(relay_info) if relay_info is not None and msg.giaddr else []
         )
+        relayed = (relay_info or b"") if msg.giaddr else None
         requested = options.get(OptionCode.REQUESTED_ADDRESS)
         server_id = options.get(OptionCode.SERVER_ID)
         selector, by_118 = self._network_selector(msg, relay_subs)
@@ -360,6 +363,9 @@ class Server:
             pools = self._on_link(pools, selector, ingress.vlans)
             if any(alloc.pool.serves_vlans(ingress.vlans) for alloc in self._vlan_pools):
                 client_id = subscriber_identity(client_id, ingress.vlans)
+            # A renewal unicast by a relayed client is still that relay's subscriber: what
+            # it is matched on is the option 82 its lease stashed (a circuit-id reservation).
+            relay_subs = opt.parse_relay_agent_info(self._stashed(client_id, msg.ciaddr))
         return ClientContext(
             message=msg,
             ingress=ingress,
@@ -372,7 +378,13 @@ class Server:
             echo_118=by_118,
             host=self._host(client_id, msg.hwaddr, relay_subs, pools),
             max_size=self._max_size(msg),
+            relay_info=relayed,
         )
+
+    def _stashed(self, client_id: bytes, ciaddr: int) -> bytes:
+        """The option 82 the client's lease of `ciaddr` stashed (empty if none)."""
+        lease = self.table.lease_of(client_id) if ciaddr else None
+        return lease.relay_info if lease is not None and lease.address == ciaddr else b""
 
     def _host(
         self,
@@ -579,6 +591,7 @@ class Server:
             decision,
             ctx.host,
             ctx.ingress.vlans,
+            ctx.relay_info,
         )
         if lease is None:
             self._nak(ctx, decision, NakReason.ADDRESS_IN_USE)

@@ -54,13 +54,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE lease ADD COLUMN outer_vlan INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE lease ADD COLUMN inner_vlan INTEGER NOT NULL DEFAULT 0",
     ),
+    # Option 82 as the relay sent it when the lease was bound (empty: not relayed), kept
+    # across renewals that come without it; leases made before it was kept have none.
+    ("ALTER TABLE lease ADD COLUMN relay_info BLOB NOT NULL DEFAULT x''",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _UPSERT = """
     INSERT INTO lease (address, client_id, hwaddr, pool, state, expires, updated, prl,
-                       outer_vlan, inner_vlan)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       outer_vlan, inner_vlan, relay_info)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (address) DO UPDATE SET
         client_id = excluded.client_id,
         hwaddr = excluded.hwaddr,
@@ -70,12 +73,13 @@ _UPSERT = """
         prl = excluded.prl,
         outer_vlan = excluded.outer_vlan,
         inner_vlan = excluded.inner_vlan,
+        relay_info = excluded.relay_info,
         updated = excluded.updated
 """
 _DELETE = "DELETE FROM lease WHERE address = ?"
 _SELECT_ALL = (
     "SELECT address, client_id, hwaddr, pool, state, expires, updated, prl, outer_vlan,"
-    " inner_vlan FROM lease ORDER BY address"
+    " inner_vlan, relay_info FROM lease ORDER BY address"
 )
 
 # A dict lookup is several times cheaper than LeaseState(n), which matters at 1M rows.
@@ -238,6 +242,7 @@ def _select_all(conn: sqlite3.Connection, path: Path) -> list[Lease]:
                 updated,
                 prls.setdefault(prl, prl) if prl is not None else None,
                 vlan_ids(outer, inner),
+                relay_info,
             )
             for (
                 address,
@@ -250,6 +255,7 @@ def _select_all(conn: sqlite3.Connection, path: Path) -> list[Lease]:
                 prl,
                 outer,
                 inner,
+                relay_info,
             ) in conn.execute(_SELECT_ALL)
         ]
     except sqlite3.Error as e:
@@ -267,7 +273,7 @@ def vlan_ids(outer: int, inner: int) -> tuple[int, ...]:
 
 def _rows(
     writes: Sequence[Lease],
-) -> Iterator[tuple[int, bytes, bytes, str, int, float, float, bytes | None, int, int]]:
+) -> Iterator[tuple[int, bytes, bytes, str, int, float, float, bytes | None, int, int, bytes]]:
     for lease in writes:
         outer, inner = (*lease.vlans, 0, 0)[:2]
         yield (
@@ -281,6 +287,7 @@ def _rows(
             lease.prl,
             outer,
             inner,
+            lease.relay_info,
         )
 
 

@@ -20,7 +20,7 @@ import pytest
 from brushtaild.cli import main as cli_main
 from brushtaild.daemon import clock, main
 from brushtaild.daemon import control as control_module
-from brushtaild.daemon.commands import NOT_RECORDED, select_leases
+from brushtaild.daemon.commands import select_leases
 from brushtaild.daemon.control import MAX_CONNECTIONS, MAX_REQUEST, TIMEOUT, ControlServer
 from brushtaild.daemon.main import Daemon, Signals
 from brushtaild.dhcp.codec import parse
@@ -173,9 +173,8 @@ def test_leases_filter_and_count_every_match(daemon: Daemon, io: FakeIO, served:
     assert by_address["leases"][0]["mac"] == format_mac(mac(2))
     assert result(served, "leases", state="released")["matched"] == 0
     assert result(served, "leases", pool="residential", state="bound")["matched"] == 4
-    # Not recorded per lease yet: said, not pretended.
-    unknown = result(served, "leases", circuit_id="eth0/1/2")
-    assert (unknown["matched"], unknown["notes"]) == (0, [NOT_RECORDED])
+    # Local clients: no relay, so no circuit-id stashed.
+    assert result(served, "leases", circuit_id="eth0/1/2")["matched"] == 0
     assert result(served, "leases", site="edge-z")["matched"] == 0
     assert not call(served, "leases", state="sleeping")["ok"]
     assert not call(served, "leases", mac="zz")["ok"]
@@ -435,7 +434,7 @@ def test_cli_commands_render_tables_and_json(
         "1 of 1 matching leases shown"
     )
     assert cli(looping, "leases", "--circuit-id", "7") == 0
-    assert "note: circuit-id is not recorded" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines()[-1] == "0 of 0 matching leases shown"
     assert cli(looping, "leases", "--vlan", "7") == 0
     assert capsys.readouterr().out.splitlines()[-1] == "0 of 0 matching leases shown"
     for argv in (("status",), ("pools",), ("peers",), ("leases", "--mac", format_mac(mac(1)))):
@@ -484,3 +483,22 @@ def test_leases_filter_by_vlan_outer_or_inner() -> None:
     answer = select_leases(leases, {"vlan": 7}, 1e9, "edge-a")
     assert [row["vlans"] for row in answer["leases"]] == ["100.7", "7"]
     assert select_leases(leases, {"vlan": 100}, 1e9, "edge-a")["matched"] == 2
+
+
+def test_leases_filter_by_the_stashed_circuit_id() -> None:
+    def relayed(address: int, relay_info: bytes) -> Lease:
+        return Lease(address, b"\x01" + mac(address), mac(address), "residential",
+                     LeaseState.BOUND, 2e9, 1e9, relay_info=relay_info)  # fmt: skip
+
+    leases = [
+        relayed(1, b""),
+        relayed(2, bytes.fromhex("0109") + b"olt1/1/3:" + bytes.fromhex("0203") + b"cpe"),
+        relayed(3, bytes.fromhex("0102ff00")),
+    ]
+    answer = select_leases(leases, {"circuit_id": "olt1/1/3:"}, 1e9, "edge-a")
+    assert [(row["circuit_id"], row["remote_id"]) for row in answer["leases"]] == [
+        ("olt1/1/3:", "cpe")
+    ]
+    binary = select_leases(leases, {"circuit_id": "0xff00"}, 1e9, "edge-a")
+    assert [row["circuit_id"] for row in binary["leases"]] == ["0xff00"]
+    assert select_leases(leases, {}, 1e9, "edge-a")["leases"][0]["circuit_id"] == ""

@@ -45,6 +45,7 @@ def test_round_trip_of_every_field(tmp_path: Path) -> None:
         lease(0xFFFFFFFF, state=LeaseState.EXPIRED, expires=1e300, updated=5e-324),
         lease(0x0A000002, prl=bytes([1, 3, 6, 15, 119])),
         lease(0x0A000003, prl=b""),  # an empty list is not the same as none
+        lease(0x0A000004, relay_info=bytes.fromhex("01036574680b04c6120001")),
     ]
     with LeaseStore.open(tmp_path) as store:
         store.apply(written, [])
@@ -66,6 +67,7 @@ def test_any_lease_round_trips_exactly(tmp_path: Path) -> None:
         expires=st.floats(allow_nan=False),
         updated=st.floats(allow_nan=False),
         prl=st.none() | st.binary(max_size=255),
+        relay_info=st.binary(max_size=255),
     )
     with LeaseStore.open(tmp_path) as store:
 
@@ -251,6 +253,7 @@ def test_a_version_1_store_gains_the_prl_column_and_keeps_its_rows(tmp_path: Pat
         conn.execute("ALTER TABLE lease DROP COLUMN outer_vlan")
         conn.execute("ALTER TABLE lease DROP COLUMN inner_vlan")
         conn.execute("ALTER TABLE lease DROP COLUMN prl")
+        conn.execute("ALTER TABLE lease DROP COLUMN relay_info")
         conn.execute("PRAGMA user_version = 1")
     conn.close()
     with LeaseStore.open(tmp_path) as store:
@@ -268,9 +271,27 @@ def test_a_version_2_store_gains_the_vlan_columns_and_keeps_its_rows(tmp_path: P
     with sqlite3.connect(path) as conn:
         conn.execute("ALTER TABLE lease DROP COLUMN outer_vlan")
         conn.execute("ALTER TABLE lease DROP COLUMN inner_vlan")
+        conn.execute("ALTER TABLE lease DROP COLUMN relay_info")
         conn.execute("PRAGMA user_version = 2")
     conn.close()
     with LeaseStore.open(tmp_path) as store:
         assert store.load() == [lease(1, prl=b"\x01")]
         store.apply([lease(1, vlans=(100,)), lease(2, vlans=(100, 4094))], [])
         assert [row.vlans for row in store.load()] == [(100,), (100, 4094)]
+
+
+def test_a_version_3_store_gains_the_relay_info_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Stores written before option 82 was stashed (schema 3) load as leases without it;
+    a stashed option 82 is kept byte for byte."""
+    with LeaseStore.open(tmp_path) as store:
+        store.apply([lease(1, vlans=(100,))], [])
+    path = tmp_path / "leases.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE lease DROP COLUMN relay_info")
+        conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    with LeaseStore.open(tmp_path) as store:
+        assert store.load() == [lease(1, vlans=(100,))]
+        stashed = bytes.fromhex("01060004006401050201ff")
+        store.apply([lease(1, relay_info=stashed), lease(2, relay_info=bytes(255))], [])
+        assert [row.relay_info for row in store.load()] == [stashed, bytes(255)]

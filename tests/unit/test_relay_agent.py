@@ -1,0 +1,103 @@
+"""Option 82 in the engine: stashed per lease (renewals come without it) and its
+sub-options."""
+
+from ipaddress import IPv4Network
+
+from brushtaild.dhcp import options as opt
+from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
+from brushtaild.engine.reservations import Reservation
+from brushtaild.engine.server import Server
+from tests.engine_helpers import (
+    INGRESS,
+    SERVER,
+    make_config,
+    make_pool,
+    only_reply,
+    reply_type,
+    request,
+)
+
+D, R = MessageType.DISCOVER, MessageType.REQUEST
+RELAY = opt.parse_ip("198.19.0.1")
+REMOTE = make_pool("remote", "198.19.0.0/16", "198.19.1.0", "198.19.1.9")
+NOW = 10_000.0
+
+
+def agent_info(circuit: bytes, *more: tuple[int, bytes]) -> bytes:
+    return opt.build_relay_agent_info([(RelayAgentSubOption.CIRCUIT_ID, circuit), *more])
+
+
+def relayed_dora(server: Server, n: int, info: bytes | None) -> int:
+    extra = {OptionCode.RELAY_AGENT_INFO: info} if info is not None else {}
+    offer = only_reply(server.handle(request(D, n, giaddr=RELAY, extra=extra), INGRESS, NOW))
+    ack = server.handle(
+        request(R, n, giaddr=RELAY, requested=offer.yiaddr, server_id=SERVER, extra=extra),
+        INGRESS,
+        NOW,
+    )
+    assert reply_type(ack) is MessageType.ACK, ack
+    return offer.yiaddr
+
+
+def stashed(server: Server, address: int) -> bytes:
+    lease = server.lease_at(address)
+    assert lease is not None
+    return lease.relay_info
+
+
+def test_the_lease_stashes_option_82_as_received_and_a_unicast_renewal_keeps_it() -> None:
+    server = Server(make_config(REMOTE), [], NOW)
+    info = agent_info(b"olt1/1/3:101", (RelayAgentSubOption.REMOTE_ID, b"cpe-1"), (200, b"\0"))
+    address = relayed_dora(server, 1, info)
+    assert stashed(server, address) == info
+    renewal = server.handle(request(R, 1, ciaddr=address), INGRESS, NOW + 1800)
+    assert reply_type(renewal) is MessageType.ACK
+    assert renewal.lease_writes[-1].relay_info == info
+    circuit = renewal.lease_writes[-1].relay_sub_option(RelayAgentSubOption.CIRCUIT_ID)
+    assert circuit == b"olt1/1/3:101"
+
+
+def test_a_relayed_renewal_replaces_the_stash_even_with_none() -> None:
+    server = Server(make_config(REMOTE), [], NOW)
+    address = relayed_dora(server, 1, agent_info(b"port-1"))
+    moved = agent_info(b"port-2")
+    rebind = request(R, 1, ciaddr=address, giaddr=RELAY, extra={OptionCode.RELAY_AGENT_INFO: moved})
+    assert reply_type(server.handle(rebind, INGRESS, NOW + 3000)) is MessageType.ACK
+    assert stashed(server, address) == moved
+    bare = request(R, 1, ciaddr=address, giaddr=RELAY)
+    assert reply_type(server.handle(bare, INGRESS, NOW + 3100)) is MessageType.ACK
+    assert stashed(server, address) == b""
+
+
+def test_a_local_client_stashes_nothing_even_from_a_snooping_switch() -> None:
+    # Option 82 without giaddr is echoed, but names no relay's circuit.
+    server = Server(make_config(make_pool()), [], NOW)
+    extra = {OptionCode.RELAY_AGENT_INFO: agent_info(b"port-1")}
+    offer = only_reply(server.handle(request(D, 1, extra=extra), INGRESS, NOW))
+    ack = server.handle(
+        request(R, 1, requested=offer.yiaddr, server_id=SERVER, extra=extra), INGRESS, NOW
+    )
+    assert reply_type(ack) is MessageType.ACK
+    assert stashed(server, offer.yiaddr) == b""
+
+
+def test_a_unicast_renewal_is_matched_on_the_stashed_circuit_id() -> None:
+    """A reload reserves an address for the circuit of a client holding another one: its
+    next renewal, unicast without option 82, is NAKed towards the reservation, as a relayed
+    one would be."""
+    server = Server(make_config(REMOTE), [], NOW)
+    address = relayed_dora(server, 1, agent_info(b"olt1/1/3:101"))
+    fixed = opt.parse_ip("198.19.7.7")
+    config = make_config(REMOTE, reservations=(Reservation(fixed, circuit_id=b"olt1/1/3:101"),))
+    server = server.reconfigured(config, NOW)
+    renewal = server.handle(request(R, 1, ciaddr=address), INGRESS, NOW + 1800)
+    assert reply_type(renewal) is MessageType.NAK
+    assert relayed_dora(server, 1, agent_info(b"olt1/1/3:101")) == fixed
+
+
+def test_the_stash_survives_a_reload() -> None:
+    config = make_config(REMOTE, trusted_relays=(IPv4Network("198.19.0.0/16"),))
+    server = Server(config, [], NOW)
+    info = agent_info(b"x")
+    address = relayed_dora(server, 1, info)
+    assert stashed(server.reconfigured(config, NOW), address) == info
