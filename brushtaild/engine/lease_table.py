@@ -197,7 +197,7 @@ class LeaseTable:
         if address == host:
             return True
         lease = self._by_address.get(address)
-        holder = lease is not None and self._by_client.get(client_id) is lease
+        holder = lease if lease is not None and self._by_client.get(client_id) is lease else None
         return self.reservations.entitled(address, client_id, hwaddr, holder)
 
     def next_deadline(self) -> float | None:

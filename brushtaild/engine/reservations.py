@@ -9,6 +9,8 @@ client have a reserved address; the allocators never hand one out by themselves.
 from collections.abc import Iterable
 
 from brushtaild.config.model import Reservation
+from brushtaild.dhcp.constants import RelayAgentSubOption
+from brushtaild.engine.leases import Lease
 
 
 class Reservations:
@@ -38,24 +40,30 @@ class Reservations:
     ) -> Reservation | None:
         """The client's reservation; a circuit-id one only for a relayed request that
         carries the circuit (and the remote-id, where the reservation names one)."""
-        found = self.of_identity(client_id, hwaddr)
-        if found is None and circuit_id is not None:
-            found = self._by_circuit.get((circuit_id, remote_id)) or self._by_circuit.get(
-                (circuit_id, None)
-            )
-        return found
+        return self.of_identity(client_id, hwaddr) or self._of_circuit(circuit_id, remote_id)
 
-    def entitled(self, address: int, client_id: bytes, hwaddr: bytes, holder: bool) -> bool:
+    def _of_circuit(self, circuit_id: bytes | None, remote_id: bytes | None) -> Reservation | None:
+        if circuit_id is None:
+            return None
+        return self._by_circuit.get((circuit_id, remote_id)) or self._by_circuit.get(
+            (circuit_id, None)
+        )
+
+    def entitled(self, address: int, client_id: bytes, hwaddr: bytes, holder: Lease | None) -> bool:
         """Whether the client may hold `address`: it is no host's, or this client's.
 
-        `holder`: the client already holds the address. That is proof enough for a
-        circuit-id reservation: the client's renewals come unicast without option 82, and
-        the lease does not remember the circuit, so only the relayed request that bound it
-        could check it. A dynamic lease of a newly reserved circuit-id address therefore
-        stays until it ends; MAC and client-id reservations take theirs back at once."""
+        `holder`: the client's own lease of the address, if it holds it. For a circuit-id
+        reservation that lease's stashed option 82 says whether the client is the host (its
+        renewals come unicast without option 82); a lease that stashed none (bound before
+        leases kept option 82) is taken on trust until it ends. MAC and client-id
+        reservations take theirs back at once."""
         reservation = self.by_address.get(address)
         if reservation is None:
             return True
         if reservation.circuit_id is not None:
-            return holder
+            if holder is None or not holder.relay_info:
+                return holder is not None
+            circuit = holder.relay_sub_option(RelayAgentSubOption.CIRCUIT_ID)
+            remote = holder.relay_sub_option(RelayAgentSubOption.REMOTE_ID)
+            return self._of_circuit(circuit, remote) is reservation
         return self.of_identity(client_id, hwaddr) is reservation

@@ -101,3 +101,23 @@ def test_the_stash_survives_a_reload() -> None:
     info = agent_info(b"x")
     address = relayed_dora(server, 1, info)
     assert stashed(server.reconfigured(config, NOW), address) == info
+
+
+def test_a_newly_reserved_circuit_address_is_taken_back_from_another_circuits_client() -> None:
+    server = Server(make_config(REMOTE), [], NOW)
+    taken = relayed_dora(server, 1, agent_info(b"port-1"))
+    kept = relayed_dora(server, 2, agent_info(b"port-2"))
+    reservations = (
+        Reservation(taken, circuit_id=b"port-9"),
+        Reservation(kept, circuit_id=b"port-2"),
+    )
+    server = server.reconfigured(make_config(REMOTE, reservations=reservations), NOW)
+    other, host = server.lease_at(taken), server.lease_at(kept)
+    assert other is not None and not server.renewable(other, NOW)
+    assert host is not None and server.renewable(host, NOW)
+    assert reply_type(server.handle(request(R, 1, ciaddr=taken), INGRESS, NOW + 1)) is (
+        MessageType.NAK
+    )
+    assert reply_type(server.handle(request(R, 2, ciaddr=kept), INGRESS, NOW + 1)) is (
+        MessageType.ACK
+    )
