@@ -84,6 +84,9 @@ class ClientContext:
     max_size: int
     # Option 82 as a relay sent it, empty if the relay added none; None without a relay.
     relay_info: bytes | None
+    # The relay's server identifier override (RFC 5107): the address the client knows us
+    # by, which the reply names as option 54; None without one.
+    override: int | None
 
 
 def client_identity(msg: Message) -> bytes:
@@ -354,6 +357,14 @@ class Server:
             opt.parse_relay_agent_info(relay_info) if relay_info is not None and msg.giaddr else []
         )
         relayed = (relay_info or b"") if msg.giaddr else None
+        override = next(
+            (
+                opt.decode_ip(value)
+                for code, value in relay_subs
+                if code == RelayAgentSubOption.SERVER_ID_OVERRIDE
+            ),
+            None,
+        )
         requested = options.get(OptionCode.REQUESTED_ADDRESS)
         server_id = options.get(OptionCode.SERVER_ID)
         selector, by_118 = self._network_selector(msg, relay_subs)
@@ -379,6 +390,7 @@ class Server:
             host=self._host(client_id, msg.hwaddr, relay_subs, pools),
             max_size=self._max_size(msg),
             relay_info=relayed,
+            override=override,
         )
 
     def _stashed(self, client_id: bytes, ciaddr: int) -> bytes:
@@ -498,8 +510,8 @@ class Server:
         """RFC 2131 4.3.2, by the client's state. A REQUEST naming this server (54) that
         cannot be satisfied is NAKed (3.1 step 4), whatever is wrong with it."""
         msg = ctx.message
-        names_us = ctx.server_id == self.config.server_id
-        if ctx.server_id is not None and not names_us:
+        names_us = ctx.server_id is not None and not self._names_another(ctx)
+        if self._names_another(ctx):
             # The client chose another server's offer: ours is free again.
             self.table.drop_hold(ctx.client_id)
             decision.drop = DropReason.OTHER_SERVER
@@ -601,8 +613,16 @@ class Server:
         if self._reply(ctx, decision, MessageType.ACK, address, alloc.pool):
             decision.events.append(self._event(LeaseEventKind.ACK, ctx, address, alloc.pool.name))
 
+    def _names_another(self, ctx: ClientContext) -> bool:
+        """Whether the request's option 54 names another server: neither our server_id
+        nor the address its relay's override (RFC 5107) made the client know us by."""
+        return ctx.server_id is not None and ctx.server_id not in (
+            self.config.server_id,
+            ctx.override,
+        )
+
     def _decline(self, ctx: ClientContext, decision: Decision) -> None:
-        if ctx.server_id is not None and ctx.server_id != self.config.server_id:
+        if self._names_another(ctx):
             decision.drop = DropReason.OTHER_SERVER
             return
         lease = self._own_active_lease(ctx, ctx.requested)
@@ -621,7 +641,7 @@ class Server:
         )
 
     def _release(self, ctx: ClientContext, decision: Decision) -> None:
-        if ctx.server_id is not None and ctx.server_id != self.config.server_id:
+        if self._names_another(ctx):
             decision.drop = DropReason.OTHER_SERVER
             return
         lease = self._own_active_lease(ctx, ctx.message.ciaddr)
@@ -763,8 +783,14 @@ class Server:
         Echoed, after the template's options and in this order (the fast path writes the
         same bytes, bpf/reply.h): 118 when it chose the subnet (RFC 3011 3: a client
         discards replies without it), 61 verbatim (RFC 6842), then 82 verbatim and last
-        (RFC 3046 2.2), never moved into `file` or `sname`."""
+        (RFC 3046 2.2), never moved into `file` or `sname`. A relay's server identifier
+        override (RFC 5107) takes option 54's place: the client sends its renewals there,
+        to the relay, which relays them to us."""
         request = ctx.message
+        if ctx.override is not None:
+            options = {**template.options, OptionCode.SERVER_ID: opt.ip(ctx.override)}
+            template = ReplyTemplate(options, encode_options(options), template.optional)
+            reply.options = options
         echo: dict[int, bytes] = {}
         if ctx.echo_118:
             echo[OptionCode.SUBNET_SELECTION] = request.options[OptionCode.SUBNET_SELECTION]

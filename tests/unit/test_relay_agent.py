@@ -1,10 +1,14 @@
 """Option 82 in the engine: stashed per lease (renewals come without it) and its
 sub-options."""
 
+from dataclasses import replace
 from ipaddress import IPv4Network
 
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
+from brushtaild.dhcp.message import Message
+from brushtaild.dhcp.reasons import DropReason
+from brushtaild.engine.leases import LeaseState
 from brushtaild.engine.reservations import Reservation
 from brushtaild.engine.server import Server
 from tests.engine_helpers import (
@@ -121,3 +125,92 @@ def test_a_newly_reserved_circuit_address_is_taken_back_from_another_circuits_cl
     assert reply_type(server.handle(request(R, 2, ciaddr=kept), INGRESS, NOW + 1)) is (
         MessageType.ACK
     )
+
+
+# Sub-options -----------------------------------------------------------------------------
+
+OVERRIDE = opt.parse_ip("198.19.0.1")  # the relay's own address, as RFC 5107 intends
+
+
+def overriding(*more: tuple[int, bytes]) -> bytes:
+    return agent_info(b"port-1", (RelayAgentSubOption.SERVER_ID_OVERRIDE, opt.ip(OVERRIDE)), *more)
+
+
+def test_server_identifier_override_names_the_relay_in_every_reply() -> None:
+    """RFC 5107: option 54 of the OFFER, ACK and NAK is the override; a REQUEST naming it
+    is for us; option 82 is echoed as received."""
+    server = Server(make_config(REMOTE), [], NOW)
+    info = overriding()
+    extra = {OptionCode.RELAY_AGENT_INFO: info}
+    offer = only_reply(server.handle(request(D, 1, giaddr=RELAY, extra=extra), INGRESS, NOW))
+    assert offer.options[OptionCode.SERVER_ID] == opt.ip(OVERRIDE)
+    assert offer.options[OptionCode.RELAY_AGENT_INFO] == info
+    select = request(R, 1, giaddr=RELAY, requested=offer.yiaddr, server_id=OVERRIDE, extra=extra)
+    ack = server.handle(select, INGRESS, NOW)
+    assert reply_type(ack) is MessageType.ACK
+    assert only_reply(ack).options[OptionCode.SERVER_ID] == opt.ip(OVERRIDE)
+    elsewhere = replace(
+        select, options={**select.options, OptionCode.REQUESTED_ADDRESS: opt.ip(SERVER)}
+    )
+    nak = server.handle(elsewhere, INGRESS, NOW)
+    assert reply_type(nak) is MessageType.NAK
+    assert only_reply(nak).options[OptionCode.SERVER_ID] == opt.ip(OVERRIDE)
+    # Our own server_id still names us; any other address is another server's.
+    assert reply_type(server.handle(replace_sid(select, SERVER), INGRESS, NOW)) is MessageType.ACK
+    other = server.handle(replace_sid(select, OVERRIDE + 1), INGRESS, NOW)
+    assert other.drop is DropReason.OTHER_SERVER
+
+
+def replace_sid(msg: Message, server_id: int) -> Message:
+    return replace(msg, options={**msg.options, OptionCode.SERVER_ID: opt.ip(server_id)})
+
+
+def test_release_naming_the_override_is_for_us() -> None:
+    server = Server(make_config(REMOTE), [], NOW)
+    address = relayed_dora(server, 1, overriding())
+    extra = {OptionCode.RELAY_AGENT_INFO: overriding()}
+    release = request(MessageType.RELEASE, 1, ciaddr=address, server_id=OVERRIDE, extra=extra)
+    assert server.handle(replace(release, giaddr=RELAY), INGRESS, NOW).drop is None
+    lease = server.lease_at(address)
+    assert lease is not None and lease.state is LeaseState.RELEASED
+
+
+def test_an_override_from_a_client_on_our_link_is_ignored() -> None:
+    server = Server(make_config(make_pool()), [], NOW)
+    offer = server.handle(
+        request(D, 1, extra={OptionCode.RELAY_AGENT_INFO: overriding()}), INGRESS, NOW
+    )
+    assert only_reply(offer).options[OptionCode.SERVER_ID] == opt.ip(SERVER)
+
+
+def test_a_malformed_override_is_dropped() -> None:
+    server = Server(make_config(REMOTE), [], NOW)
+    bad = agent_info(b"port-1", (RelayAgentSubOption.SERVER_ID_OVERRIDE, b"\xc6\x13\x00"))
+    decision = server.handle(
+        request(D, 1, giaddr=RELAY, extra={OptionCode.RELAY_AGENT_INFO: bad}), INGRESS, NOW
+    )
+    assert decision.drop is DropReason.BAD_OPTION and not decision.replies
+
+
+def test_relay_flags_and_unknown_sub_options_are_echoed_byte_for_byte_and_stashed() -> None:
+    """RFC 5010's flags (the relay got the request unicast) change no answer: RENEWING and
+    REBINDING are answered alike. They and sub-options we do not know go back untouched."""
+    server = Server(make_config(REMOTE), [], NOW)
+    info = agent_info(
+        b"port-1",
+        (RelayAgentSubOption.RELAY_AGENT_FLAGS, b"\x80"),
+        (151, b""),
+        (9, bytes(range(40))),
+        (RelayAgentSubOption.SUBSCRIBER_ID, b"sub 1"),
+    )
+    address = relayed_dora(server, 1, info)
+    assert stashed(server, address) == info
+    flagged = request(R, 1, ciaddr=address, giaddr=RELAY, extra={OptionCode.RELAY_AGENT_INFO: info})
+    decision = server.handle(flagged, INGRESS, NOW + 1800)
+    assert reply_type(decision) is MessageType.ACK
+    payload = decision.replies[0].payload
+    assert payload.find(bytes((OptionCode.RELAY_AGENT_INFO, len(info))) + info) > 0
+    plain = agent_info(b"port-1", (RelayAgentSubOption.RELAY_AGENT_FLAGS, b"\x00"))
+    unflagged = replace(flagged, options={**flagged.options, OptionCode.RELAY_AGENT_INFO: plain})
+    again = server.handle(unflagged, INGRESS, NOW + 1900)
+    assert reply_type(again) is MessageType.ACK and only_reply(again).yiaddr == address
