@@ -140,10 +140,13 @@ static __always_inline int parse_request(struct xdp_md *ctx, struct cursor *c, v
 
 /* A subnet selector the slow path must judge: option 118 (which the reply must echo, RFC
  * 3011, and the templates cannot), or option 82 from a client rather than a relay (which
- * the slow path ignores: a client cannot be trusted with relay information). */
+ * the slow path ignores: a client cannot be trusted with relay information). A relay's
+ * server identifier override (RFC 5107) goes there too: the reply's option 54 must be the
+ * override, and the templates carry ours. */
 static __always_inline int slow_path_selector(struct bootp_hdr *b, struct dhcp_request *req)
 {
-	return (req->seen & SEEN_SUBNET_SELECTION) || ((req->seen & SEEN_RELAY) && !b->giaddr);
+	return (req->seen & (SEEN_SUBNET_SELECTION | SEEN_SERVER_ID_OVERRIDE)) ||
+	       ((req->seen & SEEN_RELAY) && !b->giaddr);
 }
 
 /* Option 61 must be the lease's identity; without it, that identity must be htype 1 +

@@ -41,6 +41,7 @@
 #define OPT_END 255
 #define RAI_CIRCUIT_ID 1
 #define RAI_LINK_SELECTION 5
+#define RAI_SERVER_ID_OVERRIDE 11
 
 struct cursor {
 	void *pos;
@@ -101,6 +102,8 @@ struct dhcp_request {
 #define SEEN_RELAY (1u << 6)
 #define SEEN_SUBNET_SELECTION (1u << 7)
 #define SEEN_LINK_SELECTION (1u << 8)
+/* Option 82 sub-option 11 (RFC 5107): the reply's option 54 is the relay's, not ours. */
+#define SEEN_SERVER_ID_OVERRIDE (1u << 9)
 /* Either selects the client's subnet, even as 0.0.0.0 (which selects none). */
 #define SEEN_SELECTOR (SEEN_SUBNET_SELECTION | SEEN_LINK_SELECTION)
 
@@ -333,8 +336,9 @@ static __always_inline int parse_dhcp_options(struct cursor *c, void *data,
 }
 
 /* Option 82's sub-options: RFC 3527 link selection, which selects the subnet like option
- * 118, and the circuit-id (RFC 3046), which names the relay's access line for the rate
- * limit. Walked like the options, by an offset kept in the map value. */
+ * 118, the circuit-id (RFC 3046), which names the relay's access line for the rate limit,
+ * and whether there is a server identifier override (RFC 5107), which the templates cannot
+ * put in option 54. Walked like the options, by an offset kept in the map value. */
 static __always_inline int parse_relay_info(struct cursor *c, void *data,
 					    struct dhcp_request *req)
 {
@@ -362,6 +366,8 @@ static __always_inline int parse_relay_info(struct cursor *c, void *data,
 			v->circuit_off = off + 2;
 			v->circuit_len = len;
 		}
+		if (code == RAI_SERVER_ID_OVERRIDE)
+			v->seen |= SEEN_SERVER_ID_OVERRIDE;
 		if (code != RAI_LINK_SELECTION)
 			continue;
 		if (len != 4 || (void *)(p + 6) > c->end)

@@ -96,6 +96,10 @@ RELAY_INFOS: dict[str, bytes | None] = {
     "link selection 3 bytes": relay_info((5, b"\xc6\x12\x03")),
     "sub-option overrun": relay_info(CIRCUIT)[:-1] + b"\x02\x09abc",
     "250 bytes": relay_info((1, bytes(248))),
+    # RFC 5107: the reply's option 54 must be the relay's address, which no template holds.
+    "server id override": relay_info(CIRCUIT, (11, opt.ip(RELAY_A))),
+    # RFC 5010 flags (unicast) and sub-options nobody here knows: echoed as they are.
+    "flags, unknown": relay_info(CIRCUIT, (10, b"\x80"), (151, b""), (9, b"\0\0\x0d\xe9x")),
 }
 SUBNET_SELECTIONS: dict[str, bytes | None] = {
     "none": None,
@@ -477,6 +481,34 @@ def test_option_118_is_left_to_the_slow_path(
     frame = request_frame(fastpath, state, lease, Request(mtype, rfc_state, xid=7))
     assert fastpath.results_of(frame) == {maps.Result.SELECTOR: 1}
     assert fastpath.run(frame).retval == XDP_PASS
+
+
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
+def test_a_server_identifier_override_is_left_to_the_slow_path(
+    program: Program, renewal_log: RenewalLog, kind: tuple[int, str]
+) -> None:
+    """RFC 5107: the reply to a relayed request with sub-option 11 names the relay as
+    option 54, which the templates cannot; the kernel passes it (result `selector`)."""
+    mtype, rfc_state = kind
+    state = LeaseSetup("bound", "named", "dhclient", "relay A")
+    fastpath = Fastpath(program, renewal_log)
+    lease = establish(fastpath, state)
+    request = Request(mtype, rfc_state, xid=7, relay="server id override")
+    frame = request_frame(fastpath, state, lease, request)
+    assert fastpath.results_of(frame) == {maps.Result.SELECTOR: 1}
+    assert fastpath.run(frame).retval == XDP_PASS
+
+
+@pytest.mark.parametrize("kind", KINDS.values(), ids=KINDS.keys())
+def test_relay_flags_and_unknown_sub_options_are_answered_and_echoed(
+    program: Program, renewal_log: RenewalLog, kind: tuple[int, str]
+) -> None:
+    """Sub-options that change nothing in the reply (RFC 5010 flags, ones we do not know)
+    leave a relayed client to the kernel, which echoes option 82 as the slow path does."""
+    mtype, rfc_state = kind
+    state = LeaseSetup("bound", "named", "dhclient", "relay A")
+    request = Request(mtype, rfc_state, xid=7, relay="flags, unknown")
+    assert check(program, renewal_log, state, request) == XDP_TX
 
 
 @pytest.mark.parametrize("relay", ["circuit id", "link selection A"])
