@@ -22,6 +22,7 @@ from brushtaild.config.model import (
     AddressRange,
     Config,
     FastPath,
+    Limits,
     LogLevel,
     OptionSet,
     Pool,
@@ -60,6 +61,7 @@ class ConfigError(Exception):
 TOP_LEVEL_KEYS = tuple(f.name for f in fields(Config))
 POOL_KEYS = tuple(f.name for f in fields(Pool))
 FASTPATH_KEYS = tuple(f.name for f in fields(FastPath))
+LIMITS_KEYS = tuple(f.name for f in fields(Limits))
 RESERVATION_KEYS = tuple(f.name for f in fields(Reservation))
 # What identifies a reserved host; exactly one per reservation (remote_id only narrows).
 _IDENTIFIERS = ("mac", "client_id", "circuit_id")
@@ -452,6 +454,17 @@ class _Parser:
             return None
         return FastPath(**values)  # type: ignore[arg-type]
 
+    def limits(self, value: object, where: str) -> Limits | None:
+        m = self.mapping(value, where, LIMITS_KEYS)
+        if m is None:
+            return None
+        values = {
+            key: self.optional(m, where, key, self.count(0, 16_777_216), 0) for key in LIMITS_KEYS
+        }
+        if any(v is None for v in values.values()):
+            return None
+        return Limits(**values)  # type: ignore[arg-type]
+
     def count(self, lo: int, hi: int) -> Callable[[object, str], int | None]:
         return self.integer(lo, hi, "integer")
 
@@ -512,6 +525,7 @@ class _Parser:
         reservations = self.optional(
             m, "", "reservations", self.list_of(self.reservation), _default(Config, "reservations")
         )
+        limits = self.optional(m, "", "limits", self.limits, Limits())
         self.check_across_pools()
         if pools is not None:
             self.check_shared_networks(pools)
@@ -532,6 +546,7 @@ class _Parser:
             or pools is None
             or trusted_relays is None
             or reservations is None
+            or limits is None
         ):
             return None
         return Config(
@@ -548,6 +563,7 @@ class _Parser:
             fastpath=fastpath,
             trusted_relays=trusted_relays,
             reservations=reservations,
+            limits=limits,
         )
 
     # -- pools -------------------------------------------------------------------------

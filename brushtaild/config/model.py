@@ -134,6 +134,16 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Bound leases one access line may have (0: no bound), against hoarding: a client
+    past one is not offered or given an address (docs/CONFIG.md, `limits`)."""
+
+    max_leases_per_circuit: int = 0  # option 82 circuit-id (sub-option 1)
+    max_leases_per_remote_id: int = 0  # option 82 remote-id (sub-option 2)
+    max_leases_per_vlan: int = 0  # the VLAN ids the requests came on, outer.inner
+
+
+@dataclass(frozen=True, slots=True)
 class FastPath:
     """The XDP fast path (docs/CONFIG.md, `fastpath:`)."""
 
@@ -164,6 +174,7 @@ class Config:
     # choose the client's pool; from any other sender those options are ignored.
     trusted_relays: tuple[IPv4Network, ...] = ()
     reservations: tuple[Reservation, ...] = ()  # fixed addresses, never handed to others
+    limits: Limits = Limits()
 
     def trusts_relay(self, giaddr: int) -> bool:
         address = IPv4Address(giaddr)

@@ -25,6 +25,9 @@ RELOADABLE = frozenset(
         "fastpath.rate_limit",
         "fastpath.rate_burst",
         "fastpath.relay_rate_limit",
+        "limits.max_leases_per_circuit",
+        "limits.max_leases_per_remote_id",
+        "limits.max_leases_per_vlan",
     }
 )
 

@@ -16,15 +16,18 @@ Rules it keeps, checked after every step by tests/property/test_lease_table.py:
 4. A reserved address is offered and bound only to its host (`Reservations.entitled`). A
    record another client held before a reload reserved the address keeps it until it ends
    (rule 1) but is never offered, renewed or bound again.
+5. With `limits`, the count of bound records on each access line is exactly what the
+   records say (`_line_leases`), and `over_limit` refuses a client that would go past one.
 """
 
 import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Generic, TypeVar
 
-from brushtaild.config.model import Config
+from brushtaild.config.model import Config, Limits
+from brushtaild.dhcp.constants import RelayAgentSubOption
 from brushtaild.engine.allocator import PoolAllocator, containing, pool_allocators
 from brushtaild.engine.decisions import Decision, LeaseEvent, LeaseEventKind
 from brushtaild.engine.leases import Lease, LeaseState
@@ -42,6 +45,40 @@ QUARANTINE_SHARE = 4
 MIN_OFFERS_PER_LINK = 16
 # The timer heaps are rebuilt once stale entries outnumber live ones by this factor.
 COMPACT_FACTOR = 2
+
+# An access line a limit counts bound leases on: what kind (a `Limits` field) and its value
+# (the circuit-id or remote-id, or the VLAN ids, two bytes each, outer first).
+Line = tuple[str, bytes]
+
+
+def access_lines(
+    circuit_id: bytes | None, remote_id: bytes | None, vlans: tuple[int, ...]
+) -> tuple[Line, ...]:
+    """The lines a client is on: its relay's circuit-id and remote-id, and its VLANs."""
+    lines: list[Line] = []
+    if circuit_id is not None:
+        lines.append(("max_leases_per_circuit", circuit_id))
+    if remote_id is not None:
+        lines.append(("max_leases_per_remote_id", remote_id))
+    if vlans:
+        lines.append(("max_leases_per_vlan", b"".join(v.to_bytes(2, "big") for v in vlans)))
+    return tuple(lines)
+
+
+def lease_lines(lease: Lease) -> tuple[Line, ...]:
+    """The lines a lease counts on, from its stashed option 82 and its VLANs."""
+    return access_lines(
+        lease.relay_sub_option(RelayAgentSubOption.CIRCUIT_ID),
+        lease.relay_sub_option(RelayAgentSubOption.REMOTE_ID),
+        lease.vlans,
+    )
+
+
+def _bounds(limits: Limits) -> dict[str, int]:
+    """The kinds of line `limits` bounds (a Limits field's name), with their bounds."""
+    bounds = {f.name: getattr(limits, f.name) for f in fields(limits)}
+    return {kind: bound for kind, bound in bounds.items() if bound}
+
 
 # Where a request came from, for the offer bound: a relay (its giaddr) or the local link
 # (interface index and VLAN ids).
@@ -147,6 +184,9 @@ class LeaseTable:
         # Store rows that are dead on arrival (quarantines over while no daemon ran): the
         # next `expire` hands them to the store to delete.
         self._dead_rows: list[int] = []
+        # Bound records per access line, kept only for the kinds `limits` bounds.
+        self._limits = _bounds(config.limits)
+        self._line_leases: dict[Line, int] = {}
         for lease in paced(sorted(leases, key=lambda lease: lease.updated), keepalive):
             self._load(lease, now)
 
@@ -493,7 +533,7 @@ class LeaseTable:
             updated=now,
         )
         del self._by_client[lease.client_id]
-        self._by_address[lease.address] = quarantine
+        self._set(quarantine)
         self._lease_timers.arm(lease.address, quarantine.expires)
         decision.lease_writes.append(quarantine)
         alloc = self.allocator_for(lease.address, lease.pool)
@@ -522,7 +562,7 @@ class LeaseTable:
                 self._end_quarantine(address, decision, "quarantine over")
             else:
                 expired = replace(lease, state=LeaseState.EXPIRED)
-                self._by_address[address] = expired
+                self._set(expired)
                 self._by_client[lease.client_id] = expired
                 alloc = self.allocator_for(address, lease.pool)
                 if alloc is not None:
@@ -538,7 +578,7 @@ class LeaseTable:
                 self._drop_hold(hold)
 
     def _end_quarantine(self, address: int, decision: Decision, detail: str) -> None:
-        lease = self._by_address.pop(address)
+        lease = self._unset(address)
         self._lease_timers.disarm(address)
         alloc = self.allocator_for(address, lease.pool)
         if alloc is not None:
@@ -552,16 +592,57 @@ class LeaseTable:
     # Internals ----------------------------------------------------------------------------
 
     def _put(self, lease: Lease) -> None:
-        self._by_address[lease.address] = lease
+        self._set(lease)
         self._by_client[lease.client_id] = lease
         if lease.occupies:
             self._lease_timers.arm(lease.address, lease.expires)
         else:
             self._lease_timers.disarm(lease.address)
 
+    def _set(self, lease: Lease) -> None:
+        """Put `lease` at its address, replacing any record there (the one way in)."""
+        old = self._by_address.get(lease.address)
+        if old is not None:
+            self._count(old, -1)
+        self._by_address[lease.address] = lease
+        self._count(lease, 1)
+
+    def _unset(self, address: int) -> Lease:
+        lease = self._by_address.pop(address)
+        self._count(lease, -1)
+        return lease
+
+    def _lines(self, lease: Lease) -> tuple[Line, ...]:
+        """The bounded lines `lease` counts on: none unless it is bound."""
+        if not self._limits or lease.state is not LeaseState.BOUND:
+            return ()
+        return tuple(line for line in lease_lines(lease) if line[0] in self._limits)
+
+    def _count(self, lease: Lease, step: int) -> None:
+        for line in self._lines(lease):
+            count = self._line_leases.get(line, 0) + step
+            if count:
+                self._line_leases[line] = count
+            else:
+                del self._line_leases[line]
+
+    def over_limit(self, client_id: bytes, lines: tuple[Line, ...]) -> bool:
+        """Whether a lease for the client on `lines` would put one past its bound. The
+        lines its own bound lease counts on already are not held against it: a client
+        keeps what it has (a reload that lowers a bound ends no lease)."""
+        if not self._limits:
+            return False
+        own = self._by_client.get(client_id)
+        held = self._lines(own) if own is not None else ()
+        return any(
+            self._line_leases.get(line, 0) >= self._limits[line[0]]
+            for line in lines
+            if line[0] in self._limits and line not in held
+        )
+
     def _forget(self, lease: Lease) -> None:
         if self._by_address.get(lease.address) is lease:
-            del self._by_address[lease.address]
+            self._unset(lease.address)
             self._lease_timers.disarm(lease.address)
         if lease.occupies:
             alloc = self.allocator_for(lease.address, lease.pool)
@@ -583,7 +664,7 @@ class LeaseTable:
             if not active:
                 self._dead_rows.append(lease.address)
                 return
-            self._by_address[lease.address] = lease
+            self._set(lease)
             self._lease_timers.arm(lease.address, lease.expires)
             if alloc is not None:
                 alloc.take(lease.address, host=True)
@@ -599,7 +680,7 @@ class LeaseTable:
             if previous_active and active:
                 self._forget(previous)
                 self._dead_rows.append(previous.address)
-        self._by_address[lease.address] = lease
+        self._set(lease)
         self._by_client[lease.client_id] = lease
         if active:
             self._lease_timers.arm(lease.address, lease.expires)
@@ -630,5 +711,10 @@ class LeaseTable:
         for client_id, lease in self._by_client.items():
             assert lease.client_id == client_id
             assert self._by_address.get(lease.address) is lease
+        lines: dict[Line, int] = {}
+        for lease in self._by_address.values():
+            for line in self._lines(lease):
+                lines[line] = lines.get(line, 0) + 1
+        assert lines == self._line_leases, "bound leases per access line miscounted"
         records = len(self._by_address) + len(self._hold_by_client)
         assert self.timer_entries() <= COMPACT_FACTOR * records + 2 * 64 + 2

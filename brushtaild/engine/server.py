@@ -44,7 +44,7 @@ from brushtaild.engine.decisions import (
     NakReason,
     Reply,
 )
-from brushtaild.engine.lease_table import LeaseTable, PoolUsage
+from brushtaild.engine.lease_table import LeaseTable, Line, PoolUsage, access_lines
 from brushtaild.engine.leases import Lease, LeaseState
 
 # Replies never exceed what fits an Ethernet frame, whatever option 57 claims.
@@ -87,6 +87,7 @@ class ClientContext:
     # The relay's server identifier override (RFC 5107): the address the client knows us
     # by, which the reply names as option 54; None without one.
     override: int | None
+    lines: tuple[Line, ...]  # the access lines `limits` count it on (LeaseTable.over_limit)
 
 
 def client_identity(msg: Message) -> bytes:
@@ -391,6 +392,15 @@ class Server:
             max_size=self._max_size(msg),
             relay_info=relayed,
             override=override,
+            lines=self._lines(relay_subs, ingress.vlans),
+        )
+
+    def _lines(
+        self, relay_subs: list[tuple[int, bytes]], vlans: tuple[int, ...]
+    ) -> tuple[Line, ...]:
+        subs = dict(relay_subs)
+        return access_lines(
+            subs.get(RelayAgentSubOption.CIRCUIT_ID), subs.get(RelayAgentSubOption.REMOTE_ID), vlans
         )
 
     def _stashed(self, client_id: bytes, ciaddr: int) -> bytes:
@@ -489,6 +499,9 @@ class Server:
     def _discover(self, ctx: ClientContext, decision: Decision) -> None:
         if not ctx.pools:
             decision.drop = DropReason.NO_SUBNET
+            return
+        if self.table.over_limit(ctx.client_id, ctx.lines):
+            decision.drop = DropReason.LEASE_LIMIT
             return
         chosen = self.table.offer(
             ctx.client_id,
@@ -592,6 +605,9 @@ class Server:
             # Its reserved address is free again (a reload added it, or the client that
             # held it has gone): the NAK sends the client back to DISCOVER, and to it.
             self._nak(ctx, decision, NakReason.RESERVATION)
+            return
+        if self.table.over_limit(ctx.client_id, ctx.lines):
+            decision.drop = DropReason.LEASE_LIMIT
             return
         lease = self.table.bind(
             ctx.client_id,

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from brushtaild.config.load import (
     FASTPATH_KEYS,
+    LIMITS_KEYS,
     MAX_EXCLUDED_PER_POOL,
     ONE_YEAR,
     POOL_KEYS,
@@ -106,11 +107,12 @@ def test_minimal_example_matches_the_dict_the_tests_use() -> None:
 
 def test_full_example_is_accepted_and_sets_every_key() -> None:
     text = (EXAMPLES / "brushtail-full.yaml").read_text()
-    for key in (*TOP_LEVEL_KEYS, *POOL_KEYS, *FASTPATH_KEYS):
+    for key in (*TOP_LEVEL_KEYS, *POOL_KEYS, *FASTPATH_KEYS, *LIMITS_KEYS):
         assert f"{key}:" in text, f"{key} is not shown in the full example"
     config = load_config(EXAMPLES / "brushtail-full.yaml")
     assert config.metrics_listen == ("::1", 9967)
     assert config.log_level == "info"
+    assert (config.limits.max_leases_per_circuit, config.limits.max_leases_per_vlan) == (4, 0)
     business = next(p for p in config.pools if p.name == "business")
     assert business.domain == "biz.example.net"
     assert (business.renewal_time, business.rebinding_time) == (1800, 3150)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from brushtaild.config.load import parse_config
-from brushtaild.config.model import Config, FastPath, Pool
+from brushtaild.config.model import Config, FastPath, Limits, Pool
 from brushtaild.config.reload import KEYS, RELOADABLE, reloadable, restart_keys
 from tests.unit.test_config import example
 
@@ -42,6 +42,9 @@ CHANGES: dict[str, object] = {
     "fastpath.relay_rate_limit": 500,
     "trusted_relays": ["198.19.0.1", "198.19.8.0/22"],
     "reservations": [{"mac": "52:54:00:00:00:01", "address": "198.18.0.10"}],
+    "limits.max_leases_per_circuit": 2,
+    "limits.max_leases_per_remote_id": 3,
+    "limits.max_leases_per_vlan": 4,
 }
 # What the daemon could swap in place before this list had a home (daemon/main.py and the
 # role's vars): kept as the regression reference.
@@ -62,8 +65,9 @@ NEEDS_RESTART = {
 
 def changed(key: str) -> Config:
     raw: dict[str, Any] = example()
-    if key.startswith("fastpath."):
-        raw["fastpath"] = {key.removeprefix("fastpath."): CHANGES[key]}
+    block, _, inner = key.partition(".")
+    if inner:
+        raw[block] = {inner: CHANGES[key]}
     else:
         raw[key] = CHANGES[key]
     return parse_config(raw)
@@ -145,6 +149,9 @@ def _documented_verdicts() -> dict[str, str]:
     assert set(pool.values()) == {top["pools"]}, pool
     words = {"applied": "reload", "needs a restart": "restart"}
     verdicts = {key: words.get(line, line) for key, line in top.items()}
+    # `limits` is applied as a whole: each of its keys says what it says.
+    limits = verdicts.pop("limits")
+    verdicts |= {f"limits.{f.name}": limits for f in fields(Limits)}
     verdicts |= {f"fastpath.{key}": words.get(v, v) for key, v in table.items()}
     return verdicts
 
