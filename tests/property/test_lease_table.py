@@ -11,7 +11,9 @@ expiry. After every step:
 - no address was ever acknowledged to two clients for overlapping times: every ACK that
   went out, from either path, is remembered with the time the client was told it may use
   the address until, and a second client must never be told the same address before then;
-- an address reserved for a host is acknowledged to nobody else.
+- an address reserved for a host is acknowledged to nobody else;
+- with `limits`, a client's request never takes an access line (its relay's circuit-id:
+  relayed clients share two) past its bound, and the table counts each line exactly.
 """
 
 from dataclasses import replace
@@ -20,12 +22,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from brushtaild.config.model import Config, Pool, Reservation
+from brushtaild.config.model import Config, Limits, Pool, Reservation
 from brushtaild.dhcp import options as opt
-from brushtaild.dhcp.constants import MessageType, OptionCode
+from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
 from brushtaild.dhcp.message import Message
 from brushtaild.engine.decisions import Decision, Ingress, LeaseEventKind
-from brushtaild.engine.leases import Lease
+from brushtaild.engine.leases import Lease, LeaseState
 from brushtaild.engine.server import Server
 from tests.engine_helpers import INGRESS, SERVER, mac, make_config, make_pool, request
 
@@ -66,6 +68,8 @@ RELOADS: dict[str, Config] = {
     "shared": _config(
         replace(POOL_A, shared_network="ab"), replace(POOL_B, shared_network="ab"), RESERVED
     ),
+    "limits": replace(_config(), limits=Limits(max_leases_per_circuit=2)),
+    "tight limits": replace(_config(), limits=Limits(max_leases_per_circuit=1)),
 }
 
 _WITHDRAW = (LeaseEventKind.EXPIRE, LeaseEventKind.RELEASE, LeaseEventKind.DECLINE)
@@ -155,12 +159,30 @@ class LeaseTableMachine(RuleBasedStateMachine):
 
     def _handle(self, msg: Message, ingress: Ingress) -> None:
         self._absorb()
+        before = self._per_circuit()
         self._apply(self.server.handle(msg, ingress, self.now))
+        bound = self.config.limits.max_leases_per_circuit
+        for circuit, count in self._per_circuit().items():
+            assert not bound or count <= max(bound, before.get(circuit, 0)), (
+                f"{circuit!r}: {count} bound leases past the bound of {bound}"
+            )
+
+    def _per_circuit(self) -> dict[bytes, int]:
+        """Bound leases per circuit-id, as the records say."""
+        counts: dict[bytes, int] = {}
+        for lease in self.server.leases():
+            circuit = lease.relay_sub_option(RelayAgentSubOption.CIRCUIT_ID)
+            if lease.state is LeaseState.BOUND and circuit is not None:
+                counts[circuit] = counts.get(circuit, 0) + 1
+        return counts
 
     @staticmethod
     def _route(client: int, msg: Message) -> tuple[Message, Ingress]:
         if client % 2:
+            # Relayed clients on two access lines: 1, 5 and 9 on one, 3 and 7 on the other.
             msg.giaddr, msg.hops = RELAY, 1
+            circuit = (RelayAgentSubOption.CIRCUIT_ID, b"line-%d" % (client % 4))
+            msg.options[OptionCode.RELAY_AGENT_INFO] = opt.build_relay_agent_info([circuit])
         return msg, INGRESS
 
     # Rules ------------------------------------------------------------------------------
