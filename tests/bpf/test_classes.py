@@ -1,0 +1,117 @@
+"""Differential cases for client classes: a classified client's renewal is answered by the
+kernel program with the slow path's bytes (its class's options and lease time, from
+templates of the class's own profile), and a lease whose class the daemon no longer knows
+is left to the slow path."""
+
+from brushtaild.config.model import (
+    ClassMatch,
+    ClientClass,
+    Config,
+    MatchKind,
+    TextMatch,
+    option_set,
+)
+from brushtaild.dhcp import options as opt
+from brushtaild.dhcp.codec import encode
+from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
+from brushtaild.engine.server import Server
+from brushtaild.xdp import maps
+from brushtaild.xdp.loader import Program
+from tests.bpf.harness import (
+    XDP_PASS,
+    XDP_TX,
+    Fastpath,
+    RenewalLog,
+    assert_same_reply,
+    client_message,
+)
+from tests.engine_helpers import make_config, make_pool
+
+ip = opt.parse_ip
+STB_MAC = bytes.fromhex("001a2b000501")
+PLAIN_MAC = bytes.fromhex("02b700000502")
+LINE_MAC = bytes.fromhex("02b700000503")
+GIADDR = ip("198.19.0.1")
+LINES = make_pool("lines", "198.19.0.0/24", "198.19.0.10", "198.19.0.19")
+PRL = bytes([1, 3, 6, 15, 28, 42])
+NTP = opt.ip(ip("198.18.0.123"))
+AGENT = opt.build_relay_agent_info([(RelayAgentSubOption.CIRCUIT_ID, b"olt1/1/1:7")])
+IPTV = ClientClass(
+    "iptv-stb",
+    ClassMatch(oui=STB_MAC[:3]),
+    lease_time=86400,
+    renewal_time=43200,
+    rebinding_time=75600,
+    options=option_set({OptionCode.NTP_SERVERS: NTP, OptionCode.DNS_SERVERS: NTP}),
+)
+BUSINESS = ClientClass(
+    "business",
+    ClassMatch(circuit_id=TextMatch(MatchKind.PREFIX, b"olt1/")),
+    options=option_set({OptionCode.NTP_SERVERS: NTP}),
+)
+
+
+def classes_config() -> Config:
+    return make_config(make_pool(), LINES, classes=(BUSINESS, IPTV))
+
+
+def renewal(fastpath: Fastpath, mac: bytes, address: int, giaddr: int = 0) -> bytes:
+    extra = {OptionCode.PARAMETER_REQUEST_LIST: PRL}
+    if giaddr:
+        extra[OptionCode.RELAY_AGENT_INFO] = AGENT
+    msg = client_message(MessageType.REQUEST, mac, ciaddr=address, giaddr=giaddr, extra=extra)
+    return fastpath.frame(
+        encode(msg, 1500), mac=mac, relay=bool(giaddr), unicast_from=0 if giaddr else address
+    )
+
+
+def answered_alike(fastpath: Fastpath, frame: bytes) -> dict[int, bytes]:
+    run = fastpath.run(frame)
+    assert run.retval == XDP_TX
+    return assert_same_reply(run, frame, fastpath.slow_path(frame, apply=False)).message.options
+
+
+def test_a_classified_clients_renewal_is_answered_as_the_slow_path(
+    program: Program, renewal_log: RenewalLog
+) -> None:
+    """By OUI (a class the lease itself tells): the class's options and lease time, while a
+    neighbour in the same pool keeps the pool's."""
+    fastpath = Fastpath(program, renewal_log, classes_config())
+    prl = {OptionCode.PARAMETER_REQUEST_LIST: PRL}
+    stb = fastpath.bind(STB_MAC, options=prl)
+    plain = fastpath.bind(PLAIN_MAC, options=prl)
+    assert stb.expires == fastpath.now + 86400
+    stb_ack = answered_alike(fastpath, renewal(fastpath, STB_MAC, stb.address))
+    assert stb_ack[OptionCode.LEASE_TIME] == opt.u32(86400)
+    assert stb_ack[OptionCode.NTP_SERVERS] == NTP == stb_ack[OptionCode.DNS_SERVERS]
+    plain_ack = answered_alike(fastpath, renewal(fastpath, PLAIN_MAC, plain.address))
+    assert plain_ack[OptionCode.LEASE_TIME] == opt.u32(3600)
+    assert OptionCode.NTP_SERVERS not in plain_ack
+    entry = fastpath.entry(maps.Key(STB_MAC))
+    assert entry is not None and entry.lease_time == 86400
+
+
+def test_a_relayed_option_82_class_is_answered_alike_until_a_restart_forgets_it(
+    program: Program, renewal_log: RenewalLog
+) -> None:
+    """Option 82 is not on the lease: the class it was bound in is remembered in memory.
+    A new engine over the same leases (a restart) cannot tell it, so the reconcile
+    withdraws the entry and the slow path answers the next renewal."""
+    fastpath = Fastpath(program, renewal_log, classes_config())
+    fastpath.know_relay(GIADDR)
+    options = {OptionCode.PARAMETER_REQUEST_LIST: PRL, OptionCode.RELAY_AGENT_INFO: AGENT}
+    lease = fastpath.bind(LINE_MAC, giaddr=GIADDR, options=options)
+    assert lease.pool == "lines"
+    ack = answered_alike(fastpath, renewal(fastpath, LINE_MAC, lease.address, GIADDR))
+    assert ack[OptionCode.NTP_SERVERS] == NTP
+    fastpath.server = Server(fastpath.config, fastpath.server.leases(), fastpath.now)
+    fastpath.sync.server = fastpath.server
+    fastpath.sync.reconcile(fastpath.now)
+    assert fastpath.entry(maps.Key(LINE_MAC)) is None
+    frame = renewal(fastpath, LINE_MAC, lease.address, GIADDR)
+    assert fastpath.run(frame).retval == XDP_PASS
+    decision = fastpath.slow_path(frame)
+    assert decision is not None and decision.replies[0].message.options[42] == NTP
+    # Renewed in the slow path, it is classified again and back in the kernel.
+    assert fastpath.entry(maps.Key(LINE_MAC)) is not None
+    answered_alike(fastpath, renewal(fastpath, LINE_MAC, lease.address, GIADDR))
