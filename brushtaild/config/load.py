@@ -573,14 +573,18 @@ class _Parser:
         return text
 
     def pool_name(self, value: object, where: str) -> str | None:
+        return self.unique_name(value, where, "pool", self.pool_names)
+
+    def unique_name(self, value: object, where: str, kind: str, seen: dict[str, str]) -> str | None:
+        """A `name` no earlier `kind` has; `seen` maps names to where they were given."""
         text = self.name(value, where)
         if text is None:
             return None
-        if text in self.pool_names:
-            first = self.pool_names[text].removesuffix(".name")
-            self.fail(where, f"duplicate pool name {text!r}, already used by {first}")
+        if text in seen:
+            first = seen[text].removesuffix(".name")
+            self.fail(where, f"duplicate {kind} name {text!r}, already used by {first}")
             return None
-        self.pool_names[text] = where
+        seen[text] = where
         return text
 
     def prefix(self, text: str, where: str) -> IPv4Network | None:
@@ -1093,15 +1097,7 @@ class _Parser:
         return ClientClass(name, match, pools, lease_time, *timers, options)
 
     def class_name(self, value: object, where: str) -> str | None:
-        text = self.name(value, where)
-        if text is None:
-            return None
-        if text in self.class_names:
-            first = self.class_names[text].removesuffix(".name")
-            self.fail(where, f"duplicate class name {text!r}, already used by {first}")
-            return None
-        self.class_names[text] = where
-        return text
+        return self.unique_name(value, where, "class", self.class_names)
 
     def pool_ref(self, value: object, where: str) -> str | None:
         """A pool's name; pools come before classes in the model, so they are known."""

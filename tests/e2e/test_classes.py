@@ -6,17 +6,7 @@ from pathlib import Path
 
 from tests.e2e.daemon import Brushtaild
 from tests.e2e.netns import Link
-from tests.e2e.test_fastpath import (
-    FAST_ACK,
-    START_TIMEOUT,
-    entries,
-    fast_acks,
-    fast_daemon,
-    renew,
-    scrape,
-    udhcpc_bound,
-    wait_until,
-)
+from tests.e2e.test_fastpath import START_TIMEOUT, fast_daemon, options_from_both_paths
 
 
 def add_classes(daemon: Brushtaild, mac: bytes) -> None:
@@ -41,15 +31,7 @@ def test_udhcpc_gets_its_class_options_from_both_paths(link: Link, tmp_path: Pat
     with fast_daemon(link, tmp_path) as daemon:
         add_classes(daemon, link.client_mac)
         daemon.start(START_TIMEOUT)
-        client, address = udhcpc_bound(link, tmp_path / "udhcpc", request=["ntpsrv"])
-        with client:
-            slow = client.received()
-            wait_until("lease entry", lambda: entries(daemon) == 1)
-            before = scrape(daemon)
-            renew(client, address)
-            wait_until("path=fast ack line", lambda: fast_acks(daemon, address))
-            fast = client.received()
-        assert scrape(daemon)[FAST_ACK] >= before[FAST_ACK] + 1
+        slow, fast = options_from_both_paths(daemon, link, tmp_path / "udhcpc", ["ntpsrv"])
     assert slow["ntpsrv"] == "198.18.0.123", slow
     assert slow["lease"] == "7200", slow
     assert fast == slow
