@@ -181,8 +181,8 @@ class Server:
         self._host_options = {r.address: r.options for r in config.reservations if r.options.values}
         # The class each lease was bound in (address -> client, class), for the fast path:
         # a lease does not keep the option 82, option 60 or giaddr its class may need.
-        # Kept in memory only: after a restart or reload such a lease is the slow path's
-        # until its next renewal there (class_of_lease).
+        # Kept in memory only: after a restart, or a reload that changes the classes, such
+        # a lease is the slow path's until its next renewal there (class_of_lease).
         self._bound_class: dict[int, tuple[bytes, ClientClass | None]] = {}
         self._templates: dict[tuple[str, MessageType, bool, bytes | None], ReplyTemplate] = {}
         self._handlers: dict[MessageType, Callable[[ClientContext, Decision], None]] = {
@@ -387,8 +387,13 @@ class Server:
         granted while the address is free). `keepalive` runs every few thousand leases.
         A lease at an address the new config reserves for someone else stays until it
         ends but is not renewed: its holder is NAKed at its next renewal (LeaseTable rule
-        4), and `renewable` turns false so the fast path's entry goes at the reconcile."""
-        return Server(config, self.leases(), now, keepalive)
+        4), and `renewable` turns false so the fast path's entry goes at the reconcile.
+        The classes leases were bound in are kept while the classes are unchanged: they
+        are still what the first match gives."""
+        server = Server(config, self.leases(), now, keepalive)
+        if config.classes == self.config.classes:
+            server._bound_class = self._bound_class
+        return server
 
     # Request context ----------------------------------------------------------------------
 

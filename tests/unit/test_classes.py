@@ -281,6 +281,11 @@ def test_a_lease_whose_class_needs_its_request_is_the_slow_paths_after_a_restart
     restarted = Server(config, server.leases(), NOW)
     assert not restarted.renewable(lease, NOW)
     assert Planner().entry(restarted, lease, NOW) is None
+    # A reload that leaves the classes as they were keeps what the engine knew.
+    reloaded = server.reconfigured(replace(config, offer_hold=5), NOW)
+    assert reloaded.renewable(lease, NOW) and reloaded.profile(lease) == "residential+line"
+    renamed = server.reconfigured(replace(config, classes=(replace(cls, name="l2"),)), NOW)
+    assert not renamed.renewable(lease, NOW)
 
 
 def test_a_mac_class_lease_keeps_its_entry_across_a_restart() -> None:
