@@ -179,11 +179,6 @@ class Server:
         self._options = {p.name: _pool_options(p) for p in config.pools}
         self._profile_pools = {p.name: p for p in config.pools}
         self._host_options = {r.address: r.options for r in config.reservations if r.options.values}
-        # The class each lease was bound in (address -> client, class), for the fast path:
-        # a lease does not keep the option 82, option 60 or giaddr its class may need.
-        # Kept in memory only: after a restart, or a reload that changes the classes, such
-        # a lease is the slow path's until its next renewal there (class_of_lease).
-        self._bound_class: dict[int, tuple[bytes, ClientClass | None]] = {}
         self._templates: dict[tuple[str, MessageType, bool, bytes | None], ReplyTemplate] = {}
         self._handlers: dict[MessageType, Callable[[ClientContext, Decision], None]] = {
             MessageType.DISCOVER: self._discover,
@@ -311,7 +306,8 @@ class Server:
             return False
         cls = self._lease_class(lease)
         if cls is UNDECIDED or (cls is not None and cls.pools and lease.pool not in cls.pools):
-            # Its class is unknown (see _bound_class), or no longer gives it this pool.
+            # The program cannot tell its class (it sees no more than the lease: the MAC
+            # and VLANs of its key), or the class no longer gives it this pool.
             return False
         return self.table.renewable(lease, now)
 
@@ -326,11 +322,8 @@ class Server:
         )
 
     def _lease_class(self, lease: Lease) -> ClientClass | Undecided | None:
-        """The class `lease` was bound in, or UNDECIDED when neither memory nor the lease
-        tells."""
-        recorded = self._bound_class.get(lease.address)
-        if recorded is not None and recorded[0] == lease.client_id:
-            return recorded[1]
+        """The class of every request the fast path could answer for `lease` (those of its
+        MAC on its VLANs), or UNDECIDED when it may depend on more (class_of_lease)."""
         return class_of_lease(self.config.classes, lease.hwaddr, lease.vlans)
 
     def profile_pool(self, profile: str) -> Pool:
@@ -387,13 +380,8 @@ class Server:
         granted while the address is free). `keepalive` runs every few thousand leases.
         A lease at an address the new config reserves for someone else stays until it
         ends but is not renewed: its holder is NAKed at its next renewal (LeaseTable rule
-        4), and `renewable` turns false so the fast path's entry goes at the reconcile.
-        The classes leases were bound in are kept while the classes are unchanged: they
-        are still what the first match gives."""
-        server = Server(config, self.leases(), now, keepalive)
-        if config.classes == self.config.classes:
-            server._bound_class = self._bound_class
-        return server
+        4), and `renewable` turns false so the fast path's entry goes at the reconcile."""
+        return Server(config, self.leases(), now, keepalive)
 
     # Request context ----------------------------------------------------------------------
 
@@ -661,8 +649,6 @@ class Server:
         if lease is None:
             self._nak(ctx, decision, NakReason.ADDRESS_IN_USE)
             return
-        if self.config.classes:
-            self._bound_class[address] = (ctx.client_id, ctx.client_class)
         # The lease stays written even if the ACK cannot be encoded: the client retries
         # and is given the same address.
         if self._reply(ctx, decision, MessageType.ACK, address, alloc.pool):

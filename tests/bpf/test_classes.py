@@ -1,7 +1,7 @@
 """Differential cases for client classes: a classified client's renewal is answered by the
 kernel program with the slow path's bytes (its class's options and lease time, from
-templates of the class's own profile), and a lease whose class the daemon no longer knows
-is left to the slow path."""
+templates of the class's own profile), and a lease whose class the kernel cannot tell is
+left to the slow path."""
 
 from brushtaild.config.model import (
     ClassMatch,
@@ -14,7 +14,6 @@ from brushtaild.config.model import (
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode
 from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
-from brushtaild.engine.server import Server
 from brushtaild.xdp import maps
 from brushtaild.xdp.loader import Program
 from tests.bpf.harness import (
@@ -51,8 +50,8 @@ BUSINESS = ClientClass(
 )
 
 
-def classes_config() -> Config:
-    return make_config(make_pool(), LINES, classes=(BUSINESS, IPTV))
+def classes_config(*classes: ClientClass) -> Config:
+    return make_config(make_pool(), LINES, classes=classes)
 
 
 def renewal(fastpath: Fastpath, mac: bytes, address: int, giaddr: int = 0) -> bytes:
@@ -76,7 +75,7 @@ def test_a_classified_clients_renewal_is_answered_as_the_slow_path(
 ) -> None:
     """By OUI (a class the lease itself tells): the class's options and lease time, while a
     neighbour in the same pool keeps the pool's."""
-    fastpath = Fastpath(program, renewal_log, classes_config())
+    fastpath = Fastpath(program, renewal_log, classes_config(IPTV))
     prl = {OptionCode.PARAMETER_REQUEST_LIST: PRL}
     stb = fastpath.bind(STB_MAC, options=prl)
     plain = fastpath.bind(PLAIN_MAC, options=prl)
@@ -91,27 +90,28 @@ def test_a_classified_clients_renewal_is_answered_as_the_slow_path(
     assert entry is not None and entry.lease_time == 86400
 
 
-def test_a_relayed_option_82_class_is_answered_alike_until_a_restart_forgets_it(
+def test_leases_an_option_82_class_could_take_are_left_to_the_slow_path(
     program: Program, renewal_log: RenewalLog
 ) -> None:
-    """Option 82 is not on the lease: the class it was bound in is remembered in memory.
-    A new engine over the same leases (a restart) cannot tell it, so the reconcile
-    withdraws the entry and the slow path answers the next renewal."""
-    fastpath = Fastpath(program, renewal_log, classes_config())
+    """The kernel cannot see what option 82 said at bind (nor will a unicast renewal
+    carry it): a lease of the class, or of any client it could take (not claimed by a MAC,
+    OUI or VLAN class before it), gets no entry, and the slow path answers its renewals."""
+    fastpath = Fastpath(program, renewal_log, classes_config(IPTV, BUSINESS))
     fastpath.know_relay(GIADDR)
-    options = {OptionCode.PARAMETER_REQUEST_LIST: PRL, OptionCode.RELAY_AGENT_INFO: AGENT}
-    lease = fastpath.bind(LINE_MAC, giaddr=GIADDR, options=options)
+    prl = {OptionCode.PARAMETER_REQUEST_LIST: PRL}
+    lease = fastpath.bind(
+        LINE_MAC, giaddr=GIADDR, options={**prl, OptionCode.RELAY_AGENT_INFO: AGENT}
+    )
+    plain = fastpath.bind(PLAIN_MAC, options=prl)
+    stb = fastpath.bind(STB_MAC, options=prl)
     assert lease.pool == "lines"
-    ack = answered_alike(fastpath, renewal(fastpath, LINE_MAC, lease.address, GIADDR))
-    assert ack[OptionCode.NTP_SERVERS] == NTP
-    fastpath.server = Server(fastpath.config, fastpath.server.leases(), fastpath.now)
-    fastpath.sync.server = fastpath.server
-    fastpath.sync.reconcile(fastpath.now)
     assert fastpath.entry(maps.Key(LINE_MAC)) is None
+    assert fastpath.entry(maps.Key(PLAIN_MAC)) is None
     frame = renewal(fastpath, LINE_MAC, lease.address, GIADDR)
     assert fastpath.run(frame).retval == XDP_PASS
     decision = fastpath.slow_path(frame)
-    assert decision is not None and decision.replies[0].message.options[42] == NTP
-    # Renewed in the slow path, it is classified again and back in the kernel.
-    assert fastpath.entry(maps.Key(LINE_MAC)) is not None
-    answered_alike(fastpath, renewal(fastpath, LINE_MAC, lease.address, GIADDR))
+    assert decision is not None
+    assert decision.replies[0].message.options[OptionCode.NTP_SERVERS] == NTP
+    assert fastpath.run(renewal(fastpath, PLAIN_MAC, plain.address)).retval == XDP_PASS
+    # The class before the option 82 one still decides its clients in the kernel.
+    answered_alike(fastpath, renewal(fastpath, STB_MAC, stb.address))
