@@ -3,6 +3,11 @@ kernel program with the slow path's bytes (its class's options and lease time, f
 templates of the class's own profile), and a lease whose class the kernel cannot tell is
 left to the slow path."""
 
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+
 from brushtaild.config.model import (
     ClassMatch,
     ClientClass,
@@ -16,6 +21,7 @@ from brushtaild.dhcp.codec import encode
 from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
 from brushtaild.xdp import maps
 from brushtaild.xdp.loader import Program
+from tests.bpf import test_differential as differential
 from tests.bpf.harness import (
     XDP_PASS,
     XDP_TX,
@@ -115,3 +121,54 @@ def test_leases_an_option_82_class_could_take_are_left_to_the_slow_path(
     assert fastpath.run(renewal(fastpath, PLAIN_MAC, plain.address)).retval == XDP_PASS
     # The class before the option 82 one still decides its clients in the kernel.
     answered_alike(fastpath, renewal(fastpath, STB_MAC, stb.address))
+
+
+# The differential test's client (its MAC) in a class of its own, with options and a lease
+# time; a class on the circuit-id its relayed requests carry, before or after it.
+CPE = ClientClass(
+    "cpe",
+    ClassMatch(mac=differential.MAC),
+    lease_time=7200,
+    options=option_set({OptionCode.NTP_SERVERS: NTP, OptionCode.INTERFACE_MTU: opt.u16(1400)}),
+)
+CIRCUIT = ClientClass(
+    "circuit",
+    ClassMatch(circuit_id=TextMatch(MatchKind.EXACT, differential.CIRCUIT[1])),
+    lease_time=900,
+    options=option_set({OptionCode.NTP_SERVERS: opt.ip(ip("198.18.0.124"))}),
+)
+CLASS_CONFIGS = {
+    "mac class first": (CPE, CIRCUIT),
+    "circuit class first": (CIRCUIT, CPE),
+}
+
+
+@settings(
+    max_examples=100,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(state=differential.lease_states, request=differential.requests())
+@pytest.mark.parametrize("classes", CLASS_CONFIGS.values(), ids=CLASS_CONFIGS.keys())
+def test_kernel_passes_or_answers_as_the_slow_path_with_classes(
+    program: Program,
+    renewal_log: RenewalLog,
+    classes: tuple[ClientClass, ...],
+    state: differential.LeaseSetup,
+    request: differential.Request,
+) -> None:
+    config = replace(differential.default_config(), classes=classes)
+    differential.check(program, renewal_log, state, request, event, config)
+
+
+@pytest.mark.parametrize("kind", differential.KINDS.values(), ids=differential.KINDS.keys())
+def test_a_mac_classed_client_is_answered_in_the_kernel_in_every_state(
+    program: Program, renewal_log: RenewalLog, kind: tuple[int, str]
+) -> None:
+    mtype, rfc_state = kind
+    state = differential.LeaseSetup("bound", "named", "dhclient", "relay A")
+    request = differential.Request(mtype, rfc_state, xid=7, relay="circuit id")
+    config = replace(differential.default_config(), classes=CLASS_CONFIGS["mac class first"])
+    assert differential.check(program, renewal_log, state, request, config=config) == XDP_TX
