@@ -5,6 +5,7 @@ from pathlib import Path
 
 from brushtaild.config.model import (
     AddressRange,
+    ClientClass,
     Config,
     OptionSet,
     Pool,
@@ -49,6 +50,7 @@ def make_config(
     decline_hold: int = 600,
     trusted_relays: tuple[IPv4Network, ...] = (),
     reservations: tuple[Reservation, ...] = (),
+    classes: tuple[ClientClass, ...] = (),
 ) -> Config:
     return Config(
         site="edge-a",
@@ -60,6 +62,7 @@ def make_config(
         decline_hold=decline_hold,
         trusted_relays=trusted_relays,
         reservations=reservations,
+        classes=classes,
     )
 
 

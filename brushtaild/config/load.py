@@ -20,13 +20,17 @@ import yaml
 from brushtaild.config.model import (
     NO_OPTIONS,
     AddressRange,
+    ClassMatch,
+    ClientClass,
     Config,
     FastPath,
     Limits,
     LogLevel,
+    MatchKind,
     OptionSet,
     Pool,
     Reservation,
+    TextMatch,
     VlanRange,
     XdpMode,
     option_set,
@@ -63,6 +67,8 @@ POOL_KEYS = tuple(f.name for f in fields(Pool))
 FASTPATH_KEYS = tuple(f.name for f in fields(FastPath))
 LIMITS_KEYS = tuple(f.name for f in fields(Limits))
 RESERVATION_KEYS = tuple(f.name for f in fields(Reservation))
+CLASS_KEYS = tuple(f.name for f in fields(ClientClass))
+MATCH_KEYS = tuple(f.name for f in fields(ClassMatch))
 # What identifies a reserved host; exactly one per reservation (remote_id only narrows).
 _IDENTIFIERS = ("mac", "client_id", "circuit_id")
 BPFFS = "/sys/fs/bpf/"
@@ -82,6 +88,7 @@ _POOL_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
 _DNS_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5}")
+_OUI_RE = re.compile(r"[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){2}")
 _HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2}:?)*[0-9A-Fa-f]{2}")
 # Characters the kernel's dev_valid_name() refuses in an interface name, besides whitespace.
 _IFNAME_FORBIDDEN = frozenset("/:")
@@ -212,6 +219,7 @@ class _Parser:
     pool_names: dict[str, str] = field(default_factory=dict)
     subnets: list[tuple[IPv4Network, str]] = field(default_factory=list)
     vlan_ranges: list[tuple[VlanRange, IPv4Network | str | None, str]] = field(default_factory=list)
+    class_names: dict[str, str] = field(default_factory=dict)
 
     def fail(self, where: str, reason: str) -> None:
         self.errors.append((where, reason))
@@ -532,6 +540,9 @@ class _Parser:
             if reservations is not None and server_id is not None:
                 self.check_reservations(pools, reservations, server_id)
         self.check_vlans_across_pools()
+        classes = self.optional(
+            m, "", "classes", self.list_of(self.client_class), _default(Config, "classes")
+        )
         if (
             site is None
             or interface is None
@@ -546,6 +557,7 @@ class _Parser:
             or pools is None
             or trusted_relays is None
             or reservations is None
+            or classes is None
             or limits is None
         ):
             return None
@@ -563,6 +575,7 @@ class _Parser:
             fastpath=fastpath,
             trusted_relays=trusted_relays,
             reservations=reservations,
+            classes=classes,
             limits=limits,
         )
 
@@ -576,14 +589,18 @@ class _Parser:
         return text
 
     def pool_name(self, value: object, where: str) -> str | None:
+        return self.unique_name(value, where, "pool", self.pool_names)
+
+    def unique_name(self, value: object, where: str, kind: str, seen: dict[str, str]) -> str | None:
+        """A `name` no earlier `kind` has; `seen` maps names to where they were given."""
         text = self.name(value, where)
         if text is None:
             return None
-        if text in self.pool_names:
-            first = self.pool_names[text].removesuffix(".name")
-            self.fail(where, f"duplicate pool name {text!r}, already used by {first}")
+        if text in seen:
+            first = seen[text].removesuffix(".name")
+            self.fail(where, f"duplicate {kind} name {text!r}, already used by {first}")
             return None
-        self.pool_names[text] = where
+        seen[text] = where
         return text
 
     def prefix(self, text: str, where: str) -> IPv4Network | None:
@@ -1068,6 +1085,98 @@ class _Parser:
         ):
             return None
         return Reservation(address, mac, client_id, circuit_id, remote_id, options)
+
+    # -- classes -----------------------------------------------------------------------
+
+    def client_class(self, value: object, where: str) -> ClientClass | None:
+        m = self.mapping(value, where, CLASS_KEYS)
+        if m is None:
+            return None
+        name = self.required(m, where, "name", self.class_name)
+        match = self.optional(m, where, "match", self.class_match, ClassMatch())
+        every_pool: tuple[str, ...] = ()
+        pools = self.optional(
+            m, where, "pools", self.list_of(self.pool_ref, non_empty=True), every_pool
+        )
+        lease_time = self.optional(m, where, "lease_time", self.integer(60, ONE_YEAR), None)
+        timers: tuple[int, int] | None = (0, 0)
+        if "lease_time" in m:
+            timers = self.timers(m, where, lease_time)
+        else:
+            for key in ("renewal_time", "rebinding_time"):
+                if key in m:
+                    self.fail(_join(where, key), "needs the class's lease_time")
+                    timers = None
+        options = self.optional(m, where, "options", self.options, NO_OPTIONS)
+        if name is None or match is None or pools is None or timers is None or options is None:
+            return None
+        return ClientClass(name, match, pools, lease_time, *timers, options)
+
+    def class_name(self, value: object, where: str) -> str | None:
+        return self.unique_name(value, where, "class", self.class_names)
+
+    def pool_ref(self, value: object, where: str) -> str | None:
+        """A pool's name; pools come before classes in the model, so they are known."""
+        text = self.string(value, where)
+        if text is not None and text not in self.pool_names:
+            close = difflib.get_close_matches(text, self.pool_names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            self.fail(where, f"no pool is named {text!r}{hint}")
+            return None
+        return text
+
+    def class_match(self, value: object, where: str) -> ClassMatch | None:
+        m = self.mapping(value, where, MATCH_KEYS)
+        if m is None:
+            return None
+        reported = len(self.errors)
+        match = ClassMatch(
+            circuit_id=self.optional(m, where, "circuit_id", self.text_match, None),
+            remote_id=self.optional(m, where, "remote_id", self.text_match, None),
+            vendor_class=self.optional(m, where, "vendor_class", self.text_match, None),
+            mac=self.optional(m, where, "mac", self.mac, None),
+            oui=self.optional(m, where, "oui", self.oui, None),
+            vlans=self.optional(
+                m, where, "vlans", self.list_of(self.vlan_range, non_empty=True), ()
+            )
+            or (),
+            relay=self.optional(m, where, "relay", self.relay, None),
+        )
+        return None if len(self.errors) > reported else match
+
+    def oui(self, value: object, where: str) -> bytes | None:
+        text = self.string(value, where)
+        if text is not None and not _OUI_RE.fullmatch(text):
+            self.fail(where, f"{text!r} is not an OUI aa:bb:cc (the MAC's first 3 bytes)")
+            return None
+        return None if text is None else bytes.fromhex(text.replace(":", "").replace("-", ""))
+
+    def text_match(self, value: object, where: str) -> TextMatch | None:
+        """`{exact: TEXT}`, `{prefix: TEXT}` or `{regex: PATTERN}`; TEXT as a relay's
+        sub-option is written in reservations (`0x` + hex for raw bytes)."""
+        kinds = tuple(MatchKind)
+        reported = len(self.errors)
+        m = self.mapping(value, where, kinds)
+        if m is None or len(self.errors) > reported:
+            return None
+        if len(m) != 1:
+            self.fail(where, f"needs exactly one of {', '.join(kinds)}")
+            return None
+        [(key, item)] = m.items()
+        path = _join(where, key)
+        kind = MatchKind(key)
+        if kind is not MatchKind.REGEX:
+            raw = self.agent_id(item, path)
+            return None if raw is None else TextMatch(kind, raw)
+        text = self.string(item, path)
+        if text is None:
+            return None
+        try:
+            pattern = re.compile(text.encode())
+        except re.error as exc:
+            self.fail(path, f"{text!r} is not a regular expression ({exc})")
+            return None
+        return TextMatch(kind, text.encode(), pattern)
 
     def check_reservations(
         self, pools: tuple[Pool, ...], reservations: tuple[Reservation, ...], server_id: int

@@ -5,6 +5,7 @@ only place that knows the file format, so the engine can import the model and st
 docs/CONFIG.md describes every field; its defaults are the ones written here.
 """
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
@@ -133,6 +134,75 @@ class Reservation:
     options: OptionSet = NO_OPTIONS
 
 
+class MatchKind(StrEnum):
+    """How a class compares a request's text (`classes[].match`)."""
+
+    EXACT = "exact"
+    PREFIX = "prefix"
+    REGEX = "regex"  # re.search over the bytes: anchor with ^ and $ to match the whole
+
+
+@dataclass(frozen=True, slots=True)
+class TextMatch:
+    """One textual condition of a class: option 82's circuit-id or remote-id, option 60."""
+
+    kind: MatchKind
+    value: bytes  # the text, or for REGEX the pattern, as bytes
+    pattern: re.Pattern[bytes] | None = None  # compiled, for REGEX
+
+    def matches(self, data: bytes | None) -> bool:
+        if data is None:
+            return False
+        if self.kind is MatchKind.EXACT:
+            return data == self.value
+        if self.kind is MatchKind.PREFIX:
+            return data.startswith(self.value)
+        return self.pattern is not None and self.pattern.search(data) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ClassMatch:
+    """What a request must show to be in a class: every condition given holds."""
+
+    circuit_id: TextMatch | None = None  # option 82 sub-option 1, of a relayed request
+    remote_id: TextMatch | None = None  # option 82 sub-option 2, of a relayed request
+    vendor_class: TextMatch | None = None  # option 60
+    mac: bytes | None = None  # chaddr
+    oui: bytes | None = None  # chaddr's first 3 bytes
+    vlans: tuple[VlanRange, ...] = ()  # the request's VLANs (a relay's, for a relayed one)
+    relay: IPv4Network | None = None  # giaddr; 0.0.0.0 (not relayed) never matches
+
+    @property
+    def by_request(self) -> bool:
+        """Whether a condition needs the request itself: the lease does not keep option 82,
+        option 60 or giaddr, so the class of a lease cannot be told from it alone."""
+        return any(
+            c is not None for c in (self.circuit_id, self.remote_id, self.vendor_class, self.relay)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientClass:
+    """A kind of subscriber (`classes:`): the first whose `match` holds is the client's.
+
+    `pools` narrows the network's pools to these, in this order (empty: all of them);
+    `lease_time` and its timers override the pool's; `options` override the pool's, and
+    a reservation's override these (OptionSet's precedence)."""
+
+    name: str
+    match: ClassMatch
+    pools: tuple[str, ...] = ()
+    lease_time: int | None = None
+    renewal_time: int = 0  # T1 and T2 with lease_time (as a pool's); 0 without
+    rebinding_time: int = 0
+    options: OptionSet = NO_OPTIONS
+
+    @property
+    def shapes_replies(self) -> bool:
+        """Whether replies to its clients differ from the pool's (a profile of its own)."""
+        return self.lease_time is not None or bool(self.options.values)
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Bound leases one access line may have (0: no bound), against hoarding: a client
@@ -174,6 +244,7 @@ class Config:
     # choose the client's pool; from any other sender those options are ignored.
     trusted_relays: tuple[IPv4Network, ...] = ()
     reservations: tuple[Reservation, ...] = ()  # fixed addresses, never handed to others
+    classes: tuple[ClientClass, ...] = ()  # tried in file order; the first that matches
     limits: Limits = Limits()
 
     def trusts_relay(self, giaddr: int) -> bool:

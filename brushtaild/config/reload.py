@@ -22,6 +22,7 @@ RELOADABLE = frozenset(
         "log_level",
         "trusted_relays",
         "reservations",
+        "classes",
         "fastpath.rate_limit",
         "fastpath.rate_burst",
         "fastpath.relay_rate_limit",

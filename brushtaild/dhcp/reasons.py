@@ -34,7 +34,8 @@ class DropReason(IntEnum):
     REPLY_TOO_LARGE = 27  # the reply cannot fit the client's maximum message size
     STALE_RENEWAL = 28  # a kernel renewal of a lease the engine no longer holds so
     NO_CLIENT_ADDRESS = 29  # an INFORM without ciaddr (RFC 2131 4.3.5)
-    LEASE_LIMIT = 30  # a new lease would put its access line past a configured `limits` bound
+    NO_CLASS_POOL = 30  # the client's class names none of its network's pools
+    LEASE_LIMIT = 31  # a new lease would put its access line past a configured `limits` bound
 
     @property
     def label(self) -> str:

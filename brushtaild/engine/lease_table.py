@@ -399,14 +399,16 @@ class LeaseTable:
         decision: Decision,
         host: int = 0,
         vlans: tuple[int, ...] = (),
+        lease_time: int | None = None,
         relay_info: bytes | None = None,
     ) -> Lease | None:
-        """Lease `address` to the client (on `vlans`) if it is the client's to take: its
-        own active lease, its own offer, or free. None if someone else holds it, or it is
-        reserved for another host (`may_bind` tells which). `relay_info` is the relayed
-        request's option 82 (empty if the relay added none); None for a request that came
-        without a relay, which keeps what the client's record of `address` stashed (a
-        renewal unicast from a relayed client carries no option 82)."""
+        """Lease `address` to the client (on `vlans`) for `lease_time` (its class's), else
+        the pool's, if it is the client's to take: its own active lease, its own offer, or
+        free. None if someone else holds it, or it is reserved for another host (`may_bind`
+        tells which). `relay_info` is the relayed request's option 82 (empty if the relay
+        added none); None for a request that came without a relay, which keeps what the
+        client's record of `address` stashed (a renewal unicast from a relayed client
+        carries no option 82)."""
         if not self.may_bind(client_id, hwaddr, address, host):
             return None
         owner = self._by_address.get(address)
@@ -442,7 +444,7 @@ class LeaseTable:
             hwaddr=hwaddr,
             pool=alloc.pool.name,
             state=LeaseState.BOUND,
-            expires=now + alloc.pool.lease_time,
+            expires=now + (lease_time or alloc.pool.lease_time),
             updated=now,
             prl=prl,
             vlans=vlans,

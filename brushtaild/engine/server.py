@@ -9,11 +9,12 @@ Rules this module keeps:
 """
 
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
 from brushtaild.config.model import (
     NO_OPTIONS,
+    ClientClass,
     Config,
     OptionSet,
     Pool,
@@ -36,6 +37,7 @@ from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
 from brushtaild.engine.addressing import reply_destination
 from brushtaild.engine.allocator import PoolAllocator, containing
+from brushtaild.engine.classes import UNDECIDED, Undecided, class_of_lease, classify
 from brushtaild.engine.decisions import (
     Decision,
     Ingress,
@@ -54,6 +56,8 @@ MAX_TEMPLATES = 4096
 # RFC 3046 2.0: option 82 is one option, at most 255 bytes, however it was split.
 MAX_RELAY_AGENT_INFO = 255
 # The NAK's message (option 56) to a client whose lease was revoked.
+# Requests a client's class must find a pool for (the others end what a lease holds).
+_SERVED = (MessageType.DISCOVER, MessageType.REQUEST, MessageType.INFORM)
 # Echoed options that stay at the end of the options field, in this order.
 _ECHOED_LAST = (OptionCode.CLIENT_ID, OptionCode.RELAY_AGENT_INFO)
 
@@ -72,7 +76,9 @@ class ClientContext:
     message: Message
     ingress: Ingress
     client_id: bytes
-    pools: list[PoolAllocator]  # pools serving the client's network, in config order
+    # Pools serving the client's network, in config order, or in its class's order of
+    # those the class names.
+    pools: list[PoolAllocator]
     requested: int  # option 50, or 0
     server_id: int | None  # option 54
     now: float
@@ -88,6 +94,9 @@ class ClientContext:
     # by, which the reply names as option 54; None without one.
     override: int | None
     lines: tuple[Line, ...]  # the access lines `limits` count it on (LeaseTable.over_limit)
+    client_class: ClientClass | None = None  # the first class of the config it matches
+    # Its class names none of its network's pools: it is not served (NO_CLASS_POOL).
+    refused: bool = False
 
 
 def client_identity(msg: Message) -> bytes:
@@ -122,11 +131,11 @@ def _revoked(lease: Lease, address: int) -> bool:
     return lease.state is LeaseState.REVOKED and lease.address == address
 
 
-def _pool_options(pool: Pool, host: OptionSet = NO_OPTIONS) -> dict[int, bytes]:
-    """Every option a reply from `pool` (to a reserved host with options `host`) may carry
-    besides the lease's own: the subnet's mask and broadcast address, then the configured
-    options, the host's overriding the pool's, in ascending code order (the order a client
-    without a parameter request list receives them in)."""
+def _pool_options(pool: Pool, *levels: OptionSet) -> dict[int, bytes]:
+    """Every option a reply from `pool` may carry besides the lease's own: the subnet's
+    mask and broadcast address, then the configured options, those of `levels` (a class's,
+    a reserved host's) overriding the pool's in that order, in ascending code order (the
+    order a client without a parameter request list receives them in)."""
     net = pool.subnet
     own: dict[int, bytes] = {}
     if pool.routers:
@@ -135,7 +144,7 @@ def _pool_options(pool: Pool, host: OptionSet = NO_OPTIONS) -> dict[int, bytes]:
         own[OptionCode.DNS_SERVERS] = opt.ips(pool.dns_servers)
     if pool.domain:
         own[OptionCode.DOMAIN_NAME] = pool.domain.encode("ascii")
-    configured = merge_options(option_set(own), pool.options, host)
+    configured = merge_options(option_set(own), pool.options, *levels)
     return {
         OptionCode.SUBNET_MASK: opt.ip(int(net.netmask)),
         OptionCode.BROADCAST_ADDRESS: opt.ip(int(net.broadcast_address)),
@@ -170,8 +179,9 @@ class Server:
         ]
         self._vlan_pools = [allocators[p.name] for p in config.pools if p.vlans]
         self._plain_pools = [allocators[p.name] for p in config.pools if not p.vlans]
-        # Options by profile: a pool's name, or for a reserved host with options of its own
-        # "pool/address" (made by _profile when first needed), with the pool it belongs to.
+        # Options by profile: a pool's name, "pool+class" for a class that shapes replies,
+        # and either with "/address" for a reserved host with options of its own (made by
+        # _profile when first needed), with the pool it renders (the class's lease time).
         self._options = {p.name: _pool_options(p) for p in config.pools}
         self._profile_pools = {p.name: p for p in config.pools}
         self._host_options = {r.address: r.options for r in config.reservations if r.options.values}
@@ -199,6 +209,9 @@ class Server:
             return decision
         try:
             ctx = self._context(msg, ingress, now)
+            if ctx.refused and mtype in _SERVED:
+                decision.drop = DropReason.NO_CLASS_POOL
+                return decision
             handler(ctx, decision)
         except MalformedPacket as exc:
             decision.drop = exc.reason
@@ -297,11 +310,27 @@ class Server:
         alloc = self.table.allocators.get(lease.pool)
         if alloc is None or alloc not in self._for_vlans(lease.vlans):
             return False
+        cls = self._lease_class(lease)
+        if cls is UNDECIDED or (cls is not None and cls.pools and lease.pool not in cls.pools):
+            # The program cannot tell its class (it sees no more than the lease: the MAC
+            # and VLANs of its key), or the class no longer gives it this pool.
+            return False
         return self.table.renewable(lease, now)
 
     def profile(self, lease: Lease) -> str:
-        """The options profile `lease`'s replies are rendered with (see `template`)."""
-        return self._profile(self.table.allocators[lease.pool].pool, lease.address)
+        """The options profile `lease`'s replies are rendered with (see `template`); for a
+        lease that is `renewable`."""
+        cls = self._lease_class(lease)
+        return self._profile(
+            self.table.allocators[lease.pool].pool,
+            lease.address,
+            None if cls is UNDECIDED else cls,
+        )
+
+    def _lease_class(self, lease: Lease) -> ClientClass | Undecided | None:
+        """The class of every request the fast path could answer for `lease` (those of its
+        MAC on its VLANs), or UNDECIDED when it may depend on more (class_of_lease)."""
+        return class_of_lease(self.config.classes, lease.hwaddr, lease.vlans)
 
     def profile_pool(self, profile: str) -> Pool:
         return self._profile_pools[profile]
@@ -311,16 +340,33 @@ class Server:
         asked for `prl`: the fast path answers with exactly these bytes."""
         return self._template(self._profile_pools[profile], profile, mtype, True, prl)
 
-    def _profile(self, pool: Pool, address: int) -> str:
-        """`pool`'s name, or for a reserved host with options of its own a profile of its
-        own: its replies carry the pool's options overridden by the host's."""
+    def _profile(self, pool: Pool, address: int, cls: ClientClass | None = None) -> str:
+        """`pool`'s name, "pool+class" for a client of a class with options or a lease
+        time of its own, and either with "/address" for a reserved host with options of its
+        own: its replies carry the pool's options overridden by the class's, overridden by
+        the host's, and the class's lease time."""
         host = self._host_options.get(address)
-        if host is None:
+        shaped = cls is not None and cls.shapes_replies
+        if host is None and not shaped:
             return pool.name
-        profile = f"{pool.name}/{opt.format_ip(address)}"
+        profile = pool.name
+        levels = [NO_OPTIONS, host or NO_OPTIONS]
+        rendered = pool
+        if cls is not None and shaped:
+            profile += f"+{cls.name}"
+            levels[0] = cls.options
+            if cls.lease_time is not None:
+                rendered = replace(
+                    pool,
+                    lease_time=cls.lease_time,
+                    renewal_time=cls.renewal_time,
+                    rebinding_time=cls.rebinding_time,
+                )
+        if host is not None:
+            profile += f"/{opt.format_ip(address)}"
         if profile not in self._options:
-            self._options[profile] = _pool_options(pool, host)
-            self._profile_pools[profile] = pool
+            self._options[profile] = _pool_options(pool, *levels)
+            self._profile_pools[profile] = rendered
         return profile
 
     def lease_at(self, address: int) -> Lease | None:
@@ -378,21 +424,26 @@ class Server:
             # A renewal unicast by a relayed client is still that relay's subscriber: what
             # it is matched on is the option 82 its lease stashed (a circuit-id reservation).
             relay_subs = opt.parse_relay_agent_info(self._stashed(client_id, msg.ciaddr))
+        host = self._host(client_id, msg.hwaddr, relay_subs, pools)
+        client_class = classify(self.config.classes, msg, ingress)
+        served = self._class_pools(pools, client_class, host)
         return ClientContext(
             message=msg,
             ingress=ingress,
             client_id=client_id,
-            pools=pools,
+            pools=served,
             requested=opt.decode_ip(requested) if requested is not None else 0,
             server_id=opt.decode_ip(server_id) if server_id is not None else None,
             now=now,
             link=msg.giaddr if msg.giaddr else (ingress.ifindex, ingress.vlans),
             echo_118=by_118,
-            host=self._host(client_id, msg.hwaddr, relay_subs, pools),
+            host=host,
             max_size=self._max_size(msg),
             relay_info=relayed,
             override=override,
             lines=self._lines(relay_subs, ingress.vlans),
+            client_class=client_class,
+            refused=bool(pools) and not served,
         )
 
     def _lines(
@@ -407,6 +458,20 @@ class Server:
         """The option 82 the client's lease of `ciaddr` stashed (empty if none)."""
         lease = self.table.lease_of(client_id) if ciaddr else None
         return lease.relay_info if lease is not None and lease.address == ciaddr else b""
+
+    @staticmethod
+    def _class_pools(
+        pools: list[PoolAllocator], cls: ClientClass | None, host: int
+    ) -> list[PoolAllocator]:
+        """Of the network's `pools`, those `cls` names, in its order. A reserved host keeps
+        the pool of its address, ahead of them, whatever its class names."""
+        if cls is None or not cls.pools:
+            return pools
+        named = [alloc for name in cls.pools for alloc in pools if alloc.pool.name == name]
+        own = containing(pools, host) if host else None
+        if own is not None and own not in named:
+            named.insert(0, own)
+        return named
 
     def _host(
         self,
@@ -619,6 +684,7 @@ class Server:
             decision,
             ctx.host,
             ctx.ingress.vlans,
+            ctx.client_class.lease_time if ctx.client_class is not None else None,
             ctx.relay_info,
         )
         if lease is None:
@@ -704,9 +770,10 @@ class Server:
         """Append the reply (twin of write_headers in bpf/reply.h); False if it cannot be
         made to fit the client's maximum message size (the request is dropped)."""
         request = ctx.message
+        profile = self._profile(pool, yiaddr or request.ciaddr, ctx.client_class)
         template = self._template(
-            pool,
-            self._profile(pool, yiaddr or request.ciaddr),
+            self._profile_pools[profile],
+            profile,
             mtype,
             with_lease,
             request.options.get(OptionCode.PARAMETER_REQUEST_LIST),

@@ -150,6 +150,23 @@ def renew(client: UdhcpcProcess, address: str) -> None:
     assert renewed.reasons[-1] == "renew" and renewed.address == address, renewed.log
 
 
+def options_from_both_paths(
+    daemon: Brushtaild, link: Link, workdir: Path, request: Sequence[str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """What udhcpc asking for `request` was given by the started `daemon`'s slow path
+    (bound), then by the kernel (its renewal, checked to be a fast-path ACK)."""
+    client, address = udhcpc_bound(link, workdir, request=request)
+    with client:
+        slow = client.received()
+        wait_until("lease entry", lambda: entries(daemon) == 1)
+        before = scrape(daemon)
+        renew(client, address)
+        wait_until("path=fast ack line", lambda: fast_acks(daemon, address))
+        fast = client.received()
+    assert scrape(daemon)[FAST_ACK] >= before[FAST_ACK] + 1
+    return slow, fast
+
+
 def restart_on_lease_file(client: DhclientProcess, timeout: float = 15.0) -> Events:
     """Starts dhclient again on its lease file (it is not running): an INIT-REBOOT."""
     seen = len(client.events().events)

@@ -8,17 +8,7 @@ from pathlib import Path
 from tests.e2e.clients import DhclientProcess
 from tests.e2e.daemon import Brushtaild
 from tests.e2e.netns import SERVER_IP, Link
-from tests.e2e.test_fastpath import (
-    FAST_ACK,
-    START_TIMEOUT,
-    entries,
-    fast_acks,
-    fast_daemon,
-    renew,
-    scrape,
-    udhcpc_bound,
-    wait_until,
-)
+from tests.e2e.test_fastpath import START_TIMEOUT, fast_daemon, options_from_both_paths
 
 POOL_OPTIONS = f"""\
     options:
@@ -58,16 +48,7 @@ def test_udhcpc_receives_them_from_both_paths(link: Link, tmp_path: Path) -> Non
     requests = ["search", "ntpsrv", "mtu", "staticroutes", "43", "224"]
     with fast_daemon(link, tmp_path, pool_extra=POOL_OPTIONS) as daemon:
         daemon.start(START_TIMEOUT)
-        client, address = udhcpc_bound(link, tmp_path / "udhcpc", request=requests)
-        with client:
-            slow = client.received()
-            wait_until("lease entry", lambda: entries(daemon) == 1)
-            before = scrape(daemon)
-            renew(client, address)
-            wait_until("path=fast ack line", lambda: fast_acks(daemon, address))
-            fast = client.received()
-        # The renewal came back from the kernel, with the same options.
-        assert scrape(daemon)[FAST_ACK] >= before[FAST_ACK] + 1
+        slow, fast = options_from_both_paths(daemon, link, tmp_path / "udhcpc", requests)
     assert slow["search"] == "isp.example example.net", slow
     assert slow["ntpsrv"] == f"{SERVER_IP} 198.18.0.2", slow
     assert slow["mtu"] == "1400", slow

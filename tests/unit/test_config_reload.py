@@ -42,6 +42,7 @@ CHANGES: dict[str, object] = {
     "fastpath.relay_rate_limit": 500,
     "trusted_relays": ["198.19.0.1", "198.19.8.0/22"],
     "reservations": [{"mac": "52:54:00:00:00:01", "address": "198.18.0.10"}],
+    "classes": [{"name": "iptv", "match": {"oui": "00:1a:2b"}, "lease_time": 600}],
     "limits.max_leases_per_circuit": 2,
     "limits.max_leases_per_remote_id": 3,
     "limits.max_leases_per_vlan": 4,
