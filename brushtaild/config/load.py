@@ -768,7 +768,8 @@ class _Parser:
 
     def vid_span(self, text: str, value: str, where: str) -> tuple[int, int] | None:
         parts = [p.strip() for p in text.split("-")]
-        if len(parts) > 2 or not all(p.isdigit() for p in parts):
+        # isdigit() alone takes "²" and other digits int() refuses: ASCII only.
+        if len(parts) > 2 or not all(p.isascii() and p.isdigit() for p in parts):
             self.fail(where, f"{value!r} is not a VLAN id or range (100, 100-199, 100.7, 100.*)")
             return None
         first, last = int(parts[0]), int(parts[-1])

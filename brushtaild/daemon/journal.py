@@ -44,7 +44,7 @@ def connected(stream: TextIO, env: Mapping[str, str] = os.environ) -> bool:
     inherited the variable) on text output, as systemd.exec(5) recommends.
     """
     device, _, inode = env.get("JOURNAL_STREAM", "").partition(":")
-    if not (device.isdigit() and inode.isdigit()):
+    if not (device.isascii() and device.isdigit() and inode.isascii() and inode.isdigit()):
         return False
     try:
         st = os.fstat(stream.fileno())

@@ -1015,3 +1015,9 @@ def test_pools_of_one_subnet_in_two_shared_networks_are_refused() -> None:
             "pools of one subnet share one network",
         )
     ]
+
+
+def test_a_vlan_id_in_other_digits_is_refused_not_a_crash() -> None:
+    raw = example()
+    raw["pools"][0]["vlans"] = ["1²"]
+    assert [where for where, _ in errors_of(raw)] == ["pools[0].vlans[0]"]
