@@ -174,8 +174,9 @@ class ClassMatch:
 
     @property
     def by_request(self) -> bool:
-        """Whether a condition needs the request itself: the lease does not keep option 82,
-        option 60 or giaddr, so the class of a lease cannot be told from it alone."""
+        """Whether a condition needs the request itself: the lease keeps no option 60 or
+        giaddr, and its stashed option 82 is not yet used to classify, so the class of such
+        a lease cannot be told from the lease alone."""
         return any(
             c is not None for c in (self.circuit_id, self.remote_id, self.vendor_class, self.relay)
         )
