@@ -9,7 +9,6 @@ from enum import Enum
 from ipaddress import IPv4Address
 
 from brushtaild.config.model import ClassMatch, ClientClass
-from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import OptionCode, RelayAgentSubOption
 from brushtaild.dhcp.message import Message
 from brushtaild.engine.decisions import Ingress
@@ -35,15 +34,16 @@ def _by_client(match: ClassMatch, hwaddr: bytes, vlans: tuple[int, ...]) -> bool
 
 
 def classify(
-    classes: tuple[ClientClass, ...], msg: Message, ingress: Ingress
+    classes: tuple[ClientClass, ...],
+    msg: Message,
+    ingress: Ingress,
+    relay_subs: list[tuple[int, bytes]],
 ) -> ClientClass | None:
-    """The class of a request. Option 82 counts only in a relayed request (giaddr set), as
-    the server reads it elsewhere; its sub-options are parsed as there (a malformed option
-    82 raises MalformedPacket)."""
+    """The class of a request. `relay_subs` are the sub-options of the request's own option
+    82, as the server parsed them: empty unless the request is relayed (giaddr set)."""
     if not classes:
         return None
-    relay_info = msg.options.get(OptionCode.RELAY_AGENT_INFO)
-    subs = dict(opt.parse_relay_agent_info(relay_info)) if relay_info and msg.giaddr else {}
+    subs = dict(relay_subs)
     circuit_id = subs.get(RelayAgentSubOption.CIRCUIT_ID)
     remote_id = subs.get(RelayAgentSubOption.REMOTE_ID)
     vendor_class = msg.options.get(OptionCode.VENDOR_CLASS_ID)

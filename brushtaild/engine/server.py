@@ -417,6 +417,7 @@ class Server:
         selector, by_118 = self._network_selector(msg, relay_subs)
         pools = self._pools_for(selector)
         client_id = client_identity(msg)
+        request_subs = relay_subs
         if not msg.giaddr:
             pools = self._on_link(pools, selector, ingress.vlans)
             if any(alloc.pool.serves_vlans(ingress.vlans) for alloc in self._vlan_pools):
@@ -425,7 +426,7 @@ class Server:
             # it is matched on is the option 82 its lease stashed (a circuit-id reservation).
             relay_subs = opt.parse_relay_agent_info(self._stashed(client_id, msg.ciaddr))
         host = self._host(client_id, msg.hwaddr, relay_subs, pools)
-        client_class = classify(self.config.classes, msg, ingress)
+        client_class = classify(self.config.classes, msg, ingress, request_subs)
         served = self._class_pools(pools, client_class, host)
         return ClientContext(
             message=msg,

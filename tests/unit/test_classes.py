@@ -64,7 +64,9 @@ def named(*matches: ClassMatch) -> tuple[ClientClass, ...]:
 
 
 def class_name(classes: tuple[ClientClass, ...], msg: Any, ingress: Any = INGRESS) -> str | None:
-    found = classify(classes, msg, ingress)
+    info = msg.options.get(OptionCode.RELAY_AGENT_INFO)
+    subs = opt.parse_relay_agent_info(info) if info and msg.giaddr else []
+    found = classify(classes, msg, ingress, subs)
     return None if found is None else found.name
 
 
