@@ -89,7 +89,6 @@ _DNS_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5}")
 _OUI_RE = re.compile(r"[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){2}")
-_HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2}:?)*[0-9A-Fa-f]{2}")
 # Characters the kernel's dev_valid_name() refuses in an interface name, besides whitespace.
 _IFNAME_FORBIDDEN = frozenset("/:")
 _IFNAMSIZ = 16  # including the terminating NUL
