@@ -520,6 +520,10 @@ class Daemon:
         for reply in decision.replies:
             try:
                 self.io.send(reply.payload, reply.dest, reply.ingress)
+                if self.fastpath is not None:
+                    # Inside the try: a bug in the fast path's bookkeeping is one dropped
+                    # request's error, never the loop's.
+                    self.fastpath.relays.answered(reply)
             except OSError as exc:
                 # An unroutable giaddr, a firewall's EPERM, a full queue, a link going down.
                 name = _errno_name(exc)
@@ -536,8 +540,6 @@ class Daemon:
                 self.metrics.count_reply(reply.message.message_type)
                 if decision.nak is not None:
                     self.metrics.count_nak(decision.nak)
-                if self.fastpath is not None:
-                    self.fastpath.relays.answered(reply)
         self._log_events(decision.events, "slow")
 
     def _log_events(self, events: list[LeaseEvent], path: str) -> None:

@@ -782,3 +782,19 @@ def test_metrics_count_each_reply_nak_reason_lease_event_and_pool_state(
     assert sample(daemon, "dhcp_pool_addresses_assigned", pool) == 2  # client 3, the decline
     assert sample(daemon, "dhcp_pool_addresses_declined", pool) == 1
     assert sample(daemon, "dhcp_pool_utilization_ratio", pool) == pytest.approx(0.2)
+
+
+def test_a_failing_relay_bookkeeping_drops_one_request_not_the_loop(
+    daemon: Daemon, io: FakeIO
+) -> None:
+    fast = FakeFastPath([])
+    daemon.fastpath = fast  # type: ignore[assignment]
+
+    def broken(reply: Reply) -> None:
+        raise RuntimeError("bug")
+
+    fast.answered = broken  # type: ignore[method-assign]
+    io.batches.append(Received(frames=[frame(relayed_discover(1))]))
+    daemon._serve_batch()  # does not raise
+    assert io.sent_types() == [MessageType.OFFER]
+    assert dropped(daemon, "internal_error") == 1
