@@ -573,9 +573,7 @@ def _fastpath_status(config: Config) -> int:
     settings = config.fastpath
     mode = loader.attached_mode(config.interface)
     print(f"interface {config.interface}: {'XDP ' + mode if mode else 'no XDP program'}")
-    pins = loader.PinDir(
-        settings.pin_dir, loader.Limits(settings.max_subscribers, settings.rate_limit_clients)
-    )
+    pins = loader.PinDir.of(settings)
     for version in pins.others():
         print(f"maps of another layout: {version.path} (recorded and removed at the next start)")
     if not (pins.current.path / "leases").exists():

@@ -46,10 +46,6 @@ def _renewal(event: maps.Renewal) -> Renewal:
     )
 
 
-def _limits(config: Config) -> loader.Limits:
-    return loader.Limits(config.fastpath.max_subscribers, config.fastpath.rate_limit_clients)
-
-
 def recorded(
     server: Server, renewals: Iterable[Renewal], now: float
 ) -> tuple[Decision, list[tuple[Renewal, Decision]]]:
@@ -73,7 +69,7 @@ class FastPath:
     def __init__(self, config: Config, server: Server) -> None:
         settings = config.fastpath
         self.config = config
-        limits = _limits(config)
+        limits = loader.Limits.of(settings)
         self.pins = loader.PinDir(settings.pin_dir, limits)
         self.pins.lock()
         self._retired: list[tuple[loader.Version, loader.Ring | None]] = []
@@ -228,7 +224,7 @@ class Takedown:
 
 def pinned(config: Config) -> list[loader.Version]:
     """What is pinned under the configured pin directory."""
-    return loader.PinDir(config.fastpath.pin_dir, _limits(config)).versions()
+    return loader.PinDir.of(config.fastpath).versions()
 
 
 def take_down(
@@ -241,7 +237,7 @@ def take_down(
     `record` returned. Raises loader.PinDirBusy while a brushtaild holds the pin directory."""
     if not pinned(config):
         return None
-    pins = loader.PinDir(config.fastpath.pin_dir, _limits(config))
+    pins = loader.PinDir.of(config.fastpath)
     pins.lock()
     rings: list[loader.Ring] = []
     try:

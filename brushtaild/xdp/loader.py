@@ -24,7 +24,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
-from brushtaild.config.model import XdpMode
+from brushtaild.config.model import FastPath, XdpMode
 from brushtaild.daemon import clock
 from brushtaild.xdp import libbpf, maps
 
@@ -50,6 +50,11 @@ ETH_FLAG_RXVLAN = 1 << 8
 class Limits:
     max_subscribers: int
     ratelimit_entries: int
+
+    @classmethod
+    def of(cls, settings: FastPath) -> "Limits":
+        """The map sizes the `fastpath:` settings ask for."""
+        return cls(settings.max_subscribers, settings.rate_limit_clients)
 
 
 # linux/bpf.h enum bpf_map_type
@@ -293,6 +298,11 @@ class PinDir:
         self.root = root
         self.current = Version(root / layout_version(limits))
         self._lock_fd: int | None = None
+
+    @classmethod
+    def of(cls, settings: FastPath) -> "PinDir":
+        """The pin directory the `fastpath:` settings name, for maps of their sizes."""
+        return cls(settings.pin_dir, Limits.of(settings))
 
     def lock(self) -> None:
         """Takes the pin directory for this process (until it exits or calls close()): a

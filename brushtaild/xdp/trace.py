@@ -288,9 +288,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
     settings = config.fastpath
-    pins = loader.PinDir(
-        settings.pin_dir, loader.Limits(settings.max_subscribers, settings.rate_limit_clients)
-    )
+    pins = loader.PinDir.of(settings)
     wanted = Filter(args.rate, args.mac, frozenset(maps.Result[r.upper()] for r in args.reason))
     # SIGINT too: a trace started in the background by a script inherits SIGINT ignored,
     # and `kill -INT` must still end it.
