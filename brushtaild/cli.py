@@ -609,6 +609,66 @@ def _add_fastpath(commands: "argparse._SubParsersAction[argparse.ArgumentParser]
     parser.set_defaults(run=_fastpath)
 
 
+def _pki(args: argparse.Namespace) -> int:
+    # Imported here, as the fast path's modules are: only this command needs cryptography.
+    from datetime import UTC, datetime
+
+    from brushtaild.replication import pki
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    ca_dir: Path = args.ca_dir
+    days: int = args.days or (3650 if args.action == "init" else 825)
+    if args.action in ("issue", "revoke") and args.site is None:
+        print(f"brushtail pki {args.action}: name the site", file=sys.stderr)
+        return EXIT_UNREADABLE
+    try:
+        if args.action == "init":
+            pki.create_ca(ca_dir, args.name, days, now)
+            print(f"CA {args.name!r} created in {ca_dir}: keep {ca_dir / pki.CA_KEY} private")
+            return EXIT_OK
+        ca = pki.Ca.load(ca_dir)
+        if args.action == "issue":
+            out: Path = args.out or ca_dir / "sites" / args.site
+            certificate = ca.issue(args.site, days, out, now)
+            print(f"{args.site}: serial {certificate.serial_number:x}, in {out}")
+        elif args.action == "list":
+            _print_table(
+                ("SITE", "SERIAL", "NOT AFTER (UTC)", "STATE"),
+                [
+                    (i.site, f"{i.serial:x}", f"{i.not_after:%Y-%m-%d %H:%M}", i.state(now))
+                    for i in ca.issued()
+                ],
+            )
+        else:
+            for revoked in ca.revoke(args.site, now):
+                print(f"{revoked.site}: serial {revoked.serial:x} revoked")
+            print(f"{ca_dir / pki.CA_CRL} re-signed: install it on every site and reload")
+    except (pki.PkiError, OSError) as exc:
+        print(f"brushtail pki: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def _add_pki(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = commands.add_parser(
+        "pki",
+        help="the cluster CA and site certificates, without Ansible",
+        description="init: create the cluster CA (ECDSA P-256) in --ca-dir: ca.key (0600), "
+        "ca.crt and an empty CRL ca.crl. issue SITE: a new P-256 key and a certificate "
+        "naming SITE (CN and SAN), for both TLS roles, written as site.key (0600), site.crt "
+        "and ca.crt into --out (default CA-DIR/sites/SITE), the names of /etc/brushtail/pki. "
+        "list: the certificates issued, with their state. revoke SITE|SERIAL: revoke them "
+        "and re-sign ca.crl. Never overwrites a key or certificate. Exit 1 on failure.",
+    )
+    parser.add_argument("action", choices=("init", "issue", "list", "revoke"))
+    parser.add_argument("site", nargs="?", metavar="SITE|SERIAL", help="for issue and revoke")
+    parser.add_argument("--ca-dir", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--name", default="brushtail cluster CA", help="CA's CN (init)")
+    parser.add_argument("--days", type=int, default=None, help="validity (init 3650, issue 825)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="where issue writes the files")
+    parser.set_defaults(run=_pki)
+
+
 def _add_trace(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     from brushtaild.xdp import trace
 
@@ -625,6 +685,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_leases(commands)
     _add_daemon_commands(commands)
     _add_fastpath(commands)
+    _add_pki(commands)
     _add_trace(commands)
     return parser
 

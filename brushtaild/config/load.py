@@ -10,6 +10,7 @@ import difflib
 import re
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 
 from brushtaild.config.model import (
     NO_OPTIONS,
+    SITE_NAME_RE,
     AddressRange,
     ClassMatch,
     ClientClass,
@@ -28,7 +30,10 @@ from brushtaild.config.model import (
     LogLevel,
     MatchKind,
     OptionSet,
+    Peer,
     Pool,
+    Replication,
+    ReplicationTuning,
     Reservation,
     TextMatch,
     VlanRange,
@@ -69,6 +74,9 @@ LIMITS_KEYS = tuple(f.name for f in fields(Limits))
 RESERVATION_KEYS = tuple(f.name for f in fields(Reservation))
 CLASS_KEYS = tuple(f.name for f in fields(ClientClass))
 MATCH_KEYS = tuple(f.name for f in fields(ClassMatch))
+REPLICATION_KEYS = tuple(f.name for f in fields(Replication))
+PEER_KEYS = tuple(f.name for f in fields(Peer))
+TUNING_KEYS = tuple(f.name for f in fields(ReplicationTuning))
 # What identifies a reserved host; exactly one per reservation (remote_id only narrows).
 _IDENTIFIERS = ("mac", "client_id", "circuit_id")
 BPFFS = "/sys/fs/bpf/"
@@ -83,7 +91,6 @@ MAX_VID = 4094  # 4095 is reserved; 0 tags priority only (802.1p)
 LONGEST_PREFIX = 30
 
 _TOP = "<top level>"  # where-label for problems with the document as a whole
-_SITE_RE = re.compile(r"[a-z0-9-]{1,63}")
 _POOL_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
 _DNS_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
@@ -196,7 +203,9 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _default(cls: type[Config] | type[Pool] | type[FastPath], name: str) -> Any:
+def _default(
+    cls: type[Config] | type[Pool] | type[FastPath] | type[Replication] | type[Peer], name: str
+) -> Any:
     """A dataclass field's default; slotted dataclasses do not keep it as a class attribute."""
     return next(f.default for f in fields(cls) if f.name == name)
 
@@ -219,6 +228,8 @@ class _Parser:
     subnets: list[tuple[IPv4Network, str]] = field(default_factory=list)
     vlan_ranges: list[tuple[VlanRange, IPv4Network | str | None, str]] = field(default_factory=list)
     class_names: dict[str, str] = field(default_factory=dict)
+    peer_names: dict[str, str] = field(default_factory=dict)
+    peer_endpoints: dict[tuple[IPv4Address, int], str] = field(default_factory=dict)
 
     def fail(self, where: str, reason: str) -> None:
         self.errors.append((where, reason))
@@ -357,7 +368,7 @@ class _Parser:
 
     def site(self, value: object, where: str) -> str | None:
         text = self.string(value, where)
-        if text is not None and not _SITE_RE.fullmatch(text):
+        if text is not None and not SITE_NAME_RE.fullmatch(text):
             self.fail(where, f"{text!r} must be 1-63 characters of a-z, 0-9 and '-'")
             return None
         return text
@@ -542,6 +553,9 @@ class _Parser:
         classes = self.optional(
             m, "", "classes", self.list_of(self.client_class), _default(Config, "classes")
         )
+        replication = self.optional(
+            m, "", "replication", lambda v, w: self.replication(v, w, site), None
+        )
         if (
             site is None
             or interface is None
@@ -576,7 +590,104 @@ class _Parser:
             reservations=reservations,
             classes=classes,
             limits=limits,
+            replication=replication,
         )
+
+    # -- replication -------------------------------------------------------------------
+
+    def replication(self, value: object, where: str, site: str | None) -> Replication | None:
+        m = self.mapping(value, where, REPLICATION_KEYS)
+        if m is None:
+            return None
+        reported = len(self.errors)
+
+        def get(key: str, parse: Callable[[object, str], T | None]) -> T | None:
+            return self.optional(m, where, key, parse, _default(Replication, key))
+
+        peers = self.required(
+            m, where, "peers", self.list_of(lambda v, w: self.peer(v, w, site), non_empty=True)
+        )
+        listen = get("listen", self.endpoint)
+        ca, certificate, key = (get(name, self.state_dir) for name in ("ca", "certificate", "key"))
+        crl = get("crl", self.state_dir)
+        tuning = self.optional(m, where, "tuning", self.tuning, ReplicationTuning())
+        if (
+            len(self.errors) > reported
+            or peers is None
+            or listen is None
+            or ca is None
+            or certificate is None
+            or key is None
+            or tuning is None
+        ):
+            return None
+        return Replication(peers, listen, ca, certificate, key, crl, tuning)
+
+    def endpoint(self, value: object, where: str) -> tuple[IPv4Address, int] | None:
+        """`a.b.c.d:port`, IPv4 only: one socket serves every peer."""
+        text = self.string(value, where)
+        if text is None:
+            return None
+        host, _, port = text.rpartition(":")
+        try:
+            address = IPv4Address(host)
+        except ValueError:
+            address = None
+        if address is None or not _PORT_RE.fullmatch(port) or not 0 < int(port) < 65536:
+            self.fail(where, f"{text!r} is not 'a.b.c.d:port' (port 1-65535)")
+            return None
+        return address, int(port)
+
+    def peer(self, value: object, where: str, site: str | None) -> Peer | None:
+        m = self.mapping(value, where, PEER_KEYS)
+        if m is None:
+            return None
+        name = self.required(m, where, "site", self.site)
+        address = self.required(m, where, "address", self.ipv4)
+        port = self.optional(
+            m, where, "port", self.integer(1, 65535, "integer"), _default(Peer, "port")
+        )
+        if name is not None:
+            if name == site:
+                self.fail(f"{where}.site", f"{name!r} is this site (`site`), not a peer")
+                name = None
+            elif name in self.peer_names:
+                first = self.peer_names[name]
+                self.fail(f"{where}.site", f"duplicate peer {name!r}, already used by {first}")
+                name = None
+            else:
+                self.peer_names[name] = where
+        if address is not None:
+            ip = IPv4Address(address)
+            if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+                self.fail(f"{where}.address", f"{ip} is not a unicast address")
+                address = None
+        if name is None or address is None or port is None:
+            return None
+        endpoint = (IPv4Address(address), port)
+        if endpoint in self.peer_endpoints:
+            self.fail(
+                f"{where}.address",
+                f"{endpoint[0]}:{port} is already {self.peer_endpoints[endpoint]}; "
+                "one peer per address and port",
+            )
+            return None
+        self.peer_endpoints[endpoint] = where
+        return Peer(name, *endpoint)
+
+    def tuning(self, value: object, where: str) -> ReplicationTuning | None:
+        m = self.mapping(value, where, TUNING_KEYS)
+        if m is None:
+            return None
+        values: dict[str, int | None] = {}
+        for f in fields(ReplicationTuning):
+            lo, hi = f.metadata["range"]
+            parse = self.integer(lo, hi, f.metadata["unit"])
+            default: int = f.default  # type: ignore[assignment]  # every field has one
+            values[f.name] = self.optional(m, where, f.name, parse, default)
+        if any(v is None for v in values.values()):
+            return None
+        return ReplicationTuning(**values)  # type: ignore[arg-type]
 
     # -- pools -------------------------------------------------------------------------
 
@@ -1323,3 +1434,30 @@ def load_config(path: Path) -> Config:
     except RecursionError:
         raise ConfigError([("<file>", "invalid YAML: nested too deeply")]) from None
     return parse_config(raw)
+
+
+def load_daemon_config(path: Path, now: datetime | None = None) -> Config:
+    """`load_config`, and then the files `replication` names: present, readable, the key
+    private to its owner, the certificate ours and issued by the CA (pki.check_site_files).
+    What the daemon runs with, at start-up and at each reload. `brushtail check-config` and
+    the commands that read a setting use load_config, which needs none of the files, so a
+    file can be checked away from the site it is for.
+    `now` (naive UTC) is when the certificate must be valid; default the wall clock."""
+    config = load_config(path)
+    replication = config.replication
+    if replication is None:
+        return config
+    # Imported here: cryptography is needed only by a site that replicates.
+    from brushtaild.replication.pki import check_site_files
+
+    problems = check_site_files(
+        config.site,
+        replication.ca,
+        replication.certificate,
+        replication.key,
+        replication.crl,
+        now or datetime.now(UTC).replace(tzinfo=None),
+    )
+    if problems:
+        raise ConfigError([(f"replication.{key}", reason) for key, reason in problems])
+    return config

@@ -6,13 +6,19 @@ docs/CONFIG.md describes every field; its defaults are the ones written here.
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 # Where the daemon listens for the `brushtail` command, and where the command looks first.
 DEFAULT_CONTROL_SOCKET = Path("/run/brushtail/control.sock")
+# What a site may be called (`site`, `replication.peers[].site`, a certificate's CN).
+SITE_NAME_RE = re.compile(r"[a-z0-9-]{1,63}")
+# Replication's UDP port (DTLS), the same on every site unless a peer says otherwise.
+DEFAULT_REPLICATION_PORT = 6767
+# What the brushtail_pki Ansible role installs on each site (its vars/main.yml).
+PKI_DIR = Path("/etc/brushtail/pki")
 
 
 class XdpMode(StrEnum):
@@ -229,6 +235,49 @@ class FastPath:
 
 
 @dataclass(frozen=True, slots=True)
+class Peer:
+    """Another site of the cluster (`replication.peers`): its certificate must name `site`,
+    and it sends from, and is reached at, `address`:`port`."""
+
+    site: str
+    address: IPv4Address
+    port: int = DEFAULT_REPLICATION_PORT
+
+
+def _tunable(default: int, lo: int, hi: int, unit: str = "integer") -> int:
+    """A field of ReplicationTuning: the loader checks it against lo..hi, with no code of
+    its own per field."""
+    value: int = field(default=default, metadata={"range": (lo, hi), "unit": unit})
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationTuning:
+    """The replication core's knobs (`replication.tuning`). A field added here is a key of
+    the file at once: the loader reads every field, bounded by its `_tunable` range."""
+
+    block_size: int = _tunable(256, 16, 65_536)  # addresses in one owned block
+    # Seconds a site that does not own an address may extend its lease past the last
+    # replicated expiry; the owner waits as long before reusing it.
+    extension_bound: int = _tunable(600, 60, 86_400, "integer (seconds)")
+    anti_entropy_interval: int = _tunable(30, 1, 3600, "integer (seconds)")
+
+
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """Leases shared with the other sites over mutual-TLS DTLS (`replication:`); the
+    certificate files default to what the brushtail_pki role installs."""
+
+    peers: tuple[Peer, ...]  # non-empty; names unique and not our own `site`
+    listen: tuple[IPv4Address, int] = (IPv4Address("0.0.0.0"), DEFAULT_REPLICATION_PORT)
+    ca: Path = PKI_DIR / "ca.crt"  # the cluster CA: the only one trusted
+    certificate: Path = PKI_DIR / "site.crt"  # ours, naming our `site`
+    key: Path = PKI_DIR / "site.key"  # its private key; no access for group or others
+    crl: Path | None = None  # revoked certificates, signed by the CA; None: no revocation
+    tuning: ReplicationTuning = ReplicationTuning()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     site: str  # short name of this edge site; labels logs and metrics
     interface: str  # where the server listens and the XDP program is attached
@@ -247,6 +296,7 @@ class Config:
     reservations: tuple[Reservation, ...] = ()  # fixed addresses, never handed to others
     classes: tuple[ClientClass, ...] = ()  # tried in file order; the first that matches
     limits: Limits = Limits()
+    replication: Replication | None = None  # None: a single site, nothing replicated
 
     def trusts_relay(self, giaddr: int) -> bool:
         address = IPv4Address(giaddr)

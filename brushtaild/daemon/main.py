@@ -30,7 +30,7 @@ from types import FrameType
 from prometheus_client import Counter, Gauge
 
 from brushtaild import __version__
-from brushtaild.config.load import DEFAULT_CONFIG, ConfigError, load_config
+from brushtaild.config.load import DEFAULT_CONFIG, ConfigError, load_daemon_config
 from brushtaild.config.model import Config
 from brushtaild.config.reload import restart_keys
 from brushtaild.daemon import clock, journal
@@ -688,7 +688,7 @@ class Daemon:
     def _reload_config(self) -> tuple[bool, str]:
         """(applied, why not or from where)."""
         try:
-            new = load_config(self.config_path)
+            new = load_daemon_config(self.config_path)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return False, str(exc)
@@ -736,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
             stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s"
         )
     try:
-        config = load_config(args.config)
+        config = load_daemon_config(args.config)
     except ConfigError as exc:
         log.error("config %s refused:\n%s", args.config, exc)
         return EX_CONFIG

@@ -215,7 +215,11 @@ def test_compare_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixt
 
 def test_subprocess_compare() -> None:
     result = run("check-config", "--compare", str(EXAMPLE), str(FULL_EXAMPLE))
-    assert (result.returncode, result.stdout, result.stderr) == (0, "restart: metrics_listen\n", "")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        "restart: metrics_listen, replication\n",
+        "",
+    )
 
 
 def test_warns_when_the_pools_outgrow_the_kernel_map(

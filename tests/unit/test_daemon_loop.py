@@ -640,7 +640,7 @@ def test_the_watchdog_is_fed_while_a_reload_rebuilds_the_leases(
         '    ranges: ["198.18.1.0-198.18.1.9"]\n'
         "fastpath:\n  enabled: false\n"
     )
-    daemon = Daemon(main.load_config(path), path, signals)
+    daemon = Daemon(main.load_daemon_config(path), path, signals)
     try:
         daemon._start_complete()
         assert notify.recv(4096).startswith(b"READY=1")
