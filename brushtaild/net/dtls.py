@@ -220,6 +220,10 @@ class DtlsTransport:
         """Sites with an established session, sorted."""
         return sorted(site for site, s in self._sessions.items() if s.established is not None)
 
+    def handshaking(self) -> list[str]:
+        """Sites a handshake is in progress with, sorted (at most MAX_HANDSHAKES)."""
+        return sorted(site for site, s in self._sessions.items() if s.established is None)
+
     def on_readable(self, now: float) -> list[tuple[str, bytes]]:
         """Read what the socket holds (up to READ_BATCH datagrams); the payloads peers sent,
         as (site, payload), in arrival order."""
@@ -420,10 +424,15 @@ class DtlsTransport:
                 # ClientHello check replaces its stale session.
                 self._dial(peer, now)
             return
-        # Both dialled at once: the site with the lower name keeps the client role.
-        dialling = session is not None and session.dialled and session.established is None
-        if dialling and self.site < peer.site:
-            return
+        if session is not None and session.established is None:
+            if not session.dialled:
+                # A retransmitted ClientHello of the handshake we are answering: OpenSSL
+                # answers it with our flight again (a new session would then take the
+                # peer's next flight for a stranger's).
+                self._feed(session, datagram, now, out)
+                return
+            if self.site < peer.site:
+                return  # both dialled at once: the lower site name keeps the client role
         # A new handshake: a peer we have no session with, or one that restarted or
         # re-keys. Only a ClientHello with our cookie for its address gets any state.
         self._accept(peer, address, datagram, now, out)
