@@ -385,6 +385,14 @@ def check_site_files(
     return problems
 
 
+def _public_bytes(key: ec.EllipticCurvePublicKey | x509.Certificate) -> bytes:
+    # cryptography 38 public keys have no equality of their own: compare their encodings.
+    public = key.public_key() if isinstance(key, x509.Certificate) else key
+    return public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def _check_key(path: Path, certificate: x509.Certificate | None) -> list[tuple[str, str]]:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -394,7 +402,7 @@ def _check_key(path: Path, certificate: x509.Certificate | None) -> list[tuple[s
         return [("key", f"{path}: not an unencrypted PEM private key")]
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         return [("key", f"{path}: not an ECDSA P-256 key (DTLS 1.2 needs one)")]
-    if certificate is not None and certificate.public_key() != key.public_key():
+    if certificate is not None and _public_bytes(certificate) != _public_bytes(key.public_key()):
         return [("key", f"{path}: not the key of the certificate")]
     return []
 

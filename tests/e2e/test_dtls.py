@@ -316,3 +316,48 @@ def test_a_reloaded_crl_closes_the_revoked_peer(
         assert got["a"] == [] and a.peers_up() == []
     finally:
         closing(a, b)
+
+
+def test_both_dialling_at_once_make_one_session(link: netns.Link, certs: Pki) -> None:
+    a, b = site_a(link, certs), site_b(link, certs)
+    try:
+        now = time.monotonic()
+        a.send("b", b"from a", now)
+        b.send("a", b"from b", now)
+        got = pump([a, b], 10, lambda d: d["a"] and d["b"])
+        assert got == {"a": [("b", b"from b")], "b": [("a", b"from a")]}
+        assert a.peers_up() == ["b"] and b.peers_up() == ["a"]
+        assert a.counters.handshakes == b.counters.handshakes == 1
+    finally:
+        closing(a, b)
+
+
+@pytest.mark.parametrize("first", ["survivor", "restarted"])
+@pytest.mark.parametrize("restarted", ["a", "b"])
+def test_a_restarted_peer_is_back_at_the_next_message(
+    link: netns.Link, certs: Pki, restarted: str, first: str
+) -> None:
+    sites = {"a": site_a(link, certs), "b": site_b(link, certs)}
+    try:
+        sites["a"].send("b", b"hello", time.monotonic())
+        pump(list(sites.values()), 10, lambda d: d["b"])
+        # Killed: no close_notify, so the survivor still holds its session.
+        sites[restarted]._sock.close()
+        sites[restarted] = site_a(link, certs) if restarted == "a" else site_b(link, certs)
+        survivor = sites["b" if restarted == "a" else "a"]
+        reborn = sites[restarted]
+        transports = list(sites.values())
+        if first == "survivor":
+            # Its record reaches a site with no session: lost (the replication core
+            # resends), but that site dials back at once.
+            survivor.send(reborn.site, b"lost", time.monotonic())
+            got = pump(transports, 10, lambda _: survivor.peers_up() and reborn.peers_up())
+            assert got[reborn.site] == []
+        # The restarted site's ClientHello replaces the survivor's stale session.
+        for sender, receiver in ((reborn, survivor), (survivor, reborn)):
+            sender.send(receiver.site, b"after restart", time.monotonic())
+            got = pump(transports, 10, lambda d, r=receiver: d[r.site])
+            assert got[receiver.site] == [(sender.site, b"after restart")]
+        assert sites["a"].peers_up() == ["b"] and sites["b"].peers_up() == ["a"]
+    finally:
+        closing(*sites.values())
