@@ -3,16 +3,20 @@
 The fast path and replication add their metrics to this same registry.
 """
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.reasons import DropReason
 from brushtaild.engine.decisions import LeaseEvent, LeaseEventKind, NakReason
 from brushtaild.engine.lease_table import PoolUsage
+
+if TYPE_CHECKING:  # the transport loads OpenSSL, which a single site does not need
+    from brushtaild.net.dtls import TransportCounters
 
 # Slow-path latency runs from tens of microseconds (an OFFER) to a few milliseconds (an ACK
 # waiting for its fsync); buckets resolve both ends.
@@ -55,6 +59,67 @@ class _PoolCollector(Collector):
             for pool, pool_usage in usage.items():
                 family.add_metric([pool], value(pool_usage))
             yield family
+
+
+class _TransportCollector(Collector):
+    """The replication transport's counters and its peers, read at scrape time."""
+
+    def __init__(
+        self,
+        counters: "Callable[[], TransportCounters]",
+        peers: Sequence[str],
+        peers_up: Callable[[], list[str]],
+    ) -> None:
+        self._counters = counters
+        self._peers = tuple(peers)
+        self._peers_up = peers_up
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        c = self._counters()
+        failures = CounterMetricFamily(
+            "dhcp_replication_handshake_failures_total",
+            "DTLS handshakes refused or failed, and datagrams turned away, by reason",
+            labels=["reason"],
+        )
+        for reason, n in c.refused.items():
+            failures.add_metric([reason.value], n)
+        yield failures
+        yield CounterMetricFamily(
+            "dhcp_replication_handshakes_total",
+            "DTLS handshakes completed with a peer, both certificates accepted",
+            value=c.handshakes,
+        )
+        up = GaugeMetricFamily(
+            "dhcp_replication_peer_up",
+            "1 while a DTLS session with the peer is up",
+            labels=["peer"],
+        )
+        established = set(self._peers_up())
+        for peer in self._peers:
+            up.add_metric([peer], 1 if peer in established else 0)
+        yield up
+        wire = CounterMetricFamily(
+            "dhcp_replication_wire_bytes_total",
+            "UDP payload bytes of the replication socket, handshakes included",
+            labels=["direction"],
+        )
+        wire.add_metric(["sent"], c.bytes_sent)
+        wire.add_metric(["received"], c.bytes_received)
+        yield wire
+        datagrams = CounterMetricFamily(
+            "dhcp_replication_datagrams_total",
+            "Datagrams of the replication socket",
+            labels=["direction"],
+        )
+        datagrams.add_metric(["sent"], c.datagrams_sent)
+        datagrams.add_metric(["received"], c.datagrams_received)
+        yield datagrams
+        yield CounterMetricFamily(
+            "dhcp_replication_payloads_dropped_total",
+            "Replication messages dropped before they were encrypted: the peer's queue was "
+            "full or its handshake failed",
+            value=c.payloads_dropped,
+        )
 
 
 class Metrics:
@@ -161,6 +226,15 @@ class Metrics:
             self.registry.register(self._fastpath_up)
             self._fastpath_up_registered = True
         self._fastpath_up.set(1 if up else 0)
+
+    def add_replication_transport(
+        self,
+        counters: "Callable[[], TransportCounters]",
+        peers: Sequence[str],
+        peers_up: Callable[[], list[str]],
+    ) -> None:
+        """Export the DTLS transport's counters (registered only where replication runs)."""
+        self.registry.register(_TransportCollector(counters, peers, peers_up))
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

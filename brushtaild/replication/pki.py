@@ -183,7 +183,7 @@ class Ca:
         return certificate
 
     def issued(self) -> list[Issued]:
-        revoked = {r.serial_number: r.revocation_date for r in self.crl()}
+        revoked = {r.serial_number: r.revocation_date for r in self.revoked()}
         found = []
         for path in sorted((self.directory / ISSUED).glob("*.crt")):
             certificate = x509.load_pem_x509_certificate(path.read_bytes())
@@ -198,11 +198,13 @@ class Ca:
             )
         return sorted(found, key=lambda i: (i.site, i.not_before))
 
-    def crl(self) -> x509.CertificateRevocationList:
-        try:
-            return x509.load_pem_x509_crl((self.directory / CA_CRL).read_bytes())
-        except OSError as exc:
-            raise PkiError(f"{exc.filename}: {exc.strerror}") from None
+    def revoked(self) -> list[x509.RevokedCertificate]:
+        """The CRL's entries; none while there is no CRL (a CA the brushtail_pki role made
+        gets its first at the first revocation)."""
+        path = self.directory / CA_CRL
+        if not path.exists():
+            return []
+        return list(load_crl(path, self.certificate))
 
     def sign_crl(
         self, revoked: list[x509.RevokedCertificate], number: int, now: datetime
@@ -232,8 +234,7 @@ class Ca:
         ]
         if not chosen:
             raise PkiError(f"no certificate of {target!r} is issued and not revoked")
-        old = self.crl()
-        entries = [*old]
+        entries = self.revoked()
         for issued in chosen:
             entries.append(
                 x509.RevokedCertificateBuilder()
@@ -241,8 +242,11 @@ class Ca:
                 .revocation_date(now)
                 .build()
             )
-        number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-        _replace(self.directory / CA_CRL, _pem(self.sign_crl(entries, number + 1, now)))
+        number = 1
+        if (self.directory / CA_CRL).exists():
+            crl = load_crl(self.directory / CA_CRL, self.certificate)
+            number += crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        _replace(self.directory / CA_CRL, _pem(self.sign_crl(entries, number, now)))
         return chosen
 
 

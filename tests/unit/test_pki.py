@@ -4,10 +4,12 @@ the checks the daemon makes on a site's files."""
 import os
 import shutil
 from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -154,3 +156,73 @@ def test_the_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert lines[1].split()[0] == "edge-a" and lines[1].split()[-1] == "revoked"
     assert main(["pki", "revoke", "--ca-dir", ca_dir]) == 2
     assert main(["pki", "list", "--ca-dir", str(tmp_path / "none")]) == 1
+
+
+def ansible_like_ca(directory: Path) -> pki.Ca:
+    """What the brushtail_pki role leaves on the controller: a P-384 CA, no CRL."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "brushtail cluster CA")])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir()
+    (directory / pki.CA_CERT).write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (directory / pki.CA_KEY).write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return pki.Ca.load(directory)
+
+
+def test_the_ansible_roles_ca_issues_lists_and_gets_a_first_crl(tmp_path: Path) -> None:
+    ca = ansible_like_ca(tmp_path / "ca")
+    ca.issue("edge-a", 10, tmp_path / "edge-a", NOW)
+    assert [i.state(NOW) for i in ca.issued()] == ["valid"]
+    assert check(tmp_path / "edge-a") == []
+    ca.revoke("edge-a", NOW)
+    crl = pki.load_crl(ca.directory / pki.CA_CRL, ca.certificate)
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 1
+    assert [i.state(NOW) for i in ca.issued()] == ["revoked"]
+
+
+def test_the_site_is_the_cn_when_a_san_dns_name_repeats_it() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+
+    def certificate(cn: str, *names: x509.GeneralName) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
+            .public_key(key.public_key())
+            .serial_number(1)
+            .not_valid_before(NOW)
+            .not_valid_after(NOW + timedelta(days=1))
+        )
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(key, hashes.SHA256())
+
+    # The role's names: the site, and the gossip address (an IP, or a DNS name).
+    site_ip = certificate(
+        "edge-a", x509.DNSName("edge-a"), x509.IPAddress(IPv4Address("198.19.0.11"))
+    )
+    assert pki.certificate_site(site_ip) == "edge-a"
+    assert (
+        pki.certificate_site(
+            certificate("edge-a", x509.DNSName("gw.example.net"), x509.DNSName("edge-a"))
+        )
+        == "edge-a"
+    )
+    assert pki.certificate_site(certificate("edge-a", x509.DNSName("edge-b"))) is None
+    assert pki.certificate_site(certificate("edge-a")) is None

@@ -1,6 +1,6 @@
 """Cluster checks across sites (the per-site checks of test_default.py run on each site too):
-one CA for the whole cluster, a certificate per site naming that site, a gossip peer list
-derived from the inventory, and each site serving its own subscriber link.
+one CA for the whole cluster, a certificate per site naming that site, the replication peer
+list derived from the inventory, and each site serving its own subscriber link.
 
 Peers connecting over mutual TLS is checked once replication exists (a later issue).
 """
@@ -37,10 +37,19 @@ def test_site_certificates_are_distinct_and_named():
 
 
 def test_peer_list_derived_from_inventory():
-    for name, host in zip(SITES, _hosts(), strict=True):
-        text = host.file("/etc/brushtail/brushtail.yaml").content_string
-        peers = [li.split("- ", 1)[1] for li in text.splitlines() if li.startswith("#   - ")]
-        assert peers == [f"{other}:6767" for other in SITES if other != name]
+    """replication.peers: every other site, by its site name, at its default IPv4 address
+    (the containers' ansible_host is no address)."""
+    hosts = _hosts()
+    sites = [_config(h)["site"] for h in hosts]
+    addresses = [h.interface("eth0").addresses[0] for h in hosts]
+    for i, host in enumerate(hosts):
+        replication = _config(host)["replication"]
+        assert replication["peers"] == [
+            {"site": sites[j], "address": addresses[j], "port": 6767}
+            for j in range(len(hosts))
+            if j != i
+        ]
+        assert replication["key"] == "/etc/brushtail/pki/site.key"
 
 
 def test_each_site_serves_its_own_link():
