@@ -17,7 +17,16 @@ import pytest
 from OpenSSL import SSL
 
 from brushtaild.config.model import Peer, Replication
-from brushtaild.net.dtls import MAX_PAYLOAD, MTU, DtlsTransport, Refusal
+from brushtaild.net.dtls import (
+    HANDSHAKE_TIMEOUT,
+    MAX_PAYLOAD,
+    MTU,
+    QUEUE_LIMIT,
+    SESSION_LIFETIME,
+    DtlsTransport,
+    Refusal,
+    TransportError,
+)
 from brushtaild.replication import pki
 from tests.e2e import netns
 
@@ -361,3 +370,53 @@ def test_a_restarted_peer_is_back_at_the_next_message(
         assert sites["a"].peers_up() == ["b"] and sites["b"].peers_up() == ["a"]
     finally:
         closing(*sites.values())
+
+
+def test_sessions_are_renewed_after_their_lifetime(link: netns.Link, certs: Pki) -> None:
+    a, b = site_a(link, certs), site_b(link, certs)
+    try:
+        a.send("b", b"hello", time.monotonic())
+        pump([a, b], 10, lambda d: d["b"])
+        # The dialling side's timer, an hour on: it closes and dials again at once.
+        later = time.monotonic() + SESSION_LIFETIME + 1
+        assert a.next_deadline() <= later
+        a.on_timer(later)
+        assert a.handshaking() == ["b"]
+        pump([a, b], 10, lambda _: a.peers_up() == ["b"] and b.peers_up() == ["a"])
+        assert a.counters.handshakes == b.counters.handshakes == 2
+        b.send("a", b"on the new session", time.monotonic())
+        assert pump([a, b], 10, lambda d: d["a"])["a"] == [("b", b"on the new session")]
+    finally:
+        closing(a, b)
+
+
+def test_an_absent_peer_bounds_the_queue_and_times_out(link: netns.Link, certs: Pki) -> None:
+    a = site_a(link, certs)  # nobody runs b
+    try:
+        now = time.monotonic()
+        sent = [a.send("b", b"%d" % i, now) for i in range(QUEUE_LIMIT + 3)]
+        assert sent == [True] * QUEUE_LIMIT + [False] * 3
+        assert a.handshaking() == ["b"]
+        a.on_timer(now + HANDSHAKE_TIMEOUT)
+        assert a.handshaking() == [] and a.peers_up() == []
+        assert a.counters.refused[Refusal.TIMEOUT] == 1
+        assert a.counters.payloads_dropped == QUEUE_LIMIT + 3
+    finally:
+        closing(a)
+
+
+def test_a_reload_with_unusable_files_keeps_the_old_ones(
+    link: netns.Link, certs: Pki, tmp_path: Path
+) -> None:
+    a, b = site_a(link, certs), site_b(link, certs)
+    try:
+        files = certs.site("a")
+        with pytest.raises(TransportError):
+            a.reload(files / "ca.crt", files / "site.crt", tmp_path / "missing.key", None)
+        with pytest.raises(TransportError):
+            # b's key is not the key of a's certificate.
+            a.reload(files / "ca.crt", files / "site.crt", certs.site("b") / "site.key", None)
+        a.send("b", b"still a", time.monotonic())
+        assert pump([a, b], 10, lambda d: d["b"])["b"] == [("a", b"still a")]
+    finally:
+        closing(a, b)
