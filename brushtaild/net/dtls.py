@@ -22,6 +22,7 @@ the three helpers below are the only users of pyOpenSSL's private members.
 import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import socket
 from collections import deque
@@ -37,6 +38,7 @@ from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 from brushtaild.config.model import Peer, Replication
+from brushtaild.daemon.throttled_log import ThrottledLog
 from brushtaild.replication.pki import PkiError, certificate_site, load_crl
 
 MTU = 1200  # UDP payload of every datagram: no IP fragmentation on any sane path
@@ -54,11 +56,13 @@ COOKIE_LENGTH = 16  # pyOpenSSL < 26 copies it into a 255-byte buffer unchecked:
 QUEUE_LIMIT = 64  # payloads per peer held while its session is being set up
 MAX_HANDSHAKES = 16  # handshakes in progress at once; sessions are bounded by the peers
 READ_BATCH = 256  # datagrams read per wakeup, so one flood cannot hold the loop
+LOG_INTERVAL = 60.0  # one line per peer and reason at most this often
 _RECORD_HEADER = 13
 _HANDSHAKE, _APPLICATION_DATA = 22, 23
 _CLIENT_HELLO = 1
 
 Address = tuple[str, int]
+log = logging.getLogger(__name__)
 
 
 class Refusal(StrEnum):
@@ -193,6 +197,7 @@ class DtlsTransport:
         raises TransportError or OSError."""
         self.site = site
         self.counters = TransportCounters()
+        self._log = ThrottledLog(log, LOG_INTERVAL)
         self._peers = {peer.site: peer for peer in settings.peers}
         self._by_address = {(str(p.address), p.port): p for p in settings.peers}
         self._sessions: dict[str, _Session] = {}
@@ -287,7 +292,7 @@ class DtlsTransport:
             self._rotate_at = now + COOKIE_ROTATION
         for session in list(self._sessions.values()):
             if session.established is None and now >= session.started + HANDSHAKE_TIMEOUT:
-                self._fail(session, Refusal.TIMEOUT)
+                self._fail(session, Refusal.TIMEOUT, now)
             elif session.established is not None and now >= session.established + (
                 self._lifetime(session)
             ):
@@ -299,7 +304,7 @@ class DtlsTransport:
                     self._flush(session.conn, session.address)
                     self._arm(session, now)
                 else:
-                    self._fail(session, Refusal.TIMEOUT)
+                    self._fail(session, Refusal.TIMEOUT, now)
 
     def reload(self, ca: Path, certificate: Path, key: Path, crl: Path | None) -> list[str]:
         """Use these files for every handshake from now on, and close the sessions whose
@@ -414,6 +419,11 @@ class DtlsTransport:
         peer = self._by_address.get(address)
         if peer is None:
             self.counters.refused[Refusal.UNKNOWN_PEER] += 1
+            self._log.report(
+                Refusal.UNKNOWN_PEER,
+                f"replication: datagram from {address[0]}:{address[1]}, no peer's address, dropped",
+                now,
+            )
             return
         session = self._sessions.get(peer.site)
         if not _is_client_hello(datagram):
@@ -507,7 +517,7 @@ class DtlsTransport:
         except SSL.Error as exc:
             self._flush(conn, session.address)  # the alert that tells the peer why
             if session.established is None:
-                self._fail(session, self._refusal(conn, exc))
+                self._fail(session, self._refusal(conn, exc), now)
             else:
                 self._forget(session)
             return
@@ -566,8 +576,15 @@ class DtlsTransport:
             return Refusal.PEER_REFUSED
         return Refusal.OTHER
 
-    def _fail(self, session: _Session, refusal: Refusal) -> None:
+    def _fail(self, session: _Session, refusal: Refusal, now: float) -> None:
         self.counters.refused[refusal] += 1
+        peer = session.peer
+        self._log.report(
+            f"{peer.site} {refusal}",
+            f"replication: handshake with {peer.site} ({session.address[0]}:"
+            f"{session.address[1]}) failed: {refusal}",
+            now,
+        )
         dropped = self._queues[session.peer.site]
         self.counters.payloads_dropped += len(dropped)
         dropped.clear()

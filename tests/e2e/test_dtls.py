@@ -185,7 +185,9 @@ def test_mutual_handshake_and_payloads_both_ways(link: netns.Link, certs: Pki) -
         closing(a, b)
 
 
-def test_refused_certificates_deliver_nothing_and_are_counted(link: netns.Link, certs: Pki) -> None:
+def test_refused_certificates_deliver_nothing_and_are_counted(
+    link: netns.Link, certs: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
     a = site_a(link, certs)
     attackers = [
         transport(
@@ -216,6 +218,11 @@ def test_refused_certificates_deliver_nothing_and_are_counted(link: netns.Link, 
             Refusal.REVOKED: 1,
             Refusal.NAME_MISMATCH: 1,
         }
+        # The journal names each, once per peer and reason.
+        reasons = ("foreign_ca", "expired", "revoked", "name_mismatch")
+        for name, reason in zip("cdef", reasons, strict=True):
+            line = f"handshake with {name} ({PEER_IPS[name]}:{PORT}) failed: {reason}"
+            assert caplog.text.count(line) == 1
         # Each attacker heard why (an alert) and dropped what it had queued.
         for attacker in attackers:
             assert attacker.peers_up() == []
