@@ -3,6 +3,7 @@ namespaces: site `a` on 198.18.0.1 (the link's server end), its peers on 198.18.
 (the client end). Each transport's socket is opened inside its namespace; one thread drives
 them all with select, as the daemon's loop will."""
 
+import contextlib
 import select
 import shutil
 import socket
@@ -427,3 +428,55 @@ def test_a_reload_with_unusable_files_keeps_the_old_ones(
         assert pump([a, b], 10, lambda d: d["b"])["b"] == [("a", b"still a")]
     finally:
         closing(a, b)
+
+
+def raw_handshake(a: DtlsTransport, sock: socket.socket, ctx: SSL.Context) -> str:
+    """Run a handshake with `a` from a bare pyOpenSSL client on `sock`; how it ended."""
+    conn = SSL.Connection(ctx, None)
+    conn.set_ciphertext_mtu(MTU)
+    conn.set_connect_state()
+    sock.setblocking(False)
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        try:
+            conn.do_handshake()
+        except SSL.WantReadError:
+            pass
+        except SSL.Error as exc:
+            return f"refused: {exc}"
+        else:
+            return "completed"
+        with contextlib.suppress(SSL.WantReadError):
+            sock.sendto(conn.bio_read(65535), (A_IP, PORT))
+        pump([a], 0.2)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                conn.bio_write(sock.recv(65535))
+    return "no answer"
+
+
+def bare_context(max_version: int | None = None) -> SSL.Context:
+    ctx = SSL.Context(SSL.DTLS_METHOD)
+    ctx.set_options(SSL.OP_NO_QUERY_MTU)
+    if max_version is not None:
+        ctx.set_max_proto_version(max_version)
+        ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+    return ctx
+
+
+def test_a_peer_without_a_certificate_or_with_dtls_1_0_is_refused(
+    link: netns.Link, certs: Pki
+) -> None:
+    a = site_a(link, certs)
+    sock = bound(link.client_ns, PEER_IPS["b"])
+    try:
+        # It does not check a's certificate; a refuses it for having none.
+        assert "alert handshake failure" in raw_handshake(a, sock, bare_context())
+        assert a.counters.refused[Refusal.NO_CERTIFICATE] == 1
+        dtls_1_0 = 0xFEFF
+        assert "alert protocol version" in raw_handshake(a, sock, bare_context(dtls_1_0))
+        assert a.counters.refused[Refusal.OTHER] == 1
+        assert a.peers_up() == [] and a.counters.handshakes == 0
+    finally:
+        closing(a)
+        sock.close()

@@ -12,6 +12,8 @@ import yaml
 
 from brushtaild.config.load import ConfigError, load_daemon_config, parse_config
 from brushtaild.config.model import Peer, Replication, ReplicationTuning
+from brushtaild.daemon.main import EX_CONFIG
+from brushtaild.daemon.main import main as daemon_main
 from brushtaild.replication import pki
 from tests.unit.test_config import errors_of, example
 
@@ -189,3 +191,11 @@ def test_the_daemon_refuses_missing_files(site_files: Path, tmp_path: Path) -> N
     assert info.value.errors == [
         ("replication.certificate", f"{site_files / 'site.crt'}: No such file or directory")
     ]
+
+
+def test_brushtaild_will_not_start_with_a_readable_key(
+    site_files: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    os.chmod(site_files / "site.key", 0o640)
+    assert daemon_main(["--config", str(write_config(tmp_path, site_files))]) == EX_CONFIG
+    assert "replication.key: " in caplog.text and "chmod 600 it" in caplog.text
