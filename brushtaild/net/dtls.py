@@ -249,7 +249,8 @@ class DtlsTransport:
     def send(self, peer_site: str, payload: bytes, now: float) -> bool:
         """Send `payload` (at most MAX_PAYLOAD bytes: one record, one datagram) to a peer;
         without a session, queue it (QUEUE_LIMIT) and start the handshake. False when the
-        payload was dropped: the queue is full or the session failed."""
+        payload was dropped: the queue is full or the session failed. `peer_site` is a
+        configured peer's (KeyError otherwise); a longer payload raises ValueError."""
         if len(payload) > MAX_PAYLOAD:
             raise ValueError(f"payload of {len(payload)} bytes; at most {MAX_PAYLOAD}")
         peer = self._peers[peer_site]
