@@ -4,6 +4,7 @@ namespaces: site `a` on 198.18.0.1 (the link's server end), its peers on 198.18.
 them all with select, as the daemon's loop will."""
 
 import contextlib
+import random
 import select
 import shutil
 import socket
@@ -480,3 +481,42 @@ def test_a_peer_without_a_certificate_or_with_dtls_1_0_is_refused(
     finally:
         closing(a)
         sock.close()
+
+
+class RandomLoss(LossySocket):
+    """Drops a fifth of what it sends, in an order its seed fixes."""
+
+    rng = random.Random(0)
+
+    def sendto(self, data: bytes, address: object) -> int:  # type: ignore[override]
+        if self.rng.random() < 0.2:
+            return len(data)
+        return socket.socket.sendto(self, data, address)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_handshakes_complete_under_a_fifth_lost_each_way(
+    link: netns.Link, certs: Pki, seed: int
+) -> None:
+    def lossy(ns: str, site: str, ip: str, peers: dict[str, str]) -> DtlsTransport:
+        with netns.in_netns(ns):
+            sock = RandomLoss(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((ip, PORT))
+        sock.rng = random.Random(f"{seed} {site}")
+        return DtlsTransport(site, settings(certs, site, peers), time.monotonic(), sock=sock)
+
+    a = lossy(link.server_ns, "a", A_IP, {"b": PEER_IPS["b"]})
+    b = lossy(link.client_ns, "b", PEER_IPS["b"], {"a": A_IP})
+    try:
+        # As the replication core will: send again whenever no handshake is under way. A
+        # run of losses can outlast HANDSHAKE_TIMEOUT; the next attempt starts afresh.
+        end = time.monotonic() + 4 * HANDSHAKE_TIMEOUT
+        while not (a.peers_up() and b.peers_up()) and time.monotonic() < end:
+            if not a.handshaking():
+                a.send("b", b"x", time.monotonic())
+            pump([a, b], 1.0, lambda _: a.peers_up() and b.peers_up())
+        assert a.peers_up() == ["b"] and b.peers_up() == ["a"]
+        refused = {r: n for r, n in (a.counters.refused | b.counters.refused).items() if n}
+        assert set(refused) <= {Refusal.TIMEOUT}
+    finally:
+        closing(a, b)
