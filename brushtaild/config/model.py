@@ -173,13 +173,9 @@ class ClassMatch:
     relay: IPv4Network | None = None  # giaddr; 0.0.0.0 (not relayed) never matches
 
     @property
-    def by_request(self) -> bool:
-        """Whether a condition needs the request itself: the lease keeps no option 60 or
-        giaddr, and its stashed option 82 is not yet used to classify, so the class of such
-        a lease cannot be told from the lease alone."""
-        return any(
-            c is not None for c in (self.circuit_id, self.remote_id, self.vendor_class, self.relay)
-        )
+    def by_relay(self) -> bool:
+        """Whether a condition is on what a relay adds to a request (option 82, giaddr)."""
+        return any(c is not None for c in (self.circuit_id, self.remote_id, self.relay))
 
 
 @dataclass(frozen=True, slots=True)

@@ -401,14 +401,15 @@ class LeaseTable:
         vlans: tuple[int, ...] = (),
         lease_time: int | None = None,
         relay_info: bytes | None = None,
+        relay: int = 0,
     ) -> Lease | None:
         """Lease `address` to the client (on `vlans`) for `lease_time` (its class's), else
         the pool's, if it is the client's to take: its own active lease, its own offer, or
         free. None if someone else holds it, or it is reserved for another host (`may_bind`
         tells which). `relay_info` is the relayed request's option 82 (empty if the relay
-        added none); None for a request that came without a relay, which keeps what the
-        client's record of `address` stashed (a renewal unicast from a relayed client
-        carries no option 82)."""
+        added none) and `relay` its giaddr; `relay_info` None for a request that came
+        without a relay, which keeps what the client's record of `address` stashed (a
+        renewal unicast from a relayed client carries no option 82)."""
         if not self.may_bind(client_id, hwaddr, address, host):
             return None
         owner = self._by_address.get(address)
@@ -425,8 +426,8 @@ class LeaseTable:
             self._drop_hold(own_hold, keep=address)
         previous = self._by_client.get(client_id)
         if relay_info is None:
-            kept = previous is not None and previous.address == address
-            relay_info = previous.relay_info if previous is not None and kept else b""
+            kept = previous if previous is not None and previous.address == address else None
+            relay_info, relay = (kept.relay_info, kept.relay) if kept is not None else (b"", 0)
         if previous is not None and previous.address != address:
             # One record per client: the old address is given back and forgotten.
             self._forget(previous)
@@ -449,6 +450,7 @@ class LeaseTable:
             prl=prl,
             vlans=vlans,
             relay_info=relay_info,
+            relay=relay,
         )
         self._put(lease)
         decision.lease_writes.append(lease)

@@ -37,7 +37,7 @@ from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
 from brushtaild.engine.addressing import reply_destination
 from brushtaild.engine.allocator import PoolAllocator, containing
-from brushtaild.engine.classes import UNDECIDED, Undecided, class_of_lease, classify
+from brushtaild.engine.classes import UNDECIDED, class_of_lease, classify
 from brushtaild.engine.decisions import (
     Decision,
     Ingress,
@@ -69,6 +69,20 @@ class ReplyTemplate:
     optional: tuple[int, ...]  # requested options, in request order: dropped last-first to fit
 
 
+@dataclass(frozen=True, slots=True)
+class KernelAnswer:
+    """How the fast path answers a lease's client (Server.kernel_answer)."""
+
+    profile: str  # the options its replies are rendered with (Server.template)
+    # Its pool was chosen by the VLANs its client came on (the key's), not by server_id:
+    # a client on our own link (a relayed client's network is its relay's).
+    by_vlan: bool
+    # Its class was told by what a relay adds (option 82, giaddr), as the lease stashed it:
+    # the slow path classifies the client's unicast renewals by the stash too, but a
+    # request through a relay by its own option 82, which may tell another class.
+    unicast_only: bool
+
+
 @dataclass(slots=True)
 class ClientContext:
     """Everything about one request the handlers need, computed once."""
@@ -93,6 +107,9 @@ class ClientContext:
     # The relay's server identifier override (RFC 5107): the address the client knows us
     # by, which the reply names as option 54; None without one.
     override: int | None
+    # The VLAN ids the client is known by: those it came on, or for a relayed client's
+    # unicast renewal, its relay's (as its lease stashed them).
+    vlans: tuple[int, ...]
     lines: tuple[Line, ...]  # the access lines `limits` count it on (LeaseTable.over_limit)
     client_class: ClientClass | None = None  # the first class of the config it matches
     # Its class names none of its network's pools: it is not served (NO_CLASS_POOL).
@@ -303,34 +320,30 @@ class Server:
         return decision
 
     def renewable(self, lease: Lease, now: float) -> bool:
-        """Whether the fast path may answer for `lease` (see LeaseTable.renewable): not
-        when its VLANs no longer select its pool (a reload moved them), since the program
-        checks only the lease's subnet. (So a relayed lease in a pool that lists VLANs is
-        the slow path's: the lease does not say whether it was relayed.)"""
+        return self.kernel_answer(lease, now) is not None
+
+    def kernel_answer(self, lease: Lease, now: float) -> "KernelAnswer | None":
+        """How the fast path answers for `lease`, or None where it may not (see also
+        LeaseTable.renewable): not when its VLANs no longer select its pool (a reload moved
+        them), since the program checks only the lease's subnet (a relayed client's pool
+        is chosen by its relay, whatever the VLANs); not when its class cannot be told from
+        the lease, or no longer gives it this pool."""
         alloc = self.table.allocators.get(lease.pool)
-        if alloc is None or alloc not in self._for_vlans(lease.vlans):
-            return False
-        cls = self._lease_class(lease)
-        if cls is UNDECIDED or (cls is not None and cls.pools and lease.pool not in cls.pools):
-            # The program cannot tell its class (it sees no more than the lease: the MAC
-            # and VLANs of its key), or the class no longer gives it this pool.
-            return False
-        return self.table.renewable(lease, now)
-
-    def profile(self, lease: Lease) -> str:
-        """The options profile `lease`'s replies are rendered with (see `template`); for a
-        lease that is `renewable`."""
-        cls = self._lease_class(lease)
-        return self._profile(
-            self.table.allocators[lease.pool].pool,
-            lease.address,
-            None if cls is UNDECIDED else cls,
+        if alloc is None or (not lease.relayed and alloc not in self._for_vlans(lease.vlans)):
+            return None
+        told = class_of_lease(self.config.classes, lease)
+        if told is UNDECIDED:
+            return None
+        cls = told.cls
+        if cls is not None and cls.pools and lease.pool not in cls.pools:
+            return None
+        if not self.table.renewable(lease, now):
+            return None
+        return KernelAnswer(
+            profile=self._profile(alloc.pool, lease.address, cls),
+            by_vlan=bool(alloc.pool.vlans) and not lease.relayed,
+            unicast_only=told.by_relay,
         )
-
-    def _lease_class(self, lease: Lease) -> ClientClass | Undecided | None:
-        """The class of every request the fast path could answer for `lease` (those of its
-        MAC on its VLANs), or UNDECIDED when it may depend on more (class_of_lease)."""
-        return class_of_lease(self.config.classes, lease.hwaddr, lease.vlans)
 
     def profile_pool(self, profile: str) -> Pool:
         return self._profile_pools[profile]
@@ -417,16 +430,20 @@ class Server:
         selector, by_118 = self._network_selector(msg, relay_subs)
         pools = self._pools_for(selector)
         client_id = client_identity(msg)
-        request_subs = relay_subs
-        if not msg.giaddr:
-            pools = self._on_link(pools, selector, ingress.vlans)
-            if any(alloc.pool.serves_vlans(ingress.vlans) for alloc in self._vlan_pools):
-                client_id = subscriber_identity(client_id, ingress.vlans)
-            # A renewal unicast by a relayed client is still that relay's subscriber: what
-            # it is matched on is the option 82 its lease stashed (a circuit-id reservation).
-            relay_subs = opt.parse_relay_agent_info(self._stashed(client_id, msg.ciaddr))
+        relay, vlans = msg.giaddr, ingress.vlans
+        renewed = None if msg.giaddr else self._relayed_lease(client_id, msg.ciaddr)
+        if renewed is not None:
+            # A renewal unicast by a relayed client is still that relay's subscriber: it is
+            # matched, classified and counted on what its lease stashed (the relay's option
+            # 82, giaddr and VLANs), on the network of its address, as the relay had it.
+            relay_subs = opt.parse_relay_agent_info(renewed.relay_info)
+            relay, vlans = renewed.relay, renewed.vlans
+        elif not msg.giaddr:
+            pools = self._on_link(pools, selector, vlans)
+            if any(alloc.pool.serves_vlans(vlans) for alloc in self._vlan_pools):
+                client_id = subscriber_identity(client_id, vlans)
         host = self._host(client_id, msg.hwaddr, relay_subs, pools)
-        client_class = classify(self.config.classes, msg, ingress, request_subs)
+        client_class = classify(self.config.classes, msg, vlans, relay_subs, relay)
         served = self._class_pools(pools, client_class, host)
         return ClientContext(
             message=msg,
@@ -442,7 +459,8 @@ class Server:
             max_size=self._max_size(msg),
             relay_info=relayed,
             override=override,
-            lines=self._lines(relay_subs, ingress.vlans),
+            vlans=vlans,
+            lines=self._lines(relay_subs, vlans),
             client_class=client_class,
             refused=bool(pools) and not served,
         )
@@ -455,10 +473,13 @@ class Server:
             subs.get(RelayAgentSubOption.CIRCUIT_ID), subs.get(RelayAgentSubOption.REMOTE_ID), vlans
         )
 
-    def _stashed(self, client_id: bytes, ciaddr: int) -> bytes:
-        """The option 82 the client's lease of `ciaddr` stashed (empty if none)."""
+    def _relayed_lease(self, client_id: bytes, ciaddr: int) -> Lease | None:
+        """The client's lease of `ciaddr` if a relay's request bound it (a relayed
+        client's identity is its own, never with VLANs: subscriber_identity)."""
         lease = self.table.lease_of(client_id) if ciaddr else None
-        return lease.relay_info if lease is not None and lease.address == ciaddr else b""
+        if lease is None or lease.address != ciaddr or not lease.relayed:
+            return None
+        return lease
 
     @staticmethod
     def _class_pools(
@@ -684,9 +705,10 @@ class Server:
             msg.options.get(OptionCode.PARAMETER_REQUEST_LIST),
             decision,
             ctx.host,
-            ctx.ingress.vlans,
+            ctx.vlans,
             ctx.client_class.lease_time if ctx.client_class is not None else None,
             ctx.relay_info,
+            msg.giaddr,
         )
         if lease is None:
             self._nak(ctx, decision, NakReason.ADDRESS_IN_USE)
@@ -921,6 +943,4 @@ class Server:
     def _event(
         kind: LeaseEventKind, ctx: ClientContext, address: int, pool: str, detail: str = ""
     ) -> LeaseEvent:
-        return LeaseEvent(
-            kind, ctx.client_id, ctx.message.hwaddr, address, pool, detail, ctx.ingress.vlans
-        )
+        return LeaseEvent(kind, ctx.client_id, ctx.message.hwaddr, address, pool, detail, ctx.vlans)

@@ -235,4 +235,5 @@ def test_a_reserved_hosts_options_override_its_pools_for_it_alone() -> None:
     assert other.options[OptionCode.DNS_SERVERS] == opt.ip(SERVER)
     assert OptionCode.NTP_SERVERS not in other.options
     lease = server.lease_at(dora(server, 1))
-    assert lease is not None and server.profile(lease) == "residential/198.18.0.50"
+    answer = server.kernel_answer(lease, NOW) if lease is not None else None
+    assert answer is not None and answer.profile == "residential/198.18.0.50"
