@@ -93,7 +93,8 @@ class ClientContext:
     # The relay's server identifier override (RFC 5107): the address the client knows us
     # by, which the reply names as option 54; None without one.
     override: int | None
-    lines: tuple[Line, ...]  # the access lines `limits` count it on (LeaseTable.over_limit)
+    # The access lines `limits` count it on (LeaseTable.over_limit, over_offer_limit).
+    lines: tuple[Line, ...]
     client_class: ClientClass | None = None  # the first class of the config it matches
     # Its class names none of its network's pools: it is not served (NO_CLASS_POOL).
     refused: bool = False
@@ -442,17 +443,20 @@ class Server:
             max_size=self._max_size(msg),
             relay_info=relayed,
             override=override,
-            lines=self._lines(relay_subs, ingress.vlans),
+            lines=self._lines(relay_subs, ingress.vlans, msg.giaddr),
             client_class=client_class,
             refused=bool(pools) and not served,
         )
 
     def _lines(
-        self, relay_subs: list[tuple[int, bytes]], vlans: tuple[int, ...]
+        self, relay_subs: list[tuple[int, bytes]], vlans: tuple[int, ...], giaddr: int
     ) -> tuple[Line, ...]:
         subs = dict(relay_subs)
         return access_lines(
-            subs.get(RelayAgentSubOption.CIRCUIT_ID), subs.get(RelayAgentSubOption.REMOTE_ID), vlans
+            subs.get(RelayAgentSubOption.CIRCUIT_ID),
+            subs.get(RelayAgentSubOption.REMOTE_ID),
+            vlans,
+            giaddr,
         )
 
     def _stashed(self, client_id: bytes, ciaddr: int) -> bytes:
@@ -569,6 +573,9 @@ class Server:
         if self.table.over_limit(ctx.client_id, ctx.lines):
             decision.drop = DropReason.LEASE_LIMIT
             return
+        if self.table.over_offer_limit(ctx.client_id, ctx.lines):
+            decision.drop = DropReason.OFFER_LIMIT
+            return
         chosen = self.table.offer(
             ctx.client_id,
             ctx.pools,
@@ -577,6 +584,7 @@ class Server:
             ctx.now,
             ctx.message.hwaddr,
             ctx.host,
+            ctx.lines,
         )
         if chosen is None:
             decision.drop = DropReason.POOL_EXHAUSTED
