@@ -261,19 +261,22 @@ class LeaseTable:
             return False
         if not self.reservations:
             return True
-        own = self.reservations.of_identity(lease.client_id, lease.hwaddr)
+        own = self.reservations.of_identity(lease.client_id, lease.hwaddr, lease.vlans)
         return (own is None or own.address == lease.address) and self._entitled(
-            lease.address, lease.client_id, lease.hwaddr, 0
+            lease.address, lease.client_id, lease.hwaddr, lease.vlans, 0
         )
 
-    def _entitled(self, address: int, client_id: bytes, hwaddr: bytes, host: int) -> bool:
-        """Whether the client may have `address` (rule 4); `host` is the address reserved
-        for it as this request identifies it (by circuit-id too), or 0."""
+    def _entitled(
+        self, address: int, client_id: bytes, hwaddr: bytes, vlans: tuple[int, ...], host: int
+    ) -> bool:
+        """Whether the client (its identity on `vlans`) may have `address` (rule 4); `host`
+        is the address reserved for it as this request identifies it (by circuit-id too),
+        or 0."""
         if address == host:
             return True
         lease = self._by_address.get(address)
         holder = lease if lease is not None and self._by_client.get(client_id) is lease else None
-        return self.reservations.entitled(address, client_id, hwaddr, holder)
+        return self.reservations.entitled(address, client_id, hwaddr, vlans, holder)
 
     def next_deadline(self) -> float | None:
         times = [t for t in (self._lease_timers.next(), self._hold_timers.next()) if t is not None]
@@ -303,6 +306,7 @@ class LeaseTable:
         hwaddr: bytes = b"",
         host: int = 0,
         lines: tuple[Line, ...] = (),
+        vlans: tuple[int, ...] = (),
     ) -> tuple[int, PoolAllocator] | None:
         """The address to offer, in Kea's order: the client's active lease, its old address
         while free, its pending offer, the address it asks for if free, any free address.
@@ -325,7 +329,7 @@ class LeaseTable:
         lease = self._by_client.get(client_id)
         if lease is not None and lease.address != host:
             alloc = containing(pools, lease.address)
-            if alloc is not None and self._entitled(lease.address, client_id, hwaddr, 0):
+            if alloc is not None and self._entitled(lease.address, client_id, hwaddr, vlans, 0):
                 # A client's record is bound, revoked, released or expired: active means
                 # bound or revoked, and either way the address is still this client's.
                 if lease.active(now):
@@ -340,7 +344,7 @@ class LeaseTable:
         if requested and requested != host:
             alloc = containing(pools, requested)
             if alloc is not None and alloc.take(
-                requested, self._entitled(requested, client_id, hwaddr, 0)
+                requested, self._entitled(requested, client_id, hwaddr, vlans, 0)
             ):
                 return self._hold(client_id, alloc, requested, link, now, lines)
         for alloc in pools:
@@ -465,7 +469,7 @@ class LeaseTable:
         added none); None for a request that came without a relay, which keeps what the
         client's record of `address` stashed (a renewal unicast from a relayed client
         carries no option 82)."""
-        if not self.may_bind(client_id, hwaddr, address, host):
+        if not self.may_bind(client_id, hwaddr, address, host, vlans):
             return None
         owner = self._by_address.get(address)
         hold = self._hold_by_address.get(address)
@@ -510,10 +514,12 @@ class LeaseTable:
         decision.lease_writes.append(lease)
         return lease
 
-    def may_bind(self, client_id: bytes, hwaddr: bytes, address: int, host: int) -> bool:
-        """Whether `address` is no other host's (rule 4): False when the client must be
-        told no even if the address is free or its own."""
-        return not self.reservations or self._entitled(address, client_id, hwaddr, host)
+    def may_bind(
+        self, client_id: bytes, hwaddr: bytes, address: int, host: int, vlans: tuple[int, ...]
+    ) -> bool:
+        """Whether `address` is no other host's (rule 4): False when the client (its
+        identity on `vlans`) must be told no even if the address is free or its own."""
+        return not self.reservations or self._entitled(address, client_id, hwaddr, vlans, host)
 
     def renew(self, hwaddr: bytes, address: int, expires: float, now: float) -> Lease | None:
         """Record a renewal the kernel has already acknowledged: the lease of `address`,
@@ -538,7 +544,7 @@ class LeaseTable:
         alloc = self.allocators.get(lease.pool)
         if alloc is None or not alloc.contains(address):
             return None
-        if not self._entitled(address, lease.client_id, lease.hwaddr, 0):
+        if not self._entitled(address, lease.client_id, lease.hwaddr, lease.vlans, 0):
             return None
         if lease.state is LeaseState.EXPIRED:
             hold = self._hold_by_address.get(address)

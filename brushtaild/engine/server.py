@@ -46,6 +46,7 @@ from brushtaild.engine.decisions import (
     NakReason,
     Reply,
 )
+from brushtaild.engine.identity import subscriber_identity, wire_identity
 from brushtaild.engine.lease_table import LeaseTable, Line, PoolUsage, access_lines
 from brushtaild.engine.leases import Lease, LeaseState
 
@@ -109,21 +110,10 @@ def client_identity(msg: Message) -> bytes:
     return bytes((msg.htype,)) + msg.hwaddr
 
 
-def subscriber_identity(client_id: bytes, vlans: tuple[int, ...]) -> bytes:
-    """A client's identity in a pool that lists VLANs: its client identifier on its VLANs,
-    so the same MAC on two VLANs is two subscribers. The VLAN ids and their count follow
-    the identifier (2 + 1 bytes per VLAN and one), so the pair can be read back from the
-    end (wire_client_id) and no two pairs give the same identity."""
-    return client_id + b"".join(vid.to_bytes(2, "big") for vid in vlans) + bytes((len(vlans),))
-
-
 def wire_client_id(lease: Lease) -> bytes:
     """The client identifier as the client sends it (what the XDP program compares), for
     a lease whose identity may carry its VLANs (subscriber_identity)."""
-    trailer = subscriber_identity(b"", lease.vlans)
-    if lease.vlans and len(lease.client_id) > len(trailer) and lease.client_id.endswith(trailer):
-        return lease.client_id[: -len(trailer)]
-    return lease.client_id
+    return wire_identity(lease.client_id, lease.vlans)
 
 
 def _revoked(lease: Lease, address: int) -> bool:
@@ -426,7 +416,7 @@ class Server:
             # A renewal unicast by a relayed client is still that relay's subscriber: what
             # it is matched on is the option 82 its lease stashed (a circuit-id reservation).
             relay_subs = opt.parse_relay_agent_info(self._stashed(client_id, msg.ciaddr))
-        host = self._host(client_id, msg.hwaddr, relay_subs, pools)
+        host = self._host(client_id, msg.hwaddr, ingress.vlans, relay_subs, pools)
         client_class = classify(self.config.classes, msg, ingress, request_subs)
         served = self._class_pools(pools, client_class, host)
         return ClientContext(
@@ -482,6 +472,7 @@ class Server:
         self,
         client_id: bytes,
         hwaddr: bytes,
+        vlans: tuple[int, ...],
         relay_subs: list[tuple[int, bytes]],
         pools: list[PoolAllocator],
     ) -> int:
@@ -494,6 +485,7 @@ class Server:
         found: Reservation | None = reservations.find(
             client_id,
             hwaddr,
+            vlans,
             subs.get(RelayAgentSubOption.CIRCUIT_ID),
             subs.get(RelayAgentSubOption.REMOTE_ID),
         )
@@ -585,6 +577,7 @@ class Server:
             ctx.message.hwaddr,
             ctx.host,
             ctx.lines,
+            ctx.ingress.vlans,
         )
         if chosen is None:
             decision.drop = DropReason.POOL_EXHAUSTED
@@ -672,7 +665,7 @@ class Server:
             self._nak(ctx, decision, NakReason.NOT_ON_NETWORK)
             return
         msg = ctx.message
-        if not self.table.may_bind(ctx.client_id, msg.hwaddr, address, ctx.host):
+        if not self.table.may_bind(ctx.client_id, msg.hwaddr, address, ctx.host, ctx.ingress.vlans):
             self._nak(ctx, decision, NakReason.RESERVED)
             return
         if ctx.host and address != ctx.host and self.table.host_free(ctx.client_id, ctx.host):
