@@ -202,12 +202,17 @@ class ClientClass:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Bound leases one access line may have (0: no bound), against hoarding: a client
-    past one is not offered or given an address (docs/CONFIG.md, `limits`)."""
+    """Bound leases and outstanding offers one access line may have (0: no bound), against
+    hoarding and DISCOVER floods: a client past one is not offered or given an address
+    (docs/CONFIG.md, `limits`). A field is named `max_{leases,offers}_per_{line kind}`;
+    the lease table reads the kind from the name (lease_table.access_lines)."""
 
     max_leases_per_circuit: int = 0  # option 82 circuit-id (sub-option 1)
     max_leases_per_remote_id: int = 0  # option 82 remote-id (sub-option 2)
     max_leases_per_vlan: int = 0  # the VLAN ids the requests came on, outer.inner
+    max_offers_per_relay: int = 0  # the relay's address (giaddr)
+    max_offers_per_circuit: int = 0  # option 82 circuit-id
+    max_offers_per_vlan: int = 0  # the VLAN ids, as for leases
 
 
 @dataclass(frozen=True, slots=True)

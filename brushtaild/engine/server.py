@@ -46,6 +46,7 @@ from brushtaild.engine.decisions import (
     NakReason,
     Reply,
 )
+from brushtaild.engine.identity import subscriber_identity, wire_identity
 from brushtaild.engine.lease_table import LeaseTable, Line, PoolUsage, access_lines
 from brushtaild.engine.leases import Lease, LeaseState
 
@@ -110,7 +111,8 @@ class ClientContext:
     # The VLAN ids the client is known by: those it came on, or for a relayed client's
     # unicast renewal, its relay's (as its lease stashed them).
     vlans: tuple[int, ...]
-    lines: tuple[Line, ...]  # the access lines `limits` count it on (LeaseTable.over_limit)
+    # The access lines `limits` count it on (LeaseTable.over_limit, over_offer_limit).
+    lines: tuple[Line, ...]
     client_class: ClientClass | None = None  # the first class of the config it matches
     # Its class names none of its network's pools: it is not served (NO_CLASS_POOL).
     refused: bool = False
@@ -125,21 +127,10 @@ def client_identity(msg: Message) -> bytes:
     return bytes((msg.htype,)) + msg.hwaddr
 
 
-def subscriber_identity(client_id: bytes, vlans: tuple[int, ...]) -> bytes:
-    """A client's identity in a pool that lists VLANs: its client identifier on its VLANs,
-    so the same MAC on two VLANs is two subscribers. The VLAN ids and their count follow
-    the identifier (2 + 1 bytes per VLAN and one), so the pair can be read back from the
-    end (wire_client_id) and no two pairs give the same identity."""
-    return client_id + b"".join(vid.to_bytes(2, "big") for vid in vlans) + bytes((len(vlans),))
-
-
 def wire_client_id(lease: Lease) -> bytes:
     """The client identifier as the client sends it (what the XDP program compares), for
     a lease whose identity may carry its VLANs (subscriber_identity)."""
-    trailer = subscriber_identity(b"", lease.vlans)
-    if lease.vlans and len(lease.client_id) > len(trailer) and lease.client_id.endswith(trailer):
-        return lease.client_id[: -len(trailer)]
-    return lease.client_id
+    return wire_identity(lease.client_id, lease.vlans)
 
 
 def _revoked(lease: Lease, address: int) -> bool:
@@ -442,7 +433,7 @@ class Server:
             pools = self._on_link(pools, selector, vlans)
             if any(alloc.pool.serves_vlans(vlans) for alloc in self._vlan_pools):
                 client_id = subscriber_identity(client_id, vlans)
-        host = self._host(client_id, msg.hwaddr, relay_subs, pools)
+        host = self._host(client_id, msg.hwaddr, vlans, relay_subs, pools)
         client_class = classify(self.config.classes, msg, vlans, relay_subs, relay)
         served = self._class_pools(pools, client_class, host)
         return ClientContext(
@@ -460,17 +451,20 @@ class Server:
             relay_info=relayed,
             override=override,
             vlans=vlans,
-            lines=self._lines(relay_subs, vlans),
+            lines=self._lines(relay_subs, vlans, relay),
             client_class=client_class,
             refused=bool(pools) and not served,
         )
 
     def _lines(
-        self, relay_subs: list[tuple[int, bytes]], vlans: tuple[int, ...]
+        self, relay_subs: list[tuple[int, bytes]], vlans: tuple[int, ...], giaddr: int
     ) -> tuple[Line, ...]:
         subs = dict(relay_subs)
         return access_lines(
-            subs.get(RelayAgentSubOption.CIRCUIT_ID), subs.get(RelayAgentSubOption.REMOTE_ID), vlans
+            subs.get(RelayAgentSubOption.CIRCUIT_ID),
+            subs.get(RelayAgentSubOption.REMOTE_ID),
+            vlans,
+            giaddr,
         )
 
     def _relayed_lease(self, client_id: bytes, ciaddr: int) -> Lease | None:
@@ -499,6 +493,7 @@ class Server:
         self,
         client_id: bytes,
         hwaddr: bytes,
+        vlans: tuple[int, ...],
         relay_subs: list[tuple[int, bytes]],
         pools: list[PoolAllocator],
     ) -> int:
@@ -511,6 +506,7 @@ class Server:
         found: Reservation | None = reservations.find(
             client_id,
             hwaddr,
+            vlans,
             subs.get(RelayAgentSubOption.CIRCUIT_ID),
             subs.get(RelayAgentSubOption.REMOTE_ID),
         )
@@ -590,6 +586,9 @@ class Server:
         if self.table.over_limit(ctx.client_id, ctx.lines):
             decision.drop = DropReason.LEASE_LIMIT
             return
+        if self.table.over_offer_limit(ctx.client_id, ctx.lines):
+            decision.drop = DropReason.OFFER_LIMIT
+            return
         chosen = self.table.offer(
             ctx.client_id,
             ctx.pools,
@@ -598,6 +597,8 @@ class Server:
             ctx.now,
             ctx.message.hwaddr,
             ctx.host,
+            ctx.lines,
+            ctx.ingress.vlans,
         )
         if chosen is None:
             decision.drop = DropReason.POOL_EXHAUSTED
@@ -685,7 +686,7 @@ class Server:
             self._nak(ctx, decision, NakReason.NOT_ON_NETWORK)
             return
         msg = ctx.message
-        if not self.table.may_bind(ctx.client_id, msg.hwaddr, address, ctx.host):
+        if not self.table.may_bind(ctx.client_id, msg.hwaddr, address, ctx.host, ctx.ingress.vlans):
             self._nak(ctx, decision, NakReason.RESERVED)
             return
         if ctx.host and address != ctx.host and self.table.host_free(ctx.client_id, ctx.host):
