@@ -1,0 +1,349 @@
+"""The ISP example, docs/examples/isp.yaml, serves each kind of subscriber as docs/CONFIG.md
+("A complete ISP example") says: the pool, options and lease time, and which path answers
+its renewals.
+
+One daemon runs the file itself (only its interface, state, control socket and pin dir are
+the test's) for the whole module, with the fast path on. The Link's client namespace is
+the access router: 198.18.0.2 on the server's link, forwarding, and Debian's ISC dhcrelay
+(`-a`) relaying from two business ports, each a namespace of its own with a real udhcpc
+behind it. The other subscribers (VLAN 100, QinQ 300.17, the native VLAN) are crafted
+frames from the router's end of the link, tagged where they come on a VLAN, read back
+with a raw socket, as tests/e2e/test_vlans.py does.
+
+Which path answered a renewal is read from the counters: the kernel's
+`dhcp_fastpath_requests_total{result="ack"}` and the slow path's
+`dhcp_slowpath_requests_total{result="ack"}`, and the daemon's `path=fast` lines for the
+address.
+"""
+
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+import yaml
+
+from brushtaild.dhcp import options as opt
+from brushtaild.dhcp.codec import encode
+from brushtaild.dhcp.constants import MessageType, OptionCode
+from brushtaild.dhcp.message import Message
+from tests.bpf.frames import client_frame
+from tests.e2e import dhcrelay, netns
+from tests.e2e.clients import UdhcpcProcess
+from tests.e2e.daemon import REPO, Brushtaild, sweep_stale_pins
+from tests.e2e.dhcrelay import Dhcrelay
+from tests.e2e.netns import CLIENT_IF, RELAY_IP, SERVER_IF, SERVER_IP, Downstream, Link, ip
+from tests.e2e.test_fastpath import (
+    FAST_ACK,
+    SLOW_ACK,
+    START_TIMEOUT,
+    fast_acks,
+    scrape,
+    wait_until,
+)
+from tests.e2e.test_vlans import exchange, tagged_client
+from tests.e2e.xdp_pass import attach_client_pass
+from tests.environment import unavailable
+
+EXAMPLE = REPO / "docs" / "examples" / "isp.yaml"
+# The access router's business ports, as the example names them: dhcrelay -a writes the
+# port's interface name as circuit-id, and its address as giaddr.
+DYNAMIC_PORT = ("biz-0017", "198.19.128.1/24")
+RESERVED_PORT = ("biz-0042", "198.19.129.1/24")
+BUSINESS_ROUTE = "198.19.128.0/23"
+SERVER_ID = opt.ip(opt.parse_ip(SERVER_IP))
+# 802.1Q TCIs of the crafted subscribers (priority bits kept in the replies' tags).
+N_TO_1 = (0x2000 | 100,)
+QINQ_1_TO_1 = (300, 17)
+SUBSCRIBER_MAC = bytes.fromhex("020000000101")
+QUARANTINED_MAC = bytes.fromhex("020bad000001")
+STB_MAC = bytes.fromhex("021a2b000001")
+STB_VENDOR_CLASS = b"IPTV-STB-4K"
+T = TypeVar("T")
+
+
+@dataclass
+class Site:
+    link: Link
+    daemon: Brushtaild
+    ports: dict[str, Downstream]
+    workdir: Path
+    xids: Iterator[int] = field(default_factory=lambda: iter(range(0x15B000, 0x15C000)))
+
+    def path_of_next_ack(self, address: str, send: Callable[[], T]) -> tuple[str, T]:
+        """What `send()` returned, and which path answered the ACK it caused: 'kernel'
+        (the kernel's counter moved and the daemon recorded a path=fast renewal of
+        `address`) or 'slow' (only the slow path's counter moved)."""
+        before = scrape(self.daemon)
+        fast_before = len(fast_acks(self.daemon, address))
+        result = send()
+
+        def moved() -> str:
+            now = scrape(self.daemon)
+            if now[FAST_ACK] > before[FAST_ACK]:
+                if len(fast_acks(self.daemon, address)) > fast_before:
+                    return "kernel"
+                return ""
+            return "slow" if now[SLOW_ACK] > before[SLOW_ACK] else ""
+
+        return wait_until(f"ACK of {address} counted", moved, timeout=10), result
+
+
+def example_config(daemon: Brushtaild) -> str:
+    """The example with this test's interface, state, socket and pin dir."""
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["interface"] = SERVER_IF
+    config["state_dir"] = str(daemon.state_dir)
+    config["control_socket"] = str(daemon.control_socket)
+    config["fastpath"] = {**config.get("fastpath", {}), "pin_dir": str(daemon.pin_dir)}
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    for reason in (netns.available(), dhcrelay.available()):
+        if reason is not None:
+            unavailable(reason)
+    workdir = tmp_path_factory.mktemp("isp")
+    sweep_stale_pins()
+    with contextlib.ExitStack() as stack:
+        link = stack.enter_context(Link(client_ip=RELAY_IP))
+        router = link.client_ns
+        # XDP_TX on a veth is delivered only if the peer runs XDP too.
+        attach_client_pass(link)
+        link.run_in(router, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        ports = {
+            name: stack.enter_context(
+                Downstream(server_ns=router, router_if=name, router_ip=address)
+            )
+            for name, address in (DYNAMIC_PORT, RESERVED_PORT)
+        }
+        ip("-n", link.server_ns, "route", "add", BUSINESS_ROUTE, "via", RELAY_IP)
+        daemon = Brushtaild(link, workdir, fastpath=True)
+        stack.callback(daemon.remove_pins)
+        stack.enter_context(daemon)
+        daemon.config_file.write_text(example_config(daemon))
+        daemon.start(START_TIMEOUT)
+        relay = Dhcrelay(
+            link, router, workdir, downstream=list(ports), upstream=CLIENT_IF, server=SERVER_IP
+        )
+        stack.enter_context(relay).start()
+        yield Site(link, daemon, ports, workdir)
+
+
+# --- crafted subscribers on the server's link -------------------------------------------
+
+
+def request(mtype: MessageType, mac: bytes, xid: int, ciaddr: int = 0, **options: bytes) -> bytes:
+    extra = {OptionCode[name.upper()]: value for name, value in options.items()}
+    return encode(
+        Message(
+            op=1,
+            xid=xid,
+            ciaddr=ciaddr,
+            chaddr=mac.ljust(16, b"\0"),
+            options={OptionCode.MESSAGE_TYPE: bytes((mtype,)), **extra},
+        )
+    )
+
+
+def tags_of(tcis: tuple[int, ...], mac: bytes) -> bytes:
+    return client_frame(b"", src_mac=mac, vlans=tcis)[12 : 12 + 4 * len(tcis)]
+
+
+def bind(site: Site, sock: socket.socket, mac: bytes, tcis: tuple[int, ...],
+         **options: bytes) -> Message:  # fmt: skip
+    """DISCOVER and REQUEST from `mac` on `tcis`: the ACK."""
+    tags = tags_of(tcis, mac)
+    xid = next(site.xids)
+    discover = client_frame(request(MessageType.DISCOVER, mac, xid, **options), src_mac=mac,
+                            vlans=tcis)  # fmt: skip
+    offer = exchange(sock, discover, tags, xid)
+    assert offer.message_type is MessageType.OFFER
+    xid = next(site.xids)
+    chosen = request(
+        MessageType.REQUEST, mac, xid,
+        requested_address=opt.ip(offer.yiaddr), server_id=SERVER_ID, **options,
+    )  # fmt: skip
+    ack = exchange(sock, client_frame(chosen, src_mac=mac, vlans=tcis), tags, xid)
+    assert (ack.message_type, ack.yiaddr) == (MessageType.ACK, offer.yiaddr)
+    return ack
+
+
+def renew(site: Site, sock: socket.socket, mac: bytes, tcis: tuple[int, ...], address: int,
+          **options: bytes) -> Message:  # fmt: skip
+    """A RENEWING REQUEST, unicast from `address` to the server: the ACK."""
+    xid = next(site.xids)
+    text = opt.format_ip(address)
+    frame = client_frame(
+        request(MessageType.REQUEST, mac, xid, ciaddr=address, **options),
+        src_mac=mac, dst_mac=site.link.server_mac, src_ip=text, dst_ip=SERVER_IP, vlans=tcis,
+    )  # fmt: skip
+    ack = exchange(sock, frame, tags_of(tcis, mac), xid)
+    assert (ack.message_type, ack.yiaddr) == (MessageType.ACK, address)
+    return ack
+
+
+def kernel_renews(site: Site, sock: socket.socket, mac: bytes, tcis: tuple[int, ...],
+                  address: int, **options: bytes) -> Message:  # fmt: skip
+    """Renews until the kernel answers (its entry is written right after the commit that
+    bound the lease, before the ACK is sent, so at once unless the machine is slow)."""
+    text = opt.format_ip(address)
+    for _ in range(10):
+        path, ack = site.path_of_next_ack(
+            text, lambda: renew(site, sock, mac, tcis, address, **options)
+        )
+        if path == "kernel":
+            return ack
+        time.sleep(0.3)
+    raise AssertionError(f"no renewal of {text} answered in the kernel")
+
+
+def ips(msg: Message, code: OptionCode) -> list[str]:
+    return [opt.format_ip(a) for a in opt.decode_ip_list(msg.options[code])]
+
+
+def lease_time(msg: Message) -> int:
+    return opt.decode_u32(msg.options[OptionCode.LEASE_TIME])
+
+
+def in_range(address: int, first: str, last: str) -> bool:
+    return IPv4Address(first) <= IPv4Address(address) <= IPv4Address(last)
+
+
+@pytest.mark.parametrize("tcis", [N_TO_1, QINQ_1_TO_1], ids=["N:1 VLAN 100", "QinQ 300.17"])
+def test_residential_subscriber_gets_the_residential_pool_and_kernel_renewals(
+    site: Site, tcis: tuple[int, ...]
+) -> None:
+    with tagged_client(site.link) as sock:
+        ack = bind(site, sock, SUBSCRIBER_MAC, tcis)
+        assert in_range(ack.yiaddr, "198.19.1.0", "198.19.126.255")
+        assert lease_time(ack) == 7200
+        assert ips(ack, OptionCode.ROUTERS) == ["198.19.0.1"]
+        assert ips(ack, OptionCode.DNS_SERVERS) == ["198.18.0.53", "198.18.0.54"]
+        assert ips(ack, OptionCode.NTP_SERVERS) == ["198.19.0.1"]
+        assert opt.decode_u16(ack.options[OptionCode.INTERFACE_MTU]) == 1500
+        assert ack.options[OptionCode.DOMAIN_SEARCH] == opt.domain_search(
+            ["home.example.net", "example.net"]
+        )
+        assert opt.decode_classless_routes(ack.options[OptionCode.CLASSLESS_STATIC_ROUTE]) == [
+            (opt.parse_ip("0.0.0.0"), 0, opt.parse_ip("198.19.0.1")),
+            (opt.parse_ip("198.18.32.0"), 20, opt.parse_ip("198.19.0.2")),
+        ]
+        renewed = kernel_renews(site, sock, SUBSCRIBER_MAC, tcis, ack.yiaddr)
+    assert renewed.options == ack.options
+
+
+def test_quarantined_cpe_gets_the_walled_garden_and_kernel_renewals(site: Site) -> None:
+    with tagged_client(site.link) as sock:
+        ack = bind(site, sock, QUARANTINED_MAC, N_TO_1)
+        assert in_range(ack.yiaddr, "198.19.127.10", "198.19.127.254")
+        assert lease_time(ack) == 300
+        assert ips(ack, OptionCode.DNS_SERVERS) == ["198.19.127.1"]
+        assert ips(ack, OptionCode.ROUTERS) == ["198.19.0.1"]
+        renewed = kernel_renews(site, sock, QUARANTINED_MAC, N_TO_1, ack.yiaddr)
+    assert renewed.options == ack.options
+
+
+def test_set_top_box_gets_its_vendor_options_and_slow_path_renewals(site: Site) -> None:
+    """Untagged, on the server's own link, with option 60: the native pool with the class's
+    day-long lease and option 43. The lease keeps no option 60, so the kernel cannot tell
+    the class and leaves the renewal to the slow path."""
+    with tagged_client(site.link) as sock:
+        ack = bind(site, sock, STB_MAC, (), vendor_class_id=STB_VENDOR_CLASS)
+        assert in_range(ack.yiaddr, "198.18.2.0", "198.18.15.254")
+        assert lease_time(ack) == 86400
+        assert ack.options[OptionCode.VENDOR_SPECIFIC] == bytes.fromhex(
+            "0104c612000a0210697074762e6578616d706c652e6e6574"
+        )
+        assert ips(ack, OptionCode.NTP_SERVERS) == [SERVER_IP]
+        assert ips(ack, OptionCode.DNS_SERVERS) == ["198.18.0.53"]
+        text = opt.format_ip(ack.yiaddr)
+        # The slow path answers a unicast renewal through the stack: the server's end must
+        # know the crafted client's MAC, which no ARP reply would give it.
+        mac = STB_MAC.hex(":")
+        ip("-n", site.link.server_ns, "neigh", "replace", text, "lladdr", mac, "dev", SERVER_IF)
+        path, renewed = site.path_of_next_ack(
+            text,
+            lambda: renew(site, sock, STB_MAC, (), ack.yiaddr, vendor_class_id=STB_VENDOR_CLASS),
+        )
+    assert path == "slow"
+    assert renewed.options == ack.options
+
+
+# --- business customers behind ISC dhcrelay -a --------------------------------------------
+
+
+def business_client(site: Site, port: str) -> tuple[UdhcpcProcess, dict[str, str]]:
+    """udhcpc behind `port`, bound through the relay: the client and what it was given."""
+    downstream = site.ports[port]
+    client = UdhcpcProcess(
+        downstream, site.workdir / port, discovers=10, request=["ntpsrv", "search"]
+    ).start()
+    bound = client.wait_bound(15)
+    assert bound.reasons[-1] == "bound" and bound.address is not None, bound.log
+    return client, client.received()
+
+
+def stashed(site: Site, address: str) -> dict[str, str]:
+    done = site.daemon.cli("leases", "--json", "--address", address)
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)["leases"]
+    return dict(row)
+
+
+def kernel_renews_routed(site: Site, port: str, client: UdhcpcProcess, address: str) -> None:
+    """The client renews by unicast, routed through the access router (no relay, no
+    option 82): the kernel answers it from the entry of a lease classified by its
+    stashed option 82."""
+    gateway = dict((DYNAMIC_PORT, RESERVED_PORT))[port].split("/")[0]
+    downstream = site.ports[port]
+    ip("-n", downstream.client_ns, "route", "replace", "198.18.0.0/16", "via", gateway)
+
+    def renewed() -> None:
+        events = client.renew(10)
+        assert events.reasons[-1] == "renew" and events.address == address, events.log
+
+    path, _ = site.path_of_next_ack(address, renewed)
+    assert path == "kernel"
+
+
+def test_business_customer_behind_dhcrelay_gets_its_class(site: Site) -> None:
+    client, got = business_client(site, DYNAMIC_PORT[0])
+    with client:
+        address = got["ip"]
+        # The first pool of its shared network, as the class orders them.
+        assert IPv4Address(address) in IPv4Network("198.19.128.0/24")
+        assert in_range(opt.parse_ip(address), "198.19.128.10", "198.19.128.250")
+        assert got["lease"] == "28800", got
+        assert got["router"] == "198.19.128.1", got
+        assert got["dns"] == "198.18.0.63 198.18.0.64", got
+        assert got["search"] == "biz.example.net", got
+        assert got["ntpsrv"] == SERVER_IP, got
+        assert got["domain"] == "biz.example.net", got
+        row = stashed(site, address)
+        # dhcrelay -a: circuit-id is the port's interface name, and no remote-id.
+        assert (row["pool"], row["circuit_id"], row["remote_id"]) == ("business", "biz-0017", "")
+        kernel_renews_routed(site, DYNAMIC_PORT[0], client, address)
+
+
+def test_reserved_business_port_gets_its_address_and_host_options(site: Site) -> None:
+    client, got = business_client(site, RESERVED_PORT[0])
+    with client:
+        address = got["ip"]
+        assert address == "198.19.129.5", got
+        assert got["lease"] == "28800", got
+        assert got["router"] == "198.19.129.1", got
+        assert got["dns"] == "198.18.0.63 198.18.0.64", got
+        # The host's own options over its class's and its pool's.
+        assert got["domain"] == "acme.example.com", got
+        assert got["ntpsrv"] == "198.19.129.1", got
+        row = stashed(site, address)
+        assert (row["pool"], row["circuit_id"]) == ("business-2", "biz-0042")
+        kernel_renews_routed(site, RESERVED_PORT[0], client, address)
