@@ -8,47 +8,29 @@ the access router: 198.18.0.2 on the server's link, forwarding, and Debian's ISC
 (`-a`) relaying from two business ports, each a namespace of its own with a real udhcpc
 behind it. The other subscribers (VLAN 100, QinQ 300.17, the native VLAN) are crafted
 frames from the router's end of the link, tagged where they come on a VLAN, read back
-with a raw socket, as tests/e2e/test_vlans.py does.
-
-Which path answered a renewal is read from the counters: the kernel's
-`dhcp_fastpath_requests_total{result="ack"}` and the slow path's
-`dhcp_slowpath_requests_total{result="ack"}`, and the daemon's `path=fast` lines for the
-address.
+with a raw socket (tests/e2e/crafted.py). Which path answered a renewal is read from the
+counters and the daemon's `path=fast` lines (`crafted.answered_by`).
 """
 
 import contextlib
 import json
-import socket
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import yaml
 
 from brushtaild.dhcp import options as opt
-from brushtaild.dhcp.codec import encode
 from brushtaild.dhcp.constants import MessageType, OptionCode
-from brushtaild.dhcp.message import Message
-from tests.bpf.frames import client_frame
 from tests.e2e import dhcrelay, netns
 from tests.e2e.clients import UdhcpcProcess
+from tests.e2e.crafted import Subscribers, answered_by, ips, lease_time
 from tests.e2e.daemon import REPO, Brushtaild, sweep_stale_pins
 from tests.e2e.dhcrelay import Dhcrelay
 from tests.e2e.netns import CLIENT_IF, RELAY_IP, SERVER_IF, SERVER_IP, Downstream, Link, ip
-from tests.e2e.test_fastpath import (
-    FAST_ACK,
-    FAST_MISS,
-    SLOW_ACK,
-    START_TIMEOUT,
-    fast_acks,
-    scrape,
-    wait_until,
-)
-from tests.e2e.test_vlans import exchange, tagged_client
+from tests.e2e.test_fastpath import FAST_MISS, START_TIMEOUT, scrape
 from tests.e2e.xdp_pass import attach_client_pass
 from tests.environment import unavailable
 
@@ -58,7 +40,6 @@ EXAMPLE = REPO / "docs" / "examples" / "isp.yaml"
 DYNAMIC_PORT = ("biz-0017", "198.19.128.1/24")
 RESERVED_PORT = ("biz-0042", "198.19.129.1/24")
 BUSINESS_ROUTE = "198.19.128.0/23"
-SERVER_ID = opt.ip(opt.parse_ip(SERVER_IP))
 # 802.1Q TCIs of the crafted subscribers (priority bits kept in the replies' tags).
 N_TO_1 = (0x2000 | 100,)
 QINQ_1_TO_1 = (300, 17)
@@ -67,7 +48,6 @@ QUARANTINED_MAC = bytes.fromhex("020bad000001")
 STB_MAC = bytes.fromhex("021a2b000001")
 OTHER_MAC = bytes.fromhex("020000000202")
 STB_VENDOR_CLASS = b"IPTV-STB-4K"
-T = TypeVar("T")
 
 
 @dataclass
@@ -76,25 +56,6 @@ class Site:
     daemon: Brushtaild
     ports: dict[str, Downstream]
     workdir: Path
-    xids: Iterator[int] = field(default_factory=lambda: iter(range(0x15B000, 0x15C000)))
-
-    def path_of_next_ack(self, address: str, send: Callable[[], T]) -> tuple[str, T]:
-        """What `send()` returned, and which path answered the ACK it caused: 'kernel'
-        (the kernel's counter moved and the daemon recorded a path=fast renewal of
-        `address`) or 'slow' (only the slow path's counter moved)."""
-        before = scrape(self.daemon)
-        fast_before = len(fast_acks(self.daemon, address))
-        result = send()
-
-        def moved() -> str:
-            now = scrape(self.daemon)
-            if now[FAST_ACK] > before[FAST_ACK]:
-                if len(fast_acks(self.daemon, address)) > fast_before:
-                    return "kernel"
-                return ""
-            return "slow" if now[SLOW_ACK] > before[SLOW_ACK] else ""
-
-        return wait_until(f"ACK of {address} counted", moved, timeout=10), result
 
 
 def example_config(daemon: Brushtaild) -> str:
@@ -146,79 +107,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 # --- crafted subscribers on the server's link -------------------------------------------
 
 
-def request(mtype: MessageType, mac: bytes, xid: int, ciaddr: int = 0, **options: bytes) -> bytes:
-    extra = {OptionCode[name.upper()]: value for name, value in options.items()}
-    return encode(
-        Message(
-            op=1,
-            xid=xid,
-            ciaddr=ciaddr,
-            chaddr=mac.ljust(16, b"\0"),
-            options={OptionCode.MESSAGE_TYPE: bytes((mtype,)), **extra},
-        )
-    )
-
-
-def tags_of(tcis: tuple[int, ...], mac: bytes) -> bytes:
-    return client_frame(b"", src_mac=mac, vlans=tcis)[12 : 12 + 4 * len(tcis)]
-
-
-def bind(site: Site, sock: socket.socket, mac: bytes, tcis: tuple[int, ...],
-         **options: bytes) -> Message:  # fmt: skip
-    """DISCOVER and REQUEST from `mac` on `tcis`: the ACK."""
-    tags = tags_of(tcis, mac)
-    xid = next(site.xids)
-    discover = client_frame(request(MessageType.DISCOVER, mac, xid, **options), src_mac=mac,
-                            vlans=tcis)  # fmt: skip
-    offer = exchange(sock, discover, tags, xid)
-    assert offer.message_type is MessageType.OFFER
-    xid = next(site.xids)
-    chosen = request(
-        MessageType.REQUEST, mac, xid,
-        requested_address=opt.ip(offer.yiaddr), server_id=SERVER_ID, **options,
-    )  # fmt: skip
-    ack = exchange(sock, client_frame(chosen, src_mac=mac, vlans=tcis), tags, xid)
-    assert (ack.message_type, ack.yiaddr) == (MessageType.ACK, offer.yiaddr)
-    return ack
-
-
-def renew(site: Site, sock: socket.socket, mac: bytes, tcis: tuple[int, ...], address: int,
-          **options: bytes) -> Message:  # fmt: skip
-    """A RENEWING REQUEST, unicast from `address` to the server: the ACK."""
-    xid = next(site.xids)
-    text = opt.format_ip(address)
-    frame = client_frame(
-        request(MessageType.REQUEST, mac, xid, ciaddr=address, **options),
-        src_mac=mac, dst_mac=site.link.server_mac, src_ip=text, dst_ip=SERVER_IP, vlans=tcis,
-    )  # fmt: skip
-    ack = exchange(sock, frame, tags_of(tcis, mac), xid)
-    assert (ack.message_type, ack.yiaddr) == (MessageType.ACK, address)
-    return ack
-
-
-def kernel_renews(site: Site, sock: socket.socket, mac: bytes, tcis: tuple[int, ...],
-                  address: int, **options: bytes) -> Message:  # fmt: skip
-    """Renews until the kernel answers (its entry is written right after the commit that
-    bound the lease, before the ACK is sent, so at once unless the machine is slow)."""
-    text = opt.format_ip(address)
-    for _ in range(10):
-        path, ack = site.path_of_next_ack(
-            text, lambda: renew(site, sock, mac, tcis, address, **options)
-        )
-        if path == "kernel":
-            return ack
-        time.sleep(0.3)
-    raise AssertionError(f"no renewal of {text} answered in the kernel")
-
-
-def ips(msg: Message, code: OptionCode) -> list[str]:
-    return [opt.format_ip(a) for a in opt.decode_ip_list(msg.options[code])]
-
-
-def lease_time(msg: Message) -> int:
-    return opt.decode_u32(msg.options[OptionCode.LEASE_TIME])
-
-
 def in_range(address: int, first: str, last: str) -> bool:
     return IPv4Address(first) <= IPv4Address(address) <= IPv4Address(last)
 
@@ -227,8 +115,8 @@ def in_range(address: int, first: str, last: str) -> bool:
 def test_residential_subscriber_gets_the_residential_pool_and_kernel_renewals(
     site: Site, tcis: tuple[int, ...]
 ) -> None:
-    with tagged_client(site.link) as sock:
-        ack = bind(site, sock, SUBSCRIBER_MAC, tcis)
+    with Subscribers(site.link) as clients:
+        ack = clients.bind(SUBSCRIBER_MAC, tcis)
         assert in_range(ack.yiaddr, "198.19.1.0", "198.19.126.255")
         assert lease_time(ack) == 7200
         assert ips(ack, OptionCode.ROUTERS) == ["198.19.0.1"]
@@ -242,18 +130,18 @@ def test_residential_subscriber_gets_the_residential_pool_and_kernel_renewals(
             (opt.parse_ip("0.0.0.0"), 0, opt.parse_ip("198.19.0.1")),
             (opt.parse_ip("198.18.32.0"), 20, opt.parse_ip("198.19.0.2")),
         ]
-        renewed = kernel_renews(site, sock, SUBSCRIBER_MAC, tcis, ack.yiaddr)
+        renewed = clients.kernel_renews(site.daemon, SUBSCRIBER_MAC, tcis, ack.yiaddr)
     assert renewed.options == ack.options
 
 
 def test_quarantined_cpe_gets_the_walled_garden_and_kernel_renewals(site: Site) -> None:
-    with tagged_client(site.link) as sock:
-        ack = bind(site, sock, QUARANTINED_MAC, N_TO_1)
+    with Subscribers(site.link) as clients:
+        ack = clients.bind(QUARANTINED_MAC, N_TO_1)
         assert in_range(ack.yiaddr, "198.19.127.10", "198.19.127.254")
         assert lease_time(ack) == 300
         assert ips(ack, OptionCode.DNS_SERVERS) == ["198.19.127.1"]
         assert ips(ack, OptionCode.ROUTERS) == ["198.19.0.1"]
-        renewed = kernel_renews(site, sock, QUARANTINED_MAC, N_TO_1, ack.yiaddr)
+        renewed = clients.kernel_renews(site.daemon, QUARANTINED_MAC, N_TO_1, ack.yiaddr)
     assert renewed.options == ack.options
 
 
@@ -261,8 +149,9 @@ def test_set_top_box_gets_its_vendor_options_and_slow_path_renewals(site: Site) 
     """Untagged, on the server's own link, with option 60: the native pool with the class's
     day-long lease and option 43. The lease keeps no option 60, so the kernel cannot tell
     the class and leaves the renewal to the slow path."""
-    with tagged_client(site.link) as sock:
-        ack = bind(site, sock, STB_MAC, (), vendor_class_id=STB_VENDOR_CLASS)
+    vendor = {"vendor_class_id": STB_VENDOR_CLASS}
+    with Subscribers(site.link) as clients:
+        ack = clients.bind(STB_MAC, (), **vendor)
         assert in_range(ack.yiaddr, "198.18.2.0", "198.18.15.254")
         assert lease_time(ack) == 86400
         assert ack.options[OptionCode.VENDOR_SPECIFIC] == bytes.fromhex(
@@ -270,35 +159,29 @@ def test_set_top_box_gets_its_vendor_options_and_slow_path_renewals(site: Site) 
         )
         assert ips(ack, OptionCode.NTP_SERVERS) == [SERVER_IP]
         assert ips(ack, OptionCode.DNS_SERVERS) == ["198.18.0.53"]
-        text = opt.format_ip(ack.yiaddr)
-        # The slow path answers a unicast renewal through the stack: the server's end must
-        # know the crafted client's MAC, which no ARP reply would give it.
-        mac = STB_MAC.hex(":")
-        ip("-n", site.link.server_ns, "neigh", "replace", text, "lladdr", mac, "dev", SERVER_IF)
         before = scrape(site.daemon)
-        path, renewed = site.path_of_next_ack(
-            text,
-            lambda: renew(site, sock, STB_MAC, (), ack.yiaddr, vendor_class_id=STB_VENDOR_CLASS),
+        path, renewed = answered_by(
+            site.daemon,
+            opt.format_ip(ack.yiaddr),
+            lambda: clients.renew(STB_MAC, (), ack.yiaddr, **vendor),
         )
     assert path == "slow"
     # The kernel holds no entry for it.
     assert scrape(site.daemon)[FAST_MISS] > before[FAST_MISS]
-    assert renewed.options == ack.options
+    assert (renewed.message_type, renewed.options) == (MessageType.ACK, ack.options)
 
 
 def test_other_untagged_device_gets_the_native_pool_and_kernel_renewals(site: Site) -> None:
     """No class holds for it: its lease has no option 82 to put it in the business class
     and no OUI of the others, so the kernel renews it with the pool's templates."""
-    with tagged_client(site.link) as sock:
-        ack = bind(site, sock, OTHER_MAC, ())
+    with Subscribers(site.link) as clients:
+        ack = clients.bind(OTHER_MAC)
         assert in_range(ack.yiaddr, "198.18.2.0", "198.18.15.254")
         assert lease_time(ack) == 3600
         assert ips(ack, OptionCode.ROUTERS) == [SERVER_IP]
         assert ips(ack, OptionCode.DNS_SERVERS) == ["198.18.0.53"]
         assert OptionCode.VENDOR_SPECIFIC not in ack.options
-        text, mac = opt.format_ip(ack.yiaddr), OTHER_MAC.hex(":")
-        ip("-n", site.link.server_ns, "neigh", "replace", text, "lladdr", mac, "dev", SERVER_IF)
-        renewed = kernel_renews(site, sock, OTHER_MAC, (), ack.yiaddr)
+        renewed = clients.kernel_renews(site.daemon, OTHER_MAC, (), ack.yiaddr)
     assert renewed.options == ack.options
 
 
@@ -335,7 +218,7 @@ def kernel_renews_routed(site: Site, port: str, client: UdhcpcProcess, address: 
         events = client.renew(10)
         assert events.reasons[-1] == "renew" and events.address == address, events.log
 
-    path, _ = site.path_of_next_ack(address, renewed)
+    path, _ = answered_by(site.daemon, address, renewed)
     assert path == "kernel"
 
 
