@@ -14,6 +14,8 @@ counters and the daemon's `path=fast` lines (`crafted.answered_by`).
 
 import contextlib
 import json
+import socket
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -23,13 +25,24 @@ import pytest
 import yaml
 
 from brushtaild.dhcp import options as opt
+from brushtaild.dhcp.codec import parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
+from brushtaild.dhcp.message import Message
 from tests.e2e import dhcrelay, netns
 from tests.e2e.clients import UdhcpcProcess
-from tests.e2e.crafted import Subscribers, answered_by, ips, lease_time
+from tests.e2e.crafted import Subscribers, answered_by, ips, lease_time, request
 from tests.e2e.daemon import REPO, Brushtaild, sweep_stale_pins
 from tests.e2e.dhcrelay import Dhcrelay
-from tests.e2e.netns import CLIENT_IF, RELAY_IP, SERVER_IF, SERVER_IP, Downstream, Link, ip
+from tests.e2e.netns import (
+    CLIENT_IF,
+    RELAY_IP,
+    SERVER_IF,
+    SERVER_IP,
+    Downstream,
+    Link,
+    in_netns,
+    ip,
+)
 from tests.e2e.test_fastpath import FAST_MISS, START_TIMEOUT, scrape
 from tests.e2e.xdp_pass import attach_client_pass
 from tests.environment import unavailable
@@ -206,19 +219,54 @@ def stashed(site: Site, address: str) -> dict[str, str]:
     return dict(row)
 
 
-def kernel_renews_routed(site: Site, port: str, client: UdhcpcProcess, address: str) -> None:
-    """The client renews by unicast, routed through the access router (no relay, no
-    option 82): the kernel answers it from the entry of a lease classified by its
-    stashed option 82."""
-    gateway = dict((DYNAMIC_PORT, RESERVED_PORT))[port].split("/")[0]
+def stored_identity(site: Site, address: str) -> tuple[bytes, bytes, bytes | None]:
+    """The client id, MAC and parameter request list the lease of `address` was bound with."""
+    uri = f"file:{site.daemon.state_dir / 'leases.sqlite3'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        row = db.execute(
+            "SELECT client_id, hwaddr, prl FROM lease WHERE address = ?",
+            (opt.parse_ip(address),),
+        ).fetchone()
+    assert row is not None, f"{address} is not in the lease store"
+    return bytes(row[0]), bytes(row[1]), None if row[2] is None else bytes(row[2])
+
+
+def unicast_renewal(site: Site, port: str, address: str) -> Message:
+    """The business client's RENEWING REQUEST, as udhcpc sends it at T1 (its identity and
+    request list), from its address straight to server_id, routed by the access router: no
+    relay, no option 82. The reply, read on the client's port 68 (udhcpc itself opens its
+    socket only after the kernel's ACK is back, and would take the relayed rebinding's)."""
     downstream = site.ports[port]
+    gateway = dict((DYNAMIC_PORT, RESERVED_PORT))[port].split("/")[0]
     ip("-n", downstream.client_ns, "route", "replace", "198.18.0.0/16", "via", gateway)
+    client_id, hwaddr, prl = stored_identity(site, address)
+    options = {"client_id": client_id}
+    if prl is not None:
+        options["parameter_request_list"] = prl
+    xid = 0x15C000 + opt.parse_ip(address) % 0x1000
+    with in_netns(downstream.client_ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.bind((address, 68))
+        sock.settimeout(5.0)
+        sent = request(MessageType.REQUEST, hwaddr, xid, ciaddr=opt.parse_ip(address), **options)
+        sock.sendto(sent, (SERVER_IP, 67))
+        while True:
+            reply = parse(sock.recv(2048))
+            if reply.xid == xid:
+                return reply
 
-    def renewed() -> None:
-        events = client.renew(10)
-        assert events.reasons[-1] == "renew" and events.address == address, events.log
 
-    path, _ = answered_by(site.daemon, address, renewed)
+def check_renewal(site: Site, port: str, address: str, **expected: list[str] | str) -> None:
+    """The unicast renewal is answered with the class's lease time and `expected` options
+    (the lease's class, from its stashed option 82, on either path), and by the kernel."""
+    path, reply = answered_by(site.daemon, address, lambda: unicast_renewal(site, port, address))
+    assert (reply.message_type, opt.format_ip(reply.yiaddr)) == (MessageType.ACK, address)
+    assert lease_time(reply) == 28800
+    for name, value in expected.items():
+        code = OptionCode[name.upper()]
+        got = reply.options[code].decode() if isinstance(value, str) else ips(reply, code)
+        assert got == value, name
     assert path == "kernel"
 
 
@@ -238,7 +286,11 @@ def test_business_customer_behind_dhcrelay_gets_its_class(site: Site) -> None:
         row = stashed(site, address)
         # dhcrelay -a: circuit-id is the port's interface name, and no remote-id.
         assert (row["pool"], row["circuit_id"], row["remote_id"]) == ("business", "biz-0017", "")
-        kernel_renews_routed(site, DYNAMIC_PORT[0], client, address)
+        client.kill()  # its address stays on the interface
+        check_renewal(
+            site, DYNAMIC_PORT[0], address,
+            dns_servers=["198.18.0.63", "198.18.0.64"], domain_name="biz.example.net",
+        )  # fmt: skip
 
 
 def test_reserved_business_port_gets_its_address_and_host_options(site: Site) -> None:
@@ -254,4 +306,8 @@ def test_reserved_business_port_gets_its_address_and_host_options(site: Site) ->
         assert got["ntpsrv"] == "198.19.129.1", got
         row = stashed(site, address)
         assert (row["pool"], row["circuit_id"]) == ("business-2", "biz-0042")
-        kernel_renews_routed(site, RESERVED_PORT[0], client, address)
+        client.kill()
+        check_renewal(
+            site, RESERVED_PORT[0], address,
+            dns_servers=["198.18.0.63", "198.18.0.64"], domain_name="acme.example.com",
+        )  # fmt: skip
