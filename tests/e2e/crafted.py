@@ -72,21 +72,27 @@ class Subscribers:
         assert self.sock is not None, "use Subscribers as a context manager"
         return exchange(self.sock, frame, tags, xid)
 
+    def discover(self, mac: bytes, tcis: tuple[int, ...] = (), **options: bytes) -> Message:
+        """A DISCOVER from `mac` on `tcis`: the OFFER."""
+        xid = next(self._xids)
+        discover = request(MessageType.DISCOVER, mac, xid, **options)
+        frame = client_frame(discover, src_mac=mac, vlans=tcis)
+        offer = self._exchange(frame, tags_of(tcis, mac), xid)
+        assert offer.message_type is MessageType.OFFER
+        return offer
+
     def bind(self, mac: bytes, tcis: tuple[int, ...] = (), **options: bytes) -> Message:
         """DISCOVER and REQUEST from `mac` on `tcis`: the ACK. The server's end is told
         the client's MAC for its address, which no ARP reply would give it, so that the slow
         path's unicast replies to it (through the stack, when untagged) reach it."""
-        tags = tags_of(tcis, mac)
-        xid = next(self._xids)
-        discover = request(MessageType.DISCOVER, mac, xid, **options)
-        offer = self._exchange(client_frame(discover, src_mac=mac, vlans=tcis), tags, xid)
-        assert offer.message_type is MessageType.OFFER
+        offer = self.discover(mac, tcis, **options)
         xid = next(self._xids)
         chosen = request(
             MessageType.REQUEST, mac, xid,
             requested_address=opt.ip(offer.yiaddr), server_id=SERVER_ID, **options,
         )  # fmt: skip
-        ack = self._exchange(client_frame(chosen, src_mac=mac, vlans=tcis), tags, xid)
+        frame = client_frame(chosen, src_mac=mac, vlans=tcis)
+        ack = self._exchange(frame, tags_of(tcis, mac), xid)
         assert (ack.message_type, ack.yiaddr) == (MessageType.ACK, offer.yiaddr)
         if not tcis:
             text = opt.format_ip(ack.yiaddr)
