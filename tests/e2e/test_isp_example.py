@@ -13,6 +13,7 @@ counters and the daemon's `path=fast` lines (`crafted.answered_by`).
 """
 
 import contextlib
+import functools
 import json
 import socket
 import sqlite3
@@ -231,19 +232,21 @@ def stored_identity(site: Site, address: str) -> tuple[bytes, bytes, bytes | Non
     return bytes(row[0]), bytes(row[1]), None if row[2] is None else bytes(row[2])
 
 
-def unicast_renewal(site: Site, port: str, address: str) -> Message:
+def unicast_renewal(site: Site, port: str, address: str, more: bytes = b"") -> Message:
     """The business client's RENEWING REQUEST, as udhcpc sends it at T1 (its identity and
     request list), from its address straight to server_id, routed by the access router: no
     relay, no option 82. The reply, read on the client's port 68 (udhcpc itself opens its
-    socket only after the kernel's ACK is back, and would take the relayed rebinding's)."""
+    socket only after the kernel's ACK is back, and would take the relayed rebinding's).
+    `more` asks for more options than the lease's request list, which only the slow path
+    answers."""
     downstream = site.ports[port]
     gateway = dict((DYNAMIC_PORT, RESERVED_PORT))[port].split("/")[0]
     ip("-n", downstream.client_ns, "route", "replace", "198.18.0.0/16", "via", gateway)
     client_id, hwaddr, prl = stored_identity(site, address)
     options = {"client_id": client_id}
-    if prl is not None:
-        options["parameter_request_list"] = prl
-    xid = 0x15C000 + opt.parse_ip(address) % 0x1000
+    if prl is not None or more:
+        options["parameter_request_list"] = (prl or b"") + more
+    xid = 0x15C000 + opt.parse_ip(address) % 0x1000 + 0x1000 * len(more)
     with in_netns(downstream.client_ns):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with sock:
@@ -257,17 +260,20 @@ def unicast_renewal(site: Site, port: str, address: str) -> Message:
                 return reply
 
 
-def check_renewal(site: Site, port: str, address: str, **expected: list[str] | str) -> None:
-    """The unicast renewal is answered with the class's lease time and `expected` options
-    (the lease's class, from its stashed option 82, on either path), and by the kernel."""
-    path, reply = answered_by(site.daemon, address, lambda: unicast_renewal(site, port, address))
-    assert (reply.message_type, opt.format_ip(reply.yiaddr)) == (MessageType.ACK, address)
-    assert lease_time(reply) == 28800
-    for name, value in expected.items():
-        code = OptionCode[name.upper()]
-        got = reply.options[code].decode() if isinstance(value, str) else ips(reply, code)
-        assert got == value, name
-    assert path == "kernel"
+def check_renewals(site: Site, port: str, address: str, **expected: list[str] | str) -> None:
+    """Unicast renewals are answered with the class's lease time and `expected` options
+    (the lease's class, from its stashed option 82), on both paths: by the kernel, and by
+    the slow path when the kernel cannot answer (a request list it has no template for)."""
+    for more, answering in ((b"", "kernel"), (bytes((OptionCode.TIME_OFFSET,)), "slow")):
+        renewal = functools.partial(unicast_renewal, site, port, address, more)
+        path, reply = answered_by(site.daemon, address, renewal)
+        assert (reply.message_type, opt.format_ip(reply.yiaddr)) == (MessageType.ACK, address)
+        assert lease_time(reply) == 28800, answering
+        for name, value in expected.items():
+            code = OptionCode[name.upper()]
+            got = reply.options[code].decode() if isinstance(value, str) else ips(reply, code)
+            assert got == value, (answering, name)
+        assert path == answering
 
 
 def test_business_customer_behind_dhcrelay_gets_its_class(site: Site) -> None:
@@ -287,7 +293,7 @@ def test_business_customer_behind_dhcrelay_gets_its_class(site: Site) -> None:
         # dhcrelay -a: circuit-id is the port's interface name, and no remote-id.
         assert (row["pool"], row["circuit_id"], row["remote_id"]) == ("business", "biz-0017", "")
         client.kill()  # its address stays on the interface
-        check_renewal(
+        check_renewals(
             site, DYNAMIC_PORT[0], address,
             dns_servers=["198.18.0.63", "198.18.0.64"], domain_name="biz.example.net",
         )  # fmt: skip
@@ -307,7 +313,7 @@ def test_reserved_business_port_gets_its_address_and_host_options(site: Site) ->
         row = stashed(site, address)
         assert (row["pool"], row["circuit_id"]) == ("business-2", "biz-0042")
         client.kill()
-        check_renewal(
+        check_renewals(
             site, RESERVED_PORT[0], address,
             dns_servers=["198.18.0.63", "198.18.0.64"], domain_name="acme.example.com",
         )  # fmt: skip
