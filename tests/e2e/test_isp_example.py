@@ -44,7 +44,14 @@ from tests.e2e.netns import (
     in_netns,
     ip,
 )
-from tests.e2e.test_fastpath import FAST_MISS, START_TIMEOUT, scrape
+from tests.e2e.test_fastpath import (
+    FAST_ACK,
+    FAST_MISS,
+    FAST_OFFER,
+    SLOW_ACK,
+    START_TIMEOUT,
+    scrape,
+)
 from tests.e2e.xdp_pass import attach_client_pass
 from tests.environment import unavailable
 
@@ -202,12 +209,14 @@ def test_other_untagged_device_gets_the_native_pool_and_kernel_renewals(site: Si
 # --- business customers behind ISC dhcrelay -a --------------------------------------------
 
 
-def business_client(site: Site, port: str) -> tuple[UdhcpcProcess, dict[str, str]]:
+def business_client(
+    site: Site, port: str, run: str = "first"
+) -> tuple[UdhcpcProcess, dict[str, str]]:
     """udhcpc behind `port`, bound through the relay: the client and what it was given."""
     downstream = site.ports[port]
-    client = UdhcpcProcess(
-        downstream, site.workdir / port, discovers=10, request=["ntpsrv", "search"]
-    ).start()
+    workdir = site.workdir / port / run
+    client = UdhcpcProcess(downstream, workdir, discovers=10, request=["ntpsrv", "search"])
+    client.start()
     bound = client.wait_bound(15)
     assert bound.reasons[-1] == "bound" and bound.address is not None, bound.log
     return client, client.received()
@@ -276,6 +285,19 @@ def check_renewals(site: Site, port: str, address: str, **expected: list[str] | 
         assert path == answering
 
 
+def check_relayed_again(site: Site, port: str, address: str) -> None:
+    """udhcpc starting over behind `port` (DISCOVER and REQUEST, relayed with the port's
+    option 82 as it is now) is answered by the slow path, which classifies them afresh:
+    the kernel answers none of them, whatever entry the lease has."""
+    before = scrape(site.daemon)
+    client, got = business_client(site, port, "again")
+    with client:
+        assert (got["ip"], got["lease"]) == (address, "28800"), got
+    after = scrape(site.daemon)
+    assert (after[FAST_OFFER], after[FAST_ACK]) == (before[FAST_OFFER], before[FAST_ACK])
+    assert after[SLOW_ACK] > before[SLOW_ACK]
+
+
 def test_business_customer_behind_dhcrelay_gets_its_class(site: Site) -> None:
     client, got = business_client(site, DYNAMIC_PORT[0])
     with client:
@@ -297,6 +319,7 @@ def test_business_customer_behind_dhcrelay_gets_its_class(site: Site) -> None:
             site, DYNAMIC_PORT[0], address,
             dns_servers=["198.18.0.63", "198.18.0.64"], domain_name="biz.example.net",
         )  # fmt: skip
+    check_relayed_again(site, DYNAMIC_PORT[0], address)
 
 
 def test_reserved_business_port_gets_its_address_and_host_options(site: Site) -> None:
@@ -317,3 +340,4 @@ def test_reserved_business_port_gets_its_address_and_host_options(site: Site) ->
             site, RESERVED_PORT[0], address,
             dns_servers=["198.18.0.63", "198.18.0.64"], domain_name="acme.example.com",
         )  # fmt: skip
+    check_relayed_again(site, RESERVED_PORT[0], address)
