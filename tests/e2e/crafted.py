@@ -10,7 +10,7 @@ for the address, or the slow path's ACK and NAK counters.
 import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -28,18 +28,14 @@ T = TypeVar("T")
 SERVER_ID = opt.ip(opt.parse_ip(SERVER_IP))
 
 
-def request(mtype: MessageType, mac: bytes, xid: int, ciaddr: int = 0, **options: bytes) -> bytes:
+def request(
+    mtype: MessageType, mac: bytes, xid: int, options: Mapping[str, bytes], ciaddr: int = 0
+) -> bytes:
     """A request's BOOTP message; `options` by OptionCode name (vendor_class_id=b"...")."""
-    extra = {OptionCode[name.upper()]: value for name, value in options.items()}
-    return encode(
-        Message(
-            op=1,
-            xid=xid,
-            ciaddr=ciaddr,
-            chaddr=mac.ljust(16, b"\0"),
-            options={OptionCode.MESSAGE_TYPE: bytes((mtype,)), **extra},
-        )
-    )
+    coded: dict[int, bytes] = {OptionCode.MESSAGE_TYPE: bytes((mtype,))}
+    coded.update((OptionCode[name.upper()], value) for name, value in options.items())
+    return encode(Message(op=1, xid=xid, ciaddr=ciaddr, chaddr=mac.ljust(16, b"\0"),
+                          options=coded))  # fmt: skip
 
 
 def tags_of(tcis: tuple[int, ...], mac: bytes) -> bytes:
@@ -75,7 +71,7 @@ class Subscribers:
     def discover(self, mac: bytes, tcis: tuple[int, ...] = (), **options: bytes) -> Message:
         """A DISCOVER from `mac` on `tcis`: the OFFER."""
         xid = next(self._xids)
-        discover = request(MessageType.DISCOVER, mac, xid, **options)
+        discover = request(MessageType.DISCOVER, mac, xid, options)
         frame = client_frame(discover, src_mac=mac, vlans=tcis)
         offer = self._exchange(frame, tags_of(tcis, mac), xid)
         assert offer.message_type is MessageType.OFFER
@@ -89,7 +85,7 @@ class Subscribers:
         xid = next(self._xids)
         chosen = request(
             MessageType.REQUEST, mac, xid,
-            requested_address=opt.ip(offer.yiaddr), server_id=SERVER_ID, **options,
+            {"requested_address": opt.ip(offer.yiaddr), "server_id": SERVER_ID, **options},
         )  # fmt: skip
         frame = client_frame(chosen, src_mac=mac, vlans=tcis)
         ack = self._exchange(frame, tags_of(tcis, mac), xid)
@@ -105,7 +101,7 @@ class Subscribers:
         xid = next(self._xids)
         text = opt.format_ip(address)
         frame = client_frame(
-            request(MessageType.REQUEST, mac, xid, ciaddr=address, **options),
+            request(MessageType.REQUEST, mac, xid, options, ciaddr=address),
             src_mac=mac, dst_mac=self.link.server_mac, src_ip=text, dst_ip=SERVER_IP,
             vlans=tcis,
         )  # fmt: skip

@@ -75,7 +75,7 @@ STB_VENDOR_CLASS = b"IPTV-STB-4K"
 class Site:
     link: Link
     daemon: Brushtaild
-    ports: dict[str, Downstream]
+    ports: dict[str, Link]
     workdir: Path
 
 
@@ -261,7 +261,7 @@ def unicast_renewal(site: Site, port: str, address: str, more: bytes = b"") -> M
     with sock:
         sock.bind((address, 68))
         sock.settimeout(5.0)
-        sent = request(MessageType.REQUEST, hwaddr, xid, ciaddr=opt.parse_ip(address), **options)
+        sent = request(MessageType.REQUEST, hwaddr, xid, options, ciaddr=opt.parse_ip(address))
         sock.sendto(sent, (SERVER_IP, 67))
         while True:
             reply = parse(sock.recv(2048))
