@@ -9,9 +9,16 @@ import pytest
 
 from brushtaild.cli import main
 from brushtaild.config.load import load_config
+from brushtaild.dhcp import options as opt
+from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
+from brushtaild.dhcp.options import decode_u32
 from brushtaild.engine.classes import UNDECIDED, class_of_lease
+from brushtaild.engine.server import Server
+from tests.engine_helpers import INGRESS, SERVER, only_reply, request
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "isp.yaml"
+NOW = 1_000_000.0
+D, R = MessageType.DISCOVER, MessageType.REQUEST
 
 
 def test_check_config_accepts_it(capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,3 +44,27 @@ def test_the_lease_alone_tells_the_class_of_the_kernel_s_subscribers(
     classes = load_config(EXAMPLE).classes
     cls = class_of_lease(classes, bytes.fromhex(mac.replace(":", "")), vlans)
     assert (cls if cls is UNDECIDED or cls is None else cls.name) == expected
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the slow path classifies a unicast renewal without the lease's stashed option "
+    "82 (Server._context passes classify the request's own sub-options): the business "
+    "lease is renewed for the pool's 3600 s without its class's options (issue 11, 6)",
+)
+def test_a_business_lease_keeps_its_class_at_its_unicast_renewal() -> None:
+    """Bound through the relay by circuit-id, renewed by unicast without option 82: the
+    slow path gives it its class's lease time and options, from the stashed option 82."""
+    server = Server(load_config(EXAMPLE), [], NOW)
+    relay = opt.parse_ip("198.19.128.1")
+    info = opt.build_relay_agent_info([(RelayAgentSubOption.CIRCUIT_ID, b"biz-0017")])
+    agent = {OptionCode.RELAY_AGENT_INFO: info}
+    offer = only_reply(server.handle(request(D, 7, giaddr=relay, extra=agent), INGRESS, NOW))
+    chosen = request(R, 7, giaddr=relay, extra=agent, requested=offer.yiaddr, server_id=SERVER)
+    bound = only_reply(server.handle(chosen, INGRESS, NOW))
+    assert decode_u32(bound.options[OptionCode.LEASE_TIME]) == 28800
+    renewing = request(R, 7, ciaddr=bound.yiaddr)
+    renewed = only_reply(server.handle(renewing, INGRESS, NOW + 60))
+    assert renewed.message_type is MessageType.ACK
+    assert decode_u32(renewed.options[OptionCode.LEASE_TIME]) == 28800
+    assert renewed.options[OptionCode.DNS_SERVERS] == bound.options[OptionCode.DNS_SERVERS]
