@@ -4,6 +4,7 @@ the kernel's, the set-top boxes (option 60) the slow path's. Served end to end b
 tests/e2e/test_isp_example.py."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,9 @@ from brushtaild.cli import main
 from brushtaild.config.load import load_config
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
+from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.options import decode_u32
+from brushtaild.dhcp.reasons import DropReason
 from brushtaild.engine.classes import UNDECIDED, class_of_lease
 from brushtaild.engine.server import Server
 from tests.engine_helpers import INGRESS, SERVER, only_reply, request
@@ -46,6 +49,24 @@ def test_the_lease_alone_tells_the_class_of_the_kernel_s_subscribers(
     assert (cls if cls is UNDECIDED or cls is None else cls.name) == expected
 
 
+RELAY = opt.parse_ip("198.19.128.1")
+
+
+def relayed(mtype: MessageType, n: int, **kw: Any) -> Message:
+    """A request of client `n` as ISC dhcrelay -a relays it from port biz-0017."""
+    info = opt.build_relay_agent_info([(RelayAgentSubOption.CIRCUIT_ID, b"biz-0017")])
+    return request(mtype, n, giaddr=RELAY, extra={OptionCode.RELAY_AGENT_INFO: info}, **kw)
+
+
+def bind_relayed(server: Server, n: int) -> Message:
+    """DISCOVER and REQUEST of client `n` through the relay: the ACK."""
+    offer = only_reply(server.handle(relayed(D, n), INGRESS, NOW))
+    chosen = relayed(R, n, requested=offer.yiaddr, server_id=SERVER)
+    ack = only_reply(server.handle(chosen, INGRESS, NOW))
+    assert ack.message_type is MessageType.ACK
+    return ack
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="the slow path classifies a unicast renewal without the lease's stashed option "
@@ -56,15 +77,20 @@ def test_a_business_lease_keeps_its_class_at_its_unicast_renewal() -> None:
     """Bound through the relay by circuit-id, renewed by unicast without option 82: the
     slow path gives it its class's lease time and options, from the stashed option 82."""
     server = Server(load_config(EXAMPLE), [], NOW)
-    relay = opt.parse_ip("198.19.128.1")
-    info = opt.build_relay_agent_info([(RelayAgentSubOption.CIRCUIT_ID, b"biz-0017")])
-    agent = {OptionCode.RELAY_AGENT_INFO: info}
-    offer = only_reply(server.handle(request(D, 7, giaddr=relay, extra=agent), INGRESS, NOW))
-    chosen = request(R, 7, giaddr=relay, extra=agent, requested=offer.yiaddr, server_id=SERVER)
-    bound = only_reply(server.handle(chosen, INGRESS, NOW))
+    bound = bind_relayed(server, 7)
     assert decode_u32(bound.options[OptionCode.LEASE_TIME]) == 28800
     renewing = request(R, 7, ciaddr=bound.yiaddr)
     renewed = only_reply(server.handle(renewing, INGRESS, NOW + 60))
     assert renewed.message_type is MessageType.ACK
     assert decode_u32(renewed.options[OptionCode.LEASE_TIME]) == 28800
     assert renewed.options[OptionCode.DNS_SERVERS] == bound.options[OptionCode.DNS_SERVERS]
+
+
+def test_a_business_port_gets_at_most_two_leases() -> None:
+    """`limits.max_leases_per_circuit: 2`: a third client behind one access port is not
+    offered an address."""
+    server = Server(load_config(EXAMPLE), [], NOW)
+    for n in (1, 2):
+        bind_relayed(server, n)
+    third = server.handle(relayed(D, 3), INGRESS, NOW)
+    assert (third.drop, third.replies) == (DropReason.LEASE_LIMIT, [])
