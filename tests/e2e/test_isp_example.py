@@ -152,7 +152,12 @@ def test_residential_subscriber_gets_the_residential_pool_and_kernel_renewals(
             (opt.parse_ip("198.18.32.0"), 20, opt.parse_ip("198.19.0.2")),
         ]
         renewed = clients.kernel_renews(site.daemon, SUBSCRIBER_MAC, tcis, ack.yiaddr)
+        # A DISCOVER of the subscriber (its CPE rebooted) is the kernel's too.
+        before = scrape(site.daemon)
+        offer = clients.discover(SUBSCRIBER_MAC, tcis)
+        assert scrape(site.daemon)[FAST_OFFER] > before[FAST_OFFER]
     assert renewed.options == ack.options
+    assert (offer.yiaddr, lease_time(offer)) == (ack.yiaddr, 7200)
 
 
 def test_quarantined_cpe_gets_the_walled_garden_and_kernel_renewals(site: Site) -> None:
