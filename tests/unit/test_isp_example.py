@@ -16,6 +16,7 @@ from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.options import decode_u32
 from brushtaild.dhcp.reasons import DropReason
 from brushtaild.engine.classes import UNDECIDED, class_of_lease
+from brushtaild.engine.leases import Lease, LeaseState
 from brushtaild.engine.server import Server
 from tests.engine_helpers import INGRESS, SERVER, only_reply, request
 
@@ -45,8 +46,13 @@ def test_the_lease_alone_tells_the_class_of_the_kernel_s_subscribers(
     mac: str, vlans: tuple[int, ...], expected: object
 ) -> None:
     classes = load_config(EXAMPLE).classes
-    cls = class_of_lease(classes, bytes.fromhex(mac.replace(":", "")), vlans)
-    assert (cls if cls is UNDECIDED or cls is None else cls.name) == expected
+    hwaddr = bytes.fromhex(mac.replace(":", ""))
+    lease = Lease(1, b"\x01" + hwaddr, hwaddr, "any", LeaseState.BOUND, NOW, NOW, vlans=vlans)
+    told = class_of_lease(classes, lease)
+    if told is UNDECIDED:
+        assert expected is UNDECIDED
+    else:
+        assert told.cls is not None and told.cls.name == expected and not told.by_relay
 
 
 RELAY = opt.parse_ip("198.19.128.1")
@@ -67,12 +73,6 @@ def bind_relayed(server: Server, n: int) -> Message:
     return ack
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the slow path classifies a unicast renewal without the lease's stashed option "
-    "82 (Server._context passes classify the request's own sub-options): the business "
-    "lease is renewed for the pool's 3600 s without its class's options (issue 11, 6)",
-)
 def test_a_business_lease_keeps_its_class_at_its_unicast_renewal() -> None:
     """Bound through the relay by circuit-id, renewed by unicast without option 82: the
     slow path gives it its class's lease time and options, from the stashed option 82."""
