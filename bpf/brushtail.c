@@ -414,6 +414,8 @@ int xdp_brushtail(struct xdp_md *ctx)
 		if ((selector & lease->netmask) != lease->subnet &&
 		    !(selector == server_id && !b->giaddr && (lease->flags & BT_LEASE_BY_VLAN)))
 			goto out;
+		if (b->giaddr && (lease->flags & BT_LEASE_UNICAST_ONLY))
+			goto out;
 	}
 	result = BT_PASS_PRL;
 	if ((req->seen & SEEN_PRL ? hash_bytes(ctx, req->prl_off, req->prl_len) : BT_PRL_ABSENT) !=

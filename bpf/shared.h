@@ -19,6 +19,9 @@
 #define BT_LEASE_HW_ID 1 /* identity is htype 1 + chaddr: a request without option 61 matches */
 #define BT_LEASE_BY_VLAN 2 /* its pool was chosen by the client's VLANs (the key's), not by
 			    * server_id: a request from the link without ciaddr is on it */
+#define BT_LEASE_UNICAST_ONLY 4 /* its class was told from the option 82 and relay its lease
+				 * stashed: a relayed request brings its own, which the slow
+				 * path classifies it by */
 
 /* Config slots (array "config"). Never renumbered: a new brushtaild reads the IFINDEX and
  * RENEWAL_LAYOUT slots of an older version's pinned config to take that version down. */
@@ -50,7 +53,7 @@ enum bt_result {
 	BT_PASS_MISS = 4,          /* no lease entry for this client */
 	BT_PASS_EXPIRED = 5,
 	BT_PASS_IDENTITY = 6,      /* option 61 differs from the lease's identity */
-	BT_PASS_NETWORK = 7,       /* the request selects another subnet */
+	BT_PASS_NETWORK = 7,       /* selects another subnet, or a relay may tell another class */
 	BT_PASS_MESSAGE = 8,       /* RELEASE, DECLINE, INFORM, ...: slow path by design */
 	BT_PASS_REQUEST_MISMATCH = 9, /* option 50, 54, ciaddr or destination not this lease */
 	BT_PASS_PRL = 10,          /* parameter request list differs from the template's */

@@ -17,6 +17,7 @@ PACKAGES=(
     python3-bpfcc bpfcc-tools python3-openssl python3-cryptography
     iproute2 isc-dhcp-client udhcpc kea-admin kea-dhcp4-server tcpdump util-linux strace
     libfaketime  # tests/e2e/test_clock_step.py steps the daemon's wall clock
+    isc-dhcp-relay  # dhcrelay -a, the real relay of tests/e2e/test_isp_example.py
     prometheus   # tests/e2e/test_prometheus.py: its server and promtool check monitoring/
     # Debian package build (scripts/build-deb.sh, tests/packaging)
     debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian
@@ -65,9 +66,10 @@ apt_install() {
 }
 
 keep_stopped() {
-    # kea-dhcp4-server is only a benchmark peer, prometheus a scraper, that tests start by
-    # hand in a namespace (their binaries, with configs of their own): a host-wide kea
-    # would answer on every interface, a host-wide prometheus scrape and fill a disk.
+    # kea-dhcp4-server is only a benchmark peer, prometheus a scraper and dhcrelay a relay,
+    # that tests start by hand in a namespace (their binaries, with configs of their own):
+    # a host-wide kea would answer on every interface, a host-wide prometheus scrape and
+    # fill a disk, a host-wide dhcrelay relay whatever its defaults file names at boot.
     local service
     for service in "$@"; do
         if [ -d /run/systemd/system ]; then
@@ -145,7 +147,8 @@ exec 9>/run/lock/brushtail-setup.lock
 flock 9
 
 step "Debian packages" apt_install "${PACKAGES[@]}"
-step "kea-dhcp4-server and prometheus services off" keep_stopped kea-dhcp4-server prometheus
+step "kea-dhcp4-server, prometheus and isc-dhcp-relay services off" \
+    keep_stopped kea-dhcp4-server prometheus isc-dhcp-relay
 step "kernel headers for BCC" kernel_headers
 step "bpffs on /sys/fs/bpf" mount_bpffs
 step "venv .venv (/usr/bin/python3, system site-packages)" make_venv

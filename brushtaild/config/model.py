@@ -179,13 +179,9 @@ class ClassMatch:
     relay: IPv4Network | None = None  # giaddr; 0.0.0.0 (not relayed) never matches
 
     @property
-    def by_request(self) -> bool:
-        """Whether a condition needs the request itself: the lease keeps no option 60 or
-        giaddr, and its stashed option 82 is not yet used to classify, so the class of such
-        a lease cannot be told from the lease alone."""
-        return any(
-            c is not None for c in (self.circuit_id, self.remote_id, self.vendor_class, self.relay)
-        )
+    def by_relay(self) -> bool:
+        """Whether a condition is on what a relay adds to a request (option 82, giaddr)."""
+        return any(c is not None for c in (self.circuit_id, self.remote_id, self.relay))
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,12 +208,17 @@ class ClientClass:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Bound leases one access line may have (0: no bound), against hoarding: a client
-    past one is not offered or given an address (docs/CONFIG.md, `limits`)."""
+    """Bound leases and outstanding offers one access line may have (0: no bound), against
+    hoarding and DISCOVER floods: a client past one is not offered or given an address
+    (docs/CONFIG.md, `limits`). A field is named `max_{leases,offers}_per_{line kind}`;
+    the lease table reads the kind from the name (lease_table.access_lines)."""
 
     max_leases_per_circuit: int = 0  # option 82 circuit-id (sub-option 1)
     max_leases_per_remote_id: int = 0  # option 82 remote-id (sub-option 2)
     max_leases_per_vlan: int = 0  # the VLAN ids the requests came on, outer.inner
+    max_offers_per_relay: int = 0  # the relay's address (giaddr)
+    max_offers_per_circuit: int = 0  # option 82 circuit-id
+    max_offers_per_vlan: int = 0  # the VLAN ids, as for leases
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,9 @@ RELOADABLE = frozenset(
         "limits.max_leases_per_circuit",
         "limits.max_leases_per_remote_id",
         "limits.max_leases_per_vlan",
+        "limits.max_offers_per_relay",
+        "limits.max_offers_per_circuit",
+        "limits.max_offers_per_vlan",
     }
 )
 

@@ -36,6 +36,7 @@ class DropReason(IntEnum):
     NO_CLIENT_ADDRESS = 29  # an INFORM without ciaddr (RFC 2131 4.3.5)
     NO_CLASS_POOL = 30  # the client's class names none of its network's pools
     LEASE_LIMIT = 31  # a new lease would put its access line past a configured `limits` bound
+    OFFER_LIMIT = 32  # a new offer would put its access line past its bound of pending offers
 
     @property
     def label(self) -> str:

@@ -1,22 +1,24 @@
 """Client classes (docs/CONFIG.md, `classes:`), sans-IO: which class a request is in, and
-whether the class of a lease can be told from the lease alone.
+what the class of a lease's renewals is, as far as the lease can tell.
 
 The first class in config order whose every condition holds is the client's; a request no
 class matches has none, and is served as if there were no classes.
 """
 
+from dataclasses import dataclass
 from enum import Enum
 from ipaddress import IPv4Address
 
 from brushtaild.config.model import ClassMatch, ClientClass
 from brushtaild.dhcp.constants import OptionCode, RelayAgentSubOption
 from brushtaild.dhcp.message import Message
-from brushtaild.engine.decisions import Ingress
+from brushtaild.dhcp.options import parse_relay_agent_info
+from brushtaild.engine.leases import Lease
 
 
 class Undecided(Enum):
-    """A lease's class depends on its request (option 82, option 60, giaddr), which the
-    lease does not keep."""
+    """A lease's class depends on option 60, which its client sends with every request
+    but the lease does not keep."""
 
     UNDECIDED = "undecided"
 
@@ -24,52 +26,102 @@ class Undecided(Enum):
 UNDECIDED = Undecided.UNDECIDED
 
 
-def _by_client(match: ClassMatch, hwaddr: bytes, vlans: tuple[int, ...]) -> bool:
-    """The conditions a lease keeps the facts for: MAC, OUI and VLANs."""
+@dataclass(frozen=True, slots=True)
+class LeaseClass:
+    """The class of the renewals of a lease's client."""
+
+    cls: ClientClass | None
+    # A class that matches on what a relay adds (option 82, giaddr) was weighed: told from
+    # what the lease stashed, which only a unicast renewal (no relay) is classified by. A
+    # request through a relay brings its own, which may tell another class.
+    by_relay: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What a class is matched on."""
+
+    hwaddr: bytes
+    vlans: tuple[int, ...]
+    circuit_id: bytes | None
+    remote_id: bytes | None
+    relay: int  # giaddr; 0: not relayed
+
+
+def _client_holds(match: ClassMatch, facts: _Facts) -> bool:
+    """Whether the conditions on the client itself hold: MAC, OUI and VLANs."""
     return (
-        (match.mac is None or hwaddr == match.mac)
-        and (match.oui is None or hwaddr[:3] == match.oui)
-        and (not match.vlans or any(r.matches(vlans) for r in match.vlans))
+        (match.mac is None or facts.hwaddr == match.mac)
+        and (match.oui is None or facts.hwaddr[:3] == match.oui)
+        and (not match.vlans or any(r.matches(facts.vlans) for r in match.vlans))
+    )
+
+
+def _relay_holds(match: ClassMatch, facts: _Facts) -> bool:
+    """Whether the conditions on what a relay adds hold: option 82 and giaddr."""
+    relay = IPv4Address(facts.relay) if facts.relay else None
+    return (
+        (match.circuit_id is None or match.circuit_id.matches(facts.circuit_id))
+        and (match.remote_id is None or match.remote_id.matches(facts.remote_id))
+        and (match.relay is None or (relay is not None and relay in match.relay))
     )
 
 
 def classify(
     classes: tuple[ClientClass, ...],
     msg: Message,
-    ingress: Ingress,
+    vlans: tuple[int, ...],
     relay_subs: list[tuple[int, bytes]],
+    relay: int,
 ) -> ClientClass | None:
-    """The class of a request. `relay_subs` are the sub-options of the request's own option
-    82, as the server parsed them: empty unless the request is relayed (giaddr set)."""
+    """The class of a request. `vlans`, `relay_subs` (the sub-options of option 82) and
+    `relay` (the relay's giaddr) are the request's own; for a unicast renewal of a relayed
+    client's lease, those the lease stashed (so the class stays the same at renewal)."""
     if not classes:
         return None
     subs = dict(relay_subs)
-    circuit_id = subs.get(RelayAgentSubOption.CIRCUIT_ID)
-    remote_id = subs.get(RelayAgentSubOption.REMOTE_ID)
+    facts = _Facts(
+        msg.hwaddr,
+        vlans,
+        subs.get(RelayAgentSubOption.CIRCUIT_ID),
+        subs.get(RelayAgentSubOption.REMOTE_ID),
+        relay,
+    )
     vendor_class = msg.options.get(OptionCode.VENDOR_CLASS_ID)
-    relay = IPv4Address(msg.giaddr) if msg.giaddr else None
     for cls in classes:
         m = cls.match
         if (
-            _by_client(m, msg.hwaddr, ingress.vlans)
-            and (m.circuit_id is None or m.circuit_id.matches(circuit_id))
-            and (m.remote_id is None or m.remote_id.matches(remote_id))
+            _client_holds(m, facts)
+            and _relay_holds(m, facts)
             and (m.vendor_class is None or m.vendor_class.matches(vendor_class))
-            and (m.relay is None or (relay is not None and relay in m.relay))
         ):
             return cls
     return None
 
 
-def class_of_lease(
-    classes: tuple[ClientClass, ...], hwaddr: bytes, vlans: tuple[int, ...]
-) -> ClientClass | Undecided | None:
-    """The class a request of the lease's client (`hwaddr` on `vlans`) is in, as far as the
-    lease tells: UNDECIDED when a class that may come first needs the request itself."""
+def class_of_lease(classes: tuple[ClientClass, ...], lease: Lease) -> LeaseClass | Undecided:
+    """The class of the unicast renewals of `lease`'s client (its MAC on its VLANs, with
+    the option 82 and relay it stashed), or UNDECIDED when a class that may come first
+    matches on option 60."""
+    subs = dict(parse_relay_agent_info(lease.relay_info)) if lease.relay_info else {}
+    facts = _Facts(
+        lease.hwaddr,
+        lease.vlans,
+        subs.get(RelayAgentSubOption.CIRCUIT_ID),
+        subs.get(RelayAgentSubOption.REMOTE_ID),
+        lease.relay,
+    )
+    by_relay = False
     for cls in classes:
-        if not _by_client(cls.match, hwaddr, vlans):
+        m = cls.match
+        # A class no relay could make it match (its MAC, OUI or VLANs rule it out) is not
+        # weighed: a relay's option 82 changes nothing about it.
+        if not _client_holds(m, facts):
             continue
-        if cls.match.by_request:
+        by_relay = by_relay or m.by_relay
+        if not _relay_holds(m, facts):
+            continue
+        if m.vendor_class is not None:
             return UNDECIDED
-        return cls
-    return None
+        return LeaseClass(cls, by_relay)
+    return LeaseClass(None, by_relay)

@@ -17,7 +17,9 @@ Rules it keeps, checked after every step by tests/property/test_lease_table.py:
    record another client held before a reload reserved the address keeps it until it ends
    (rule 1) but is never offered, renewed or bound again.
 5. With `limits`, the count of bound records on each access line is exactly what the
-   records say (`_line_leases`), and `over_limit` refuses a client that would go past one.
+   records say (`_line_leases`), and `over_limit` refuses a client that would go past one;
+   likewise the count of holds on each line is what the holds say (`_line_offers`), and
+   `over_offer_limit` refuses a new client past a bound of outstanding offers.
 """
 
 import heapq
@@ -46,22 +48,26 @@ MIN_OFFERS_PER_LINK = 16
 # The timer heaps are rebuilt once stale entries outnumber live ones by this factor.
 COMPACT_FACTOR = 2
 
-# An access line a limit counts bound leases on: what kind (a `Limits` field) and its value
-# (the circuit-id or remote-id, or the VLAN ids, two bytes each, outer first).
+# An access line a limit counts bound leases or offers on: what kind ("relay", "circuit",
+# "remote_id" or "vlan", the end of a `Limits` field's name) and its value (the relay's
+# address, the circuit-id or remote-id, or the VLAN ids, two bytes each, outer first).
 Line = tuple[str, bytes]
 
 
 def access_lines(
-    circuit_id: bytes | None, remote_id: bytes | None, vlans: tuple[int, ...]
+    circuit_id: bytes | None, remote_id: bytes | None, vlans: tuple[int, ...], relay: int = 0
 ) -> tuple[Line, ...]:
-    """The lines a client is on: its relay's circuit-id and remote-id, and its VLANs."""
+    """The lines a client is on: its relay, the relay's circuit-id and remote-id, and its
+    VLANs."""
     lines: list[Line] = []
+    if relay:
+        lines.append(("relay", relay.to_bytes(4, "big")))
     if circuit_id is not None:
-        lines.append(("max_leases_per_circuit", circuit_id))
+        lines.append(("circuit", circuit_id))
     if remote_id is not None:
-        lines.append(("max_leases_per_remote_id", remote_id))
+        lines.append(("remote_id", remote_id))
     if vlans:
-        lines.append(("max_leases_per_vlan", b"".join(v.to_bytes(2, "big") for v in vlans)))
+        lines.append(("vlan", b"".join(v.to_bytes(2, "big") for v in vlans)))
     return tuple(lines)
 
 
@@ -74,10 +80,33 @@ def lease_lines(lease: Lease) -> tuple[Line, ...]:
     )
 
 
-def _bounds(limits: Limits) -> dict[str, int]:
-    """The kinds of line `limits` bounds (a Limits field's name), with their bounds."""
-    bounds = {f.name: getattr(limits, f.name) for f in fields(limits)}
+def _bounds(limits: Limits, of: str) -> dict[str, int]:
+    """The kinds of line `limits` bounds the `of` ("leases" or "offers") of, with their
+    bounds: field `max_leases_per_circuit` bounds the leases of kind "circuit"."""
+    prefix = f"max_{of}_per_"
+    bounds = {
+        f.name.removeprefix(prefix): getattr(limits, f.name)
+        for f in fields(limits)
+        if f.name.startswith(prefix)
+    }
     return {kind: bound for kind, bound in bounds.items() if bound}
+
+
+def _tally(counts: dict[Line, int], lines: Iterable[Line], step: int) -> None:
+    """Add `step` to the count of each of `lines`, forgetting a line whose count is 0."""
+    for line in lines:
+        count = counts.get(line, 0) + step
+        if count:
+            counts[line] = count
+        else:
+            del counts[line]
+
+
+def _past(counts: dict[Line, int], bounds: dict[str, int], lines: Iterable[Line]) -> bool:
+    """Whether one of `lines` is at its bound already."""
+    return any(
+        kind in bounds and counts.get((kind, value), 0) >= bounds[kind] for kind, value in lines
+    )
 
 
 # Where a request came from, for the offer bound: a relay (its giaddr) or the local link
@@ -103,6 +132,7 @@ class Hold:
     pool: str
     expires: float
     link: LinkKey
+    lines: tuple[Line, ...] = ()  # the bounded lines it counts on (`_line_offers`)
 
 
 class _Timers(Generic[K]):
@@ -184,9 +214,11 @@ class LeaseTable:
         # Store rows that are dead on arrival (quarantines over while no daemon ran): the
         # next `expire` hands them to the store to delete.
         self._dead_rows: list[int] = []
-        # Bound records per access line, kept only for the kinds `limits` bounds.
-        self._limits = _bounds(config.limits)
+        # Bound records and holds per access line, kept only for the kinds `limits` bounds.
+        self._lease_bounds = _bounds(config.limits, "leases")
+        self._offer_bounds = _bounds(config.limits, "offers")
         self._line_leases: dict[Line, int] = {}
+        self._line_offers: dict[Line, int] = {}
         for lease in paced(sorted(leases, key=lambda lease: lease.updated), keepalive):
             self._load(lease, now)
 
@@ -203,6 +235,9 @@ class LeaseTable:
 
     def leases(self) -> list[Lease]:
         return list(self._by_address.values())
+
+    def holds(self) -> list[Hold]:
+        return list(self._hold_by_client.values())
 
     def allocator_for(self, address: int, pool_name: str = "") -> PoolAllocator | None:
         """The allocator that may hand out `address`: the named pool's if it contains it
@@ -226,19 +261,22 @@ class LeaseTable:
             return False
         if not self.reservations:
             return True
-        own = self.reservations.of_identity(lease.client_id, lease.hwaddr)
+        own = self.reservations.of_identity(lease.client_id, lease.hwaddr, lease.vlans)
         return (own is None or own.address == lease.address) and self._entitled(
-            lease.address, lease.client_id, lease.hwaddr, 0
+            lease.address, lease.client_id, lease.hwaddr, lease.vlans, 0
         )
 
-    def _entitled(self, address: int, client_id: bytes, hwaddr: bytes, host: int) -> bool:
-        """Whether the client may have `address` (rule 4); `host` is the address reserved
-        for it as this request identifies it (by circuit-id too), or 0."""
+    def _entitled(
+        self, address: int, client_id: bytes, hwaddr: bytes, vlans: tuple[int, ...], host: int
+    ) -> bool:
+        """Whether the client (its identity on `vlans`) may have `address` (rule 4); `host`
+        is the address reserved for it as this request identifies it (by circuit-id too),
+        or 0."""
         if address == host:
             return True
         lease = self._by_address.get(address)
         holder = lease if lease is not None and self._by_client.get(client_id) is lease else None
-        return self.reservations.entitled(address, client_id, hwaddr, holder)
+        return self.reservations.entitled(address, client_id, hwaddr, vlans, holder)
 
     def next_deadline(self) -> float | None:
         times = [t for t in (self._lease_timers.next(), self._hold_timers.next()) if t is not None]
@@ -267,6 +305,8 @@ class LeaseTable:
         now: float,
         hwaddr: bytes = b"",
         host: int = 0,
+        lines: tuple[Line, ...] = (),
+        vlans: tuple[int, ...] = (),
     ) -> tuple[int, PoolAllocator] | None:
         """The address to offer, in Kea's order: the client's active lease, its old address
         while free, its pending offer, the address it asks for if free, any free address.
@@ -280,21 +320,22 @@ class LeaseTable:
         keep getting offers. None: nothing to offer.
 
         A client with a reserved address (`host`, on its network) is offered that first;
-        while someone else still holds it, the client gets a dynamic address meanwhile."""
+        while someone else still holds it, the client gets a dynamic address meanwhile.
+        A new hold counts on the client's `lines` (`over_offer_limit`)."""
         if host:
-            chosen = self._offer_host(client_id, pools, host, link, now)
+            chosen = self._offer_host(client_id, pools, host, link, now, lines)
             if chosen is not None:
                 return chosen
         lease = self._by_client.get(client_id)
         if lease is not None and lease.address != host:
             alloc = containing(pools, lease.address)
-            if alloc is not None and self._entitled(lease.address, client_id, hwaddr, 0):
+            if alloc is not None and self._entitled(lease.address, client_id, hwaddr, vlans, 0):
                 # A client's record is bound, revoked, released or expired: active means
                 # bound or revoked, and either way the address is still this client's.
                 if lease.active(now):
                     return lease.address, alloc
                 if alloc.take(lease.address, host=True):
-                    return self._hold(client_id, alloc, lease.address, link, now)
+                    return self._hold(client_id, alloc, lease.address, link, now, lines)
         hold = self._hold_by_client.get(client_id)
         if hold is not None:
             alloc = containing(pools, hold.address)
@@ -303,17 +344,23 @@ class LeaseTable:
         if requested and requested != host:
             alloc = containing(pools, requested)
             if alloc is not None and alloc.take(
-                requested, self._entitled(requested, client_id, hwaddr, 0)
+                requested, self._entitled(requested, client_id, hwaddr, vlans, 0)
             ):
-                return self._hold(client_id, alloc, requested, link, now)
+                return self._hold(client_id, alloc, requested, link, now, lines)
         for alloc in pools:
             address = alloc.allocate()
             if address is not None:
-                return self._hold(client_id, alloc, address, link, now)
+                return self._hold(client_id, alloc, address, link, now, lines)
         return None
 
     def _offer_host(
-        self, client_id: bytes, pools: list[PoolAllocator], host: int, link: LinkKey, now: float
+        self,
+        client_id: bytes,
+        pools: list[PoolAllocator],
+        host: int,
+        link: LinkKey,
+        now: float,
+        lines: tuple[Line, ...],
     ) -> tuple[int, PoolAllocator] | None:
         """The client's reserved address, unless another client still holds it."""
         alloc = containing(pools, host)
@@ -326,7 +373,7 @@ class LeaseTable:
         if hold is not None and hold.client_id == client_id:
             return self._keep_hold(hold, alloc, now)
         if alloc.take(host, host=True):
-            return self._hold(client_id, alloc, host, link, now)
+            return self._hold(client_id, alloc, host, link, now, lines)
         return None
 
     def _keep_hold(self, hold: Hold, alloc: PoolAllocator, now: float) -> tuple[int, PoolAllocator]:
@@ -344,9 +391,16 @@ class LeaseTable:
         )
 
     def _hold(
-        self, client_id: bytes, alloc: PoolAllocator, address: int, link: LinkKey, now: float
+        self,
+        client_id: bytes,
+        alloc: PoolAllocator,
+        address: int,
+        link: LinkKey,
+        now: float,
+        lines: tuple[Line, ...],
     ) -> tuple[int, PoolAllocator]:
-        """Record the offer of an address the caller has just taken from `alloc`."""
+        """Record the offer of an address the caller has just taken from `alloc`, counted
+        on those of `lines` a bound is configured for."""
         previous = self._hold_by_client.get(client_id)
         if previous is not None:
             self._drop_hold(previous)
@@ -355,9 +409,12 @@ class LeaseTable:
         while len(on_link) >= bound:
             oldest = next(iter(on_link))
             self._drop_hold(self._hold_by_client[oldest])
-        hold = Hold(client_id, address, alloc.pool.name, now + self.config.offer_hold, link)
+        counted = tuple(line for line in lines if line[0] in self._offer_bounds)
+        expires = now + self.config.offer_hold
+        hold = Hold(client_id, address, alloc.pool.name, expires, link, counted)
         self._hold_by_client[client_id] = hold
         self._hold_by_address[address] = hold
+        _tally(self._line_offers, counted, 1)
         on_link[client_id] = None
         self._hold_timers.arm(client_id, hold.expires)
         return address, alloc
@@ -369,8 +426,11 @@ class LeaseTable:
             self._drop_hold(hold)
 
     def _drop_hold(self, hold: Hold, keep: int = 0) -> None:
+        """The one way a hold ends: taken up by a bind, expired, withdrawn for a newer
+        offer, or dropped for another server's."""
         del self._hold_by_client[hold.client_id]
         del self._hold_by_address[hold.address]
+        _tally(self._line_offers, hold.lines, -1)
         self._hold_timers.disarm(hold.client_id)
         on_link = self._holds_by_link[hold.link]
         del on_link[hold.client_id]
@@ -401,15 +461,16 @@ class LeaseTable:
         vlans: tuple[int, ...] = (),
         lease_time: int | None = None,
         relay_info: bytes | None = None,
+        relay: int = 0,
     ) -> Lease | None:
         """Lease `address` to the client (on `vlans`) for `lease_time` (its class's), else
         the pool's, if it is the client's to take: its own active lease, its own offer, or
         free. None if someone else holds it, or it is reserved for another host (`may_bind`
         tells which). `relay_info` is the relayed request's option 82 (empty if the relay
-        added none); None for a request that came without a relay, which keeps what the
-        client's record of `address` stashed (a renewal unicast from a relayed client
-        carries no option 82)."""
-        if not self.may_bind(client_id, hwaddr, address, host):
+        added none) and `relay` its giaddr; `relay_info` None for a request that came
+        without a relay, which keeps what the client's record of `address` stashed (a
+        renewal unicast from a relayed client carries no option 82)."""
+        if not self.may_bind(client_id, hwaddr, address, host, vlans):
             return None
         owner = self._by_address.get(address)
         hold = self._hold_by_address.get(address)
@@ -425,8 +486,8 @@ class LeaseTable:
             self._drop_hold(own_hold, keep=address)
         previous = self._by_client.get(client_id)
         if relay_info is None:
-            kept = previous is not None and previous.address == address
-            relay_info = previous.relay_info if previous is not None and kept else b""
+            kept = previous if previous is not None and previous.address == address else None
+            relay_info, relay = (kept.relay_info, kept.relay) if kept is not None else (b"", 0)
         if previous is not None and previous.address != address:
             # One record per client: the old address is given back and forgotten.
             self._forget(previous)
@@ -449,15 +510,18 @@ class LeaseTable:
             prl=prl,
             vlans=vlans,
             relay_info=relay_info,
+            relay=relay,
         )
         self._put(lease)
         decision.lease_writes.append(lease)
         return lease
 
-    def may_bind(self, client_id: bytes, hwaddr: bytes, address: int, host: int) -> bool:
-        """Whether `address` is no other host's (rule 4): False when the client must be
-        told no even if the address is free or its own."""
-        return not self.reservations or self._entitled(address, client_id, hwaddr, host)
+    def may_bind(
+        self, client_id: bytes, hwaddr: bytes, address: int, host: int, vlans: tuple[int, ...]
+    ) -> bool:
+        """Whether `address` is no other host's (rule 4): False when the client (its
+        identity on `vlans`) must be told no even if the address is free or its own."""
+        return not self.reservations or self._entitled(address, client_id, hwaddr, vlans, host)
 
     def renew(self, hwaddr: bytes, address: int, expires: float, now: float) -> Lease | None:
         """Record a renewal the kernel has already acknowledged: the lease of `address`,
@@ -482,7 +546,7 @@ class LeaseTable:
         alloc = self.allocators.get(lease.pool)
         if alloc is None or not alloc.contains(address):
             return None
-        if not self._entitled(address, lease.client_id, lease.hwaddr, 0):
+        if not self._entitled(address, lease.client_id, lease.hwaddr, lease.vlans, 0):
             return None
         if lease.state is LeaseState.EXPIRED:
             hold = self._hold_by_address.get(address)
@@ -616,30 +680,32 @@ class LeaseTable:
 
     def _lines(self, lease: Lease) -> tuple[Line, ...]:
         """The bounded lines `lease` counts on: none unless it is bound."""
-        if not self._limits or lease.state is not LeaseState.BOUND:
+        if not self._lease_bounds or lease.state is not LeaseState.BOUND:
             return ()
-        return tuple(line for line in lease_lines(lease) if line[0] in self._limits)
+        return tuple(line for line in lease_lines(lease) if line[0] in self._lease_bounds)
 
     def _count(self, lease: Lease, step: int) -> None:
-        for line in self._lines(lease):
-            count = self._line_leases.get(line, 0) + step
-            if count:
-                self._line_leases[line] = count
-            else:
-                del self._line_leases[line]
+        _tally(self._line_leases, self._lines(lease), step)
 
     def over_limit(self, client_id: bytes, lines: tuple[Line, ...]) -> bool:
         """Whether a lease for the client on `lines` would put one past its bound. The
         lines its own bound lease counts on already are not held against it: a client
         keeps what it has (a reload that lowers a bound ends no lease)."""
-        if not self._limits:
+        if not self._lease_bounds:
             return False
         own = self._by_client.get(client_id)
         held = self._lines(own) if own is not None else ()
-        return any(
-            self._line_leases.get(line, 0) >= self._limits[line[0]]
-            for line in lines
-            if line[0] in self._limits and line not in held
+        return _past(self._line_leases, self._lease_bounds, (ln for ln in lines if ln not in held))
+
+    def over_offer_limit(self, client_id: bytes, lines: tuple[Line, ...]) -> bool:
+        """Whether a new offer to the client on `lines` would put one past its bound of
+        outstanding offers (holds). A client the table knows, by a hold or a record of its
+        own, is never refused: its offer is of what it holds (its hold, its lease, its old
+        address), so a flood of new MACs is what the bound stops."""
+        if not self._offer_bounds or client_id in self._hold_by_client:
+            return False
+        return client_id not in self._by_client and _past(
+            self._line_offers, self._offer_bounds, lines
         )
 
     def _forget(self, lease: Lease) -> None:
@@ -718,5 +784,11 @@ class LeaseTable:
             for line in self._lines(lease):
                 lines[line] = lines.get(line, 0) + 1
         assert lines == self._line_leases, "bound leases per access line miscounted"
+        offers: dict[Line, int] = {}
+        for hold in self._hold_by_client.values():
+            for line in hold.lines:
+                assert line[0] in self._offer_bounds
+                offers[line] = offers.get(line, 0) + 1
+        assert offers == self._line_offers, "outstanding offers per access line miscounted"
         records = len(self._by_address) + len(self._hold_by_client)
         assert self.timer_entries() <= COMPACT_FACTOR * records + 2 * 64 + 2

@@ -39,11 +39,19 @@ class Lease:
     # options): a client renews by unicast, without it, and is still the relay's subscriber.
     # Empty for a client on our own link.
     relay_info: bytes = b""
+    # The giaddr of the relay it was bound through, kept likewise; 0 for our own link.
+    relay: int = 0
 
     def relay_sub_option(self, code: int) -> bytes | None:
         """The value of sub-option `code` of the stashed option 82, if it has one (only
         option 82 whose sub-options parse is stashed)."""
         return dict(parse_relay_agent_info(self.relay_info)).get(code)
+
+    @property
+    def relayed(self) -> bool:
+        """Bound through a relay (a lease stored before the relay was kept may know only
+        its option 82)."""
+        return self.relay != 0 or self.relay_info != b""
 
     @property
     def occupies(self) -> bool:

@@ -37,7 +37,7 @@ from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
 from brushtaild.engine.addressing import reply_destination
 from brushtaild.engine.allocator import PoolAllocator, containing
-from brushtaild.engine.classes import UNDECIDED, Undecided, class_of_lease, classify
+from brushtaild.engine.classes import UNDECIDED, class_of_lease, classify
 from brushtaild.engine.decisions import (
     Decision,
     Ingress,
@@ -46,6 +46,7 @@ from brushtaild.engine.decisions import (
     NakReason,
     Reply,
 )
+from brushtaild.engine.identity import subscriber_identity, wire_identity
 from brushtaild.engine.lease_table import LeaseTable, Line, PoolUsage, access_lines
 from brushtaild.engine.leases import Lease, LeaseState
 
@@ -67,6 +68,20 @@ class ReplyTemplate:
     options: dict[int, bytes]  # shared by every reply made from it: never mutated
     wire: bytes  # the options encoded, so a reply only packs its fixed fields
     optional: tuple[int, ...]  # requested options, in request order: dropped last-first to fit
+
+
+@dataclass(frozen=True, slots=True)
+class KernelAnswer:
+    """How the fast path answers a lease's client (Server.kernel_answer)."""
+
+    profile: str  # the options its replies are rendered with (Server.template)
+    # Its pool was chosen by the VLANs its client came on (the key's), not by server_id:
+    # a client on our own link (a relayed client's network is its relay's).
+    by_vlan: bool
+    # Its class was told by what a relay adds (option 82, giaddr), as the lease stashed it:
+    # the slow path classifies the client's unicast renewals by the stash too, but a
+    # request through a relay by its own option 82, which may tell another class.
+    unicast_only: bool
 
 
 @dataclass(slots=True)
@@ -93,7 +108,11 @@ class ClientContext:
     # The relay's server identifier override (RFC 5107): the address the client knows us
     # by, which the reply names as option 54; None without one.
     override: int | None
-    lines: tuple[Line, ...]  # the access lines `limits` count it on (LeaseTable.over_limit)
+    # The VLAN ids the client is known by: those it came on, or for a relayed client's
+    # unicast renewal, its relay's (as its lease stashed them).
+    vlans: tuple[int, ...]
+    # The access lines `limits` count it on (LeaseTable.over_limit, over_offer_limit).
+    lines: tuple[Line, ...]
     client_class: ClientClass | None = None  # the first class of the config it matches
     # Its class names none of its network's pools: it is not served (NO_CLASS_POOL).
     refused: bool = False
@@ -108,21 +127,10 @@ def client_identity(msg: Message) -> bytes:
     return bytes((msg.htype,)) + msg.hwaddr
 
 
-def subscriber_identity(client_id: bytes, vlans: tuple[int, ...]) -> bytes:
-    """A client's identity in a pool that lists VLANs: its client identifier on its VLANs,
-    so the same MAC on two VLANs is two subscribers. The VLAN ids and their count follow
-    the identifier (2 + 1 bytes per VLAN and one), so the pair can be read back from the
-    end (wire_client_id) and no two pairs give the same identity."""
-    return client_id + b"".join(vid.to_bytes(2, "big") for vid in vlans) + bytes((len(vlans),))
-
-
 def wire_client_id(lease: Lease) -> bytes:
     """The client identifier as the client sends it (what the XDP program compares), for
     a lease whose identity may carry its VLANs (subscriber_identity)."""
-    trailer = subscriber_identity(b"", lease.vlans)
-    if lease.vlans and len(lease.client_id) > len(trailer) and lease.client_id.endswith(trailer):
-        return lease.client_id[: -len(trailer)]
-    return lease.client_id
+    return wire_identity(lease.client_id, lease.vlans)
 
 
 def _revoked(lease: Lease, address: int) -> bool:
@@ -303,34 +311,30 @@ class Server:
         return decision
 
     def renewable(self, lease: Lease, now: float) -> bool:
-        """Whether the fast path may answer for `lease` (see LeaseTable.renewable): not
-        when its VLANs no longer select its pool (a reload moved them), since the program
-        checks only the lease's subnet. (So a relayed lease in a pool that lists VLANs is
-        the slow path's: the lease does not say whether it was relayed.)"""
+        return self.kernel_answer(lease, now) is not None
+
+    def kernel_answer(self, lease: Lease, now: float) -> "KernelAnswer | None":
+        """How the fast path answers for `lease`, or None where it may not (see also
+        LeaseTable.renewable): not when its VLANs no longer select its pool (a reload moved
+        them), since the program checks only the lease's subnet (a relayed client's pool
+        is chosen by its relay, whatever the VLANs); not when its class cannot be told from
+        the lease, or no longer gives it this pool."""
         alloc = self.table.allocators.get(lease.pool)
-        if alloc is None or alloc not in self._for_vlans(lease.vlans):
-            return False
-        cls = self._lease_class(lease)
-        if cls is UNDECIDED or (cls is not None and cls.pools and lease.pool not in cls.pools):
-            # The program cannot tell its class (it sees no more than the lease: the MAC
-            # and VLANs of its key), or the class no longer gives it this pool.
-            return False
-        return self.table.renewable(lease, now)
-
-    def profile(self, lease: Lease) -> str:
-        """The options profile `lease`'s replies are rendered with (see `template`); for a
-        lease that is `renewable`."""
-        cls = self._lease_class(lease)
-        return self._profile(
-            self.table.allocators[lease.pool].pool,
-            lease.address,
-            None if cls is UNDECIDED else cls,
+        if alloc is None or (not lease.relayed and alloc not in self._for_vlans(lease.vlans)):
+            return None
+        told = class_of_lease(self.config.classes, lease)
+        if told is UNDECIDED:
+            return None
+        cls = told.cls
+        if cls is not None and cls.pools and lease.pool not in cls.pools:
+            return None
+        if not self.table.renewable(lease, now):
+            return None
+        return KernelAnswer(
+            profile=self._profile(alloc.pool, lease.address, cls),
+            by_vlan=bool(alloc.pool.vlans) and not lease.relayed,
+            unicast_only=told.by_relay,
         )
-
-    def _lease_class(self, lease: Lease) -> ClientClass | Undecided | None:
-        """The class of every request the fast path could answer for `lease` (those of its
-        MAC on its VLANs), or UNDECIDED when it may depend on more (class_of_lease)."""
-        return class_of_lease(self.config.classes, lease.hwaddr, lease.vlans)
 
     def profile_pool(self, profile: str) -> Pool:
         return self._profile_pools[profile]
@@ -417,16 +421,20 @@ class Server:
         selector, by_118 = self._network_selector(msg, relay_subs)
         pools = self._pools_for(selector)
         client_id = client_identity(msg)
-        request_subs = relay_subs
-        if not msg.giaddr:
-            pools = self._on_link(pools, selector, ingress.vlans)
-            if any(alloc.pool.serves_vlans(ingress.vlans) for alloc in self._vlan_pools):
-                client_id = subscriber_identity(client_id, ingress.vlans)
-            # A renewal unicast by a relayed client is still that relay's subscriber: what
-            # it is matched on is the option 82 its lease stashed (a circuit-id reservation).
-            relay_subs = opt.parse_relay_agent_info(self._stashed(client_id, msg.ciaddr))
-        host = self._host(client_id, msg.hwaddr, relay_subs, pools)
-        client_class = classify(self.config.classes, msg, ingress, request_subs)
+        relay, vlans = msg.giaddr, ingress.vlans
+        renewed = None if msg.giaddr else self._relayed_lease(client_id, msg.ciaddr)
+        if renewed is not None:
+            # A renewal unicast by a relayed client is still that relay's subscriber: it is
+            # matched, classified and counted on what its lease stashed (the relay's option
+            # 82, giaddr and VLANs), on the network of its address, as the relay had it.
+            relay_subs = opt.parse_relay_agent_info(renewed.relay_info)
+            relay, vlans = renewed.relay, renewed.vlans
+        elif not msg.giaddr:
+            pools = self._on_link(pools, selector, vlans)
+            if any(alloc.pool.serves_vlans(vlans) for alloc in self._vlan_pools):
+                client_id = subscriber_identity(client_id, vlans)
+        host = self._host(client_id, msg.hwaddr, vlans, relay_subs, pools)
+        client_class = classify(self.config.classes, msg, vlans, relay_subs, relay)
         served = self._class_pools(pools, client_class, host)
         return ClientContext(
             message=msg,
@@ -442,23 +450,30 @@ class Server:
             max_size=self._max_size(msg),
             relay_info=relayed,
             override=override,
-            lines=self._lines(relay_subs, ingress.vlans),
+            vlans=vlans,
+            lines=self._lines(relay_subs, vlans, relay),
             client_class=client_class,
             refused=bool(pools) and not served,
         )
 
     def _lines(
-        self, relay_subs: list[tuple[int, bytes]], vlans: tuple[int, ...]
+        self, relay_subs: list[tuple[int, bytes]], vlans: tuple[int, ...], giaddr: int
     ) -> tuple[Line, ...]:
         subs = dict(relay_subs)
         return access_lines(
-            subs.get(RelayAgentSubOption.CIRCUIT_ID), subs.get(RelayAgentSubOption.REMOTE_ID), vlans
+            subs.get(RelayAgentSubOption.CIRCUIT_ID),
+            subs.get(RelayAgentSubOption.REMOTE_ID),
+            vlans,
+            giaddr,
         )
 
-    def _stashed(self, client_id: bytes, ciaddr: int) -> bytes:
-        """The option 82 the client's lease of `ciaddr` stashed (empty if none)."""
+    def _relayed_lease(self, client_id: bytes, ciaddr: int) -> Lease | None:
+        """The client's lease of `ciaddr` if a relay's request bound it (a relayed
+        client's identity is its own, never with VLANs: subscriber_identity)."""
         lease = self.table.lease_of(client_id) if ciaddr else None
-        return lease.relay_info if lease is not None and lease.address == ciaddr else b""
+        if lease is None or lease.address != ciaddr or not lease.relayed:
+            return None
+        return lease
 
     @staticmethod
     def _class_pools(
@@ -478,6 +493,7 @@ class Server:
         self,
         client_id: bytes,
         hwaddr: bytes,
+        vlans: tuple[int, ...],
         relay_subs: list[tuple[int, bytes]],
         pools: list[PoolAllocator],
     ) -> int:
@@ -490,6 +506,7 @@ class Server:
         found: Reservation | None = reservations.find(
             client_id,
             hwaddr,
+            vlans,
             subs.get(RelayAgentSubOption.CIRCUIT_ID),
             subs.get(RelayAgentSubOption.REMOTE_ID),
         )
@@ -569,6 +586,9 @@ class Server:
         if self.table.over_limit(ctx.client_id, ctx.lines):
             decision.drop = DropReason.LEASE_LIMIT
             return
+        if self.table.over_offer_limit(ctx.client_id, ctx.lines):
+            decision.drop = DropReason.OFFER_LIMIT
+            return
         chosen = self.table.offer(
             ctx.client_id,
             ctx.pools,
@@ -577,6 +597,8 @@ class Server:
             ctx.now,
             ctx.message.hwaddr,
             ctx.host,
+            ctx.lines,
+            ctx.ingress.vlans,
         )
         if chosen is None:
             decision.drop = DropReason.POOL_EXHAUSTED
@@ -664,7 +686,7 @@ class Server:
             self._nak(ctx, decision, NakReason.NOT_ON_NETWORK)
             return
         msg = ctx.message
-        if not self.table.may_bind(ctx.client_id, msg.hwaddr, address, ctx.host):
+        if not self.table.may_bind(ctx.client_id, msg.hwaddr, address, ctx.host, ctx.ingress.vlans):
             self._nak(ctx, decision, NakReason.RESERVED)
             return
         if ctx.host and address != ctx.host and self.table.host_free(ctx.client_id, ctx.host):
@@ -684,9 +706,10 @@ class Server:
             msg.options.get(OptionCode.PARAMETER_REQUEST_LIST),
             decision,
             ctx.host,
-            ctx.ingress.vlans,
+            ctx.vlans,
             ctx.client_class.lease_time if ctx.client_class is not None else None,
             ctx.relay_info,
+            msg.giaddr,
         )
         if lease is None:
             self._nak(ctx, decision, NakReason.ADDRESS_IN_USE)
@@ -921,6 +944,4 @@ class Server:
     def _event(
         kind: LeaseEventKind, ctx: ClientContext, address: int, pool: str, detail: str = ""
     ) -> LeaseEvent:
-        return LeaseEvent(
-            kind, ctx.client_id, ctx.message.hwaddr, address, pool, detail, ctx.ingress.vlans
-        )
+        return LeaseEvent(kind, ctx.client_id, ctx.message.hwaddr, address, pool, detail, ctx.vlans)

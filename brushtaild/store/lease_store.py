@@ -57,13 +57,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # Option 82 as the relay sent it when the lease was bound (empty: not relayed), kept
     # across renewals that come without it; leases made before it was kept have none.
     ("ALTER TABLE lease ADD COLUMN relay_info BLOB NOT NULL DEFAULT x''",),
+    # The giaddr of that relay (0: not relayed), which classes may match on at renewals
+    # too; leases made before it was kept have none.
+    ("ALTER TABLE lease ADD COLUMN relay INTEGER NOT NULL DEFAULT 0",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _UPSERT = """
     INSERT INTO lease (address, client_id, hwaddr, pool, state, expires, updated, prl,
-                       outer_vlan, inner_vlan, relay_info)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       outer_vlan, inner_vlan, relay_info, relay)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (address) DO UPDATE SET
         client_id = excluded.client_id,
         hwaddr = excluded.hwaddr,
@@ -74,12 +77,13 @@ _UPSERT = """
         outer_vlan = excluded.outer_vlan,
         inner_vlan = excluded.inner_vlan,
         relay_info = excluded.relay_info,
+        relay = excluded.relay,
         updated = excluded.updated
 """
 _DELETE = "DELETE FROM lease WHERE address = ?"
 _SELECT_ALL = (
     "SELECT address, client_id, hwaddr, pool, state, expires, updated, prl, outer_vlan,"
-    " inner_vlan, relay_info FROM lease ORDER BY address"
+    " inner_vlan, relay_info, relay FROM lease ORDER BY address"
 )
 
 # A dict lookup is several times cheaper than LeaseState(n), which matters at 1M rows.
@@ -243,6 +247,7 @@ def _select_all(conn: sqlite3.Connection, path: Path) -> list[Lease]:
                 prls.setdefault(prl, prl) if prl is not None else None,
                 vlan_ids(outer, inner),
                 relay_info,
+                relay,
             )
             for (
                 address,
@@ -256,6 +261,7 @@ def _select_all(conn: sqlite3.Connection, path: Path) -> list[Lease]:
                 outer,
                 inner,
                 relay_info,
+                relay,
             ) in conn.execute(_SELECT_ALL)
         ]
     except sqlite3.Error as e:
@@ -273,7 +279,7 @@ def vlan_ids(outer: int, inner: int) -> tuple[int, ...]:
 
 def _rows(
     writes: Sequence[Lease],
-) -> Iterator[tuple[int, bytes, bytes, str, int, float, float, bytes | None, int, int, bytes]]:
+) -> Iterator[tuple[int, bytes, bytes, str, int, float, float, bytes | None, int, int, bytes, int]]:
     for lease in writes:
         outer, inner = (*lease.vlans, 0, 0)[:2]
         yield (
@@ -288,6 +294,7 @@ def _rows(
             outer,
             inner,
             lease.relay_info,
+            lease.relay,
         )
 
 

@@ -20,6 +20,7 @@ PRL_ABSENT = 0
 PRL_MAX = 64
 LEASE_HW_ID = 1
 LEASE_BY_VLAN = 2
+LEASE_UNICAST_ONLY = 4
 
 CFG_SERVER_ID = 0
 CFG_RATE_COST = 1
@@ -263,12 +264,19 @@ class Shape:
     prl_hash: int
     offer_template: int
     ack_template: int
-    flags: int = 0  # LEASE_BY_VLAN for a pool that lists VLANs
 
 
 def pack_entry(
-    shape: Shape, *, client_id: bytes, hwaddr: bytes, address: int, expires_ns: int
+    shape: Shape,
+    *,
+    client_id: bytes,
+    hwaddr: bytes,
+    address: int,
+    expires_ns: int,
+    flags: int = 0,
 ) -> bytes:
+    """The entry of one lease; `flags` are LEASE_BY_VLAN and LEASE_UNICAST_ONLY, as its
+    lease calls for (LEASE_HW_ID follows from `client_id`)."""
     return ENTRY_FORMAT.pack(
         expires_ns,
         shape.prl_hash,
@@ -278,7 +286,7 @@ def pack_entry(
         shape.lease_time,
         shape.offer_template,
         shape.ack_template,
-        shape.flags | (LEASE_HW_ID if hardware_identity(client_id, hwaddr) else 0),
+        flags | (LEASE_HW_ID if hardware_identity(client_id, hwaddr) else 0),
         len(client_id),
         client_id,
     )

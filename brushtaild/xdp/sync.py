@@ -103,9 +103,10 @@ class Planner:
     def entry(self, server: Server, lease: Lease, now: float) -> tuple[bytes, bytes] | None:
         """The packed key and entry of a bound lease, or None for one the program may not
         or cannot answer for (those stay on the slow path)."""
-        if not server.renewable(lease, now):
+        answer = server.kernel_answer(lease, now)
+        if answer is None:
             return None
-        shape = self._shape(server, server.profile(lease), lease.prl)
+        shape = self._shape(server, answer.profile, lease.prl)
         client_id = wire_client_id(lease)
         if len(lease.hwaddr) != 6 or not maps.fits(client_id, lease.prl) or shape is None:
             self.skipped += 1
@@ -116,6 +117,8 @@ class Planner:
             hwaddr=lease.hwaddr,
             address=lease.address,
             expires_ns=clock.to_boot_ns(lease.expires),
+            flags=(maps.LEASE_BY_VLAN if answer.by_vlan else 0)
+            | (maps.LEASE_UNICAST_ONLY if answer.unicast_only else 0),
         )
         return key_bytes(lease.hwaddr, *lease.vlans), value
 
@@ -137,7 +140,6 @@ class Planner:
                 maps.prl_hash(prl),
                 offer,
                 ack,
-                maps.LEASE_BY_VLAN if pool.vlans else 0,
             )
         self._shapes[key] = shape
         return shape

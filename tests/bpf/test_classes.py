@@ -1,6 +1,6 @@
 """Differential cases for client classes: a classified client's renewal is answered by the
 kernel program with the slow path's bytes (its class's options and lease time, from
-templates of the class's own profile), and a lease whose class the kernel cannot tell is
+templates of the class's own profile), and a request whose class the kernel cannot tell is
 left to the slow path."""
 
 from dataclasses import replace
@@ -96,12 +96,14 @@ def test_a_classified_clients_renewal_is_answered_as_the_slow_path(
     assert entry is not None and entry.lease_time == 86400
 
 
-def test_leases_an_option_82_class_could_take_are_left_to_the_slow_path(
+def test_leases_an_option_82_class_could_take_are_answered_in_the_kernel_for_unicast_only(
     program: Program, renewal_log: RenewalLog
 ) -> None:
-    """The kernel cannot see what option 82 said at bind (nor will a unicast renewal
-    carry it): a lease of the class, or of any client it could take (not claimed by a MAC,
-    OUI or VLAN class before it), gets no entry, and the slow path answers its renewals."""
+    """A unicast renewal carries no option 82 and the slow path classifies it by what the
+    lease stashed, as the kernel answers it. A relayed request carries the relay's option
+    82 now, which may tell another class: the kernel leaves it to the slow path, for a
+    lease of the option 82 class or of any client it could take (not claimed by a MAC, OUI
+    or VLAN class before it)."""
     fastpath = Fastpath(program, renewal_log, classes_config(IPTV, BUSINESS))
     fastpath.know_relay(GIADDR)
     prl = {OptionCode.PARAMETER_REQUEST_LIST: PRL}
@@ -111,15 +113,24 @@ def test_leases_an_option_82_class_could_take_are_left_to_the_slow_path(
     plain = fastpath.bind(PLAIN_MAC, options=prl)
     stb = fastpath.bind(STB_MAC, options=prl)
     assert lease.pool == "lines"
-    assert fastpath.entry(maps.Key(LINE_MAC)) is None
-    assert fastpath.entry(maps.Key(PLAIN_MAC)) is None
+    for mac in (LINE_MAC, PLAIN_MAC):
+        entry = fastpath.entry(maps.Key(mac))
+        assert entry is not None and entry.flags & maps.LEASE_UNICAST_ONLY
+    assert (
+        answered_alike(fastpath, renewal(fastpath, LINE_MAC, lease.address))[OptionCode.NTP_SERVERS]
+        == NTP
+    )
+    assert OptionCode.NTP_SERVERS not in answered_alike(
+        fastpath, renewal(fastpath, PLAIN_MAC, plain.address)
+    )
     frame = renewal(fastpath, LINE_MAC, lease.address, GIADDR)
     assert fastpath.run(frame).retval == XDP_PASS
     decision = fastpath.slow_path(frame)
     assert decision is not None
     assert decision.replies[0].message.options[OptionCode.NTP_SERVERS] == NTP
-    assert fastpath.run(renewal(fastpath, PLAIN_MAC, plain.address)).retval == XDP_PASS
-    # The class before the option 82 one still decides its clients in the kernel.
+    # The class before the option 82 one still decides its clients, relayed or not.
+    stb_entry = fastpath.entry(maps.Key(STB_MAC))
+    assert stb_entry is not None and not stb_entry.flags & maps.LEASE_UNICAST_ONLY
     answered_alike(fastpath, renewal(fastpath, STB_MAC, stb.address))
 
 
@@ -171,4 +182,29 @@ def test_a_mac_classed_client_is_answered_in_the_kernel_in_every_state(
     state = differential.LeaseSetup("bound", "named", "dhclient", "relay A")
     request = differential.Request(mtype, rfc_state, xid=7, relay="circuit id")
     config = replace(differential.default_config(), classes=CLASS_CONFIGS["mac class first"])
+    assert differential.check(program, renewal_log, state, request, config=config) == XDP_TX
+
+
+@pytest.mark.parametrize("kind", differential.KINDS.values(), ids=differential.KINDS.keys())
+def test_a_circuit_classed_clients_relayed_requests_are_the_slow_paths(
+    program: Program, renewal_log: RenewalLog, kind: tuple[int, str]
+) -> None:
+    """Its lease stashed the relay's circuit-id; whatever comes through the relay brings an
+    option 82 of its own, which may tell another class: the slow path answers."""
+    mtype, rfc_state = kind
+    state = differential.LeaseSetup("bound", "named", "dhclient", "circuit A")
+    request = differential.Request(mtype, rfc_state, xid=7)
+    config = replace(differential.default_config(), classes=CLASS_CONFIGS["circuit class first"])
+    assert differential.check(program, renewal_log, state, request, config=config) == XDP_PASS
+
+
+def test_a_circuit_classed_clients_unicast_renewal_is_answered_in_the_kernel(
+    program: Program, renewal_log: RenewalLog
+) -> None:
+    """Straight to us, without option 82: classified by the lease's stash on both paths."""
+    state = differential.LeaseSetup("bound", "named", "dhclient", "circuit A")
+    request = differential.Request(
+        MessageType.REQUEST, "renewing", xid=7, giaddr="zero", relay="none"
+    )
+    config = replace(differential.default_config(), classes=CLASS_CONFIGS["circuit class first"])
     assert differential.check(program, renewal_log, state, request, config=config) == XDP_TX

@@ -127,7 +127,9 @@ class LeaseSetup:
     kind: str  # none, bound, expired, released, declined
     identity: str
     prl: str
-    network: str  # how the lease was obtained: direct, relay A, relay B, link B, 118 B
+    # How the lease was obtained: direct, relay A, relay B, link B, 118 B, circuit A (relay A
+    # with a circuit-id).
+    network: str
     vlans: str = "none"  # the tags it was obtained with (VLANS)
 
     def options(self) -> dict[int, bytes]:
@@ -140,13 +142,16 @@ class LeaseSetup:
             options[OptionCode.PARAMETER_REQUEST_LIST] = lease_prl
         if self.network == "link B":
             options[OptionCode.RELAY_AGENT_INFO] = RELAY_INFOS["link selection B"] or b""
+        if self.network == "circuit A":
+            options[OptionCode.RELAY_AGENT_INFO] = RELAY_INFOS["circuit id"] or b""
         if self.network == "118 B":
             options[OptionCode.SUBNET_SELECTION] = SUBNET_SELECTIONS["B"] or b""
         return options
 
     @property
     def giaddr(self) -> int:
-        return {"relay A": RELAY_A, "relay B": RELAY_B, "link B": RELAY_A}.get(self.network, 0)
+        relays = {"relay A": RELAY_A, "relay B": RELAY_B, "link B": RELAY_A, "circuit A": RELAY_A}
+        return relays.get(self.network, 0)
 
 
 lease_states = st.builds(
@@ -154,7 +159,9 @@ lease_states = st.builds(
     kind=st.sampled_from(["bound"] * 6 + ["none", "expired", "released", "declined"]),
     identity=st.sampled_from(list(IDENTITIES)),
     prl=st.sampled_from(list(PRLS)),
-    network=st.sampled_from(["direct", "direct", "relay A", "relay B", "link B", "118 B"]),
+    network=st.sampled_from(
+        ["direct", "direct", "relay A", "relay B", "link B", "118 B", "circuit A"]
+    ),
     vlans=st.sampled_from(["none", "none", "802.1Q", "QinQ", "priority"]),
 )
 

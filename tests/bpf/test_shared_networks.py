@@ -6,7 +6,9 @@ A renewal whose network address (giaddr) lies in the first subnet does not match
 program passes it (result `network`) and the slow path, which knows the shared network,
 answers; a unicast renewal from the lease's own address is answered in the kernel."""
 
-from brushtaild.config.model import Config, Reservation, option_set
+from dataclasses import replace
+
+from brushtaild.config.model import Config, Reservation, VlanRange, option_set
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode
 from brushtaild.dhcp.constants import MessageType, OptionCode
@@ -152,3 +154,39 @@ def test_a_shared_network_lease_entry_carries_its_own_subnet(
     assert entry is not None
     assert maps.host32(entry.subnet) == ip("198.19.1.0")
     assert maps.host32(entry.netmask) == ip("255.255.255.0")
+
+
+# Subscriber VLANs 100-199 with a pool of their own: its clients are their identifier on
+# their VLANs in the engine, and the kernel compares the identifier they send.
+VLAN_POOL = replace(
+    make_pool("vlans", "198.19.2.0/24", "198.19.2.10", "198.19.2.19"),
+    vlans=(VlanRange(100, 199),),
+)
+VLAN_FIXED = ip("198.19.2.50")
+OPTION_61 = b"\x00cpe-4711"
+
+
+def test_a_client_id_reservation_in_a_vlan_pool_is_answered_as_the_slow_path(
+    program: Program, renewal_log: RenewalLog
+) -> None:
+    """The host gets its address (the engine matches the option 61 it sends, not its
+    identity on its VLAN), its entry holds that option 61, and the kernel answers its
+    renewal as the slow path does. The same option 61 on another VLAN is another
+    subscriber: no entry, and the slow path offers it a dynamic address."""
+    reservation = Reservation(VLAN_FIXED, client_id=OPTION_61)
+    config = make_config(make_pool(), VLAN_POOL, reservations=(reservation,))
+    fastpath = Fastpath(program, renewal_log, config)
+    options = {OptionCode.CLIENT_ID: OPTION_61, OptionCode.PARAMETER_REQUEST_LIST: PRL}
+    lease = fastpath.bind(HOST_MAC, options=options, vlans=(100,))
+    assert lease.address == VLAN_FIXED
+    entry = fastpath.entry(maps.Key(HOST_MAC, 100))
+    assert entry is not None and bytes(entry.client_id[: entry.id_len]) == OPTION_61
+    msg = client_message(MessageType.REQUEST, HOST_MAC, ciaddr=VLAN_FIXED, extra=options)
+    frame = fastpath.frame(encode(msg, 1500), mac=HOST_MAC, unicast_from=VLAN_FIXED, vlans=(100,))
+    assert_answered_alike(fastpath, frame)
+    discover = client_message(MessageType.DISCOVER, HOST_MAC, extra=options)
+    elsewhere = fastpath.frame(encode(discover, 1500), mac=HOST_MAC, vlans=(101,))
+    assert fastpath.run(elsewhere).retval == XDP_PASS
+    decision = fastpath.slow_path(elsewhere, apply=False)
+    assert decision is not None and len(decision.replies) == 1
+    assert decision.replies[0].message.yiaddr in range(ip("198.19.2.10"), ip("198.19.2.20"))

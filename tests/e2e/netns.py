@@ -270,3 +270,42 @@ class Link:
             for entry in json.loads(out)
             for a in entry.get("addr_info", [])
         ]
+
+
+@dataclass
+class Downstream(Link):
+    """A client namespace of its own behind `server_ns`, a namespace that exists already (a
+    router: the client namespace of a Link with `client_ip`): a veth `router_if` there
+    carrying `router_ip` ('a.b.c.d/len'), `cli0` here, up with no address. Only the client
+    namespace is created and deleted (the veth goes with it); the router's is left alone.
+    Its processes (`popen_in`) are the Link's: real clients run in it as in a Link's."""
+
+    router_if: str = ""
+    router_ip: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.client_ns:
+            self.client_ns = f"{PREFIX}{os.getpid()}-{next(_counter)}-c"
+
+    def _create(self) -> None:
+        ip("netns", "add", self.client_ns)
+        ip("-n", self.client_ns, "link", "set", "lo", "up")
+        self.run_in(self.client_ns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"])
+        ip(
+            "link", "add", "name", self.router_if, "netns", self.server_ns, "type", "veth",
+            "peer", "name", CLIENT_IF, "netns", self.client_ns,
+        )  # fmt: skip
+        ip("-n", self.server_ns, "addr", "add", self.router_ip, "dev", self.router_if)
+        ip("-n", self.server_ns, "link", "set", self.router_if, "up")
+        ip("-n", self.client_ns, "link", "set", CLIENT_IF, "up")
+
+    def close(self) -> None:
+        if self.client_ns in list_namespaces():
+            kill_namespace_processes(self.client_ns)
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        self._procs.clear()
+        delete_namespace(self.client_ns)

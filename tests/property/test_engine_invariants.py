@@ -1,8 +1,12 @@
 """Laws of allocation: whatever clients do, no address is ever given to two of them."""
 
+from dataclasses import replace
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from brushtaild.config.model import Limits
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.message import Message
@@ -67,19 +71,30 @@ def _message(op: str, client: int, address: int) -> Message:
     return request(MessageType.DECLINE, client, requested=address, server_id=SERVER)
 
 
+# Clients come on two VLANs (a pool listing none serves them alike), which limits count on.
+LIMITS = [Limits(), Limits(max_leases_per_vlan=3, max_offers_per_vlan=2)]
+
+
+@pytest.mark.parametrize("limits", LIMITS, ids=["no limits", "limits"])
 @settings(max_examples=300, deadline=None)
-@given(client_ops)
-def test_no_address_is_ever_active_for_two_clients(ops: list[tuple[str, int, int]]) -> None:
-    server = Server(make_config(POOL, offer_hold=20, decline_hold=50), [], 0.0)
+@given(ops=client_ops)
+def test_no_address_is_ever_active_for_two_clients(
+    limits: Limits, ops: list[tuple[str, int, int]]
+) -> None:
+    config = replace(make_config(POOL, offer_hold=20, decline_hold=50), limits=limits)
+    server = Server(config, [], 0.0)
     now = 0.0
     for op, client, offset in ops:
         address = FIRST + offset
         if op == "wait":
             now += 15
             server.tick(now)
+            server.table.check()
             continue
         msg = _message(op, client, address)
-        decision = server.handle(msg, INGRESS, now)
+        decision = server.handle(msg, replace(INGRESS, vlans=(100 + client % 2,)), now)
+        # The table's books, the counts of bound leases and offers per line among them.
+        server.table.check()
         if decision.drop is DropReason.POOL_EXHAUSTED:
             usage = server.pool_usage()[POOL.name]
             assert usage.assigned == usage.total

@@ -13,14 +13,22 @@ expiry. After every step:
   the address until, and a second client must never be told the same address before then;
 - an address reserved for a host is acknowledged to nobody else;
 - with `limits`, a client's request never takes an access line (its relay's circuit-id:
-  relayed clients share two) past its bound, and the table counts each line exactly.
+  relayed clients share two) past its bound of bound leases, nor a new client's DISCOVER
+  the line or the relay past its bound of outstanding offers, and the table counts the
+  leases and offers of each line exactly (`check` recounts them).
 """
 
 from dataclasses import replace
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from brushtaild.config.model import Config, Limits, Pool, Reservation
 from brushtaild.dhcp import options as opt
@@ -70,6 +78,13 @@ RELOADS: dict[str, Config] = {
     ),
     "limits": replace(_config(), limits=Limits(max_leases_per_circuit=2)),
     "tight limits": replace(_config(), limits=Limits(max_leases_per_circuit=1)),
+    "offer limits": replace(
+        _config(), limits=Limits(max_offers_per_circuit=1, max_offers_per_relay=2)
+    ),
+    "all limits": replace(
+        _config(reservations=RESERVED),
+        limits=Limits(max_leases_per_circuit=2, max_offers_per_circuit=1, max_offers_per_vlan=1),
+    ),
 }
 
 _WITHDRAW = (LeaseEventKind.EXPIRE, LeaseEventKind.RELEASE, LeaseEventKind.DECLINE)
@@ -157,15 +172,32 @@ class LeaseTableMachine(RuleBasedStateMachine):
             if self.server.renewable(lease, self.now)
         }
 
-    def _handle(self, msg: Message, ingress: Ingress) -> None:
+    def _handle(self, msg: Message, ingress: Ingress) -> Decision:
         self._absorb()
         before = self._per_circuit()
-        self._apply(self.server.handle(msg, ingress, self.now))
+        client = bytes((1,)) + msg.hwaddr
+        table = self.server.table
+        known = table.hold_of(client) is not None or table.lease_of(client) is not None
+        offers_before = self._offers_per_line()
+        decision = self.server.handle(msg, ingress, self.now)
+        self._apply(decision)
         bound = self.config.limits.max_leases_per_circuit
         for circuit, count in self._per_circuit().items():
             assert not bound or count <= max(bound, before.get(circuit, 0)), (
                 f"{circuit!r}: {count} bound leases past the bound of {bound}"
             )
+        if not known:
+            limits = self.config.limits
+            bounds = {
+                "circuit": limits.max_offers_per_circuit,
+                "relay": limits.max_offers_per_relay,
+            }
+            for line, count in self._offers_per_line().items():
+                bound = bounds[line[0]]
+                assert not bound or count <= max(bound, offers_before.get(line, 0)), (
+                    f"{line!r}: {count} outstanding offers past the bound of {bound}"
+                )
+        return decision
 
     def _per_circuit(self) -> dict[bytes, int]:
         """Bound leases per circuit-id, as the records say."""
@@ -174,6 +206,16 @@ class LeaseTableMachine(RuleBasedStateMachine):
             circuit = lease.relay_sub_option(RelayAgentSubOption.CIRCUIT_ID)
             if lease.state is LeaseState.BOUND and circuit is not None:
                 counts[circuit] = counts.get(circuit, 0) + 1
+        return counts
+
+    def _offers_per_line(self) -> dict[tuple[str, bytes], int]:
+        """Outstanding offers per circuit and on the relay, from whose clients hold them."""
+        counts: dict[tuple[str, bytes], int] = {}
+        for hold in self.server.table.holds():
+            client = int.from_bytes(hold.client_id[-4:], "big")  # 01 + mac(client)
+            if client % 2:
+                for line in (("circuit", b"line-%d" % (client % 4)), ("relay", b"")):
+                    counts[line] = counts.get(line, 0) + 1
         return counts
 
     @staticmethod
@@ -186,6 +228,12 @@ class LeaseTableMachine(RuleBasedStateMachine):
         return msg, INGRESS
 
     # Rules ------------------------------------------------------------------------------
+
+    @initialize(name=st.sampled_from(sorted(RELOADS)))
+    def start(self, name: str) -> None:
+        """The first start, with any of the configs (the limits bite from the first step)."""
+        self.config = RELOADS[name]
+        self.server = Server(self.config, [], self.now)
 
     @rule(client=st.integers(0, CLIENTS - 1), offset=st.integers(0, len(ADDRESSES) - 1))
     def discover(self, client: int, offset: int) -> None:
@@ -200,10 +248,7 @@ class LeaseTableMachine(RuleBasedStateMachine):
     @rule(client=st.integers(0, CLIENTS - 1))
     def select_offer(self, client: int) -> None:
         """DISCOVER then REQUEST of what was offered, the common exchange."""
-        self._absorb()
-        msg, ingress = self._route(client, request(MessageType.DISCOVER, client))
-        decision = self.server.handle(msg, ingress, self.now)
-        self._apply(decision)
+        decision = self._handle(*self._route(client, request(MessageType.DISCOVER, client)))
         if decision.replies:
             offered = decision.replies[0].message.yiaddr
             msg = request(MessageType.REQUEST, client, requested=offered, server_id=SERVER)

@@ -21,8 +21,10 @@ from brushtaild.config.model import (
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
 from brushtaild.dhcp.reasons import DropReason
-from brushtaild.engine.classes import UNDECIDED, class_of_lease, classify
+from brushtaild.engine.classes import UNDECIDED, LeaseClass, class_of_lease, classify
+from brushtaild.engine.leases import Lease, LeaseState
 from brushtaild.engine.server import Server
+from brushtaild.xdp import maps
 from brushtaild.xdp.sync import Planner
 from tests.engine_helpers import (
     INGRESS,
@@ -66,7 +68,7 @@ def named(*matches: ClassMatch) -> tuple[ClientClass, ...]:
 def class_name(classes: tuple[ClientClass, ...], msg: Any, ingress: Any = INGRESS) -> str | None:
     info = msg.options.get(OptionCode.RELAY_AGENT_INFO)
     subs = opt.parse_relay_agent_info(info) if info and msg.giaddr else []
-    found = classify(classes, msg, ingress, subs)
+    found = classify(classes, msg, ingress.vlans, subs, msg.giaddr)
     return None if found is None else found.name
 
 
@@ -133,20 +135,61 @@ def test_an_empty_match_takes_every_client() -> None:
     assert class_name(named(ClassMatch()), request(D, 5)) == "c0"
 
 
-def test_a_lease_tells_its_class_unless_a_class_before_needs_the_request() -> None:
+def lease_of(
+    n: int, vlans: tuple[int, ...] = (), circuit: bytes | None = None, relay: int = 0
+) -> Lease:
+    info = b"" if circuit is None else circuit_info(circuit)
+    return Lease(
+        opt.parse_ip("198.18.1.1"),
+        b"\x01" + mac(n),
+        mac(n),
+        "residential",
+        LeaseState.BOUND,
+        NOW + 3600,
+        NOW,
+        vlans=vlans,
+        relay_info=info,
+        relay=relay or (RELAY if circuit is not None else 0),
+    )
+
+
+def circuit_info(circuit: bytes) -> bytes:
+    return opt.build_relay_agent_info([(RelayAgentSubOption.CIRCUIT_ID, circuit)])
+
+
+def test_a_lease_tells_its_class_from_its_mac_vlans_and_stashed_option_82() -> None:
     by_mac = ClientClass("by-mac", ClassMatch(mac=mac(1)))
     by_circuit = ClientClass("by-circuit", ClassMatch(circuit_id=exact(b"line")))
     by_vlan = ClientClass("by-vlan", ClassMatch(vlans=(VlanRange(100, 100, 7, 7),)))
-    assert class_of_lease((by_mac, by_circuit), mac(1), ()) is by_mac
-    assert class_of_lease((by_circuit, by_mac), mac(1), ()) is UNDECIDED
-    assert class_of_lease((by_vlan, by_circuit), mac(1), (100, 7)) is by_vlan
-    assert class_of_lease((by_mac,), mac(2), ()) is None
-    # A class that needs the request but also a MAC it cannot have is no obstacle.
+    by_relay = ClientClass("by-relay", ClassMatch(relay=IPv4Network("198.18.0.0/24")))
+    by_vendor = ClientClass("by-vendor", ClassMatch(vendor_class=exact(b"stb")))
+    assert class_of_lease((by_mac, by_circuit), lease_of(1)) == LeaseClass(by_mac, False)
+    # A class on option 82 weighed before: the lease's stash told it, for unicast renewals.
+    assert class_of_lease((by_circuit, by_mac), lease_of(1)) == LeaseClass(by_mac, True)
+    assert class_of_lease((by_circuit, by_mac), lease_of(1, circuit=b"line")) == LeaseClass(
+        by_circuit, True
+    )
+    assert class_of_lease((by_relay,), lease_of(2, relay=RELAY)) == LeaseClass(by_relay, True)
+    assert class_of_lease((by_relay,), lease_of(2)) == LeaseClass(None, True)
+    assert class_of_lease((by_vlan, by_circuit), lease_of(1, (100, 7))) == LeaseClass(
+        by_vlan, False
+    )
+    assert class_of_lease((by_mac,), lease_of(2)) == LeaseClass(None, False)
+    # A class that needs a MAC it cannot have is not weighed, whatever else it needs.
     narrow = ClientClass("narrow", ClassMatch(mac=mac(9), circuit_id=exact(b"line")))
-    assert class_of_lease((narrow, by_mac), mac(1), ()) is by_mac
+    assert class_of_lease((narrow, by_mac), lease_of(1)) == LeaseClass(by_mac, False)
+    # Option 60 is sent with every request but not kept: the lease cannot tell.
+    assert class_of_lease((by_vendor, by_mac), lease_of(1)) is UNDECIDED
+    assert class_of_lease((by_mac, by_vendor), lease_of(1)) == LeaseClass(by_mac, False)
 
 
 # -- what a class selects ----------------------------------------------------------------
+
+
+def profile(server: Server, lease: Lease) -> str:
+    answer = server.kernel_answer(lease, NOW)
+    assert answer is not None
+    return answer.profile
 
 
 def two_pools() -> tuple[Any, Any]:
@@ -225,16 +268,16 @@ def test_options_precedence_pool_class_reservation() -> None:
     assert (classified[OptionCode.DNS_SERVERS], classified[OptionCode.NTP_SERVERS]) == (DNS, DNS)
     assert classified[OptionCode.ROUTERS] == opt.ip(SERVER)  # the pool's, left alone
     lease = server.lease_at(dora(server, 1))
-    assert lease is not None and server.profile(lease) == "residential+business/198.18.0.50"
+    assert lease is not None and profile(server, lease) == "residential+business/198.18.0.50"
     lease = server.lease_at(dora(server, 2))
-    assert lease is not None and server.profile(lease) == "residential+business"
+    assert lease is not None and profile(server, lease) == "residential+business"
 
 
 def test_a_class_selecting_only_pools_renders_with_the_pools_profile() -> None:
     cls = ClientClass("c", ClassMatch(mac=mac(1)), pools=("residential",))
     server = Server(make_config(classes=(cls,)), [], NOW)
     lease = server.lease_at(dora(server, 1))
-    assert lease is not None and server.profile(lease) == "residential"
+    assert lease is not None and profile(server, lease) == "residential"
 
 
 # -- the fast path -------------------------------------------------------------------------
@@ -247,37 +290,71 @@ def test_the_kernel_entry_renews_for_the_class_lease_time_with_its_templates() -
     server = Server(make_config(classes=(cls,)), [], NOW)
     lease = server.lease_at(dora(server, 1))
     assert lease is not None
-    profile = server.profile(lease)
-    assert server.profile_pool(profile).lease_time == 600
-    ack = server.template(profile, MessageType.ACK, None).options
+    rendered = profile(server, lease)
+    assert server.profile_pool(rendered).lease_time == 600
+    ack = server.template(rendered, MessageType.ACK, None).options
     assert ack[OptionCode.LEASE_TIME] == opt.u32(600)
     assert Planner().entry(server, lease, NOW) is not None
 
 
-def test_a_lease_whose_class_needs_its_request_is_the_slow_paths() -> None:
-    """The program sees no more of a renewal than the lease's MAC and VLANs: a class that
-    tests option 82 cannot be told there, so such a lease gets no kernel entry."""
-    cls = ClientClass(
-        "line", ClassMatch(circuit_id=exact(b"line-1")), options=option_set({42: NTP})
-    )
-    server = Server(make_config(classes=(cls,)), [], NOW)
-    offer = only_reply(server.handle(relayed(1, b"line-1"), INGRESS, NOW))
-    assert offer.options[OptionCode.NTP_SERVERS] == NTP
-    info = opt.build_relay_agent_info([(RelayAgentSubOption.CIRCUIT_ID, b"line-1")])
+def relayed_dora(server: Server, n: int, circuit: bytes) -> Lease:
+    offer = only_reply(server.handle(relayed(n, circuit), INGRESS, NOW))
     ack = server.handle(
         request(
             R,
-            1,
+            n,
             giaddr=RELAY,
             requested=offer.yiaddr,
             server_id=SERVER,
-            extra={OptionCode.RELAY_AGENT_INFO: info},
+            extra={OptionCode.RELAY_AGENT_INFO: circuit_info(circuit)},
         ),
         INGRESS,
         NOW,
     )
     lease = server.lease_at(only_reply(ack).yiaddr)
-    assert lease is not None and not server.renewable(lease, NOW)
+    assert lease is not None
+    return lease
+
+
+def test_a_unicast_renewal_keeps_the_class_its_relays_option_82_told() -> None:
+    line = ClientClass(
+        "line", ClassMatch(circuit_id=exact(b"line-1")), options=option_set({42: NTP})
+    )
+    server = Server(make_config(classes=(line,)), [], NOW)
+    lease = relayed_dora(server, 1, b"line-1")
+    renewal = request(R, 1, ciaddr=lease.address)  # unicast, straight to us: no option 82
+    ack = only_reply(server.handle(renewal, INGRESS, NOW + 1800))
+    assert ack.message_type is MessageType.ACK
+    assert ack.options[OptionCode.NTP_SERVERS] == NTP
+    renewed = server.lease_at(lease.address)
+    assert renewed is not None and renewed.relay == RELAY and renewed.relay_info == lease.relay_info
+
+
+def test_a_lease_classed_by_option_82_is_answered_in_the_kernel_for_unicast_only() -> None:
+    """The program sees no option 82 in a unicast renewal and the slow path classifies it
+    by the stash, so both answer alike; a relayed request brings its own option 82, which
+    may tell another class: the entry sends it to the slow path."""
+    line = ClientClass(
+        "line", ClassMatch(circuit_id=exact(b"line-1")), options=option_set({42: NTP})
+    )
+    server = Server(make_config(classes=(line,)), [], NOW)
+    lease = relayed_dora(server, 1, b"line-1")
+    answer = server.kernel_answer(lease, NOW)
+    assert answer is not None and answer.unicast_only and not answer.by_vlan
+    assert answer.profile == "residential+line"
+    entry = Planner().entry(server, lease, NOW)
+    assert entry is not None
+    assert maps.LeaseEntry.from_buffer_copy(entry[1]).flags & maps.LEASE_UNICAST_ONLY
+    # On another line the same client is in no class, and its reply says so.
+    other = only_reply(server.handle(relayed(1, b"line-2"), INGRESS, NOW))
+    assert OptionCode.NTP_SERVERS not in other.options
+
+
+def test_a_lease_classed_by_option_60_is_the_slow_paths() -> None:
+    stb = ClientClass("stb", ClassMatch(vendor_class=exact(b"stb")), options=option_set({42: NTP}))
+    server = Server(make_config(classes=(stb,)), [], NOW)
+    lease = server.lease_at(dora(server, 1))
+    assert lease is not None and server.kernel_answer(lease, NOW) is None
     assert Planner().entry(server, lease, NOW) is None
 
 
@@ -288,7 +365,7 @@ def test_a_mac_class_lease_keeps_its_entry_across_a_restart() -> None:
     lease = server.lease_at(dora(server, 1))
     assert lease is not None
     restarted = Server(config, server.leases(), NOW)
-    assert restarted.renewable(lease, NOW) and restarted.profile(lease) == "residential+m"
+    assert restarted.renewable(lease, NOW) and profile(restarted, lease) == "residential+m"
 
 
 def test_a_reload_moving_the_class_off_the_leases_pool_withdraws_its_entry() -> None:

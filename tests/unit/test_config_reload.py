@@ -46,6 +46,9 @@ CHANGES: dict[str, object] = {
     "limits.max_leases_per_circuit": 2,
     "limits.max_leases_per_remote_id": 3,
     "limits.max_leases_per_vlan": 4,
+    "limits.max_offers_per_relay": 64,
+    "limits.max_offers_per_circuit": 2,
+    "limits.max_offers_per_vlan": 3,
     "replication": {"peers": [{"site": "edge-b", "address": "198.19.0.12"}]},
 }
 # What the daemon could swap in place before this list had a home (daemon/main.py and the

@@ -254,6 +254,7 @@ def test_a_version_1_store_gains_the_prl_column_and_keeps_its_rows(tmp_path: Pat
         conn.execute("ALTER TABLE lease DROP COLUMN inner_vlan")
         conn.execute("ALTER TABLE lease DROP COLUMN prl")
         conn.execute("ALTER TABLE lease DROP COLUMN relay_info")
+        conn.execute("ALTER TABLE lease DROP COLUMN relay")
         conn.execute("PRAGMA user_version = 1")
     conn.close()
     with LeaseStore.open(tmp_path) as store:
@@ -272,6 +273,7 @@ def test_a_version_2_store_gains_the_vlan_columns_and_keeps_its_rows(tmp_path: P
         conn.execute("ALTER TABLE lease DROP COLUMN outer_vlan")
         conn.execute("ALTER TABLE lease DROP COLUMN inner_vlan")
         conn.execute("ALTER TABLE lease DROP COLUMN relay_info")
+        conn.execute("ALTER TABLE lease DROP COLUMN relay")
         conn.execute("PRAGMA user_version = 2")
     conn.close()
     with LeaseStore.open(tmp_path) as store:
@@ -288,6 +290,7 @@ def test_a_version_3_store_gains_the_relay_info_column_and_keeps_its_rows(tmp_pa
     path = tmp_path / "leases.sqlite3"
     with sqlite3.connect(path) as conn:
         conn.execute("ALTER TABLE lease DROP COLUMN relay_info")
+        conn.execute("ALTER TABLE lease DROP COLUMN relay")
         conn.execute("PRAGMA user_version = 3")
     conn.close()
     with LeaseStore.open(tmp_path) as store:
@@ -295,3 +298,21 @@ def test_a_version_3_store_gains_the_relay_info_column_and_keeps_its_rows(tmp_pa
         stashed = bytes.fromhex("01060004006401050201ff")
         store.apply([lease(1, relay_info=stashed), lease(2, relay_info=bytes(255))], [])
         assert [row.relay_info for row in store.load()] == [stashed, bytes(255)]
+
+
+def test_a_version_4_store_gains_the_relay_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Stores written before the relay's giaddr was kept (schema 4) load as leases
+    without it, their stashed option 82 intact (such a lease still counts as relayed)."""
+    stashed = bytes.fromhex("01060004006401050201ff")
+    with LeaseStore.open(tmp_path) as store:
+        store.apply([lease(1, relay_info=stashed)], [])
+    path = tmp_path / "leases.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE lease DROP COLUMN relay")
+        conn.execute("PRAGMA user_version = 4")
+    conn.close()
+    with LeaseStore.open(tmp_path) as store:
+        (old,) = store.load()
+        assert old == lease(1, relay_info=stashed) and old.relay == 0 and old.relayed
+        store.apply([lease(2, relay_info=stashed, relay=0xC6120002)], [])
+        assert [row.relay for row in store.load()] == [0, 0xC6120002]

@@ -104,3 +104,99 @@ def test_a_reload_lowering_a_bound_ends_no_lease() -> None:
         assert reply_type(server.handle(renewal, INGRESS, NOW + 100)) is MessageType.ACK
     assert discover(server, 4, line(b"port-1")) is DropReason.LEASE_LIMIT
     server.table.check()
+
+
+# -- outstanding offers ----------------------------------------------------------------------
+
+
+def offered(server: Server, n: int, extra: dict[int, bytes], now: float = NOW) -> int:
+    return only_reply(server.handle(request(D, n, giaddr=RELAY, extra=extra), INGRESS, now)).yiaddr
+
+
+def test_a_circuit_at_its_offer_bound_gets_no_new_offer_until_one_ends() -> None:
+    """A line cycling MACs through DISCOVER holds at most its bound of the pool in offers
+    (before the bound, one line could hold the whole pool for offer_hold seconds)."""
+    server = Server(limited(max_offers_per_circuit=2), [], NOW)
+    first = offered(server, 1, line(b"port-1"))
+    second = offered(server, 2, line(b"port-1"))
+    for n in range(3, 10):
+        assert discover(server, n, line(b"port-1")) is DropReason.OFFER_LIMIT
+    assert server.pool_usage()["remote"].assigned == 2
+    # Another line is served; the clients holding the offers are offered them again.
+    assert discover(server, 3, line(b"port-2")) is None
+    assert offered(server, 1, line(b"port-1")) == first
+    server.table.check()
+    # An offer taken up by a bind frees its place on the line...
+    assert select(server, 2, second, line(b"port-1")) is MessageType.ACK
+    assert discover(server, 4, line(b"port-1")) is None
+    assert discover(server, 5, line(b"port-1")) is DropReason.OFFER_LIMIT
+    # ... and so does one that expires (clients 1 and 4 never come back).
+    later = NOW + 31
+    server.tick(later)
+    server.table.check()
+    request_5 = request(D, 5, giaddr=RELAY, extra=line(b"port-1"))
+    assert server.handle(request_5, INGRESS, later).drop is None
+    server.table.check()
+
+
+def test_a_client_with_a_lease_is_offered_it_at_the_offer_bound() -> None:
+    server = Server(limited(max_offers_per_circuit=1), [], NOW)
+    address = dora(server, 1, line(b"port-1"))
+    assert discover(server, 2, line(b"port-1")) is None  # the bound lease is no offer
+    assert discover(server, 3, line(b"port-1")) is DropReason.OFFER_LIMIT
+    assert offered(server, 1, line(b"port-1")) == address
+    # Released, its record still names the address: the client is offered it again.
+    release = request(MessageType.RELEASE, 1, ciaddr=address, server_id=SERVER)
+    assert server.handle(release, INGRESS, NOW).drop is None
+    assert offered(server, 1, line(b"port-1")) == address
+    server.table.check()
+
+
+def test_the_relay_bound_counts_every_circuit_behind_it() -> None:
+    server = Server(limited(max_offers_per_relay=3), [], NOW)
+    for n in (1, 2, 3):
+        assert discover(server, n, line(b"port-%d" % n)) is None
+    assert discover(server, 4, line(b"port-4")) is DropReason.OFFER_LIMIT
+    assert discover(server, 4, {}) is DropReason.OFFER_LIMIT  # no option 82: still the relay
+    # A client on our own link has no relay.
+    assert server.handle(request(D, 4), INGRESS, NOW).drop is not DropReason.OFFER_LIMIT
+    server.table.check()
+
+
+def test_the_vlan_offer_bound_counts_clients_on_our_own_link() -> None:
+    pool = replace(make_pool(), vlans=(VlanRange(100, 199),))
+    config = replace(make_config(pool), limits=Limits(max_offers_per_vlan=1))
+    server = Server(config, [], NOW)
+    on_100, on_101 = replace(INGRESS, vlans=(100,)), replace(INGRESS, vlans=(101,))
+    assert server.handle(request(D, 1), on_100, NOW).drop is None
+    assert server.handle(request(D, 2), on_100, NOW).drop is DropReason.OFFER_LIMIT
+    assert server.handle(request(D, 2), on_101, NOW).drop is None
+    # The same MAC on another VLAN is another subscriber, with no offer yet.
+    assert server.handle(request(D, 1), on_101, NOW).drop is DropReason.OFFER_LIMIT
+    server.table.check()
+
+
+def test_a_reload_applies_the_offer_bounds_and_forgets_the_offers() -> None:
+    server = Server(limited(), [], NOW)
+    for n in (1, 2, 3):
+        assert discover(server, n, line(b"port-1")) is None
+    server = server.reconfigured(limited(max_offers_per_circuit=1), NOW)
+    server.table.check()  # no offers survive a reload, so no line counts any
+    assert discover(server, 4, line(b"port-1")) is None
+    assert discover(server, 5, line(b"port-1")) is DropReason.OFFER_LIMIT
+    server = server.reconfigured(limited(), NOW)
+    assert discover(server, 5, line(b"port-1")) is None
+    server.table.check()
+
+
+def test_offers_withdrawn_for_the_links_share_leave_their_lines() -> None:
+    """A link may hold a quarter of its pools in offers (lease_table.OFFER_SHARE), at least
+    16: past it the oldest offer goes, and with it its place on its line."""
+    big = make_pool("remote", "198.19.0.0/16", "198.19.1.0", "198.19.1.99")
+    config = replace(make_config(big), limits=Limits(max_offers_per_circuit=26))
+    server = Server(config, [], NOW)
+    for n in range(1, 40):
+        # Past 25 the oldest offer is withdrawn each time: the line never reaches 26.
+        assert discover(server, n, line(b"port-1")) is None
+        server.table.check()
+    assert server.pool_usage()["remote"].assigned == 25

@@ -2,11 +2,13 @@
 
 from dataclasses import replace
 
-from brushtaild.config.model import Reservation, option_set
+import pytest
+
+from brushtaild.config.model import Reservation, VlanRange, option_set
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType, OptionCode, RelayAgentSubOption
 from brushtaild.dhcp.reasons import DropReason
-from brushtaild.engine.decisions import NakReason
+from brushtaild.engine.decisions import Ingress, NakReason
 from brushtaild.engine.server import Server
 from tests.engine_helpers import (
     INGRESS,
@@ -235,4 +237,97 @@ def test_a_reserved_hosts_options_override_its_pools_for_it_alone() -> None:
     assert other.options[OptionCode.DNS_SERVERS] == opt.ip(SERVER)
     assert OptionCode.NTP_SERVERS not in other.options
     lease = server.lease_at(dora(server, 1))
-    assert lease is not None and server.profile(lease) == "residential/198.18.0.50"
+    answer = server.kernel_answer(lease, NOW) if lease is not None else None
+    assert answer is not None and answer.profile == "residential/198.18.0.50"
+
+
+# -- reservations in pools that list VLANs ---------------------------------------------------
+
+# 1:1 subscriber VLANs 100-199 share a pool; VLAN 200 has one of its own. Their clients are
+# their identifier on their VLANs (server.subscriber_identity).
+V_FIRST = opt.parse_ip("198.19.1.0")
+V_FIXED = opt.parse_ip("198.19.0.50")  # in the VLAN pool's subnet, outside its ranges
+VLAN_POOLS = (
+    replace(
+        make_pool("vlans", "198.19.0.0/16", "198.19.1.0", "198.19.1.9"),
+        vlans=(VlanRange(100, 199),),
+    ),
+    replace(
+        make_pool("vlan-200", "198.20.0.0/16", "198.20.1.0", "198.20.1.9"),
+        vlans=(VlanRange(200, 200),),
+    ),
+)
+OPTION_61 = b"\x00cpe-4711"
+
+
+def on(vlan: int) -> Ingress:
+    return replace(INGRESS, vlans=(vlan,))
+
+
+def vlan_dora(server: Server, n: int, vlan: int, client_id: bytes | None = None) -> int:
+    extra = {OptionCode.CLIENT_ID: client_id} if client_id is not None else {}
+    offer = only_reply(server.handle(request(D, n, extra=extra), on(vlan), NOW))
+    selecting = request(R, n, requested=offer.yiaddr, server_id=SERVER, extra=extra)
+    ack = server.handle(selecting, on(vlan), NOW)
+    assert reply_type(ack) is MessageType.ACK, ack
+    return offer.yiaddr
+
+
+@pytest.mark.parametrize("reserved", ["option 61", "01 + MAC", "MAC"])
+def test_a_reservation_in_a_vlan_pool_matches_what_the_client_sends(reserved: str) -> None:
+    """The regression: a client-id reservation was compared with the client's identity on
+    its VLANs, so in a VLAN pool its host never got it (nor could renew it)."""
+    client_id, reservation = {
+        "option 61": (OPTION_61, Reservation(V_FIXED, client_id=OPTION_61)),
+        "01 + MAC": (None, Reservation(V_FIXED, client_id=b"\x01" + mac(1))),
+        "MAC": (None, by_mac(1, V_FIXED)),
+    }[reserved]
+    server = Server(make_config(*VLAN_POOLS, reservations=(reservation,)), [], NOW)
+    assert vlan_dora(server, 1, 100, client_id) == V_FIXED
+    extra = {OptionCode.CLIENT_ID: client_id} if client_id is not None else {}
+    renewal = request(R, 1, ciaddr=V_FIXED, extra=extra)
+    assert reply_type(server.handle(renewal, on(100), NOW + 1800)) is MessageType.ACK
+    lease = server.lease_at(V_FIXED)
+    assert lease is not None and server.renewable(lease, NOW + 1800)  # the fast path's too
+    assert server.kernel_renewal(mac(1), V_FIXED, NOW + 7200, NOW + 1800, (100,)).drop is None
+    server.table.check()
+
+
+def test_a_reserved_address_in_a_vlan_pools_ranges_goes_to_its_host_alone() -> None:
+    server = Server(make_config(*VLAN_POOLS, reservations=(by_mac(9, V_FIRST),)), [], NOW)
+    assert vlan_dora(server, 1, 100) != V_FIRST
+    nak = server.handle(request(R, 2, requested=V_FIRST, server_id=SERVER), on(101), NOW)
+    assert nak.nak is NakReason.RESERVED
+    assert vlan_dora(server, 9, 101) == V_FIRST
+
+
+def test_one_client_id_on_two_vlans_is_one_host_whoever_comes_first() -> None:
+    """A reservation names the identifier alone, not its VLAN: the subscriber sending it on
+    any VLAN its address's pool serves is the host; while one holds the address, the same
+    identifier on another VLAN is another subscriber, served from the ranges."""
+    reservation = Reservation(V_FIXED, client_id=OPTION_61)
+    server = Server(make_config(*VLAN_POOLS, reservations=(reservation,)), [], NOW)
+    assert vlan_dora(server, 1, 100, OPTION_61) == V_FIXED
+    other = vlan_dora(server, 2, 101, OPTION_61)
+    assert other != V_FIXED and V_FIRST <= other <= V_FIRST + 9
+    taken = request(
+        R, 2, requested=V_FIXED, server_id=SERVER, extra={OptionCode.CLIENT_ID: OPTION_61}
+    )
+    assert server.handle(taken, on(101), NOW).nak is NakReason.ADDRESS_IN_USE
+    # On VLAN 200, whose pool the address is not in, the reservation does not follow it.
+    assert vlan_dora(server, 3, 200, OPTION_61) in range(
+        opt.parse_ip("198.20.1.0"), opt.parse_ip("198.20.1.10")
+    )
+    # Once the first host lets it go, the host on VLAN 101 is moved to it.
+    release = request(
+        MessageType.RELEASE,
+        1,
+        ciaddr=V_FIXED,
+        server_id=SERVER,
+        extra={OptionCode.CLIENT_ID: OPTION_61},
+    )
+    assert server.handle(release, on(100), NOW).drop is None
+    renewal = request(R, 2, ciaddr=other, extra={OptionCode.CLIENT_ID: OPTION_61})
+    assert server.handle(renewal, on(101), NOW + 10).nak is NakReason.RESERVATION
+    assert vlan_dora(server, 2, 101, OPTION_61) == V_FIXED
+    server.table.check()

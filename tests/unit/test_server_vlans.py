@@ -10,8 +10,9 @@ from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.reasons import DropReason
 from brushtaild.engine.decisions import Ingress
+from brushtaild.engine.identity import subscriber_identity
 from brushtaild.engine.leases import Lease, LeaseState
-from brushtaild.engine.server import Server, subscriber_identity, wire_client_id
+from brushtaild.engine.server import Server, wire_client_id
 from tests.engine_helpers import (
     INGRESS,
     SERVER,
