@@ -20,6 +20,7 @@ from brushtaild.config.model import Config
 
 MAX_SITES = 255  # a site is one byte on the wire
 MAX_SITE_NAME = 32  # bytes of UTF-8
+MAX_POOLS = 65535  # a pool is two bytes on the wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +48,10 @@ class BlockLayout:
         sites: Iterable[str],
         ranges: Iterable[tuple[str, int, int]],
         block_size: int,
+        pools: Iterable[str] = (),
     ) -> None:
-        """`ranges`: (pool name, first, last) of every dynamic range of every pool."""
+        """`ranges`: (pool name, first, last) of every dynamic range of every pool;
+        `pools`: the names of pools with no range (served reservations only), if any."""
         self.sites = tuple(sorted(set(sites)))
         if not self.sites or len(self.sites) > MAX_SITES:
             raise LayoutError(f"between 1 and {MAX_SITES} sites, got {len(self.sites)}")
@@ -64,20 +67,28 @@ class BlockLayout:
             for start in range(first, last + 1, block_size):
                 self._blocks[start] = Block(start, min(start + block_size - 1, last), pool)
         self._spans = spans
+        # Pools travel as their index in this list, so a binding always fits one record.
+        self.pools = tuple(sorted({*pools, *(pool for _, _, pool in spans)}))
+        if len(self.pools) > MAX_POOLS:
+            raise LayoutError(f"at most {MAX_POOLS} pools, got {len(self.pools)}")
+        self.pool_index = {pool: n for n, pool in enumerate(self.pools)}
         self._starts = [first for first, _, _ in spans]
         self.site_index = {site: n for n, site in enumerate(self.sites)}
+        self._initial: dict[int, str] = {}
         self.digest = self._digest()
 
     @classmethod
     def of_config(cls, config: Config, sites: Sequence[str], block_size: int) -> "BlockLayout":
         ranges = [(p.name, r.first, r.last) for p in config.pools for r in p.ranges]
-        return cls(sites, ranges, block_size)
+        return cls(sites, ranges, block_size, (p.name for p in config.pools))
 
     def _digest(self) -> bytes:
         h = hashlib.blake2b(digest_size=8)
         h.update(self.block_size.to_bytes(4, "big"))
         for site in self.sites:
             h.update(site.encode() + b"\0")
+        for pool in self.pools:
+            h.update(pool.encode() + b"\0")
         for first, last, pool in self._spans:
             h.update(first.to_bytes(4, "big") + last.to_bytes(4, "big") + pool.encode() + b"\0")
         return h.digest()
@@ -100,7 +111,10 @@ class BlockLayout:
         return self._blocks[first + (address - first) // self.block_size * self.block_size]
 
     def initial_owner(self, block: Block) -> str:
-        return self.successor(block, frozenset())
+        owner = self._initial.get(block.first)
+        if owner is None:
+            owner = self._initial[block.first] = self.successor(block, frozenset())
+        return owner
 
     def successor(self, block: Block, excluded: frozenset[str]) -> str:
         """The owner rendezvous hashing picks among the sites not `excluded`."""
