@@ -39,7 +39,9 @@ def main() -> int:
         addresses=args.addresses_per_site * args.sites,
     )
     steps = violations = failed = 0
-    totals = {"acks": 0, "naks": 0, "roams": 0, "evictions": 0, "handovers": 0, "messages": 0}
+    totals = dict.fromkeys(
+        ("acks", "naks", "roams", "evictions", "handovers", "disks_lost", "messages"), 0
+    )
     started = time.perf_counter()
     for seed in range(args.seed, args.seed + args.schedules):
         result = Simulation(seed, config).run()

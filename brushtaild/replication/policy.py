@@ -31,17 +31,30 @@ class Policy:
     """The rules as one site applies them to its replica's state (which it only reads)."""
 
     def __init__(
-        self, site: str, layout: BlockLayout, params: Params, state: State, started_ms: int
+        self,
+        site: str,
+        layout: BlockLayout,
+        params: Params,
+        state: State,
+        started_ms: int,
+        recovering: bool = False,
     ) -> None:
+        """`recovering`: the site has served before but lost its persisted state (a
+        replaced disk): it allocates nothing until `lost_after` has passed, by when every
+        lease it gave before is over, since it cannot know them all from its peers."""
         self.site = site
         self.layout = layout
         self.params = params
         self.state = state
         self._lost_after_ms = math.ceil(params.lost_after * 1000)
         self._extension_ms = math.ceil(params.extension_bound * 1000)
-        # When each site was last heard from. A restart forgets, so it counts as hearing
-        # everyone then: an eviction after a restart waits `lost_after` again.
-        self.last_heard = dict.fromkeys(layout.sites, started_ms)
+        # When each site was last heard from since this replica started. An eviction
+        # counts a site not heard from since as heard at the start (a restart forgets, so
+        # the operator waits `lost_after` again); a block evicted to this site waits for
+        # what this site heard itself, on top of what the evicting site heard.
+        self.started_ms = started_ms
+        self._blind_until = started_ms + self._lost_after_ms if recovering else 0
+        self.last_heard: dict[str, int] = {}
         # Blocks found ready under a given register: readiness never goes back.
         self._ready: dict[int, Ownership] = {}
 
@@ -58,13 +71,14 @@ class Policy:
         once it knows what the old owner acknowledged; an evicted site's once `lost_after`
         has passed since anyone here or at the evicting site heard from it."""
         register = self.owner(block)
-        if register.owner != self.site:
+        if register.owner != self.site or now_ms < self._blind_until:
             return False
         if register.epoch == 0 or self._ready.get(block.first) == register:
             return True
         ready = self.acknowledged_sum(block) >= register.summary and now_ms >= register.ready_at_ms
         if register.ready_at_ms:
-            ready = ready and now_ms >= self.last_heard[register.previous] + self._lost_after_ms
+            heard = self.last_heard.get(register.previous, 0)
+            ready = ready and now_ms >= heard + self._lost_after_ms
         if ready:
             self._ready[block.first] = register
         return ready
@@ -97,7 +111,7 @@ class Policy:
         `lost` has been silent for `lost_after`: whatever it gave out has expired then."""
         if lost not in self.layout.sites or lost == self.site:
             raise ValueError(f"cannot evict {lost!r}")
-        heard = self.last_heard[lost]
+        heard = self.last_heard.get(lost, self.started_ms)
         if now_ms < heard + self._lost_after_ms:
             wait = (heard + self._lost_after_ms - now_ms) / 1000
             raise EvictionRefused(f"{lost} was heard from too recently: wait {wait:.0f} s")

@@ -75,7 +75,7 @@ class Counters:
     malformed: int = 0  # includes another layout or protocol version
     unknown_peer: int = 0
     wrong_sender: int = 0  # the message names a site other than the authenticated peer
-    too_far_ahead: int = 0  # a stamp beyond max_skew of our clock
+    too_far_ahead: int = 0  # messages and bindings stamped beyond max_skew ahead of us
 
 
 class Replica:
@@ -86,7 +86,11 @@ class Replica:
         params: Params,
         snapshot: Snapshot | None,
         now: float,
+        recovering: bool = False,
     ) -> None:
+        """`snapshot`: the state persisted before a restart, None on a first start;
+        `recovering`: a first start of a site that served before (its disk was lost),
+        which allocates nothing for `lost_after` (policy.py)."""
         if site not in layout.sites:
             raise ValueError(f"site {site!r} is not in the layout")
         self.site = site
@@ -96,7 +100,7 @@ class Replica:
         self.clock = HybridClock(
             site, math.ceil(params.max_skew * 1000), snapshot.clock if snapshot else ZERO
         )
-        self.policy = Policy(site, layout, params, self.state, _ms(now))
+        self.policy = Policy(site, layout, params, self.state, _ms(now), recovering)
         self.codec = Codec(layout)
         self.digests = Digests(self.codec)
         for binding in self.state.bindings.values():
@@ -188,21 +192,32 @@ class Replica:
             self.counters.wrong_sender += 1
             return received
         now_ms = _ms(now)
-        stamps = [message.sent]
-        if isinstance(message, Delta):
-            stamps += [s for b in message.bindings for s in (b.tenure, b.stamp)]
-        latest = max(stamps)
-        if not self.clock.observe(latest, now_ms):
+        if not self.clock.observe(message.sent, now_ms):
             self.counters.too_far_ahead += 1
             return received
         self.policy.last_heard[peer] = now_ms
         if isinstance(message, Delta):
-            self._merge_delta(message, now_ms, received)
+            self._merge_delta(self._bounded(message, now_ms), now_ms, received)
         elif isinstance(message, Digest):
             self._answer_digest(peer, message, now_ms, received)
         else:
             self._answer_request(peer, message, now_ms, received)
         return received
+
+    def _bounded(self, delta: Delta, now_ms: int) -> Delta:
+        """The delta without the bindings stamped beyond `max_skew` ahead of our clock
+        (counted): a site whose clock runs ahead, relayed by another, cannot drag ours
+        along. They come back with anti-entropy, and are taken once our clock is near."""
+        acceptable = self.clock.acceptable
+        bindings = tuple(
+            b
+            for b in delta.bindings
+            if acceptable(b.tenure, now_ms) and acceptable(b.stamp, now_ms)
+        )
+        self.counters.too_far_ahead += len(delta.bindings) - len(bindings)
+        if bindings:
+            self.clock.observe(max(max(b.tenure, b.stamp) for b in bindings), now_ms)
+        return Delta(delta.sent, bindings, delta.owners)
 
     def _merge_delta(self, delta: Delta, now_ms: int, received: Received) -> None:
         self.counters.deltas_received += 1

@@ -30,3 +30,4 @@ def test_the_schedules_exercise_what_they_claim_to() -> None:
     assert sum(r.evictions for r in results) > 0
     assert sum(r.handovers for r in results) > 0
     assert sum(r.naks for r in results) > 0
+    assert sum(r.disks_lost for r in results) > 0

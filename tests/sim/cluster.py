@@ -3,10 +3,11 @@
 One seed makes one schedule. Time is simulated; each step moves it on a little, delivers
 the messages due, runs every live site's anti-entropy tick and does one random thing:
 a client asks a site (mostly its own, sometimes another: roaming), releases, the network
-splits into partitions or heals, a site crashes (restarting later from what it persisted,
-or lost for good and evicted by the operator once the bound allows), a wall clock steps,
-an owner hands a block over. The network loses, duplicates, delays and so reorders
-messages. Each site's wall clock is off the true time by up to `max_skew / 2`.
+splits into partitions or heals, a site crashes (to restart later from what it persisted
+or, now and then, with a new empty disk; or lost for good and evicted by the operator
+once the bound allows), a wall clock steps, an owner hands a block over. The network
+loses, duplicates, delays and so reorders messages. Each site's wall clock is off the
+true time by up to `max_skew / 2`.
 
 Sites decide as the lease table will: they renew, extend and allocate only as
 `Replica.may_allocate` and `Replica.extension_limit` allow, so the simulator tests the
@@ -88,6 +89,7 @@ class Result:
     messages: int = 0
     evictions: int = 0
     handovers: int = 0
+    disks_lost: int = 0
     converged: bool = False
 
 
@@ -279,13 +281,20 @@ class Simulation:
         site.crashed_at = self.now
 
     def restart(self) -> None:
+        """A crashed site comes back from its disk, or now and then with a new, empty one."""
         down = [s for s in self.sites if s.replica is None and not s.lost]
         if down:
-            self._start(self.rng.choice(down))
+            site = self.rng.choice(down)
+            if self.rng.random() < 0.2:
+                self.result.disks_lost += 1
+                self._start(site, None)
+            else:
+                self._start(site, site.persisted)
 
-    def _start(self, site: Site) -> None:
+    def _start(self, site: Site, persisted: Snapshot | None) -> None:
         wall = site.wall(self.now)
-        site.replica = Replica(site.name, self.layout, self.params, site.persisted, wall)
+        recovering = persisted is None
+        site.replica = Replica(site.name, self.layout, self.params, persisted, wall, recovering)
 
     def lose_site(self) -> None:
         """A site crashes for good (at most a third of them in one schedule)."""
@@ -353,7 +362,7 @@ class Simulation:
         self.heal()
         for site in self.sites:
             if site.replica is None and not site.lost:
-                self._start(site)
+                self._start(site, site.persisted)
         self.config = replace(self.config, loss=0.0, duplicate=0.0)
         interval = self.params.anti_entropy_interval
         for _ in range(self.config.quiesce_rounds):

@@ -148,6 +148,30 @@ def test_a_stamp_too_far_ahead_is_refused_until_the_clock_catches_up() -> None:
     assert deliver(sites, to_b, "a", T0 + 8) != []
 
 
+def test_a_relayed_binding_too_far_ahead_is_left_out_and_the_rest_merged() -> None:
+    sites = cluster()
+    a, b = sites["a"], sites["b"]
+    now_ms = int(T0 * 1000)
+    good = Binding(
+        FIRST,
+        Hlc(now_ms, 0, "c"),
+        CLIENT,
+        Hlc(now_ms, 0, "c"),
+        b"",
+        "p",
+        LeaseState.BOUND,
+        now_ms + 100_000,
+        now_ms + 100_000,
+    )
+    ahead = Hlc(now_ms + 60_000, 0, "c")  # c's clock is a minute fast
+    bad = replace(good, address=FIRST + 1, tenure=ahead, stamp=ahead)
+    payload = a.codec.encode(Delta(Hlc(now_ms, 0, "a"), (good, bad)))
+    assert b.receive("a", payload, T0).bindings == [good]
+    assert b.counters.too_far_ahead == 1
+    assert b.clock.last.wall == now_ms
+    assert b.receive("a", payload, T0 + 59).bindings == [bad]
+
+
 def test_messages_from_strangers_impostors_and_garbage_are_counted_and_ignored() -> None:
     sites = cluster()
     a, b = sites["a"], sites["b"]
