@@ -21,8 +21,11 @@ class Params:
     lost_after: float
     # How often a site starts an anti-entropy round with its next peer.
     anti_entropy_interval: float = 1.0
-    # The most messages one round of repair sends in one direction: a peer far behind
-    # catches up over several rounds instead of receiving the whole state at once.
+    # Digests a round sends (each covers 80 buckets): a sweep of the whole state takes
+    # buckets / (80 * digest_messages) rounds per peer.
+    digest_messages: int = 8
+    # The most messages that answer one digest (or request) in one direction: a peer far
+    # behind catches up over several rounds instead of receiving the whole state at once.
     repair_messages: int = 64
 
     def __post_init__(self) -> None:

@@ -5,11 +5,11 @@ and sends the returned messages to the named peers over DTLS; it installs the bi
 merge changed in its lease table, withdraws conflict losers, and persists the state.
 
 Deltas go to every peer at once and are never retransmitted: anti-entropy repairs what
-was lost. Each `tick` starts a round with the next peer in turn: a digest of the next
-DIGEST_ENTRIES buckets (a hash each); the peer answers with its own entries of every bucket
-that differs in that range, and a request for ours, each side sending at most
-`repair_messages` messages a round. So a peer that was down or cut off is brought back a
-few buckets at a time, while both keep serving.
+was lost. Each `tick` starts a round with the next peer in turn: up to `digest_messages`
+digests, each of the next DIGEST_ENTRIES buckets (a hash each); the peer answers each with
+its own entries of every bucket that differs in that range, and a request for ours, each
+side sending at most `repair_messages` messages per digest. So a peer that was down or cut
+off is brought back a bounded amount at a time, while both keep serving.
 """
 
 import math
@@ -132,10 +132,14 @@ class Replica:
         The client keeps its tenure while the address stays its own; a quarantine (the
         table's record without a client) stays the tenure of the client that declined."""
         now_ms = _ms(now)
-        stamp = self.clock.now(now_ms)
         current = self.state.bindings.get(lease.address)
         declined = lease.state is LeaseState.DECLINED
         same = current is not None and (declined or current.client_id == lease.client_id)
+        if current is not None and not same and not lease.occupies:
+            # The end of a record the replicated state already gave another client (the
+            # table learns of a conflict's winner after the fact): nothing to tell.
+            return []
+        stamp = self.clock.now(now_ms)
         expires_ms = to_ms(lease.expires)
         owner_expires = current.owner_expires_ms if current is not None and same else 0
         binding = Binding(
@@ -249,14 +253,16 @@ class Replica:
         received.messages += self._repair(peer, list(request.buckets), now_ms)
 
     def _repair(self, peer: str, buckets: list[int], now_ms: int) -> list[Outgoing]:
-        """Our entries of `buckets`, up to `repair_messages` messages' worth."""
+        """Our entries of `buckets`, whole buckets only, up to about `repair_messages`
+        messages' worth; at least one bucket, so that even one larger than that gets
+        across."""
         budget = self.params.repair_messages * _ENTRIES_PER_MESSAGE
         bindings: list[Binding] = []
         owners: list[tuple[int, Ownership]] = []
         for bucket in buckets:
-            if len(bindings) >= budget:
-                break
             addresses = sorted(self.digests.members.get(bucket, ()))
+            if (bindings or owners) and len(bindings) + len(addresses) > budget:
+                break
             bindings += (self.state.bindings[a] for a in addresses)
             register = self.state.owners.get(bucket)
             if register is not None:
@@ -265,7 +271,7 @@ class Replica:
             return []
         self.counters.repaired_entries += len(bindings)
         payloads = self.codec.encode_delta(self.clock.now(now_ms), bindings, owners)
-        return [self._send(peer, p) for p in payloads[: self.params.repair_messages]]
+        return [self._send(peer, p) for p in payloads]
 
     def tick(self, now: float) -> list[Outgoing]:
         """Start the next anti-entropy round when it is due."""
@@ -274,11 +280,16 @@ class Replica:
         self._next_round = now + self.params.anti_entropy_interval
         peer = self.peers[self._turn % len(self.peers)]
         self._turn += 1
-        lo, hi, buckets = self.digests.chunk(self._cursor[peer], DIGEST_ENTRIES)
-        self._cursor[peer] = hi if hi < 1 << 32 else 0
         self.counters.anti_entropy_rounds += 1
-        digest = Digest(self.clock.now(_ms(now)), lo, hi, tuple(buckets))
-        return [self._send(peer, self.codec.encode(digest))]
+        messages = []
+        for _ in range(self.params.digest_messages):
+            lo, hi, buckets = self.digests.chunk(self._cursor[peer], DIGEST_ENTRIES)
+            self._cursor[peer] = hi if hi < 1 << 32 else 0
+            digest = Digest(self.clock.now(_ms(now)), lo, hi, tuple(buckets))
+            messages.append(self._send(peer, self.codec.encode(digest)))
+            if not self._cursor[peer]:
+                break  # the whole address space this round
+        return messages
 
     # Internals ----------------------------------------------------------------------------
 

@@ -252,3 +252,19 @@ def test_a_restarted_site_keeps_its_state_and_never_stamps_backwards() -> None:
     assert again.clock.now(int(T0 * 1000)) > sent
     assert again.digests.total() == a.digests.total()
     assert isinstance(sent, Hlc)
+
+
+def test_a_bucket_larger_than_one_rounds_repair_still_gets_across_whole() -> None:
+    params = replace(PARAMS, repair_messages=1)  # about 10 bindings a digest
+    sites = {s: Replica(s, LAYOUT, params, None, T0) for s in ("a", "b")}
+    a, b = sites["a"], sites["b"]
+    block = a.policy.owned_blocks(int(T0 * 1000))[0]
+    for address in range(block.first, block.last + 1):
+        a.local_update(lease(address, b"\x01%d" % address), T0)
+    a.hand_over(block.first, "c", T0)  # the register comes last in the bucket
+    now = T0
+    for _ in range(6):
+        now += 1
+        for site in ("a", "b"):
+            deliver(sites, [m for m in sites[site].tick(now) if m.peer != "c"], site, now, "c")
+    assert b.state == a.state
