@@ -30,6 +30,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=SimConfig().steps)
     parser.add_argument("--clients-per-site", type=int, default=12)
     parser.add_argument("--addresses-per-site", type=int, default=16)
+    parser.add_argument(
+        "--operator-mistakes",
+        action="store_true",
+        help="evict live sites too: conflicts are expected, and every one must be reported",
+    )
     args = parser.parse_args()
     config = replace(
         SimConfig(),
@@ -37,10 +42,12 @@ def main() -> int:
         steps=args.steps,
         clients=args.clients_per_site * args.sites,
         addresses=args.addresses_per_site * args.sites,
+        operator_mistakes=args.operator_mistakes,
     )
     steps = violations = failed = 0
     totals = dict.fromkeys(
-        ("acks", "naks", "roams", "evictions", "handovers", "disks_lost", "messages"), 0
+        ("acks", "naks", "roams", "evictions", "handovers", "disks_lost", "conflicts", "messages"),
+        0,
     )
     started = time.perf_counter()
     for seed in range(args.seed, args.seed + args.schedules):

@@ -31,3 +31,14 @@ def test_the_schedules_exercise_what_they_claim_to() -> None:
     assert sum(r.handovers for r in results) > 0
     assert sum(r.naks for r in results) > 0
     assert sum(r.disks_lost for r in results) > 0
+
+
+def test_evicting_live_sites_gives_conflicts_every_one_reported_and_the_sites_converge() -> None:
+    """Evicting a site that is only partitioned is the documented way to get conflicts:
+    then every address two clients held must be reported as a conflict, and the sites
+    still converge."""
+    config = replace(SimConfig(), operator_mistakes=True)
+    results = [Simulation(seed, config).run() for seed in range(16)]
+    assert [r.violations for r in results] == [[]] * len(results)
+    assert all(r.converged for r in results)
+    assert sum(len(r.double_held) for r in results) > 0
