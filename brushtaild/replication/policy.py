@@ -37,11 +37,10 @@ class Policy:
         params: Params,
         state: State,
         started_ms: int,
-        recovering: bool = False,
+        blind_until_ms: int = 0,
     ) -> None:
-        """`recovering`: the site has served before but lost its persisted state (a
-        replaced disk): it allocates nothing until `lost_after` has passed, by when every
-        lease it gave before is over, since it cannot know them all from its peers."""
+        """`blind_until_ms`: the site allocates nothing before then (replica.py: a site
+        that lost its persisted state, for `lost_after`)."""
         self.site = site
         self.layout = layout
         self.params = params
@@ -53,7 +52,7 @@ class Policy:
         # the operator waits `lost_after` again); a block evicted to this site waits for
         # what this site heard itself, on top of what the evicting site heard.
         self.started_ms = started_ms
-        self._blind_until = started_ms + self._lost_after_ms if recovering else 0
+        self.blind_until_ms = blind_until_ms
         self.last_heard: dict[str, int] = {}
         # Blocks found ready under a given register: readiness never goes back.
         self._ready: dict[int, Ownership] = {}
@@ -71,7 +70,7 @@ class Policy:
         once it knows what the old owner acknowledged; an evicted site's once `lost_after`
         has passed since anyone here or at the evicting site heard from it."""
         register = self.owner(block)
-        if register.owner != self.site or now_ms < self._blind_until:
+        if register.owner != self.site or now_ms < self.blind_until_ms:
             return False
         if register.epoch == 0 or self._ready.get(block.first) == register:
             return True

@@ -59,6 +59,9 @@ class Snapshot:
 
     state: State
     clock: Hlc = ZERO
+    # A site recovering from a lost disk allocates nothing before this (Unix ms), across
+    # restarts too.
+    blind_until_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -89,8 +92,9 @@ class Replica:
         recovering: bool = False,
     ) -> None:
         """`snapshot`: the state persisted before a restart, None on a first start;
-        `recovering`: a first start of a site that served before (its disk was lost),
-        which allocates nothing for `lost_after` (policy.py)."""
+        `recovering`: a first start of a site that served before (its disk was lost): it
+        allocates nothing for `lost_after`, by when every lease it gave before is over,
+        since it cannot learn them all from its peers."""
         if site not in layout.sites:
             raise ValueError(f"site {site!r} is not in the layout")
         self.site = site
@@ -100,7 +104,10 @@ class Replica:
         self.clock = HybridClock(
             site, math.ceil(params.max_skew * 1000), snapshot.clock if snapshot else ZERO
         )
-        self.policy = Policy(site, layout, params, self.state, _ms(now), recovering)
+        blind_until = snapshot.blind_until_ms if snapshot is not None else 0
+        if recovering:
+            blind_until = _ms(now) + math.ceil(params.lost_after * 1000)
+        self.policy = Policy(site, layout, params, self.state, _ms(now), blind_until)
         self.codec = Codec(layout)
         self.digests = Digests(self.codec)
         for binding in self.state.bindings.values():
@@ -114,7 +121,7 @@ class Replica:
         self._next_round = now
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(self.state.copy(), self.clock.last)
+        return Snapshot(self.state.copy(), self.clock.last, self.policy.blind_until_ms)
 
     # The lease table's side ---------------------------------------------------------------
 

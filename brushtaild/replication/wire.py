@@ -232,7 +232,7 @@ class Codec:
             return self._decode(_Reader(data))
         except DecodeError:
             raise
-        except (ValueError, IndexError, KeyError, UnicodeDecodeError) as e:
+        except (struct.error, ValueError, IndexError, KeyError) as e:
             raise DecodeError(str(e)) from e
 
     def _decode(self, r: _Reader) -> Message:

@@ -4,7 +4,7 @@ hostile bytes raise DecodeError and nothing else."""
 import contextlib
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brushtaild.engine.leases import LeaseState
@@ -108,12 +108,14 @@ def test_the_largest_binding_fits_one_record() -> None:
     assert len(payload) <= MAX_PAYLOAD
 
 
+@settings(max_examples=500)
 @given(st.binary(max_size=1200))
 def test_random_bytes_raise_only_decode_error(data: bytes) -> None:
     with contextlib.suppress(DecodeError):
         CODEC.decode(data)
 
 
+@settings(max_examples=500)
 @given(messages, st.data())
 def test_mutated_messages_raise_only_decode_error(
     message: Delta | Digest | Request, data: st.DataObject

@@ -268,3 +268,13 @@ def test_a_bucket_larger_than_one_rounds_repair_still_gets_across_whole() -> Non
         for site in ("a", "b"):
             deliver(sites, [m for m in sites[site].tick(now) if m.peer != "c"], site, now, "c")
     assert b.state == a.state
+
+
+def test_a_site_with_a_lost_disk_allocates_nothing_for_lost_after_even_across_restarts() -> None:
+    """It cannot learn from its peers every lease it gave before the disk was lost."""
+    a = Replica("a", LAYOUT, PARAMS, None, T0, recovering=True)
+    address = owned_address(Replica("a", LAYOUT, PARAMS, None, T0))
+    assert not a.may_allocate(address, CLIENT, T0 + 100)
+    again = Replica("a", LAYOUT, PARAMS, a.snapshot(), T0 + 100)  # restarted meanwhile
+    assert not again.may_allocate(address, CLIENT, T0 + 139)
+    assert again.may_allocate(address, CLIENT, T0 + 140)
