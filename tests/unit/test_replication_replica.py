@@ -278,3 +278,18 @@ def test_a_site_with_a_lost_disk_allocates_nothing_for_lost_after_even_across_re
     again = Replica("a", LAYOUT, PARAMS, a.snapshot(), T0 + 100)  # restarted meanwhile
     assert not again.may_allocate(address, CLIENT, T0 + 139)
     assert again.may_allocate(address, CLIENT, T0 + 140)
+
+
+def test_a_block_evicted_to_a_site_that_heard_the_lost_one_later_waits_for_its_own_bound() -> None:
+    sites = cluster()
+    a, b, c = sites["a"], sites["b"], sites["c"]
+    # b heard from c at T0 + 50 (a did not): c was alive then, whatever a thinks.
+    out = c.local_update(lease(owned_address(c)), T0 + 50)
+    b.receive("c", next(m.payload for m in out if m.peer == "b"), T0 + 50)
+    deliver(sites, a.evict("c", T0 + 140), "a", T0 + 140, down="c")
+    given = [
+        blk for blk in c.policy.owned_blocks(int(T0 * 1000)) if b.policy.owner(blk).owner == "b"
+    ]
+    assert given
+    assert not b.policy.owns(given[0], int((T0 + 189) * 1000))
+    assert b.policy.owns(given[0], int((T0 + 190) * 1000))
