@@ -29,9 +29,6 @@ class Block:
     last: int
     pool: str
 
-    def __contains__(self, address: object) -> bool:
-        return isinstance(address, int) and self.first <= address <= self.last
-
 
 class LayoutError(ValueError):
     """The site list or the block size cannot make a layout."""

@@ -5,7 +5,7 @@ a change made after a site has seen another is stamped after it, whatever the wa
 say. The clock never goes back, even when the wall clock steps backwards (the counter
 carries on from the highest wall time seen), and a peer whose clock runs far ahead cannot
 drag everyone's clock along: a remote stamp more than `max_skew_ms` ahead of our wall clock
-is refused (and counted), not adopted.
+is refused (and counted by the replica), not adopted.
 """
 
 from dataclasses import dataclass
@@ -32,7 +32,6 @@ class HybridClock:
         self.max_skew_ms = max_skew_ms
         self._wall = last.wall
         self._logical = last.logical
-        self.refused = 0  # remote stamps refused for being too far ahead
 
     @property
     def last(self) -> Hlc:
@@ -52,11 +51,10 @@ class HybridClock:
         return remote.wall <= wall_ms + self.max_skew_ms
 
     def observe(self, remote: Hlc, wall_ms: int) -> bool:
-        """Take in a stamp received from a peer; False (and counted) if it is refused
-        for being more than `max_skew_ms` ahead of our wall clock, which then is not
-        moved. Later local stamps sort after an accepted `remote`."""
+        """Take in a stamp received from a peer; False if it is refused for being more
+        than `max_skew_ms` ahead of our wall clock, which then is not moved (the caller
+        counts it). Later local stamps sort after an accepted `remote`."""
         if not self.acceptable(remote, wall_ms):
-            self.refused += 1
             return False
         wall = max(self._wall, remote.wall, wall_ms)
         if wall == self._wall and wall == remote.wall:

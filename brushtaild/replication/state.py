@@ -146,9 +146,6 @@ class Merged:
     owners: list[tuple[int, Ownership]] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
 
-    def __bool__(self) -> bool:
-        return bool(self.bindings or self.owners)
-
 
 @dataclass(slots=True)
 class State:

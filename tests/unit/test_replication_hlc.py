@@ -34,11 +34,10 @@ def test_a_received_stamp_orders_later_local_stamps_after_it() -> None:
     assert clock.now(5000) > remote
 
 
-def test_a_peer_too_far_ahead_is_refused_counted_and_not_adopted() -> None:
+def test_a_peer_too_far_ahead_is_refused_and_not_adopted() -> None:
     clock = HybridClock("a", max_skew_ms=1000)
     clock.now(5000)
     assert not clock.observe(Hlc(6001, 0, "b"), 5000)
-    assert clock.refused == 1
     assert clock.now(5000).wall == 5000
     assert clock.observe(Hlc(6000, 0, "b"), 5000)
 
