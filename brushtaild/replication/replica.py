@@ -120,6 +120,13 @@ class Replica:
         self._turn = 0
         self._next_round = now
 
+    def peers_up(self, now: float) -> list[str]:
+        """The peers heard from lately (for STATUS and the peers-up gauge): each peer's
+        rounds reach this site once every len(peers) intervals, so within three times that."""
+        window = 3 * len(self.peers) * self.params.anti_entropy_interval * 1000
+        heard = self.policy.last_heard
+        return [p for p in self.peers if p in heard and _ms(now) - heard[p] <= window]
+
     def snapshot(self) -> Snapshot:
         return Snapshot(self.state.copy(), self.clock.last, self.policy.blind_until_ms)
 

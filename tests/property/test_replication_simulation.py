@@ -42,3 +42,8 @@ def test_evicting_live_sites_gives_conflicts_every_one_reported_and_the_sites_co
     assert [r.violations for r in results] == [[]] * len(results)
     assert all(r.converged for r in results)
     assert sum(len(r.double_held) for r in results) > 0
+
+
+def test_a_seed_replays_its_schedule_exactly() -> None:
+    one, two = (Simulation(7, SimConfig()).run() for _ in range(2))
+    assert one == two

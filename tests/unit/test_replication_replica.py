@@ -293,3 +293,14 @@ def test_a_block_evicted_to_a_site_that_heard_the_lost_one_later_waits_for_its_o
     assert given
     assert not b.policy.owns(given[0], int((T0 + 189) * 1000))
     assert b.policy.owns(given[0], int((T0 + 190) * 1000))
+
+
+def test_peers_are_up_while_their_rounds_arrive() -> None:
+    sites = cluster()
+    a = sites["a"]
+    assert a.peers_up(T0) == []
+    for now in (T0 + 1, T0 + 2):
+        for site in ("b", "c"):
+            deliver(sites, sites[site].tick(now), site, now)
+    assert a.peers_up(T0 + 2) == ["b", "c"]
+    assert a.peers_up(T0 + 2 + 3 * 2 * PARAMS.anti_entropy_interval + 0.1) == []
