@@ -4,7 +4,8 @@
 
 Prints: the bytes of one lease update on the wire (one delta message, per peer); how many
 lease updates per second one replica stamps, encodes and hashes; and what anti-entropy
-costs to bring back a peer that missed `--missed` of `--leases` updates: rounds, messages,
+costs to bring back a peer that missed `--missed` renewals among `--leases` leases (of
+consecutive addresses, or with --scattered spread evenly over them all): rounds, messages,
 bytes each way, CPU time, and the wall time at `anti_entropy_interval` (the rounds, since a
 round is one interval).
 """
@@ -12,7 +13,7 @@ round is one interval).
 import argparse
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,16 +46,16 @@ def lease(n: int, now: float) -> Lease:
     )
 
 
-def exchange(sites: dict[str, Replica], first: list[Outgoing], sender: str, now: float) -> int:
-    """Deliver `first` and every answer; the bytes that went over the wire."""
+def exchange(
+    sites: dict[str, Replica], first: list[Outgoing], sender: str, now: float, sent: Counter[str]
+) -> None:
+    """Deliver `first` and every answer, counting the bytes each site sends."""
     queue = deque((sender, m) for m in first)
-    sent = 0
     while queue:
         src, message = queue.popleft()
-        sent += len(message.payload)
+        sent[src] += len(message.payload)
         received = sites[message.peer].receive(src, message.payload, now)
         queue.extend((message.peer, m) for m in received.messages)
-    return sent
 
 
 def main() -> int:
@@ -62,6 +63,7 @@ def main() -> int:
     parser.add_argument("--leases", type=int, default=100_000)
     parser.add_argument("--missed", type=int, default=10_000)
     parser.add_argument("--block-size", type=int, default=64)
+    parser.add_argument("--scattered", action="store_true")
     args = parser.parse_args()
     layout = BlockLayout(
         ["a", "b"], [("subscribers", FIRST, FIRST + args.leases - 1)], args.block_size
@@ -72,31 +74,33 @@ def main() -> int:
     print(f"one lease update: {len(one[0].payload)} bytes per peer, in {len(one)} message")
 
     started = time.perf_counter()
-    for n in range(1, args.leases - args.missed):
+    for n in range(1, args.leases):
         a.local_update(lease(n, T0), T0)
     elapsed = time.perf_counter() - started
-    rate = (args.leases - args.missed - 1) / elapsed
+    rate = (args.leases - 1) / elapsed
     print(f"local updates: {rate:,.0f}/s (stamp, merge, hash, encode for every peer)")
 
     b = Replica("b", layout, PARAMS, a.snapshot(), T0)
-    for n in range(args.leases - args.missed, args.leases):
+    step = args.leases // args.missed if args.scattered else 1
+    for n in range(0, step * args.missed, step):
         a.local_update(lease(n, T0 + 1), T0 + 1)  # b was cut off: none of these reach it
     sites = {"a": a, "b": b}
-    now, rounds, bytes_ab, bytes_ba = T0 + 2, 0, 0, 0
+    now, rounds, sent = T0 + 2, 0, Counter[str]()
     sent_before = a.counters.messages_sent
     started = time.perf_counter()
     while a.digests.total() != b.digests.total():
         rounds += 1
         now += PARAMS.anti_entropy_interval
-        bytes_ab += exchange(sites, a.tick(now), "a", now)
-        bytes_ba += exchange(sites, b.tick(now), "b", now)
+        exchange(sites, a.tick(now), "a", now, sent)
+        exchange(sites, b.tick(now), "b", now, sent)
     cpu = time.perf_counter() - started
     messages = a.counters.messages_sent - sent_before + b.counters.messages_sent
     print(
-        f"catch-up of {args.missed:,} missed updates among {args.leases:,} leases: "
+        f"catch-up of {args.missed:,} missed renewals"
+        f"{' scattered' if args.scattered else ''} among {args.leases:,} leases: "
         f"{rounds} rounds ({rounds * PARAMS.anti_entropy_interval:.0f} s at one round "
         f"every {PARAMS.anti_entropy_interval:g} s), {messages:,} messages, "
-        f"{bytes_ab / 1e6:.1f} MB a->b and {bytes_ba / 1e6:.1f} MB b->a, "
+        f"{sent['a'] / 1e6:.2f} MB a->b and {sent['b'] / 1e6:.2f} MB b->a, "
         f"{b.counters.repaired_entries + a.counters.repaired_entries:,} entries repaired, "
         f"CPU {cpu:.1f} s"
     )

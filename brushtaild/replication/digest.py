@@ -4,7 +4,8 @@ A bucket is a block (named by its first address) with its ownership register and
 bindings of its addresses; an address outside every block (a host's fixed address) falls
 in the bucket of its /24. A bucket's hash is the XOR of its entries' hashes, so a change
 costs one hash, whatever the size of the state, and two sites with equal hashes for a
-bucket hold the same entries in it (but for a 64-bit collision).
+bucket hold the same entries in it (but for a 64-bit collision). Each binding's own hash
+is kept too: where two sites' buckets differ, comparing those finds the addresses that do.
 """
 
 import hashlib
@@ -26,7 +27,8 @@ class Digests:
         self._codec = codec
         self._layout = codec.layout
         self.hashes: dict[int, int] = {}
-        self.members: dict[int, set[int]] = {}  # addresses with a binding, by bucket
+        # The hash of the binding at each address, by bucket.
+        self.members: dict[int, dict[int, int]] = {}
         self._sorted: list[int] | None = None
 
     def bucket_of(self, address: int) -> int:
@@ -39,13 +41,15 @@ class Digests:
         value = self.hashes.get(bucket, 0) ^ entry_hash
         self.hashes[bucket] = value
 
-    def binding(self, old: Binding | None, new: Binding) -> None:
-        """`new` replaced `old` (None: the address had no binding)."""
+    def binding(self, new: Binding) -> None:
+        """`new` is the binding at its address now."""
         bucket = self.bucket_of(new.address)
+        members = self.members.setdefault(bucket, {})
+        old = members.get(new.address)
         if old is not None:
-            self._toggle(bucket, _hash(self._codec.binding(old)))
-        self._toggle(bucket, _hash(self._codec.binding(new)))
-        self.members.setdefault(bucket, set()).add(new.address)
+            self._toggle(bucket, old)
+        members[new.address] = entry = _hash(self._codec.binding(new))
+        self._toggle(bucket, entry)
 
     def owner(self, block: int, old: Ownership | None, new: Ownership) -> None:
         if old is not None:

@@ -6,12 +6,16 @@ merge changed in its lease table, withdraws conflict losers, and persists the st
 
 Deltas go to every peer at once and are never retransmitted: anti-entropy repairs what
 was lost. Each `tick` starts a round with the next peer in turn: up to `digest_messages`
-digests, each of the next DIGEST_ENTRIES buckets (a hash each); the peer answers each with
-its own entries of every bucket that differs in that range, and a request for ours, each
-side sending at most `repair_messages` messages per digest. So a peer that was down or cut
+digests, each the hashes of our next DIGEST_ENTRIES buckets. The peer answers with its
+entries of the buckets we have nothing in, and with a detail (a hash per address) of each
+bucket that differs; for those we send our bindings that differ and ask for theirs. So only
+what differs crosses, both ways, and each answer is at most about `repair_messages`
+messages: a peer far behind is brought back a bounded amount at a time, while both keep
+serving. So a peer that was down or cut
 off is brought back a bounded amount at a time, while both keep serving.
 """
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -28,6 +32,7 @@ from brushtaild.replication.wire import (
     Codec,
     DecodeError,
     Delta,
+    Detail,
     Digest,
     Request,
 )
@@ -111,7 +116,7 @@ class Replica:
         self.codec = Codec(layout)
         self.digests = Digests(self.codec)
         for binding in self.state.bindings.values():
-            self.digests.binding(None, binding)
+            self.digests.binding(binding)
         for block, register in self.state.owners.items():
             self.digests.owner(block, None, register)
         self.peers = tuple(s for s in layout.sites if s != site)
@@ -218,6 +223,8 @@ class Replica:
             self._merge_delta(self._bounded(message, now_ms), now_ms, received)
         elif isinstance(message, Digest):
             self._answer_digest(peer, message, now_ms, received)
+        elif isinstance(message, Detail):
+            self._answer_detail(peer, message, now_ms, received)
         else:
             self._answer_request(peer, message, now_ms, received)
         return received
@@ -254,33 +261,98 @@ class Replica:
             received.messages += self._broadcast(acked.bindings, [], now_ms)
 
     def _answer_digest(self, peer: str, digest: Digest, now_ms: int, received: Received) -> None:
+        """Send whole the buckets in the digest's range they have nothing in, ask for
+        those we have nothing in, and for every other bucket that differs send our
+        per-address detail."""
         mine = self.digests.between(digest.lo, digest.hi)
         theirs = dict(digest.buckets)
-        differ = sorted(b for b in mine.keys() | theirs.keys() if mine.get(b) != theirs.get(b))
-        wanted = [b for b in differ if b in theirs][:REQUEST_ENTRIES]
-        received.messages += self._repair(peer, [b for b in differ if b in mine], now_ms)
+        received.messages += self._repair(peer, sorted(mine.keys() - theirs.keys()), now_ms)
+        lacking = sorted(theirs.keys() - mine.keys())[:REQUEST_ENTRIES]
+        if lacking:
+            request = Request(self.clock.now(now_ms), buckets=tuple(lacking))
+            received.messages.append(self._send(peer, self.codec.encode(request)))
+        differ = sorted(b for b, h in theirs.items() if b in mine and mine[b] != h)
+        # As many buckets as the answers to the details may fill about `repair_messages`
+        # messages with, judging by our own buckets' sizes.
+        budget = self.params.repair_messages * _ENTRIES_PER_MESSAGE
+        details: list[Outgoing] = []
+        load = 0
+        for bucket in differ:
+            load += len(self.digests.members.get(bucket, ()))
+            if details and (load > budget or len(details) >= self.params.repair_messages):
+                break
+            details += self._detail(peer, bucket, now_ms)
+        received.messages += details
+
+    def _detail(self, peer: str, bucket: int, now_ms: int) -> list[Outgoing]:
+        """Our hash of each binding in `bucket`, DIGEST_ENTRIES a message; the first
+        message, covering addresses from 0, carries the block's register."""
+        members = self.digests.members.get(bucket, {})
+        addresses = sorted(members)
+        starts = [0, *addresses[DIGEST_ENTRIES::DIGEST_ENTRIES], 1 << 32]
+        messages = []
+        for n, (lo, hi) in enumerate(itertools.pairwise(starts)):
+            chunk = addresses[n * DIGEST_ENTRIES : (n + 1) * DIGEST_ENTRIES]
+            owner = self.state.owners.get(bucket) if n == 0 else None
+            entries = tuple((a, members[a]) for a in chunk)
+            detail = Detail(self.clock.now(now_ms), bucket, lo, hi, owner, entries)
+            messages.append(self._send(peer, self.codec.encode(detail)))
+        return messages
+
+    def _answer_detail(self, peer: str, detail: Detail, now_ms: int, received: Received) -> None:
+        """Send our bindings that differ from theirs in the detail's range, and our
+        register if it is higher; ask for theirs that differ from ours."""
+        if detail.owner is not None:
+            merged = self._apply(State(owners={detail.bucket: detail.owner}))
+            received.owners += merged.owners
+        members = self.digests.members.get(detail.bucket, {})
+        mine = {a: h for a, h in members.items() if detail.lo <= a < detail.hi}
+        theirs = dict(detail.bindings)
+        push = sorted(a for a, h in mine.items() if theirs.get(a) != h)
+        wanted = sorted(a for a, h in theirs.items() if mine.get(a) != h)[:REQUEST_ENTRIES]
+        owners = []
+        register = self.state.owners.get(detail.bucket)
+        if detail.lo == 0 and register is not None and register != detail.owner:
+            owners.append((detail.bucket, register))
+        received.messages += self._push(peer, push, owners, now_ms)
         if wanted:
-            request = Request(self.clock.now(now_ms), tuple(wanted))
+            request = Request(self.clock.now(now_ms), addresses=tuple(wanted))
             received.messages.append(self._send(peer, self.codec.encode(request)))
 
     def _answer_request(self, peer: str, request: Request, now_ms: int, received: Received) -> None:
-        received.messages += self._repair(peer, list(request.buckets), now_ms)
+        received.messages += self._repair(peer, list(request.buckets[:REQUEST_ENTRIES]), now_ms)
+        wanted = [a for a in request.addresses[:REQUEST_ENTRIES] if a in self.state.bindings]
+        received.messages += self._push(peer, wanted, [], now_ms)
 
     def _repair(self, peer: str, buckets: list[int], now_ms: int) -> list[Outgoing]:
-        """Our entries of `buckets`, whole buckets only, up to about `repair_messages`
-        messages' worth; at least one bucket, so that even one larger than that gets
-        across."""
+        """Our entries of `buckets`, which the peer has nothing in, whole buckets only, up to
+        about `repair_messages` messages' worth; at least one bucket, so that even one
+        larger than that gets across."""
         budget = self.params.repair_messages * _ENTRIES_PER_MESSAGE
-        bindings: list[Binding] = []
+        addresses: list[int] = []
         owners: list[tuple[int, Ownership]] = []
         for bucket in buckets:
-            addresses = sorted(self.digests.members.get(bucket, ()))
-            if (bindings or owners) and len(bindings) + len(addresses) > budget:
+            members = sorted(self.digests.members.get(bucket, ()))
+            if (addresses or owners) and len(addresses) + len(members) > budget:
                 break
-            bindings += (self.state.bindings[a] for a in addresses)
+            addresses += members
             register = self.state.owners.get(bucket)
             if register is not None:
                 owners.append((bucket, register))
+        return self._push(peer, addresses, owners, now_ms, budget=len(addresses))
+
+    def _push(
+        self,
+        peer: str,
+        addresses: list[int],
+        owners: list[tuple[int, Ownership]],
+        now_ms: int,
+        budget: int = 0,
+    ) -> list[Outgoing]:
+        """Our bindings of `addresses` (the first `budget`, by default about
+        `repair_messages` messages' worth) and `owners`, as deltas to `peer`."""
+        budget = budget or self.params.repair_messages * _ENTRIES_PER_MESSAGE
+        bindings = [self.state.bindings[a] for a in addresses[:budget]]
         if not bindings and not owners:
             return []
         self.counters.repaired_entries += len(bindings)
@@ -309,11 +381,10 @@ class Replica:
 
     def _apply(self, delta: State) -> Merged:
         """Merge `delta` into the state, keeping the digests in step."""
-        old_bindings = {a: self.state.bindings.get(a) for a in delta.bindings}
         old_owners = {b: self.state.owners.get(b) for b in delta.owners}
         merged = self.state.merge(delta)
         for binding in merged.bindings:
-            self.digests.binding(old_bindings[binding.address], binding)
+            self.digests.binding(binding)
         for block, register in merged.owners:
             self.digests.owner(block, old_owners[block], register)
         return merged

@@ -9,7 +9,9 @@ with another layout is refused before anything is merged). Big-endian throughout
     hlc      wall ms u64 | logical u32 | site u8
     DELTA    count u16, binding* | count u16, (block u32, ownership)*
     DIGEST   lo u32 | hi u64 (exclusive, up to 2^32) | count u16, (bucket u32, hash u64)*
-    REQUEST  count u16, bucket u32*
+    DETAIL   bucket u32 | lo u32 | hi u64 | has register u8 [block u32, ownership] |
+             count u16, (address u32, hash u64)*
+    REQUEST  count u16, bucket u32* | count u16, address u32*
 
 Decoding hostile bytes raises DecodeError and nothing else.
 """
@@ -32,9 +34,10 @@ VERSION = 1
 MAX_PAYLOAD = 1100
 MAX_HWADDR = 16
 MAX_VLANS = 2
-# Digest entries per message: the header, the range and the count leave room for 88.
+# Digest and detail entries per message: the header, the range, a register and the count
+# leave room for 84.
 DIGEST_ENTRIES = 80
-REQUEST_ENTRIES = 250
+REQUEST_ENTRIES = 125  # buckets, and as many addresses
 
 _HLC = struct.Struct(">QIB")
 _HEADER = struct.Struct(">2sBB8s")
@@ -48,6 +51,7 @@ class Kind(IntEnum):
     DELTA = 1
     DIGEST = 2
     REQUEST = 3
+    DETAIL = 4
 
 
 class DecodeError(Exception):
@@ -73,14 +77,30 @@ class Digest:
 
 
 @dataclass(frozen=True, slots=True)
-class Request:
-    """Send me everything you have in these buckets."""
+class Detail:
+    """The sender's hash of each binding it has at an address in [lo, hi) of `bucket`
+    (an address it does not list, it has nothing at), and the block's register if it has
+    one (sent with the first part of a bucket only)."""
 
     sent: Hlc
-    buckets: tuple[int, ...]
+    bucket: int
+    lo: int
+    hi: int
+    owner: Ownership | None
+    bindings: tuple[tuple[int, int], ...]
 
 
-Message = Delta | Digest | Request
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Send me all you have in these buckets (I have nothing there), and your bindings of
+    these addresses."""
+
+    sent: Hlc
+    buckets: tuple[int, ...] = ()
+    addresses: tuple[int, ...] = ()
+
+
+Message = Delta | Digest | Detail | Request
 
 
 class _Reader:
@@ -120,6 +140,30 @@ def _short(value: bytes) -> bytes:
     if len(value) > 255:
         raise ValueError(f"field of {len(value)} bytes does not fit")
     return bytes((len(value),)) + value
+
+
+def _entries(entries: tuple[tuple[int, int], ...]) -> bytes:
+    packed = b"".join(_DIGEST_ENTRY.pack(k, h) for k, h in entries)
+    return len(entries).to_bytes(2, "big") + packed
+
+
+def _ids(ids: tuple[int, ...]) -> bytes:
+    return len(ids).to_bytes(2, "big") + b"".join(k.to_bytes(4, "big") for k in ids)
+
+
+def _read_ids(r: _Reader) -> tuple[int, ...]:
+    return tuple(int.from_bytes(r.take(4)) for _ in range(r.u16()))
+
+
+def _read_range(r: _Reader) -> tuple[int, int]:
+    lo, hi = r.unpack(_DIGEST_RANGE)
+    if not lo <= hi <= 1 << 32:
+        raise DecodeError(f"range [{lo}, {hi})")
+    return lo, hi
+
+
+def _read_entries(r: _Reader) -> tuple[tuple[int, int], ...]:
+    return tuple((k, h) for k, h in (r.unpack(_DIGEST_ENTRY) for _ in range(r.u16())))
 
 
 class Codec:
@@ -171,20 +215,29 @@ class Codec:
                 [self.owner(k, o) for k, o in message.owners],
             )
         if isinstance(message, Digest):
-            entries = b"".join(_DIGEST_ENTRY.pack(k, h) for k, h in message.buckets)
             return b"".join(
                 (
                     self._header(Kind.DIGEST, message.sent),
                     _DIGEST_RANGE.pack(message.lo, message.hi),
-                    len(message.buckets).to_bytes(2, "big"),
-                    entries,
+                    _entries(message.buckets),
+                )
+            )
+        if isinstance(message, Detail):
+            owner = b"\0" if message.owner is None else b"\1" + self.owner(0, message.owner)
+            return b"".join(
+                (
+                    self._header(Kind.DETAIL, message.sent),
+                    message.bucket.to_bytes(4, "big"),
+                    _DIGEST_RANGE.pack(message.lo, message.hi),
+                    owner,
+                    _entries(message.bindings),
                 )
             )
         return b"".join(
             (
                 self._header(Kind.REQUEST, message.sent),
-                len(message.buckets).to_bytes(2, "big"),
-                b"".join(k.to_bytes(4, "big") for k in message.buckets),
+                _ids(message.buckets),
+                _ids(message.addresses),
             )
         )
 
@@ -250,13 +303,18 @@ class Codec:
             owners = tuple(self._read_owner(r) for _ in range(r.u16()))
             message = Delta(sent, bindings, owners)
         elif kind == Kind.DIGEST:
-            lo, hi = r.unpack(_DIGEST_RANGE)
-            if not lo <= hi <= 1 << 32:
-                raise DecodeError(f"digest range [{lo}, {hi})")
-            buckets = tuple((k, h) for k, h in (r.unpack(_DIGEST_ENTRY) for _ in range(r.u16())))
-            message = Digest(sent, lo, hi, buckets)
+            lo, hi = _read_range(r)
+            message = Digest(sent, lo, hi, _read_entries(r))
+        elif kind == Kind.DETAIL:
+            bucket = int.from_bytes(r.take(4))
+            lo, hi = _read_range(r)
+            flag = r.u8()
+            if flag > 1:
+                raise DecodeError("bad register flag")
+            owner = self._read_owner(r)[1] if flag else None
+            message = Detail(sent, bucket, lo, hi, owner, _read_entries(r))
         elif kind == Kind.REQUEST:
-            message = Request(sent, tuple(int.from_bytes(r.take(4)) for _ in range(r.u16())))
+            message = Request(sent, _read_ids(r), _read_ids(r))
         else:
             raise DecodeError(f"unknown message kind {kind}")
         r.end()

@@ -304,3 +304,26 @@ def test_peers_are_up_while_their_rounds_arrive() -> None:
             deliver(sites, sites[site].tick(now), site, now)
     assert a.peers_up(T0 + 2) == ["b", "c"]
     assert a.peers_up(T0 + 2 + 3 * 2 * PARAMS.anti_entropy_interval + 0.1) == []
+
+
+def test_only_the_bindings_that_differ_cross_not_their_buckets() -> None:
+    sites = cluster()
+    a, b = sites["a"], sites["b"]
+    addresses = [
+        x
+        for blk in a.policy.owned_blocks(int(T0 * 1000))[:8]
+        for x in range(blk.first, blk.last + 1)
+    ]
+    for n, address in enumerate(addresses):
+        deliver(sites, a.local_update(lease(address, b"\x01%d" % n), T0), "a", T0, down="c")
+    for n in (3, 40, 100):  # b misses three renewals, in three buckets
+        a.local_update(lease(addresses[n], b"\x01%d" % n, T0 + 200), T0 + 1)
+    before = a.counters.repaired_entries + b.counters.repaired_entries
+    now = T0 + 1
+    while a.digests.total() != b.digests.total():
+        now += 1
+        assert now < T0 + 10
+        for site in ("a", "b"):
+            deliver(sites, [m for m in sites[site].tick(now) if m.peer != "c"], site, now, "c")
+    # Three pushed, and b's three older copies asked for (whose is newer, only a merge says).
+    assert a.counters.repaired_entries + b.counters.repaired_entries - before == 6
