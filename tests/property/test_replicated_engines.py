@@ -265,6 +265,6 @@ class ReplicatedEngines(RuleBasedStateMachine):
 
 
 ReplicatedEngines.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=100, deadline=None
+    max_examples=200, stateful_step_count=100, deadline=None
 )
 TestReplicatedEngines = ReplicatedEngines.TestCase
