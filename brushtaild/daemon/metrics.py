@@ -257,7 +257,8 @@ class Metrics:
             "dhcp_lease_events_total",
             "What happened to leases, as the lease log records it (offer, ack, nak, release, "
             "decline, expire, inform), by the path that decided it (slow: the engine; fast: "
-            "a renewal the kernel answered, recorded by the daemon)",
+            "a renewal the kernel answered, recorded by the daemon; peer: a change another "
+            "site replicated)",
             ["event", "path"],
             registry=self.registry,
         )
@@ -285,7 +286,7 @@ class Metrics:
         self._event_children = {
             (kind, path): self.lease_events.labels(kind.value, path)
             for kind in LeaseEventKind
-            for path in ("slow", "fast")
+            for path in ("slow", "fast", "peer")
         }
 
     def count_reply(self, mtype: MessageType | None) -> None:

@@ -19,6 +19,7 @@ counted as an error and logged at a bounded rate.
 """
 
 import logging
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ from brushtaild.replication.params import Params
 from brushtaild.replication.policy import EvictionRefused
 from brushtaild.replication.replica import Outgoing, Replica, Snapshot
 from brushtaild.replication.state import Binding, Conflict, Ownership
+from brushtaild.store.lease_store import ReplicaChanges
 
 # The largest difference allowed between two sites' wall clocks (docs/STATE.md, `S`). NTP
 # keeps sites within milliseconds; a few seconds leaves room for a site whose NTP is late.
@@ -86,10 +88,11 @@ class Dirty:
 
     addresses: set[int] = field(default_factory=set)
     blocks: set[int] = field(default_factory=set)
+    # The clock and a recovering site's wait alone (persisted at a recovering first start).
+    meta: bool = False
 
-    def clear(self) -> None:
-        self.addresses.clear()
-        self.blocks.clear()
+    def __bool__(self) -> bool:
+        return bool(self.addresses or self.blocks or self.meta)
 
 
 class ReplicationService:
@@ -101,11 +104,13 @@ class ReplicationService:
         now: float,
         *,
         recovering: bool = False,
+        sock: socket.socket | None = None,
     ) -> None:
         """`snapshot`: the store's (None on a first start). `recovering`: this site served
         before and lost its disk; honoured only on a first start (no snapshot), so a flag
-        left in place costs nothing at later starts. Raises TransportError or OSError
-        (the certificate files, the socket)."""
+        left in place costs nothing at later starts. `sock`: bound already, instead of
+        `settings.listen` (tests). Raises TransportError or OSError (the certificate
+        files, the socket)."""
         self.settings = settings
         self.params = params_of(config, settings)
         self.layout = layout_of(config, settings)
@@ -117,9 +122,10 @@ class ReplicationService:
             recovering = False
         self.recovering = recovering
         self.replica = Replica(config.site, self.layout, self.params, snapshot, now, recovering)
-        self.transport = DtlsTransport(config.site, settings, now)
+        self.transport = DtlsTransport(config.site, settings, now, sock)
         self.errors = 0  # unexpected failures (bugs), each logged
-        self.dirty = Dirty()
+        # A recovering site's wait is on disk before it serves anything.
+        self.dirty = Dirty(meta=recovering)
         self._outbox: list[Outgoing] = []
         self._log = ThrottledLog(log, ERROR_LOG_INTERVAL)
 
@@ -143,6 +149,21 @@ class ReplicationService:
                     self._error("local_update", exc, now)
                 else:
                     self.dirty.addresses.add(lease.address)
+
+    def changes(self) -> ReplicaChanges | None:
+        """What the replicated state gained since the last commit, for the store to commit
+        with the leases; None if nothing."""
+        if not self.dirty:
+            return None
+        state = self.replica.state
+        changes = ReplicaChanges(
+            bindings=[state.bindings[a] for a in sorted(self.dirty.addresses)],
+            owners=[(b, state.owners[b]) for b in sorted(self.dirty.blocks)],
+            clock=self.replica.clock.last,
+            blind_until_ms=self.replica.policy.blind_until_ms,
+        )
+        self.dirty = Dirty()
+        return changes
 
     def evict(self, lost: str, now: float) -> int:
         """Hand every block of the lost site to the others (EvictionRefused while it was
