@@ -296,6 +296,8 @@ class Daemon:
                 # start); what it answered until now is recorded now.
                 self._record_renewals()
                 self.lease_log.flush()
+                if self.replication is not None:
+                    self.replication.flush(clock.wall())
             finally:
                 self._close()
         log.info("brushtaild stopped; every acknowledged lease is on disk")

@@ -6,6 +6,7 @@ number of MACs from one raw socket, tests/e2e/crafted.py). "Listed at B" is what
 `brushtail leases` answers there (the same control-socket request).
 """
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.e2e.clients import DhclientProcess, UdhcpcProcess
 from tests.e2e.crafted import Subscribers
 from tests.e2e.daemon import sum_samples
 from tests.e2e.sites import NAMES, Cluster, no_address_held_twice, wait_until, watching
+from tests.e2e.test_daemon_systemd import Manager
 
 # A lease made at one site is listed at the others within this (measured: see the test).
 REPLICATION_BOUND = 2.0
@@ -56,7 +58,10 @@ def listed(cluster: Cluster, site: str, address: str) -> bool:
 def test_a_lease_made_at_a_is_listed_at_b_and_c_within_the_bound(cluster: Cluster) -> None:
     """udhcpc at A; B and C list its lease within REPLICATION_BOUND of the ACK, the first
     time (a DTLS handshake on the way) and once the sessions are up; `brushtail leases`
-    at C shows it, and the peers are up in the metrics, STATUS-like `peers` and `status`."""
+        at C shows it; the peers are up in the metrics, STATUS=, `brushtail peers` and
+    `status`; evicting a live site is refused."""
+    manager = Manager(cluster.root / "notify")
+    cluster.sites["a"].env["NOTIFY_SOCKET"] = str(manager.path)
     cluster.start()
     lags = []
     client_ns = cluster.links["a"].client_ns
@@ -90,6 +95,17 @@ def test_a_lease_made_at_a_is_listed_at_b_and_c_within_the_bound(cluster: Cluste
     peers = cluster.sites["a"].ask("peers")
     assert {p["site"]: p["up"] for p in peers["peers"]} == {"b": True, "c": True}
     assert peers["owned_blocks"] > 0
+    a = cluster.sites["a"]
+    shown = a.cli("peers")
+    assert shown.returncode == 0, shown.stderr
+    assert "established" in shown.stdout and "blocks owned" in shown.stdout
+    assert re.search(r"^peers +b up, c up$", a.cli("status").stdout, re.MULTILINE)
+    with manager.sock:  # systemd's STATUS= line names the peers up
+        manager.wait_for(lambda m: m.endswith("peers: 2/2 up (b, c)"), timeout=15)
+    # c is alive: evicting it is refused, with the time left.
+    refused = a.cli("sites", "evict", "c")
+    assert refused.returncode == 1
+    assert "heard from too recently: wait" in refused.stderr
     samples = cluster.sites["b"].samples()
     assert samples['dhcp_replication_peer_up{peer="a"}'] == 1
     assert sum_samples(samples, "dhcp_replication_lag_seconds_count") >= 2
