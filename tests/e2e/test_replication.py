@@ -58,7 +58,7 @@ def listed(cluster: Cluster, site: str, address: str) -> bool:
 def test_a_lease_made_at_a_is_listed_at_b_and_c_within_the_bound(cluster: Cluster) -> None:
     """udhcpc at A; B and C list its lease within REPLICATION_BOUND of the ACK, the first
     time (a DTLS handshake on the way) and once the sessions are up; `brushtail leases`
-        at C shows it; the peers are up in the metrics, STATUS=, `brushtail peers` and
+    at C shows it; the peers are up in the metrics, STATUS=, `brushtail peers` and
     `status`; evicting a live site is refused."""
     manager = Manager(cluster.root / "notify")
     cluster.sites["a"].env["NOTIFY_SOCKET"] = str(manager.path)
