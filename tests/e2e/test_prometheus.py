@@ -320,9 +320,11 @@ def test_prometheus_scrapes_the_daemon_and_every_dashboard_and_rule_expression_h
         time.sleep(3)  # a few more scrapes, so every rate() has its two samples
         empty = [e for e in map(grafana, dashboard_expressions()) if not server.query(e)]
         assert not empty, f"dashboard expressions without a series: {empty}"
+        # A single site exports no replication metric: promtool tests those rules alone.
+        single_site = [e for e in rule_expressions().values() if "dhcp_replication_" not in e]
         names = {
             expr: unexported(server, expr)
-            for expr in [*map(grafana, dashboard_expressions()), *rule_expressions().values()]
+            for expr in [*map(grafana, dashboard_expressions()), *single_site]
         }
         unknown = {expr: missing for expr, missing in names.items() if missing}
         assert not unknown, f"metrics or labels the daemon does not export: {unknown}"
