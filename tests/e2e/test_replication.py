@@ -102,6 +102,10 @@ def test_a_lease_made_at_a_is_listed_at_b_and_c_within_the_bound(cluster: Cluste
     assert re.search(r"^peers +b up, c up$", a.cli("status").stdout, re.MULTILINE)
     with manager.sock:  # systemd's STATUS= line names the peers up
         manager.wait_for(lambda m: m.endswith("peers: 2/2 up (b, c)"), timeout=15)
+    # A reload reads the certificate files again.
+    reloaded = a.cli("reload")
+    assert reloaded.returncode == 0, reloaded.stdout
+    assert reloaded.stdout.rstrip().endswith("; certificates reloaded")
     # c is alive: evicting it is refused, with the time left.
     refused = a.cli("sites", "evict", "c")
     assert refused.returncode == 1
@@ -211,7 +215,9 @@ def test_a_site_killed_during_gossip_loses_no_acknowledged_lease(cluster: Cluste
     a.start()
     assert set(made) <= set(a.bound())
     b.start()
+    restarted = time.monotonic()
     final = wait_until(lambda: converged(cluster), CONVERGENCE_BOUND, "catch-up")
+    print(f"\ncaught up {time.monotonic() - restarted:.1f}s after the restarts")
     assert set(made) <= set(final)
 
 
