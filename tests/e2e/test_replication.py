@@ -21,6 +21,14 @@ from tests.e2e.crafted import Subscribers
 from tests.e2e.daemon import sum_samples
 from tests.e2e.sites import NAMES, Cluster, no_address_held_twice, wait_until, watching
 from tests.e2e.test_daemon_systemd import Manager
+from tests.e2e.test_prometheus import (
+    MATCHER_LABEL,
+    SELECTOR,
+    dashboard_expressions,
+    grafana,
+    replicated,
+    rule_expressions,
+)
 
 # A lease made at one site is listed at the others within this (measured: see the test).
 REPLICATION_BOUND = 2.0
@@ -49,6 +57,22 @@ def converged(cluster: Cluster, names: tuple[str, ...] = NAMES) -> dict[str, str
         return None
     first = views[names[0]]
     return first if all(views[n] == first for n in names) else None
+
+
+def unexported_by(samples: dict[str, float]) -> list[str]:
+    """The metrics and labels the replication's dashboard panels and alert rules name that
+    these samples (one scrape of a replicating site) lack."""
+    missing = []
+    expressions = [*map(grafana, dashboard_expressions()), *rule_expressions().values()]
+    for expr in filter(replicated, expressions):
+        for name, matchers in SELECTOR.findall(expr):
+            keys = [k for k in samples if k == name or k.startswith(name + "{")]
+            if not keys:
+                missing.append(name)
+            for label in MATCHER_LABEL.findall(matchers):
+                if label != "instance" and not any(f"{label}=" in k for k in keys):
+                    missing.append(f"{name}{{{label}}}")
+    return missing
 
 
 def listed(cluster: Cluster, site: str, address: str) -> bool:
@@ -112,6 +136,7 @@ def test_a_lease_made_at_a_is_listed_at_b_and_c_within_the_bound(cluster: Cluste
     assert "heard from too recently: wait" in refused.stderr
     samples = cluster.sites["b"].samples()
     assert samples['dhcp_replication_peer_up{peer="a"}'] == 1
+    assert not unexported_by(samples), "names the dashboard or the rules use"
     assert sum_samples(samples, "dhcp_replication_lag_seconds_count") >= 2
     assert samples['dhcp_replication_deltas_total{direction="received"}'] >= 2
 
