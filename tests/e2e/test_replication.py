@@ -9,6 +9,7 @@ number of MACs from one raw socket, tests/e2e/crafted.py). "Listed at B" is what
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,27 @@ def test_a_peer_with_a_foreign_certificate_injects_nothing(cluster: Cluster) -> 
         assert not set(made) & set(cluster.sites[site].bound())
         peers = cluster.sites[site].ask("peers")
         assert {p["site"]: p["up"] for p in peers["peers"]}["c"] is False
+
+
+def test_a_revoked_peer_is_cut_off_at_the_reload_and_injects_nothing(cluster: Cluster) -> None:
+    """c's certificate revoked and the new CRL reloaded at A and B: their sessions with c
+    close (counted as revoked), c's later leases never reach them, c is down for them."""
+    cluster.start()
+    first = bind_all(cluster, "c", 0, 1)
+    wait_until(lambda: converged(cluster), CONVERGENCE_BOUND, "c's lease everywhere")
+    cluster.ca.revoke("c", datetime.now(UTC).replace(tzinfo=None))
+    for site in ("a", "b"):
+        reloaded = cluster.sites[site].cli("reload")
+        assert reloaded.returncode == 0, reloaded.stdout
+        assert "revoked sessions closed: c" in reloaded.stdout
+    later = bind_all(cluster, "c", 1, 2)
+    time.sleep(3)
+    for site in ("a", "b"):
+        known = set(cluster.sites[site].bound())
+        assert set(first) <= known and not set(later) & known
+        samples = cluster.sites[site].samples()
+        assert samples['dhcp_replication_handshake_failures_total{reason="revoked"}'] >= 1
+        assert samples['dhcp_replication_peer_up{peer="c"}'] == 0
 
 
 def test_a_site_killed_during_gossip_loses_no_acknowledged_lease(cluster: Cluster) -> None:
