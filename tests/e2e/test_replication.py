@@ -7,6 +7,7 @@ number of MACs from one raw socket, tests/e2e/crafted.py). "Listed at B" is what
 """
 
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -266,6 +267,29 @@ def test_a_site_killed_during_gossip_loses_no_acknowledged_lease(cluster: Cluste
     final = wait_until(lambda: converged(cluster), CONVERGENCE_BOUND, "catch-up")
     print(f"\ncaught up {time.monotonic() - restarted:.1f}s after the restarts")
     assert set(made) <= set(final)
+
+
+def test_a_site_that_lost_its_disk_recovers_its_peers_leases_and_allocates_nothing(
+    cluster: Cluster,
+) -> None:
+    """B killed, its lease store deleted, restarted with --recovering: it lists every
+    lease from its peers again (its own too), owns no block and offers nothing to a new
+    client while it waits, and says until when."""
+    cluster.start()
+    made = {**bind_all(cluster, "a", 0, 2), **bind_all(cluster, "b", 0, 2)}
+    wait_until(lambda: converged(cluster), CONVERGENCE_BOUND, "converged before the loss")
+    b = cluster.sites["b"]
+    b.kill()
+    shutil.rmtree(b.state_dir)
+    b.args = ["--recovering"]
+    b.start()
+    final = wait_until(lambda: converged(cluster), CONVERGENCE_BOUND, "recovered")
+    assert set(made) <= set(final)
+    peers = b.ask("peers")
+    assert peers["owned_blocks"] == 0
+    assert peers["recovering_until"] > time.time() + 60
+    with Subscribers(cluster.links["b"]) as subscribers, pytest.raises(TimeoutError):
+        subscribers.discover(mac("b", 50))
 
 
 def test_a_fifth_of_the_peer_datagrams_lost_still_converges(cluster: Cluster) -> None:
