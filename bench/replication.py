@@ -62,7 +62,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--leases", type=int, default=100_000)
     parser.add_argument("--missed", type=int, default=10_000)
-    parser.add_argument("--block-size", type=int, default=64)
+    parser.add_argument("--block-size", type=int, default=256)  # the config's default
     parser.add_argument("--scattered", action="store_true")
     args = parser.parse_args()
     layout = BlockLayout(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from brushtaild.config.model import Config
 
 MAX_SITES = 255  # a site is one byte on the wire
-MAX_SITE_NAME = 32  # bytes of UTF-8
+MAX_SITE_NAME = 63  # bytes of UTF-8, as the config allows
 MAX_POOLS = 65535  # a pool is two bytes on the wire
 
 

@@ -1,11 +1,14 @@
 """Anti-entropy digests: a hash per bucket of the state, kept up to date as it changes.
 
-A bucket is a block (named by its first address) with its ownership register and the
-bindings of its addresses; an address outside every block (a host's fixed address) falls
-in the bucket of its /24. A bucket's hash is the XOR of its entries' hashes, so a change
-costs one hash, whatever the size of the state, and two sites with equal hashes for a
-bucket hold the same entries in it (but for a 64-bit collision). Each binding's own hash
-is kept too: where two sites' buckets differ, comparing those finds the addresses that do.
+A bucket is up to BUCKET_SPAN addresses of one block, named by its first address, with
+their bindings; the block's first bucket holds its ownership register too. An address
+outside every block (a host's fixed address) falls in the bucket of its /24. Buckets stay
+small whatever the block size, so a bucket's repair or detail is a few messages.
+
+A bucket's hash is the XOR of its entries' hashes, so a change costs one hash, whatever
+the size of the state, and two sites with equal hashes for a bucket hold the same entries
+in it (but for a 64-bit collision). Each binding's own hash is kept too: where two sites'
+buckets differ, comparing those finds the addresses that do.
 """
 
 import hashlib
@@ -14,6 +17,7 @@ from bisect import bisect_left
 from brushtaild.replication.state import Binding, Ownership
 from brushtaild.replication.wire import Codec
 
+BUCKET_SPAN = 256
 _OUTSIDE_MASK = 0xFFFFFF00
 _OWNER_TAG = b"o"
 
@@ -33,7 +37,9 @@ class Digests:
 
     def bucket_of(self, address: int) -> int:
         block = self._layout.block_of(address)
-        return block.first if block is not None else address & _OUTSIDE_MASK
+        if block is None:
+            return address & _OUTSIDE_MASK
+        return block.first + (address - block.first) // BUCKET_SPAN * BUCKET_SPAN
 
     def _toggle(self, bucket: int, entry_hash: int) -> None:
         if bucket not in self.hashes:

@@ -336,33 +336,27 @@ class Replica:
         received.messages += self._push(peer, wanted, [], now_ms)
 
     def _repair(self, peer: str, buckets: list[int], now_ms: int) -> list[Outgoing]:
-        """Our entries of `buckets`, which the peer has nothing in, whole buckets only, up to
-        about `repair_messages` messages' worth; at least one bucket, so that even one
-        larger than that gets across."""
+        """Our entries of `buckets`, which the peer has nothing in, up to about
+        `repair_messages` messages' worth. A bucket cut short is compared address by
+        address next time (the peer then has something in it)."""
         budget = self.params.repair_messages * _ENTRIES_PER_MESSAGE
         addresses: list[int] = []
         owners: list[tuple[int, Ownership]] = []
         for bucket in buckets:
-            members = sorted(self.digests.members.get(bucket, ()))
-            if (addresses or owners) and len(addresses) + len(members) > budget:
+            if len(addresses) >= budget:
                 break
-            addresses += members
+            addresses += sorted(self.digests.members.get(bucket, ()))
             register = self.state.owners.get(bucket)
             if register is not None:
                 owners.append((bucket, register))
-        return self._push(peer, addresses, owners, now_ms, budget=len(addresses))
+        return self._push(peer, addresses, owners, now_ms)
 
     def _push(
-        self,
-        peer: str,
-        addresses: list[int],
-        owners: list[tuple[int, Ownership]],
-        now_ms: int,
-        budget: int = 0,
+        self, peer: str, addresses: list[int], owners: list[tuple[int, Ownership]], now_ms: int
     ) -> list[Outgoing]:
-        """Our bindings of `addresses` (the first `budget`, by default about
-        `repair_messages` messages' worth) and `owners`, as deltas to `peer`."""
-        budget = budget or self.params.repair_messages * _ENTRIES_PER_MESSAGE
+        """Our bindings of `addresses` (the first of them, about `repair_messages`
+        messages' worth) and `owners`, as deltas to `peer`."""
+        budget = self.params.repair_messages * _ENTRIES_PER_MESSAGE
         bindings = [self.state.bindings[a] for a in addresses[:budget]]
         if not bindings and not owners:
             return []

@@ -327,3 +327,27 @@ def test_only_the_bindings_that_differ_cross_not_their_buckets() -> None:
             deliver(sites, [m for m in sites[site].tick(now) if m.peer != "c"], site, now, "c")
     # Three pushed, and b's three older copies asked for (whose is newer, only a merge says).
     assert a.counters.repaired_entries + b.counters.repaired_entries - before == 6
+
+
+def test_large_blocks_are_repaired_in_small_answers() -> None:
+    """The config allows blocks of 65,536 addresses: a digest bucket stays 256 of them,
+    so no answer to one message grows with the block."""
+    layout = BlockLayout(["a", "b"], [("p", FIRST, FIRST + 4095)], 4096)
+    sites = {s: Replica(s, layout, PARAMS, None, T0) for s in ("a", "b")}
+    a, b = sites["a"], sites["b"]
+    owner = a if a.policy.owned_blocks(int(T0 * 1000)) else b
+    for n in range(2000):
+        owner.local_update(lease(FIRST + n * 2, b"\x01%d" % n), T0)  # the peer misses them
+    now, largest = T0, 0
+    while a.digests.total() != b.digests.total():
+        now += 1
+        assert now < T0 + 100
+        for site in ("a", "b"):
+            queue = deque((site, m) for m in sites[site].tick(now))
+            while queue:
+                src, message = queue.popleft()
+                assert len(message.payload) <= MAX_PAYLOAD
+                answer = sites[message.peer].receive(src, message.payload, now).messages
+                largest = max(largest, len(answer))
+                queue.extend((message.peer, m) for m in answer)
+    assert largest <= PARAMS.repair_messages + 2
