@@ -9,9 +9,11 @@ Under journald `journal.JournalLeaseLog` replaces this with structured entries t
 
 OFFERs and INFORM answers are logged at DEBUG, every other event at INFO: they change no
 lease, and a DISCOVER flood (random MACs, one OFFER each) would otherwise turn into a flood
-of log writes competing with the lease store for the disk. The history of who held which
-address is in the ACK, RELEASE, DECLINE, EXPIRE and REVOKE lines (and NAKs say who was
-refused).
+of log writes competing with the lease store for the disk. So are leases replicated from
+peers: every site logs its own ACKs at INFO, and logging each other site's again would
+multiply the log by the number of sites. The history of who held which address is in the
+ACK, RELEASE, DECLINE, EXPIRE and REVOKE lines of the site that made them (and NAKs say who
+was refused).
 """
 
 import contextlib
@@ -22,7 +24,7 @@ from typing import Protocol, TextIO
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.engine.decisions import LeaseEvent, LeaseEventKind
 
-_DEBUG_EVENTS = frozenset({LeaseEventKind.OFFER, LeaseEventKind.INFORM})
+_DEBUG_EVENTS = frozenset({LeaseEventKind.OFFER, LeaseEventKind.INFORM, LeaseEventKind.REPLICATED})
 
 
 def event_level(event: LeaseEvent) -> int:
