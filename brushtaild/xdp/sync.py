@@ -10,7 +10,8 @@ The maps are a cache: a lease without an entry is answered by the slow path. So 
 leaves the lease there, counted in `skipped` (and `failed`), and never stops the daemon.
 
 Times: entries hold CLOCK_BOOTTIME nanoseconds (bpf_ktime_get_boot_ns), converted from
-engine time by daemon/clock.py with its one constant offset.
+engine time by daemon/clock.py with its one constant offset: the expiry, and a roaming
+client's cap (Server.kernel_answer), which the program never lets a lease run past.
 """
 
 import contextlib
@@ -119,6 +120,8 @@ class Planner:
             expires_ns=clock.to_boot_ns(lease.expires),
             flags=(maps.LEASE_BY_VLAN if answer.by_vlan else 0)
             | (maps.LEASE_UNICAST_ONLY if answer.unicast_only else 0),
+            # 0 is no cap: a cap from before boot is still one (the kernel passes all).
+            cap_ns=0 if answer.cap is None else max(1, clock.to_boot_ns(answer.cap)),
         )
         return key_bytes(lease.hwaddr, *lease.vlans), value
 
@@ -215,6 +218,17 @@ class MapSync:
                 if event.kind in _WITHDRAW:
                     self.withdraw(event.address)
             for lease in decision.lease_writes:
+                self._install(lease, now)
+
+    def refresh(self, now: float, where: Callable[[int], bool]) -> None:
+        """Rewrites the entries of the addresses `where` takes, as the engine answers for
+        their leases now: after replication moved blocks (a handover, an eviction), a
+        lease of a block no longer ours needs a cap, and one of a block now ours none."""
+        for address in [a for a in self._key_of if where(a)]:
+            lease = self.server.lease_at(address)
+            if lease is None:
+                self.withdraw(address)
+            else:
                 self._install(lease, now)
 
     def withdraw(self, address: int) -> None:
