@@ -36,10 +36,21 @@ log = logging.getLogger("brushtaild.xdp")
 # A full map or a refusing kernel fails every install: say so at most this often (engine
 # seconds), with the count since.
 WARN_INTERVAL = 60.0
+CAP_MARGIN_NS = 1000
 TemplateKey = tuple[str, MessageType, bytes | None]
 # Events after which the client's entry must go; writes say the same, but an expiry is
 # only an event (the store needs no write for it).
 _WITHDRAW = (LeaseEventKind.EXPIRE, LeaseEventKind.RELEASE, LeaseEventKind.DECLINE)
+
+
+def cap_ns(cap: float | None) -> int:
+    """A roaming client's cap (engine time) as its entry holds it; 0 for none. It is set
+    CAP_MARGIN_NS early: a renewal the kernel makes at the cap, converted back to engine
+    time, may round up by a fraction of a microsecond, and must not land past the limit.
+    A cap from before boot is still one (1: the kernel passes every request)."""
+    if cap is None:
+        return 0
+    return max(1, clock.to_boot_ns(cap) - CAP_MARGIN_NS)
 
 
 def key_bytes(hwaddr: bytes, outer_vlan: int = 0, inner_vlan: int = 0) -> bytes:
@@ -120,8 +131,7 @@ class Planner:
             expires_ns=clock.to_boot_ns(lease.expires),
             flags=(maps.LEASE_BY_VLAN if answer.by_vlan else 0)
             | (maps.LEASE_UNICAST_ONLY if answer.unicast_only else 0),
-            # 0 is no cap: a cap from before boot is still one (the kernel passes all).
-            cap_ns=0 if answer.cap is None else max(1, clock.to_boot_ns(answer.cap)),
+            cap_ns=cap_ns(answer.cap),
         )
         return key_bytes(lease.hwaddr, *lease.vlans), value
 

@@ -5,6 +5,9 @@ kernel's renewals recorded no later than the limit (docs/STATE.md, rule 2)."""
 import math
 from dataclasses import dataclass
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from brushtaild.daemon import clock
 from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.message import Message
@@ -13,7 +16,7 @@ from brushtaild.engine.decisions import Decision
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.xdp import maps
-from brushtaild.xdp.sync import MapSync, key_bytes
+from brushtaild.xdp.sync import MapSync, cap_ns, key_bytes
 from tests.engine_helpers import mac, request
 from tests.unit.test_server_replication import CONFIG, LAYOUT, SITES, T0, Cluster, owner
 from tests.unit.test_xdp_maps import FakeProgram
@@ -68,7 +71,7 @@ def test_a_roaming_clients_entry_is_capped_at_its_extension_limit() -> None:
     # c acknowledged T0 + 100; b may extend 30 s past it.
     at_b = cluster.entry("b", 1)
     assert at_b is not None and maps.host32(at_b.address) == address
-    assert at_b.cap_ns == clock.to_boot_ns(T0 + 130)
+    assert at_b.cap_ns == cap_ns(T0 + 130)
     assert at_b.expires_ns == clock.to_boot_ns(T0 + 100)
     # At the owner the same client has no cap.
     at_c = cluster.entry("c", 1)
@@ -81,13 +84,13 @@ def test_the_owners_acknowledgement_raises_the_cap_of_the_entry() -> None:
     # The slow path extends it to the bound: the entry keeps its cap.
     assert cluster.ask("b", renewal, T0 + 90).lease_writes[0].expires == T0 + 130
     capped = cluster.entry("b", 1)
-    assert capped is not None and capped.cap_ns == clock.to_boot_ns(T0 + 130)
+    assert capped is not None and capped.cap_ns == cap_ns(T0 + 130)
     assert capped.expires_ns == clock.to_boot_ns(T0 + 130)
     # c learns of the extension and acknowledges it; b absorbs that and rewrites the entry.
     absorbed = cluster.deliver(T0 + 91)
     assert any(d.lease_writes for d in absorbed)
     raised = cluster.entry("b", 1)
-    assert raised is not None and raised.cap_ns == clock.to_boot_ns(T0 + 160)
+    assert raised is not None and raised.cap_ns == cap_ns(T0 + 160)
 
 
 @dataclass
@@ -142,7 +145,7 @@ def test_a_kernel_renewal_past_the_limit_is_recorded_at_the_limit_and_counted() 
     sync = MapSync(program, server)
     sync.apply([renewed], T0 + 25)
     (row,) = program.tables["leases"].rows.values()
-    assert maps.LeaseEntry.from_buffer_copy(row[1]).cap_ns == clock.to_boot_ns(T0 + 110)
+    assert maps.LeaseEntry.from_buffer_copy(row[1]).cap_ns == cap_ns(T0 + 110)
     # Counted across a reload.
     assert server.reconfigured(CONFIG, T0 + 26).renewals_past_cap == 1
 
@@ -170,7 +173,7 @@ def test_refresh_caps_the_entries_of_a_block_this_site_no_longer_owns() -> None:
     assert bytes(cluster.entry("b", 1) or b"") == bytes(entry)
     sync.refresh(T0 + 1, lambda a: block.first <= a <= block.last)
     refreshed = cluster.entry("b", 1)
-    assert refreshed is not None and refreshed.cap_ns == clock.to_boot_ns(T0 + 130)
+    assert refreshed is not None and refreshed.cap_ns == cap_ns(T0 + 130)
 
 
 def test_a_lease_of_this_sites_block_has_no_cap() -> None:
@@ -181,3 +184,15 @@ def test_a_lease_of_this_sites_block_has_no_cap() -> None:
     answer = cluster.servers["b"].kernel_answer(lease, T0)
     assert answer is not None and answer.cap is None
     assert math.isinf(cluster.servers["b"].table.extension_limit(address, lease.client_id, T0))
+
+
+@given(st.floats(1e-3, 1e9))
+def test_a_cap_converted_back_is_never_past_the_limit(since_boot: float) -> None:
+    limit = clock.from_boot_ns(0) + since_boot
+    assert 0 < cap_ns(limit) <= clock.to_boot_ns(limit)
+    assert clock.from_boot_ns(cap_ns(limit)) <= limit
+
+
+def test_no_cap_is_0_and_a_cap_before_boot_still_one() -> None:
+    assert cap_ns(None) == 0
+    assert cap_ns(clock.from_boot_ns(0) - 10) == 1
