@@ -273,11 +273,10 @@ class Server:
     ) -> Decision:
         """Records a renewal the XDP fast path has already ACKed: the bound lease of
         `address` held by the client with `hwaddr` on `vlans` now runs until `expires`. The
-        decision
-        writes the lease and logs the ACK; it drops with STALE_RENEWAL when the address is
-        no longer this client's to renew (changed by the slow path or a reload meanwhile):
-        the caller then withdraws the kernel's entry, and the client's next request comes
-        to the slow path.
+        decision writes the lease and logs the ACK; it drops with STALE_RENEWAL when the
+        address is no longer this client's to renew (changed by the slow path or a reload
+        meanwhile): the caller then withdraws the kernel's entry, and the client's next
+        request comes to the slow path.
 
         A roaming client's lease is recorded no later than its `extension_limit`
         (docs/STATE.md, rule 2). The program never ACKs past its entry's cap, but an entry
@@ -292,7 +291,7 @@ class Server:
             if expires > limit:
                 self.renewals_past_cap += 1
                 expires = limit
-            if expires > now or limit == math.inf:
+            if limit > now:  # else nothing is left to extend: the entry must go
                 renewed = self.table.renew(hwaddr, address, expires, now)
         if renewed is None:
             decision.drop = DropReason.STALE_RENEWAL

@@ -128,3 +128,27 @@ def test_the_raised_cap_lets_the_kernel_answer_again(
     fastpath.sync.apply([fastpath.server.absorb([lease], fastpath.now)], fastpath.now)
     assert fastpath.run(frame).retval == XDP_TX
     assert fastpath.absorb_renewals() == 1
+
+
+def test_a_renewal_past_a_limit_that_fell_is_recorded_at_the_limit_and_counted(
+    program: Program, renewal_log: RenewalLog
+) -> None:
+    """The limit falls before the entry is rewritten: the kernel ACKs with the old cap,
+    and the engine records the renewal only up to the limit, counts it, and rewrites the
+    entry with the new cap, past which the kernel then passes."""
+    fastpath = roaming(program, renewal_log, LEASE_TIME + 60)
+    lease = fastpath.server.leases()[0]
+    sites = fastpath.server.replication
+    assert isinstance(sites, Sites)
+    # Past the lease's end (ENGINE_LAG behind the kernel), short of the kernel's renewal.
+    sites.limit = clock.wall() + LEASE_TIME - 30
+    assert lease.expires < sites.limit
+    frame = request_frame(fastpath, ROAMING, lease, Request(MessageType.REQUEST, "renewing", 7))
+    assert fastpath.run(frame).retval == XDP_TX
+    assert fastpath.absorb_renewals() == 1
+    assert fastpath.server.renewals_past_cap == 1
+    held = fastpath.server.lease_at(lease.address)
+    assert held is not None and held.expires == sites.limit
+    entry = fastpath.entry(maps.Key(MAC))
+    assert entry is not None and entry.cap_ns == cap_ns(sites.limit)
+    assert fastpath.results_of(frame) == {maps.Result.CAP: 1}
