@@ -2,7 +2,8 @@
 
 Every lease input changes lease state through this class and nowhere else: the slow path's
 handlers (offer, bind, release, decline), renewals the kernel already acknowledged, the
-leases read back from the store at start and at a reload, and expiry. Each change that must
+leases read back from the store at start and at a reload, bindings other sites made
+(`absorb`, with multi-site replication), and expiry. Each change that must
 reach the disk is appended to the caller's `Decision` (writes, deletes, events).
 
 Rules it keeps, checked after every step by tests/property/test_lease_table.py:

@@ -447,6 +447,18 @@ class Server:
     def leases(self) -> list[Lease]:
         return self.table.leases()
 
+    def leases_in(self, first: int, last: int) -> list[Lease]:
+        """The records at addresses `first` to `last` (a block): when the block's owner
+        changes (a register merged, `Replica.hand_over`, a handover or eviction becoming
+        ready), `kernel_answer` changes for them, and the caller hands them to the map
+        sync as writes to install or withdraw their entries (before a handover, so that
+        the kernel renews none of them after it)."""
+        return [
+            lease
+            for address in range(first, last + 1)
+            if (lease := self.table.lease_at(address)) is not None
+        ]
+
     def pool_usage(self) -> dict[str, PoolUsage]:
         return self.table.usage()
 

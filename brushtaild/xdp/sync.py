@@ -230,17 +230,6 @@ class MapSync:
             for lease in decision.lease_writes:
                 self._install(lease, now)
 
-    def refresh(self, now: float, where: Callable[[int], bool]) -> None:
-        """Rewrites the entries of the addresses `where` takes, as the engine answers for
-        their leases now: after replication moved blocks (a handover, an eviction), a
-        lease of a block no longer ours needs a cap, and one of a block now ours none."""
-        for address in [a for a in self._key_of if where(a)]:
-            lease = self.server.lease_at(address)
-            if lease is None:
-                self.withdraw(address)
-            else:
-                self._install(lease, now)
-
     def withdraw(self, address: int) -> None:
         """Removes the entry that answers with `address`, if one does."""
         key = self._key_of.pop(address, None)

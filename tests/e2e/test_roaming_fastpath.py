@@ -2,42 +2,51 @@
 from replicated state in the kernel while its lease stays within the cap, and by the
 slow path, with a shortened lease, once it would not (A cut off: the cap stops rising).
 
-Runs on the three-site cluster of tests/e2e/sites.py (the daemon's replication wiring),
-with the fast path on at every site; skipped where that cluster is not there.
+Runs on the three-site cluster of tests/e2e/sites.py, with the fast path on at every site.
 """
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.constants import MessageType
+from tests.e2e import netns, sites
 from tests.e2e.crafted import Subscribers, answered_by, lease_time
 from tests.e2e.netns import SERVER_IF, ip
+from tests.e2e.test_replication import REPLICATION_BOUND, listed, mac
 from tests.e2e.xdp_pass import attach_client_pass
 
-sites = pytest.importorskip("tests.e2e.sites")
-replication = pytest.importorskip("tests.e2e.test_replication")
-cluster = replication.cluster  # the fixture
 CAP = 'dhcp_fastpath_requests_total{result="cap"}'
 
 
+@pytest.fixture
+def fast_cluster(tmp_path: Path) -> Iterator[sites.Cluster]:
+    """The three sites (not started), each with the fast path on."""
+    reason = netns.available()
+    if reason is not None:
+        pytest.skip(reason)
+    with sites.Cluster(tmp_path) as cluster:
+        for link in cluster.links.values():
+            attach_client_pass(link)  # veth: XDP_TX reaches a peer with a program
+        for site in cluster.sites.values():
+            config = site.config_file.read_text()
+            site.config_file.write_text(config.replace("enabled: false", "enabled: true"))
+        yield cluster
+
+
 def test_a_client_of_a_renews_at_b_in_the_kernel_up_to_the_cap_then_by_the_slow_path(
-    cluster: "sites.Cluster",
+    fast_cluster: sites.Cluster,
 ) -> None:
-    for link in cluster.links.values():
-        attach_client_pass(link)  # veth: XDP_TX reaches a peer with a program
-    for site in cluster.sites.values():
-        config = site.config_file.read_text()
-        site.config_file.write_text(config.replace("enabled: false", "enabled: true"))
+    cluster = fast_cluster
     cluster.start()
-    client = replication.mac("a", 1)
+    client = mac("a", 1)
     with Subscribers(cluster.links["a"]) as at_a:
         address = at_a.bind(client).yiaddr
     text = opt.format_ip(address)
-    sites.wait_until(
-        lambda: replication.listed(cluster, "b", text), replication.REPLICATION_BOUND, "at B"
-    )
+    sites.wait_until(lambda: listed(cluster, "b", text), REPLICATION_BOUND, "at B")
     b = cluster.sites["b"]
     # The slow path's unicast reply to ciaddr, as Subscribers.bind sets it up at A.
     ip("-n", cluster.links["b"].server_ns, "neigh", "replace", text, "lladdr",

@@ -455,6 +455,7 @@ def _help(*argv: str) -> str:
                 ["-m", "brushtaild.cli", "check-config"],
                 ["-m", "brushtaild.cli", "leases"],
                 ["-m", "brushtaild.cli", "trace"],
+                ["-m", "brushtaild.cli", "pki"],
             ],
         ),
     ],

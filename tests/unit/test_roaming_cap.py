@@ -159,21 +159,19 @@ def test_a_kernel_renewal_past_a_limit_already_gone_is_stale() -> None:
     assert server.lease_at(lease.address) == lease
 
 
-def test_refresh_caps_the_entries_of_a_block_this_site_no_longer_owns() -> None:
+def test_a_block_handed_over_has_its_entries_capped_at_the_resync() -> None:
     cluster = Synced()
     address = cluster.dora("b", 1, T0).yiaddr
-    sync = cluster.syncs["b"]
     entry = cluster.entry("b", 1)
     assert entry is not None and entry.cap_ns == 0
-    # The block goes to c; its leases' entries must be capped from now on.
+    # The block goes to c: its leases, written again (Server.leases_in), are capped.
     block = LAYOUT.block_of(address)
     assert block is not None
     cluster.replicas["b"].hand_over(block.first, "c", T0 + 1)
-    sync.refresh(T0 + 1, lambda a: False)
-    assert bytes(cluster.entry("b", 1) or b"") == bytes(entry)
-    sync.refresh(T0 + 1, lambda a: block.first <= a <= block.last)
-    refreshed = cluster.entry("b", 1)
-    assert refreshed is not None and refreshed.cap_ns == cap_ns(T0 + 130)
+    resync = Decision(lease_writes=cluster.servers["b"].leases_in(block.first, block.last))
+    cluster.syncs["b"].apply([resync], T0 + 1)
+    capped = cluster.entry("b", 1)
+    assert capped is not None and capped.cap_ns == cap_ns(T0 + 130)
 
 
 def test_a_lease_of_this_sites_block_has_no_cap() -> None:

@@ -170,6 +170,21 @@ def test_absorb_moves_a_client_forgets_its_old_record_and_frees_a_quarantine_tha
     assert server.lease_at(first) is None and server.pool_usage()[POOL.name].declined == 0
 
 
+def test_a_blocks_leases_are_there_to_resync_when_its_owner_changes() -> None:
+    cluster = Cluster()
+    address = cluster.dora("b", 1, T0).yiaddr
+    block = LAYOUT.block_of(address)
+    assert block is not None
+    server = cluster.servers["b"]
+    (lease,) = server.leases_in(block.first, block.last)
+    assert lease.address == address and server.kernel_answer(lease, T0) is not None
+    cluster.flight += [("b", m) for m in cluster.replicas["b"].hand_over(block.first, "a", T0)]
+    # A's block now: b's entry is capped as a roaming client's.
+    answer = server.kernel_answer(lease, T0)
+    assert answer is not None and answer.cap == T0 + 130
+    assert server.leases_in(block.last + 1, block.last + 4) == []
+
+
 def test_absorb_skips_and_counts_what_no_pool_of_ours_holds_and_never_raises() -> None:
     server = Cluster().servers["a"]
     odd = [
