@@ -424,6 +424,13 @@ int xdp_brushtail(struct xdp_md *ctx)
 	result = BT_PASS_REQUEST_MISMATCH;
 	if (reply_type == DHCP_ACK && !request_matches(ip, b, req, lease, server_id))
 		goto out;
+	/* A roaming client (an address of another site's block, docs/STATE.md rule 2) is
+	 * extended only up to the cap: an ACK that would run past it is the slow path's,
+	 * which gives a shorter lease or NAKs. So is such an OFFER, whose lease time the ACK
+	 * could not give. */
+	result = BT_PASS_CAP;
+	if (lease->cap_ns && now + lease->lease_time * NS_PER_SEC > lease->cap_ns)
+		goto out;
 
 	result = BT_PASS_NO_TEMPLATE;
 	tpl_id = reply_type == DHCP_OFFER ? lease->offer_template : lease->ack_template;

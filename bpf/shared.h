@@ -69,7 +69,8 @@ enum bt_result {
 	BT_PASS_PRIORITY_TAG = 18,
 	BT_DROP_LINK_BUDGET = 19,  /* a new subscriber's DISCOVER over its link's budget */
 	BT_PASS_RELAY = 20,        /* a relay (giaddr) whose next hop userspace has not given */
-	BT_RESULTS = 21,
+	BT_PASS_CAP = 21,          /* a roaming client's lease would run past its entry's cap */
+	BT_RESULTS = 22,
 };
 
 struct bt_client_key {
@@ -81,6 +82,9 @@ struct bt_client_key {
 
 struct bt_lease {
 	__u64 expires_ns;   /* CLOCK_BOOTTIME */
+	/* CLOCK_BOOTTIME; 0: none. A roaming client's (an address of another site's block,
+	 * docs/STATE.md rule 2): no reply of the program lets its lease run past it. */
+	__u64 cap_ns;
 	__u64 prl_hash;     /* of the option 55 the templates were rendered for */
 	__u32 address;      /* network order, as all addresses here */
 	__u32 subnet;

@@ -376,11 +376,16 @@ class LeaseTable:
         where replication lets this site allocate it; up to the `extension_limit` of a
         roaming client; 0 if that leaves it less than MIN_EXTENSION (it is NAKed, and
         offered an address of this site's blocks instead)."""
+        until = self.extension_limit(address, client_id, now)
+        return until if until >= now + MIN_EXTENSION else 0.0
+
+    def extension_limit(self, address: int, client_id: bytes, now: float) -> float:
+        """The latest the client's binding of `address` may run: math.inf at an address of
+        this site's blocks, a roaming client's `extension_limit` elsewhere."""
         replication = self.replication
         if replication is None or replication.owns(address, now):
             return math.inf
-        until = replication.extension_limit(address, client_id, now)
-        return until if until >= now + MIN_EXTENSION else 0.0
+        return replication.extension_limit(address, client_id, now)
 
     def _admission(self, client_id: bytes, now: float) -> Admission | None:
         replication = self.replication
@@ -575,6 +580,7 @@ class LeaseTable:
         """Record a renewal the kernel has already acknowledged: the lease of `address`,
         held by the client with `hwaddr`, runs until at least `expires`. None when the
         address is no longer that client's to renew; the caller withdraws the kernel entry.
+        A roaming client's `expires` is the caller's to cap (Server.kernel_renewal).
 
         The record's state, not the time, says whether the address is still taken: a BOUND
         record holds it until `expire` has processed it, even past its end (the kernel may
@@ -595,10 +601,6 @@ class LeaseTable:
         if alloc is None or not alloc.contains(address):
             return None
         if not self._entitled(address, lease.client_id, lease.hwaddr, lease.vlans, 0):
-            return None
-        if self.replication is not None and not self.replication.owns(address, now):
-            # Another site's block since the entry was installed: the kernel renewed
-            # without the extension bound; no more.
             return None
         if lease.state is LeaseState.EXPIRED:
             hold = self._hold_by_address.get(address)

@@ -91,6 +91,9 @@ class KernelAnswer:
     # the slow path classifies the client's unicast renewals by the stash too, but a
     # request through a relay by its own option 82, which may tell another class.
     unicast_only: bool
+    # A roaming client's `extension_limit` (Unix seconds), which no kernel reply lets its
+    # lease run past; None at an address of this site's blocks.
+    cap: float | None = None
 
 
 @dataclass(slots=True)
@@ -184,6 +187,9 @@ class Server:
         path (docs/STATE.md, "How the engine applies the rules")."""
         self.config = config
         self.replication = replication
+        # Kernel renewals past a roaming client's limit (kernel_renewal): none, by
+        # construction, unless an entry's cap went stale.
+        self.renewals_past_cap = 0
         self._server_id = opt.ip(config.server_id)
         self.table = LeaseTable(config, leases, now, keepalive, replication)
         allocators = self.table.allocators
@@ -267,18 +273,26 @@ class Server:
     ) -> Decision:
         """Records a renewal the XDP fast path has already ACKed: the bound lease of
         `address` held by the client with `hwaddr` on `vlans` now runs until `expires`. The
-        decision
-        writes the lease and logs the ACK; it drops with STALE_RENEWAL when the address is
-        no longer this client's to renew (changed by the slow path or a reload meanwhile):
-        the caller then withdraws the kernel's entry, and the client's next request comes
-        to the slow path."""
+        decision writes the lease and logs the ACK; it drops with STALE_RENEWAL when the
+        address is no longer this client's to renew (changed by the slow path or a reload
+        meanwhile): the caller then withdraws the kernel's entry, and the client's next
+        request comes to the slow path.
+
+        A roaming client's lease is recorded no later than its `extension_limit`
+        (docs/STATE.md, rule 2). The program never ACKs past its entry's cap, but an entry
+        written before the limit fell (a binding absorbed, a block handed over) can until
+        the decision's write rewrites it: such a renewal is counted in `renewals_past_cap`
+        and recorded up to the limit, or dropped as stale if the limit has passed."""
         decision = Decision()
         held = self.table.lease_at(address)
-        renewed = (
-            self.table.renew(hwaddr, address, expires, now)
-            if held is not None and held.vlans == vlans
-            else None
-        )
+        renewed = None
+        if held is not None and held.vlans == vlans:
+            limit = self.table.extension_limit(address, held.client_id, now)
+            if expires > limit:
+                self.renewals_past_cap += 1
+                expires = limit
+            if limit > now:  # else nothing is left to extend: the entry must go
+                renewed = self.table.renew(hwaddr, address, expires, now)
         if renewed is None:
             decision.drop = DropReason.STALE_RENEWAL
             return decision
@@ -365,9 +379,12 @@ class Server:
         LeaseTable.renewable): not when its VLANs no longer select its pool (a reload moved
         them), since the program checks only the lease's subnet (a relayed client's pool
         is chosen by its relay, whatever the VLANs); not when its class cannot be told from
-        the lease, or no longer gives it this pool; not at an address of another site's
-        block, since the kernel renews without the extension bound (docs/STATE.md)."""
-        if self.replication is not None and not self.replication.owns(lease.address, now):
+        the lease, or no longer gives it this pool. At an address of another site's block
+        the answer carries the client's `extension_limit` as its cap (docs/STATE.md, rule
+        2), past which the kernel leaves it to the slow path; none if the slow path would
+        NAK it already."""
+        until = self.table.extension_until(lease.address, lease.client_id, now)
+        if not until:
             return None
         alloc = self.table.allocators.get(lease.pool)
         if alloc is None or (not lease.relayed and alloc not in self._for_vlans(lease.vlans)):
@@ -384,6 +401,7 @@ class Server:
             profile=self._profile(alloc.pool, lease.address, cls),
             by_vlan=bool(alloc.pool.vlans) and not lease.relayed,
             unicast_only=told.by_relay,
+            cap=None if until == math.inf else until,
         )
 
     def profile_pool(self, profile: str) -> Pool:
@@ -459,7 +477,9 @@ class Server:
         4), and `renewable` turns false so the fast path's entry goes at the reconcile.
         `replication`: the new server's (by default this one's)."""
         kept = self.replication if isinstance(replication, _Same) else replication
-        return Server(config, self.leases(), now, keepalive, kept)
+        server = Server(config, self.leases(), now, keepalive, kept)
+        server.renewals_past_cap = self.renewals_past_cap
+        return server
 
     # Request context ----------------------------------------------------------------------
 

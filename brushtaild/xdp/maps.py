@@ -67,20 +67,22 @@ class Result(IntEnum):
     PRIORITY_TAG = 18  # no longer counted; the number stays taken (bpf/shared.h)
     LINK_BUDGET = 19
     RELAY = 20
+    CAP = 21  # a roaming client's lease would run past its entry's cap (cap_ns)
 
     @property
     def label(self) -> str:
         return self.name.lower()
 
 
-RESULTS = 21
+RESULTS = 22
 # struct bt_rate_key.kind
 RATE_SENDER = 0
 RATE_LINK = 1
 ANSWERED = (Result.OFFER, Result.ACK)
 # Passes that mean "no usable entry for this client": the cache missed. Other passes found
 # an entry but the request itself belongs to the slow path.
-# A relay the program has no next hop for is one too.
+# A relay the program has no next hop for is one too, and so is a roaming client's entry
+# whose cap its lease would pass.
 CACHE_MISSES = (
     Result.MISS,
     Result.EXPIRED,
@@ -88,6 +90,7 @@ CACHE_MISSES = (
     Result.PRL,
     Result.NO_TEMPLATE,
     Result.RELAY,
+    Result.CAP,
 )
 
 
@@ -138,6 +141,7 @@ class Relay(ctypes.Structure):
 class LeaseEntry(ctypes.Structure):
     _fields_ = (
         ("expires_ns", ctypes.c_uint64),
+        ("cap_ns", ctypes.c_uint64),  # 0, or the latest a roaming client's lease may run
         ("prl_hash", ctypes.c_uint64),
         ("address", ctypes.c_uint32),  # network order, as every address in the maps
         ("subnet", ctypes.c_uint32),
@@ -193,7 +197,7 @@ class Bucket(ctypes.Structure):
 # The same layouts as struct formats, to build a million entries without a ctypes object
 # each (tests/unit/test_xdp_maps.py checks they match the ctypes mirrors).
 KEY_FORMAT = struct.Struct("<6sHHH")
-ENTRY_FORMAT = struct.Struct(f"<QQIIIIHHBB2x{MAX_CLIENT_ID}s")
+ENTRY_FORMAT = struct.Struct(f"<QQQIIIIHHBB2x{MAX_CLIENT_ID}s")
 
 
 def net32(value: int) -> int:
@@ -274,11 +278,14 @@ def pack_entry(
     address: int,
     expires_ns: int,
     flags: int = 0,
+    cap_ns: int = 0,
 ) -> bytes:
     """The entry of one lease; `flags` are LEASE_BY_VLAN and LEASE_UNICAST_ONLY, as its
-    lease calls for (LEASE_HW_ID follows from `client_id`)."""
+    lease calls for (LEASE_HW_ID follows from `client_id`); `cap_ns` a roaming client's
+    cap (0: none)."""
     return ENTRY_FORMAT.pack(
         expires_ns,
+        cap_ns,
         shape.prl_hash,
         net32(address),
         shape.subnet,

@@ -10,7 +10,8 @@ The maps are a cache: a lease without an entry is answered by the slow path. So 
 leaves the lease there, counted in `skipped` (and `failed`), and never stops the daemon.
 
 Times: entries hold CLOCK_BOOTTIME nanoseconds (bpf_ktime_get_boot_ns), converted from
-engine time by daemon/clock.py with its one constant offset.
+engine time by daemon/clock.py with its one constant offset: the expiry, and a roaming
+client's cap (Server.kernel_answer), which the program never lets a lease run past.
 """
 
 import contextlib
@@ -35,10 +36,21 @@ log = logging.getLogger("brushtaild.xdp")
 # A full map or a refusing kernel fails every install: say so at most this often (engine
 # seconds), with the count since.
 WARN_INTERVAL = 60.0
+CAP_MARGIN_NS = 1000
 TemplateKey = tuple[str, MessageType, bytes | None]
 # Events after which the client's entry must go; writes say the same, but an expiry is
 # only an event (the store needs no write for it).
 _WITHDRAW = (LeaseEventKind.EXPIRE, LeaseEventKind.RELEASE, LeaseEventKind.DECLINE)
+
+
+def cap_ns(cap: float | None) -> int:
+    """A roaming client's cap (engine time) as its entry holds it; 0 for none. It is set
+    CAP_MARGIN_NS early: a renewal the kernel makes at the cap, converted back to engine
+    time, may round up by a fraction of a microsecond, and must not land past the limit.
+    A cap from before boot is still one (1: the kernel passes every request)."""
+    if cap is None:
+        return 0
+    return max(1, clock.to_boot_ns(cap) - CAP_MARGIN_NS)
 
 
 def key_bytes(hwaddr: bytes, outer_vlan: int = 0, inner_vlan: int = 0) -> bytes:
@@ -119,6 +131,7 @@ class Planner:
             expires_ns=clock.to_boot_ns(lease.expires),
             flags=(maps.LEASE_BY_VLAN if answer.by_vlan else 0)
             | (maps.LEASE_UNICAST_ONLY if answer.unicast_only else 0),
+            cap_ns=cap_ns(answer.cap),
         )
         return key_bytes(lease.hwaddr, *lease.vlans), value
 

@@ -8,6 +8,7 @@ checks (brushtaild/net/packet_io.py), the codec, then `Server.handle`.
 """
 
 import copy
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.reasons import MalformedPacket
 from brushtaild.engine.decisions import Decision, DestKind, Reply
 from brushtaild.engine.leases import Lease
+from brushtaild.engine.replication import Replication
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import parse_frame
 from brushtaild.xdp import libbpf, maps, stats
@@ -163,6 +165,25 @@ def clear_maps(program: Program) -> None:
         program.table(name).clear()
 
 
+@dataclass
+class Sites:
+    """Replication as the engine asks it (brushtaild.engine.replication), as a test sets
+    it: this site owns every address, or none, and a roaming client may run to `limit`."""
+
+    owned: bool = True
+    limit: float = math.inf
+    block_size: int = 256
+
+    def owns(self, address: int, now: float) -> bool:
+        return self.owned
+
+    def may_allocate(self, address: int, client_id: bytes, now: float) -> bool:
+        return self.owned
+
+    def extension_limit(self, address: int, client_id: bytes, now: float) -> float:
+        return math.inf if self.owned else self.limit
+
+
 class Fastpath:
     """One engine and its map sync over the shared program; the maps start empty."""
 
@@ -174,6 +195,7 @@ class Fastpath:
         *,
         rate: int = 0,
         burst: int = 0,
+        replication: Replication | None = None,
     ) -> None:
         clear_maps(program)
         renewals.drain()
@@ -181,7 +203,7 @@ class Fastpath:
         self.renewal_log = renewals
         self.config = config or default_config()
         self.now = clock.wall() - ENGINE_LAG
-        self.server = Server(self.config, [], self.now)
+        self.server = Server(self.config, [], self.now, replication=replication)
         self.sync = MapSync(program, self.server)
         self.sync.configure(self.config, SERVER_MAC, rate, burst)
         self.relays = Relays(program, lambda _giaddr: RELAY_MAC, self.config)

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from brushtaild.config.model import Config, VlanRange
+from brushtaild.daemon import clock
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode, parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
@@ -27,6 +28,7 @@ from tests.bpf.harness import (
     XDP_TX,
     Fastpath,
     RenewalLog,
+    Sites,
     assert_same_reply,
     client_message,
     default_config,
@@ -195,6 +197,28 @@ def establish(fastpath: Fastpath, state: LeaseSetup) -> Lease | None:
         assert decision is not None and decision.lease_writes, decision
         assert fastpath.entry(maps.Key(MAC, *lease.vlans)) is None
     return lease
+
+
+# Where a roaming client's limit is (docs/STATE.md, rule 2), in seconds after the kernel's
+# clock: already past, under the second the engine needs, short of a full lease, room for
+# one, room for several.
+ROAMING_LIMITS = [-100.0, 0.5, 30.0, LEASE_TIME - 600.0, LEASE_TIME + 60.0, 10.0 * LEASE_TIME]
+
+
+def _sites(sites: Sites, roam: float | None) -> Sites | None:
+    return sites if roam is not None else None
+
+
+def roaming(fastpath: Fastpath, sites: Sites, roam: float | None) -> None:
+    """With `roam`, the lease just made is a roaming client's: its address becomes another
+    site's block whose owner lets it run to `roam` seconds past the kernel's clock (which
+    runs ENGINE_LAG ahead of the engine's), and its entry is rewritten as after the
+    handover."""
+    if roam is None:
+        return
+    sites.owned = False
+    sites.limit = clock.wall() + roam
+    fastpath.sync.reconcile(fastpath.now)
 
 
 # -- requests -----------------------------------------------------------------------------
@@ -413,14 +437,18 @@ def check(
     request: Request,
     note: Callable[[str], object] = lambda _: None,
     config: Config | None = None,
+    roam: float | None = None,
 ) -> int:
     """Runs `request` against a fresh engine holding `state`; returns the kernel's verdict
-    after checking it against the slow path. `note` hears what happened."""
-    fastpath = Fastpath(program, renewal_log, config)
+    after checking it against the slow path. `note` hears what happened. With `roam`, the
+    lease is a roaming client's once made (see `roaming`)."""
+    sites = Sites()
+    fastpath = Fastpath(program, renewal_log, config, replication=_sites(sites, roam))
     for relay in (RELAY_A, RELAY_B, RELAY_NOWHERE):
         # As if each had been answered before: the kernel knows their next hops.
         fastpath.know_relay(relay)
     lease = establish(fastpath, state)
+    roaming(fastpath, sites, roam)
     frame = request_frame(fastpath, state, lease, request)
     run = fastpath.run(frame)
     if request.mtype not in (MessageType.DISCOVER, MessageType.REQUEST):
@@ -581,6 +609,28 @@ def test_kernel_passes_or_answers_as_the_slow_path(
     check(program, renewal_log, state, request, event)
 
 
+@settings(
+    max_examples=200,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+# Half the draws leave room for a full lease: those the kernel may answer.
+@given(
+    state=lease_states,
+    request=requests(),
+    roam=st.sampled_from(ROAMING_LIMITS + ROAMING_LIMITS[-2:] * 2),
+)
+def test_kernel_passes_or_answers_as_the_slow_path_for_a_roaming_client(
+    program: Program, renewal_log: RenewalLog, state: LeaseSetup, request: Request, roam: float
+) -> None:
+    """The slow path runs ENGINE_LAG behind the kernel: it gives a full lease wherever
+    the kernel may, so every kernel answer is checked; where the cap stops the kernel,
+    tests/bpf/test_roaming.py checks the slow path at the kernel's time."""
+    check(program, renewal_log, state, request, event, roam=roam)
+
+
 # The QinQ lines of S-VLAN 100 with C-VLAN 4094 have a pool of their own, on a subnet that
 # does not hold the server's address: their leases are made there, and those clients are
 # identified by their VLANs (the engine's subscriber_identity).
@@ -653,7 +703,11 @@ def assert_entries_are_engine_leases(fastpath: Fastpath) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-@given(state=lease_states, sequence=st.lists(requests(), min_size=2, max_size=4))
+@given(
+    state=lease_states,
+    sequence=st.lists(requests(), min_size=2, max_size=4),
+    roam=st.sampled_from([None, None, *ROAMING_LIMITS]),
+)
 @pytest.mark.parametrize("config", [None, VLAN_CONFIG], ids=["link pools", "a VLAN pool"])
 def test_exchanges_stay_in_agreement_as_the_daemon_runs_them(
     program: Program,
@@ -661,13 +715,17 @@ def test_exchanges_stay_in_agreement_as_the_daemon_runs_them(
     state: LeaseSetup,
     sequence: list[Request],
     config: Config | None,
+    roam: float | None,
 ) -> None:
     """Several requests in a row, handled as the daemon does: a request the kernel passes
     goes to the engine (its decision synced to the maps); a kernel ACK's renewal is
     absorbed by the engine. At each step the kernel's answer is the slow path's, and every
-    entry stays one of the engine's leases."""
-    fastpath = Fastpath(program, renewal_log, config)
+    entry stays one of the engine's leases; no renewal of a roaming client's goes past its
+    cap."""
+    sites = Sites()
+    fastpath = Fastpath(program, renewal_log, config, replication=_sites(sites, roam))
     first = establish(fastpath, state)
+    roaming(fastpath, sites, roam)
     for request in sequence:
         frame = request_frame(fastpath, state, current_lease(fastpath, first), request)
         run = fastpath.run(frame)
@@ -679,6 +737,7 @@ def test_exchanges_stay_in_agreement_as_the_daemon_runs_them(
         else:
             fastpath.slow_path(frame)
         assert_entries_are_engine_leases(fastpath)
+    assert fastpath.server.renewals_past_cap == 0
 
 
 @pytest.mark.parametrize("max_size", list(MAX_SIZES))

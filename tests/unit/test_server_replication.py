@@ -1,5 +1,5 @@
 """The engine with a replica: new clients only in this site's blocks, roaming clients
-extended only to the bound, no kernel entry off our blocks, merged bindings absorbed."""
+extended only to the bound (their kernel entries capped there), merged bindings absorbed."""
 
 from collections import deque
 from dataclasses import replace
@@ -108,8 +108,12 @@ def test_a_roaming_client_is_extended_only_to_the_bound_then_naked_and_gets_an_a
     assert reply.message_type is MessageType.ACK
     assert lease_times(reply) == (40, 20, 35)
     assert decision.lease_writes[0].expires == T0 + 130
-    assert cluster.servers["b"].kernel_answer(decision.lease_writes[0], late) is None
+    # The kernel's entry is capped there too.
+    answer = cluster.servers["b"].kernel_answer(decision.lease_writes[0], late)
+    assert answer is not None and answer.cap == T0 + 130
     cluster.flight.clear()  # lost: c never hears of the extension
+    # Under a second left: no entry, as the slow path NAKs.
+    assert cluster.servers["b"].kernel_answer(decision.lease_writes[0], T0 + 129.5) is None
     decision = cluster.ask("b", renewal, T0 + 129.5)
     assert decision.nak is NakReason.OTHER_SITE
     # It DISCOVERs at b and is given one of b's addresses.
@@ -175,7 +179,9 @@ def test_a_blocks_leases_are_there_to_resync_when_its_owner_changes() -> None:
     (lease,) = server.leases_in(block.first, block.last)
     assert lease.address == address and server.kernel_answer(lease, T0) is not None
     cluster.flight += [("b", m) for m in cluster.replicas["b"].hand_over(block.first, "a", T0)]
-    assert server.kernel_answer(lease, T0) is None
+    # A's block now: b's entry is capped as a roaming client's.
+    answer = server.kernel_answer(lease, T0)
+    assert answer is not None and answer.cap == T0 + 130
     assert server.leases_in(block.last + 1, block.last + 4) == []
 
 

@@ -124,6 +124,11 @@ def test_struct_formats_match_the_ctypes_layouts() -> None:
     )
     assert (entry.subnet, entry.netmask, entry.lease_time, entry.prl_hash) == (1, 2, 3, 4)
     assert (entry.offer_template, entry.ack_template, entry.expires_ns) == (5, 6, 7)
+    assert entry.cap_ns == 0
+    capped = maps.lease_entry(
+        shape, client_id=b"\x00x", hwaddr=mac(1), address=1, expires_ns=7, cap_ns=9
+    )
+    assert (capped.expires_ns, capped.cap_ns, capped.prl_hash) == (7, 9, 4)
     assert maps.host32(entry.address) == 0xC6120105
     assert bytes(entry.client_id)[:7] == b"\x01" + mac(1) and entry.id_len == 7
     assert maps.Key.from_ctype(maps.Key(mac(1), 10, 20).ctype()) == maps.Key(mac(1), 10, 20)
@@ -132,7 +137,7 @@ def test_struct_formats_match_the_ctypes_layouts() -> None:
 def test_layout_sizes() -> None:
     # Checked against the C by tests/bpf/test_layout.py; here against accidental edits.
     assert ctypes.sizeof(maps.ClientKey) == 12
-    assert ctypes.sizeof(maps.LeaseEntry) == 72
+    assert ctypes.sizeof(maps.LeaseEntry) == 80
     assert maps.LeaseEntry.client_id.offset % 8 == 0
 
 
