@@ -266,6 +266,7 @@ class Daemon:
             lambda: replica.counters,
             lambda: service.owned_blocks(clock.wall()),
             lambda: service.errors,
+            lambda: self.server.renewals_past_cap,
         )
 
     def run(self) -> int:
@@ -551,6 +552,18 @@ class Daemon:
         self.lease_log.flush()
         return now
 
+    def _replan_moved_blocks(self, now: float) -> None:
+        """A block that became ours, or stopped being ours, changes how the kernel may
+        answer its leases (no cap, a cap, or no entry): their entries are planned again.
+        Ownership only leaves this site by its own handover or by its eviction while cut
+        off (docs/STATE.md), so this catches up on gains, and on losses it could not have
+        served past anyway."""
+        assert self.replication is not None
+        moved = self.replication.moved_blocks(now)
+        if moved and self.fastpath is not None:
+            writes = [lease for b in moved for lease in self.server.leases_in(b.first, b.last)]
+            self._apply_to_fastpath([Decision(lease_writes=writes)], now)
+
     def _withdraw_losers(self, incoming: "Incoming") -> None:
         """The kernel must stop answering a conflict's loser here at once; the winner's
         entry, if it gets one, is written with the absorbed leases. A loser that was never
@@ -740,6 +753,7 @@ class Daemon:
             # After every commit of the wake-up: what the deltas say is durable now.
             self.replication.tick(now)
             self.replication.flush(now)
+            self._replan_moved_blocks(now)
         step = clock.step()
         if abs(step - self._step_logged) > CLOCK_STEP_LOGGED:
             self._step_logged = step

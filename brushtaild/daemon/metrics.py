@@ -150,10 +150,12 @@ class _ReplicaCollector(Collector):
         counters: "Callable[[], ReplicaCounters]",
         owned_blocks: Callable[[], int],
         errors: Callable[[], int],
+        past_cap: Callable[[], int],
     ) -> None:
         self._counters = counters
         self._owned_blocks = owned_blocks
         self._errors = errors
+        self._past_cap = past_cap
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         c = self._counters()
@@ -208,6 +210,12 @@ class _ReplicaCollector(Collector):
             "dhcp_replication_owned_blocks",
             "Address blocks this site may allocate new leases in now",
             value=self._owned_blocks(),
+        )
+        yield CounterMetricFamily(
+            "dhcp_fastpath_renewals_past_cap_total",
+            "Renewals the kernel reported past a roaming lease's extension limit, recorded "
+            "at the limit (an entry written before the limit fell; should stay 0)",
+            value=self._past_cap(),
         )
 
 
@@ -331,10 +339,11 @@ class Metrics:
         counters: "Callable[[], ReplicaCounters]",
         owned_blocks: Callable[[], int],
         errors: Callable[[], int],
+        past_cap: Callable[[], int],
     ) -> Histogram:
         """Export the replication core's counters; the lag histogram, for the daemon to
         observe (registered only where replication runs)."""
-        self.registry.register(_ReplicaCollector(counters, owned_blocks, errors))
+        self.registry.register(_ReplicaCollector(counters, owned_blocks, errors, past_cap))
         return Histogram(
             "dhcp_replication_lag_seconds",
             "Time from a change at its site (its HLC wall time) to its merge here, for "

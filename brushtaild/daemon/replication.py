@@ -29,7 +29,7 @@ from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.engine.decisions import Decision
 from brushtaild.engine.leases import Lease, LeaseState
 from brushtaild.net.dtls import DtlsTransport
-from brushtaild.replication.blocks import BlockLayout
+from brushtaild.replication.blocks import Block, BlockLayout
 from brushtaild.replication.params import Params
 from brushtaild.replication.policy import EvictionRefused
 from brushtaild.replication.replica import Outgoing, Replica, Snapshot
@@ -128,6 +128,8 @@ class ReplicationService:
         self.dirty = Dirty(meta=recovering)
         self._outbox: list[Outgoing] = []
         self._log = ThrottledLog(log, ERROR_LOG_INTERVAL)
+        # The blocks this site owned at the last look (moved_blocks).
+        self._owned = self._owned_now(now)
 
     def fileno(self) -> int:
         return self.transport.fileno()
@@ -246,7 +248,21 @@ class ReplicationService:
         return [p for p in self.transport.peers_up() if p in heard]
 
     def owned_blocks(self, now: float) -> int:
-        return len(self.replica.policy.owned_blocks(int(now * 1000)))
+        return len(self._owned_now(now))
+
+    def moved_blocks(self, now: float) -> list[Block]:
+        """The blocks that became or stopped being this site's since the last call: a
+        register merged or written (an eviction), or a handover, an eviction or a
+        recovering site's wait that became ready with time alone. The kernel's entries
+        of their leases must be planned again (`Server.kernel_answer` depends on it)."""
+        owned = self._owned_now(now)
+        moved = owned.keys() ^ self._owned.keys()
+        blocks = [owned.get(first) or self._owned[first] for first in sorted(moved)]
+        self._owned = owned
+        return blocks
+
+    def _owned_now(self, now: float) -> dict[int, Block]:
+        return {b.first: b for b in self.replica.policy.owned_blocks(int(now * 1000))}
 
     def describe(self, now: float) -> dict[str, object]:
         """The `brushtail peers` answer."""

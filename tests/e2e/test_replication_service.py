@@ -205,10 +205,15 @@ def test_eviction_is_refused_with_the_wait_then_moves_the_blocks(
         later = now + a.params.lost_after + 1
         theirs = len(a.layout.blocks()) - a.owned_blocks(now)
         assert theirs > 0
+        assert a.moved_blocks(now) == []
         assert a.evict("b", later) == theirs
         changes = a.changes()
         assert changes is not None and len(changes.owners) == theirs
-        assert a.owned_blocks(later + a.params.lost_after) == len(a.layout.blocks())
+        # Ready only once lost_after has passed here too: then they move, once.
+        ready = later + a.params.lost_after
+        assert a.owned_blocks(ready) == len(a.layout.blocks())
+        assert len(a.moved_blocks(ready)) == theirs
+        assert a.moved_blocks(ready + 1) == []
     finally:
         a.close()
         b.close()

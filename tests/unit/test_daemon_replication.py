@@ -21,6 +21,7 @@ from brushtaild.dhcp.constants import MessageType
 from brushtaild.engine.decisions import Decision
 from brushtaild.engine.leases import LeaseState
 from brushtaild.net.packet_io import Received
+from brushtaild.replication.blocks import Block
 from brushtaild.replication.hlc import Hlc
 from brushtaild.replication.replica import Counters
 from brushtaild.replication.state import Binding, Conflict
@@ -43,6 +44,7 @@ class FakeService:
     calls: list[str] = field(default_factory=list)
     recorded: list[Decision] = field(default_factory=list)
     incoming: Incoming = field(default_factory=Incoming)
+    moved: list[Block] = field(default_factory=list)
 
     def record(self, decisions: list[Decision], now: float) -> None:
         self.calls.append("record")
@@ -60,6 +62,10 @@ class FakeService:
 
     def tick(self, now: float) -> None:
         pass
+
+    def moved_blocks(self, now: float) -> list[Block]:
+        moved, self.moved = self.moved, []
+        return moved
 
     def peers_up(self, now: float) -> list[str]:
         return ["edge-b"]
@@ -92,7 +98,7 @@ def wired(
     daemon = Daemon(daemon_config(tmp_path, fastpath=True), tmp_path / "x.yaml", signals)
     service = FakeService()
     daemon.replication = service  # type: ignore[assignment]
-    daemon._lag = daemon.metrics.add_replication(Counters, lambda: 0, lambda: 0)
+    daemon._lag = daemon.metrics.add_replication(Counters, lambda: 0, lambda: 0, lambda: 0)
     daemon._start_complete()
     assert daemon._status(time.perf_counter()).endswith("peers: 1/2 up (edge-b)")
     yield daemon, service
@@ -152,3 +158,26 @@ def test_a_conflict_loser_is_withdrawn_replaced_by_the_winner_and_naked(
     io.batches.append(Received(frames=[frame(renewal)]))
     daemon._serve_batch()
     assert parse(io.sent[-1][0]).message_type is MessageType.NAK
+
+
+def test_the_leases_of_a_block_that_changed_owner_are_planned_again(
+    wired: Any, io: FakeIO, fast: FakeFastPath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether the kernel may answer a lease, and with what cap, depends on who owns its
+    block: when ownership moves (a merged register, an eviction or a handover ready with
+    time), the block's leases go to the map sync again."""
+    daemon, service = wired
+    address = bind(daemon, io, 1)
+    applied: list[list[int]] = []
+    monkeypatch.setattr(
+        fast,
+        "apply",
+        lambda decisions, now: applied.append(
+            [w.address for d in decisions for w in d.lease_writes]
+        ),
+    )
+    daemon._housekeeping(None)
+    assert all(address not in writes for writes in applied)
+    service.moved = [Block(address & ~15, (address & ~15) + 15, "residential")]
+    daemon._housekeeping(None)
+    assert [address] in applied

@@ -32,7 +32,7 @@ def test_replica_counters_and_the_lag_are_exported() -> None:
     counters = Counters(deltas_sent=4, deltas_received=7, conflicts=1, too_far_ahead=2)
     counters.anti_entropy_rounds = 9
     metrics = Metrics(dict)
-    lag = metrics.add_replication(lambda: counters, lambda: 5, lambda: 0)
+    lag = metrics.add_replication(lambda: counters, lambda: 5, lambda: 0, lambda: 0)
     lag.observe(0.004)
     text = generate_latest(metrics.registry).decode()
     assert 'dhcp_replication_deltas_total{direction="sent"} 4.0' in text
