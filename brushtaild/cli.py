@@ -6,7 +6,7 @@ subcommands: 0 success, 1 the input was read but is wrong (or the daemon refused
 request), 2 usage errors or input that could not be read at all (argparse uses 2 for usage
 errors too), 3 the daemon is not running (nothing answers on its control socket).
 
-The commands that talk to the running daemon (status, leases, lease, pools, peers, reload)
+The commands that talk to the running daemon (status, leases, lease, pools, peers, sites, reload)
 send one request over its control socket (daemon/control.py) and render the JSON answer:
 aligned tables for people, the answer itself with --json.
 """
@@ -399,8 +399,7 @@ def _render_status(status: dict[str, Any]) -> int:
             ("slow path", f"up, {slow_rate}"),
             ("fast path", describe_fastpath(fastpath)
              + (f", {fast_rate}" if fastpath["state"] == "up" else "")),
-            ("peers", status["peers"]["note"] if not status["peers"]["peers"] else
-             ", ".join(map(str, status["peers"]["peers"]))),
+            ("peers", _peers_line(status["peers"])),
             ("last reload", reload_line),
         ],
     )  # fmt: skip
@@ -432,9 +431,45 @@ def _render_pools(pools: list[dict[str, Any]]) -> int:
     return EXIT_OK
 
 
-def _render_peers(peers: dict[str, Any]) -> int:
-    print(peers["note"] if not peers["peers"] else "\n".join(map(str, peers["peers"])))
+def _peers_line(answer: dict[str, Any]) -> str:
+    if not answer["peers"]:
+        return str(answer["note"])
+    return ", ".join(f"{p['site']} {'up' if p['up'] else 'DOWN'}" for p in answer["peers"])
+
+
+def _render_peers(answer: dict[str, Any]) -> int:
+    if not answer["peers"]:
+        print(answer["note"])
+        return EXIT_OK
+    _print_table(
+        ("PEER", "ADDRESS", "STATE", "SESSION", ">LAST HEARD"),
+        [
+            (
+                p["site"],
+                p["address"],
+                "up" if p["up"] else "DOWN",
+                p["session"],
+                "never" if p["last_heard_ago"] is None else f"{p['last_heard_ago']:.0f}s ago",
+            )
+            for p in answer["peers"]
+        ],
+    )
+    print()
+    owned = f"{answer['owned_blocks']} of {answer['blocks']} blocks owned and allocating"
+    if answer["recovering_until"] is not None:
+        owned += f" (recovering: none before {_when(answer['recovering_until'])})"
+    print(f"site {answer['site']}: {owned}")
+    print(f"wire: {answer['bytes_sent']} bytes sent, {answer['bytes_received']} received")
     return EXIT_OK
+
+
+def _render_evicted(answer: dict[str, Any]) -> int:
+    print(f"{answer['evicted']} evicted: {answer['blocks']} blocks handed to the other sites")
+    return EXIT_OK
+
+
+def _sites(args: argparse.Namespace) -> int:
+    return _daemon_command(args, "sites-evict", {"site": args.site}, _render_evicted)
 
 
 def _render_reload(outcome: dict[str, Any]) -> int:
@@ -484,8 +519,10 @@ def _add_daemon_commands(commands: "argparse._SubParsersAction[argparse.Argument
         (
             "peers",
             _render_peers,
-            "replication peers",
-            "Replication peers (none until replication).",
+            "replication peers: up or down, last heard, session, bytes, owned blocks",
+            "Each replication peer: up (a DTLS session, and heard from within three "
+            "anti-entropy rounds) or DOWN, its session (established, handshaking, none), "
+            "when it was last heard from; this site's owned blocks and bytes on the wire.",
         ),
         (
             "reload",
@@ -515,6 +552,17 @@ def _add_daemon_commands(commands: "argparse._SubParsersAction[argparse.Argument
     parser.add_argument("target", metavar="ADDRESS|MAC")
     _daemon_options(parser)
     parser.set_defaults(run=_lease)
+    parser = commands.add_parser(
+        "sites",
+        help="the cluster's sites: evict a site lost for good",
+        description="evict NAME: hand every address block of the lost site NAME to the "
+        'other sites (docs/OPERATIONS.md, "A site lost for good"). Refused, with the '
+        "time left, until NAME has been silent for lost_after. Exit 1 if refused.",
+    )
+    parser.add_argument("action", choices=("evict",))
+    parser.add_argument("site", metavar="NAME")
+    _daemon_options(parser)
+    parser.set_defaults(run=_sites)
 
 
 def _fastpath(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from brushtaild.dhcp.constants import RelayAgentSubOption
 from brushtaild.dhcp.options import format_ip, format_mac, parse_ip
 from brushtaild.engine.leases import Lease, LeaseState
 from brushtaild.engine.server import Server
+from brushtaild.replication.policy import EvictionRefused
 
 if TYPE_CHECKING:
     from brushtaild.daemon.main import Daemon
@@ -27,7 +28,7 @@ DEFAULT_LIMIT = 100
 # An answer is built in memory and written by the loop: a few megabytes at most. A whole
 # million-lease table is for `brushtail leases --store`.
 MAX_LIMIT = 10_000
-NO_PEERS = "none configured (replication is not available yet)"
+NO_PEERS = "none configured (no replication section in the config)"
 STATES = ("bound", "revoked", "released", "expired", "declined")
 
 
@@ -216,6 +217,7 @@ class Commands:
             "lease-release": self.lease_release,
             "pools": self.pools,
             "peers": self.peers,
+            "sites-evict": self.sites_evict,
             "reload": self.reload,
         }
 
@@ -284,7 +286,23 @@ class Commands:
         return pool_rows(self._daemon.server)
 
     def peers(self, _args: Args) -> dict[str, Any]:
-        return {"peers": [], "note": NO_PEERS}
+        """Each peer (session, when last heard from) and this site's share of the blocks."""
+        service = self._daemon.replication
+        if service is None:
+            return {"peers": [], "note": NO_PEERS}
+        return {**service.describe(clock.wall()), "note": ""}
+
+    def sites_evict(self, args: Args) -> dict[str, Any]:
+        """Hand a lost site's blocks to the others; refused, with the reason, while it
+        was heard from within `lost_after`."""
+        site = args.get("site")
+        if not isinstance(site, str):
+            raise CommandError("which site? (sites evict NAME)")
+        try:
+            moved = self._daemon.evict(site)
+        except (EvictionRefused, ValueError) as exc:
+            raise CommandError(f"eviction of {site} refused: {exc}") from None
+        return {"evicted": site, "blocks": moved}
 
     def reload(self, _args: Args) -> dict[str, Any]:
         return asdict(self._daemon.reload())

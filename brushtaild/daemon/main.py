@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge
 
@@ -52,6 +53,9 @@ from brushtaild.net.packet_io import PacketIO, Received
 from brushtaild.store.lease_store import LeaseStore, StoreError
 from brushtaild.xdp.fastpath import FastPath, Renewal, recorded, take_down
 from brushtaild.xdp.loader import LoadError, PinDirBusy
+
+if TYPE_CHECKING:  # the transport loads OpenSSL, which a single site does not need
+    from brushtaild.daemon.replication import Incoming, ReplicationService
 
 EX_CONFIG = 78  # sysexits.h; systemd shows it as "config" and does not restart-loop on it
 EXIT_START_FAILED = 1
@@ -167,22 +171,41 @@ def _counter_total(counter: Counter) -> float:
 
 class Daemon:
     def __init__(
-        self, config: Config, config_path: Path, signals: Signals, *, journald: bool = False
+        self,
+        config: Config,
+        config_path: Path,
+        signals: Signals,
+        *,
+        journald: bool = False,
+        recovering: bool = False,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.signals = signals
         self.store = LeaseStore.open(config.state_dir)
+        self.replication: ReplicationService | None = None
         try:
-            self._open(journald)
+            self._open(journald, recovering)
         except BaseException:
+            if self.replication is not None:
+                self.replication.close()
             self.store.close()
             raise
 
-    def _open(self, journald: bool) -> None:
+    def _open(self, journald: bool, recovering: bool) -> None:
         config = self.config
-        self.server = Server(config, self.store.load(), clock.wall())
+        now = clock.wall()
+        if config.replication is not None:
+            from brushtaild.daemon.replication import ReplicationService
+
+            self.replication = ReplicationService(
+                config, config.replication, self.store.load_replica(), now, recovering=recovering
+            )
+        replica = self.replication.replica if self.replication is not None else None
+        self.server = Server(config, self.store.load(), now, replication=replica)
         self.metrics = Metrics(lambda: self.server.pool_usage())
+        if self.replication is not None:
+            self._add_replication_metrics(self.replication)
         Gauge(
             "dhcp_clock_step_seconds",
             "How far the wall clock was stepped since start; engine time does not follow",
@@ -226,6 +249,17 @@ class Daemon:
             else:
                 self.metrics.registry.register(self._fastpath_collector)
 
+    def _add_replication_metrics(self, service: "ReplicationService") -> None:
+        replica, transport = service.replica, service.transport
+        self.metrics.add_replication_transport(
+            lambda: transport.counters, replica.peers, transport.peers_up
+        )
+        self._lag = self.metrics.add_replication(
+            lambda: replica.counters,
+            lambda: service.owned_blocks(clock.wall()),
+            lambda: service.errors,
+        )
+
     def run(self) -> int:
         if self.signals.stop:
             # Stopped while starting: nothing was attached or announced, nothing to finish.
@@ -237,6 +271,8 @@ class Daemon:
         with selectors.DefaultSelector() as selector:
             selector.register(self.io.fileno(), selectors.EVENT_READ, "packets")
             selector.register(self.signals.fileno(), selectors.EVENT_READ, "signal")
+            if self.replication is not None:
+                selector.register(self.replication.fileno(), selectors.EVENT_READ, "replication")
             try:
                 self._open_control(selector)
                 self._start_complete()
@@ -247,6 +283,8 @@ class Daemon:
                             self.signals.drain()
                         elif key.data == "packets":
                             absorbed_at = self._serve_batch()
+                        elif key.data == "replication":
+                            absorbed_at = self._serve_peers()
                         else:
                             self.control.ready(key.data, events, clock.ticks())
                     if self.signals.reload:
@@ -258,6 +296,8 @@ class Daemon:
                 # start); what it answered until now is recorded now.
                 self._record_renewals()
                 self.lease_log.flush()
+                if self.replication is not None:
+                    self.replication.flush(clock.wall())
             finally:
                 self._close()
         log.info("brushtaild stopped; every acknowledged lease is on disk")
@@ -279,6 +319,8 @@ class Daemon:
         self.control.close()
         if self.fastpath is not None:
             self.fastpath.close()
+        if self.replication is not None:
+            self.replication.close()
         self.io.close()
         self.store.close()
         self.notifier.close()
@@ -370,8 +412,15 @@ class Daemon:
         return (
             f"serving {self.config.interface}: {assigned} leases ({share:.0f}% of {total}), "
             f"slow path {rate:.0f} req/s, fast path: {self._fastpath_status()}, "
-            "peers: none configured"
+            f"peers: {self._peers_status()}"
         )
+
+    def _peers_status(self) -> str:
+        if self.replication is None:
+            return "none configured"
+        up = self.replication.peers_up(clock.wall())
+        total = len(self.replication.replica.peers)
+        return f"{len(up)}/{total} up ({', '.join(up)})" if up else f"0/{total} up"
 
     def _fastpath_status(self) -> str:
         return describe_fastpath(self.fastpath_state())
@@ -413,9 +462,13 @@ class Daemon:
 
     def _timeout(self) -> float:
         timeout = IDLE_WAKEUP
-        deadline = self.server.next_deadline()
-        if deadline is not None:
-            timeout = min(max(deadline - clock.wall(), 0.0), timeout)
+        now = clock.wall()
+        deadlines = [self.server.next_deadline()]
+        if self.replication is not None:
+            deadlines.append(self.replication.next_deadline())
+        for deadline in deadlines:
+            if deadline is not None:
+                timeout = min(max(deadline - now, 0.0), timeout)
         # A sleep past the watchdog's ping time would get a healthy daemon killed.
         ping = self.watchdog.wait(clock.ticks())
         return timeout if ping is None else min(ping, timeout)
@@ -461,6 +514,45 @@ class Daemon:
         if received.error is not None:
             time.sleep(RECEIVE_ERROR_PAUSE)
         return now
+
+    def _serve_peers(self) -> float:
+        """What the peers sent: the bindings their messages changed enter the lease table
+        (Server.absorb), are committed with the replicated state, then reach the kernel's
+        maps, each conflict's loser withdrawn first; the answers go out after the commit,
+        from housekeeping. Returns the time it absorbed at, as `_serve_batch` does."""
+        assert self.replication is not None
+        now = clock.wall()
+        incoming = self.replication.receive(now)
+        renewed = self._absorb_renewals()
+        absorbed = Decision()
+        if incoming.leases:
+            try:
+                absorbed = self.server.absorb(incoming.leases, now)
+            except Exception as exc:
+                # A bug: the replicated state has the bindings, anti-entropy does not
+                # resend them, and the table goes on with what it had.
+                self.drops.report("absorb", f"replication: absorb failed: {exc!r}", now, exc)
+        self._commit([renewed], absorbed)
+        self._withdraw_losers(incoming)
+        self._apply_to_fastpath([absorbed], now)
+        self.replication.log_conflicts(incoming.conflicts)
+        for stamp_ms in incoming.stamps_ms:
+            self._lag.observe(max(now - stamp_ms / 1000, 0.0))
+        self._log_events(renewed.events, "fast")
+        self._log_events(absorbed.events, "peer")
+        self.lease_log.flush()
+        return now
+
+    def _withdraw_losers(self, incoming: "Incoming") -> None:
+        """The kernel must stop answering a conflict's loser here at once; the winner's
+        entry, if it gets one, is written with the absorbed leases. A loser that was never
+        ours (the winner is the binding we had) has no entry to take out."""
+        if self.fastpath is None or not incoming.conflicts:
+            return
+        replaced = {lease.address for lease in incoming.leases}
+        for conflict in incoming.conflicts:
+            if conflict.loser.address in replaced:
+                self.fastpath.sync.withdraw(conflict.loser.address)
 
     def _count_receive(self, received: Received, now: float) -> None:
         if received.malformed:
@@ -546,13 +638,23 @@ class Daemon:
         self.lease_log.add(events, path)
         self.metrics.count_events(events, path)
 
-    def _commit(self, decisions: list[Decision]) -> None:
-        """Durably write a batch's lease changes. A store failure propagates and stops the
-        daemon: acknowledging a lease that is not on disk is never an option."""
-        writes, deletes = _collapse(decisions)
-        if writes or deletes:
+    def _commit(self, decisions: list[Decision], absorbed: Decision | None = None) -> None:
+        """Durably write a batch's lease changes, and the replicated state they changed:
+        `decisions` are this site's (each lease they write is stamped in the replica
+        first), `absorbed` what the peers' bindings changed. A store failure propagates and
+        stops the daemon: acknowledging a lease that is not on disk is never an option. The
+        deltas go to the peers later, from housekeeping: never before they are durable."""
+        writes, deletes = _collapse([*decisions, absorbed] if absorbed else decisions)
+        changes = None
+        if self.replication is not None:
+            self.replication.record(decisions, clock.wall())
+            changes = self.replication.changes()
+        if writes or deletes or changes is not None:
             started = clock.ticks()
-            self.store.apply(writes, deletes)
+            if changes is None:
+                self.store.apply(writes, deletes)
+            else:
+                self.store.apply(writes, deletes, replica=changes)
             self.metrics.commits.observe(clock.ticks() - started)
             self.metrics.committed.inc(len(writes) + len(deletes))
         if self.fastpath is not None:
@@ -626,6 +728,10 @@ class Daemon:
         self._log_events(renewed.events, "fast")
         self._log_events(expired.events, "slow")
         self.lease_log.flush()
+        if self.replication is not None:
+            # After every commit of the wake-up: what the deltas say is durable now.
+            self.replication.tick(now)
+            self.replication.flush(now)
         step = clock.step()
         if abs(step - self._step_logged) > CLOCK_STEP_LOGGED:
             self._step_logged = step
@@ -676,6 +782,17 @@ class Daemon:
         self.lease_log.flush()
         return decision
 
+    def evict(self, site: str) -> int:
+        """`brushtail sites evict`: hand the lost site's blocks to the others (raises
+        EvictionRefused or ValueError with the reason); the number of blocks moved. The
+        registers are durable before they are sent, from housekeeping."""
+        if self.replication is None:
+            raise ValueError("replication is not configured")
+        moved = self.replication.evict(site, clock.wall())
+        self._commit([])
+        log.warning("site %s evicted: %d of its blocks handed to the other sites", site, moved)
+        return moved
+
     def reload(self) -> ReloadResult:
         """The reload of SIGHUP and `brushtail reload`, announced to systemd around it."""
         # ticks() is CLOCK_MONOTONIC on Linux, the clock systemd expects.
@@ -701,8 +818,10 @@ class Daemon:
         self._record_renewals()
         # A million leases take seconds to rebuild, and as long again to rewrite in the
         # kernel's maps: keep systemd's watchdog fed through both.
+        # The new server keeps the replica (its section cannot change without a restart).
         self.server = self.server.reconfigured(new, clock.wall(), keepalive=self._keepalive)
         self.config = new
+        certificates = self._reload_certificates()
         if self.fastpath is not None:
             try:
                 self.fastpath.reconfigured(
@@ -714,7 +833,24 @@ class Daemon:
         logging.getLogger().setLevel(level)
         self.lease_log.level = level
         log.info("config reloaded from %s", self.config_path)
-        return True, f"config reloaded from {self.config_path}"
+        return True, f"config reloaded from {self.config_path}{certificates}"
+
+    def _reload_certificates(self) -> str:
+        """Re-read the replication's CA, certificate, key and CRL (a renewal, a new CRL);
+        what to add to the reload's outcome. Files that do not load leave those in use."""
+        if self.replication is None:
+            return ""
+        from brushtaild.net.dtls import TransportError
+
+        try:
+            closed = self.replication.reload()
+        except TransportError as exc:
+            log.error("replication certificates not reloaded, keeping those in use: %s", exc)
+            return f"; replication certificates NOT reloaded: {exc}"
+        if closed:
+            log.warning("sessions closed, their certificates revoked: %s", ", ".join(closed))
+            return f"; certificates reloaded, revoked sessions closed: {', '.join(closed)}"
+        return "; certificates reloaded"
 
 
 def _errno_name(exc: OSError) -> str:
@@ -722,10 +858,26 @@ def _errno_name(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, "unknown")
 
 
+def _transport_error() -> type[Exception]:
+    """The transport's start-up error (unreadable or refused certificate files), without
+    loading OpenSSL on a single site."""
+    if "brushtaild.net.dtls" not in sys.modules:
+        return OSError
+    from brushtaild.net.dtls import TransportError
+
+    return TransportError
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="brushtaild", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config file")
     parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument(
+        "--recovering",
+        action="store_true",
+        help="this site served before and lost its lease store: allocate nothing new for "
+        "lost_after (docs/STATE.md); ignored when the store holds replicated state",
+    )
     args = parser.parse_args(argv)
     clock.start()
     journald = journal.connected(sys.stderr)
@@ -749,8 +901,10 @@ def main(argv: list[str] | None = None) -> int:
     signals = Signals()
     try:
         try:
-            daemon = Daemon(config, args.config, signals, journald=journald)
-        except (OSError, StoreError, LoadError) as exc:
+            daemon = Daemon(
+                config, args.config, signals, journald=journald, recovering=args.recovering
+            )
+        except (OSError, StoreError, LoadError, _transport_error()) as exc:
             # A missing interface, a locked or unreadable state dir: say which, no traceback.
             log.error("cannot start: %s", exc)
             return EXIT_START_FAILED

@@ -17,12 +17,26 @@ from brushtaild.engine.lease_table import PoolUsage
 
 if TYPE_CHECKING:  # the transport loads OpenSSL, which a single site does not need
     from brushtaild.net.dtls import TransportCounters
+    from brushtaild.replication.replica import Counters as ReplicaCounters
 
 # Slow-path latency runs from tens of microseconds (an OFFER) to a few milliseconds (an ACK
 # waiting for its fsync); buckets resolve both ends.
 LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )  # fmt: skip
+# Replication lag: a delta arrives in about a round trip (milliseconds); what anti-entropy
+# repairs arrives after rounds of seconds, or after a partition heals (minutes, hours).
+LAG_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 3600.0,
+)  # fmt: skip
+# The replica's refused messages, by reason: (label, counter field).
+_REFUSED = (
+    ("malformed", "malformed"),
+    ("unknown_peer", "unknown_peer"),
+    ("wrong_sender", "wrong_sender"),
+    ("too_far_ahead", "too_far_ahead"),
+)
 
 
 # Per pool, read at scrape time: name, help, value.
@@ -120,6 +134,80 @@ class _TransportCollector(Collector):
             "full or its handshake failed",
             value=c.payloads_dropped,
         )
+        yield CounterMetricFamily(
+            "dhcp_replication_send_errors_total",
+            "Datagrams of the replication socket the kernel refused to send",
+            value=c.send_errors,
+        )
+
+
+class _ReplicaCollector(Collector):
+    """The replication core's counters and this site's blocks, read at scrape time."""
+
+    def __init__(
+        self,
+        counters: "Callable[[], ReplicaCounters]",
+        owned_blocks: Callable[[], int],
+        errors: Callable[[], int],
+    ) -> None:
+        self._counters = counters
+        self._owned_blocks = owned_blocks
+        self._errors = errors
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        c = self._counters()
+        deltas = CounterMetricFamily(
+            "dhcp_replication_deltas_total",
+            "Delta messages: sent (each local change, to every peer; counted once) and "
+            "received (from peers, anti-entropy repairs included)",
+            labels=["direction"],
+        )
+        deltas.add_metric(["sent"], c.deltas_sent)
+        deltas.add_metric(["received"], c.deltas_received)
+        yield deltas
+        messages = CounterMetricFamily(
+            "dhcp_replication_messages_total",
+            "Replication messages sent to peers, of every kind (deltas per peer, digests, "
+            "details, requests, repairs)",
+            labels=["direction"],
+        )
+        messages.add_metric(["sent"], c.messages_sent)
+        yield messages
+        yield CounterMetricFamily(
+            "dhcp_replication_anti_entropy_rounds_total",
+            "Anti-entropy rounds this site started (one peer each)",
+            value=c.anti_entropy_rounds,
+        )
+        yield CounterMetricFamily(
+            "dhcp_replication_repaired_entries_total",
+            "Bindings sent to a peer because its digest or request showed it lacked them",
+            value=c.repaired_entries,
+        )
+        yield CounterMetricFamily(
+            "dhcp_replication_conflicts_total",
+            "Addresses two clients held at once, met in a merge; the loser is withdrawn",
+            value=c.conflicts,
+        )
+        refused = CounterMetricFamily(
+            "dhcp_replication_refused_total",
+            "Messages (and bindings, for too_far_ahead) from authenticated peers refused, "
+            "by reason",
+            labels=["reason"],
+        )
+        for label, name in _REFUSED:
+            refused.add_metric([label], getattr(c, name))
+        yield refused
+        yield CounterMetricFamily(
+            "dhcp_replication_errors_total",
+            "Unexpected failures of the replication service (a bug: the journal has the "
+            "traceback); the loop went on",
+            value=self._errors(),
+        )
+        yield GaugeMetricFamily(
+            "dhcp_replication_owned_blocks",
+            "Address blocks this site may allocate new leases in now",
+            value=self._owned_blocks(),
+        )
 
 
 class Metrics:
@@ -169,7 +257,8 @@ class Metrics:
             "dhcp_lease_events_total",
             "What happened to leases, as the lease log records it (offer, ack, nak, release, "
             "decline, expire, inform), by the path that decided it (slow: the engine; fast: "
-            "a renewal the kernel answered, recorded by the daemon)",
+            "a renewal the kernel answered, recorded by the daemon; peer: a change another "
+            "site replicated)",
             ["event", "path"],
             registry=self.registry,
         )
@@ -197,7 +286,7 @@ class Metrics:
         self._event_children = {
             (kind, path): self.lease_events.labels(kind.value, path)
             for kind in LeaseEventKind
-            for path in ("slow", "fast")
+            for path in ("slow", "fast", "peer")
         }
 
     def count_reply(self, mtype: MessageType | None) -> None:
@@ -235,6 +324,23 @@ class Metrics:
     ) -> None:
         """Export the DTLS transport's counters (registered only where replication runs)."""
         self.registry.register(_TransportCollector(counters, peers, peers_up))
+
+    def add_replication(
+        self,
+        counters: "Callable[[], ReplicaCounters]",
+        owned_blocks: Callable[[], int],
+        errors: Callable[[], int],
+    ) -> Histogram:
+        """Export the replication core's counters; the lag histogram, for the daemon to
+        observe (registered only where replication runs)."""
+        self.registry.register(_ReplicaCollector(counters, owned_blocks, errors))
+        return Histogram(
+            "dhcp_replication_lag_seconds",
+            "Time from a change at its site (its HLC wall time) to its merge here, for "
+            "every binding a peer's message changed",
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -37,6 +37,10 @@ class DropReason(IntEnum):
     NO_CLASS_POOL = 30  # the client's class names none of its network's pools
     LEASE_LIMIT = 31  # a new lease would put its access line past a configured `limits` bound
     OFFER_LIMIT = 32  # a new offer would put its access line past its bound of pending offers
+    # Multi-site replication (60-69).
+    # A peer's binding at an address none of our pools hands out (or without a client):
+    # not installed (Server.absorb; Decision.skipped counts them).
+    REPLICATED_ELSEWHERE = 60
 
     @property
     def label(self) -> str:

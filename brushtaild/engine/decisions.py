@@ -62,6 +62,7 @@ class LeaseEventKind(Enum):
     EXPIRE = "expire"
     INFORM = "inform"
     REVOKE = "revoke"  # by the operator (`brushtail lease release`)
+    REPLICATED = "replicated"  # a binding another site made, installed here (Server.absorb)
 
 
 class NakReason(Enum):
@@ -75,6 +76,9 @@ class NakReason(Enum):
     REVOKED = "lease revoked by the operator"
     RESERVED = "address reserved for another client"
     RESERVATION = "another address is reserved for this client"
+    # Replication: the address is in another site's block and the client may not be
+    # extended there any more (docs/STATE.md, rule 2); it DISCOVERs and gets one of ours.
+    OTHER_SITE = "address belongs to another site"
 
     @property
     def label(self) -> str:
@@ -109,3 +113,6 @@ class Decision:
     nak: NakReason | None = None  # set with the NAK among `replies`
     # A bug met while deciding (drop is INTERNAL_ERROR): for the daemon to log.
     error: Exception | None = None
+    # Replicated leases Server.absorb left out (drop is REPLICATED_ELSEWHERE): addresses
+    # none of our pools hands out, bindings without a client.
+    skipped: int = 0

@@ -23,6 +23,7 @@ Rules it keeps, checked after every step by tests/property/test_lease_table.py:
 """
 
 import heapq
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
@@ -30,9 +31,10 @@ from typing import Generic, TypeVar
 
 from brushtaild.config.model import Config, Limits
 from brushtaild.dhcp.constants import RelayAgentSubOption
-from brushtaild.engine.allocator import PoolAllocator, containing, pool_allocators
+from brushtaild.engine.allocator import Admission, PoolAllocator, containing, pool_allocators
 from brushtaild.engine.decisions import Decision, LeaseEvent, LeaseEventKind
 from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.engine.replication import Replication
 from brushtaild.engine.reservations import Reservations
 
 K = TypeVar("K", bound=Hashable)
@@ -199,8 +201,11 @@ class LeaseTable:
         leases: Iterable[Lease],
         now: float,
         keepalive: Callable[[], object] = lambda: None,
+        replication: Replication | None = None,
     ) -> None:
+        """`replication`: a new binding only where it admits one (`may_allocate`)."""
         self.config = config
+        self.replication = replication
         self.reservations = Reservations(config.reservations)
         self.allocators = pool_allocators(config)
         self._by_client: dict[bytes, Lease] = {}
@@ -334,7 +339,9 @@ class LeaseTable:
                 # bound or revoked, and either way the address is still this client's.
                 if lease.active(now):
                     return lease.address, alloc
-                if alloc.take(lease.address, host=True):
+                if self.may_allocate(lease.address, client_id, now) and alloc.take(
+                    lease.address, host=True
+                ):
                     return self._hold(client_id, alloc, lease.address, link, now, lines)
         hold = self._hold_by_client.get(client_id)
         if hold is not None:
@@ -343,15 +350,34 @@ class LeaseTable:
                 return self._keep_hold(hold, alloc, now)
         if requested and requested != host:
             alloc = containing(pools, requested)
-            if alloc is not None and alloc.take(
-                requested, self._entitled(requested, client_id, hwaddr, vlans, 0)
+            if (
+                alloc is not None
+                and self.may_allocate(requested, client_id, now)
+                and alloc.take(requested, self._entitled(requested, client_id, hwaddr, vlans, 0))
             ):
                 return self._hold(client_id, alloc, requested, link, now, lines)
+        admission = self._admission(client_id, now)
         for alloc in pools:
-            address = alloc.allocate()
+            address = alloc.allocate(admission)
             if address is not None:
                 return self._hold(client_id, alloc, address, link, now, lines)
         return None
+
+    def may_allocate(self, address: int, client_id: bytes, now: float) -> bool:
+        """Whether replication lets `address` go to the client as a new binding (always,
+        for a single site)."""
+        return self.replication is None or self.replication.may_allocate(address, client_id, now)
+
+    def _admission(self, client_id: bytes, now: float) -> Admission | None:
+        replication = self.replication
+        if replication is None:
+            return None
+        return Admission(
+            replication.block_size,
+            lambda address: replication.owns(address, now),
+            lambda address: replication.may_allocate(address, client_id, now),
+            now,
+        )
 
     def _offer_host(
         self,
@@ -372,7 +398,7 @@ class LeaseTable:
         hold = self._hold_by_address.get(host)
         if hold is not None and hold.client_id == client_id:
             return self._keep_hold(hold, alloc, now)
-        if alloc.take(host, host=True):
+        if self.may_allocate(host, client_id, now) and alloc.take(host, host=True):
             return self._hold(client_id, alloc, host, link, now, lines)
         return None
 
@@ -462,6 +488,7 @@ class LeaseTable:
         lease_time: int | None = None,
         relay_info: bytes | None = None,
         relay: int = 0,
+        until: float = math.inf,
     ) -> Lease | None:
         """Lease `address` to the client (on `vlans`) for `lease_time` (its class's), else
         the pool's, if it is the client's to take: its own active lease, its own offer, or
@@ -469,8 +496,15 @@ class LeaseTable:
         tells which). `relay_info` is the relayed request's option 82 (empty if the relay
         added none) and `relay` its giaddr; `relay_info` None for a request that came
         without a relay, which keeps what the client's record of `address` stashed (a
-        renewal unicast from a relayed client carries no option 82)."""
+        renewal unicast from a relayed client carries no option 82).
+
+        With replication, `until` is the client's `extension_limit` at an address of
+        another site's block (the caller NAKs when it is not in the future): the lease
+        ends by it, and the client's binding there is replicated state already; anywhere
+        else the binding must be one `may_allocate` admits."""
         if not self.may_bind(client_id, hwaddr, address, host, vlans):
+            return None
+        if until == math.inf and not self.may_allocate(address, client_id, now):
             return None
         owner = self._by_address.get(address)
         hold = self._hold_by_address.get(address)
@@ -505,7 +539,7 @@ class LeaseTable:
             hwaddr=hwaddr,
             pool=alloc.pool.name,
             state=LeaseState.BOUND,
-            expires=now + (lease_time or alloc.pool.lease_time),
+            expires=min(now + (lease_time or alloc.pool.lease_time), until),
             updated=now,
             prl=prl,
             vlans=vlans,
@@ -547,6 +581,10 @@ class LeaseTable:
         if alloc is None or not alloc.contains(address):
             return None
         if not self._entitled(address, lease.client_id, lease.hwaddr, lease.vlans, 0):
+            return None
+        if self.replication is not None and not self.replication.owns(address, now):
+            # Another site's block since the entry was installed: the kernel renewed
+            # without the extension bound; no more.
             return None
         if lease.state is LeaseState.EXPIRED:
             hold = self._hold_by_address.get(address)
@@ -610,6 +648,78 @@ class LeaseTable:
         while len(pool) > max(1, alloc.total // QUARANTINE_SHARE):
             oldest = next(iter(pool))
             self._end_quarantine(oldest, decision, "quarantine ended early: too many")
+
+    # Replication --------------------------------------------------------------------------
+
+    def absorb(self, lease: Lease, now: float, decision: Decision) -> bool:
+        """Install a binding a replication merge changed, as the merge decided (the caller
+        has expired what is due). It replaces whatever record is at its address: another
+        client's is dropped (the conflict's loser, or a tenure that ended), and so is an
+        offer there if the binding holds the address. A binding that holds the address
+        becomes its client's record (the client's record at another address is forgotten,
+        its offer withdrawn); one that does not (released, expired) becomes it unless the
+        client holds another address. False, and nothing changed, when none of our pools
+        hands the address out, or for a binding without a client that is no quarantine."""
+        alloc = self.allocator_for(lease.address, lease.pool)
+        if alloc is None or (not lease.client_id and lease.state is not LeaseState.DECLINED):
+            return False
+        if alloc.pool.name != lease.pool:
+            lease = replace(lease, pool=alloc.pool.name)
+        if lease.occupies and not lease.active(now) and lease.state is not LeaseState.DECLINED:
+            lease = replace(lease, state=LeaseState.EXPIRED)
+        address = lease.address
+        self._vacate(address)
+        hold = self._hold_by_address.get(address)
+        if lease.occupies and hold is not None:
+            self._drop_hold(hold, keep=address)
+        if lease.state is LeaseState.DECLINED:
+            if lease.active(now):
+                self._set(lease)
+                self._lease_timers.arm(address, lease.expires)
+                alloc.take(address, host=True)
+                self._quarantined.setdefault(alloc.pool.name, OrderedDict())[address] = None
+                decision.lease_writes.append(lease)
+            else:
+                self._free(alloc, address)
+                decision.lease_deletes.append(address)
+            return True
+        previous = self._by_client.get(lease.client_id)
+        if lease.occupies:
+            if previous is not None and previous.address != address:
+                self._forget(previous)
+                decision.lease_deletes.append(previous.address)
+            own_hold = self._hold_by_client.get(lease.client_id)
+            if own_hold is not None:
+                self._drop_hold(own_hold, keep=address)
+            self._put(lease)
+            alloc.take(address, host=True)
+        else:
+            self._set(lease)
+            if previous is None or not previous.occupies:
+                self._by_client[lease.client_id] = lease
+            self._free(alloc, address)
+        decision.lease_writes.append(lease)
+        return True
+
+    def _vacate(self, address: int) -> None:
+        """Take the record at `address` out of every index (the allocator's books are the
+        caller's to settle)."""
+        old = self._by_address.get(address)
+        if old is None:
+            return
+        self._unset(address)
+        self._lease_timers.disarm(address)
+        if old.client_id and self._by_client.get(old.client_id) is old:
+            del self._by_client[old.client_id]
+        if old.state is LeaseState.DECLINED:
+            for quarantined in self._quarantined.values():
+                quarantined.pop(address, None)
+
+    def _free(self, alloc: PoolAllocator, address: int) -> None:
+        """The address is held by no record: free unless an offer holds it."""
+        if address not in self._hold_by_address:
+            alloc.release(address)
+            alloc.recycle(address)
 
     # Expiry -------------------------------------------------------------------------------
 

@@ -8,8 +8,10 @@ Rules this module keeps:
   module decides what the RFCs say to do and renders the replies.
 """
 
-from collections.abc import Callable, Hashable, Iterable
+import math
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from enum import Enum
 from ipaddress import IPv4Address
 
 from brushtaild.config.model import (
@@ -49,6 +51,7 @@ from brushtaild.engine.decisions import (
 from brushtaild.engine.identity import subscriber_identity, wire_identity
 from brushtaild.engine.lease_table import LeaseTable, Line, PoolUsage, access_lines
 from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.engine.replication import Replication
 
 # Replies never exceed what fits an Ethernet frame, whatever option 57 claims.
 MAX_IP_DATAGRAM = 1500
@@ -61,6 +64,12 @@ MAX_RELAY_AGENT_INFO = 255
 _SERVED = (MessageType.DISCOVER, MessageType.REQUEST, MessageType.INFORM)
 # Echoed options that stay at the end of the options field, in this order.
 _ECHOED_LAST = (OptionCode.CLIENT_ID, OptionCode.RELAY_AGENT_INFO)
+
+
+class _Same(Enum):
+    """`Server.reconfigured`'s default: keep the replication the server has."""
+
+    SAME = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +176,16 @@ class Server:
         leases: Iterable[Lease],
         now: float,
         keepalive: Callable[[], object] = lambda: None,
+        replication: Replication | None = None,
     ) -> None:
+        """`replication`: the site's replica, with other sites (None: a single site). New
+        bindings go only where it admits them, a client whose address is another site's
+        is extended only up to its `extension_limit`, and such a lease stays on the slow
+        path (docs/STATE.md, "How the engine applies the rules")."""
         self.config = config
+        self.replication = replication
         self._server_id = opt.ip(config.server_id)
-        self.table = LeaseTable(config, leases, now, keepalive)
+        self.table = LeaseTable(config, leases, now, keepalive, replication)
         allocators = self.table.allocators
         # A pool serves every client of its shared network: the pools of its subnet and
         # of its `shared_network` name, in config order.
@@ -280,6 +295,38 @@ class Server:
         )
         return decision
 
+    def absorb(self, leases: Sequence[Lease], now: float) -> Decision:
+        """Installs the bindings a replication merge changed (`Binding.lease()` of what
+        `Replica.receive` returns), as the merge decided: each replaces whatever the table
+        holds at its address, so another client's record there (a conflict's loser, or a
+        tenure that ended) is dropped, its kernel entry withdrawn by the write, and that
+        client is NAKed or finds no record at its next request. The decision writes them
+        (the store, and the kernel maps: an entry where this site owns the address, like a
+        local lease's) and logs each as REPLICATED. Never raises on what a peer sends: a
+        lease at an address none of our pools hands out is left out and counted in
+        `skipped` (drop REPLICATED_ELSEWHERE). Its writes are not local changes: they must
+        not go back to `Replica.local_update`."""
+        decision = Decision()
+        self.table.expire(now, decision)
+        for lease in leases:
+            if not self.table.absorb(lease, now, decision):
+                decision.skipped += 1
+                continue
+            decision.events.append(
+                LeaseEvent(
+                    LeaseEventKind.REPLICATED,
+                    lease.client_id,
+                    lease.hwaddr,
+                    lease.address,
+                    lease.pool,
+                    lease.state.name.lower(),
+                    lease.vlans,
+                )
+            )
+        if decision.skipped:
+            decision.drop = DropReason.REPLICATED_ELSEWHERE
+        return decision
+
     def revoke(self, address: int, now: float) -> Decision:
         """Ends the bound lease of `address` on the operator's word (`brushtail lease
         release`). The decision writes it as REVOKED, which withdraws its kernel entry;
@@ -318,7 +365,10 @@ class Server:
         LeaseTable.renewable): not when its VLANs no longer select its pool (a reload moved
         them), since the program checks only the lease's subnet (a relayed client's pool
         is chosen by its relay, whatever the VLANs); not when its class cannot be told from
-        the lease, or no longer gives it this pool."""
+        the lease, or no longer gives it this pool; not at an address of another site's
+        block, since the kernel renews without the extension bound (docs/STATE.md)."""
+        if self.replication is not None and not self.replication.owns(lease.address, now):
+            return None
         alloc = self.table.allocators.get(lease.pool)
         if alloc is None or (not lease.relayed and alloc not in self._for_vlans(lease.vlans)):
             return None
@@ -383,15 +433,21 @@ class Server:
         return self.table.usage()
 
     def reconfigured(
-        self, config: Config, now: float, keepalive: Callable[[], object] = lambda: None
+        self,
+        config: Config,
+        now: float,
+        keepalive: Callable[[], object] = lambda: None,
+        replication: Replication | _Same | None = _Same.SAME,
     ) -> "Server":
         """A server for a new config that keeps every lease and quarantine, loaded the way
         a restart loads them; pending offers are dropped (the client's REQUEST is still
         granted while the address is free). `keepalive` runs every few thousand leases.
         A lease at an address the new config reserves for someone else stays until it
         ends but is not renewed: its holder is NAKed at its next renewal (LeaseTable rule
-        4), and `renewable` turns false so the fast path's entry goes at the reconcile."""
-        return Server(config, self.leases(), now, keepalive)
+        4), and `renewable` turns false so the fast path's entry goes at the reconcile.
+        `replication`: the new server's (by default this one's)."""
+        kept = self.replication if isinstance(replication, _Same) else replication
+        return Server(config, self.leases(), now, keepalive, kept)
 
     # Request context ----------------------------------------------------------------------
 
@@ -694,6 +750,15 @@ class Server:
             # held it has gone): the NAK sends the client back to DISCOVER, and to it.
             self._nak(ctx, decision, NakReason.RESERVATION)
             return
+        until = math.inf
+        replication = self.replication
+        if replication is not None and not replication.owns(address, ctx.now):
+            # Rule 2: a roaming client, extended only so far; past that, NAKed, it
+            # DISCOVERs and is given an address of this site's own blocks.
+            until = replication.extension_limit(address, ctx.client_id, ctx.now)
+            if until < ctx.now + 1:
+                self._nak(ctx, decision, NakReason.OTHER_SITE)
+                return
         if self.table.over_limit(ctx.client_id, ctx.lines):
             decision.drop = DropReason.LEASE_LIMIT
             return
@@ -710,13 +775,15 @@ class Server:
             ctx.client_class.lease_time if ctx.client_class is not None else None,
             ctx.relay_info,
             msg.giaddr,
+            until,
         )
         if lease is None:
             self._nak(ctx, decision, NakReason.ADDRESS_IN_USE)
             return
+        capped = math.floor(lease.expires - ctx.now) if until != math.inf else None
         # The lease stays written even if the ACK cannot be encoded: the client retries
         # and is given the same address.
-        if self._reply(ctx, decision, MessageType.ACK, address, alloc.pool):
+        if self._reply(ctx, decision, MessageType.ACK, address, alloc.pool, lease_time=capped):
             decision.events.append(self._event(LeaseEventKind.ACK, ctx, address, alloc.pool.name))
 
     def _names_another(self, ctx: ClientContext) -> bool:
@@ -790,18 +857,32 @@ class Server:
         yiaddr: int,
         pool: Pool,
         with_lease: bool = True,
+        lease_time: int | None = None,
     ) -> bool:
         """Append the reply (twin of write_headers in bpf/reply.h); False if it cannot be
-        made to fit the client's maximum message size (the request is dropped)."""
+        made to fit the client's maximum message size (the request is dropped).
+        `lease_time`: a roaming client's lease, when shorter than the pool's: the lease
+        time, T1 and T2 are capped to fit it."""
         request = ctx.message
         profile = self._profile(pool, yiaddr or request.ciaddr, ctx.client_class)
+        rendered = self._profile_pools[profile]
         template = self._template(
-            self._profile_pools[profile],
+            rendered,
             profile,
             mtype,
             with_lease,
             request.options.get(OptionCode.PARAMETER_REQUEST_LIST),
         )
+        if lease_time is not None and lease_time < rendered.lease_time:
+            options = {
+                **template.options,
+                OptionCode.LEASE_TIME: opt.u32(lease_time),
+                OptionCode.RENEWAL_TIME: opt.u32(min(rendered.renewal_time, lease_time // 2)),
+                OptionCode.REBINDING_TIME: opt.u32(
+                    min(rendered.rebinding_time, lease_time * 7 // 8)
+                ),
+            }
+            template = ReplyTemplate(options, encode_options(options), template.optional)
         reply = Message(
             op=Op.BOOTREPLY,
             xid=request.xid,

@@ -137,8 +137,19 @@ class Replica:
 
     # The lease table's side ---------------------------------------------------------------
 
+    @property
+    def block_size(self) -> int:
+        return self.layout.block_size
+
     def may_allocate(self, address: int, client_id: bytes, now: float) -> bool:
         return self.policy.may_allocate(address, client_id, now)
+
+    def owns(self, address: int, now: float) -> bool:
+        """Whether `address` is in a block this site may allocate in now (an address
+        outside every block, a host's fixed address, counts as owned): elsewhere the
+        engine only extends a roaming client, up to `extension_limit`."""
+        block = self.layout.block_of(address)
+        return block is None or self.policy.owns(block, _ms(now))
 
     def extension_limit(self, address: int, client_id: bytes, now: float) -> float:
         return self.policy.extension_limit(address, client_id, now)

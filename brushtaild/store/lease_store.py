@@ -10,11 +10,15 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.replication.hlc import ZERO, Hlc
+from brushtaild.replication.replica import Snapshot
+from brushtaild.replication.state import Binding, Ownership, State
 
 DB_NAME = "leases.sqlite3"
 LOCK_NAME = "lock"
@@ -60,6 +64,53 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # The giaddr of that relay (0: not relayed), which classes may match on at renewals
     # too; leases made before it was kept have none.
     ("ALTER TABLE lease ADD COLUMN relay INTEGER NOT NULL DEFAULT 0",),
+    # The replica's state (brushtaild/replication), committed with the leases it explains:
+    # one row per binding and per moved block, and one of the clock's last stamp and the
+    # end of a recovering site's wait. Plain columns, not the wire codec's bytes, which
+    # name sites and pools by their index in the layout: a reconfigured site list must not
+    # make the stored state unreadable.
+    (
+        """
+        CREATE TABLE replica_binding (
+            address          INTEGER PRIMARY KEY CHECK (address BETWEEN 0 AND 4294967295),
+            tenure_wall      INTEGER NOT NULL,
+            tenure_logical   INTEGER NOT NULL,
+            tenure_site      TEXT    NOT NULL,
+            client_id        BLOB    NOT NULL,
+            stamp_wall       INTEGER NOT NULL,
+            stamp_logical    INTEGER NOT NULL,
+            stamp_site       TEXT    NOT NULL,
+            hwaddr           BLOB    NOT NULL,
+            pool             TEXT    NOT NULL,
+            state            INTEGER NOT NULL,
+            expires_ms       INTEGER NOT NULL,
+            owner_expires_ms INTEGER NOT NULL,
+            outer_vlan       INTEGER NOT NULL,
+            inner_vlan       INTEGER NOT NULL,
+            relay_info       BLOB    NOT NULL,
+            prl              BLOB
+        ) STRICT
+        """,
+        """
+        CREATE TABLE replica_owner (
+            block       INTEGER PRIMARY KEY CHECK (block BETWEEN 0 AND 4294967295),
+            epoch       INTEGER NOT NULL,
+            owner       TEXT    NOT NULL,
+            previous    TEXT    NOT NULL,
+            summary     INTEGER NOT NULL,
+            ready_at_ms INTEGER NOT NULL
+        ) STRICT
+        """,
+        """
+        CREATE TABLE replica_meta (
+            id             INTEGER PRIMARY KEY CHECK (id = 1),
+            clock_wall     INTEGER NOT NULL,
+            clock_logical  INTEGER NOT NULL,
+            clock_site     TEXT    NOT NULL,
+            blind_until_ms INTEGER NOT NULL
+        ) STRICT
+        """,
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -85,6 +136,42 @@ _SELECT_ALL = (
     "SELECT address, client_id, hwaddr, pool, state, expires, updated, prl, outer_vlan,"
     " inner_vlan, relay_info, relay FROM lease ORDER BY address"
 )
+
+_UPSERT_BINDING = """
+    INSERT OR REPLACE INTO replica_binding (address, tenure_wall, tenure_logical, tenure_site,
+        client_id, stamp_wall, stamp_logical, stamp_site, hwaddr, pool, state, expires_ms,
+        owner_expires_ms, outer_vlan, inner_vlan, relay_info, prl)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_SELECT_BINDINGS = (
+    "SELECT address, tenure_wall, tenure_logical, tenure_site, client_id, stamp_wall,"
+    " stamp_logical, stamp_site, hwaddr, pool, state, expires_ms, owner_expires_ms,"
+    " outer_vlan, inner_vlan, relay_info, prl FROM replica_binding"
+)
+_UPSERT_OWNER = (
+    "INSERT OR REPLACE INTO replica_owner (block, epoch, owner, previous, summary, ready_at_ms)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_SELECT_OWNERS = "SELECT block, epoch, owner, previous, summary, ready_at_ms FROM replica_owner"
+_UPSERT_META = (
+    "INSERT OR REPLACE INTO replica_meta (id, clock_wall, clock_logical, clock_site,"
+    " blind_until_ms) VALUES (1, ?, ?, ?, ?)"
+)
+_SELECT_META = "SELECT clock_wall, clock_logical, clock_site, blind_until_ms FROM replica_meta"
+
+
+@dataclass(slots=True)
+class ReplicaChanges:
+    """What changed in the replica's state since the last batch, to commit with it: the
+    bindings and ownership registers as they are now (each replaces its stored row), the
+    clock's last stamp and the end of a recovering site's wait (`Replica.snapshot()`
+    carries both)."""
+
+    bindings: Sequence[Binding] = ()
+    owners: Sequence[tuple[int, Ownership]] = ()
+    clock: Hlc = ZERO
+    blind_until_ms: int = 0
+
 
 # A dict lookup is several times cheaper than LeaseState(n), which matters at 1M rows.
 _STATES = {int(state): state for state in LeaseState}
@@ -145,16 +232,46 @@ class LeaseStore:
         """Every stored lease, in address order."""
         return _select_all(self._connection(), self.path)
 
-    def apply(self, writes: Sequence[Lease], deletes: Sequence[int]) -> None:
+    def load_replica(self) -> Snapshot | None:
+        """The replica's state as last committed, None if none was ever (a first start,
+        or a store that served a single site)."""
+        conn = self._connection()
+        try:
+            meta = conn.execute(_SELECT_META).fetchone()
+            if meta is None:
+                return None
+            bindings = {row[0]: _binding(row) for row in conn.execute(_SELECT_BINDINGS)}
+            owners = {
+                block: Ownership(epoch, owner, previous, summary, ready_at)
+                for block, epoch, owner, previous, summary, ready_at in conn.execute(_SELECT_OWNERS)
+            }
+        except sqlite3.Error as e:
+            raise StoreError(f"lease store {self.path}: load failed: {_describe(e)}") from e
+        except KeyError as e:
+            raise StoreError(
+                f"lease store {self.path}: unknown binding state {e.args[0]!r}; written by a "
+                "newer brushtaild?"
+            ) from e
+        wall, logical, site, blind_until_ms = meta
+        return Snapshot(State(bindings, owners), Hlc(wall, logical, site), blind_until_ms)
+
+    def apply(
+        self,
+        writes: Sequence[Lease],
+        deletes: Sequence[int],
+        replica: ReplicaChanges | None = None,
+    ) -> None:
         """Upsert `writes` and delete the addresses in `deletes` in one transaction, and
         return only once it is durable: the group commit, one fsync for the whole batch.
+        `replica`: the replica's changes, committed in the same transaction, so the state
+        that explains a lease never lags the lease after a crash.
 
         Writes go in order, so the last write of an address wins; deletes run after the
         writes, so an address in both ends up deleted. Deleting an absent address is a
         no-op. Raises StoreError if the batch may not be durable; nothing in it may be
         acknowledged then.
         """
-        if not writes and not deletes:
+        if not writes and not deletes and replica is None:
             return
         conn = self._connection()
         if self._failure is not None:
@@ -166,6 +283,8 @@ class LeaseStore:
             try:
                 conn.executemany(_UPSERT, _rows(writes))
                 conn.executemany(_DELETE, ((address,) for address in deletes))
+                if replica is not None:
+                    _apply_replica(conn, replica)
                 conn.execute("COMMIT")
             except BaseException:
                 # SQLite rolls back by itself after some errors (SQLITE_FULL, I/O errors),
@@ -296,6 +415,63 @@ def _rows(
             lease.relay_info,
             lease.relay,
         )
+
+
+def _apply_replica(conn: sqlite3.Connection, changes: ReplicaChanges) -> None:
+    conn.executemany(_UPSERT_BINDING, (_binding_row(b) for b in changes.bindings))
+    conn.executemany(
+        _UPSERT_OWNER,
+        (
+            (block, o.epoch, o.owner, o.previous, o.summary, o.ready_at_ms)
+            for block, o in changes.owners
+        ),
+    )
+    clock = changes.clock
+    conn.execute(_UPSERT_META, (clock.wall, clock.logical, clock.site, changes.blind_until_ms))
+
+
+def _binding_row(b: Binding) -> tuple[object, ...]:
+    outer, inner = (*b.vlans, 0, 0)[:2]
+    return (
+        b.address,
+        b.tenure.wall,
+        b.tenure.logical,
+        b.tenure.site,
+        b.client_id,
+        b.stamp.wall,
+        b.stamp.logical,
+        b.stamp.site,
+        b.hwaddr,
+        b.pool,
+        int(b.state),
+        b.expires_ms,
+        b.owner_expires_ms,
+        outer,
+        inner,
+        b.relay_info,
+        b.prl,
+    )
+
+
+def _binding(row: tuple[Any, ...]) -> Binding:
+    (address, t_wall, t_logical, t_site, client_id, s_wall, s_logical, s_site, hwaddr, pool) = row[
+        :10
+    ]
+    state, expires_ms, owner_expires_ms, outer, inner, relay_info, prl = row[10:]
+    return Binding(
+        address=address,
+        tenure=Hlc(t_wall, t_logical, t_site),
+        client_id=client_id,
+        stamp=Hlc(s_wall, s_logical, s_site),
+        hwaddr=hwaddr,
+        pool=pool,
+        state=_STATES[state],
+        expires_ms=expires_ms,
+        owner_expires_ms=owner_expires_ms,
+        vlans=vlan_ids(outer, inner),
+        relay_info=relay_info,
+        prl=prl,
+    )
 
 
 def _describe(e: sqlite3.Error) -> str:

@@ -11,7 +11,7 @@ from tests.unit.test_journal import Recorder
 
 ACK = LeaseEvent(LeaseEventKind.ACK, b"\x01" + b"\xaa" * 6, b"\xaa" * 6, 0xC6120105, "residential")
 EVENTS = [replace(ACK, kind=kind) for kind in LeaseEventKind]
-AT_INFO = {"ack", "nak", "release", "decline", "expire", "revoke"}
+AT_INFO = {"ack", "nak", "release", "decline", "expire", "revoke", "replicated"}
 
 
 def test_offers_and_informs_are_debug_every_lease_change_info() -> None:

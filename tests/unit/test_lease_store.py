@@ -22,6 +22,12 @@ from brushtaild.store.lease_store import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def drop_replica_tables(conn: sqlite3.Connection) -> None:
+    """Undo schema 6, to fake a store written before it."""
+    for table in ("replica_binding", "replica_owner", "replica_meta"):
+        conn.execute(f"DROP TABLE {table}")
+
+
 def lease(address: int, **changes: object) -> Lease:
     hwaddr = b"\x52\x54\x00" + (address & 0xFFFFFF).to_bytes(3, "big")
     fields: dict[str, object] = {
@@ -255,6 +261,7 @@ def test_a_version_1_store_gains_the_prl_column_and_keeps_its_rows(tmp_path: Pat
         conn.execute("ALTER TABLE lease DROP COLUMN prl")
         conn.execute("ALTER TABLE lease DROP COLUMN relay_info")
         conn.execute("ALTER TABLE lease DROP COLUMN relay")
+        drop_replica_tables(conn)
         conn.execute("PRAGMA user_version = 1")
     conn.close()
     with LeaseStore.open(tmp_path) as store:
@@ -274,6 +281,7 @@ def test_a_version_2_store_gains_the_vlan_columns_and_keeps_its_rows(tmp_path: P
         conn.execute("ALTER TABLE lease DROP COLUMN inner_vlan")
         conn.execute("ALTER TABLE lease DROP COLUMN relay_info")
         conn.execute("ALTER TABLE lease DROP COLUMN relay")
+        drop_replica_tables(conn)
         conn.execute("PRAGMA user_version = 2")
     conn.close()
     with LeaseStore.open(tmp_path) as store:
@@ -291,6 +299,7 @@ def test_a_version_3_store_gains_the_relay_info_column_and_keeps_its_rows(tmp_pa
     with sqlite3.connect(path) as conn:
         conn.execute("ALTER TABLE lease DROP COLUMN relay_info")
         conn.execute("ALTER TABLE lease DROP COLUMN relay")
+        drop_replica_tables(conn)
         conn.execute("PRAGMA user_version = 3")
     conn.close()
     with LeaseStore.open(tmp_path) as store:
@@ -309,6 +318,7 @@ def test_a_version_4_store_gains_the_relay_column_and_keeps_its_rows(tmp_path: P
     path = tmp_path / "leases.sqlite3"
     with sqlite3.connect(path) as conn:
         conn.execute("ALTER TABLE lease DROP COLUMN relay")
+        drop_replica_tables(conn)
         conn.execute("PRAGMA user_version = 4")
     conn.close()
     with LeaseStore.open(tmp_path) as store:
