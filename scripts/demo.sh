@@ -166,7 +166,8 @@ cli check-config "$work/brushtail-b.yaml"
 # What `systemctl status` would show: each daemon's STATUS= lines, received on a socket of
 # our own (NOTIFY_SOCKET), one file per site.
 status_listener='
-import socket, sys
+import signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 sock.bind(sys.argv[1])
 with open(sys.argv[2], "a", buffering=1) as out:
@@ -242,7 +243,9 @@ echo "  brushtaild: $relayed relayed clients bound through 198.18.0.2 (their log
 step "Roaming: a subscriber leased at site A is moved to site B's link and keeps its address"
 roam=(dhclient -4 -v -sf "$repo/tests/e2e/dhclient-script.sh" -e "BT_EVENTS=$work/roam.events"
       -lf "$work/roam.leases" -pf "$work/roam.pid" eth0)
-in_ns "$ns_roam" "${roam[@]}" -d >"$work/roam-a.log" 2>&1 &
+# Not through in_ns: $! must be dhclient itself, which is unplugged below.
+ip netns exec "$ns_roam" "${roam[@]}" -d >"$work/roam-a.log" 2>&1 &
+roam_pid=$!
 wait_for "$work/roam.events" BOUND 15 || fail "the roaming subscriber got no lease at site A"
 roam_ip=$(awk '$1 == "BOUND" {print $2}' "$work/roam.events" | tail -n 1)
 mac_roam=$(in_ns "$ns_roam" cat /sys/class/net/eth0/address)
@@ -258,10 +261,12 @@ wait_for_listed() {
 wait_for_listed
 echo "  site B already lists it, from site A (brushtail leases at B):"
 brushtail_b leases --mac "$mac_roam" | sed 's/^/    /'
-# The CPE is unplugged (dhclient stopped, lease kept) and plugged into site B's switch; as
-# after any loss of carrier it asks for the address it has (INIT-REBOOT, a broadcast
-# REQUEST), and site B, which has never seen it, answers from the replicated lease.
-in_ns "$ns_roam" "${roam[@]}" -x >/dev/null 2>&1
+# The CPE is unplugged (dhclient killed: it sends nothing more, its lease file stays) and
+# plugged into site B's switch; as after any loss of carrier it asks for the address it
+# has (INIT-REBOOT, a broadcast REQUEST), and site B, which has never seen it, answers from
+# the replicated lease. (Not `dhclient -x`: that starts a client of its own first, whose
+# REQUEST site A would answer.)
+{ kill -KILL "$roam_pid" && wait "$roam_pid"; } 2>/dev/null || true
 ip -n "$ns_sw" link set p4 netns "$ns_sw_b"
 ip -n "$ns_sw_b" link set p4 master br0 up
 echo "p4 moved from A's switch (bt-demo-sw) to B's (bt-demo-sw-b); dhclient started again"
