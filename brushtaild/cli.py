@@ -217,7 +217,7 @@ def _add_leases(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
     parser.add_argument("--state", choices=STATES)
     parser.add_argument("--circuit-id", help="relay agent circuit id: text, or 0x + hex")
     parser.add_argument("--vlan", type=int, help="VLAN id, outer or inner")
-    parser.add_argument("--site", help="site name (only this site's leases are known)")
+    parser.add_argument("--site", help="site name (this site only: leases do not record theirs)")
     parser.add_argument(
         "--limit",
         type=int,

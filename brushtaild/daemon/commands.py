@@ -122,7 +122,7 @@ def select_leases(candidates: Iterable[Lease], args: Args, now: float, site: str
     limit = _limit(args.get("limit"))
     notes = []
     if args.get("site") not in (None, site):
-        notes.append(f"only this site's leases ({site}) are known here")
+        notes.append(f"--site matches this site ({site}) only: leases do not record theirs")
         candidates = []
     mac = _mac(args["mac"]) if args.get("mac") is not None else None
     address = _address(args["address"]) if args.get("address") is not None else None

@@ -251,8 +251,10 @@ class Daemon:
 
     def _add_replication_metrics(self, service: "ReplicationService") -> None:
         replica, transport = service.replica, service.transport
+        # Up: a session and heard from lately. A session alone outlives a peer that died
+        # silently until its lifetime ends.
         self.metrics.add_replication_transport(
-            lambda: transport.counters, replica.peers, transport.peers_up
+            lambda: transport.counters, replica.peers, lambda: service.peers_up(clock.wall())
         )
         self._lag = self.metrics.add_replication(
             lambda: replica.counters,

@@ -105,7 +105,8 @@ class _TransportCollector(Collector):
         )
         up = GaugeMetricFamily(
             "dhcp_replication_peer_up",
-            "1 while a DTLS session with the peer is up",
+            "1 while the peer is up: a DTLS session, and heard from within three "
+            "anti-entropy rounds",
             labels=["peer"],
         )
         established = set(self._peers_up())

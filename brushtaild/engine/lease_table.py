@@ -47,6 +47,8 @@ KEEPALIVE_EVERY = 65_536
 OFFER_SHARE = 4
 QUARANTINE_SHARE = 4
 MIN_OFFERS_PER_LINK = 16
+# A roaming client is extended for at least this long (seconds), or NAKed.
+MIN_EXTENSION = 1.0
 # The timer heaps are rebuilt once stale entries outnumber live ones by this factor.
 COMPACT_FACTOR = 2
 
@@ -337,7 +339,7 @@ class LeaseTable:
             if alloc is not None and self._entitled(lease.address, client_id, hwaddr, vlans, 0):
                 # A client's record is bound, revoked, released or expired: active means
                 # bound or revoked, and either way the address is still this client's.
-                if lease.active(now):
+                if lease.active(now) and self.extension_until(lease.address, client_id, now):
                     return lease.address, alloc
                 if self.may_allocate(lease.address, client_id, now) and alloc.take(
                     lease.address, host=True
@@ -367,6 +369,17 @@ class LeaseTable:
         """Whether replication lets `address` go to the client as a new binding (always,
         for a single site)."""
         return self.replication is None or self.replication.may_allocate(address, client_id, now)
+
+    def extension_until(self, address: int, client_id: bytes, now: float) -> float:
+        """How long the client's binding of `address` may run: without bound (math.inf)
+        where replication lets this site allocate it; up to the `extension_limit` of a
+        roaming client; 0 if that leaves it less than MIN_EXTENSION (it is NAKed, and
+        offered an address of this site's blocks instead)."""
+        replication = self.replication
+        if replication is None or replication.owns(address, now):
+            return math.inf
+        until = replication.extension_limit(address, client_id, now)
+        return until if until >= now + MIN_EXTENSION else 0.0
 
     def _admission(self, client_id: bytes, now: float) -> Admission | None:
         replication = self.replication

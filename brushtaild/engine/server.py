@@ -750,15 +750,12 @@ class Server:
             # held it has gone): the NAK sends the client back to DISCOVER, and to it.
             self._nak(ctx, decision, NakReason.RESERVATION)
             return
-        until = math.inf
-        replication = self.replication
-        if replication is not None and not replication.owns(address, ctx.now):
-            # Rule 2: a roaming client, extended only so far; past that, NAKed, it
-            # DISCOVERs and is given an address of this site's own blocks.
-            until = replication.extension_limit(address, ctx.client_id, ctx.now)
-            if until < ctx.now + 1:
-                self._nak(ctx, decision, NakReason.OTHER_SITE)
-                return
+        # Replication's rule 2: a roaming client is extended only so far; past that,
+        # NAKed, it DISCOVERs and is given an address of this site's own blocks.
+        until = self.table.extension_until(address, ctx.client_id, ctx.now)
+        if not until:
+            self._nak(ctx, decision, NakReason.OTHER_SITE)
+            return
         if self.table.over_limit(ctx.client_id, ctx.lines):
             decision.drop = DropReason.LEASE_LIMIT
             return

@@ -116,6 +116,7 @@ class Brushtaild:
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+        self.args: list[str] = []  # more command-line arguments (--recovering)
 
     def start(self, timeout: float = 20.0) -> Self:
         return self.spawn().wait_started(timeout)
@@ -127,7 +128,9 @@ class Brushtaild:
         with self.log_file.open("ab") as log:
             self.proc = self.link.popen_in(
                 self.link.server_ns,
-                host_mounts([PYTHON, "-m", "brushtaild", "--config", str(self.config_file)]),
+                host_mounts(
+                    [PYTHON, "-m", "brushtaild", "--config", str(self.config_file), *self.args]
+                ),
                 stdout=log,
                 stderr=log,
                 env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **self.env},

@@ -146,7 +146,7 @@ class Cluster:
 
     def _create(self) -> None:
         now = datetime.now(UTC).replace(tzinfo=None)
-        ca = pki.create_ca(self.root / "ca", "cluster", 30, now)
+        ca = self.ca = pki.create_ca(self.root / "ca", "cluster", 30, now)
         for name in NAMES:
             ca.issue(name, 5, self.root / "pki" / name, now)
         # A CA nobody trusts, and a certificate of it naming site c.

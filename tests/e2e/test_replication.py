@@ -7,8 +7,10 @@ number of MACs from one raw socket, tests/e2e/crafted.py). "Listed at B" is what
 """
 
 import re
+import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,14 @@ from tests.e2e.crafted import Subscribers
 from tests.e2e.daemon import sum_samples
 from tests.e2e.sites import NAMES, Cluster, no_address_held_twice, wait_until, watching
 from tests.e2e.test_daemon_systemd import Manager
+from tests.e2e.test_prometheus import (
+    MATCHER_LABEL,
+    SELECTOR,
+    dashboard_expressions,
+    grafana,
+    replicated,
+    rule_expressions,
+)
 
 # A lease made at one site is listed at the others within this (measured: see the test).
 REPLICATION_BOUND = 2.0
@@ -49,6 +59,22 @@ def converged(cluster: Cluster, names: tuple[str, ...] = NAMES) -> dict[str, str
         return None
     first = views[names[0]]
     return first if all(views[n] == first for n in names) else None
+
+
+def unexported_by(samples: dict[str, float]) -> list[str]:
+    """The metrics and labels the replication's dashboard panels and alert rules name that
+    these samples (one scrape of a replicating site) lack."""
+    missing = []
+    expressions = [*map(grafana, dashboard_expressions()), *rule_expressions().values()]
+    for expr in filter(replicated, expressions):
+        for name, matchers in SELECTOR.findall(expr):
+            keys = [k for k in samples if k == name or k.startswith(name + "{")]
+            if not keys:
+                missing.append(name)
+            for label in MATCHER_LABEL.findall(matchers):
+                if label != "instance" and not any(f"{label}=" in k for k in keys):
+                    missing.append(f"{name}{{{label}}}")
+    return missing
 
 
 def listed(cluster: Cluster, site: str, address: str) -> bool:
@@ -102,12 +128,17 @@ def test_a_lease_made_at_a_is_listed_at_b_and_c_within_the_bound(cluster: Cluste
     assert re.search(r"^peers +b up, c up$", a.cli("status").stdout, re.MULTILINE)
     with manager.sock:  # systemd's STATUS= line names the peers up
         manager.wait_for(lambda m: m.endswith("peers: 2/2 up (b, c)"), timeout=15)
+    # A reload reads the certificate files again.
+    reloaded = a.cli("reload")
+    assert reloaded.returncode == 0, reloaded.stdout
+    assert reloaded.stdout.rstrip().endswith("; certificates reloaded")
     # c is alive: evicting it is refused, with the time left.
     refused = a.cli("sites", "evict", "c")
     assert refused.returncode == 1
     assert "heard from too recently: wait" in refused.stderr
     samples = cluster.sites["b"].samples()
     assert samples['dhcp_replication_peer_up{peer="a"}'] == 1
+    assert not unexported_by(samples), "names the dashboard or the rules use"
     assert sum_samples(samples, "dhcp_replication_lag_seconds_count") >= 2
     assert samples['dhcp_replication_deltas_total{direction="received"}'] >= 2
 
@@ -199,6 +230,27 @@ def test_a_peer_with_a_foreign_certificate_injects_nothing(cluster: Cluster) -> 
         assert {p["site"]: p["up"] for p in peers["peers"]}["c"] is False
 
 
+def test_a_revoked_peer_is_cut_off_at_the_reload_and_injects_nothing(cluster: Cluster) -> None:
+    """c's certificate revoked and the new CRL reloaded at A and B: their sessions with c
+    close (counted as revoked), c's later leases never reach them, c is down for them."""
+    cluster.start()
+    first = bind_all(cluster, "c", 0, 1)
+    wait_until(lambda: converged(cluster), CONVERGENCE_BOUND, "c's lease everywhere")
+    cluster.ca.revoke("c", datetime.now(UTC).replace(tzinfo=None))
+    for site in ("a", "b"):
+        reloaded = cluster.sites[site].cli("reload")
+        assert reloaded.returncode == 0, reloaded.stdout
+        assert "revoked sessions closed: c" in reloaded.stdout
+    later = bind_all(cluster, "c", 1, 2)
+    time.sleep(3)
+    for site in ("a", "b"):
+        known = set(cluster.sites[site].bound())
+        assert set(first) <= known and not set(later) & known
+        samples = cluster.sites[site].samples()
+        assert samples['dhcp_replication_handshake_failures_total{reason="revoked"}'] >= 1
+        assert samples['dhcp_replication_peer_up{peer="c"}'] == 0
+
+
 def test_a_site_killed_during_gossip_loses_no_acknowledged_lease(cluster: Cluster) -> None:
     """SIGKILL of B while A binds clients and gossips, and of A right after its last ACK:
     restarted, A still has every lease it acknowledged and B catches up with all of them."""
@@ -211,8 +263,33 @@ def test_a_site_killed_during_gossip_loses_no_acknowledged_lease(cluster: Cluste
     a.start()
     assert set(made) <= set(a.bound())
     b.start()
+    restarted = time.monotonic()
     final = wait_until(lambda: converged(cluster), CONVERGENCE_BOUND, "catch-up")
+    print(f"\ncaught up {time.monotonic() - restarted:.1f}s after the restarts")
     assert set(made) <= set(final)
+
+
+def test_a_site_that_lost_its_disk_recovers_its_peers_leases_and_allocates_nothing(
+    cluster: Cluster,
+) -> None:
+    """B killed, its lease store deleted, restarted with --recovering: it lists every
+    lease from its peers again (its own too), owns no block and offers nothing to a new
+    client while it waits, and says until when."""
+    cluster.start()
+    made = {**bind_all(cluster, "a", 0, 2), **bind_all(cluster, "b", 0, 2)}
+    wait_until(lambda: converged(cluster), CONVERGENCE_BOUND, "converged before the loss")
+    b = cluster.sites["b"]
+    b.kill()
+    shutil.rmtree(b.state_dir)
+    b.args = ["--recovering"]
+    b.start()
+    final = wait_until(lambda: converged(cluster), CONVERGENCE_BOUND, "recovered")
+    assert set(made) <= set(final)
+    peers = b.ask("peers")
+    assert peers["owned_blocks"] == 0
+    assert peers["recovering_until"] > time.time() + 60
+    with Subscribers(cluster.links["b"]) as subscribers, pytest.raises(TimeoutError):
+        subscribers.discover(mac("b", 50))
 
 
 def test_a_fifth_of_the_peer_datagrams_lost_still_converges(cluster: Cluster) -> None:

@@ -446,6 +446,12 @@ def test_cli_commands_render_tables_and_json(
     assert capsys.readouterr().out.startswith(f"revoked {address}: the client's next request")
     assert cli(looping, "lease", "release", address) == 1
     assert capsys.readouterr().err == f"brushtaild: no bound lease of {address}\n"
+    assert cli(looping, "sites", "evict", "edge-b") == 1
+    assert capsys.readouterr().err == (
+        "brushtaild: eviction of edge-b refused: replication is not configured\n"
+    )
+    assert cli(looping, "peers") == 0
+    assert capsys.readouterr().out == "none configured (no replication section in the config)\n"
     assert cli(looping, "reload") == 1  # no config file where the daemon looks
     assert capsys.readouterr().out.startswith("refused, the running config is kept: ")
     assert cli(looping, "reload", "--json") == 1
@@ -461,6 +467,7 @@ def test_cli_commands_render_tables_and_json(
         ("lease", "release", "198.18.1.1"),
         ("pools",),
         ("peers",),
+        ("sites", "evict", "edge-b"),
         ("reload",),
     ],
 )

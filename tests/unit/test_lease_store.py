@@ -11,10 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brushtaild.engine.leases import Lease, LeaseState
+from brushtaild.replication.hlc import Hlc
+from brushtaild.replication.state import Binding, Ownership
 from brushtaild.store.lease_store import (
     DB_NAME,
     SCHEMA_VERSION,
     LeaseStore,
+    ReplicaChanges,
     StoreError,
     StoreLockedError,
 )
@@ -326,3 +329,91 @@ def test_a_version_4_store_gains_the_relay_column_and_keeps_its_rows(tmp_path: P
         assert old == lease(1, relay_info=stashed) and old.relay == 0 and old.relayed
         store.apply([lease(2, relay_info=stashed, relay=0xC6120002)], [])
         assert [row.relay for row in store.load()] == [0, 0xC6120002]
+
+
+def binding(address: int, **changes: object) -> Binding:
+    fields: dict[str, object] = {
+        "address": address,
+        "tenure": Hlc(1_760_000_000_000, 3, "edge-a"),
+        "client_id": b"\x01" + address.to_bytes(6, "big"),
+        "stamp": Hlc(1_760_000_000_500, 0, "edge-b"),
+        "hwaddr": address.to_bytes(6, "big"),
+        "pool": "residential",
+        "state": LeaseState.BOUND,
+        "expires_ms": 1_760_000_003_600_000,
+        "owner_expires_ms": 1_760_000_003_000_000,
+    }
+    fields.update(changes)
+    return Binding(**fields)  # type: ignore[arg-type]
+
+
+REGISTER = Ownership(2, "edge-c", "edge-a", 12_345_678, 0)
+EVICTED = Ownership(1, "edge-b", "édge-ø", 0, 1_760_000_100_000)
+
+
+def test_the_replicas_state_round_trips_with_every_field(tmp_path: Path) -> None:
+    bindings = [
+        binding(1),
+        binding(2, vlans=(100, 7), relay_info=bytes(range(40)), prl=b"", state=LeaseState.REVOKED),
+        binding(0xFFFFFFFF, client_id=b"\x01q", prl=bytes([1, 3, 6]), vlans=(4094,)),
+        binding(3, state=LeaseState.DECLINED, owner_expires_ms=0, pool="büro-🐨"),
+    ]
+    clock = Hlc(1_760_000_001_000, 7, "edge-a")
+    with LeaseStore.open(tmp_path) as store:
+        assert store.load_replica() is None  # nothing replicated yet
+        changes = ReplicaChanges(bindings, [(0xC6120000, REGISTER)], clock, 1_760_000_200_000)
+        store.apply([lease(1)], [], changes)
+        # A later batch replaces what it changes and keeps the rest.
+        moved = binding(1, state=LeaseState.RELEASED, stamp=Hlc(1_760_000_002_000, 0, "edge-a"))
+        store.apply([], [], ReplicaChanges([moved], [(0xC6120100, EVICTED)], clock, 0))
+    with LeaseStore.open(tmp_path) as store:
+        snapshot = store.load_replica()
+        assert store.load() == [lease(1)]
+    assert snapshot is not None
+    assert snapshot.state.bindings == {b.address: b for b in [moved, *bindings[1:]]}
+    assert snapshot.state.owners == {0xC6120000: REGISTER, 0xC6120100: EVICTED}
+    assert snapshot.clock == clock and snapshot.blind_until_ms == 0
+    assert all(type(b.state) is LeaseState for b in snapshot.state.bindings.values())
+
+
+def test_a_batch_with_the_replicas_changes_is_all_or_nothing(tmp_path: Path) -> None:
+    """A batch whose replica part cannot be written leaves neither its leases nor its
+    bindings behind (one transaction)."""
+    clock = Hlc(1_760_000_001_000, 0, "edge-a")
+    with LeaseStore.open(tmp_path) as store:
+        store.apply([lease(1)], [], ReplicaChanges([binding(1)], [], clock, 0))
+        bad = ReplicaChanges([binding(2), binding(2**32)], [], clock, 0)  # out of IPv4
+        with pytest.raises(StoreError, match="CHECK"):
+            store.apply([lease(2)], [1], bad)
+    with LeaseStore.open(tmp_path) as store:
+        assert store.load() == [lease(1)]
+        snapshot = store.load_replica()
+    assert snapshot is not None and list(snapshot.state.bindings) == [1]
+
+
+def test_a_version_5_store_gains_the_replica_tables_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Stores of a single site (schema 5) load unchanged, with no replica state."""
+    with LeaseStore.open(tmp_path) as store:
+        store.apply([lease(1, relay=0xC6120002)], [])
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        drop_replica_tables(conn)
+        conn.execute("PRAGMA user_version = 5")
+    conn.close()
+    with LeaseStore.open(tmp_path) as store:
+        assert store.load() == [lease(1, relay=0xC6120002)]
+        assert store.load_replica() is None
+        clock = Hlc(5, 0, "edge-a")
+        store.apply([], [], ReplicaChanges([binding(1)], [], clock, 0))
+        snapshot = store.load_replica()
+    assert snapshot is not None and snapshot.state.bindings == {1: binding(1)}
+    assert snapshot.clock == clock
+
+
+def test_an_unknown_binding_state_on_disk_is_a_store_error(tmp_path: Path) -> None:
+    with LeaseStore.open(tmp_path) as store:
+        store.apply([], [], ReplicaChanges([binding(1)], [], Hlc(5, 0, "a"), 0))
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        conn.execute("UPDATE replica_binding SET state = 99")
+    conn.close()
+    with LeaseStore.open(tmp_path) as store, pytest.raises(StoreError, match="binding state"):
+        store.load_replica()
