@@ -277,7 +277,8 @@ wait_for "$work/roam.events" '^\(REBOOT\|BOUND\|NAK\|FAIL\)' 15 ||
 read -r event address <"$work/roam.events"
 [[ $address == "$roam_ip" ]] || fail "at site B the subscriber got $event $address, not $roam_ip"
 wait_for "$work/brushtaild-b.log" "ack .*mac=$mac_roam " 5 || fail "site B logged no ack"
-echo "at site B, on B's link: $event $address, the same address; site B's log:"
+echo "at site B, on B's link: $event $address, the same address; site B's log (the slow path:"
+echo "the address is in a block site A owns, so site B extends it by a bounded amount only):"
 grep "ack .*mac=$mac_roam " "$work/brushtaild-b.log" | sed 's/^/    /'
 echo "  brushtail leases at both sites:"
 brushtail leases --mac "$mac_roam" | sed 's/^/    A: /'
