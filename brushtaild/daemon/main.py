@@ -12,6 +12,12 @@ one exception is the lease store: when it cannot commit, the daemon stops rather
 acknowledge what is not on disk. The fast path is an accelerator: when it cannot be
 compiled, loaded or attached (no BCC, no kernel headers), the daemon serves on the slow
 path alone and says so in the log, the metrics and its STATUS= line.
+
+With a `replication` section the loop also drives the replication service
+(daemon/replication.py): each lease this site writes is stamped in the replica before the
+commit that persists both, and its deltas leave after that commit; what the peers send is
+absorbed by the engine and committed like a batch, then reaches the kernel's maps. A peer's
+message, like a subscriber's request, never stops the loop.
 """
 
 import argparse
@@ -646,7 +652,7 @@ class Daemon:
         first), `absorbed` what the peers' bindings changed. A store failure propagates and
         stops the daemon: acknowledging a lease that is not on disk is never an option. The
         deltas go to the peers later, from housekeeping: never before they are durable."""
-        writes, deletes = _collapse([*decisions, absorbed] if absorbed else decisions)
+        writes, deletes = _collapse(decisions if absorbed is None else [*decisions, absorbed])
         changes = None
         if self.replication is not None:
             self.replication.record(decisions, clock.wall())

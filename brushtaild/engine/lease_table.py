@@ -670,8 +670,10 @@ class LeaseTable:
         client's is dropped (the conflict's loser, or a tenure that ended), and so is an
         offer there if the binding holds the address. A binding that holds the address
         becomes its client's record (the client's record at another address is forgotten,
-        its offer withdrawn); one that does not (released, expired) becomes it unless the
-        client holds another address. False, and nothing changed, when none of our pools
+        its offer withdrawn); one that does not (released, expired) becomes it too unless
+        the client holds another address, and then leaves its address without a record:
+        every record stays its client's, so a restart cannot mistake one for the client's
+        current lease. False, and nothing changed, when none of our pools
         hands the address out, or for a binding without a client that is no quarantine."""
         alloc = self.allocator_for(lease.address, lease.pool)
         if alloc is None or (not lease.client_id and lease.state is not LeaseState.DECLINED):
@@ -696,9 +698,9 @@ class LeaseTable:
                 self._free(alloc, address)
                 decision.lease_deletes.append(address)
             return True
-        previous = self._by_client.get(lease.client_id)
+        previous = self._by_client.get(lease.client_id)  # elsewhere: vacated above if here
         if lease.occupies:
-            if previous is not None and previous.address != address:
+            if previous is not None:
                 self._forget(previous)
                 decision.lease_deletes.append(previous.address)
             own_hold = self._hold_by_client.get(lease.client_id)
@@ -706,10 +708,18 @@ class LeaseTable:
                 self._drop_hold(own_hold, keep=address)
             self._put(lease)
             alloc.take(address, host=True)
+        elif previous is not None and previous.occupies:
+            # The client holds another address here: this one is merely free (a record
+            # that is not its client's would outlive it, and at a restart could be taken
+            # for the client's own).
+            self._free(alloc, address)
+            decision.lease_deletes.append(address)
+            return True
         else:
-            self._set(lease)
-            if previous is None or not previous.occupies:
-                self._by_client[lease.client_id] = lease
+            if previous is not None:
+                self._forget(previous)
+                decision.lease_deletes.append(previous.address)
+            self._put(lease)
             self._free(alloc, address)
         decision.lease_writes.append(lease)
         return True

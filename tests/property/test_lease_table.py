@@ -5,7 +5,7 @@ two links, renewals answered by a model of the kernel's map (and absorbed later,
 daemon reads its ring), restarts from a model of the lease store, reloads that exclude,
 shrink or renumber ranges, add or remove host reservations (inside and outside the ranges)
 or join both pools in one shared network, the operator's revocations, clock jumps and
-expiry. After every step:
+expiry, and bindings replicated from other sites (`Server.absorb`). After every step:
 - the table's own rules hold (`LeaseTable.check`: in use exactly while held, one record
   per address, timers bounded by the records);
 - no address was ever acknowledged to two clients for overlapping times: every ACK that
@@ -294,6 +294,36 @@ class LeaseTableMachine(RuleBasedStateMachine):
         told: it goes on using the address until it is NAKed or its lease ends."""
         self._absorb()
         self._apply(self.server.revoke(ADDRESSES[offset], self.now))
+
+    @rule(
+        client=st.integers(0, CLIENTS - 1),
+        offset=st.integers(0, len(ADDRESSES)),
+        state=st.sampled_from(list(LeaseState)),
+        lasts=st.sampled_from([-10, 0, 30, 100, 300]),
+        pool=st.sampled_from(["a", "b", "elsewhere"]),
+    )
+    def replicated(
+        self, client: int, offset: int, state: LeaseState, lasts: int, pool: str
+    ) -> None:
+        """A binding another site made arrives (a merge changed it): it replaces whatever
+        is at its address here. Its client was told by that site; whoever held the
+        address here lost it (replication decided; the other client is NAKed next time).
+        An address of no pool of ours (the last offset, or one a reload took away) is left
+        out."""
+        address = ADDRESSES[offset] if offset < len(ADDRESSES) else opt.parse_ip("198.30.0.1")
+        client_id = b"" if state is LeaseState.DECLINED else bytes((1,)) + mac(client)
+        lease = Lease(address, client_id, mac(client), pool, state, self.now + lasts, self.now)
+        self._absorb()
+        ours = self.server.table.allocator_for(address) is not None
+        decision = self.server.absorb([lease], self.now)
+        assert decision.skipped == (not ours)
+        self.told.pop(address, None)
+        if lease.client_id and lease.active(self.now) and not decision.skipped:
+            # The client moved here (bound, or bound and revoked since, which it has not
+            # been told): it uses this address, no other.
+            self._forget_client(client_id)
+            self.told[address] = (client_id, lease.expires)
+        self._apply(decision)
 
     @precondition(lambda self: bool(self.kernel))
     @rule(pick=st.integers(0, 1000), last_second=st.booleans())

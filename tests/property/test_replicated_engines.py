@@ -9,6 +9,7 @@ The engine is wired the way the daemon wires it: every lease a decision writes g
 (true time), so a site's clock is exact.
 """
 
+import math
 from dataclasses import dataclass, field
 
 from hypothesis import settings
@@ -154,6 +155,45 @@ class ReplicatedEngines(RuleBasedStateMachine):
         held = self.held.pop(client, None)
         if held is not None and held.until > self.now:
             self._handle(site, request(MessageType.RELEASE, client, ciaddr=held.address))
+
+    @rule(site=st.sampled_from(SITES))
+    def rush(self, site: str) -> None:
+        """Every client without a lease asks one site: its addresses get reused."""
+        for client in range(CLIENTS):
+            held = self.held.get(client)
+            if held is None or held.until <= self.now:
+                self.dora(client, site)
+
+    @rule(client=st.integers(0, CLIENTS - 1), site=st.sampled_from(SITES))
+    def renew_late(self, client: int, site: str) -> None:
+        """The client renews in the last second of its lease (the roaming bound matters
+        most then: a site extends it as far as it may)."""
+        held = self.held.get(client)
+        if held is not None and held.until - 1 > self.now:
+            self.wait(held.until - 1 - self.now)
+            self.renew(client, site)
+
+    # Sites --------------------------------------------------------------------------------
+
+    @rule(site=st.sampled_from(SITES), pick=st.integers(0, 100), to=st.sampled_from(SITES))
+    def hand_over(self, site: str, pick: int, to: str) -> None:
+        """The owner of a block gives it to another site."""
+        replica = self.sites[site].replica
+        owned = replica.policy.owned_blocks(math.floor(self.now * 1000))
+        if owned and to != site:
+            block = owned[pick % len(owned)]
+            self._send(site, replica.hand_over(block.first, to, self.now))
+
+    @rule(site=st.sampled_from(SITES))
+    def restart(self, site: str) -> None:
+        """The site restarts from what it committed (every decision is committed before
+        its replies go: the leases and the replica's state with them)."""
+        old = self.sites[site]
+        snapshot = old.replica.snapshot()
+        replica = Replica(site, LAYOUT, PARAMS, snapshot, self.now)
+        server = Server(CONFIG, old.server.leases(), self.now, replication=replica)
+        self.sites[site] = Site(server, replica, old.absorbed)
+        server.table.check()
 
     # Network and time ---------------------------------------------------------------------
 
