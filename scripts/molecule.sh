@@ -188,7 +188,9 @@ main() {
     for scenario in "${SCENARIOS[@]}"; do
         echo "==> molecule $* -s $scenario"
         started=$SECONDS
-        molecule "$1" -s "$scenario" "${@:2}"
+        # The base config named, not found: molecule looks for it only under a .git
+        # directory, and a git worktree has a .git file.
+        molecule --base-config "$REPO/.config/molecule/config.yml" "$1" -s "$scenario" "${@:2}"
         echo "    (molecule $1 -s $scenario: $((SECONDS - started)) s)"
     done
 }
