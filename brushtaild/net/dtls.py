@@ -39,6 +39,7 @@ from OpenSSL._util import lib as _lib
 
 from brushtaild.config.model import Peer, Replication
 from brushtaild.daemon.throttled_log import ThrottledLog
+from brushtaild.net.buffers import grow_receive_buffer
 from brushtaild.replication.pki import PkiError, certificate_site, load_crl
 
 MTU = 1200  # UDP payload of every datagram: no IP fragmentation on any sane path
@@ -217,6 +218,9 @@ class DtlsTransport:
                 sock.close()
                 raise
         sock.setblocking(False)
+        # Deltas are never retransmitted: one dropped here waits for anti-entropy (bench/
+        # replication_lag.py lost thousands at the default buffer while A made 2,000/s).
+        grow_receive_buffer(sock)
         self._sock = sock
 
     # -- the daemon's side ------------------------------------------------------------------

@@ -65,6 +65,7 @@ from typing import NamedTuple
 
 from brushtaild.dhcp.constants import SERVER_PORT
 from brushtaild.engine.decisions import Destination, DestKind, Ingress
+from brushtaild.net.buffers import grow_receive_buffer
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
@@ -80,7 +81,6 @@ PACKET_STATISTICS = 6
 PACKET_AUXDATA = 8
 PACKET_IGNORE_OUTGOING = 23
 PACKET_BROADCAST = 1
-SO_RCVBUFFORCE = 33
 # asm-generic/socket.h: the kernel's receive time as a struct timespec in a control message.
 SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("@qq")
@@ -91,7 +91,6 @@ TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 _CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_AUXDATA.size)
 
-RCVBUF_BYTES = 4 << 20
 
 ETH_HLEN = 14
 IP_MIN_HLEN = 20
@@ -393,11 +392,7 @@ class PacketIO:
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
-            except PermissionError:
-                # Without CAP_NET_ADMIN the request is capped at net.core.rmem_max.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+            grow_receive_buffer(sock)
             try:
                 sock.bind((ifname, ETH_P_ALL))
             except OSError as exc:

@@ -4,6 +4,7 @@ namespaces: site `a` on 198.18.0.1 (the link's server end), its peers on 198.18.
 them all with select, as the daemon's loop will."""
 
 import contextlib
+import os
 import random
 import select
 import shutil
@@ -19,6 +20,7 @@ import pytest
 from OpenSSL import SSL
 
 from brushtaild.config.model import Peer, Replication
+from brushtaild.net.buffers import RCVBUF_BYTES
 from brushtaild.net.dtls import (
     HANDSHAKE_TIMEOUT,
     MAX_PAYLOAD,
@@ -160,6 +162,10 @@ def closing(*transports: DtlsTransport) -> None:
 def test_mutual_handshake_and_payloads_both_ways(link: netns.Link, certs: Pki) -> None:
     a, b = site_a(link, certs), site_b(link, certs)
     try:
+        # Deltas are never retransmitted: a burst must wait in the buffer, not be dropped
+        # (the kernel reports twice what was set).
+        with socket.socket(fileno=os.dup(a.fileno())) as sock:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 2 * RCVBUF_BYTES
         started = time.monotonic()
         assert a.send("b", b"from a", started)
         got = pump([a, b], 10, lambda d: d["b"])
