@@ -167,7 +167,7 @@ def two_sites(root: Path, anti_entropy: int) -> Iterator[dict[str, BenchSite]]:
     for name in NAMES:
         ca.issue(name, 5, root / "pki" / name, now)
     with contextlib.ExitStack() as stack:
-        links = {name: stack.enter_context(netns.Link()) for name in NAMES}
+        links = {name: stack.enter_context(netns.Link(client_ip=netns.RELAY_IP)) for name in NAMES}
         a, b = (links[name].server_ns for name in NAMES)
         netns.ip(
             "link", "add", "name", PEER_IF, "netns", a, "type", "veth",
