@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -250,6 +250,7 @@ class Run:
     a_wait_pct: float | None = None
     b_wait_pct: float | None = None
     perfdhcp_cpu_pct: float | None = None
+    cpu_busy_pct: dict[str, float] = field(default_factory=dict)  # each CPU, all tenants
     error: str | None = None
 
     @property
@@ -263,6 +264,17 @@ class Run:
     @property
     def b_bytes_per_lease(self) -> float | None:
         return self.b_bytes_sent / self.a_new_leases if self.a_new_leases else None
+
+
+def cpu_times() -> dict[str, tuple[int, int]]:
+    """(idle + iowait, total) clock ticks of each CPU since boot, from /proc/stat."""
+    times = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks = [int(f) for f in fields[:8]]
+            times[name] = (ticks[3] + ticks[4], sum(ticks))
+    return times
 
 
 def cpu_pct(
@@ -295,8 +307,14 @@ def run_one(n: int, args: argparse.Namespace, root: Path) -> Run:
             b0 = b.bound_count()
             before_a, before_b = a.samples(), b.samples()
             sa0, sb0, t0 = schedstat(a.proc.pid), schedstat(b.proc.pid), time.monotonic()
+            cpus0 = cpu_times()
             result, _, load = perfdhcp(a.link, rate=args.rate, duration=args.duration)
             sa1, sb1, wall = schedstat(a.proc.pid), schedstat(b.proc.pid), time.monotonic() - t0
+            r.cpu_busy_pct = {
+                cpu: 100 * (1 - (idle1 - cpus0[cpu][0]) / (total1 - cpus0[cpu][1]))
+                for cpu, (idle1, total1) in cpu_times().items()
+                if cpu in cpus0 and total1 > cpus0[cpu][1]
+            }
             end = time.monotonic()
             do = result.exchanges.get("DISCOVER-OFFER")
             r.discovers_sent = do.sent if do else 0
@@ -305,7 +323,12 @@ def run_one(n: int, args: argparse.Namespace, root: Path) -> Run:
             r.a_cpu_pct, r.a_wait_pct = cpu_pct(sa0, sa1, wall, 0), cpu_pct(sa0, sa1, wall, 1)
             r.b_cpu_pct, r.b_wait_pct = cpu_pct(sb0, sb1, wall, 0), cpu_pct(sb0, sb1, wall, 1)
             r.perfdhcp_cpu_pct = load.cpu_pct
-            a1 = a.bound_count()
+            # A may still be working off the requests queued when perfdhcp stopped.
+            counts = [a.bound_count()]
+            while len(counts) < 2 or counts[-1] != counts[-2]:
+                time.sleep(0.5)
+                counts.append(a.bound_count())
+            a1 = counts[-1]
             r.a_new_leases = a1 - a0
             with contextlib.suppress(RuntimeError):
                 wait_for(lambda: b.bound_count() >= a1, args.catch_up_timeout, "B caught up")
@@ -368,8 +391,10 @@ def report(runs: list[Run], args: argparse.Namespace, env: dict[str, Any]) -> st
         f"A pinned to CPU {SERVER_CPU}; B and perfdhcp to CPU {CLIENT_CPU}.",
         f"- Load: new clients (DORA, relay mode) offered to A at {args.rate:,}/s for "
         f"{args.duration} s; ACK rate = ACKs perfdhcp received / {args.duration} s. CPU = "
-        "on-CPU time per wall second of the load, from /proc schedstat (waiting = runnable "
-        "but not running).",
+        "on-CPU time per wall second of the load, summed over a process's threads, from "
+        "/proc schedstat (waiting = runnable but not running: CPU held by another task, "
+        "another thread of the same daemon included); CPU N busy = 100% - idle of that CPU "
+        "over the load (/proc/stat: every task, other tenants and softirq included).",
         "- Lag: B's `dhcp_replication_lag_seconds` increase over the load and catch-up, "
         "HLC wall time of the change at A to its merge at B; p50/p99 are given to bucket "
         "resolution, as the histogram bucket (lower-upper ms] the quantile falls in; the "
@@ -399,6 +424,8 @@ def report(runs: list[Run], args: argparse.Namespace, env: dict[str, Any]) -> st
         f"| A CPU %, waiting % | {cell(lambda r: r.a_cpu_pct)}, {cell(lambda r: r.a_wait_pct)} |",
         f"| B CPU %, waiting % | {cell(lambda r: r.b_cpu_pct)}, {cell(lambda r: r.b_wait_pct)} |",
         f"| perfdhcp CPU % | {cell(lambda r: r.perfdhcp_cpu_pct)} |",
+        f"| CPU 0 busy %, all tasks | {cell(lambda r: r.cpu_busy_pct.get('cpu0'))} |",
+        f"| CPU 1 busy %, all tasks | {cell(lambda r: r.cpu_busy_pct.get('cpu1'))} |",
         "",
         "Per run:",
         "",
