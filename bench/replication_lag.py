@@ -251,6 +251,12 @@ class Run:
     b_wait_pct: float | None = None
     perfdhcp_cpu_pct: float | None = None
     cpu_busy_pct: dict[str, float] = field(default_factory=dict)  # each CPU, all tenants
+    # Where deltas were lost, if some were (anti-entropy repairs them a round later).
+    a_payloads_dropped: float = 0.0  # A's queue to B full, before encryption
+    a_send_errors: float = 0.0
+    b_datagrams_received: float = 0.0
+    b_socket_drops: int | None = None  # receive-queue overflows of B's replication socket
+    a_repaired_entries: float = 0.0  # bindings A sent B by anti-entropy
     error: str | None = None
 
     @property
@@ -264,6 +270,19 @@ class Run:
     @property
     def b_bytes_per_lease(self) -> float | None:
         return self.b_bytes_sent / self.a_new_leases if self.a_new_leases else None
+
+
+_SKMEM_DROPS = re.compile(r"skmem:\([^)]*\bd(\d+)\)")
+
+
+def socket_drops(link: netns.Link) -> int | None:
+    """Receive-queue overflows of the replication socket (UDP port PORT) in the server
+    namespace."""
+    done = link.run_in(link.server_ns, ["ss", "-u", "-a", "-m", "-n", "-O"], check=False)
+    for line in done.stdout.splitlines():
+        if f":{PORT} " in line and (match := _SKMEM_DROPS.search(line)):
+            return int(match.group(1))
+    return None
 
 
 def cpu_times() -> dict[str, tuple[int, int]]:
@@ -306,6 +325,7 @@ def run_one(n: int, args: argparse.Namespace, root: Path) -> Run:
             wait_for(lambda: b.bound_count() >= a0, 60, "the probe leases at B")
             b0 = b.bound_count()
             before_a, before_b = a.samples(), b.samples()
+            drops0 = socket_drops(b.link)
             sa0, sb0, t0 = schedstat(a.proc.pid), schedstat(b.proc.pid), time.monotonic()
             cpus0 = cpu_times()
             result, _, load = perfdhcp(a.link, rate=args.rate, duration=args.duration)
@@ -335,6 +355,9 @@ def run_one(n: int, args: argparse.Namespace, root: Path) -> Run:
                 r.catch_up_s = time.monotonic() - end
             r.all_replicated = r.catch_up_s is not None
             after_a, after_b = a.samples(), b.samples()
+            drops1 = socket_drops(b.link)
+            if drops0 is not None and drops1 is not None:
+                r.b_socket_drops = drops1 - drops0
             r.b_new_leases = b.bound_count() - b0
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         r.error = f"{type(exc).__name__}: {exc}"
@@ -355,6 +378,14 @@ def run_one(n: int, args: argparse.Namespace, root: Path) -> Run:
     r.a_datagrams_sent = sent(before_a, after_a, DATAGRAMS)
     r.b_bytes_sent = sent(before_b, after_b, WIRE)
     r.b_datagrams_sent = sent(before_b, after_b, DATAGRAMS)
+
+    def grew(before: dict[str, float], after: dict[str, float], key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    r.b_datagrams_received = grew(before_b, after_b, DATAGRAMS + '{direction="received"}')
+    r.a_payloads_dropped = grew(before_a, after_a, "dhcp_replication_payloads_dropped_total")
+    r.a_send_errors = grew(before_a, after_a, "dhcp_replication_send_errors_total")
+    r.a_repaired_entries = grew(before_a, after_a, "dhcp_replication_repaired_entries_total")
     return r
 
 
@@ -424,6 +455,11 @@ def report(runs: list[Run], args: argparse.Namespace, env: dict[str, Any]) -> st
         f"| A CPU %, waiting % | {cell(lambda r: r.a_cpu_pct)}, {cell(lambda r: r.a_wait_pct)} |",
         f"| B CPU %, waiting % | {cell(lambda r: r.b_cpu_pct)}, {cell(lambda r: r.b_wait_pct)} |",
         f"| perfdhcp CPU % | {cell(lambda r: r.perfdhcp_cpu_pct)} |",
+        f"| A: payloads dropped (queue full) | {cell(lambda r: r.a_payloads_dropped)} |",
+        f"| A: send errors | {cell(lambda r: r.a_send_errors)} |",
+        f"| B: datagrams received | {cell(lambda r: r.b_datagrams_received)} |",
+        f"| B: replication socket drops | {cell(lambda r: r.b_socket_drops)} |",
+        f"| A: bindings repaired by anti-entropy | {cell(lambda r: r.a_repaired_entries)} |",
         f"| CPU 0 busy %, all tasks | {cell(lambda r: r.cpu_busy_pct.get('cpu0'))} |",
         f"| CPU 1 busy %, all tasks | {cell(lambda r: r.cpu_busy_pct.get('cpu1'))} |",
         "",
@@ -431,8 +467,8 @@ def report(runs: list[Run], args: argparse.Namespace, env: dict[str, Any]) -> st
         "",
         "| run | load avg | DISCOVERs | ACKs | ACK/s | A new | B new | catch-up s "
         "| lag p50 ms | lag p99 ms | lag obs | A B/lease | A dgram/lease "
-        "| A / B / perfdhcp CPU % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| A / B / perfdhcp CPU % | deltas lost (A queue / B socket) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         if r.error:
@@ -444,7 +480,7 @@ def report(runs: list[Run], args: argparse.Namespace, env: dict[str, Any]) -> st
             f"| {fmt(r.catch_up_s, 2)} | {ms_bucket(r.lag_p50)} | {ms_bucket(r.lag_p99)} "
             f"| {r.lag_count:,.0f} | {fmt(r.bytes_per_lease, 1)} "
             f"| {fmt(r.datagrams_per_lease, 3)} | {fmt(r.a_cpu_pct)} / {fmt(r.b_cpu_pct)} / "
-            f"{fmt(r.perfdhcp_cpu_pct)} |"
+            f"{fmt(r.perfdhcp_cpu_pct)} | {fmt(r.a_payloads_dropped)} / {fmt(r.b_socket_drops)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -455,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=5000, help="new clients offered per s")
     parser.add_argument("--duration", type=int, default=10, help="seconds of load")
     parser.add_argument("--anti-entropy-interval", type=int, default=30)
-    parser.add_argument("--catch-up-timeout", type=float, default=120.0)
+    parser.add_argument("--catch-up-timeout", type=float, default=240.0)
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.duration < 1 or args.rate < 1:
