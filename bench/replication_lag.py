@@ -426,6 +426,9 @@ def report(runs: list[Run], args: argparse.Namespace, env: dict[str, Any]) -> st
         "/proc schedstat (waiting = runnable but not running: CPU held by another task, "
         "another thread of the same daemon included); CPU N busy = 100% - idle of that CPU "
         "over the load (/proc/stat: every task, other tenants and softirq included).",
+        "- Catch-up: from the end of perfdhcp's run until B listed as many bound leases as "
+        "A; A's count is taken once it stops growing (two equal reads 0.5 s apart), then "
+        "B's every 0.25 s, so ~0.5 s means B had them by the time A was done.",
         "- Lag: B's `dhcp_replication_lag_seconds` increase over the load and catch-up, "
         "HLC wall time of the change at A to its merge at B; p50/p99 are given to bucket "
         "resolution, as the histogram bucket (lower-upper ms] the quantile falls in; the "
