@@ -204,7 +204,10 @@ def test_a_relays_renewals_are_answered_in_the_kernel_at_its_next_hop(
     kernel answers the renewals perfdhcp then sends, which reach the relay."""
     with fast_daemon(relay_link, tmp_path) as daemon:
         daemon.start(START_TIMEOUT)
-        result = run_perfdhcp(relay_link, rate=20, duration=6, clients=20, extra_args=["-f", "10"])
+        # Long enough that most renewals come after the next hop is known: the relay's
+        # entry waits for the slow path's first answers and a resolution (retried every
+        # second), which a loaded machine delays (at 6 s, a CI run saw 9 kernel ACKs).
+        result = run_perfdhcp(relay_link, rate=20, duration=10, clients=20, extra_args=["-f", "10"])
         after = scrape(daemon)
     assert after[RELAYS] == 1
     assert after['dhcp_fastpath_requests_total{result="relay"}'] >= 1  # before it was known
