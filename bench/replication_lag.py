@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -77,9 +77,8 @@ from slowpath import (  # noqa: E402  (bench/ is this script's sys.path[0])
 
 from brushtaild.replication import pki  # noqa: E402
 from tests.e2e import netns  # noqa: E402
-from tests.e2e.sites import PEER_IF, PORT, Site  # noqa: E402
+from tests.e2e.sites import PEER_IF, PORT, Shape, Site  # noqa: E402
 
-NAMES = ("a", "b")
 POOL_SUBNET = "198.18.0.0/15"
 POOL_FIRST, POOL_LAST = "198.18.1.0", "198.19.254.255"  # 198.19.255.0/24 is the peer link
 LEASE_TIME = 3600
@@ -89,35 +88,18 @@ LAG = "dhcp_replication_lag_seconds"
 WIRE = "dhcp_replication_wire_bytes_total"
 DATAGRAMS = "dhcp_replication_datagrams_total"
 
-CONFIG = """\
-site: {site}
-interface: {interface}
-server_id: {server_ip}
-state_dir: {state_dir}
-control_socket: {control_socket}
-pools:
-  - name: bench
-    subnet: {subnet}
-    ranges: ["{first}-{last}"]
-    routers: [{server_ip}]
-    lease_time: {lease_time}
-fastpath:
-  enabled: false
-  pin_dir: {pin_dir}
-replication:
-  listen: {ip}:{port}
-  ca: {pki}/ca.crt
-  certificate: {pki}/site.crt
-  key: {pki}/site.key
-  peers:
-{peers}  tuning:
-    block_size: {block_size}
-    anti_entropy_interval: {anti_entropy}
-"""
-
-
-def peer_ip(name: str) -> str:
-    return f"198.19.255.{NAMES.index(name) + 1}"
+SHAPE = Shape(
+    names=("a", "b"),
+    peer_net="198.19.255",
+    subnet=POOL_SUBNET,
+    first=POOL_FIRST,
+    last=POOL_LAST,
+    lease_time=LEASE_TIME,
+    block_size=BLOCK_SIZE,
+    extension_bound=600,  # the config's default: nothing roams here
+)
+NAMES = SHAPE.names
+peer_ip = SHAPE.peer_ip
 
 
 class BenchSite(Site):
@@ -126,35 +108,8 @@ class BenchSite(Site):
     def __init__(
         self, name: str, link: netns.Link, workdir: Path, pki_dir: Path, anti_entropy: int
     ) -> None:
-        self.anti_entropy = anti_entropy
-        super().__init__(name, link, workdir, pki_dir, None)
-
-    def configure(self, pki_dir: Path, crl: Path | None) -> None:
-        peers = "".join(
-            f"    - site: {other}\n      address: {peer_ip(other)}\n"
-            for other in NAMES
-            if other != self.name
-        )
-        self.config_file.write_text(
-            CONFIG.format(
-                site=self.name,
-                interface=netns.SERVER_IF,
-                server_ip=netns.SERVER_IP,
-                state_dir=self.state_dir,
-                control_socket=self.control_socket,
-                subnet=POOL_SUBNET,
-                first=POOL_FIRST,
-                last=POOL_LAST,
-                lease_time=LEASE_TIME,
-                pin_dir=self.pin_dir,
-                ip=peer_ip(self.name),
-                port=PORT,
-                pki=pki_dir,
-                peers=peers,
-                block_size=BLOCK_SIZE,
-                anti_entropy=self.anti_entropy,
-            )
-        )
+        shape = replace(SHAPE, anti_entropy_interval=anti_entropy)
+        super().__init__(name, link, workdir, pki_dir, None, shape)
 
     def bound_count(self) -> int:
         return int(self.ask("leases", state="bound", limit=1)["matched"])

@@ -13,6 +13,7 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +39,7 @@ state_dir: {state_dir}
 control_socket: {control_socket}
 pools:
   - name: residential
-    subnet: 198.18.0.0/16
+    subnet: {subnet}
     ranges: ["{first}-{last}"]
     routers: [{server_ip}]
     lease_time: {lease_time}
@@ -52,32 +53,58 @@ replication:
   key: {pki}/site.key
 {crl}  peers:
 {peers}  tuning:
-    block_size: 16
+    block_size: {block_size}
     extension_bound: {extension_bound}
-    anti_entropy_interval: 1
+    anti_entropy_interval: {anti_entropy_interval}
 """
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What every site of one cluster is configured with (bench/replication_lag.py sets
+    its own): the site names, their peer link, the pool and the replication's tuning."""
+
+    names: tuple[str, ...] = NAMES
+    peer_net: str = "198.19.0"  # a /24; site N of `names` is .N+1
+    subnet: str = "198.18.0.0/16"
+    first: str = FIRST
+    last: str = LAST
+    lease_time: int = LEASE_TIME
+    block_size: int = 16
+    extension_bound: int = EXTENSION_BOUND
+    anti_entropy_interval: int = 1
+
+    def peer_ip(self, name: str) -> str:
+        return f"{self.peer_net}.{self.names.index(name) + 1}"
+
+
 def peer_ip(name: str) -> str:
-    return f"198.19.0.{NAMES.index(name) + 1}"
+    return Shape().peer_ip(name)
 
 
 class Site(Brushtaild):
     """One site's daemon: Brushtaild with a config that replicates to the other two."""
 
     def __init__(
-        self, name: str, link: netns.Link, workdir: Path, pki_dir: Path, crl: Path | None
+        self,
+        name: str,
+        link: netns.Link,
+        workdir: Path,
+        pki_dir: Path,
+        crl: Path | None,
+        shape: Shape = Shape(),
     ) -> None:
         super().__init__(link, workdir)
         self.name = name
+        self.shape = shape
         self.configure(pki_dir, crl)
 
     def configure(self, pki_dir: Path, crl: Path | None) -> None:
         """(Re)write the config with these certificate files, for the next start."""
-        name = self.name
+        name, shape = self.name, self.shape
         peers = "".join(
-            f"    - site: {other}\n      address: {peer_ip(other)}\n"
-            for other in NAMES
+            f"    - site: {other}\n      address: {shape.peer_ip(other)}\n"
+            for other in shape.names
             if other != name
         )
         self.config_file.write_text(
@@ -87,16 +114,19 @@ class Site(Brushtaild):
                 server_ip=netns.SERVER_IP,
                 state_dir=self.state_dir,
                 control_socket=self.control_socket,
-                first=FIRST,
-                last=LAST,
-                lease_time=LEASE_TIME,
+                subnet=shape.subnet,
+                first=shape.first,
+                last=shape.last,
+                lease_time=shape.lease_time,
                 pin_dir=self.pin_dir,
-                ip=peer_ip(name),
+                ip=shape.peer_ip(name),
                 port=PORT,
                 pki=pki_dir,
                 crl=f"  crl: {crl}\n" if crl is not None else "",
                 peers=peers,
-                extension_bound=EXTENSION_BOUND,
+                block_size=shape.block_size,
+                extension_bound=shape.extension_bound,
+                anti_entropy_interval=shape.anti_entropy_interval,
             )
         )
 
