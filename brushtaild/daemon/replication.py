@@ -255,7 +255,11 @@ class ReplicationService:
         register merged or written (an eviction), or a handover, an eviction or a
         recovering site's wait that became ready with time alone. The kernel's entries
         of their leases must be planned again (`Server.kernel_answer` depends on it)."""
-        owned = self._owned_now(now)
+        try:
+            owned = self._owned_now(now)
+        except Exception as exc:
+            self._error("ownership", exc, now)
+            return []
         moved = owned.keys() ^ self._owned.keys()
         blocks = [owned.get(first) or self._owned[first] for first in sorted(moved)]
         self._owned = owned

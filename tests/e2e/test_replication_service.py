@@ -247,3 +247,24 @@ def test_recovering_is_honoured_on_a_first_start_only(namespace: str, certs: Pat
         assert again.owned_blocks(now) > 0
     finally:
         again.close()
+
+
+def test_a_failure_to_tell_the_owned_blocks_is_counted_not_raised(
+    namespace: str, certs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moved_blocks runs from the daemon's housekeeping: a bug there must not stop the
+    loop. The blocks are looked at again at the next call."""
+    now = time.time()
+    a, b = pair(namespace, certs, now)
+    try:
+
+        def broken(now_ms: int) -> list[object]:
+            raise RuntimeError("bug")
+
+        monkeypatch.setattr(a.replica.policy, "owned_blocks", broken)
+        assert a.moved_blocks(now) == [] and a.errors == 1
+        monkeypatch.undo()
+        assert a.moved_blocks(now) == []
+    finally:
+        a.close()
+        b.close()
