@@ -36,20 +36,10 @@ class Synced(Cluster):
         self.syncs[site].apply([decision], now)
         return decision
 
-    def deliver(self, now: float, down: str = "") -> list[Decision]:
-        decisions = []
-        while self.flight:
-            sender, message = self.flight.popleft()
-            if down in (sender, message.peer):
-                continue
-            received = self.replicas[message.peer].receive(sender, message.payload, now)
-            self.flight += [(message.peer, m) for m in received.messages]
-            absorbed = self.servers[message.peer].absorb(
-                [b.lease() for b in received.bindings], now
-            )
-            self.syncs[message.peer].apply([absorbed], now)
-            decisions.append(absorbed)
-        return decisions
+    def absorb(self, site: str, leases: list[Lease], now: float) -> Decision:
+        absorbed = super().absorb(site, leases, now)
+        self.syncs[site].apply([absorbed], now)
+        return absorbed
 
     def entry(self, site: str, n: int) -> maps.LeaseEntry | None:
         rows = self.programs[site].tables["leases"].rows

@@ -52,10 +52,13 @@ class Cluster:
                 continue
             received = self.replicas[message.peer].receive(sender, message.payload, now)
             self.flight += [(message.peer, m) for m in received.messages]
-            leases = [b.lease() for b in received.bindings]
-            decisions.append(self.servers[message.peer].absorb(leases, now))
-            self.servers[message.peer].table.check()
+            decisions.append(self.absorb(message.peer, [b.lease() for b in received.bindings], now))
         return decisions
+
+    def absorb(self, site: str, leases: list[Lease], now: float) -> Decision:
+        decision = self.servers[site].absorb(leases, now)
+        self.servers[site].table.check()
+        return decision
 
     def dora(self, site: str, client: int, now: float) -> Message:
         offer = self.ask(site, request(MessageType.DISCOVER, client), now).replies[0].message
