@@ -95,6 +95,10 @@ class Dirty:
         return bool(self.addresses or self.blocks or self.meta)
 
 
+# Seconds between two looks at which blocks this site owns (ReplicationService.moved_blocks).
+OWNERSHIP_LOOK_INTERVAL = 1.0
+
+
 class ReplicationService:
     def __init__(
         self,
@@ -128,8 +132,9 @@ class ReplicationService:
         self.dirty = Dirty(meta=recovering)
         self._outbox: list[Outgoing] = []
         self._log = ThrottledLog(log, ERROR_LOG_INTERVAL)
-        # The blocks this site owned at the last look (moved_blocks).
+        # The blocks this site owned at the last look (moved_blocks), and the next look.
         self._owned = self._owned_now(now)
+        self._next_ownership_look = now + OWNERSHIP_LOOK_INTERVAL
 
     def fileno(self) -> int:
         return self.transport.fileno()
@@ -254,7 +259,13 @@ class ReplicationService:
         """The blocks that became or stopped being this site's since the last call: a
         register merged or written (an eviction), or a handover, an eviction or a
         recovering site's wait that became ready with time alone. The kernel's entries
-        of their leases must be planned again (`Server.kernel_answer` depends on it)."""
+        of their leases must be planned again (`Server.kernel_answer` depends on it).
+        Looked at once a second at most: the daemon calls this after every batch, and a
+        look weighs every block (2.3 ms for 2,560 blocks), while ownership moves rarely and
+        readiness in whole seconds."""
+        if now < self._next_ownership_look:
+            return []
+        self._next_ownership_look = now + OWNERSHIP_LOOK_INTERVAL
         try:
             owned = self._owned_now(now)
         except Exception as exc:
