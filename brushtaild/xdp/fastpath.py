@@ -137,16 +137,19 @@ class FastPath:
         names. Renewals still queued must be applied to the engine before (see Daemon), or
         reconcile would roll back their expiry."""
         self._configure(server_mac)
+        started = clock.ticks()
         written, removed = self.sync.reconcile(now)
+        reconciled = clock.ticks() - started
         self.mode = self.program.attach(self.config.interface, self.config.fastpath.xdp_mode)
         log.info(
             "fast path attached to %s in %s mode: %d entries, %d stale removed, "
-            "compiled and loaded in %.1fs",
+            "compiled and loaded in %.2fs, maps loaded in %.2fs",
             self.config.interface,
             self.mode,
             written,
             removed,
             self.program.load_seconds,
+            reconciled,
         )
         ours = {i for v in self.pins.versions() if (i := v.config_map_id())}
         for ifindex in sorted(self._attached_to - {socket.if_nametoindex(self.config.interface)}):
