@@ -365,10 +365,13 @@ def spawned(daemon: Brushtaild) -> subprocess.Popen[bytes]:
     return proc
 
 
+SERVER_CPUS = {SERVER_CPU}  # --cpus
+
+
 def pinned_spawn(spawn: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    """`spawn` with this process on SERVER_CPU, so the child starts there (it inherits the
-    affinity: pinned from its first instruction, no taskset in the exec chain)."""
-    os.sched_setaffinity(0, {SERVER_CPU})
+    """`spawn` with this process on the server's CPUs, so the child starts there (it
+    inherits the affinity: pinned from its first instruction, no taskset in the exec chain)."""
+    os.sched_setaffinity(0, SERVER_CPUS)
     try:
         return spawn()
     finally:
@@ -420,17 +423,20 @@ def run_brushtail(run: int, args: argparse.Namespace, store: Path, snapshot: Pat
         stack.callback(prober.close)
 
         started = time.monotonic()
-        pinned_spawn(lambda: spawned(daemon))
+        proc = pinned_spawn(lambda: spawned(daemon))
+        spy = profiler(args, proc.pid, run)
         ready = wait_ready(notify, daemon, READY_LIMIT)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
         pid = daemon_pid(daemon)  # `ip netns exec` and `nsenter` have exec'd it by now
         status = proc_status(pid)
         sched = schedstat(pid)
+        result.note = " ".join(f"{k}={status.get(k, 0) // 1024}" for k in ("RssAnon", "RssFile"))
         result.ready_s = ready - started
         result.rss_mib, result.hwm_mib = mib(status, "VmRSS"), mib(status, "VmHWM")
         if sched is not None:
             result.cpu_s, result.wait_s = sched
-        assert daemon.proc is not None
-        proc = daemon.proc
         answered = prober.until_answered(ANSWER_LIMIT, lambda: proc.poll() is None)
         if answered is None:
             raise BenchError(f"no answer to the renewal {ANSWER_LIMIT:.0f} s after READY "
@@ -451,6 +457,19 @@ def run_brushtail(run: int, args: argparse.Namespace, store: Path, snapshot: Pat
                              f"not {args.subscribers}")  # fmt: skip
         daemon.stop(timeout=60)
     return result
+
+
+def profiler(args: argparse.Namespace, pid: int, run: int) -> subprocess.Popen[bytes] | None:
+    """py-spy on the daemon from its exec to READY (--profile, first run only): its samples
+    as collapsed stacks (py-spy raw) beside the scenario's."""
+    if args.profile is None or run != 0:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    argv = [spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking", "--threads",
+            "--format", "raw", "-o", str(args.profile)]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.2)  # attached before the daemon's imports are done
+    return proc
 
 
 def wait_ready(notify: socket.socket, daemon: Brushtaild, limit: float) -> float:
@@ -529,10 +548,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--json", type=Path)
     p.add_argument("--rev", help="benchmark this commit's bpf/ and brushtaild/")
     p.add_argument("--servers", default=",".join(SERVERS))
+    p.add_argument("--cpus", default=str(SERVER_CPU), help="the server's CPUs, e.g. 0,1")
+    p.add_argument("--profile", type=Path, help="py-spy the first brushtail start into PATH")
     args = p.parse_args(argv)
     if args.quick:
         args.runs, args.subscribers = 1, min(args.subscribers, 100_000)
     args.servers = [s for s in args.servers.split(",") if s]
+    SERVER_CPUS.clear()
+    SERVER_CPUS.update(int(cpu) for cpu in args.cpus.split(","))
     unknown = set(args.servers) - set(SERVERS)
     if unknown or not 2 <= args.subscribers <= SCALE_ROOM + 1:
         p.error(f"servers are {', '.join(SERVERS)}; 2 <= --subscribers <= {SCALE_ROOM + 1}")
@@ -634,9 +657,10 @@ def main(argv: list[str] | None = None) -> int:
                         round(result.wait_s, 2)
                     )
                 phases = " ".join(f"{k}={v:.2f}" for k, v in result.phases.items())
+                took = time.monotonic() - t0
                 print(f"run {run + 1} {server}: ready {result.ready_s:.2f} s, answered "
                       f"{result.answer_s:.2f} s, RSS {result.rss_mib:.0f} MiB, HWM "
-                      f"{result.hwm_mib:.0f} MiB {phases} [{time.monotonic() - t0:.0f} s]",
+                      f"{result.hwm_mib:.0f} MiB {phases} {result.note} [{took:.0f} s]",
                       file=sys.stderr, flush=True)  # fmt: skip
         for name in ("ready_s", "answer_s", "rss_mib", "hwm_mib", "cpu_s", *PHASES):
             metric = out.metrics[name]
@@ -655,8 +679,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs > args.peer_runs and any(s != "brushtail" for s in servers):
         out.notes.append(f"peers ran {args.peer_runs} time(s) only: at this size each takes "
                          "minutes; their other runs are None")  # fmt: skip
-    out.notes.append("server on CPU 0 from exec (affinity inherited); store and lease files "
-                     "in the page cache (written just before), as at a restart")  # fmt: skip
+    out.notes.append(
+        f"server on CPU {args.cpus} from exec (affinity inherited); store and lease files in "
+        "the page cache (written just before), as at a restart"
+    )
     out.machine["loadavg_end"] = loadavg()
     out.seconds = round(time.monotonic() - began, 1)
     path = args.json or fastpath.RESULTS_DIR / f"startup-{dt.datetime.now():%Y%m%d-%H%M%S}.json"

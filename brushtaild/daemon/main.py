@@ -22,14 +22,16 @@ message, like a subscriber's request, never stops the loop.
 
 import argparse
 import contextlib
+import ctypes
 import errno
+import gc
 import logging
 import selectors
 import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -144,6 +146,30 @@ class Signals:
         self._wakeup_w.close()
 
 
+@contextlib.contextmanager
+def long_lived() -> Iterator[None]:
+    """Builds what lives as long as the daemon (a million leases, their indexes and kernel
+    entries) with the cyclic GC off, then freezes it: each collection while building would
+    walk every object built so far (a third of the start-up time at 1M leases), and every
+    full collection afterwards would walk them again, stalling the packet loop. Leases and
+    their indexes hold no reference cycles, so nothing is lost by never scanning them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
+def release_free_memory() -> None:
+    """Hands memory the heap holds free back to the system (glibc's malloc_trim); a no-op
+    where there is none."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 def _starts_an_exchange(request: tuple[Message, Ingress]) -> bool:
     return request[0].message_type is MessageType.DISCOVER
 
@@ -191,7 +217,8 @@ class Daemon:
         self.store = LeaseStore.open(config.state_dir)
         self.replication: ReplicationService | None = None
         try:
-            self._open(journald, recovering)
+            with long_lived():
+                self._open(journald, recovering)
         except BaseException:
             if self.replication is not None:
                 self.replication.close()
@@ -357,11 +384,15 @@ class Daemon:
         self._record_renewals()
         if self.fastpath is not None:  # still: reading its ring can find it failed
             try:
-                self.fastpath.attach(self.io.mac, clock.wall())
+                with long_lived():
+                    self.fastpath.attach(self.io.mac, clock.wall())
             except Exception as exc:
                 self._fastpath_failed(exc)
             else:
                 self.metrics.set_fastpath_up(True)
+        # What start-up built and dropped (the store's rows, the maps' buffers) goes back
+        # to the system: it would otherwise stay resident for the daemon's life.
+        release_free_memory()
         # Logged here, not earlier: whoever waits for this line may signal us at once.
         log.info(
             "brushtaild %s started site=%s interface=%s server_id=%s leases=%d pools=%s",

@@ -17,8 +17,10 @@ client's cap (Server.kernel_answer), which the program never lets a lease run pa
 import contextlib
 import ctypes
 import logging
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from brushtaild.config.model import Config
@@ -41,6 +43,8 @@ TemplateKey = tuple[str, MessageType, bytes | None]
 # Events after which the client's entry must go; writes say the same, but an expiry is
 # only an event (the store needs no write for it).
 _WITHDRAW = (LeaseEventKind.EXPIRE, LeaseEventKind.RELEASE, LeaseEventKind.DECLINE)
+KEY_SIZE = ctypes.sizeof(maps.ClientKey)
+ENTRY_SIZE = ctypes.sizeof(maps.LeaseEntry)
 
 
 def cap_ns(cap: float | None) -> int:
@@ -94,23 +98,34 @@ class Planner:
 
     def plan(
         self, server: Server, now: float, capacity: int, keepalive: Callable[[], object]
-    ) -> tuple[dict[bytes, tuple[int, bytes]], int]:
-        """Packed key -> (address, packed entry) of every lease to install, at most
-        `capacity` of them, and how many more there were. `keepalive` is called every
-        few thousand leases (`lease_table.paced`)."""
-        wanted: dict[bytes, tuple[int, bytes]] = {}
-        left_out = 0
+    ) -> "Plan":
+        """The entry of every lease to install, at most `capacity` keys of them.
+        `keepalive` is called every few thousand leases (`lease_table.paced`)."""
+        plan = Plan()
+        owner, keys, values, addresses = plan.owner, plan.keys, plan.values, plan.addresses
         for lease in paced(server.leases(), keepalive):
             built = self.entry(server, lease, now)
             if built is None:
                 continue
             key, value = built
-            if key not in wanted and len(wanted) >= capacity:
-                left_out += 1
+            slot = owner.get(key)
+            if slot is not None:
+                # One MAC with two client ids: the later lease answers, as MapSync does.
+                values[slot * ENTRY_SIZE : (slot + 1) * ENTRY_SIZE] = value
+                addresses[slot] = lease.address
                 continue
-            # One MAC with two client ids: the later lease answers, as MapSync does.
-            wanted[key] = (lease.address, value)
-        return wanted, left_out
+            if len(owner) >= capacity:
+                plan.left_out += 1
+                continue
+            owner[key] = len(addresses)
+            keys += key
+            values += value
+            addresses.append(lease.address)
+        # The slots, needed only while planning, become the addresses (in place: no
+        # second dict of a million keys).
+        for key, slot in owner.items():
+            owner[key] = addresses[slot]
+        return plan
 
     def entry(self, server: Server, lease: Lease, now: float) -> tuple[bytes, bytes] | None:
         """The packed key and entry of a bound lease, or None for one the program may not
@@ -171,6 +186,28 @@ class Planner:
         if template_id is not None:
             self.writes[template_id] = wire
         return template_id
+
+
+@dataclass(slots=True)
+class Plan:
+    """What a reconcile writes, packed as the kernel takes it: at a million leases a dict
+    of per-lease tuples and entries cost hundreds of MiB more than the entries themselves."""
+
+    owner: dict[bytes, int] = field(default_factory=dict)  # key -> address it answers with
+    keys: bytearray = field(default_factory=bytearray)  # packed keys, in lease order
+    values: bytearray = field(default_factory=bytearray)  # packed entries, likewise
+    addresses: "array[int]" = field(default_factory=lambda: array("I"))  # likewise
+    left_out: int = 0  # leases beyond the capacity
+
+    def __len__(self) -> int:
+        return len(self.addresses)
+
+    def element(self, i: int) -> tuple[bytes, int, bytes]:
+        """The i-th write: packed key, address, packed entry."""
+        k, v = KEY_SIZE, ENTRY_SIZE
+        return bytes(self.keys[i * k : i * k + k]), self.addresses[i], bytes(
+            self.values[i * v : i * v + v]
+        )
 
 
 class MapSync:
@@ -254,16 +291,16 @@ class MapSync:
         self._skipped += self._planner.skipped
         # The old templates stay until no entry can point at them.
         self._planner = Planner(busy=old_templates)
-        wanted, left_out = self._planner.plan(self.server, now, self.capacity, keepalive)
-        if left_out:
-            self._full(now, left_out)
+        plan = self._planner.plan(self.server, now, self.capacity, keepalive)
+        if plan.left_out:
+            self._full(now, plan.left_out)
         self._write_templates()
-        stale = held.difference(wanted)
+        stale = held.difference(plan.owner)
         for key in stale:
             with contextlib.suppress(KeyError):
                 del self._leases[maps.ClientKey.from_buffer_copy(key)]
         self._owner, self._key_of = {}, {}
-        self._write_all(wanted, now)
+        self._write_all(plan, now)
         dead = old_templates - set(self._planner.slots.ids.values())
         for template_id in dead:
             self._templates[ctypes.c_uint32(template_id)] = maps.Template()
@@ -296,28 +333,27 @@ class MapSync:
             self._templates[ctypes.c_uint32(template_id)] = maps.template(wire)
         self._planner.writes.clear()
 
-    def _write_all(self, wanted: dict[bytes, tuple[int, bytes]], now: float) -> None:
-        """Writes `wanted` in one batch; if the kernel refuses it, entry by entry, so one
+    def _write_all(self, plan: Plan, now: float) -> None:
+        """Writes `plan` in one batch; if the kernel refuses it, entry by entry, so one
         refusal costs one lease its entry and no more."""
-        if not wanted:
+        count = len(plan)
+        if not count:
             return
-        count = len(wanted)
-        keys = bytearray(b"".join(wanted))
-        values = bytearray(b"".join(value for _, value in wanted.values()))
         try:
             self._leases.items_update_batch(
-                (maps.ClientKey * count).from_buffer(keys),
-                (maps.LeaseEntry * count).from_buffer(values),
+                (maps.ClientKey * count).from_buffer(plan.keys),
+                (maps.LeaseEntry * count).from_buffer(plan.values),
             )
         except Exception as exc:  # BCC raises bare Exceptions with the errno's text
             self._warnings.report(
                 "batch", f"fast path: bulk map write failed ({exc}), writing one by one", now
             )
-            for key, (address, value) in wanted.items():
+            for i in range(count):
+                key, address, value = plan.element(i)
                 self._write(key, address, value, now)
             return
-        self._owner = {key: address for key, (address, _) in wanted.items()}
-        self._key_of = {address: key for key, address in self._owner.items()}
+        self._owner = plan.owner
+        self._key_of = {address: key for key, address in plan.owner.items()}
 
     # -- internals -----------------------------------------------------------------------
 

@@ -92,6 +92,6 @@ def test_a_pool_whose_options_outgrow_a_template_stays_on_the_slow_path() -> Non
     assert len(server.template(fat.name, MessageType.ACK, None).wire) > maps.TEMPLATE_MAX
     assert sync.entries == 1 and sync.skipped == 1
     planner = Planner()
-    wanted, _ = planner.plan(server, NOW, 10, lambda: None)
-    assert len(wanted) == 1 and planner.skipped == 1
+    plan = planner.plan(server, NOW, 10, lambda: None)
+    assert len(plan) == 1 and planner.skipped == 1
     assert all(len(wire) <= maps.TEMPLATE_MAX for wire in planner.writes.values())

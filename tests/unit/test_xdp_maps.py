@@ -15,6 +15,7 @@ from brushtaild.config.model import AddressRange, Pool
 from brushtaild.daemon import clock
 from brushtaild.dhcp.constants import MessageType, OptionCode
 from brushtaild.engine.decisions import Decision, LeaseEventKind
+from brushtaild.engine.leases import Lease, LeaseState
 from brushtaild.engine.server import Server
 from brushtaild.xdp import maps
 from brushtaild.xdp.sync import MapSync, Planner, key_bytes
@@ -380,13 +381,15 @@ def test_the_plan_caps_entries_at_the_room_and_names_its_templates() -> None:
     bind_many(server, 5)
     bind(server, 6, prl=None)
     planner = Planner()
-    wanted, left_out = planner.plan(server, NOW, 4, lambda: None)
-    assert len(wanted) == 4 and left_out == 2 and planner.skipped == 0
+    plan = planner.plan(server, NOW, 4, lambda: None)
+    assert len(plan) == len(plan.owner) == 4 and plan.left_out == 2 and planner.skipped == 0
     # One OFFER and one ACK template per request list seen, each with its own slot.
     assert len(planner.writes) == len(set(planner.writes)) == 4
     ack = server.template("residential", MessageType.ACK, PRL).wire
     assert ack in planner.writes.values()
-    for key, (address, value) in wanted.items():
+    for i in range(len(plan)):
+        key, address, value = plan.element(i)
+        assert plan.owner[key] == address
         lease = server.lease_at(address)
         assert lease is not None and key == key_bytes(lease.hwaddr)
         got = maps.LeaseEntry.from_buffer_copy(value)
@@ -398,7 +401,8 @@ def test_the_plan_gives_up_when_no_template_slot_is_free() -> None:
     server = Server(make_config(), [], NOW)
     bind(server, 1)
     planner = Planner(busy=range(maps.TEMPLATE_SLOTS))
-    assert planner.plan(server, NOW, 10, lambda: None) == ({}, 0)
+    plan = planner.plan(server, NOW, 10, lambda: None)
+    assert (plan.owner, len(plan), plan.left_out) == ({}, 0, 0)
     assert planner.skipped == 1 and planner.writes == {}
 
 
@@ -416,3 +420,25 @@ def test_an_address_rebound_in_the_decision_that_expired_it_keeps_its_entry() ->
     assert [e.kind for e in rebound.events] == [LeaseEventKind.EXPIRE, LeaseEventKind.ACK]
     sync.apply([rebound], later)
     assert entry(program, 1).expires_ns and sync.entries == 1
+
+
+def test_the_plan_packs_one_entry_per_key_and_the_later_lease_answers() -> None:
+    """Two leases of one MAC (two client ids): the plan's buffers hold one entry for the
+    key, the later lease's, so the batch never holds a key twice (nor more keys than the
+    map's room)."""
+    pool = make_config().pools[0]
+    first, second = pool.ranges[0].first, pool.ranges[0].first + 1
+    leases = [
+        Lease(a, cid, mac(7), pool.name, LeaseState.BOUND, NOW + HOUR, NOW + n, PRL)
+        for n, (a, cid) in enumerate(((first, b"\x00one"), (second, b"\x00two")))
+    ]
+    server = Server(make_config(), leases, NOW)
+    plan = Planner().plan(server, NOW, 10, lambda: None)
+    assert len(plan) == 1 and plan.owner == {key_bytes(mac(7)): second}
+    key, address, value = plan.element(0)
+    assert (key, address) == (key_bytes(mac(7)), second)
+    assert maps.LeaseEntry.from_buffer_copy(value).address == maps.net32(second)
+    program = FakeProgram(max_subscribers=1)
+    sync = MapSync(program, server)
+    assert sync.reconcile(NOW) == (1, 0)
+    assert entry(program, 7).address == maps.net32(second)
