@@ -32,6 +32,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -56,6 +57,7 @@ from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
 from brushtaild.engine.decisions import Decision, Ingress, LeaseEvent
 from brushtaild.engine.leases import Lease
+from brushtaild.engine.replication import Replication
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO, Received
 from brushtaild.store.lease_store import LeaseStore, StoreError
@@ -163,6 +165,13 @@ def long_lived() -> Iterator[None]:
             gc.enable()
 
 
+def _discard(compiling: "Future[FastPath]") -> None:
+    """A fast path compiled for a start that did not complete: closed once compiled (its
+    pins stay, as at any stop), whatever the compile raised left aside."""
+    with contextlib.suppress(Exception):
+        compiling.result().close()
+
+
 def release_free_memory() -> None:
     """Hands memory the heap holds free back to the system (glibc's malloc_trim); a no-op
     where there is none."""
@@ -235,6 +244,49 @@ class Daemon:
                 config, config.replication, self.store.load_replica(), now, recovering=recovering
             )
         replica = self.replication.replica if self.replication is not None else None
+        self.fastpath: FastPath | None = None
+        self.fastpath_failure: str | None = None
+        compiling = (
+            self._compile(now) if config.fastpath.enabled and not self.signals.stop else None
+        )
+        try:
+            self._build(journald, replica, now)
+        except BaseException:
+            if compiling is not None:
+                _discard(compiling)
+            raise
+        if not config.fastpath.enabled:
+            self._take_down_leftover("fast path disabled")
+        elif compiling is not None and self.signals.stop:
+            _discard(compiling)
+        elif compiling is not None:
+            # Compiled meanwhile, attached in _start_complete: until then a program from an
+            # earlier run (pinned, still attached) goes on answering.
+            try:
+                self.fastpath = compiling.result()
+                self.fastpath.sync.server = self.server
+                self._fastpath_collector = self.fastpath.collector()
+            except PinDirBusy:
+                raise  # another brushtaild's pins: a configuration error, not ours to fix
+            except Exception as exc:  # whatever BCC, clang or the kernel refused
+                self._fastpath_failed(exc)
+            else:
+                self.metrics.registry.register(self._fastpath_collector)
+
+    def _compile(self, now: float) -> "Future[FastPath]":
+        """The fast path, compiled and loaded on a thread while the store loads and the
+        engine is built: BCC's compile (seconds) releases the GIL, and needs no lease. Its
+        maps are filled from the engine only at the attach. Until the engine exists it
+        holds an empty one."""
+        placeholder = Server(self.config, (), now)
+        executor = ThreadPoolExecutor(1, thread_name_prefix="compile")
+        future = executor.submit(FastPath, self.config, placeholder)
+        executor.shutdown(wait=False)  # its one thread ends with the compile
+        return future
+
+    def _build(self, journald: bool, replica: "Replication | None", now: float) -> None:
+        """The engine from the store, and the daemon's edges."""
+        config = self.config
         # Timed in the log: at a million leases each step takes seconds, and whoever waits
         # for READY (bench/startup.py, an operator) wants to know which.
         started = clock.ticks()
@@ -277,22 +329,6 @@ class Daemon:
         )
         self._status_due = 0.0
         self._status_window = (0.0, 0.0)  # (ticks, requests counted) at the last STATUS
-        self.fastpath: FastPath | None = None
-        self.fastpath_failure: str | None = None
-        if not config.fastpath.enabled:
-            self._take_down_leftover("fast path disabled")
-        elif not self.signals.stop:
-            # Compiled here, attached in _start_complete: until then a program from an
-            # earlier run (pinned, still attached) goes on answering.
-            try:
-                self.fastpath = FastPath(config, self.server)
-                self._fastpath_collector = self.fastpath.collector()
-            except PinDirBusy:
-                raise  # another brushtaild's pins: a configuration error, not ours to fix
-            except Exception as exc:  # whatever BCC, clang or the kernel refused
-                self._fastpath_failed(exc)
-            else:
-                self.metrics.registry.register(self._fastpath_collector)
 
     def _add_replication_metrics(self, service: "ReplicationService") -> None:
         replica, transport = service.replica, service.transport

@@ -28,6 +28,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
+from operator import attrgetter
 from typing import Generic, TypeVar
 
 from brushtaild.config.model import Config, Limits
@@ -52,6 +53,10 @@ MIN_OFFERS_PER_LINK = 16
 MIN_EXTENSION = 1.0
 # The timer heaps are rebuilt once stale entries outnumber live ones by this factor.
 COMPACT_FACTOR = 2
+
+# The load order (a client's later record wins); attrgetter is several times cheaper per
+# call than a lambda, which counts at a million leases.
+_UPDATED = attrgetter("updated")
 
 # An access line a limit counts bound leases or offers on: what kind ("relay", "circuit",
 # "remote_id" or "vlan", the end of a `Limits` field's name) and its value (the relay's
@@ -227,7 +232,7 @@ class LeaseTable:
         self._offer_bounds = _bounds(config.limits, "offers")
         self._line_leases: dict[Line, int] = {}
         self._line_offers: dict[Line, int] = {}
-        for lease in paced(sorted(leases, key=lambda lease: lease.updated), keepalive):
+        for lease in paced(sorted(leases, key=_UPDATED), keepalive):
             self._load(lease, now)
 
     # Reading ------------------------------------------------------------------------------

@@ -205,8 +205,10 @@ class Plan:
     def element(self, i: int) -> tuple[bytes, int, bytes]:
         """The i-th write: packed key, address, packed entry."""
         k, v = KEY_SIZE, ENTRY_SIZE
-        return bytes(self.keys[i * k : i * k + k]), self.addresses[i], bytes(
-            self.values[i * v : i * v + v]
+        return (
+            bytes(self.keys[i * k : i * k + k]),
+            self.addresses[i],
+            bytes(self.values[i * v : i * v + v]),
         )
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -569,6 +570,44 @@ def test_a_fastpath_that_fails_to_follow_is_removed_and_the_acks_still_go(
 
 
 # --- start-up ------------------------------------------------------------------------------
+
+
+def test_the_fast_path_compiles_on_a_thread_and_then_serves_the_engine(
+    tmp_path: Path, io: FakeIO, detached: list[str], signals: Signals,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The compile (seconds of clang) runs beside the store load and the engine build; the
+    maps are then planned from the engine, not from the empty one it started with."""
+    fast = FakeFastPath([])
+    threads: list[str] = []
+
+    def compiling(config: Config, server: object) -> FakeFastPath:
+        threads.append(threading.current_thread().name)
+        return fast
+
+    monkeypatch.setattr(main, "FastPath", compiling)
+    daemon = Daemon(daemon_config(tmp_path, fastpath=True), tmp_path / "x.yaml", signals)
+    try:
+        assert threads and threads[0] != threading.main_thread().name
+        assert daemon.fastpath is fast and fast.server is daemon.server  # type: ignore[attr-defined]
+    finally:
+        daemon.store.close()
+
+
+def test_a_start_that_fails_while_compiling_closes_the_compiled_fast_path(
+    tmp_path: Path, detached: list[str], signals: Signals, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its pin directory's lock must not outlive the failed start."""
+    calls: list[str] = []
+    monkeypatch.setattr(main, "FastPath", lambda config, server: FakeFastPath(calls))
+
+    def no_interface(ifname: str, server_id: int) -> None:
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(main, "PacketIO", no_interface)
+    with pytest.raises(OSError):
+        Daemon(daemon_config(tmp_path, fastpath=True), tmp_path / "x.yaml", signals)
+    assert calls == ["close"]
 
 
 def test_signals_are_handled_during_the_compile(
