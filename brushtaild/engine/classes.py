@@ -37,6 +37,9 @@ class LeaseClass:
     by_relay: bool
 
 
+NO_CLASS = LeaseClass(None, False)
+
+
 @dataclass(frozen=True, slots=True)
 class _Facts:
     """What a class is matched on."""
@@ -103,6 +106,10 @@ def class_of_lease(classes: tuple[ClientClass, ...], lease: Lease) -> LeaseClass
     """The class of the unicast renewals of `lease`'s client (its MAC on its VLANs, with
     the option 82 and relay it stashed), or UNDECIDED when a class that may come first
     matches on option 60."""
+    if not classes:
+        # No class to weigh: what the loop below ends with, without its per-lease objects
+        # (the fast path asks this of every lease when it fills its maps).
+        return NO_CLASS
     subs = dict(parse_relay_agent_info(lease.relay_info)) if lease.relay_info else {}
     facts = _Facts(
         lease.hwaddr,

@@ -18,6 +18,8 @@ def wire_identity(identity: bytes, vlans: tuple[int, ...]) -> bytes:
     """The client identifier as the client sends it, for the identity of a client on
     `vlans` that may carry them (subscriber_identity): one that ends with those VLANs is
     taken to, so an identifier that happens to end so reads shorter."""
+    if not vlans:
+        return identity  # the common case, asked of every lease when the maps are filled
     trailer = subscriber_identity(b"", vlans)
     if vlans and len(identity) > len(trailer) and identity.endswith(trailer):
         return identity[: -len(trailer)]

@@ -826,7 +826,8 @@ class LeaseTable:
         return tuple(line for line in lease_lines(lease) if line[0] in self._lease_bounds)
 
     def _count(self, lease: Lease, step: int) -> None:
-        _tally(self._line_leases, self._lines(lease), step)
+        if self._lease_bounds:  # else nothing is counted: no call per lease loaded
+            _tally(self._line_leases, self._lines(lease), step)
 
     def over_limit(self, client_id: bytes, lines: tuple[Line, ...]) -> bool:
         """Whether a lease for the client on `lines` would put one past its bound. The
