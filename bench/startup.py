@@ -25,9 +25,15 @@ dnsmasq.leases, dhcpd.leases); the subscriber renews every 50 ms from exec on, a
 Run as root from the checkout:
 
     /work/main/.venv/bin/python bench/startup.py [--subscribers 1000000] [--runs 3] \
-        [--quick] [--json PATH] [--rev COMMIT] [--servers brushtail,kea,dnsmasq,dhcpd]
+        [--quick] [--json PATH] [--rev COMMIT] [--servers brushtail,kea,dnsmasq,dhcpd] \
+        [--peer-runs 1] [--peer-limit 120] [--cpus 0] [--profile PATH]
 
---quick: one run of each, 100,000 subscribers. Writes the `startup` Scenario
+--quick: one run of each, 100,000 subscribers. --cpus 0,1 lets the server use both cores
+(brushtaild compiles its program on a thread meanwhile; pinned to one core that overlap
+buys nothing). --profile: py-spy (--rate 100, collapsed stacks) on the first brushtail
+start, from exec to READY. On a shared machine compare `cpu_s` (the daemon's own CPU
+time to READY, all threads) as well as the wall time: the time it waited for its CPU is
+in `machine.wait_for_cpu_s`. Writes the `startup` Scenario
 (bench/scenario.py) to --json (default bench/results/startup-<date>-<time>.json) and a
 summary to stdout.
 """
@@ -676,6 +682,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(snapshot, ignore_errors=True)
+    if any(s != "brushtail" for s in servers):
+        out.notes.append(
+            "peers: time to the first ACK of the renewal; a peer may ACK a renewal it has no "
+            "lease for (the address is free to it), but none answers before it has read its "
+            "lease file"
+        )
     if args.runs > args.peer_runs and any(s != "brushtail" for s in servers):
         out.notes.append(f"peers ran {args.peer_runs} time(s) only: at this size each takes "
                          "minutes; their other runs are None")  # fmt: skip
