@@ -292,8 +292,6 @@ def fmt(value: float | None) -> str:
     if value is None:
         return "n/a"
     size = abs(value)
-    if value == int(value) and size < 1e15:
-        return f"{int(value):,}"
     digits = 0 if size >= 100 else 1 if size >= 10 else 2 if size >= 0.1 else 3
     return f"{value:,.{digits}f}"
 
@@ -304,7 +302,7 @@ def cell(values: Sequence[float | None]) -> str:
     if not got:
         return "n/a"
     text = fmt(median(got))
-    if len(got) > 1:
+    if len(got) > 1 and fmt(min(got)) != fmt(max(got)):
         text += f" [{fmt(min(got))}-{fmt(max(got))}]"
     if len(got) < len(values):
         text += f" ({len(values) - len(got)} of {len(values)} n/a)"
