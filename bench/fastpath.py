@@ -50,8 +50,8 @@ and per CPU-second against the minimal responder and Kea. The report runs `--par
 
 bpf/ and brushtaild/ are copied when the run starts (or taken from --rev COMMIT) and the
 whole run imports and compiles that copy. The report goes to stdout and
-bench/results/fastpath-<date>-<time>.md, raw data to .json. docs/BENCHMARKS.md, "Fast
-path", explains the method and the figures.
+bench/results/fastpath-<date>-<time>.md, raw data to .json. docs/PERFORMANCE.md, "Fast
+path", explains the method and what the figures mean.
 """
 
 import argparse

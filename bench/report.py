@@ -341,7 +341,7 @@ def _bt(metric: Metric | None) -> list[float | None]:
 
 
 def targets(scenarios: dict[str, Scenario]) -> list[Target]:
-    """The plan's targets, each judged from the figures (see ISSUE13-PLAN, docs/PERFORMANCE)."""
+    """Issue 13's targets, each judged from the figures (met, missed, or not measured)."""
     out = []
 
     def not_measured(text: str, where: str) -> Target:

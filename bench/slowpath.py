@@ -31,6 +31,16 @@ Run as root from the checkout (peers that are not installed are skipped):
     /work/main/.venv/bin/python bench/slowpath.py [--runs 3] [--duration 10] \
         [--servers brushtail,kea,dnsmasq,dhcpd] [--capacity] [--profile]
 
+--json PATH (bench/report.py's `dora` scenario, bench/scenario.py's shape) runs these phases
+instead of 3 and 4: light-load latency as above, with p99; fixed offered rates (--sweep,
+--sweep-duration s each), stopped once a server answers less than half of what is offered;
+the paced capacity bisected (--capacity-bisect steps) from the rates that passed and failed;
+DISCOVER-OFFER and REQUEST-ACK at half of that capacity; the highest rate, perfdhcp without
+-r for --max-duration s, with CPU time per ACK. A server is started afresh (new namespaces
+and state) before a phase whose clients could take the pool past 80%, and brushtail's store
+is checked after each of its starts. --quick: one run, short phases. About 8 minutes for 3
+runs of the four servers.
+
 --profile adds one brushtail overload phase (not counted in the table) with py-spy
 recording the daemon (pip install py-spy into the venv) and reports its hot spots.
 The report goes to stdout and to bench/results/slowpath-<date>.md (plus .json raw data).
