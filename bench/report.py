@@ -435,14 +435,15 @@ NOT_COMPARED = frozenset({"cpu_wait_pct"})
 
 
 def comparisons(scenario: Scenario) -> list[tuple[float, str, bool]]:
-    """(how far apart, sentence, brushtail worse) for each metric with a peer beside it."""
+    """(how far apart, sentence, brushtail worse) per metric with a peer beside it: every peer
+    that does better than brushtail, or else the strongest peer it beats (never a win over a
+    weak peer where a strong one is closer)."""
     out = []
     for key, metric in scenario.metrics.items():
-        if key in NOT_COMPARED:
-            continue
         ours = median(metric.values.get("brushtail", []))
-        if ours is None:
+        if key in NOT_COMPARED or ours is None:
             continue
+        losses, wins = [], []
         for peer in PEERS:
             r = ratio(metric, peer)
             theirs = median(metric.values.get(peer, []))
@@ -450,13 +451,15 @@ def comparisons(scenario: Scenario) -> list[tuple[float, str, bool]]:
                 continue
             worse = r < 1 if metric.better == "higher" else r > 1
             factor = max(r, 1 / r)
-            if factor < 1.05:
-                continue
             unit = f" {metric.unit}" if metric.unit not in ("", "/s", "%") else metric.unit
-            adverb = "better" if not worse else "worse"
-            out.append((factor, f"{scenario.title}, {metric.label}: brushtail {fmt(ours)}{unit} "
-                        f"against {peer}'s {fmt(theirs)}{unit} ({factor:.2f}x {adverb}; "
-                        f"{metric.better} is better)", worse))  # fmt: skip
+            sentence = (
+                f"{scenario.title}, {metric.label}: brushtail {fmt(ours)}{unit} against "
+                f"{peer}'s {fmt(theirs)}{unit} ({factor:.2f}x {'worse' if worse else 'better'}; "
+                f"{metric.better} is better)"
+            )
+            if factor >= 1.05:
+                (losses if worse else wins).append((factor, sentence, worse))
+        out += losses or sorted(wins)[:1]
     return out
 
 
@@ -695,6 +698,13 @@ def machine_lines(manifest: dict[str, Any], scenarios: dict[str, Scenario]) -> l
         if metric:
             per = ", ".join(f"{s} {cell(v)}%" for s, v in metric.values.items())
             waits.append(f"{sid}: {per}")
+        elif scenario := scenarios.get(sid):
+            for name, value in scenario.machine.items():
+                if "wait" in name and isinstance(value, dict) and value:
+                    per = ", ".join(
+                        f"{s} {cell(v)}" for s, v in value.items() if isinstance(v, list)
+                    )
+                    waits.append(f"{sid}: {name} {per}")
     if waits:
         lines.append(
             "- Time each server spent runnable but waiting for its CPU (share of the measured "
