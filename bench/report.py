@@ -99,6 +99,17 @@ JOBS = (
 )
 ORDER = tuple(s for job in JOBS for s in job.scenarios)
 
+# Section titles of scenarios that did not run (one that ran brings its own).
+TITLES = {
+    "dora": "New subscribers (DORA, slow path)",
+    "kernel": "Kernel fast path: cost per reply and renewals per core",
+    "renewals": "Renewals of known subscribers answered per second",
+    "latency": "Renewal REQUEST-ACK latency from the client's side",
+    "mix": "80% renewals of known subscribers + 20% new subscribers (DORA)",
+    "restart": "Server restarted while known subscribers renew",
+    "flood": "Random-MAC DISCOVER flood while known subscribers renew",
+    "startup": "1,000,000 known subscribers: start to READY, memory",
+}
 # What each scenario measures, for the reader; the figures come from the JSON.
 METHODS = {
     "dora": (
@@ -301,6 +312,8 @@ def measure(args: argparse.Namespace, only: list[str]) -> Path:
 def fmt(value: float | None) -> str:
     if value is None:
         return "n/a"
+    if value == 0:
+        return "0"
     size = abs(value)
     digits = 0 if size >= 100 else 1 if size >= 10 else 2 if size >= 0.1 else 3
     return f"{value:,.{digits}f}"
@@ -773,7 +786,7 @@ def render_markdown(
     for sid in ORDER:
         scenario = scenarios.get(sid)
         job = next((j for j in jobs.values() if sid in j.get("scenarios", [])), None)
-        title = scenario.title if scenario else sid
+        title = scenario.title if scenario else TITLES.get(sid, sid)
         lines += [f"## {title} (`{sid}`)", "", METHODS.get(sid, ""), ""]
         if scenario is None:
             why = "not selected (--only)" if job is None else job.get("error", job["status"])
