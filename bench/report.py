@@ -419,7 +419,7 @@ def targets(scenarios: dict[str, Scenario]) -> list[Target]:
         if got is None:
             out.append(not_measured(text, where))
             continue
-        by = f"{got / 2:.2f}x the target" if got > 2 else f"{2 - got:.2f}x to spare"
+        by = f"{got / 2:.2f} times the 2x allowed" if got > 2 else f"{2 - got:.2f}x to spare"
         out.append(Target(text, where, "met" if got <= 2 else "missed", f"{got:.2f}x", by))
 
     # 4. 80/20 mix >= 10x Kea.
