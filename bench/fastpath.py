@@ -38,14 +38,20 @@ holds get addresses in 100.64.0.0/10: they only ever exist in the maps, never on
 
 Run as root from the checkout (Debian's python3 has BCC; the venv sees it):
 
-    /work/main/.venv/bin/python bench/fastpath.py [--part ns|live|scale|all] [--runs 3] \
-        [--calls 20000] [--seconds 3] [--subscribers 1000000] [--kea-rates 10000,...] \
-        [--no-kea] [--rev COMMIT] [--quick]
+    /work/main/.venv/bin/python bench/fastpath.py [--part ns|live|scale|all|ns,live] \
+        [--runs 3] [--calls 20000] [--seconds 3] [--subscribers 1000000] \
+        [--kea-rates 10000,...] [--no-kea] [--rev COMMIT] [--quick] [--json PATH]
+
+--json PATH also writes the `kernel` scenario of bench/report.py (bench/scenario.py's shape):
+brushtail's ns per OFFER and ACK and their ratios to the floor (dhclient, one subscriber,
+rate limiter off is the headline; the other cases are extra metrics), renewals per second
+and per CPU-second against the minimal responder and Kea. The report runs `--part ns,live`
+(about 3 minutes for 3 runs); the 1,000,000-subscriber start is its startup scenario.
 
 bpf/ and brushtaild/ are copied when the run starts (or taken from --rev COMMIT) and the
 whole run imports and compiles that copy. The report goes to stdout and
-bench/results/fastpath-<date>-<time>.md, raw data to .json. docs/BENCHMARKS.md, "Fast
-path", explains the method and the figures.
+bench/results/fastpath-<date>-<time>.md, raw data to .json. docs/PERFORMANCE.md, "Fast
+path", explains the method and what the figures mean.
 """
 
 import argparse
@@ -121,6 +127,7 @@ if SOURCE is not None:
 
 from slowpath import write_kea_config  # noqa: E402  (bench/ is this script's sys.path[0])
 
+from bench.scenario import Metric, Runs, Scenario  # noqa: E402
 from brushtaild.config.model import Config, XdpMode  # noqa: E402
 from brushtaild.dhcp.codec import parse  # noqa: E402
 from brushtaild.dhcp.constants import MessageType, OptionCode  # noqa: E402
@@ -1380,6 +1387,8 @@ def machine() -> dict[str, Any]:
 def to_json(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         return asdict(value)
+    if isinstance(value, Path):
+        return str(value)
     raise TypeError(type(value).__name__)
 
 
@@ -1396,7 +1405,8 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--part", choices=("ns", "live", "scale", "all"), default="all")
+    ap.add_argument("--part", default="all", help="ns, live, scale, all, or a comma-separated list")
+    ap.add_argument("--json", type=Path, help="write the report's `kernel` scenario here")
     ap.add_argument("--runs", type=int, default=None, help="runs per part (default 3)")
     ap.add_argument("--calls", type=int, default=None, help="test runs per ns figure (20000)")
     ap.add_argument("--seconds", type=float, default=None, help="per live phase (3)")
@@ -1412,6 +1422,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rev", help="benchmark this commit's bpf/ and brushtaild/ (default: the "
                     "working tree, copied at start)")  # fmt: skip
     args = ap.parse_args(argv)
+    parts = {p.strip() for p in args.part.split(",") if p.strip()}
+    if "all" in parts:
+        parts = {"scale", "ns", "live"}
+    if not parts or parts - {"ns", "live", "scale"}:
+        ap.error("--part: ns, live, scale or all, or a comma-separated list of them")
+    args.parts = tuple(p for p in ("scale", "ns", "live") if p in parts)
     quick = args.quick
     args.runs = args.runs or (1 if quick else 3)
     args.calls = args.calls or (5000 if quick else 20_000)
@@ -1432,7 +1448,7 @@ def preflight(args: argparse.Namespace) -> None:
         raise SystemExit(f"cannot run: {why}")
     if os.cpu_count() is None or (os.cpu_count() or 0) < 2:
         raise SystemExit("cannot run: needs 2 CPUs (generator and Kea on separate cores)")
-    if args.part in ("live", "all") and not args.no_kea and shutil.which(KEA_BINARY) is None:
+    if "live" in args.parts and not args.no_kea and shutil.which(KEA_BINARY) is None:
         print(f"note: {KEA_BINARY} not found (Debian kea-dhcp4-server): Kea is left out")
         args.no_kea = True
 
@@ -1440,7 +1456,7 @@ def preflight(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preflight(args)
-    parts = ("scale", "ns", "live") if args.part == "all" else (args.part,)
+    parts = args.parts
     swept = sweep_stale()
     if swept:
         print(f"swept leftovers of earlier runs: {', '.join(swept)}")
@@ -1449,6 +1465,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.alarm(int(args.max_minutes * 60))
     pin_thread(GEN_CPU)
     started = dt.datetime.now()
+    started_mono = time.monotonic()
     report: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).as_posix(), *sys.argv]),
@@ -1555,7 +1572,151 @@ def main(argv: list[str] | None = None) -> int:
     stem.with_suffix(".md").write_text(text + "\n")
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=to_json))
     print(f"\nwritten: {stem}.md, {stem}.json")
+    if args.json is not None:
+        kernel_scenario(report, args, time.monotonic() - started_mono).write(args.json)
+        print(f"scenario written to {args.json}")
     return 0
+
+
+# The ns cases the scenario reports: (client, map size, rate limiter), the first the headline
+# (dhclient's 342-byte frame, the most common client, one subscriber, no rate limiter).
+KERNEL_CASES = (
+    ("dhclient", "1", "off", "dhclient, 1 subscriber"),
+    ("dhclient", "1", "on", "dhclient, 1 subscriber, rate limiter on"),
+    ("dhclient", "N", "off", "dhclient, --subscribers in the map"),
+    ("udhcpc", "1", "off", "udhcpc, 1 subscriber"),
+    ("rotating", "N", "off", f"{ROTATING:,} dhclients in turn, --subscribers in the map"),
+)
+
+
+def kernel_scenario(report: dict[str, Any], args: argparse.Namespace, seconds: float) -> Scenario:
+    """The report's `kernel` scenario: brushtail's ns per reply against the floor program,
+    renewals per second against the minimal responder and Kea (values aligned by run)."""
+    metrics: dict[str, Metric] = {}
+    ns: list[dict[str, Any]] = report.get("ns", [])
+
+    def mean_ns(key: str) -> list[float | None]:
+        return [r[key].mean_ns if key in r else None for r in ns]
+
+    if ns:
+        base = "dhclient/1"
+        metrics["offer_ns"] = Metric("OFFER ns (dhclient)", "ns", "lower",
+                                     {"brushtail": mean_ns(f"{base}/off/offer")})  # fmt: skip
+        metrics["ack_ns"] = Metric("ACK ns (dhclient)", "ns", "lower",
+                                   {"brushtail": mean_ns(f"{base}/off/ack")})  # fmt: skip
+        metrics["floor_ns"] = Metric("floor program ns (same frame)", "ns", "lower",
+                                     {"brushtail": mean_ns(f"{base}/floor")})  # fmt: skip
+        for client, size, rl, label in KERNEL_CASES:
+            floor = mean_ns(f"{client}/{size}/floor")
+            if not any(floor):
+                continue
+            tag = "" if (client, size, rl) == KERNEL_CASES[0][:3] else f"_{client}_{size}_{rl}"
+            for kind in ("offer", "ack"):
+                got = ratios(mean_ns(f"{client}/{size}/{rl}/{kind}"), floor)
+                metrics[f"{kind}_vs_floor{tag.lower()}"] = Metric(
+                    f"{kind.upper()} / floor, {label}", "x", "lower", {"brushtail": got}
+                )
+        metrics["clock_ns"] = Metric("one clock read program ns (xdp_clock)", "ns", "lower",
+                                     {"brushtail": mean_ns("clock")})  # fmt: skip
+    live: list[LiveResult] = report.get("live", [])
+    skipped = {
+        "dnsmasq": "no kernel fast path; renewals of every server are the renewals scenario",
+        "dhcpd": "no kernel fast path; renewals of every server are the renewals scenario",
+    }
+    notes: list[str] = []
+    if live:
+        runs = sorted({r.run for r in live})
+
+        def per_run(pick: Callable[[LiveResult], bool], get: Callable[[LiveResult], float | None],
+                    best: bool = False) -> list[float | None]:  # fmt: skip
+            out: list[float | None] = []
+            for run in runs:
+                got = [v for r in live if r.run == run and pick(r) if (v := get(r)) is not None]
+                out.append((max(got) if best else got[0]) if got else None)
+            return out
+
+        def rate(r: LiveResult) -> float | None:
+            return r.answered_per_s
+
+        def per_cpu(r: LiveResult) -> float | None:
+            return r.per_cpu_s
+
+        def us(r: LiveResult) -> float | None:
+            return 1e6 / r.per_cpu_s if r.per_cpu_s else None
+
+        def is_bt(r: LiveResult) -> bool:
+            return r.server == "brushtail"
+
+        def is_kea(r: LiveResult) -> bool:
+            return r.server.startswith("kea-")
+
+        def is_resp(r: LiveResult) -> bool:
+            return r.server == "responder"
+
+        def both(get: Callable[[LiveResult], float | None], kea_best: bool) -> dict[str, Runs]:
+            values = {"brushtail": per_run(is_bt, get)}
+            if any(is_kea(r) for r in live):
+                values["kea"] = per_run(is_kea, get, best=kea_best)
+            return values
+
+        metrics["renewals_per_s"] = Metric(
+            "renewals/s, one core (Kea: its best, flood or paced)", "/s", "higher",
+            both(rate, True),
+        )  # fmt: skip
+        metrics["renewals_per_cpu_s"] = Metric(
+            "renewals per CPU-second (Kea: best)", "/s", "higher", both(per_cpu, True)
+        )
+        metrics["cpu_us_per_answer"] = Metric(
+            "CPU us per renewal (XDP: generator's CPU included)", "us", "lower",
+            {"brushtail": per_run(is_bt, us), **(
+                {"kea": [1e6 / v if v else None for v in both(per_cpu, True)["kea"]]}
+                if any(is_kea(r) for r in live) else {}
+            )},
+        )  # fmt: skip
+        resp_rate, resp_cpu = per_run(is_resp, rate), per_run(is_resp, per_cpu)
+        metrics["renewals_vs_responder"] = Metric(
+            "renewals/s / minimal responder", "x", "higher",
+            {"brushtail": ratios(per_run(is_bt, rate), resp_rate)},
+        )  # fmt: skip
+        metrics["renewals_per_cpu_vs_responder"] = Metric(
+            "per CPU-second / minimal responder", "x", "higher",
+            {"brushtail": ratios(per_run(is_bt, per_cpu), resp_cpu)},
+        )  # fmt: skip
+        notes.append(
+            "Minimal responder (xdp_floor: MAC swap and XDP_TX) under the same flood, frames/s "
+            "per run: " + ", ".join(fmt(v) for v in resp_rate) + "."
+        )
+        if any(is_kea(r) for r in live):
+            flood_kea = per_run(lambda r: r.server == "kea-flood", rate)
+            notes.append(
+                "Kea under the flood itself answered " + ", ".join(fmt(v) for v in flood_kea)
+                + " renewals/s per run; its figure in the table is its best of the flood and "
+                f"the paced rates {', '.join(f'{r:,}' for r in args.kea_rates)}/s."
+            )  # fmt: skip
+    else:
+        skipped["kea"] = "live part not run"
+    box = report["machine"]
+    return Scenario(
+        scenario="kernel",
+        title="Kernel fast path: cost per reply and renewals per core",
+        command=report["command"],
+        started=report["started"],
+        seconds=round(seconds, 1),
+        revision=box["revision"],
+        runs=args.runs,
+        metrics=metrics,
+        skipped=skipped,
+        notes=notes,
+        machine={
+            **box,
+            "loadavg_before": report["loadavg_start"],
+            "loadavg_after": report["loadavg_end"],
+            "parts": list(args.parts),
+            "calls": args.calls,
+            "seconds_per_live_phase": args.seconds,
+            "subscribers": args.subscribers,
+        },
+    )
 
 
 @contextlib.contextmanager

@@ -52,7 +52,8 @@ Run as root from the checkout:
 
 --quick: one run, 300 subscribers, a 10 s flood, recovery watched for at most 30 s (about a
 minute in all). The report goes to stdout and bench/results/flood-<date>-<time>.md, raw data
-to .json. docs/BENCHMARKS.md, "Flood", explains the figures.
+to .json; --json PATH also writes the `flood` scenario of bench/report.py (bench/scenario.py's
+shape, brushtail only). docs/PERFORMANCE.md, "Flood", explains the figures.
 """
 
 import argparse
@@ -83,6 +84,7 @@ import fastpath  # bench/ is this script's sys.path[0]
 from fastpath import median, new_link, remove_pins, source_snapshot, sweep_stale
 from slowpath import schedstat
 
+from bench.scenario import Metric, Scenario
 from brushtaild.dhcp import options as opt
 from brushtaild.dhcp.codec import encode, parse
 from brushtaild.dhcp.constants import MessageType, OptionCode
@@ -741,6 +743,85 @@ def report(results: list[RunResult], args: argparse.Namespace, env: dict[str, An
     return "\n".join(lines) + "\n"
 
 
+def scenario(results: list[RunResult], args: argparse.Namespace, env: dict[str, Any]) -> Scenario:
+    """The report's `flood` scenario: brushtail only, one value per run (None: failed)."""
+
+    def values(get: Callable[[RunResult], float | None]) -> dict[str, list[float | None]]:
+        return {"brushtail": [None if r.error else get(r) for r in results]}
+
+    def pct(share: float | None) -> float | None:
+        return None if share is None else 100.0 * share
+
+    def served(seconds: float | None) -> float:
+        return 0.0 if seconds is None else 1.0
+
+    def growth(r: RunResult) -> float | None:
+        if r.hwm_after_mib is None or r.hwm_before_mib is None:
+            return None
+        return r.hwm_after_mib - r.hwm_before_mib
+
+    def cpu_pct(r: RunResult) -> float | None:
+        return None if r.daemon_cpu_s is None else 100.0 * r.daemon_cpu_s / args.flood_seconds
+
+    def wait_pct(r: RunResult) -> float | None:
+        return None if r.daemon_wait_s is None else 100.0 * r.daemon_wait_s / args.flood_seconds
+
+    metrics = {
+        "flood_rate": Metric("flood DISCOVERs/s sent", "/s", "higher",
+                             values(lambda r: r.offered_rate)),
+        "renewals_before_pct": Metric("renewals answered before the flood", "%", "higher",
+                                      values(lambda r: pct(r.renew_before))),
+        "renewals_flood_pct": Metric("renewals answered during the flood", "%", "higher",
+                                     values(lambda r: pct(r.renew_flood))),
+        "new_other_relay_served": Metric(
+            f"new subscriber on another relay leased within {PROBE_LIMIT:g} s (1 = yes)", "",
+            "higher", values(lambda r: served(r.probe_relay_b))),
+        "new_other_relay_s": Metric("new subscriber on another relay: s to a lease", "s",
+                                    "lower", values(lambda r: r.probe_relay_b)),
+        "new_flooded_link_served": Metric(
+            f"new subscriber on the flooded link leased within {PROBE_LIMIT:g} s (1 = yes)",
+            "", "higher", values(lambda r: served(r.probe_link))),
+        "new_flooded_link_s": Metric("new subscriber on the flooded link: s to a lease", "s",
+                                     "lower", values(lambda r: r.probe_link)),
+        "recovery_s": Metric("recovery after the flood", "s", "lower",
+                             values(lambda r: r.recovery)),
+        "hwm_growth_mib": Metric("peak memory growth (VmHWM)", "MiB", "lower", values(growth)),
+        "daemon_cpu_pct": Metric("daemon CPU during the flood", "%", "lower", values(cpu_pct)),
+        "cpu_wait_pct": Metric("daemon waiting for its CPU during the flood", "%", "lower",
+                               values(wait_pct)),
+        "socket_drops": Metric("daemon socket drops", "", "lower",
+                               values(lambda r: r.socket_drops)),
+    }  # fmt: skip
+    why = (
+        "not run under this flood: the harness drives brushtail's daemon and reads its "
+        "counters; a peer under the same random-MAC flood is not measured yet"
+    )
+    return Scenario(
+        scenario="flood",
+        title="Random-MAC DISCOVER flood while known subscribers renew",
+        command=env["command"],
+        started=env["started"],
+        seconds=float(env["wall_seconds"]),
+        revision=env["source"],
+        runs=args.runs,
+        metrics=metrics,
+        skipped={"kea": why, "dnsmasq": why, "dhcpd": why},
+        notes=[f"run {r.run} failed: {r.error}" for r in results if r.error],
+        machine={
+            "cpus": env["cpus"],
+            "kernel": env["kernel"],
+            "loadavg_before": env["load"],
+            "loadavg_after": env.get("load_after"),
+            "daemon_wait_s": [r.daemon_wait_s for r in results],
+            "subscribers": args.subscribers,
+            "renew_rate": args.renew_rate,
+            "flood_seconds": args.flood_seconds,
+            "requested_rate": args.rate,
+            "relay_share": args.relay_share,
+        },
+    )
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -765,6 +846,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline", type=float, default=3.0)
     p.add_argument("--probe-after", type=float, default=2.0)
     p.add_argument("--recover-limit", type=float, default=60.0)
+    p.add_argument("--json", type=Path, help="write the report's `flood` scenario here")
     args = p.parse_args(argv)
     if args.quick:
         args.runs, args.subscribers, args.flood_seconds, args.recover_limit = 1, 300, 10.0, 30.0
@@ -788,6 +870,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results: list[RunResult] = []
     env = {
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "source": source,
         "cpus": os.cpu_count(),
@@ -830,6 +913,10 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(text)
     raw = {"env": env, "args": vars(args), "results": [asdict(r) for r in results]}
     out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
+    if args.json is not None:
+        env["load_after"] = os.getloadavg()[0]
+        scenario(results, args, env).write(args.json)
+        print(f"scenario written to {args.json}", file=sys.stderr)
     print(text)
     print(f"written to {out}", file=sys.stderr)
     return 0 if all(r.error is None for r in results) else 1

@@ -31,6 +31,16 @@ Run as root from the checkout (peers that are not installed are skipped):
     /work/main/.venv/bin/python bench/slowpath.py [--runs 3] [--duration 10] \
         [--servers brushtail,kea,dnsmasq,dhcpd] [--capacity] [--profile]
 
+--json PATH (bench/report.py's `dora` scenario, bench/scenario.py's shape) runs these phases
+instead of 3 and 4: light-load latency as above, with p99; fixed offered rates (--sweep,
+--sweep-duration s each), stopped once a server answers less than half of what is offered;
+the paced capacity bisected (--capacity-bisect steps) from the rates that passed and failed;
+DISCOVER-OFFER and REQUEST-ACK at half of that capacity; the highest rate, perfdhcp without
+-r for --max-duration s, with CPU time per ACK. A server is started afresh (new namespaces
+and state) before a phase whose clients could take the pool past 80%, and brushtail's store
+is checked after each of its starts. --quick: one run, short phases. About 8 minutes for 3
+runs of the four servers.
+
 --profile adds one brushtail overload phase (not counted in the table) with py-spy
 recording the daemon (pip install py-spy into the venv) and reports its hot spots.
 The report goes to stdout and to bench/results/slowpath-<date>.md (plus .json raw data).
@@ -64,6 +74,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Run as a plain script from a checkout: the netns harness and perfdhcp parser live in tests/.
 sys.path.insert(0, str(REPO))
 
+from bench.scenario import Better, Metric, Scenario, Series  # noqa: E402
 from tests.e2e.clients import PerfdhcpResult, parse_perfdhcp  # noqa: E402
 from tests.e2e.netns import CLIENT_IF, RELAY_IP, SERVER_IF, SERVER_IP, Link, available  # noqa: E402
 
@@ -89,6 +100,10 @@ CAPACITY_OK = 0.975
 CAPACITY_START = 400
 CAPACITY_MAX = 40000
 CAPACITY_STEPS = 5
+# --json's fixed offered rates stop once a server answers less than this share of them: it
+# is past its capacity, and higher rates only cost time.
+SWEEP_STOP = 0.5
+SWEEP_RATES = "500,2000,5000,10000,20000"
 
 PEER_BINARIES = {
     "kea": "kea-dhcp4",
@@ -131,6 +146,7 @@ class Throughput:
     perfdhcp_cpu_pct: float | None  # the load generator's own CPU use and wait
     perfdhcp_wait_pct: float | None
     steal_pct: float | None  # of the server's CPU, taken by the hypervisor
+    server_cpu_s: float | None = None  # the server's CPU time over the phase, all threads
     dora_per_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -146,6 +162,9 @@ class Latency:
     ra_median_ms: float | None
     ra_avg_ms: float | None
     drops: int
+    rate: int = 0  # offered exchanges per second
+    do_p99_ms: float | None = None
+    ra_p99_ms: float | None = None
 
 
 @dataclass
@@ -182,6 +201,12 @@ class RunResult:
     capacity_steps: list[tuple[int, float]] = field(default_factory=list)
     loadavg: float | None = None  # 1-minute load average when the run started
     error: str | None = None
+    # --json (the report's `dora` scenario): the phases below as well
+    latency_half: Latency | None = None  # at half of this server's own capacity
+    sweep: list[Throughput] = field(default_factory=list)  # fixed offered rates, ascending
+    fsync_ms: float | None = None  # fsync probe p50 just before the run
+    durable: list[tuple[int, int]] = field(default_factory=list)  # (BOUND rows, ACKs) per start
+    restarts: int = 0  # fresh starts so that no phase runs out of the pool
 
 
 # --- small helpers -------------------------------------------------------------------------
@@ -275,6 +300,14 @@ def fsync_probe(directory: Path, samples: int = 50) -> dict[str, float]:
 def median(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
+
+
+def quantile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank quantile: the smallest value with at least q of them at or below it."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def span(values: Sequence[float | None]) -> tuple[float, float] | None:
@@ -387,6 +420,9 @@ def start_brushtail(link: Link, work: Path, log: IO[bytes]) -> Started:
         f"    routers: [{SERVER_IP}]\n"
         f"    dns_servers: [{SERVER_IP}]\n"
         f"    lease_time: {LEASE_TIME}\n"
+        # perfdhcp is one relay for every client: a real relay's budget would be the limit.
+        "fastpath:\n"
+        "  relay_rate_limit: 0\n"
     )
     env = {**os.environ, "PYTHONPATH": str(_brushtail_path)}
     argv = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "brushtaild", "--config"]
@@ -695,6 +731,7 @@ def throughput_phase(
             perfdhcp_rate=result.rate,
             server_cpu_pct=100 * (sched1[0] - sched0[0]) / wall if sched0 and sched1 else None,
             server_wait_pct=100 * (sched1[1] - sched0[1]) / wall if sched0 and sched1 else None,
+            server_cpu_s=sched1[0] - sched0[0] if sched0 and sched1 else None,
             socket_drops=drops1 - drops0 if drops0 is not None and drops1 is not None else None,
             perfdhcp_cpu_pct=load.cpu_pct,
             perfdhcp_wait_pct=load.wait_pct,
@@ -720,21 +757,33 @@ def latency_phase(link: Link, rate: int, duration: int) -> tuple[Latency, int]:
             ra_median_ms=statistics.median(ra_d) if ra_d else None,
             ra_avg_ms=ra.avg_delay_ms if ra else None,
             drops=(do.drops if do else 0) + (ra.drops if ra else 0),
+            rate=rate,
+            do_p99_ms=quantile(do_d, 0.99),
+            ra_p99_ms=quantile(ra_d, 0.99),
         ),
         acks_of(result),
     )
 
 
-def capacity_phase(link: Link, step: int) -> tuple[float | None, list[tuple[int, float]], int]:
+def capacity_phase(
+    link: Link, step: int, good: int = 0, bad: int = 0, max_steps: int = CAPACITY_STEPS
+) -> tuple[float | None, list[tuple[int, float]], int]:
     """Bracket the highest paced rate with >= CAPACITY_OK of DISCOVERs ACKed, in at most
-    CAPACITY_STEPS steps of `step` seconds, moving by 4x until bracketed, then bisecting
-    in log space. Returns (capacity or None if even the lowest rate tried failed, the
-    (rate, fraction answered) steps, ACKs received)."""
-    good, bad = 0, 0
-    rate = CAPACITY_START
+    `max_steps` steps of `step` seconds, moving by 4x until bracketed, then bisecting
+    in log space; `good` and `bad` are rates already known to pass and fail (0: none).
+    Returns (capacity or None if even the lowest rate tried failed, the (rate, fraction
+    answered) steps, ACKs received)."""
     steps: list[tuple[int, float]] = []
     acks = 0
-    for _ in range(CAPACITY_STEPS):
+    if good and bad:
+        rate = round(math.sqrt(good * bad))
+    elif bad:
+        rate = max(bad // 4, 1)
+    else:
+        rate = min(good * 4, CAPACITY_MAX) if good else CAPACITY_START
+    for _ in range(max_steps):
+        if (good and bad and bad / good <= 1.3) or (good and rate == good):
+            break
         result, _, _ = perfdhcp(link, rate=rate, duration=step)
         acks += acks_of(result)
         do = result.exchanges.get("DISCOVER-OFFER")
@@ -746,12 +795,8 @@ def capacity_phase(link: Link, step: int) -> tuple[float | None, list[tuple[int,
             good = rate
         else:
             bad = rate
-        if good and bad and bad / good <= 1.3:
-            break
         if not bad:
             rate = min(rate * 4, CAPACITY_MAX)
-            if rate == good:
-                break
         elif not good:
             rate = max(bad // 4, 1)
         else:
@@ -795,6 +840,247 @@ def run_one(server: str, run: int, args: argparse.Namespace, root: Path) -> RunR
             stats.durable_ok = stats.durable_bound >= acks
             result.brushtail = stats
     return result
+
+
+class Session:
+    """One server in a fresh namespace pair and state directory, started anew (new pair, new
+    state) before a phase whose clients could exhaust the pool: every exchange is a new
+    client, and the /15 holds fewer than a whole run's clients at Kea's or brushtail's rate.
+    brushtail is SIGKILLed at each retirement and its store checked (see `retire`)."""
+
+    # Start afresh when a phase could take the pool past this share: a server short of
+    # free addresses answers slower (or not at all), which is not what a phase measures.
+    ROOM = 0.8
+
+    def __init__(self, server: str, root: Path, result: RunResult) -> None:
+        self.server, self.root, self.result = server, root, result
+        self.stack: contextlib.ExitStack | None = None
+        self.link: Link | None = None
+        self.started: Started | None = None
+        self.acks = 0  # ACKs received from this start of the server, all phases
+
+    def ready(self, expected_acks: float) -> tuple[Link, Started]:
+        if self.stack is not None and self.acks + expected_acks > self.ROOM * POOL_SIZE:
+            self.retire()
+            self.result.restarts += 1
+        if self.stack is None:
+            self.stack = contextlib.ExitStack()
+            work = self.stack.enter_context(workdir(self.root, self.server))
+            self.link = self.stack.enter_context(Link(client_ip=RELAY_IP))
+            log = self.stack.enter_context(open(work / "server.out", "wb"))  # noqa: SIM115
+            self.started = STARTERS[self.server](self.link, work, log)
+            self.acks = wait_ready(self.link, self.started)
+        assert self.link is not None and self.started is not None
+        if self.started.proc.poll() is not None:
+            raise RuntimeError(f"server exited during the run:\n{tail(self.started.log)}")
+        wait_idle(self.link)
+        return self.link, self.started
+
+    def retire(self) -> None:
+        """brushtail: wait until it has worked off its queue, SIGKILL it (what is on disk
+        must not depend on a clean shutdown) and count BOUND rows against ACKs received."""
+        if self.stack is None:
+            return
+        try:
+            started, link = self.started, self.link
+            if self.server == "brushtail" and started is not None and started.state is not None:
+                assert link is not None
+                drain(link)
+                started.proc.kill()
+                started.proc.wait(timeout=10)
+                bound, _ = count_durable(started.state)
+                self.result.durable.append((bound, self.acks))
+        finally:
+            self.stack.close()
+            self.stack = self.link = self.started = None
+
+
+def run_full(server: str, run: int, args: argparse.Namespace, root: Path) -> RunResult:
+    """The report's `dora` scenario for one server and run: light-load latency, the fixed
+    offered rates of --sweep (stopped once the server answers less than half of what is
+    offered), paced capacity bisected from the sweep's bracket, latency at half of that
+    capacity, and the highest rate (no -r), the brushtail metrics scraped around it."""
+    result = RunResult(server, run)
+    if server == "brushtail":
+        result.fsync_ms = fsync_probe(args.workdir, samples=20)["p50_ms"]
+    session = Session(server, root, result)
+    try:
+        link, _ = session.ready(args.light_rate * args.duration)
+        light0 = scrape(link) if server == "brushtail" else {}
+        result.latency, got = latency_phase(link, args.light_rate, args.duration)
+        session.acks += got
+        if server == "brushtail":
+            result.brushtail_light = brushtail_stats(light0, scrape(link))
+        good = bad = 0
+        for rate in args.sweep:
+            link, started = session.ready(rate * args.sweep_duration)
+            tput, heavy = throughput_phase(link, started, rate, args.sweep_duration)
+            session.acks += acks_of(heavy)
+            result.sweep.append(tput)
+            if tput.discovers_sent and tput.acks / tput.discovers_sent >= CAPACITY_OK:
+                good = rate
+            elif not bad:
+                bad = rate
+            if tput.dora_per_s < SWEEP_STOP * rate:
+                break
+        link, _ = session.ready(max(good, bad, CAPACITY_START) * args.capacity_step * 3)
+        result.capacity, result.capacity_steps, got = capacity_phase(
+            link, args.capacity_step, good, bad, max_steps=args.capacity_bisect
+        )
+        session.acks += got
+        half = round(result.capacity / 2) if result.capacity else 0
+        if half:
+            link, _ = session.ready(half * args.duration)
+            result.latency_half, got = latency_phase(link, half, args.duration)
+            session.acks += got
+        # The highest rate perfdhcp reaches: room for 20,000/s, more than any server takes.
+        link, started = session.ready(20_000 * args.max_duration)
+        before = scrape(link) if server == "brushtail" else {}
+        result.throughput, heavy = throughput_phase(link, started, 0, args.max_duration)
+        session.acks += acks_of(heavy)
+        if server == "brushtail":
+            result.brushtail = brushtail_stats(before, drain(link))
+        session.retire()
+    finally:
+        session.retire()
+    if result.brushtail is not None and result.durable:
+        result.brushtail.durable_bound = sum(bound for bound, _ in result.durable)
+        result.brushtail.acks_received = sum(acks for _, acks in result.durable)
+        result.brushtail.durable_ok = all(bound >= acks for bound, acks in result.durable)
+    return result
+
+
+def scenario(
+    results: list[RunResult], skipped: dict[str, str], args: argparse.Namespace,
+    env: dict[str, Any],
+) -> Scenario:  # fmt: skip
+    """The report's `dora` scenario from run_full's results (values aligned by run)."""
+    servers = [s for s in args.servers if s not in skipped]
+    by = {(r.server, r.run): r for r in results}
+    runs = range(1, args.runs + 1)
+
+    def metric(
+        label: str, unit: str, better: Better, get: Callable[[RunResult], float | None],
+        only: Sequence[str] | None = None,
+    ) -> Metric:  # fmt: skip
+        values: dict[str, list[float | None]] = {}
+        for server in only or servers:
+            if server in servers:
+                got = [by.get((server, run)) for run in runs]
+                values[server] = [get(r) if r and r.error is None else None for r in got]
+        return Metric(label, unit, better, values)
+
+    def tput(attr: str) -> Callable[[RunResult], float | None]:
+        return lambda r: getattr(r.throughput, attr) if r.throughput else None
+
+    def lat(phase: str, attr: str) -> Callable[[RunResult], float | None]:
+        return lambda r: getattr(getattr(r, phase), attr) if getattr(r, phase) else None
+
+    def cpu_per_answer(r: RunResult) -> float | None:
+        t = r.throughput
+        if t is None or t.server_cpu_s is None or not t.acks:
+            return None
+        return 1e6 * t.server_cpu_s / t.acks
+
+    def answered(r: RunResult) -> float | None:
+        t = r.throughput
+        return 100.0 * t.acks / t.discovers_sent if t and t.discovers_sent else None
+
+    def durable(r: RunResult) -> float | None:
+        return float(all(b >= a for b, a in r.durable)) if r.durable else None
+
+    def group(r: RunResult) -> float | None:
+        return r.brushtail.group_factor if r.brushtail else None
+
+    metrics = {
+        "dora_max": metric("DORA/s, highest rate", "/s", "higher", tput("dora_per_s")),
+        "answered_max_pct": metric("answered at the highest rate", "%", "higher", answered),
+        "dora_capacity": metric("paced capacity DORA/s", "/s", "higher", lambda r: r.capacity),
+        "cpu_us_per_answer": metric("CPU us per DORA", "us", "lower", cpu_per_answer),
+        "cpu_wait_pct": metric(
+            "waiting for its CPU, highest rate", "%", "lower", tput("server_wait_pct")
+        ),
+    }
+    for phase, tag in (("latency", "light"), ("latency_half", "half")):
+        for attr, name, what in (
+            ("do_median_ms", f"discover_offer_{tag}_ms", "DISCOVER-OFFER"),
+            ("do_p99_ms", f"discover_offer_{tag}_p99_ms", "DISCOVER-OFFER p99"),
+            ("ra_median_ms", f"request_ack_{tag}_ms", "REQUEST-ACK"),
+            ("ra_p99_ms", f"request_ack_{tag}_p99_ms", "REQUEST-ACK p99"),
+        ):
+            where = f"at {args.light_rate}/s" if tag == "light" else "at half capacity"
+            metrics[name] = metric(f"{what} {where}", "ms", "lower", lat(phase, attr))
+    metrics["fsync_ms"] = metric(
+        "4 KiB write + fdatasync p50", "ms", "lower", lambda r: r.fsync_ms, only=["brushtail"]
+    )
+    metrics["durable"] = metric(
+        "BOUND rows >= ACKs after SIGKILL (1 = yes)", "", "higher", durable, only=["brushtail"]
+    )
+    metrics["writes_per_commit"] = metric(
+        "lease writes per fsync, highest rate", "", "higher", group, only=["brushtail"]
+    )
+    points: dict[str, list[tuple[float, list[float | None]]]] = {}
+    for server in servers:
+        curve = []
+        for rate in args.sweep:
+            ys: list[float | None] = []
+            for run in runs:
+                r = by.get((server, run))
+                got = [t.dora_per_s for t in (r.sweep if r else []) if t.offered_rate == rate]
+                ys.append(got[0] if got else None)
+            if any(y is not None for y in ys):
+                curve.append((float(rate), ys))
+        points[server] = curve
+    wait = {
+        server: [
+            (lambda r: r.throughput.server_wait_pct if r and r.throughput else None)(
+                by.get((server, run))
+            )
+            for run in runs
+        ]
+        for server in servers
+    }
+    notes = [f"{r.server} run {r.run} failed: {r.error}" for r in results if r.error is not None]
+    notes += [
+        f"{r.server} run {r.run}: started afresh {r.restarts} time(s) so no phase ran out of "
+        "the pool" for r in results if r.restarts
+    ]  # fmt: skip
+    return Scenario(
+        scenario="dora",
+        title="New subscribers (DORA, slow path)",
+        command=env["command"],
+        started=env["started"],
+        seconds=float(env["wall_seconds"]),
+        revision=env["revision"],
+        runs=args.runs,
+        metrics=metrics,
+        series={
+            "answered_vs_offered": Series(
+                "offered new clients/s (paced)", "DORA/s answered", points
+            )
+        },
+        skipped=skipped,
+        notes=notes,
+        machine={
+            "cpu": env["cpu"],
+            "nproc": env["nproc"],
+            "kernel": env["kernel"],
+            "packages": env["packages"],
+            "loadavg_before": env["loadavg"],
+            "loadavg_after": env.get("loadavg_after"),
+            "server_cpu_wait_pct_highest_rate": wait,
+            "fsync_before": env["fsync_before"],
+            "fsync_after": env.get("fsync_after"),
+            "phases": {
+                "light_rate": args.light_rate,
+                "duration_s": args.duration,
+                "sweep": args.sweep,
+                "sweep_duration_s": args.sweep_duration,
+                "capacity_step_s": args.capacity_step,
+                "max_duration_s": args.max_duration,
+            },
+        },
+    )
 
 
 # --- profiling -----------------------------------------------------------------------------
@@ -1135,11 +1421,32 @@ def main(argv: list[str] | None = None) -> int:
         "--rev",
         help="benchmark this commit's brushtaild/ (default: the working tree, copied at start)",
     )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="also write the report's `dora` scenario (bench/scenario.py) here; runs its "
+        "phases: light load, --sweep, capacity, half-capacity latency, highest rate (no -r)",
+    )
+    parser.add_argument("--sweep", default=SWEEP_RATES, help="--json: offered rates, ascending")
+    parser.add_argument("--sweep-duration", type=int, default=3, help="--json: s per rate")
+    parser.add_argument("--max-duration", type=int, default=5, help="--json: s at highest rate")
+    parser.add_argument(
+        "--capacity-bisect", type=int, default=2, help="--json: capacity steps after the sweep"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="--json smoke run: 1 run, 2 s phases, short sweep"
+    )
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
                         help="parent of the state dirs; on disk, not tmpfs")  # fmt: skip
     args = parser.parse_args(argv)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if args.quick:
+        args.runs, args.duration, args.sweep_duration, args.max_duration = 1, 2, 1, 2
+        args.sweep, args.capacity_bisect, args.capacity_step = "2000,10000", 1, 1
+    args.sweep = sorted(int(x) for x in args.sweep.split(",") if x.strip())
+    if args.json is not None:
+        args.capacity, args.rate = True, 0  # the markdown report's columns for these phases
     unknown = sorted(set(args.servers) - set(SERVERS))
     if unknown:
         parser.error(f"unknown servers {unknown}; choose from {', '.join(SERVERS)}")
@@ -1162,6 +1469,7 @@ def main(argv: list[str] | None = None) -> int:
 
     now = dt.datetime.now()
     env: dict[str, Any] = {
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "date": now.strftime("%Y-%m-%d %H:%M"),
         "command": " ".join([sys.executable, "bench/slowpath.py", *(argv or sys.argv[1:])]),
         "nproc": os.cpu_count(),
@@ -1200,7 +1508,7 @@ def main(argv: list[str] | None = None) -> int:
             for server in servers:
                 t0, load = time.monotonic(), os.getloadavg()[0]
                 try:
-                    r = run_one(server, run, args, root)
+                    r = (run_full if args.json else run_one)(server, run, args, root)
                 except (RuntimeError, OSError, subprocess.SubprocessError, sqlite3.Error) as exc:
                     r = RunResult(server, run, error=f"{type(exc).__name__}: {exc}")
                 r.loadavg = load
@@ -1224,6 +1532,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     env["wall_seconds"] = round(time.monotonic() - started_at)
+    env["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    if args.json is not None:
+        scenario(results, skipped, args, env).write(args.json)
+        print(f"scenario written to {args.json}", file=sys.stderr)
     text = report(results, skipped, args, env, profile)
     text += f"\nWall time: {env['wall_seconds']} s.\n"
     out.write_text(text)

@@ -1,7 +1,24 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 machine (as root) to build, run and test brushtail. Idempotent: a
 # second run changes nothing and skips apt when every package is already installed.
+# --bench also installs what bench/report.py needs beyond that: the peers it measures
+# brushtail against (dnsmasq, ISC dhcpd; Kea is already here) and matplotlib for its plots.
 set -euo pipefail
+
+BENCH=0
+for arg in "$@"; do
+    case $arg in
+    --bench) BENCH=1 ;;
+    -h | --help)
+        echo "usage: bash scripts/setup.sh [--bench]"
+        exit 0
+        ;;
+    *)
+        echo "setup.sh: unknown argument $arg (usage: bash scripts/setup.sh [--bench])" >&2
+        exit 2
+        ;;
+    esac
+done
 
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -25,6 +42,9 @@ PACKAGES=(
     shellcheck ansible-lint ansible
 )
 PIP_TOOLS=(pytest pytest-timeout hypothesis ruff mypy types-PyYAML)
+# bench/report.py (--bench): the peers it runs in namespaces of its own, its plots, and the
+# compiler of bench/floodgen.c.
+BENCH_PACKAGES=(dnsmasq-base isc-dhcp-server python3-matplotlib gcc)
 
 STEP_TAIL=40
 # shellcheck source=lib/step.sh
@@ -149,9 +169,17 @@ flock 9
 step "Debian packages" apt_install "${PACKAGES[@]}"
 step "kea-dhcp4-server, prometheus and isc-dhcp-relay services off" \
     keep_stopped kea-dhcp4-server prometheus isc-dhcp-relay
+if [ "$BENCH" -eq 1 ]; then
+    step "benchmark peers and plots (--bench)" apt_install "${BENCH_PACKAGES[@]}"
+    # A host-wide dhcpd would answer on every interface, as Kea would.
+    step "isc-dhcp-server service off" keep_stopped isc-dhcp-server
+fi
 step "kernel headers for BCC" kernel_headers
 step "bpffs on /sys/fs/bpf" mount_bpffs
 step "venv .venv (/usr/bin/python3, system site-packages)" make_venv
 step "test tools in .venv" pip_tools
 step "brushtaild editable in .venv" pip_project
 echo "==> setup done"
+if [ "$BENCH" -eq 1 ]; then
+    echo "    benchmarks: .venv/bin/python bench/report.py (as root, about 25 minutes)"
+fi
