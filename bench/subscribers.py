@@ -69,6 +69,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,9 @@ PACER_SHORT = 0.95  # a step whose pacer sent less than this of its target: pace
 # search takes few steps; dnsmasq and dhcpd stop early.
 RENEW_START = {"brushtail": 25_000, "kea": 8_000, "dnsmasq": 500, "dhcpd": 500}
 MIX_START = {"brushtail": 10_000, "kea": 4_000, "dnsmasq": 250, "dhcpd": 250}
+# Renewals/s of part restart when part renewals did not run: what each surely sustains.
+RESTART_UNKNOWN = {"brushtail": 1000, "kea": 1000, "dnsmasq": 60, "dhcpd": 150}
+WARM_RATE = {"brushtail": 20_000, "kea": 4000, "dnsmasq": 250, "dhcpd": 250}
 BIND_LIMIT = 90.0
 BRUSHTAIL_LAST = "198.19.255.254"
 
@@ -155,6 +159,39 @@ def start_brushtail(
     return start(), restart, daemon
 
 
+def known(count: int) -> list[tuple[bytes, str]]:
+    """The peers' known subscribers: MAC 02:5b:..., addresses from the pool's start."""
+    first = int(IPv4Address(slowpath.POOL_FIRST))
+    return [(flood.subscriber_mac(i), str(IPv4Address(first + i))) for i in range(count)]
+
+
+def write_leases(server: str, work: Path, bound: list[tuple[bytes, str]]) -> None:
+    """The subscribers' leases in the file the peer reads at start (where bench/slowpath.py
+    starts it): Kea's memfile CSV, dnsmasq's lease file, dhcpd.leases; an hour left each."""
+    now = int(time.time())
+    end = now + slowpath.LEASE_TIME
+    if server == "kea":
+        rows = [f"{a},{m.hex(':')},,{slowpath.LEASE_TIME},{end},1,0,0,,0," for m, a in bound]
+        header = "address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,"
+        text = header + "hostname,state,user_context\n" + "\n".join(rows) + "\n"
+        (work / "kea-leases4.csv").write_text(text)
+    elif server == "dnsmasq":
+        text = "".join(f"{end} {m.hex(':')} {a} * *\n" for m, a in bound)
+        (work / "dnsmasq.leases").write_text(text)
+    else:
+
+        def when(t: int) -> str:
+            tm = time.gmtime(t)
+            return f"{(tm.tm_wday + 1) % 7} {time.strftime('%Y/%m/%d %H:%M:%S', tm)}"
+
+        (work / "dhcpd.leases").write_text("".join(
+            f"lease {a} {{\n  starts {when(now)};\n  ends {when(end)};\n"
+            f"  binding state active;\n  next binding state free;\n"
+            f"  hardware ethernet {m.hex(':')};\n}}\n"
+            for m, a in bound
+        ))  # fmt: skip
+
+
 def start_peer(
     server: str, link: Link, work: Path, stack: contextlib.ExitStack
 ) -> tuple[int, Callable[[], int]]:
@@ -198,16 +235,41 @@ def session(server: str, run: int, ctx: Context) -> Iterator[Session]:
         daemon = None
         if server == "brushtail":
             pid, restart, daemon = start_brushtail(link, work, run, ctx, stack)
-        else:
-            pid, restart = start_peer(server, link, work, stack)
-        bound = bind(link, ctx.args.subscribers)
-        flood.add_neighbours(link, bound, work)
-        if daemon is not None:
+            bound = bind(link, ctx.args.subscribers)
             flood.wait_for("kernel entry for every subscriber",
                            lambda: kernel_entries(daemon) >= len(bound), 30)  # fmt: skip
+        else:
+            bound = known(ctx.args.subscribers)
+            write_leases(server, work, bound)
+            pid, restart = start_peer(server, link, work, stack)
+        flood.add_neighbours(link, bound, work)
         pacer = Pacer(link, renewal_frames(link.server_mac, bound))
         stack.callback(pacer.close)
-        yield Session(server, run, link, work, pid, bound, pacer, ctx.progs, restart, daemon)
+        s = Session(server, run, link, work, pid, bound, pacer, ctx.progs, restart, daemon)
+        wait_answering(s)
+        yield s
+
+
+def wait_answering(s: Session, limit: float = 30.0) -> None:
+    """Until the server ACKs renewals (a peer reads its lease file as it starts); then
+    every subscriber renews once at a rate the server surely sustains, so that no
+    measurement holds a subscriber's first renewal."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        tag = s.progs.begin()
+        sent = s.pacer.run(tag, 500, 0.1)
+        time.sleep(0.2)
+        answers = s.progs.end(sent.count)
+        if answers.naks:
+            raise flood.BenchError(f"{s.server} NAKs known subscribers' renewals")
+        if answers.acks:
+            rate = WARM_RATE[s.server]
+            s.pacer.run(s.progs.begin(), rate, len(s.bound) / rate)
+            time.sleep(SETTLE)
+            s.progs.end(0)
+            idle(s)
+            return
+    raise flood.BenchError(f"{s.server} ACKed no renewal within {limit:.0f} s")
 
 
 def kernel_entries(daemon: Brushtaild) -> float:
@@ -270,11 +332,21 @@ def usage(step: Step, before: tuple[float, float] | None, after: tuple[float, fl
         step.cpu_s, step.wait_s = after[0] - before[0], after[1] - before[1]
 
 
+COUNTERS = {
+    "dhcp_fastpath_requests_total": "",
+    "dhcp_slowpath_requests_total": "slow ",
+    "dhcp_packets_dropped_total": "dropped ",
+}
+
+
 def fastpath_counts(s: Session) -> dict[str, float]:
-    """brushtail's kernel counters (dhcp_fastpath_requests_total by result)."""
+    """brushtail's counters by label: its kernel's requests by result (plain), the slow
+    path's ("slow ..."), and its drops by reason ("dropped ...")."""
     if s.daemon is None:
         return {}
-    return flood.labelled(flood.scrape(s.daemon), "dhcp_fastpath_requests_total")
+    samples = flood.scrape(s.daemon)
+    return {prefix + k: v for name, prefix in COUNTERS.items()
+            for k, v in flood.labelled(samples, name).items()}  # fmt: skip
 
 
 def counts_since(s: Session, before: dict[str, float]) -> dict[str, float]:
@@ -290,7 +362,9 @@ def renewal_step(s: Session, rate: float, seconds: float) -> tuple[Step, Answers
     time.sleep(SETTLE)
     c1 = cpu_of(s.pid)
     answers = s.progs.end(sent.count)
-    extra = {"fastpath": counts_since(s, k0)} if s.daemon is not None else {}
+    extra: dict[str, Any] = {"send_errors": sent.errors}
+    if s.daemon is not None:
+        extra["fastpath"] = counts_since(s, k0)
     step = Step(rate, sent.count, sent.seconds, answers.acks, answers.naks, extra=extra)
     usage(step, c0, c1)
     return step, answers
@@ -310,11 +384,14 @@ def search(
     bad: float | None = None
     steps: list[Step] = []
     rate = start
+    limited = 0
     for _ in range(max_steps):
         step = measure(rate)
         steps.append(step)
         print(f"    offered {rate:,.0f}/s: sent {step.sent / step.seconds:,.0f}/s, "
               f"{step.share:.1%} answered {step.extra.get('fastpath', '')}"
+              + (f" send errors {step.extra['send_errors']}" if step.extra.get("send_errors")
+                 else "")
               + (f"(renewals {step.extra['renew_share']:.1%}, new {step.extra['new_share']:.1%}, "
                  f"perfdhcp CPU {step.extra['perfdhcp_cpu_pct'] or 0:.0f}%)"
                  if "new_share" in step.extra else ""),
@@ -326,14 +403,15 @@ def search(
         else:  # what was really offered, if the load generator fell short of the target
             offered = min(rate, step.sent / step.seconds)
             bad = offered if bad is None else min(bad, offered)
-        if step.pacer_limited and bad is None:
-            break  # all answered at the most the load generator can offer
+        limited = limited + 1 if step.pacer_limited and bad is None else 0
+        if limited == 2:
+            break  # all answered at the most the load generator can offer, twice
         if good is not None and bad is not None and bad / good.offered <= 1.3:
             break
         if bad is None:
             rate *= 2
         elif good is None:
-            rate = bad / 4
+            rate = bad / 2
         else:
             rate = math.sqrt(good.offered * bad)
     return good, steps
@@ -441,6 +519,7 @@ def part_latency(
 
 def mix_step(s: Session, total: float, seconds: int) -> Step:
     tag = s.progs.begin()
+    k0 = fastpath_counts(s)
     c0 = cpu_of(s.pid)
     box: dict[str, Any] = {}
     pacer = threading.Thread(target=lambda: box.update(sent=s.pacer.run(tag, 0.8 * total, seconds)),
@@ -465,6 +544,8 @@ def mix_step(s: Session, total: float, seconds: int) -> Step:
                        "ok": renew_share >= OK_SHARE and new_share >= OK_SHARE,
                        "perfdhcp_cpu_pct": load.cpu_pct, "renewals_sent": sent.count,
                        "pacer_rate": sent.rate})  # fmt: skip
+    if s.daemon is not None:
+        step.extra["fastpath"] = counts_since(s, k0)
     usage(step, c0, c1)
     return step
 
@@ -491,7 +572,8 @@ def part_mix(s: Session, args: argparse.Namespace) -> tuple[Values, Points, list
 
 
 def part_restart(s: Session, args: argparse.Namespace) -> tuple[Values, list[str]]:
-    rate = args.restart_rate
+    # A server that cannot answer --restart-rate (dnsmasq) renews at half its capacity.
+    rate = min(args.restart_rate, s.capacity / 2 if s.capacity else RESTART_UNKNOWN[s.server])
     tag = s.progs.begin()
     stop = threading.Event()
     box: dict[str, Any] = {}
@@ -519,14 +601,17 @@ def part_restart(s: Session, args: argparse.Namespace) -> tuple[Values, list[str
     gap, back = unanswered(sent_ns, stamps, sent.count)
     outage = back is not None and back > t_stop
     back_from = back if outage and back is not None else t_started
-    again = {i % len(s.bound) for i, t in enumerate(stamps) if t and t >= back_from}
+    after = [i for i in range(sent.count) if sent_ns[i] >= back_from]
+    again = {i % len(s.bound) for i in after if stamps[i]}
+    asked = {i % len(s.bound) for i in after}
     down = [i for i in range(sent.count) if t_stop <= sent_ns[i] < t_started]
     values: Values = {
+        "rate": rate,
         "lost": float(sum(1 for t in stamps if not t)),
         "gap_s": gap / 1e9,
         "back_s": (back - t_stop) / 1e9 if outage and back is not None else 0.0,
         "restart_s": (t_started - t_stop) / 1e9,
-        "kept_pct": 100 * len(again) / len(s.bound),
+        "kept_pct": 100 * len(again) / len(asked) if asked else None,
         "answered_down_pct": 100 * sum(1 for i in down if answers.stamps[i]) / len(down)
         if down
         else None,
@@ -586,11 +671,12 @@ METRICS: dict[str, dict[str, tuple[str, str, str]]] = {
         "cpu_us_per_answer": ("server process CPU us per answer", "us", "lower"),
     },
     "restart": {
+        "rate": ("renewals offered/s", "/s", "higher"),
         "lost": ("renewals without an answer", "", "lower"),
         "gap_s": ("longest time without an answer", "s", "lower"),
         "back_s": ("stop to the first answer after the outage", "s", "lower"),
         "restart_s": ("stop + start command until it returned", "s", "lower"),
-        "kept_pct": ("subscribers ACKed again after the restart", "%", "higher"),
+        "kept_pct": ("subscribers renewing after it ACKed", "%", "higher"),
         "answered_down_pct": ("renewals answered while restarting", "%", "higher"),
     },
 }
@@ -779,8 +865,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "bench/subscribers.py " + " ".join(raw_argv),
         "started": started_at.isoformat(timespec="seconds"),
         "revision": revision(args.rev),
-        "notes": [f"{args.subscribers} known subscribers, bound by DORA before measuring; "
-                  f"{args.step:g} s per offered rate"],
+        "notes": [f"{args.subscribers} known subscribers (brushtail: bound by DORA; peers: "
+                  f"leases in their lease file at start); {args.step:g} s per offered rate"],
         "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
                     "loadavg_start": fastpath.loadavg()},
     }  # fmt: skip
