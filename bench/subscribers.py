@@ -13,32 +13,44 @@ directory in /var/tmp, this process (pacer, counters) and perfdhcp on CPU 1.
              second is a load model, not a misbehaving client
   kea, dnsmasq, dhcpd  as bench/slowpath.py starts them (same pool, lease time 3600 s)
 
---subscribers known subscribers (MACs 02:5b:...) first get their lease by a real DORA
-through the server (bench/flood.bind_subscribers: 64 at a time, broadcast, on the link), the
-same for every server; the server side gets a static neighbour entry for each, so a server
-that answers a renewal through its IP stack (dnsmasq, dhcpd) reaches them; brushtail's run
-waits until its kernel map holds every one. Renewals are RENEWING-state DHCPREQUESTs
-(ciaddr set, unicast to the server's MAC and IP, the subscribers in turn) from a raw socket
-paced in Python (bench/subscribers_wire.Pacer). Answers are counted and stamped on the
-client veth by an XDP program (bench/subscribers_wire.py): ACK and NAK apart, each answer's
-arrival against its renewal's send time. Parts (--part, comma-separated, in this order on
-one server start):
+--subscribers known subscribers (MACs 02:5b:...) hold a lease before anything is measured:
+brushtail's by a real DORA through the daemon (bench/flood.bind_subscribers: 64 at a time,
+broadcast, on the link; the run waits until its kernel map holds every one), the peers' from
+their lease file written before they start (Kea's memfile CSV, dnsmasq's lease file,
+dhcpd.leases: binding 300 by DORA took dhcpd 80 s on a loaded machine). The server side
+gets a static neighbour entry for each, so a server that answers a renewal through its IP
+stack (dnsmasq, dhcpd) reaches them. Once the server ACKs renewals, every subscriber renews
+once at a rate it surely sustains (WARM_RATE), so no measurement holds a first renewal.
+Renewals are RENEWING-state DHCPREQUESTs (ciaddr set, unicast to the server's MAC and IP,
+the subscribers in turn, UDP checksum 0) from a raw socket paced in Python
+(bench/subscribers_wire.Pacer: renewal n due at start + n / rate, sleeping until 0.15 ms
+before it, then spinning; its send time read right before the send call). Answers are
+counted and stamped on the client veth by an XDP program (bench/subscribers_wire.py): ACK
+and NAK apart, each answer's arrival (bpf_ktime_get_ns, when the reply reaches the client
+veth, before the client's stack) against its renewal's send time. A send the kernel refuses
+(ENOBUFS: the backlog in front of the server is full) counts as offered and unanswered.
+Parts (--part, comma-separated, in this order on one server start):
 
-  renewals  offered renewal rates rising (x2 until < 97.5% are ACKed, then bisected): the
-            highest rate with >= 97.5% ACKed; for brushtail, when the pacer itself is the
-            limit, also bench/fastpath.py's live-frames generator (one subscriber renewing,
-            a flood from xdp_gen): the higher real figure counts
+  renewals  offered renewal rates rising (x2 until < 97.5% are ACKed, then bisected to
+            1.3x, at most --max-steps): the highest rate with >= 97.5% ACKed; for
+            brushtail, when the pacer itself is the limit twice in a row with all answered,
+            also bench/fastpath.py's live-frames generator (one subscriber renewing, a flood
+            from xdp_gen): the higher figure with >= 97.5% answered counts
   latency   renewal REQUEST-ACK at --light-rate and at half of the server's renewal
-            capacity (from part renewals in the same run, or a shorter search); beside
-            brushtail, the trivial responder xdp_floor on the same harness (the method's
-            own floor)
-  mix       80% renewals (the pacer) + 20% new subscribers doing DORA (perfdhcp, relay
-            mode, its own base MAC per call) at rising total rates: the highest total answer
-            rate at which >= 97.5% of renewals and of new exchanges complete
-  restart   renewals at --restart-rate; the server is stopped (SIGTERM) and started again on
-            the same state: renewals lost, the longest time without an answer, the time
-            from the stop to the first answer after the outage, the share of subscribers
-            ACKed again after it
+            capacity (from part renewals in the same run, or a shorter search); after each
+            round, the trivial responder xdp_floor (MAC lookup, swap, XDP_TX) in place of a
+            server on the same harness at the same two rates: the method's own floor
+  mix       80% renewals (the pacer, in a thread) + 20% new subscribers doing DORA
+            (perfdhcp, relay mode, its own base MAC per call, bench/slowpath.perfdhcp) at
+            rising total rates, after one relayed DORA completed: the highest total answer
+            rate (renewal ACKs + completed DORAs per second) at which >= 97.5% of renewals
+            and of new exchanges complete
+  restart   renewals at --restart-rate (at most half the server's renewal capacity); the
+            server is stopped (SIGTERM) and started again on the same state (brushtail: the
+            same config and pin dir): renewals lost, the longest run of unanswered renewals
+            (first send to the next send), the time from the stop to the answer that ended
+            it (0 if answers never stopped), the share of subscribers renewing after it that
+            were ACKed, and the share of renewals answered while the start command ran
 
 Run as root from the checkout:
 
@@ -564,7 +576,7 @@ def first_dora(s: Session, limit: float = 30.0) -> float:
 def part_mix(s: Session, args: argparse.Namespace) -> tuple[Values, Points, list[str]]:
     seconds = max(1, round(args.step))
     warm = first_dora(s)
-    good, steps = search(s, MIX_START[s.server], args.max_steps,
+    good, steps = search(s, MIX_START[s.server], args.mix_steps,
                          lambda total: mix_step(s, total, seconds))  # fmt: skip
     values: Values = {"answers_per_s": None, "cpu_us_per_answer": None}
     if good is not None:
@@ -612,9 +624,11 @@ def part_restart(s: Session, args: argparse.Namespace) -> tuple[Values, list[str
     answers = s.progs.end(sent.count)
     sent_ns, stamps = s.pacer.sent_ns, answers.stamps
     gap, back = unanswered(sent_ns, stamps, sent.count)
-    outage = back is not None and back > t_stop
-    back_from = back if outage and back is not None else t_started
-    after = [i for i in range(sent.count) if sent_ns[i] >= back_from]
+    # An outage: the longest run without answers ended after the stop (with an answer).
+    outage = back < sent.count and stamps[back] > t_stop
+    first = back if outage else next((i for i in range(sent.count) if sent_ns[i] >= t_started),
+                                     sent.count)  # fmt: skip
+    after = range(first, sent.count)
     again = {i % len(s.bound) for i in after if stamps[i]}
     asked = {i % len(s.bound) for i in after}
     down = [i for i in range(sent.count) if t_stop <= sent_ns[i] < t_started]
@@ -622,7 +636,7 @@ def part_restart(s: Session, args: argparse.Namespace) -> tuple[Values, list[str
         "rate": rate,
         "lost": float(sum(1 for t in stamps if not t)),
         "gap_s": gap / 1e9,
-        "back_s": (back - t_stop) / 1e9 if outage and back is not None else 0.0,
+        "back_s": (stamps[back] - t_stop) / 1e9 if outage else 0.0,
         "restart_s": (t_started - t_stop) / 1e9,
         "kept_pct": 100 * len(again) / len(asked) if asked else None,
         "answered_down_pct": 100 * sum(1 for i in down if answers.stamps[i]) / len(down)
@@ -639,11 +653,11 @@ def part_restart(s: Session, args: argparse.Namespace) -> tuple[Values, list[str
     return values, notes
 
 
-def unanswered(sent_ns: Sequence[int], stamps: list[int], count: int) -> tuple[int, int | None]:
-    """The longest run of consecutive renewals without an answer: (its length in ns, from
-    the first one's send to the next renewal's send, or to the last send; the answer time
-    of the renewal after it, None if none was answered)."""
-    longest, back = 0, None
+def unanswered(sent_ns: Sequence[int], stamps: list[int], count: int) -> tuple[int, int]:
+    """The longest run of consecutive renewals without an answer: its length in ns (from
+    the first one's send to the next renewal's send, or to the last send) and the index of
+    the renewal after it (`count` if none came)."""
+    longest, back = 0, count
     i = 0
     while i < count:
         if stamps[i]:
@@ -654,7 +668,7 @@ def unanswered(sent_ns: Sequence[int], stamps: list[int], count: int) -> tuple[i
             j += 1
         length = (sent_ns[j] if j < count else sent_ns[count - 1]) - sent_ns[i]
         if length >= longest:
-            longest, back = length, stamps[j] if j < count else None
+            longest, back = length, j
         i = j
     return longest, back
 
@@ -833,6 +847,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--subscribers", type=int, default=1000)
     p.add_argument("--step", type=float, default=1.5, help="seconds per offered rate")
     p.add_argument("--max-steps", type=int, default=5, help="offered rates per search")
+    p.add_argument("--mix-steps", type=int, default=4, help="offered rates of the mix search")
     p.add_argument("--light-rate", type=float, default=100.0)
     p.add_argument("--latency-seconds", type=float, default=3.0)
     p.add_argument("--restart-rate", type=float, default=1000.0)
@@ -850,6 +865,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--json takes one part; use --json-dir for several")
     if args.quick:
         args.runs, args.subscribers, args.step, args.max_steps = 1, 300, 1.0, 4
+        args.mix_steps = min(args.mix_steps, 4)
         args.latency_seconds, args.restart_before, args.restart_after = 1.5, 1.0, 1.5
     return args
 
