@@ -47,7 +47,8 @@ Parts (--part, comma-separated, in this order on one server start):
             and of new exchanges complete
   restart   renewals at --restart-rate (at most half the server's renewal capacity); the
             server is stopped (SIGTERM) and started again on the same state (brushtail: the
-            same config and pin dir): renewals lost, the longest run of unanswered renewals
+            same config and pin dir): renewals lost and NAKed (a NAK: the server no longer
+            knows the lease), the longest run of unanswered renewals
             (first send to the next send), the time from the stop to the answer that ended
             it (0 if answers never stopped), the share of subscribers renewing after it that
             were ACKed, and the share of renewals answered while the start command ran
@@ -436,6 +437,7 @@ def part_restart(s: Session, args: argparse.Namespace) -> tuple[Values, list[str
     values: Values = {
         "rate": rate,
         "lost": float(sum(1 for t in stamps if not t)),
+        "naks": float(answers.naks),
         "gap_s": gap / 1e9,
         "back_s": (stamps[back] - t_stop) / 1e9 if outage else 0.0,
         "restart_s": (t_started - t_stop) / 1e9,
@@ -445,8 +447,6 @@ def part_restart(s: Session, args: argparse.Namespace) -> tuple[Values, list[str
         else None,
     }
     notes = []
-    if answers.naks:
-        notes.append(f"{s.server} run {s.run + 1}: {answers.naks} NAKs around the restart")
     if s.daemon is not None:
         entries = kernel_entries(s.daemon)
         notes.append(f"brushtail run {s.run + 1}: {entries:.0f} kernel lease entries after "
@@ -501,6 +501,7 @@ METRICS: dict[str, dict[str, tuple[str, str, str]]] = {
     "restart": {
         "rate": ("renewals offered/s", "/s", "higher"),
         "lost": ("renewals without an answer", "", "lower"),
+        "naks": ("renewals NAKed (a lease the server no longer knows)", "", "lower"),
         "gap_s": ("longest time without an answer", "s", "lower"),
         "back_s": ("stop to the first answer after the outage", "s", "lower"),
         "restart_s": ("stop + start command until it returned", "s", "lower"),
