@@ -305,13 +305,9 @@ def new_link() -> Link:
 
 
 def remove_pins(pin_dir: Path) -> None:
-    if not pin_dir.is_dir():
-        return
-    for path in pin_dir.iterdir():
-        with contextlib.suppress(OSError):
-            path.unlink()
-    with contextlib.suppress(OSError):
-        pin_dir.rmdir()
+    """The pin dir and all below it: brushtaild pins its maps one level down (a directory
+    per map layout), so unlinking the top level's entries alone left every daemon's dir."""
+    shutil.rmtree(pin_dir, ignore_errors=True)
 
 
 def sweep_stale() -> list[str]:
