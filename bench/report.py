@@ -352,6 +352,7 @@ class Target:
     status: str  # "met", "missed", "not measured"
     figure: str
     by: str = ""
+    why: str = ""  # the anchor of its analysis (profile, arithmetic) in docs/PERFORMANCE.md
 
 
 def _metric(scenarios: dict[str, Scenario], sid: str, key: str) -> Metric | None:
@@ -363,8 +364,28 @@ def _bt(metric: Metric | None) -> list[float | None]:
     return metric.values.get("brushtail", []) if metric else []
 
 
+# Where docs/PERFORMANCE.md explains each target's figure: the why a number cannot give.
+WHY = {
+    "dora / dora_max, durable": "dora-rate",
+    "dora / request_ack_light_ms, fsync_ms": "request-ack-at-light-load",
+    "kernel / offer_vs_floor": "kernel-reply-cost",
+    "kernel / ack_vs_floor": "kernel-reply-cost",
+    "mix / answers_per_s": "the-8020-mix",
+    "latency / renew_p99_half_us": "fast-path-latency",
+    "startup / ready_s": "one-million-subscribers",
+    "startup / rss_mib": "one-million-subscribers",
+}
+
+
 def targets(scenarios: dict[str, Scenario]) -> list[Target]:
     """Issue 13's targets, each judged from the figures (met, missed, or not measured)."""
+    out = _targets(scenarios)
+    for goal in out:
+        goal.why = WHY.get(goal.where, "")
+    return out
+
+
+def _targets(scenarios: dict[str, Scenario]) -> list[Target]:
     out = []
 
     def not_measured(text: str, where: str) -> Target:
@@ -458,9 +479,9 @@ NOT_COMPARED = frozenset({"cpu_wait_pct"})
 
 
 def comparisons(scenario: Scenario) -> list[tuple[float, str, bool]]:
-    """(how far apart, sentence, brushtail worse) per metric with a peer beside it: every peer
-    that does better than brushtail, or else the strongest peer it beats (never a win over a
-    weak peer where a strong one is closer)."""
+    """(how far apart, sentence, brushtail worse), one per metric with a peer beside it: a loss
+    against the peer that does best, naming the others that also do better; else a win against
+    the strongest peer it beats (never a win over a weak peer where a strong one is closer)."""
     out = []
     for key, metric in scenario.metrics.items():
         ours = median(metric.values.get("brushtail", []))
@@ -474,15 +495,20 @@ def comparisons(scenario: Scenario) -> list[tuple[float, str, bool]]:
                 continue
             worse = r < 1 if metric.better == "higher" else r > 1
             factor = max(r, 1 / r)
-            unit = f" {metric.unit}" if metric.unit not in ("", "/s", "%") else metric.unit
-            sentence = (
-                f"{scenario.title}, {metric.label}: brushtail {fmt(ours)}{unit} against "
-                f"{peer}'s {fmt(theirs)}{unit} ({factor:.2f}x {'worse' if worse else 'better'}; "
-                f"{metric.better} is better)"
-            )
             if factor >= 1.05:
-                (losses if worse else wins).append((factor, sentence, worse))
-        out += losses or sorted(wins)[:1]
+                (losses if worse else wins).append((factor, peer, theirs))
+        if not losses and not wins:
+            continue
+        worse = bool(losses)
+        factor, peer, theirs = max(losses) if losses else min(wins)
+        unit = f" {metric.unit}" if metric.unit not in ("", "/s", "%") else metric.unit
+        also = sorted(p for _, p, _ in losses if p != peer)
+        sentence = (
+            f"{scenario.title}, {metric.label}: brushtail {fmt(ours)}{unit} against "
+            f"{peer}'s {fmt(theirs)}{unit} ({factor:.2f}x {'worse' if worse else 'better'}; "
+            f"{metric.better} is better)" + (f"; {', '.join(also)} also better" if also else "")
+        )
+        out.append((factor, sentence, worse))
     return out
 
 
@@ -771,9 +797,14 @@ def render_markdown(
         "",
         "## Targets",
         "",
-        "| target | scenario / metric | status | figure | by how much |",
-        "|---|---|---|---|---|",
-        *(f"| {g.text} | {g.where} | **{g.status}** | {g.figure} | {g.by or '-'} |" for g in goals),
+        "| target | scenario / metric | status | figure | by how much | why |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {g.text} | {g.where} | **{g.status}** | {g.figure} | {g.by or '-'} | "
+            + (f"[analysis](PERFORMANCE.md#{g.why})" if g.why else "-")
+            + " |"
+            for g in goals
+        ),
         "",
         "## Reading",
         "",
