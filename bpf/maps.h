@@ -10,6 +10,7 @@
 
 #include "shared.h"
 #include "parsing.h"
+#include "clock.h"
 
 #ifndef BT_PIN_DIR
 #error "BT_PIN_DIR must be set by the loader"
@@ -56,12 +57,15 @@ BPF_TABLE_PINNED("lru_hash", struct bt_rate_key, struct bt_bucket, ratelimit,
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, results, BT_RESULTS, BT_PIN_DIR "/results");
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, latency, BT_LATENCY_BUCKETS,
 		 BT_PIN_DIR "/latency");
-/* What the option walk found, and options 82 and 61 kept while the frame becomes the
- * reply. */
+/* One CPU's working space: what the option walk found, options 82 and 61 kept while the
+ * frame becomes the reply, the CPU's coarse clock and its count of DHCP requests (which
+ * picks the ones whose latency is sampled). */
 struct bt_scratch {
 	struct dhcp_request req;
 	__u8 buf[BT_SCRATCH_SIZE];
 	__u8 client_id[BT_SCRATCH_ID_SIZE];
+	struct bt_clock clock;
+	__u64 requests;
 };
 BPF_PERCPU_ARRAY(scratch, struct bt_scratch, 1);
 
