@@ -453,7 +453,6 @@ int xdp_brushtail(struct xdp_md *ctx)
 		goto out;
 	result = BT_PASS_UNPARSED;
 	plan.l3_off = l3_off;
-	plan.ip_extra = ip->ihl * 4 - sizeof(struct iphdr);
 	plan.frame_len = frame_len;
 	plan.tpl_len = tpl->len;
 	if (req->seen & SEEN_CLIENT_ID) {
@@ -471,6 +470,8 @@ int xdp_brushtail(struct xdp_md *ctx)
 	plan.bootp_len = reply_bootp_len(plan.opt_len);
 	limit = req->max_size > MIN_IP_DATAGRAM ? req->max_size : MIN_IP_DATAGRAM;
 	if (UDP_IP_HLEN + plan.bootp_len > limit)
+		goto out;
+	if (keep_fields(data, data_end, b, &plan.kept) < 0)
 		goto out;
 	reply_destination(eth, b, relay, lease->address, &plan.to);
 	plan.server_id = server_id;
@@ -491,7 +492,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 
 	/* Up to here the frame is untouched and a failure passes it on. */
 	result = BT_PASS_NO_ROOM;
-	action = write_reply(ctx, &plan, tpl, s->client_id, s->buf);
+	action = write_reply(ctx, &plan, tpl, s->client_id, s->buf, s->options);
 	if (action != XDP_TX)
 		goto out_discard;
 	if (event) {
