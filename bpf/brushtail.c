@@ -456,9 +456,10 @@ int xdp_brushtail(struct xdp_md *ctx)
 	plan.frame_len = frame_len;
 	plan.tpl_len = tpl->len;
 	if (req->seen & SEEN_CLIENT_ID) {
-		plan.client_id_len = save_client_id(s->client_id, lease);
-		if (!plan.client_id_len)
+		/* Echoed as the lease holds it: identity_matches found it the request's. */
+		if (!lease->id_len || lease->id_len > BT_MAX_CLIENT_ID)
 			goto out;
+		plan.client_id_len = 2 + lease->id_len;
 	}
 	if (req->seen & SEEN_RELAY) {
 		plan.relay_len = save_relay_info(ctx, s->buf, req);
@@ -492,7 +493,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 
 	/* Up to here the frame is untouched and a failure passes it on. */
 	result = BT_PASS_NO_ROOM;
-	action = write_reply(ctx, &plan, tpl, s->client_id, s->buf, s->options);
+	action = write_reply(ctx, &plan, tpl, lease, s->buf);
 	if (action != XDP_TX)
 		goto out_discard;
 	if (event) {

@@ -43,6 +43,11 @@
 #define RAI_LINK_SELECTION 5
 #define RAI_SERVER_ID_OVERRIDE 11
 
+/* Hides `x`'s value from the compiler, which can then neither rebuild a pointer the
+ * verifier has seen checked (the rebuilt one would be unchecked) nor drop or rewrite a
+ * check the verifier needs. */
+#define verifier_keep(x) asm volatile("" : "+r"(x))
+
 struct cursor {
 	void *pos;
 	void *end;

@@ -41,9 +41,9 @@
 #define BOOTP_SUMMED 44 /* BOOTP bytes before sname: sname and file are zero in a reply */
 #define RELAY_COPY_MAX (2 + 255) /* option 82 with its code and length */
 #define CLIENT_ID_COPY_MAX (2 + BT_MAX_CLIENT_ID) /* option 61 with its code and length */
-#define CLIENT_ID_SPAN 40 /* CLIENT_ID_COPY_MAX up to a word: copied whole */
-/* The longest options field of a reply: template, options 61 and 82, end. */
-#define OPTIONS_MAX (BT_TEMPLATE_MAX + CLIENT_ID_COPY_MAX + RELAY_COPY_MAX + 1)
+#define CLIENT_ID_WORDS ((CLIENT_ID_COPY_MAX + 7) / 8)
+#define CLIENT_ID_BUF 64 /* a power of two >= CLIENT_ID_COPY_MAX, for a masked length */
+
 
 struct reply_addr {
 	__be32 ip;
@@ -65,7 +65,7 @@ struct reply_plan {
 	__u32 l3_off;     /* where the IPv4 header starts (after Ethernet and VLAN tags) */
 	__u32 frame_len;  /* of the request */
 	__u32 tpl_len;
-	__u32 client_id_len; /* option 61 with its code and length, or 0 */
+	__u32 client_id_len; /* option 61 with its code and length, or 0 (echoed: the lease's) */
 	__u32 relay_len;  /* option 82 with its code and length, or 0 */
 	__u32 opt_len;    /* tpl_len + client_id_len + relay_len */
 	__u32 bootp_len;
@@ -128,26 +128,9 @@ static __always_inline __u32 reply_bootp_len(__u32 opt_len)
 	return len < BOOTP_MIN_LEN ? BOOTP_MIN_LEN : len;
 }
 
-/* Writes option 61 as the request carried it into buf (BT_SCRATCH_ID_SIZE bytes, zero after
- * the option, so the whole buffer can be summed): the request's identity is the lease's
- * (identity_matches). Returns its length, or 0. */
-static __always_inline __u32 save_client_id(__u8 *buf, struct bt_lease *lease)
-{
-	__u32 len = lease->id_len;
-
-	if (len == 0 || len > BT_MAX_CLIENT_ID)
-		return 0;
-	__builtin_memset(buf, 0, BT_SCRATCH_ID_SIZE);
-	buf[0] = OPT_CLIENT_ID;
-	buf[1] = len;
-	/* The lease's identity is zero after its length, as identity_matches relies on too. */
-	__builtin_memcpy(buf + 2, lease->client_id, BT_MAX_CLIENT_ID);
-	return 2 + len;
-}
-
-/* Copies option 82 (code and length included) into buf (BT_SCRATCH_SIZE bytes, zero after
- * the option, so it can be copied and summed whole): it must be read before the frame is
- * resized. Returns its length, or 0 if it cannot be copied. */
+/* Copies option 82 (code and length included) into buf, zero-padded to a multiple of 4
+ * for bpf_csum_diff: it must be read before the frame is resized. Returns its length, or 0
+ * if it cannot be copied. */
 static __always_inline __u32 save_relay_info(struct xdp_md *ctx, __u8 *buf,
 					     struct dhcp_request *req)
 {
@@ -155,12 +138,12 @@ static __always_inline __u32 save_relay_info(struct xdp_md *ctx, __u8 *buf,
 
 	if (rlen == 0 || rlen > 255)
 		return 0;
-	__builtin_memset(buf, 0, BT_SCRATCH_SIZE);
 	buf[0] = OPT_RELAY_AGENT_INFO;
 	buf[1] = rlen;
 	/* Written so the verifier sees a length in [1, 256]. */
 	if (bpf_xdp_load_bytes(ctx, req->relay_off, buf + 2, ((rlen - 1) & 0xff) + 1) < 0)
 		return 0;
+	*(__u32 *)(buf + 2 + rlen) = 0;
 	return 2 + rlen;
 }
 
@@ -177,15 +160,7 @@ static __always_inline int resize(struct xdp_md *ctx, int delta)
 	return bpf_xdp_adjust_tail(ctx, delta) == 0 ? 0 : -1;
 }
 
-/* `v & mask`, even where the compiler can tell the mask changes nothing: the verifier may
- * not, and needs the bound where `v` is used as an offset. */
-static __always_inline __u32 masked(__u32 v, __u32 mask)
-{
-	asm volatile("" : "+r"(v));
-	return v & mask;
-}
-
-/* Copies `n` bytes (8 <= n <= max) of `src` (a buffer of at least `max` bytes, max < 512) to
+/* Copies `n` bytes (8 <= n <= max) of `src` (a buffer of at least `max` bytes) to
  * frame offset `off`: whole words, then the word that ends at n (which may overlap the last
  * whole one), so nothing past n is written. Returns 0, or -1 if the frame ends first. */
 static __always_inline int copy_to_frame(void *data, void *end, __u32 off, const __u8 *src,
@@ -206,7 +181,10 @@ static __always_inline int copy_to_frame(void *data, void *end, __u32 off, const
 			return -1;
 		*(__u64 *)p = *(const __u64 *)(src + i * 8);
 	}
-	at = masked(n - 8, 0x1ff);
+	at = n - 8;
+	verifier_keep(at); /* the compiler can tell the check below holds; the verifier not */
+	if (at > max - 8)
+		return -1;
 	p = data + ((off + at) & MAX_FRAME_OFFSET);
 	if ((void *)(p + 8) > end)
 		return -1;
@@ -214,23 +192,64 @@ static __always_inline int copy_to_frame(void *data, void *end, __u32 off, const
 	return 0;
 }
 
-/* Lays the reply's options field out in `opts` (BT_SCRATCH_OPTIONS bytes): the template,
- * option 61, option 82, the end option, and zeros after it at least up to OPTIONS_MIN
- * (each source is zero after its option). One copy then writes the field into the frame. */
-static __always_inline void assemble_options(__u8 *opts, struct reply_plan *plan,
-					     struct bt_template *tpl, __u8 *client_id,
-					     __u8 *relay)
+/* Writes option 61 (code, length, then the lease's identity, which is the request's:
+ * identity_matches) at frame offset `off`, a word at a time. What a word writes past the
+ * option is zero, and lies where option 82, the end option or the zero padding go next.
+ * Where the frame ends less than a word after the option, the helper writes it. Returns
+ * 0, 1 if the helper wrote it (packet pointers must be found again), or -1. */
+static __always_inline int write_client_id(struct xdp_md *ctx, void *data, void *end,
+					   __u32 off, struct bt_lease *lease)
 {
-	__u32 at = plan->tpl_len;
+	__u64 words[CLIENT_ID_BUF / 8] = {};
+	__u8 *option = (__u8 *)words;
+	__u32 len = 2 + lease->id_len;
+	__u8 *p;
+	int i;
 
-	__builtin_memcpy(opts, tpl->options, BT_TEMPLATE_MAX);
-	if (plan->client_id_len) {
-		__builtin_memcpy(opts + masked(at, 0xff), client_id, CLIENT_ID_SPAN);
-		at += plan->client_id_len;
+	option[0] = OPT_CLIENT_ID;
+	option[1] = lease->id_len;
+	__builtin_memcpy(option + 2, lease->client_id, BT_MAX_CLIENT_ID);
+	/* Checked first, so the frame is written by the words or by the helper, not both. */
+	p = data + ((off + ((len - 1) & ~7u)) & MAX_FRAME_OFFSET);
+	if ((void *)(p + 8) > end)
+		/* Written so the verifier sees a length in [1, CLIENT_ID_BUF]. */
+		return bpf_xdp_store_bytes(ctx, off, option, ((len - 1) & (CLIENT_ID_BUF - 1)) + 1) < 0 ?
+			       -1 : 1;
+#pragma unroll
+	for (i = 0; i < CLIENT_ID_WORDS; i++) {
+		if (i * 8 >= len)
+			break;
+		p = data + ((off + i * 8) & MAX_FRAME_OFFSET);
+		if ((void *)(p + 8) > end)
+			return -1;
+		*(__u64 *)p = words[i];
 	}
-	if (plan->relay_len)
-		__builtin_memcpy(opts + masked(at, 0xff), relay, BT_SCRATCH_SIZE);
-	opts[masked(plan->opt_len, 0x1ff)] = OPT_END;
+	return 0;
+}
+
+/* The partial sum of option 61 as write_client_id() writes it: its code and length, then
+ * the identity (zero after its length) from an even offset. */
+static __always_inline __u64 csum_client_id(struct bt_lease *lease)
+{
+	return OPT_CLIENT_ID + ((__u32)lease->id_len << 8) +
+	       csum_words(lease->client_id, BT_MAX_CLIENT_ID / 4);
+}
+
+/* The frame once it holds the reply: its start and end in `data` and `end`, its IPv4
+ * header returned; NULL if the frame is shorter than a reply (never, once resized). */
+static __always_inline struct iphdr *reply_ip(struct xdp_md *ctx, __u32 l3_off, void **data,
+					      void **end)
+{
+	void *start = (void *)(long)ctx->data;
+	struct iphdr *ip = start + l3_off;
+
+	*end = (void *)(long)ctx->data_end;
+	verifier_keep(ip);
+	verifier_keep(start);
+	if (start + ETH_ALEN * 2 + L2_KEPT > *end || (void *)ip + R_OPTIONS + OPTIONS_MIN > *end)
+		return NULL;
+	*data = start;
+	return ip;
 }
 
 /* Writes the link-layer, IPv4 and UDP headers and the fixed BOOTP fields of the reply at
@@ -284,65 +303,80 @@ static __always_inline void write_headers(struct ethhdr *eth, struct iphdr *ip,
 
 /**
  * write_reply - turn the request frame into the planned reply
- * @client_id: option 61 as save_client_id() wrote it, if plan->client_id_len
+ * @lease: the lease answered (its identity is option 61, if plan->client_id_len)
  * @relay: option 82 as save_relay_info() copied it, if plan->relay_len
- * @opts: room to lay the options out (BT_SCRATCH_OPTIONS bytes)
  *
  * Returns XDP_TX, or XDP_PASS if the frame could not be resized (it is then untouched),
  * or XDP_DROP if it failed half-way: a half-written frame must never reach the stack.
  */
 static __always_inline int write_reply(struct xdp_md *ctx, struct reply_plan *plan,
-				       struct bt_template *tpl, __u8 *client_id, __u8 *relay,
-				       __u8 *opts)
+				       struct bt_template *tpl, struct bt_lease *lease,
+				       __u8 *relay)
 {
 	__u32 l3_off = plan->l3_off & L2_MASK;
-	__u32 opt_len = plan->bootp_len - sizeof(struct bootp_hdr); /* the options field */
+	__u32 opt_off = l3_off + R_OPTIONS;
+	__u32 tpl_copy = plan->tpl_len < OPTIONS_MIN ? OPTIONS_MIN : plan->tpl_len;
+	__u32 relay_at = plan->tpl_len + plan->client_id_len; /* within the options */
 	__u32 reply_len = l3_off + UDP_IP_HLEN + plan->bootp_len;
 	void *data, *data_end;
-	struct ethhdr *eth;
 	struct iphdr *ip;
+	__u8 *end_option;
+	int written, moved;
 	__u64 csum;
 
 	/* The caller guarantees these; checked again here, where they bound the writes. */
-	if (l3_off < ETH_HLEN || l3_off > L2_MAX || plan->tpl_len > BT_TEMPLATE_MAX ||
-	    plan->client_id_len > CLIENT_ID_COPY_MAX || plan->relay_len > RELAY_COPY_MAX ||
-	    opt_len < OPTIONS_MIN || opt_len > OPTIONS_MAX)
+	if (l3_off < ETH_HLEN || l3_off > L2_MAX || tpl_copy > BT_TEMPLATE_MAX ||
+	    plan->client_id_len > CLIENT_ID_COPY_MAX || plan->relay_len > RELAY_COPY_MAX)
 		return XDP_PASS;
-	assemble_options(opts, plan, tpl, client_id, relay);
 	if (resize(ctx, (int)reply_len - (int)plan->frame_len) < 0)
 		return XDP_PASS;
 
-	/* From here on the frame is the reply's length, and every byte of it is written. */
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
-	ip = data + l3_off;
-	/* Keeps `ip` the pointer checked below: rebuilt from data + l3_off, it would be
-	 * one the verifier knows no bounds of. */
-	asm volatile("" : "+r"(ip));
-	if ((void *)eth + ETH_ALEN * 2 + L2_KEPT > data_end ||
-	    (void *)ip + R_OPTIONS + OPTIONS_MIN > data_end)
+	/* From here on the frame is the reply's length, and every byte of it is written: the
+	 * headers, the template (zero after its length: copying at least OPTIONS_MIN bytes
+	 * also writes the padding up to the BOOTP minimum), options 61 and 82, the end. */
+	ip = reply_ip(ctx, l3_off, &data, &data_end);
+	if (!ip)
 		return XDP_DROP;
-	write_headers(eth, ip, plan);
-	if (copy_to_frame(data, data_end, l3_off + R_OPTIONS, opts, opt_len, OPTIONS_MAX) < 0)
+	write_headers(data, ip, plan);
+	if (copy_to_frame(data, data_end, opt_off, tpl->options, tpl_copy, BT_TEMPLATE_MAX) < 0)
 		return XDP_DROP;
+	moved = plan->relay_len != 0;
+	if (plan->client_id_len) {
+		written = write_client_id(ctx, data, data_end, opt_off + plan->tpl_len, lease);
+		if (written < 0)
+			return XDP_DROP;
+		moved |= written;
+	}
+	/* Long, and only behind relays: written by the helper. */
+	if (plan->relay_len &&
+	    bpf_xdp_store_bytes(ctx, opt_off + relay_at, relay, plan->relay_len) < 0)
+		return XDP_DROP;
+	/* After a helper wrote the frame, the verifier needs it found again. */
+	if (moved) {
+		ip = reply_ip(ctx, l3_off, &data, &data_end);
+		if (!ip)
+			return XDP_DROP;
+	}
+	end_option = data + ((opt_off + plan->opt_len) & MAX_FRAME_OFFSET);
+	if ((void *)(end_option + 1) > data_end)
+		return XDP_DROP;
+	*end_option = OPT_END;
 
 	ip->check = ipv4_csum(ip);
 	/* UDP: the pseudo-header (the IPv4 header's addresses, protocol, length), the UDP
 	 * header and the BOOTP fields up to sname (sname and file are zero and add nothing),
-	 * the cookie, then the options' partial sums (the buffers are zero past their
-	 * options: summed whole). */
+	 * the cookie, then the options' partial sums. */
 	csum = csum_words(&ip->saddr, 2) + htons(IPPROTO_UDP) +
 	       htons(sizeof(struct udphdr) + plan->bootp_len) +
 	       csum_words((void *)ip + R_UDP, (sizeof(struct udphdr) + BOOTP_SUMMED) / 4) +
 	       ((struct bootp_hdr *)((void *)ip + R_BOOTP))->cookie + tpl->csum;
 	if (plan->client_id_len)
-		csum += csum_at(csum_fold16(csum_words(client_id, CLIENT_ID_SPAN / 4)),
+		csum += csum_at(csum_fold16(csum_client_id(lease)),
 				CSUM_OPTIONS_OFF + plan->tpl_len);
 	if (plan->relay_len)
 		csum += csum_at(csum_fold16((__u32)bpf_csum_diff(0, 0, (__be32 *)relay,
 								 (plan->relay_len + 3) & 0x1fc, 0)),
-				CSUM_OPTIONS_OFF + plan->tpl_len + plan->client_id_len);
+				CSUM_OPTIONS_OFF + relay_at);
 	csum += csum_at(OPT_END, CSUM_OPTIONS_OFF + plan->opt_len);
 	((struct udphdr *)((void *)ip + R_UDP))->check = udp_csum_final(csum);
 	return XDP_TX;
