@@ -493,7 +493,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 
 	/* Up to here the frame is untouched and a failure passes it on. */
 	result = BT_PASS_NO_ROOM;
-	action = write_reply(ctx, &plan, tpl, lease, s->buf);
+	action = write_reply(ctx, &plan, tpl, lease, s->client_id, s->buf);
 	if (action != XDP_TX)
 		goto out_discard;
 	if (event) {

@@ -41,8 +41,6 @@
 #define BOOTP_SUMMED 44 /* BOOTP bytes before sname: sname and file are zero in a reply */
 #define RELAY_COPY_MAX (2 + 255) /* option 82 with its code and length */
 #define CLIENT_ID_COPY_MAX (2 + BT_MAX_CLIENT_ID) /* option 61 with its code and length */
-#define CLIENT_ID_WORDS ((CLIENT_ID_COPY_MAX + 7) / 8)
-#define CLIENT_ID_BUF 64 /* a power of two >= CLIENT_ID_COPY_MAX, for a masked length */
 
 
 struct reply_addr {
@@ -193,38 +191,23 @@ static __always_inline int copy_to_frame(void *data, void *end, __u32 off, const
 }
 
 /* Writes option 61 (code, length, then the lease's identity, which is the request's:
- * identity_matches) at frame offset `off`, a word at a time. What a word writes past the
- * option is zero, and lies where option 82, the end option or the zero padding go next.
- * Where the frame ends less than a word after the option, the helper writes it. Returns
- * 0, 1 if the helper wrote it (packet pointers must be found again), or -1. */
-static __always_inline int write_client_id(struct xdp_md *ctx, void *data, void *end,
-					   __u32 off, struct bt_lease *lease)
+ * identity_matches) at frame offset `off`, after the template. It is copied from `buf`
+ * (BT_SCRATCH_ID_SIZE bytes), laid out as the frame's 8 bytes before the option and the
+ * option, so that copy_to_frame() has the 8 bytes its last word may reach back over and
+ * writes nothing past the option. Returns 0, or -1 if the frame is too short. */
+static __always_inline int write_client_id(void *data, void *end, __u32 off, __u8 *buf,
+					   struct bt_lease *lease)
 {
-	__u64 words[CLIENT_ID_BUF / 8] = {};
-	__u8 *option = (__u8 *)words;
-	__u32 len = 2 + lease->id_len;
-	__u8 *p;
-	int i;
+	__u8 *before = data + ((off - 8) & MAX_FRAME_OFFSET);
 
-	option[0] = OPT_CLIENT_ID;
-	option[1] = lease->id_len;
-	__builtin_memcpy(option + 2, lease->client_id, BT_MAX_CLIENT_ID);
-	/* Checked first, so the frame is written by the words or by the helper, not both. */
-	p = data + ((off + ((len - 1) & ~7u)) & MAX_FRAME_OFFSET);
-	if ((void *)(p + 8) > end)
-		/* Written so the verifier sees a length in [1, CLIENT_ID_BUF]. */
-		return bpf_xdp_store_bytes(ctx, off, option, ((len - 1) & (CLIENT_ID_BUF - 1)) + 1) < 0 ?
-			       -1 : 1;
-#pragma unroll
-	for (i = 0; i < CLIENT_ID_WORDS; i++) {
-		if (i * 8 >= len)
-			break;
-		p = data + ((off + i * 8) & MAX_FRAME_OFFSET);
-		if ((void *)(p + 8) > end)
-			return -1;
-		*(__u64 *)p = words[i];
-	}
-	return 0;
+	if ((void *)(before + 8) > end)
+		return -1;
+	*(__u64 *)buf = *(__u64 *)before;
+	buf[8] = OPT_CLIENT_ID;
+	buf[9] = lease->id_len;
+	__builtin_memcpy(buf + 10, lease->client_id, BT_MAX_CLIENT_ID);
+	return copy_to_frame(data, end, off - 8, buf, 8 + 2 + lease->id_len,
+			     8 + CLIENT_ID_COPY_MAX);
 }
 
 /* The partial sum of option 61 as write_client_id() writes it: its code and length, then
@@ -304,6 +287,7 @@ static __always_inline void write_headers(struct ethhdr *eth, struct iphdr *ip,
 /**
  * write_reply - turn the request frame into the planned reply
  * @lease: the lease answered (its identity is option 61, if plan->client_id_len)
+ * @client_id: room to lay option 61 out (BT_SCRATCH_ID_SIZE bytes)
  * @relay: option 82 as save_relay_info() copied it, if plan->relay_len
  *
  * Returns XDP_TX, or XDP_PASS if the frame could not be resized (it is then untouched),
@@ -311,7 +295,7 @@ static __always_inline void write_headers(struct ethhdr *eth, struct iphdr *ip,
  */
 static __always_inline int write_reply(struct xdp_md *ctx, struct reply_plan *plan,
 				       struct bt_template *tpl, struct bt_lease *lease,
-				       __u8 *relay)
+				       __u8 *client_id, __u8 *relay)
 {
 	__u32 l3_off = plan->l3_off & L2_MASK;
 	__u32 opt_off = l3_off + R_OPTIONS;
@@ -321,7 +305,6 @@ static __always_inline int write_reply(struct xdp_md *ctx, struct reply_plan *pl
 	void *data, *data_end;
 	struct iphdr *ip;
 	__u8 *end_option;
-	int written, moved;
 	__u64 csum;
 
 	/* The caller guarantees these; checked again here, where they bound the writes. */
@@ -340,19 +323,14 @@ static __always_inline int write_reply(struct xdp_md *ctx, struct reply_plan *pl
 	write_headers(data, ip, plan);
 	if (copy_to_frame(data, data_end, opt_off, tpl->options, tpl_copy, BT_TEMPLATE_MAX) < 0)
 		return XDP_DROP;
-	moved = plan->relay_len != 0;
-	if (plan->client_id_len) {
-		written = write_client_id(ctx, data, data_end, opt_off + plan->tpl_len, lease);
-		if (written < 0)
-			return XDP_DROP;
-		moved |= written;
-	}
-	/* Long, and only behind relays: written by the helper. */
-	if (plan->relay_len &&
-	    bpf_xdp_store_bytes(ctx, opt_off + relay_at, relay, plan->relay_len) < 0)
+	if (plan->client_id_len &&
+	    write_client_id(data, data_end, opt_off + plan->tpl_len, client_id, lease) < 0)
 		return XDP_DROP;
-	/* After a helper wrote the frame, the verifier needs it found again. */
-	if (moved) {
+	if (plan->relay_len) {
+		/* Long, and only behind relays: the helper writes it, and the frame must be
+		 * found again for the verifier. */
+		if (bpf_xdp_store_bytes(ctx, opt_off + relay_at, relay, plan->relay_len) < 0)
+			return XDP_DROP;
 		ip = reply_ip(ctx, l3_off, &data, &data_end);
 		if (!ip)
 			return XDP_DROP;
