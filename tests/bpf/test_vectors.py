@@ -209,6 +209,21 @@ def test_request_is_acked_and_renewal_reported(
     assert bytes(after) == bytes(before)
 
 
+@pytest.mark.parametrize("client", CAPTURED_CLIENTS, ids=ids(CAPTURED_CLIENTS))
+def test_lease_that_just_ran_out_is_passed(fastpath: Fastpath, client: Client) -> None:
+    """The program reads the clock once a tick (bpf/clock.h): a lease whose end came after
+    that read, a moment ago, is still the slow path's, never answered late."""
+    bind(fastpath, client)
+    key = maps.Key(client.mac)
+    discover = client.frame(fastpath, client.payload("discover"))
+    assert fastpath.run(discover).retval == XDP_TX  # this CPU's clock is read now
+    entry = fastpath.entry(key)
+    assert entry is not None
+    entry.expires_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    fastpath.put_entry(key, entry)
+    assert fastpath.results_of(discover) == {maps.Result.EXPIRED: 1}
+
+
 @pytest.mark.parametrize("client", DIRECT, ids=ids(DIRECT))
 @pytest.mark.parametrize("kind", ["discover", "request"])
 def test_broadcast_flag_gets_a_broadcast_reply(
