@@ -14,6 +14,7 @@
 #include "maps.h"
 #include "parsing.h"
 #include "csum.h"
+#include "clock.h"
 #include "ratelimit.h"
 #include "reply.h"
 
@@ -100,32 +101,32 @@ static __always_inline int link_over_budget(struct bt_rate_key *sender, __u64 no
 	return over_rate(&link, now, config_get(BT_CFG_RELAY_COST), RELAY_BURST_NS);
 }
 
-/* 64-bit FNV-1a of `len` bytes at `off`, never 0: the length first, then the first HASH_MAX
- * bytes zero-padded to HASH_MAX, 8 bytes a step, so the loop has a fixed count. Of option 55
- * it is the lease's prl_hash (brushtaild/xdp/maps.py has the same function). The bytes are
- * copied out of the frame first: the verifier cannot follow a byte walk up to its end. */
-static __always_inline __u64 hash_bytes(struct xdp_md *ctx, __u32 off, __u32 len)
+/* 64-bit FNV-1a of `len` bytes at frame offset `off` (inside the frame), never 0: the
+ * length first, then the first HASH_MAX bytes zero-padded to HASH_MAX, 8 bytes a step, so
+ * the loop has a fixed count. Of option 55 it is the lease's prl_hash (brushtaild/xdp/maps.py
+ * has the same function). */
+static __always_inline __u64 hash_bytes(void *data, void *end, __u32 off, __u32 len)
 {
-	__u64 words[HASH_MAX / 8] = {};
 	__u32 n = len < HASH_MAX ? len : HASH_MAX;
 	__u64 h = (FNV64_OFFSET ^ len) * FNV64_PRIME;
+	__u64 word;
 	int i;
 
-	/* Written so the verifier sees a length in [1, HASH_MAX]. */
-	if (n && bpf_xdp_load_bytes(ctx, off, words, ((n - 1) & (HASH_MAX - 1)) + 1) < 0)
-		return BT_PRL_ABSENT; /* matches no lease */
 #pragma unroll
-	for (i = 0; i < HASH_MAX / 8; i++)
-		h = (h ^ words[i]) * FNV64_PRIME;
+	for (i = 0; i < HASH_MAX / 8; i++) {
+		word = 0;
+		if (i * 8 < n && frame_word(data, end, off + i * 8, n - i * 8, &word) < 0)
+			return BT_PRL_ABSENT; /* matches no lease */
+		h = (h ^ word) * FNV64_PRIME;
+	}
 	return h ? h : 1;
 }
 
 /* Walks the options and, for a relayed request, option 82's sub-options; names the access
  * line in `sender` if the relay gave a circuit-id. Returns 1 if the request was read whole,
  * 0 if the slow path must read it. */
-static __always_inline int parse_request(struct xdp_md *ctx, struct cursor *c, void *data,
-					 struct bootp_hdr *b, struct dhcp_request *req,
-					 struct bt_rate_key *sender)
+static __always_inline int parse_request(struct cursor *c, void *data, struct bootp_hdr *b,
+					 struct dhcp_request *req, struct bt_rate_key *sender)
 {
 	if (parse_dhcp_options(c, data, req) < 0 || !(req->seen & SEEN_MESSAGE_TYPE))
 		return 0;
@@ -134,7 +135,7 @@ static __always_inline int parse_request(struct xdp_md *ctx, struct cursor *c, v
 	if (parse_relay_info(c, data, req) < 0)
 		return 0;
 	if (req->circuit_len)
-		sender->circuit = hash_bytes(ctx, req->circuit_off, req->circuit_len);
+		sender->circuit = hash_bytes(data, c->end, req->circuit_off, req->circuit_len);
 	return 1;
 }
 
@@ -151,22 +152,28 @@ static __always_inline int slow_path_selector(struct bootp_hdr *b, struct dhcp_r
 
 /* Option 61 must be the lease's identity; without it, that identity must be htype 1 +
  * chaddr, which the engine gives a client that sends no option 61. */
-static __always_inline int identity_matches(struct xdp_md *ctx, struct dhcp_request *req,
+static __always_inline int identity_matches(void *data, void *end, struct dhcp_request *req,
 					    struct bt_lease *lease)
 {
-	__u64 id[BT_MAX_CLIENT_ID / 8] = {};
 	__u64 *want = (__u64 *)lease->client_id;
 	__u32 len = req->client_id_len;
+	__u64 word;
+	int i;
 
 	if (!(req->seen & SEEN_CLIENT_ID))
 		return lease->flags & BT_LEASE_HW_ID;
-	if (len != lease->id_len || len == 0)
+	if (len != lease->id_len || len == 0 || len > BT_MAX_CLIENT_ID)
 		return 0;
-	if (bpf_xdp_load_bytes(ctx, req->client_id_off, id,
-			       ((len - 1) & (BT_MAX_CLIENT_ID - 1)) + 1) < 0)
-		return 0;
-	/* Both sides are zero after len. */
-	return id[0] == want[0] && id[1] == want[1] && id[2] == want[2] && id[3] == want[3];
+	/* The lease's identity is zero after its length: the words past len match as they are. */
+#pragma unroll
+	for (i = 0; i < BT_MAX_CLIENT_ID / 8; i++) {
+		if (i * 8 >= len)
+			break;
+		if (frame_word(data, end, req->client_id_off + i * 8, len - i * 8, &word) < 0 ||
+		    word != want[i])
+			return 0;
+	}
+	return 1;
 }
 
 /* Which REQUESTs the kernel may ACK: SELECTING (our server id, option 50 = the lease),
@@ -263,25 +270,22 @@ static __always_inline void trace_event(__u32 result, int action, __u64 start,
 		count_lost_trace(BT_TRACE_LOST_FULL);
 }
 
-/* Counts the result; one reply in LATENCY_SAMPLE also has its latency recorded: a clock
- * read costs as much as a map lookup on some machines, and one per packet (for expiry) is
- * all the packet path should pay. The one way out for every DHCP request, so every result
- * can be traced. */
-static __always_inline int record(__u32 result, int action, __u64 start,
+/* Counts the result, and records the latency of a sampled request that was answered. The
+ * one way out for every DHCP request, so every result can be traced. */
+static __always_inline int record(__u32 result, int action, __u64 start, int sampled,
 				  struct bt_client_key *key, struct dhcp_request *req,
 				  __be32 giaddr, __be32 address)
 {
 	__u64 *count = results.lookup(&result);
 
-	if (count) {
+	if (count)
 		*count += 1;
-		if (action == XDP_TX && (*count & (LATENCY_SAMPLE - 1)) == 0) {
-			__u32 bucket = log2_bucket(bpf_ktime_get_boot_ns() - start);
-			__u64 *n = latency.lookup(&bucket);
+	if (action == XDP_TX && sampled) {
+		__u32 bucket = log2_bucket(bpf_ktime_get_boot_ns() - start);
+		__u64 *n = latency.lookup(&bucket);
 
-			if (n)
-				*n += 1;
-		}
+		if (n)
+			*n += 1;
 	}
 	trace_event(result, action, start, key, req, giaddr, address);
 	return action;
@@ -308,9 +312,9 @@ int xdp_brushtail(struct xdp_md *ctx)
 	__u32 result, zero = 0, tpl_id, l3_off, frame_len, limit;
 	__be32 server_id, ciaddr = 0;
 	__be16 proto;
-	__u64 now;
+	__u64 now = 0, start = 0, expires;
 	__u8 reply_type;
-	int action = XDP_PASS, tags, parsed = 0;
+	int action = XDP_PASS, tags, parsed = 0, sampled = 0;
 
 	tags = parse_ethhdr_vlan(&c, &eth, &key.outer_vlan, &key.inner_vlan, &proto);
 	if (tags < 0 || proto != htons(ETH_P_IP))
@@ -324,13 +328,18 @@ int xdp_brushtail(struct xdp_md *ctx)
 		return XDP_PASS;
 
 	/* From here on it is DHCP, and every packet is counted under one result. */
-	now = bpf_ktime_get_boot_ns();
 	/* The walk's findings live in the scratch map, not on the stack: the verifier does not
 	 * track map contents, so every way out of the walk leads to one state, not thousands. */
 	result = BT_PASS_UNPARSED;
 	s = scratch.lookup(&zero);
 	if (!s)
 		goto out;
+	now = coarse_now(&s->clock);
+	/* The exact clock is read for one request in LATENCY_SAMPLE (its latency, if it is
+	 * answered) and for every request while someone traces (the event's time). */
+	sampled = (++s->requests & (LATENCY_SAMPLE - 1)) == 0;
+	if (sampled || config_get(BT_CFG_TRACE_COST))
+		start = bpf_ktime_get_boot_ns();
 	req = &s->req;
 	__builtin_memset(req, 0, sizeof(*req));
 	__builtin_memcpy(sender.mac, eth->h_source, ETH_ALEN);
@@ -355,7 +364,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 		action = XDP_DROP;
 		goto out;
 	}
-	parsed = parse_request(ctx, &c, data, b, req, &sender);
+	parsed = parse_request(&c, data, b, req, &sender);
 	if (sender.giaddr && rate_limited(&sender, now))
 		goto over_rate;
 	if (!parsed)
@@ -394,10 +403,10 @@ int xdp_brushtail(struct xdp_md *ctx)
 		goto out;
 	}
 	result = BT_PASS_EXPIRED;
-	if (now >= lease->expires_ns)
+	if (coarse_passed(now, lease->expires_ns))
 		goto out;
 	result = BT_PASS_IDENTITY;
-	if (!identity_matches(ctx, req, lease))
+	if (!identity_matches(data, data_end, req, lease))
 		goto out;
 	server_id = config_get(BT_CFG_SERVER_ID);
 	result = BT_PASS_NETWORK;
@@ -418,8 +427,8 @@ int xdp_brushtail(struct xdp_md *ctx)
 			goto out;
 	}
 	result = BT_PASS_PRL;
-	if ((req->seen & SEEN_PRL ? hash_bytes(ctx, req->prl_off, req->prl_len) : BT_PRL_ABSENT) !=
-	    lease->prl_hash)
+	if ((req->seen & SEEN_PRL ? hash_bytes(data, data_end, req->prl_off, req->prl_len) :
+				    BT_PRL_ABSENT) != lease->prl_hash)
 		goto out;
 	result = BT_PASS_REQUEST_MISMATCH;
 	if (reply_type == DHCP_ACK && !request_matches(ip, b, req, lease, server_id))
@@ -429,7 +438,8 @@ int xdp_brushtail(struct xdp_md *ctx)
 	 * which gives a shorter lease or NAKs. So is such an OFFER, whose lease time the ACK
 	 * could not give. */
 	result = BT_PASS_CAP;
-	if (lease->cap_ns && now + lease->lease_time * NS_PER_SEC > lease->cap_ns)
+	expires = coarse_upper(now) + lease->lease_time * NS_PER_SEC;
+	if (lease->cap_ns && expires > lease->cap_ns)
 		goto out;
 
 	result = BT_PASS_NO_TEMPLATE;
@@ -443,13 +453,13 @@ int xdp_brushtail(struct xdp_md *ctx)
 		goto out;
 	result = BT_PASS_UNPARSED;
 	plan.l3_off = l3_off;
-	plan.ip_extra = ip->ihl * 4 - sizeof(struct iphdr);
 	plan.frame_len = frame_len;
 	plan.tpl_len = tpl->len;
 	if (req->seen & SEEN_CLIENT_ID) {
-		plan.client_id_len = save_client_id(s->client_id, lease);
-		if (!plan.client_id_len)
+		/* Echoed as the lease holds it: identity_matches found it the request's. */
+		if (!lease->id_len || lease->id_len > BT_MAX_CLIENT_ID)
 			goto out;
+		plan.client_id_len = 2 + lease->id_len;
 	}
 	if (req->seen & SEEN_RELAY) {
 		plan.relay_len = save_relay_info(ctx, s->buf, req);
@@ -461,6 +471,8 @@ int xdp_brushtail(struct xdp_md *ctx)
 	plan.bootp_len = reply_bootp_len(plan.opt_len);
 	limit = req->max_size > MIN_IP_DATAGRAM ? req->max_size : MIN_IP_DATAGRAM;
 	if (UDP_IP_HLEN + plan.bootp_len > limit)
+		goto out;
+	if (keep_fields(data, data_end, b, &plan.kept) < 0)
 		goto out;
 	reply_destination(eth, b, relay, lease->address, &plan.to);
 	plan.server_id = server_id;
@@ -476,12 +488,12 @@ int xdp_brushtail(struct xdp_md *ctx)
 			goto out;
 		event->key = key;
 		event->address = lease->address;
-		event->expires_ns = now + lease->lease_time * NS_PER_SEC;
+		event->expires_ns = expires;
 	}
 
 	/* Up to here the frame is untouched and a failure passes it on. */
 	result = BT_PASS_NO_ROOM;
-	action = write_reply(ctx, &plan, tpl, s->client_id, s->buf);
+	action = write_reply(ctx, &plan, tpl, lease, s->client_id, s->buf);
 	if (action != XDP_TX)
 		goto out_discard;
 	if (event) {
@@ -490,7 +502,7 @@ int xdp_brushtail(struct xdp_md *ctx)
 		renewals.ringbuf_submit(event, BPF_RB_NO_WAKEUP);
 	}
 	result = reply_type == DHCP_OFFER ? BT_RES_OFFER : BT_RES_ACK;
-	return record(result, XDP_TX, now, &key, req, sender.giaddr, lease->address);
+	return record(result, XDP_TX, start, sampled, &key, req, sender.giaddr, lease->address);
 
 over_rate:
 	result = BT_DROP_RATE_LIMIT;
@@ -501,5 +513,5 @@ out_discard:
 	if (event)
 		renewals.ringbuf_discard(event, 0);
 out:
-	return record(result, action, now, &key, req, sender.giaddr, ciaddr);
+	return record(result, action, start, sampled, &key, req, sender.giaddr, ciaddr);
 }

@@ -21,6 +21,19 @@ static __always_inline __u16 csum_at(__u16 partial, __u32 offset)
 	return offset & 1 ? (__u16)((partial << 8) | (partial >> 8)) : partial;
 }
 
+/* The partial sum of `n` 32-bit words at `p` (n a constant: the loop unrolls). */
+static __always_inline __u64 csum_words(const void *p, int n)
+{
+	const __u32 *w = p;
+	__u64 sum = 0;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < n; i++)
+		sum += w[i];
+	return sum;
+}
+
 #define IP_MAX_HDR 60
 #define IP_HDR_COPY 64 /* a power of two above IP_MAX_HDR, for the verifier's length mask */
 
@@ -35,8 +48,7 @@ static __always_inline int ipv4_csum_valid(struct xdp_md *ctx, struct iphdr *ip,
 	__s64 sum;
 
 	if (hdr_len == sizeof(struct iphdr)) /* the usual case: sum it where it is */
-		return csum_fold16((__u32)bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0)) ==
-		       0xffff;
+		return csum_fold16(csum_words(ip, sizeof(*ip) / 4)) == 0xffff;
 	if (hdr_len < sizeof(struct iphdr) || hdr_len > IP_MAX_HDR)
 		return 0;
 	if (bpf_xdp_load_bytes(ctx, l3_off, words, ((hdr_len - 1) & (IP_HDR_COPY - 1)) + 1) < 0)
@@ -47,7 +59,7 @@ static __always_inline int ipv4_csum_valid(struct xdp_md *ctx, struct iphdr *ip,
 
 static __always_inline __u16 ipv4_csum(struct iphdr *ip)
 {
-	return ~csum_fold16((__u32)bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
+	return ~csum_fold16(csum_words(ip, sizeof(*ip) / 4));
 }
 
 /* A UDP checksum as sent: 0 means "no checksum" in UDP over IPv4, so it becomes 0xffff. */

@@ -10,6 +10,7 @@
 
 #include "shared.h"
 #include "parsing.h"
+#include "clock.h"
 
 #ifndef BT_PIN_DIR
 #error "BT_PIN_DIR must be set by the loader"
@@ -27,8 +28,7 @@
 #define BT_TRACE_PAGES 64 /* 256 KiB: 5000 events a slow tracer has not read yet */
 #endif
 #define BT_SCRATCH_SIZE 264 /* option 82 (2 + 255 bytes), zero-padded to 4 */
-#define BT_SCRATCH_ID_SIZE 64 /* option 61 (2 + BT_MAX_CLIENT_ID bytes), zero-padded to a
-				* power of two, so a masked length bounds its copy */
+#define BT_SCRATCH_ID_SIZE 48 /* option 61 (2 + BT_MAX_CLIENT_ID bytes) after 8 bytes */
 
 #define BPF_F_NO_PREALLOC_ 1
 
@@ -56,12 +56,16 @@ BPF_TABLE_PINNED("lru_hash", struct bt_rate_key, struct bt_bucket, ratelimit,
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, results, BT_RESULTS, BT_PIN_DIR "/results");
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, latency, BT_LATENCY_BUCKETS,
 		 BT_PIN_DIR "/latency");
-/* What the option walk found, and options 82 and 61 kept while the frame becomes the
- * reply. */
+/* One CPU's working space: its coarse clock, its count of DHCP requests (which picks the
+ * ones whose latency is sampled) and what the option walk found, which a request reads
+ * whatever it is, together in the first 64 bytes; then room for option 61 and option 82,
+ * kept while the frame becomes the reply. */
 struct bt_scratch {
+	struct bt_clock clock;
 	struct dhcp_request req;
-	__u8 buf[BT_SCRATCH_SIZE];
+	__u32 requests;
 	__u8 client_id[BT_SCRATCH_ID_SIZE];
+	__u8 buf[BT_SCRATCH_SIZE];
 };
 BPF_PERCPU_ARRAY(scratch, struct bt_scratch, 1);
 

@@ -43,6 +43,11 @@
 #define RAI_LINK_SELECTION 5
 #define RAI_SERVER_ID_OVERRIDE 11
 
+/* Hides `x`'s value from the compiler, which can then neither rebuild a pointer the
+ * verifier has seen checked (the rebuilt one would be unchecked) nor drop or rewrite a
+ * check the verifier needs. */
+#define verifier_keep(x) asm volatile("" : "+r"(x))
+
 struct cursor {
 	void *pos;
 	void *end;
@@ -223,6 +228,32 @@ static __always_inline __be32 load_be32(const __u8 *p)
 
 	__builtin_memcpy(&v, p, sizeof(v));
 	return v;
+}
+
+/* Reads the `n` bytes (1 to 8) at frame offset `off` as a little-endian word, zero above
+ * them, straight from the packet: the walk checked they lie inside the frame, but the
+ * verifier needs each read checked on its own. The 8 bytes from `off` are read where the
+ * frame has them; a value that ends in the frame's last 7 bytes is read as the frame's
+ * last 8 bytes, shifted down. Returns 0, or -1 if the frame is shorter than 8 bytes. */
+static __always_inline int frame_word(void *data, void *end, __u32 off, __u32 n, __u64 *word)
+{
+	__u8 *p = data + (off & MAX_FRAME_OFFSET);
+	__u32 last;
+	__u64 v;
+
+	if ((void *)(p + 8) <= end) {
+		v = *(__u64 *)p;
+	} else {
+		last = (end - data) - 8;
+		p = data + (last & MAX_FRAME_OFFSET);
+		if ((void *)(p + 8) > end || off <= last || off - last > 7)
+			return -1;
+		v = *(__u64 *)p >> (8 * (off - last));
+	}
+	if (n < 8)
+		v &= (1ull << (8 * n)) - 1;
+	*word = v;
+	return 0;
 }
 
 /* Marks an option seen; a second one is an RFC 3396 split, which only the slow path

@@ -51,6 +51,9 @@ RELAY_MAC = bytes.fromhex("02b7000000aa")
 SERVER_IP = opt.format_ip(SERVER)
 IFINDEX = 2
 NS = 1_000_000_000
+# bpf/clock.h's TICK_MAX_NS: how much later than the exact clock's a renewal's new expiry
+# may be (the program's clock is read once a tick).
+TICK_MAX_NS = 10_000_000
 ETH_HLEN = 14  # BPF_PROG_TEST_RUN refuses shorter XDP frames
 # Engine time runs a minute behind the wall clock, so an expiry the kernel sets on a
 # renewal is visibly later than the one the engine set (no clock race in any assertion).
