@@ -74,6 +74,13 @@ DROP_LOG_INTERVAL = 10.0
 # queued behind the old copy, and answering both would spend an overloaded slow path twice
 # on one client. Under normal load requests wait microseconds; only a backlog reaches this.
 MAX_QUEUE_AGE = 4.0
+# A DISCOVER older than this when we read it is dropped (`backlog`): the server is behind,
+# and the REQUEST its OFFER would bring queues behind as long a backlog, so new exchanges
+# wait and those under way (their REQUESTs, kept up to MAX_QUEUE_AGE) are answered while
+# their clients still wait. Shedding DISCOVERs costs a fraction of answering them, which
+# keeps the queue this short under any flood. Clients that give up on a REQUEST soonest
+# (perfdhcp: 1 s) then still get their ACK; a shed client retransmits its DISCOVER.
+MAX_DISCOVER_AGE = 0.5
 # After an error on the packet socket other than an empty queue, the loop waits this long
 # before reading it again: an error that repeats (a link going up and down) costs a few
 # wake-ups a second instead of a busy loop.
@@ -489,7 +496,7 @@ class Daemon:
         decided at: every renewal the kernel answered before it has been absorbed."""
         started = clock.ticks()
         now = clock.wall()
-        received = self.io.receive_batch(BATCH, now - MAX_QUEUE_AGE)
+        received = self.io.receive_batch(BATCH, now - MAX_QUEUE_AGE, now - MAX_DISCOVER_AGE)
         self._count_receive(received, now)
         # Before the engine decides anything at `now`: a renewal the kernel ACKed must not
         # be expired, or its address offered to someone else, in this batch.
@@ -596,15 +603,29 @@ class Daemon:
             )
 
     def _parse(self, received: Received, now: float) -> list[tuple[Message, Ingress]]:
+        """The batch's well-formed requests, less the DISCOVERs that waited too long."""
         requests: list[tuple[Message, Ingress]] = []
-        for payload, ingress in received.frames:
+        shed = 0
+        for index, (payload, ingress) in enumerate(received.frames):
             try:
-                requests.append((parse(payload), ingress))
+                msg = parse(payload)
             except MalformedPacket as exc:
                 self.metrics.count_drop(exc.reason)
                 self.drops.drop(exc.reason, f"src_mac={format_mac(ingress.src_mac)}", now)
             except Exception as exc:
                 self._internal_error(exc, f"src_mac={format_mac(ingress.src_mac)}", now)
+            else:
+                if index < received.aged and msg.message_type is MessageType.DISCOVER:
+                    shed += 1
+                else:
+                    requests.append((msg, ingress))
+        if shed:
+            self.metrics.count_drop(DropReason.BACKLOG, shed)
+            self.drops.drop(
+                DropReason.BACKLOG,
+                f"discovers={shed} (queued longer than {MAX_DISCOVER_AGE}s)",
+                now,
+            )
         return requests
 
     def _decide(self, msg: Message, ingress: Ingress, now: float) -> Decision | None:

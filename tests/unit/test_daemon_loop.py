@@ -56,13 +56,17 @@ class FakeIO:
     sent: list[tuple[bytes, Destination]] = field(default_factory=list)
     refuse: Callable[[Destination], OSError | None] = lambda _dest: None
     stale_before: list[float] = field(default_factory=list)
+    aged_before: list[float] = field(default_factory=list)
     mac: bytes = b"\x02\x00\x00\x00\x00\xfe"
 
     def fileno(self) -> int:
         return -1
 
-    def receive_batch(self, limit: int, stale_before: float = 0.0) -> Received:
+    def receive_batch(
+        self, limit: int, stale_before: float = 0.0, aged_before: float = 0.0
+    ) -> Received:
         self.stale_before.append(stale_before)
+        self.aged_before.append(aged_before)
         return self.batches.pop(0) if self.batches else Received()
 
     def send(self, payload: bytes, dest: Destination, ingress: Ingress) -> None:
@@ -275,6 +279,26 @@ def test_stale_requests_are_counted_and_the_threshold_is_the_queue_age(
     daemon._serve_batch()
     assert io.stale_before == [1_000_000.0 - main.MAX_QUEUE_AGE]
     assert dropped(daemon, "stale") == 3
+
+
+def test_aged_discovers_are_shed_and_aged_requests_answered(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a backlog the DISCOVERs that waited past MAX_DISCOVER_AGE are dropped as
+    `backlog`; a REQUEST that waited as long is answered, and so is a fresh DISCOVER."""
+    monkeypatch.setattr(main.clock, "wall", lambda: 1_000_000.0)
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 1))]))
+    daemon._serve_batch()
+    offered = parse(io.sent[0][0]).yiaddr
+    req = request(MessageType.REQUEST, 1, requested=offered, server_id=daemon.config.server_id)
+    aged = [frame(request(MessageType.DISCOVER, 2)), (b"junk", INGRESS), frame(req)]
+    fresh = [frame(request(MessageType.DISCOVER, 3))]
+    io.batches.append(Received(frames=[*aged, *fresh], aged=len(aged)))
+    daemon._serve_batch()
+    assert io.aged_before[-1] == 1_000_000.0 - main.MAX_DISCOVER_AGE
+    assert (dropped(daemon, "backlog"), dropped(daemon, "truncated")) == (1, 1)
+    assert io.sent_types() == [MessageType.OFFER, MessageType.OFFER, MessageType.ACK]
+    assert [parse(payload).hwaddr for payload, _ in io.sent[1:]] == [mac(3), mac(1)]
 
 
 # --- one request cannot stop the loop ------------------------------------------------------
