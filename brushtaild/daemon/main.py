@@ -21,6 +21,7 @@ message, like a subscriber's request, never stops the loop.
 """
 
 import argparse
+import collections
 import contextlib
 import errno
 import logging
@@ -52,7 +53,7 @@ from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
-from brushtaild.engine.decisions import Decision, Ingress, LeaseEvent
+from brushtaild.engine.decisions import Decision, Ingress, LeaseEvent, NakReason
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO, Received
@@ -511,17 +512,19 @@ class Daemon:
             for msg, ingress in requests
             if (decision := self._decide(msg, ingress, now)) is not None
         ]
-        durable = [d for d in decisions if d.lease_writes or d.lease_deletes]
-        # Replies that change no lease (OFFER, NAK, INFORM) need not wait for the commit.
+        durable: list[Decision] = []
+        at_once: list[Decision] = []
         for decision in decisions:
-            if not (decision.lease_writes or decision.lease_deletes):
-                self._send(decision, now)
+            (durable if decision.lease_writes or decision.lease_deletes else at_once).append(
+                decision
+            )
+        # Replies that change no lease (OFFER, NAK, INFORM) need not wait for the commit.
+        self._send(at_once, now)
         self._commit([renewed, *durable])
         self._log_events(renewed.events, "fast")
         # Only now that the batch is on disk may the kernel answer for its leases.
         self._apply_to_fastpath(decisions, now)
-        for decision in durable:
-            self._send(decision, now)
+        self._send(durable, now)
         self.lease_log.flush()
         elapsed = clock.ticks() - started
         for decision in decisions:
@@ -648,9 +651,29 @@ class Daemon:
         self.metrics.count_drop(DropReason.INTERNAL_ERROR)
         self.drops.drop(DropReason.INTERNAL_ERROR, f"{detail} {exc!r}", now, exc)
 
-    def _send(self, decision: Decision, now: float) -> None:
-        """Sends a decision's replies; one that cannot be sent is dropped and counted, and
-        the others still go. Its lease events are logged either way: they happened."""
+    def _send(self, decisions: list[Decision], now: float) -> None:
+        """Sends the decisions' replies; one that cannot be sent is dropped and counted, and
+        the others still go. Their lease events are logged either way: they happened. The
+        counters are added to once per batch, not per reply: each addition takes a lock."""
+        sent: collections.Counter[MessageType | None] = collections.Counter()
+        naks: collections.Counter[NakReason] = collections.Counter()
+        events: list[LeaseEvent] = []
+        for decision in decisions:
+            self._send_replies(decision, now, sent, naks)
+            events += decision.events
+        for mtype, count in sent.items():
+            self.metrics.count_reply(mtype, count)
+        for nak, count in naks.items():
+            self.metrics.count_nak(nak, count)
+        self._log_events(events, "slow")
+
+    def _send_replies(
+        self,
+        decision: Decision,
+        now: float,
+        sent: "collections.Counter[MessageType | None]",
+        naks: "collections.Counter[NakReason]",
+    ) -> None:
         for reply in decision.replies:
             try:
                 self.io.send(reply.payload, reply.dest, reply.ingress)
@@ -671,10 +694,9 @@ class Daemon:
             except Exception as exc:
                 self._internal_error(exc, f"mac={format_mac(reply.message.hwaddr)}", now)
             else:
-                self.metrics.count_reply(reply.message.message_type)
+                sent[reply.message.message_type] += 1
                 if decision.nak is not None:
-                    self.metrics.count_nak(decision.nak)
-        self._log_events(decision.events, "slow")
+                    naks[decision.nak] += 1
 
     def _log_events(self, events: list[LeaseEvent], path: str) -> None:
         self.lease_log.add(events, path)
