@@ -30,7 +30,9 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -57,7 +59,7 @@ from brushtaild.engine.decisions import Decision, Ingress, LeaseEvent, NakReason
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO, Received
-from brushtaild.store.lease_store import LeaseStore, StoreError
+from brushtaild.store.lease_store import LeaseStore, ReplicaChanges, StoreError
 from brushtaild.xdp.fastpath import FastPath, Renewal, recorded, take_down
 from brushtaild.xdp.loader import LoadError, PinDirBusy
 
@@ -183,6 +185,16 @@ def _counter_total(counter: Counter) -> float:
     )
 
 
+@dataclass(slots=True)
+class Batch:
+    """Requests read from the socket, to be decided."""
+
+    started: float  # ticks when it was read: the slow-path latency starts here
+    requests: list[tuple[Message, Ingress]]
+    full: bool  # it took the whole BATCH: more is likely queued
+    error: bool  # a receive error ended it early: the loop pauses after it
+
+
 class Daemon:
     def __init__(
         self,
@@ -227,6 +239,10 @@ class Daemon:
         ).set_function(clock.step)
         self._step_logged = 0.0
         self.io = PacketIO(config.interface, config.server_id)
+        # The lease store's writer while the next batch is read (_commit's `overlap`): one
+        # thread, so commits stay in order, and the store is used by one thread at a time.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._prefetched: Batch | None = None
         self.drops = DropLog()
         level = logging.getLogger().getEffectiveLevel()
         self.lease_log: LeaseSink = (
@@ -295,7 +311,9 @@ class Daemon:
                 self._start_complete()
                 while not self.signals.stop:
                     absorbed_at = None
-                    for key, events in selector.select(self._timeout()):
+                    # A batch read ahead (_prefetch) is served now, the socket ready or not.
+                    timeout = 0.0 if self._prefetched is not None else self._timeout()
+                    for key, events in selector.select(timeout):
                         if key.data == "signal":
                             self.signals.drain()
                         elif key.data == "packets":
@@ -304,6 +322,8 @@ class Daemon:
                             absorbed_at = self._serve_peers()
                         else:
                             self.control.ready(key.data, events, clock.ticks())
+                    if absorbed_at is None and self._prefetched is not None:
+                        absorbed_at = self._serve_batch()
                     if self.signals.reload:
                         self.signals.reload = False
                         self.reload()
@@ -333,6 +353,7 @@ class Daemon:
             )
 
     def _close(self) -> None:
+        self._writer.shutdown()
         self.control.close()
         if self.fastpath is not None:
             self.fastpath.close()
@@ -495,14 +516,12 @@ class Daemon:
         change no lease, commit the batch's lease changes in one transaction, give them to
         the fast path, then send the replies that depended on them. Returns the time it
         decided at: every renewal the kernel answered before it has been absorbed."""
-        started = clock.ticks()
+        batch, self._prefetched = self._prefetched or self._read(), None
         now = clock.wall()
-        received = self.io.receive_batch(BATCH, now - MAX_QUEUE_AGE, now - MAX_DISCOVER_AGE)
-        self._count_receive(received, now)
         # Before the engine decides anything at `now`: a renewal the kernel ACKed must not
         # be expired, or its address offered to someone else, in this batch.
         renewed = self._absorb_renewals()
-        requests = self._parse(received, now)
+        requests = batch.requests
         # Under a storm (every CPE of a segment back after a power cut) the queue holds far
         # more DISCOVERs than we can answer in time: finishing exchanges already under way
         # (REQUESTs) before starting new ones turns more of the work into bound clients.
@@ -520,19 +539,38 @@ class Daemon:
             )
         # Replies that change no lease (OFFER, NAK, INFORM) need not wait for the commit.
         self._send(at_once, now)
-        self._commit([renewed, *durable])
+        # A full batch says more is queued: the next is read while this one's commit waits
+        # for the disk. Never at light load, where the hand-over would delay the ACK.
+        self._commit([renewed, *durable], overlap=self._prefetch if batch.full else None)
         self._log_events(renewed.events, "fast")
         # Only now that the batch is on disk may the kernel answer for its leases.
         self._apply_to_fastpath(decisions, now)
         self._send(durable, now)
         self.lease_log.flush()
-        elapsed = clock.ticks() - started
+        elapsed = clock.ticks() - batch.started
         for decision in decisions:
             if decision.replies:
                 self.metrics.latency.observe(elapsed)
-        if received.error is not None:
+        if batch.error:
             time.sleep(RECEIVE_ERROR_PAUSE)
         return now
+
+    def _read(self) -> "Batch":
+        """The next batch from the socket, its drops counted and its requests parsed."""
+        started = clock.ticks()
+        now = clock.wall()
+        received = self.io.receive_batch(BATCH, now - MAX_QUEUE_AGE, now - MAX_DISCOVER_AGE)
+        self._count_receive(received, now)
+        read = len(received.frames) + received.malformed + received.stale
+        return Batch(started, self._parse(received, now), read >= BATCH, received.error is not None)
+
+    def _prefetch(self) -> None:
+        """Reads the next batch while a commit runs on the writer thread: receiving and
+        parsing touch no engine state, so nothing is decided on what is not yet durable.
+        The loop serves it next, without waiting for the socket."""
+        batch = self._read()
+        if batch.requests or batch.error:
+            self._prefetched = batch
 
     def _serve_peers(self) -> float:
         """What the peers sent: the bindings their messages changed enter the lease table
@@ -702,12 +740,20 @@ class Daemon:
         self.lease_log.add(events, path)
         self.metrics.count_events(events, path)
 
-    def _commit(self, decisions: list[Decision], absorbed: Decision | None = None) -> None:
+    def _commit(
+        self,
+        decisions: list[Decision],
+        absorbed: Decision | None = None,
+        overlap: Callable[[], None] | None = None,
+    ) -> None:
         """Durably write a batch's lease changes, and the replicated state they changed:
         `decisions` are this site's (each lease they write is stamped in the replica
         first), `absorbed` what the peers' bindings changed. A store failure propagates and
         stops the daemon: acknowledging a lease that is not on disk is never an option. The
-        deltas go to the peers later, from housekeeping: never before they are durable."""
+        deltas go to the peers later, from housekeeping: never before they are durable.
+        With `overlap`, the commit runs on the writer thread while this one runs
+        `overlap`, and returns once both are done (sqlite3 lets go of the GIL while the
+        disk syncs)."""
         writes, deletes = _collapse(decisions if absorbed is None else [*decisions, absorbed])
         changes = None
         if self.replication is not None:
@@ -715,16 +761,28 @@ class Daemon:
             changes = self.replication.changes()
         if writes or deletes or changes is not None:
             started = clock.ticks()
-            if changes is None:
-                self.store.apply(writes, deletes)
+            if overlap is None:
+                self._apply(writes, deletes, changes)
             else:
-                self.store.apply(writes, deletes, replica=changes)
+                commit = self._writer.submit(self._apply, writes, deletes, changes)
+                try:
+                    overlap()
+                finally:
+                    commit.result()  # raises what the store raised
             self.metrics.commits.observe(clock.ticks() - started)
             self.metrics.committed.inc(len(writes) + len(deletes))
         if self.fastpath is not None:
             # Every renewal read from the ring so far was in a commit by now (each reading
             # is committed by the caller that read it): the ring may reuse their room.
             self.fastpath.recorded_up_to_here()
+
+    def _apply(
+        self, writes: list[Lease], deletes: list[int], changes: "ReplicaChanges | None"
+    ) -> None:
+        if changes is None:
+            self.store.apply(writes, deletes)
+        else:
+            self.store.apply(writes, deletes, replica=changes)
 
     def _apply_to_fastpath(self, decisions: list[Decision], now: float) -> None:
         if self.fastpath is None:

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -388,6 +389,108 @@ def test_a_store_failure_still_stops_the_daemon(
     with pytest.raises(StoreError):
         daemon._serve_batch()
     assert io.sent_types() == [MessageType.OFFER]  # no ACK for what is not on disk
+
+
+def _two_offers(daemon: Daemon, io: FakeIO) -> list[Message]:
+    """Clients 1 and 2 offered an address each: their REQUESTs, ready to send."""
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, n)) for n in (1, 2)]))
+    daemon._serve_batch()
+    server_id = daemon.config.server_id
+    offers = [parse(payload) for payload, _ in io.sent]
+    return [
+        request(MessageType.REQUEST, n, requested=offer.yiaddr, server_id=server_id)
+        for n, offer in zip((1, 2), offers, strict=True)
+    ]
+
+
+def test_a_full_batch_reads_the_next_while_its_commit_runs_and_acks_after_it(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load (a full batch) the commit runs on the writer thread while the loop reads
+    and parses the next batch; the ACKs leave only once the commit has returned, and the
+    batch read ahead is served next without reading the socket."""
+    monkeypatch.setattr(main, "BATCH", 2)
+    requests = _two_offers(daemon, io)
+    calls: list[str] = []
+    read_ahead = threading.Event()
+    receive_batch, send, apply = io.receive_batch, io.send, daemon.store.apply
+
+    def receive(limit: int, stale_before: float = 0.0, aged_before: float = 0.0) -> Received:
+        calls.append("receive")
+        if len(calls) > 1:
+            read_ahead.set()
+        return receive_batch(limit, stale_before, aged_before)
+
+    def commit(writes: list[Lease], deletes: list[int]) -> None:
+        calls.append(f"commit on {threading.current_thread().name.split('_')[0]}")
+        # Returns only once the next batch was read: that read overlapped this commit.
+        calls.append("read ahead" if read_ahead.wait(10) else "not read ahead")
+        apply(writes, deletes)
+        calls.append("committed")
+
+    def record_send(payload: bytes, dest: Destination, ingress: Ingress) -> None:
+        calls.append(f"send {parse(payload).message_type.name}")  # type: ignore[union-attr]
+        send(payload, dest, ingress)
+
+    monkeypatch.setattr(io, "receive_batch", receive)
+    monkeypatch.setattr(io, "send", record_send)
+    monkeypatch.setattr(daemon.store, "apply", commit)
+    io.batches.append(Received(frames=[frame(req) for req in requests]))
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 3))]))
+    daemon._serve_batch()
+    assert calls == [
+        "receive",
+        "commit on store",
+        "receive",
+        "read ahead",
+        "committed",
+        "send ACK",
+        "send ACK",
+    ]
+    assert daemon._prefetched is not None
+    daemon._serve_batch()  # the batch read ahead: no read of the socket, client 3 offered
+    assert calls[7:] == ["send OFFER"]
+    assert daemon._prefetched is None
+
+
+def test_a_failed_commit_under_load_lets_no_ack_out(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's failure on the writer thread reaches the loop, which stops, and no ACK
+    of the batch leaves, whatever was read meanwhile."""
+    monkeypatch.setattr(main, "BATCH", 2)
+    requests = _two_offers(daemon, io)
+
+    def fail(*_args: object) -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(daemon.store, "apply", fail)
+    io.batches.append(Received(frames=[frame(req) for req in requests]))
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 3))]))
+    with pytest.raises(StoreError):
+        daemon._serve_batch()
+    assert io.sent_types() == [MessageType.OFFER] * 2
+
+
+def test_a_batch_that_is_not_full_commits_on_the_loop_thread(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At light load the commit is not handed to the writer thread: the hand-over would
+    only delay the ACK."""
+    requests = _two_offers(daemon, io)
+    threads: list[str] = []
+    apply = daemon.store.apply
+
+    def commit(writes: list[Lease], deletes: list[int]) -> None:
+        threads.append(threading.current_thread().name)
+        apply(writes, deletes)
+
+    monkeypatch.setattr(daemon.store, "apply", commit)
+    io.batches.append(Received(frames=[frame(req) for req in requests]))
+    daemon._serve_batch()
+    assert threads == [threading.current_thread().name]
+    assert io.sent_types() == [MessageType.OFFER] * 2 + [MessageType.ACK] * 2
+    assert daemon._prefetched is None
 
 
 # --- the fast path -------------------------------------------------------------------------
