@@ -47,6 +47,9 @@ class FakeIO:
     def fileno(self) -> int:
         return -1
 
+    def pending(self) -> bool:
+        return False
+
     def receive_batch(
         self, limit: int, stale_before: float = 0.0, aged_before: float = 0.0
     ) -> Received:

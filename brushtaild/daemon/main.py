@@ -539,9 +539,11 @@ class Daemon:
             )
         # Replies that change no lease (OFFER, NAK, INFORM) need not wait for the commit.
         self._send(at_once, now)
-        # A full batch says more is queued: the next is read while this one's commit waits
-        # for the disk. Never at light load, where the hand-over would delay the ACK.
-        self._commit([renewed, *durable], overlap=self._prefetch if batch.full else None)
+        # With more queued (a full batch, or a frame that came meanwhile) the next batch is
+        # read while this one's commit waits for the disk. Not at light load, where the
+        # hand-over to the writer thread would only delay the ACK.
+        busy = batch.full or self.io.pending()
+        self._commit([renewed, *durable], overlap=self._prefetch if busy else None)
         self._log_events(renewed.events, "fast")
         # Only now that the batch is on disk may the kernel answer for its leases.
         self._apply_to_fastpath(decisions, now)

@@ -59,6 +59,7 @@ checksum is always computed in software by the sender, so it is verified.
 
 import ctypes
 import errno
+import select
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -380,6 +381,8 @@ class PacketIO:
             self._raw.close()
             raise
         self.mac: bytes = self._raw.getsockname()[4]
+        self._poll = select.poll()
+        self._poll.register(self._raw, select.POLLIN)
         self._recv_buf = bytearray(SNAPLEN)
         self._send_buf = bytearray(SNAPLEN)
         self._send_view = memoryview(self._send_buf)
@@ -423,6 +426,10 @@ class PacketIO:
 
     def fileno(self) -> int:
         return self._raw.fileno()
+
+    def pending(self) -> bool:
+        """Whether a frame is queued now (a poll, no read)."""
+        return bool(self._poll.poll(0))
 
     def receive_batch(
         self, limit: int, stale_before: float = 0.0, aged_before: float = 0.0

@@ -212,6 +212,18 @@ def test_frames_older_than_the_aged_threshold_are_returned_and_counted(link: Lin
         assert (received.stale, received.aged, len(received.frames)) == (1, 3, 5)
 
 
+def test_pending_says_whether_a_frame_is_queued(link: Link) -> None:
+    mac = link.client_mac
+    frame = udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac))
+    with server_io(link) as io, client_raw(link) as cli:
+        assert not io.pending()
+        cli.send(frame)
+        time.sleep(0.2)
+        assert io.pending()
+        assert len(io.receive_batch(16).frames) == 1
+        assert not io.pending()
+
+
 def test_requests_that_waited_too_long_are_dropped_as_stale(
     relay_link: Link, tmp_path: Path
 ) -> None:

@@ -59,9 +59,13 @@ class FakeIO:
     stale_before: list[float] = field(default_factory=list)
     aged_before: list[float] = field(default_factory=list)
     mac: bytes = b"\x02\x00\x00\x00\x00\xfe"
+    queued: bool = False  # pending(): a frame came while the batch was decided
 
     def fileno(self) -> int:
         return -1
+
+    def pending(self) -> bool:
+        return self.queued
 
     def receive_batch(
         self, limit: int, stale_before: float = 0.0, aged_before: float = 0.0
@@ -470,6 +474,29 @@ def test_a_failed_commit_under_load_lets_no_ack_out(
     with pytest.raises(StoreError):
         daemon._serve_batch()
     assert io.sent_types() == [MessageType.OFFER] * 2
+
+
+def test_a_frame_queued_meanwhile_has_the_commit_overlap_its_read(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that is not full still hands its commit to the writer thread when a frame
+    came while it was decided, and that frame is read while the commit runs."""
+    requests = _two_offers(daemon, io)
+    threads: list[str] = []
+    apply = daemon.store.apply
+
+    def commit(writes: list[Lease], deletes: list[int]) -> None:
+        threads.append(threading.current_thread().name.split("_")[0])
+        apply(writes, deletes)
+
+    monkeypatch.setattr(daemon.store, "apply", commit)
+    io.queued = True
+    io.batches.append(Received(frames=[frame(req) for req in requests]))
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 3))]))
+    daemon._serve_batch()
+    assert threads == ["store"]
+    assert io.sent_types() == [MessageType.OFFER] * 2 + [MessageType.ACK] * 2
+    assert daemon._prefetched is not None and len(daemon._prefetched.requests) == 1
 
 
 def test_a_batch_that_is_not_full_commits_on_the_loop_thread(
