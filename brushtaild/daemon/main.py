@@ -1,9 +1,10 @@
 """brushtaild: wires the engine to its edges and drives them.
 
 This is the only module that reads the clock for the engine, reads and sends packets, and
-writes the lease store. One loop, one thread: receive a batch of requests, decide each with
-the engine, write every lease change of the batch in one durable commit (group commit),
-then send the replies. Nothing is acknowledged before it is on disk.
+writes the lease store. One loop decides: receive a batch of requests, decide each with the
+engine, write every lease change of the batch in one durable commit (group commit), then
+send the replies. Nothing is acknowledged before it is on disk. Under load the commit runs
+on a writer thread while the loop reads the next batch (reading decides nothing).
 
 Nothing a subscriber sends and nothing that happens to the box stops the loop: a request
 that cannot be decided, encoded or sent is dropped, counted under a reason and logged at a
