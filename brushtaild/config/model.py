@@ -300,9 +300,5 @@ class Config:
     replication: Replication | None = None  # None: a single site, nothing replicated
 
     def trusts_relay(self, giaddr: int) -> bool:
-        # On integers: this runs for every relayed request, and building an IPv4Address
-        # to test `in` cost more than the rest of choosing the client's network.
-        return any(
-            giaddr & int(prefix.netmask) == int(prefix.network_address)
-            for prefix in self.trusted_relays
-        )
+        address = IPv4Address(giaddr)
+        return any(address in prefix for prefix in self.trusted_relays)
