@@ -1,9 +1,10 @@
 """brushtaild: wires the engine to its edges and drives them.
 
 This is the only module that reads the clock for the engine, reads and sends packets, and
-writes the lease store. One loop, one thread: receive a batch of requests, decide each with
-the engine, write every lease change of the batch in one durable commit (group commit),
-then send the replies. Nothing is acknowledged before it is on disk.
+writes the lease store. One loop decides: receive a batch of requests, decide each with the
+engine, write every lease change of the batch in one durable commit (group commit), then
+send the replies. Nothing is acknowledged before it is on disk. Under load the commit runs
+on a writer thread while the loop reads the next batch (reading decides nothing).
 
 Nothing a subscriber sends and nothing that happens to the box stops the loop: a request
 that cannot be decided, encoded or sent is dropped, counted under a reason and logged at a
@@ -21,6 +22,7 @@ message, like a subscriber's request, never stops the loop.
 """
 
 import argparse
+import collections
 import contextlib
 import ctypes
 import errno
@@ -31,8 +33,9 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -55,12 +58,12 @@ from brushtaild.dhcp.constants import MessageType
 from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.options import format_ip, format_mac
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
-from brushtaild.engine.decisions import Decision, Ingress, LeaseEvent
+from brushtaild.engine.decisions import Decision, Ingress, LeaseEvent, NakReason
 from brushtaild.engine.leases import Lease
 from brushtaild.engine.replication import Replication
 from brushtaild.engine.server import Server
 from brushtaild.net.packet_io import PacketIO, Received
-from brushtaild.store.lease_store import LeaseStore, StoreError
+from brushtaild.store.lease_store import LeaseStore, ReplicaChanges, StoreError
 from brushtaild.xdp.fastpath import FastPath, Renewal, recorded, take_down
 from brushtaild.xdp.loader import LoadError, PinDirBusy
 
@@ -78,6 +81,13 @@ DROP_LOG_INTERVAL = 10.0
 # queued behind the old copy, and answering both would spend an overloaded slow path twice
 # on one client. Under normal load requests wait microseconds; only a backlog reaches this.
 MAX_QUEUE_AGE = 4.0
+# A DISCOVER older than this when we read it is dropped (`backlog`): the server is behind,
+# and the REQUEST its OFFER would bring queues behind as long a backlog, so new exchanges
+# wait and those under way (their REQUESTs, kept up to MAX_QUEUE_AGE) are answered while
+# their clients still wait. Shedding DISCOVERs costs a fraction of answering them, which
+# keeps the queue this short under any flood. Clients that give up on a REQUEST soonest
+# (perfdhcp: 1 s) then still get their ACK; a shed client retransmits its DISCOVER.
+MAX_DISCOVER_AGE = 0.5
 # After an error on the packet socket other than an empty queue, the loop waits this long
 # before reading it again: an error that repeats (a link going up and down) costs a few
 # wake-ups a second instead of a busy loop.
@@ -210,6 +220,16 @@ def _counter_total(counter: Counter) -> float:
     )
 
 
+@dataclass(slots=True)
+class Batch:
+    """Requests read from the socket, to be decided."""
+
+    started: float  # ticks when it was read: the slow-path latency starts here
+    requests: list[tuple[Message, Ingress]]
+    full: bool  # it took the whole BATCH: more is likely queued
+    error: bool  # a receive error ended it early: the loop pauses after it
+
+
 class Daemon:
     def __init__(
         self,
@@ -310,6 +330,10 @@ class Daemon:
         ).set_function(clock.step)
         self._step_logged = 0.0
         self.io = PacketIO(config.interface, config.server_id)
+        # The lease store's writer while the next batch is read (_commit's `overlap`): one
+        # thread, so commits stay in order, and the store is used by one thread at a time.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._prefetched: Batch | None = None
         self.drops = DropLog()
         level = logging.getLogger().getEffectiveLevel()
         self.lease_log: LeaseSink = (
@@ -362,7 +386,9 @@ class Daemon:
                 self._start_complete()
                 while not self.signals.stop:
                     absorbed_at = None
-                    for key, events in selector.select(self._timeout()):
+                    # A batch read ahead (_prefetch) is served now, the socket ready or not.
+                    timeout = 0.0 if self._prefetched is not None else self._timeout()
+                    for key, events in selector.select(timeout):
                         if key.data == "signal":
                             self.signals.drain()
                         elif key.data == "packets":
@@ -371,6 +397,8 @@ class Daemon:
                             absorbed_at = self._serve_peers()
                         else:
                             self.control.ready(key.data, events, clock.ticks())
+                    if absorbed_at is None and self._prefetched is not None:
+                        absorbed_at = self._serve_batch()
                     if self.signals.reload:
                         self.signals.reload = False
                         self.reload()
@@ -400,6 +428,7 @@ class Daemon:
             )
 
     def _close(self) -> None:
+        self._writer.shutdown()
         self.control.close()
         if self.fastpath is not None:
             self.fastpath.close()
@@ -566,14 +595,12 @@ class Daemon:
         change no lease, commit the batch's lease changes in one transaction, give them to
         the fast path, then send the replies that depended on them. Returns the time it
         decided at: every renewal the kernel answered before it has been absorbed."""
-        started = clock.ticks()
+        batch, self._prefetched = self._prefetched or self._read(), None
         now = clock.wall()
-        received = self.io.receive_batch(BATCH, now - MAX_QUEUE_AGE)
-        self._count_receive(received, now)
         # Before the engine decides anything at `now`: a renewal the kernel ACKed must not
         # be expired, or its address offered to someone else, in this batch.
         renewed = self._absorb_renewals()
-        requests = self._parse(received, now)
+        requests = batch.requests
         # Under a storm (every CPE of a segment back after a power cut) the queue holds far
         # more DISCOVERs than we can answer in time: finishing exchanges already under way
         # (REQUESTs) before starting new ones turns more of the work into bound clients.
@@ -583,25 +610,48 @@ class Daemon:
             for msg, ingress in requests
             if (decision := self._decide(msg, ingress, now)) is not None
         ]
-        durable = [d for d in decisions if d.lease_writes or d.lease_deletes]
-        # Replies that change no lease (OFFER, NAK, INFORM) need not wait for the commit.
+        durable: list[Decision] = []
+        at_once: list[Decision] = []
         for decision in decisions:
-            if not (decision.lease_writes or decision.lease_deletes):
-                self._send(decision, now)
-        self._commit([renewed, *durable])
+            (durable if decision.lease_writes or decision.lease_deletes else at_once).append(
+                decision
+            )
+        # Replies that change no lease (OFFER, NAK, INFORM) need not wait for the commit.
+        self._send(at_once, now)
+        # With more queued (a full batch, or a frame that came meanwhile) the next batch is
+        # read while this one's commit waits for the disk. Not at light load, where the
+        # hand-over to the writer thread would only delay the ACK.
+        busy = batch.full or self.io.pending()
+        self._commit([renewed, *durable], overlap=self._prefetch if busy else None)
         self._log_events(renewed.events, "fast")
         # Only now that the batch is on disk may the kernel answer for its leases.
         self._apply_to_fastpath(decisions, now)
-        for decision in durable:
-            self._send(decision, now)
+        self._send(durable, now)
         self.lease_log.flush()
-        elapsed = clock.ticks() - started
+        elapsed = clock.ticks() - batch.started
         for decision in decisions:
             if decision.replies:
                 self.metrics.latency.observe(elapsed)
-        if received.error is not None:
+        if batch.error:
             time.sleep(RECEIVE_ERROR_PAUSE)
         return now
+
+    def _read(self) -> "Batch":
+        """The next batch from the socket, its drops counted and its requests parsed."""
+        started = clock.ticks()
+        now = clock.wall()
+        received = self.io.receive_batch(BATCH, now - MAX_QUEUE_AGE, now - MAX_DISCOVER_AGE)
+        self._count_receive(received, now)
+        read = len(received.frames) + received.malformed + received.stale
+        return Batch(started, self._parse(received, now), read >= BATCH, received.error is not None)
+
+    def _prefetch(self) -> None:
+        """Reads the next batch while a commit runs on the writer thread: receiving and
+        parsing touch no engine state, so nothing is decided on what is not yet durable.
+        The loop serves it next, without waiting for the socket."""
+        batch = self._read()
+        if batch.requests or batch.error:
+            self._prefetched = batch
 
     def _serve_peers(self) -> float:
         """What the peers sent: the bindings their messages changed enter the lease table
@@ -675,15 +725,29 @@ class Daemon:
             )
 
     def _parse(self, received: Received, now: float) -> list[tuple[Message, Ingress]]:
+        """The batch's well-formed requests, less the DISCOVERs that waited too long."""
         requests: list[tuple[Message, Ingress]] = []
-        for payload, ingress in received.frames:
+        shed = 0
+        for index, (payload, ingress) in enumerate(received.frames):
             try:
-                requests.append((parse(payload), ingress))
+                msg = parse(payload)
             except MalformedPacket as exc:
                 self.metrics.count_drop(exc.reason)
                 self.drops.drop(exc.reason, f"src_mac={format_mac(ingress.src_mac)}", now)
             except Exception as exc:
                 self._internal_error(exc, f"src_mac={format_mac(ingress.src_mac)}", now)
+            else:
+                if index < received.aged and msg.message_type is MessageType.DISCOVER:
+                    shed += 1
+                else:
+                    requests.append((msg, ingress))
+        if shed:
+            self.metrics.count_drop(DropReason.BACKLOG, shed)
+            self.drops.drop(
+                DropReason.BACKLOG,
+                f"discovers={shed} (queued longer than {MAX_DISCOVER_AGE}s)",
+                now,
+            )
         return requests
 
     def _decide(self, msg: Message, ingress: Ingress, now: float) -> Decision | None:
@@ -706,9 +770,29 @@ class Daemon:
         self.metrics.count_drop(DropReason.INTERNAL_ERROR)
         self.drops.drop(DropReason.INTERNAL_ERROR, f"{detail} {exc!r}", now, exc)
 
-    def _send(self, decision: Decision, now: float) -> None:
-        """Sends a decision's replies; one that cannot be sent is dropped and counted, and
-        the others still go. Its lease events are logged either way: they happened."""
+    def _send(self, decisions: list[Decision], now: float) -> None:
+        """Sends the decisions' replies; one that cannot be sent is dropped and counted, and
+        the others still go. Their lease events are logged either way: they happened. The
+        counters are added to once per batch, not per reply: each addition takes a lock."""
+        sent: collections.Counter[MessageType | None] = collections.Counter()
+        naks: collections.Counter[NakReason] = collections.Counter()
+        events: list[LeaseEvent] = []
+        for decision in decisions:
+            self._send_replies(decision, now, sent, naks)
+            events += decision.events
+        for mtype, count in sent.items():
+            self.metrics.count_reply(mtype, count)
+        for nak, count in naks.items():
+            self.metrics.count_nak(nak, count)
+        self._log_events(events, "slow")
+
+    def _send_replies(
+        self,
+        decision: Decision,
+        now: float,
+        sent: "collections.Counter[MessageType | None]",
+        naks: "collections.Counter[NakReason]",
+    ) -> None:
         for reply in decision.replies:
             try:
                 self.io.send(reply.payload, reply.dest, reply.ingress)
@@ -729,21 +813,28 @@ class Daemon:
             except Exception as exc:
                 self._internal_error(exc, f"mac={format_mac(reply.message.hwaddr)}", now)
             else:
-                self.metrics.count_reply(reply.message.message_type)
+                sent[reply.message.message_type] += 1
                 if decision.nak is not None:
-                    self.metrics.count_nak(decision.nak)
-        self._log_events(decision.events, "slow")
+                    naks[decision.nak] += 1
 
     def _log_events(self, events: list[LeaseEvent], path: str) -> None:
         self.lease_log.add(events, path)
         self.metrics.count_events(events, path)
 
-    def _commit(self, decisions: list[Decision], absorbed: Decision | None = None) -> None:
+    def _commit(
+        self,
+        decisions: list[Decision],
+        absorbed: Decision | None = None,
+        overlap: Callable[[], None] | None = None,
+    ) -> None:
         """Durably write a batch's lease changes, and the replicated state they changed:
         `decisions` are this site's (each lease they write is stamped in the replica
         first), `absorbed` what the peers' bindings changed. A store failure propagates and
         stops the daemon: acknowledging a lease that is not on disk is never an option. The
-        deltas go to the peers later, from housekeeping: never before they are durable."""
+        deltas go to the peers later, from housekeeping: never before they are durable.
+        With `overlap`, the commit runs on the writer thread while this one runs
+        `overlap`, and returns once both are done (sqlite3 lets go of the GIL while the
+        disk syncs)."""
         writes, deletes = _collapse(decisions if absorbed is None else [*decisions, absorbed])
         changes = None
         if self.replication is not None:
@@ -751,16 +842,28 @@ class Daemon:
             changes = self.replication.changes()
         if writes or deletes or changes is not None:
             started = clock.ticks()
-            if changes is None:
-                self.store.apply(writes, deletes)
+            if overlap is None:
+                self._apply(writes, deletes, changes)
             else:
-                self.store.apply(writes, deletes, replica=changes)
+                commit = self._writer.submit(self._apply, writes, deletes, changes)
+                try:
+                    overlap()
+                finally:
+                    commit.result()  # raises what the store raised
             self.metrics.commits.observe(clock.ticks() - started)
             self.metrics.committed.inc(len(writes) + len(deletes))
         if self.fastpath is not None:
             # Every renewal read from the ring so far was in a commit by now (each reading
             # is committed by the caller that read it): the ring may reuse their room.
             self.fastpath.recorded_up_to_here()
+
+    def _apply(
+        self, writes: list[Lease], deletes: list[int], changes: "ReplicaChanges | None"
+    ) -> None:
+        if changes is None:
+            self.store.apply(writes, deletes)
+        else:
+            self.store.apply(writes, deletes, replica=changes)
 
     def _apply_to_fastpath(self, decisions: list[Decision], now: float) -> None:
         if self.fastpath is None:

@@ -3,6 +3,7 @@
 The fast path and replication add their metrics to this same registry.
 """
 
+import collections
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -298,23 +299,24 @@ class Metrics:
             for path in ("slow", "fast", "peer")
         }
 
-    def count_reply(self, mtype: MessageType | None) -> None:
+    def count_reply(self, mtype: MessageType | None, n: int = 1) -> None:
         child = self._reply_children.get(mtype)
         if child is None:
             label = mtype.name.lower() if mtype is not None else "reply"
             child = self._reply_children[mtype] = self.requests.labels(label)
-        child.inc()
+        child.inc(n)
 
     def count_drop(self, reason: DropReason, n: int = 1) -> None:
         self._drop_children[reason].inc(n)
         self._request_drop_children[reason].inc(n)
 
-    def count_nak(self, reason: NakReason) -> None:
-        self._nak_children[reason].inc()
+    def count_nak(self, reason: NakReason, n: int = 1) -> None:
+        self._nak_children[reason].inc(n)
 
     def count_events(self, events: Iterable[LeaseEvent], path: str) -> None:
-        for event in events:
-            self._event_children[event.kind, path].inc()
+        # One addition per kind, not per event: each takes the counter's lock.
+        for kind, n in collections.Counter(event.kind for event in events).items():
+            self._event_children[kind, path].inc(n)
 
     def count_socket_error(self, operation: str, error: str) -> None:
         self.socket_errors.labels(operation, error).inc()

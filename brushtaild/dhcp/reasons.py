@@ -23,6 +23,9 @@ class DropReason(IntEnum):
     SEND_FAILED = 10  # the reply could not be sent (unreachable relay, full queue, link down)
     STALE = 11  # waited in the socket queue longer than a client waits for an answer
     INTERNAL_ERROR = 12  # a bug: the request is dropped, the loop goes on
+    # A DISCOVER that waited in the socket queue past main.MAX_DISCOVER_AGE: shed under a
+    # backlog, so the exchanges under way are answered while their clients still wait.
+    BACKLOG = 33
     # Well formed, but not ours to answer.
     OTHER_SERVER = 20
     NO_SUBNET = 21

@@ -38,12 +38,13 @@ is bound all the same, because the bound port is what stops the kernel answering
 requests (which we read from the raw socket) with ICMP port-unreachable.
 
 Requests that waited in the receive queue longer than a client waits for its answer are
-counted as stale instead of returned (the daemon picks the age; see main.MAX_QUEUE_AGE). The
-kernel stamps each frame as it arrives (SO_TIMESTAMPNS). Every frame is read with recvmsg,
-since the outer VLAN tag comes only as ancillary data (about 2.5 times the cost of recv,
-some 2 us more per frame, bench/recv_timestamps.py); the stamp is looked at only up to the
-first fresh frame of a batch: the queue is FIFO, and every frame behind a fresh one is
-fresher.
+counted as stale instead of returned (the daemon picks the age; see main.MAX_QUEUE_AGE), and
+those that waited less but still long enough to be shed under a backlog are returned marked
+as aged (main.MAX_DISCOVER_AGE: the daemon drops the DISCOVERs among them). The kernel stamps
+each frame as it arrives (SO_TIMESTAMPNS). Every frame is read with recvmsg, since the outer
+VLAN tag comes only as ancillary data (about 2.5 times the cost of recv, some 2 us more per
+frame, bench/recv_timestamps.py); the stamp is looked at only up to the first frame of a
+batch that is not aged: the queue is FIFO, and every frame behind it is fresher.
 
 Errors: BlockingIOError ends a batch (the queue is empty); any other error on receive
 (ENETDOWN after the link went down, ...) ends it too and is handed to the caller with what
@@ -58,6 +59,7 @@ checksum is always computed in software by the sender, so it is verified.
 
 import ctypes
 import errno
+import select
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -357,6 +359,8 @@ class Received:
     frames: list[tuple[bytes, Ingress]] = field(default_factory=list)
     malformed: int = 0  # below DHCP: fragments, bad IHL or header checksum, truncated IP/UDP
     stale: int = 0  # arrived before the caller's `stale_before`
+    # The first `aged` of `frames` arrived before the caller's `aged_before` (FIFO).
+    aged: int = 0
     error: OSError | None = None  # what ended the batch early, other than an empty queue
 
 
@@ -377,6 +381,8 @@ class PacketIO:
             self._raw.close()
             raise
         self.mac: bytes = self._raw.getsockname()[4]
+        self._poll = select.poll()
+        self._poll.register(self._raw, select.POLLIN)
         self._recv_buf = bytearray(SNAPLEN)
         self._send_buf = bytearray(SNAPLEN)
         self._send_view = memoryview(self._send_buf)
@@ -421,16 +427,23 @@ class PacketIO:
     def fileno(self) -> int:
         return self._raw.fileno()
 
-    def receive_batch(self, limit: int, stale_before: float = 0.0) -> Received:
+    def pending(self) -> bool:
+        """Whether a frame is queued now (a poll, no read)."""
+        return bool(self._poll.poll(0))
+
+    def receive_batch(
+        self, limit: int, stale_before: float = 0.0, aged_before: float = 0.0
+    ) -> Received:
         """Drain up to `limit` queued frames without blocking; frames the kernel received
-        before `stale_before` (Unix seconds) are counted, not returned."""
+        before `stale_before` (Unix seconds) are counted, not returned, and those received
+        before `aged_before` (not earlier than `stale_before`) are counted in `aged`."""
         received = Received()
         frames = received.frames
         recvmsg_into = self._raw.recvmsg_into
         buffers = [self._recv_buf]
         buf = self._recv_buf
         ifindex = self.ifindex
-        fresh = False
+        aged = True  # until the first frame received at or after `aged_before`
         for _ in range(limit):
             try:
                 length, ancillary, _flags, _addr = recvmsg_into(buffers, _CMSG_SPACE)
@@ -439,16 +452,18 @@ class PacketIO:
             except OSError as exc:
                 received.error = exc
                 break
-            if not fresh:
-                if received_at(ancillary) < stale_before:
+            if aged:
+                at = received_at(ancillary)
+                if at < stale_before:
                     received.stale += 1
                     continue
-                fresh = True
+                aged = at < aged_before
             parsed = parse_frame(buf, length, ifindex, outer_tag(ancillary))
             if parsed is None:
                 received.malformed += 1
             else:
                 frames.append(parsed)
+                received.aged += aged
         return received
 
     def send(self, payload: bytes, dest: Destination, ingress: Ingress) -> None:

@@ -21,7 +21,14 @@ from brushtaild.replication.replica import Snapshot
 from brushtaild.replication.state import Binding, Ownership, State
 
 DB_NAME = "leases.sqlite3"
+WAL_NAME = DB_NAME + "-wal"
 LOCK_NAME = "lock"
+# WAL frames of a checkpoint interval (PRAGMA wal_autocheckpoint below) and the WAL header:
+# the size the WAL reaches in steady state, written out at open (_preallocate_wal).
+_PAGE_SIZE = 4096
+_WAL_FRAME = 24 + _PAGE_SIZE
+_CHECKPOINT_PAGES = 1000
+WAL_PREALLOCATED = 32 + _CHECKPOINT_PAGES * _WAL_FRAME
 
 # 'BTLS' in PRAGMA application_id marks the file as ours, so a state dir pointed at some
 # other SQLite database is refused instead of being migrated into a lease store.
@@ -226,6 +233,12 @@ class LeaseStore:
         except BaseException:
             os.close(lock_fd)
             raise
+        try:
+            _preallocate_wal(state_dir / WAL_NAME)
+        except OSError as e:
+            conn.close()
+            os.close(lock_fd)
+            raise StoreError(f"cannot prepare lease store {state_dir / WAL_NAME}: {e}") from e
         return cls(state_dir, lock_fd, conn)
 
     def load(self) -> list[Lease]:
@@ -564,6 +577,25 @@ def _connect(state_dir: Path) -> sqlite3.Connection:
     return conn
 
 
+def _preallocate_wal(path: Path) -> None:
+    """Zeros appended to the WAL up to WAL_PREALLOCATED bytes, and synced, so that every
+    commit until the first checkpoint overwrites blocks the file already has, as commits
+    after it do (the WAL is rewritten from its start): fdatasync then writes the frame
+    alone, not also the file's new size (an ext4 journal commit). A fresh WAL (every start:
+    a clean close deletes it) grew on every commit: a one-lease commit measured 0.56 ms
+    against 0.45 ms in place. Safe whatever the WAL holds: SQLite reads frames only up to
+    the first whose salt and checksum do not match its header, which zeros never do."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size >= WAL_PREALLOCATED:
+            return
+        os.pwrite(fd, bytes(WAL_PREALLOCATED - size), size)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 def _create_db_file(path: Path) -> None:
     # Created here rather than by SQLite so it gets 0640 whatever the umask; SQLite gives the
     # -wal and -shm files the same mode as the database file.
@@ -585,7 +617,7 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
     # WAL still holds and replays. 1 KiB pages measured 35-50% cheaper COMMITs for random
     # upserts (a quarter of the WAL bytes), but a torn sector would also hit neighbouring
     # pages that the WAL does not hold.
-    conn.execute("PRAGMA page_size = 4096")
+    conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
     # WAL: a commit is one sequential append plus one fdatasync of the WAL, and readers
     # (inspection tools) never block the writer.
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -597,7 +629,7 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
     # Checkpoints run inside the apply() that crosses this many WAL pages (4 MiB), stalling
     # that batch: at 1M leases a checkpoint measured 40-100 ms; 4x the size gave 10-35%
     # more throughput but 2-3x longer stalls. Small also keeps crash recovery's WAL scan short.
-    conn.execute("PRAGMA wal_autocheckpoint = 1000")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
     # After a checkpoint the WAL is rewritten from its start; keeping the file at up to
     # 16 MiB (about 4x a checkpoint interval) lets steady-state commits overwrite in place,
     # so fdatasync need not also flush a file-size change, while a burst's space is freed.

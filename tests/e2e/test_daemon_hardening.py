@@ -190,6 +190,40 @@ def test_frames_older_than_the_threshold_are_counted_stale(link: Link) -> None:
         assert (received.stale, len(received.frames), received.error) == (3, 2, None)
 
 
+def test_frames_older_than_the_aged_threshold_are_returned_and_counted(link: Link) -> None:
+    """Frames received before `aged_before` come first in the batch and are counted in
+    `aged`; those older than `stale_before` still are not returned."""
+    mac = link.client_mac
+    frame = udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac))
+    with server_io(link) as io, client_raw(link) as cli:
+        cli.send(frame)
+        time.sleep(0.2)
+        stale_cut = time.time()
+        time.sleep(0.05)
+        for _ in range(3):
+            cli.send(frame)
+        time.sleep(0.2)
+        aged_cut = time.time()
+        time.sleep(0.05)
+        for _ in range(2):
+            cli.send(frame)
+        time.sleep(0.2)
+        received = io.receive_batch(16, stale_before=stale_cut, aged_before=aged_cut)
+        assert (received.stale, received.aged, len(received.frames)) == (1, 3, 5)
+
+
+def test_pending_says_whether_a_frame_is_queued(link: Link) -> None:
+    mac = link.client_mac
+    frame = udp_frame(mac, BROADCAST_MAC, 0, BROADCAST_IP, discover(mac))
+    with server_io(link) as io, client_raw(link) as cli:
+        assert not io.pending()
+        cli.send(frame)
+        time.sleep(0.2)
+        assert io.pending()
+        assert len(io.receive_batch(16).frames) == 1
+        assert not io.pending()
+
+
 def test_requests_that_waited_too_long_are_dropped_as_stale(
     relay_link: Link, tmp_path: Path
 ) -> None:

@@ -57,13 +57,21 @@ class FakeIO:
     sent: list[tuple[bytes, Destination]] = field(default_factory=list)
     refuse: Callable[[Destination], OSError | None] = lambda _dest: None
     stale_before: list[float] = field(default_factory=list)
+    aged_before: list[float] = field(default_factory=list)
     mac: bytes = b"\x02\x00\x00\x00\x00\xfe"
+    queued: bool = False  # pending(): a frame came while the batch was decided
 
     def fileno(self) -> int:
         return -1
 
-    def receive_batch(self, limit: int, stale_before: float = 0.0) -> Received:
+    def pending(self) -> bool:
+        return self.queued
+
+    def receive_batch(
+        self, limit: int, stale_before: float = 0.0, aged_before: float = 0.0
+    ) -> Received:
         self.stale_before.append(stale_before)
+        self.aged_before.append(aged_before)
         return self.batches.pop(0) if self.batches else Received()
 
     def send(self, payload: bytes, dest: Destination, ingress: Ingress) -> None:
@@ -278,6 +286,26 @@ def test_stale_requests_are_counted_and_the_threshold_is_the_queue_age(
     assert dropped(daemon, "stale") == 3
 
 
+def test_aged_discovers_are_shed_and_aged_requests_answered(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a backlog the DISCOVERs that waited past MAX_DISCOVER_AGE are dropped as
+    `backlog`; a REQUEST that waited as long is answered, and so is a fresh DISCOVER."""
+    monkeypatch.setattr(main.clock, "wall", lambda: 1_000_000.0)
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 1))]))
+    daemon._serve_batch()
+    offered = parse(io.sent[0][0]).yiaddr
+    req = request(MessageType.REQUEST, 1, requested=offered, server_id=daemon.config.server_id)
+    aged = [frame(request(MessageType.DISCOVER, 2)), (b"junk", INGRESS), frame(req)]
+    fresh = [frame(request(MessageType.DISCOVER, 3))]
+    io.batches.append(Received(frames=[*aged, *fresh], aged=len(aged)))
+    daemon._serve_batch()
+    assert io.aged_before[-1] == 1_000_000.0 - main.MAX_DISCOVER_AGE
+    assert (dropped(daemon, "backlog"), dropped(daemon, "truncated")) == (1, 1)
+    assert io.sent_types() == [MessageType.OFFER, MessageType.OFFER, MessageType.ACK]
+    assert [parse(payload).hwaddr for payload, _ in io.sent[1:]] == [mac(3), mac(1)]
+
+
 # --- one request cannot stop the loop ------------------------------------------------------
 
 
@@ -365,6 +393,131 @@ def test_a_store_failure_still_stops_the_daemon(
     with pytest.raises(StoreError):
         daemon._serve_batch()
     assert io.sent_types() == [MessageType.OFFER]  # no ACK for what is not on disk
+
+
+def _two_offers(daemon: Daemon, io: FakeIO) -> list[Message]:
+    """Clients 1 and 2 offered an address each: their REQUESTs, ready to send."""
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, n)) for n in (1, 2)]))
+    daemon._serve_batch()
+    server_id = daemon.config.server_id
+    offers = [parse(payload) for payload, _ in io.sent]
+    return [
+        request(MessageType.REQUEST, n, requested=offer.yiaddr, server_id=server_id)
+        for n, offer in zip((1, 2), offers, strict=True)
+    ]
+
+
+def test_a_full_batch_reads_the_next_while_its_commit_runs_and_acks_after_it(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load (a full batch) the commit runs on the writer thread while the loop reads
+    and parses the next batch; the ACKs leave only once the commit has returned, and the
+    batch read ahead is served next without reading the socket."""
+    monkeypatch.setattr(main, "BATCH", 2)
+    requests = _two_offers(daemon, io)
+    calls: list[str] = []
+    read_ahead = threading.Event()
+    receive_batch, send, apply = io.receive_batch, io.send, daemon.store.apply
+
+    def receive(limit: int, stale_before: float = 0.0, aged_before: float = 0.0) -> Received:
+        calls.append("receive")
+        if len(calls) > 1:
+            read_ahead.set()
+        return receive_batch(limit, stale_before, aged_before)
+
+    def commit(writes: list[Lease], deletes: list[int]) -> None:
+        calls.append(f"commit on {threading.current_thread().name.split('_')[0]}")
+        # Returns only once the next batch was read: that read overlapped this commit.
+        calls.append("read ahead" if read_ahead.wait(10) else "not read ahead")
+        apply(writes, deletes)
+        calls.append("committed")
+
+    def record_send(payload: bytes, dest: Destination, ingress: Ingress) -> None:
+        calls.append(f"send {parse(payload).message_type.name}")  # type: ignore[union-attr]
+        send(payload, dest, ingress)
+
+    monkeypatch.setattr(io, "receive_batch", receive)
+    monkeypatch.setattr(io, "send", record_send)
+    monkeypatch.setattr(daemon.store, "apply", commit)
+    io.batches.append(Received(frames=[frame(req) for req in requests]))
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 3))]))
+    daemon._serve_batch()
+    assert calls == [
+        "receive",
+        "commit on store",
+        "receive",
+        "read ahead",
+        "committed",
+        "send ACK",
+        "send ACK",
+    ]
+    assert daemon._prefetched is not None
+    daemon._serve_batch()  # the batch read ahead: no read of the socket, client 3 offered
+    assert calls[7:] == ["send OFFER"]
+    assert daemon._prefetched is None
+
+
+def test_a_failed_commit_under_load_lets_no_ack_out(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's failure on the writer thread reaches the loop, which stops, and no ACK
+    of the batch leaves, whatever was read meanwhile."""
+    monkeypatch.setattr(main, "BATCH", 2)
+    requests = _two_offers(daemon, io)
+
+    def fail(*_args: object) -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(daemon.store, "apply", fail)
+    io.batches.append(Received(frames=[frame(req) for req in requests]))
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 3))]))
+    with pytest.raises(StoreError):
+        daemon._serve_batch()
+    assert io.sent_types() == [MessageType.OFFER] * 2
+
+
+def test_a_frame_queued_meanwhile_has_the_commit_overlap_its_read(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that is not full still hands its commit to the writer thread when a frame
+    came while it was decided, and that frame is read while the commit runs."""
+    requests = _two_offers(daemon, io)
+    threads: list[str] = []
+    apply = daemon.store.apply
+
+    def commit(writes: list[Lease], deletes: list[int]) -> None:
+        threads.append(threading.current_thread().name.split("_")[0])
+        apply(writes, deletes)
+
+    monkeypatch.setattr(daemon.store, "apply", commit)
+    io.queued = True
+    io.batches.append(Received(frames=[frame(req) for req in requests]))
+    io.batches.append(Received(frames=[frame(request(MessageType.DISCOVER, 3))]))
+    daemon._serve_batch()
+    assert threads == ["store"]
+    assert io.sent_types() == [MessageType.OFFER] * 2 + [MessageType.ACK] * 2
+    assert daemon._prefetched is not None and len(daemon._prefetched.requests) == 1
+
+
+def test_a_batch_that_is_not_full_commits_on_the_loop_thread(
+    daemon: Daemon, io: FakeIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At light load the commit is not handed to the writer thread: the hand-over would
+    only delay the ACK."""
+    requests = _two_offers(daemon, io)
+    threads: list[str] = []
+    apply = daemon.store.apply
+
+    def commit(writes: list[Lease], deletes: list[int]) -> None:
+        threads.append(threading.current_thread().name)
+        apply(writes, deletes)
+
+    monkeypatch.setattr(daemon.store, "apply", commit)
+    io.batches.append(Received(frames=[frame(req) for req in requests]))
+    daemon._serve_batch()
+    assert threads == [threading.current_thread().name]
+    assert io.sent_types() == [MessageType.OFFER] * 2 + [MessageType.ACK] * 2
+    assert daemon._prefetched is None
 
 
 # --- the fast path -------------------------------------------------------------------------

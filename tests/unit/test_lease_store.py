@@ -1,5 +1,6 @@
 """LeaseStore: persistence semantics, locking, and how it fails."""
 
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -16,6 +17,8 @@ from brushtaild.replication.state import Binding, Ownership
 from brushtaild.store.lease_store import (
     DB_NAME,
     SCHEMA_VERSION,
+    WAL_NAME,
+    WAL_PREALLOCATED,
     LeaseStore,
     ReplicaChanges,
     StoreError,
@@ -417,3 +420,20 @@ def test_an_unknown_binding_state_on_disk_is_a_store_error(tmp_path: Path) -> No
     conn.close()
     with LeaseStore.open(tmp_path) as store, pytest.raises(StoreError, match="binding state"):
         store.load_replica()
+
+
+def test_commits_overwrite_the_preallocated_wal_and_survive_a_crash(tmp_path: Path) -> None:
+    """The WAL is written out to a checkpoint interval's size at open, so commits do not
+    grow it; what they wrote is read back from a WAL padded with zeros, as after a crash."""
+    state, crashed = tmp_path / "state", tmp_path / "crashed"
+    with LeaseStore.open(state) as store:
+        assert (state / WAL_NAME).stat().st_size == WAL_PREALLOCATED
+        for address in range(1, 4):
+            store.apply([lease(address)], [])
+        assert (state / WAL_NAME).stat().st_size == WAL_PREALLOCATED
+        # The files as a SIGKILL would leave them: the leases only in the WAL.
+        crashed.mkdir()
+        for name in (DB_NAME, WAL_NAME):
+            shutil.copy(state / name, crashed / name)
+    with LeaseStore.open(crashed) as store:
+        assert store.load() == [lease(address) for address in range(1, 4)]
