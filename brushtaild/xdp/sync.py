@@ -17,7 +17,6 @@ client's cap (Server.kernel_answer), which the program never lets a lease run pa
 import contextlib
 import ctypes
 import logging
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -200,7 +199,9 @@ class Plan:
     owner: dict[bytes, int] = field(default_factory=dict)  # key -> address it answers with
     keys: bytearray = field(default_factory=bytearray)  # packed keys, in lease order
     values: bytearray = field(default_factory=bytearray)  # packed entries, likewise
-    addresses: "array[int]" = field(default_factory=lambda: array("I"))  # likewise
+    # Likewise; the leases' own int objects, which `owner` goes on holding (an array's
+    # would be a new int each, 32 MiB at 1M leases).
+    addresses: list[int] = field(default_factory=list)
     left_out: int = 0  # leases beyond the capacity
 
     def __len__(self) -> int:
