@@ -9,7 +9,7 @@ Rules this module keeps:
 """
 
 import math
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from ipaddress import IPv4Address
@@ -39,7 +39,7 @@ from brushtaild.dhcp.message import Message
 from brushtaild.dhcp.reasons import DropReason, MalformedPacket
 from brushtaild.engine.addressing import reply_destination
 from brushtaild.engine.allocator import PoolAllocator, containing
-from brushtaild.engine.classes import UNDECIDED, class_of_lease, classify
+from brushtaild.engine.classes import NO_CLASS, UNDECIDED, class_of_lease, classify
 from brushtaild.engine.decisions import (
     Decision,
     Ingress,
@@ -403,6 +403,54 @@ class Server:
             unicast_only=told.by_relay,
             cap=None if until == math.inf else until,
         )
+
+    def kernel_answers(
+        self, leases: Iterable[Lease], now: float
+    ) -> Iterator[tuple[Lease, "KernelAnswer | None"]]:
+        """`kernel_answer` of each of `leases`, for filling the maps: where no class,
+        reservation, host's options nor replication weighs the lease itself, what depends
+        only on its pool, relay and VLANs is decided once per such shape, and only the
+        checks of LeaseTable.renewable are made per lease."""
+        table = self.table
+        if (
+            self.config.classes
+            or table.reservations
+            or self._host_options
+            or table.replication is not None
+        ):
+            for lease in leases:
+                yield lease, self.kernel_answer(lease, now)
+            return
+        shapes: dict[tuple[str, bool, tuple[int, ...]], tuple[PoolAllocator, KernelAnswer] | None]
+        shapes = {}
+        for lease in leases:
+            relayed = lease.relay != 0 or lease.relay_info != b""
+            key = (lease.pool, relayed, lease.vlans)
+            if key in shapes:
+                shared = shapes[key]
+            else:
+                shared = shapes[key] = self._shared_answer(*key)
+            if (
+                shared is None
+                or lease.state is not LeaseState.BOUND
+                or lease.expires <= now
+                or table.lease_of(lease.client_id) is not lease
+                or not shared[0].contains(lease.address)
+            ):
+                yield lease, None
+            else:
+                yield lease, shared[1]
+
+    def _shared_answer(
+        self, pool: str, relayed: bool, vlans: tuple[int, ...]
+    ) -> "tuple[PoolAllocator, KernelAnswer] | None":
+        """kernel_answer's decisions for every lease of `pool` with no class, reservation
+        nor replication to weigh, that came through a relay or on `vlans`."""
+        alloc = self.table.allocators.get(pool)
+        if alloc is None or (not relayed and alloc not in self._for_vlans(vlans)):
+            return None
+        by_vlan = bool(alloc.pool.vlans) and not relayed
+        return alloc, KernelAnswer(alloc.pool.name, by_vlan, NO_CLASS.by_relay, None)
 
     def profile_pool(self, profile: str) -> Pool:
         return self._profile_pools[profile]

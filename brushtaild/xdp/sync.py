@@ -17,7 +17,6 @@ client's cap (Server.kernel_answer), which the program never lets a lease run pa
 import contextlib
 import ctypes
 import logging
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from brushtaild.dhcp.constants import MessageType
 from brushtaild.engine.decisions import Decision, LeaseEventKind
 from brushtaild.engine.lease_table import paced
 from brushtaild.engine.leases import Lease
-from brushtaild.engine.server import Server, wire_client_id
+from brushtaild.engine.server import KernelAnswer, Server, wire_client_id
 from brushtaild.xdp import maps
 
 log = logging.getLogger("brushtaild.xdp")
@@ -103,8 +102,8 @@ class Planner:
         `keepalive` is called every few thousand leases (`lease_table.paced`)."""
         plan = Plan()
         owner, keys, values, addresses = plan.owner, plan.keys, plan.values, plan.addresses
-        for lease in paced(server.leases(), keepalive):
-            built = self.entry(server, lease, now)
+        for lease, answer in server.kernel_answers(paced(server.leases(), keepalive), now):
+            built = self._entry(server, lease, answer)
             if built is None:
                 continue
             key, value = built
@@ -130,7 +129,11 @@ class Planner:
     def entry(self, server: Server, lease: Lease, now: float) -> tuple[bytes, bytes] | None:
         """The packed key and entry of a bound lease, or None for one the program may not
         or cannot answer for (those stay on the slow path)."""
-        answer = server.kernel_answer(lease, now)
+        return self._entry(server, lease, server.kernel_answer(lease, now))
+
+    def _entry(
+        self, server: Server, lease: Lease, answer: KernelAnswer | None
+    ) -> tuple[bytes, bytes] | None:
         if answer is None:
             return None
         shape = self._shape(server, answer.profile, lease.prl)
@@ -196,7 +199,9 @@ class Plan:
     owner: dict[bytes, int] = field(default_factory=dict)  # key -> address it answers with
     keys: bytearray = field(default_factory=bytearray)  # packed keys, in lease order
     values: bytearray = field(default_factory=bytearray)  # packed entries, likewise
-    addresses: "array[int]" = field(default_factory=lambda: array("I"))  # likewise
+    # Likewise; the leases' own int objects, which `owner` goes on holding (an array's
+    # would be a new int each, 32 MiB at 1M leases).
+    addresses: list[int] = field(default_factory=list)
     left_out: int = 0  # leases beyond the capacity
 
     def __len__(self) -> int:
