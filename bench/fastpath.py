@@ -127,7 +127,7 @@ if SOURCE is not None:
 
 from slowpath import write_kea_config  # noqa: E402  (bench/ is this script's sys.path[0])
 
-from bench.scenario import Metric, Runs, Scenario  # noqa: E402
+from bench.scenario import Metric, Runs, Scenario, cpu_model  # noqa: E402
 from brushtaild.config.model import Config, XdpMode  # noqa: E402
 from brushtaild.dhcp.codec import parse  # noqa: E402
 from brushtaild.dhcp.constants import MessageType, OptionCode  # noqa: E402
@@ -1359,19 +1359,13 @@ def scale_table(results: list[ScaleResult]) -> list[str]:
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     versions = {}
     for pkg in PACKAGES:
         out = sh(["dpkg-query", "-W", "-f", "${Version}", pkg])
         versions[pkg] = out if out and "no packages found" not in out else "not installed"
     return {
         "cpus": os.cpu_count(),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "packages": versions,

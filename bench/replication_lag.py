@@ -65,7 +65,6 @@ from slowpath import (  # noqa: E402  (bench/ is this script's sys.path[0])
     SERVER_CPU,
     Started,
     acks_of,
-    cpu_model,
     fmt,
     fmt_range,
     median,
@@ -75,6 +74,7 @@ from slowpath import (  # noqa: E402  (bench/ is this script's sys.path[0])
     wait_ready,
 )
 
+from bench.scenario import cpu_model  # noqa: E402
 from brushtaild.replication import pki  # noqa: E402
 from tests.e2e import netns  # noqa: E402
 from tests.e2e.sites import PEER_IF, PORT, Shape, Site  # noqa: E402

@@ -39,7 +39,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.scenario import SERVERS, Metric, Scenario, load, median, present, run_ratios  # noqa: E402
+from bench.scenario import (  # noqa: E402
+    SERVERS,
+    Metric,
+    Scenario,
+    cpu_model,
+    load,
+    median,
+    present,
+    run_ratios,
+)
 
 PEERS = SERVERS[1:]
 RESULTS = REPO / "bench" / "results"
@@ -181,17 +190,11 @@ def sh(argv: Sequence[str], timeout: float = 10.0) -> str:
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     debian = "unknown"
     with contextlib.suppress(OSError):
         debian = Path("/etc/debian_version").read_text().strip()
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "nproc": os.cpu_count(),
         "kernel": platform.release(),
         "debian": debian,

@@ -10,7 +10,9 @@ failed or a server that does not apply is `None`; a server not measured at all i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import platform
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -70,6 +72,15 @@ def load(path: Path) -> Scenario:
 def _series(raw: dict[str, Any]) -> Series:
     points = {s: [(x, ys) for x, ys in pts] for s, pts in raw["points"].items()}
     return Series(raw["x_label"], raw["y_label"], points)
+
+
+def cpu_model() -> str:
+    """The CPU as /proc/cpuinfo names it, for the machine facts beside every figure."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 def present(values: Sequence[float | None]) -> list[float]:

@@ -74,7 +74,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Run as a plain script from a checkout: the netns harness and perfdhcp parser live in tests/.
 sys.path.insert(0, str(REPO))
 
-from bench.scenario import Better, Metric, Scenario, Series  # noqa: E402
+from bench.scenario import Better, Metric, Scenario, Series, cpu_model  # noqa: E402
 from tests.e2e.clients import PerfdhcpResult, parse_perfdhcp  # noqa: E402
 from tests.e2e.netns import CLIENT_IF, RELAY_IP, SERVER_IF, SERVER_IP, Link, available  # noqa: E402
 
@@ -248,14 +248,6 @@ def snapshot_brushtail(dest: Path, rev: str | None) -> str:
     head = sh(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) or "unknown"
     dirty = sh(["git", "-C", str(REPO), "status", "--porcelain", "--", "brushtaild"])
     return f"working tree at {head}" + (" with uncommitted changes in brushtaild/" if dirty else "")
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def schedstat(pid: int) -> tuple[float, float] | None:
