@@ -52,10 +52,22 @@ Parts (--part, comma-separated, in this order on one server start):
             (first send to the next send), the time from the stop to the answer that ended
             it (0 if answers never stopped), the share of subscribers renewing after it that
             were ACKed, and the share of renewals answered while the start command ran
+  flood     (scenario `flood_peers`; not in the default --part; a server started for it
+            alone, brushtail with its default rate limits ON, as protection against floods
+            is the point) renewals at --flood-renew-rate (at most what the server surely
+            sustains, RESTART_UNKNOWN); after --flood-before s, bench/floodgen.c (pinned to
+            CPU 1) sends --flood-rate DISCOVERs/s from random MACs (first octet 0x0a)
+            directly on the link for --flood-seconds; from 1 s into it a new subscriber
+            tries a relayed DORA (perfdhcp, 1 s tries) for up to 10 s; renewals go on for
+            --flood-after s after it. The share of renewals ACKed within 2 s before and
+            during the flood, whether and how fast the new subscriber got its lease, the
+            recovery (the flood's end to the first renewal from which 0.5 s of renewals
+            were all ACKed), the flood's answered rate (replies to port 68 that answer no
+            renewal), server CPU per answer (renewal ACKs + flood OFFERs)
 
 Run as root from the checkout:
 
-    /work/main/.venv/bin/python bench/subscribers.py --part renewals,latency,mix,restart \
+    /work/main/.venv/bin/python bench/subscribers.py --part renewals,latency,mix,restart,flood \
         [--runs 3] [--quick] [--servers brushtail,kea,dnsmasq,dhcpd] \
         [--json-dir DIR | --json PATH] [--rev COMMIT]
 
@@ -103,7 +115,10 @@ from subscribers_wire import TAG_SHIFT, XID_AT, Answers, ClientPrograms
 
 from tests.e2e import netns
 
-PARTS = ("renewals", "latency", "mix", "restart")
+PARTS = ("renewals", "latency", "mix", "restart", "flood")
+# The scenario id (and --json-dir file name) of a part, where it is not the part's name:
+# bench/flood.py's brushtail-only scenario is `flood`.
+SCENARIO_IDS = {"flood": "flood_peers"}
 OK_SHARE = 0.975
 PACER_SHORT = 0.95  # a step whose pacer sent less than this of its target: pacer-limited
 # First offered rate of the searches (renewals/s, total answers/s for the mix): near what
@@ -113,6 +128,7 @@ RENEW_START = {"brushtail": 25_000, "kea": 8_000, "dnsmasq": 500, "dhcpd": 500}
 MIX_START = {"brushtail": 10_000, "kea": 4_000, "dnsmasq": 250, "dhcpd": 250}
 # Renewals/s of part restart when part renewals did not run: what each surely sustains.
 RESTART_UNKNOWN = {"brushtail": 1000, "kea": 1000, "dnsmasq": 60, "dhcpd": 150}
+RECOVERY_WINDOW = 0.5  # part flood: seconds of renewals all answered that end the recovery
 
 
 # --- measuring -----------------------------------------------------------------------------
@@ -474,6 +490,110 @@ def unanswered(sent_ns: Sequence[int], stamps: list[int], count: int) -> tuple[i
     return longest, back
 
 
+def part_flood(s: Session, args: argparse.Namespace, gen: Path) -> tuple[Values, list[str]]:
+    """Renewals paced at a moderate rate; after --flood-before s, floodgen's random-MAC
+    DISCOVERs on the same link for --flood-seconds; a new subscriber (perfdhcp, relayed)
+    tries from 1 s into the flood; renewals go on for --flood-after s after it."""
+    rate = min(args.flood_renew_rate,
+               s.capacity / 2 if s.capacity else RESTART_UNKNOWN[s.server])  # fmt: skip
+    tag = s.progs.begin()
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+    c0 = cpu_of(s.pid)
+    k0 = fastpath_counts(s)
+    limit = args.flood_before + args.flood_seconds + flood.PROBE_LIMIT + args.flood_after + 30
+    pacer = threading.Thread(target=lambda: box.update(sent=s.pacer.run(tag, rate, limit, stop)),
+                             daemon=True)  # fmt: skip
+    gen_args = argparse.Namespace(rate=args.flood_rate, flood_seconds=args.flood_seconds,
+                                  relay_share=0.0)  # fmt: skip
+    gen_out = s.work / "floodgen.out"
+    probe: dict[str, float] = {}
+
+    def new_subscriber() -> None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < flood.PROBE_LIMIT:
+            result, _, _ = slowpath.perfdhcp(s.link, rate=10, duration=1, extra=["-n", "2"])
+            if slowpath.acks_of(result):
+                probe["new_s"] = time.monotonic() - t0
+                return
+
+    pacer.start()
+    generator = None
+    try:
+        time.sleep(args.flood_before)
+        t_flood = time.monotonic_ns()
+        generator = flood.run_generator(s.link, gen, s.link.server_mac, gen_args, s.run, gen_out)
+        time.sleep(1.0)
+        prober = threading.Thread(target=new_subscriber, daemon=True)
+        prober.start()
+        generator.wait(timeout=args.flood_seconds + 30)
+        t_end = time.monotonic_ns()
+        c_end = cpu_of(s.pid)
+        time.sleep(args.flood_after)
+        prober.join(timeout=flood.PROBE_LIMIT + 30)
+    finally:
+        stop.set()
+        pacer.join()
+        if generator is not None:
+            netns.terminate(generator, grace=2)
+    time.sleep(SETTLE)
+    c1 = cpu_of(s.pid)
+    sent = box["sent"]
+    answers = s.progs.end(sent.count)
+    sent_ns, stamps = s.pacer.sent_ns, answers.stamps
+    window = int(flood.RENEW_ANSWER_WINDOW * 1e9)
+    ok = [bool(stamps[i]) and stamps[i] - sent_ns[i] < window for i in range(sent.count)]
+
+    def pct(lo: int, hi: int) -> float | None:
+        idx = [i for i in range(sent.count) if lo <= sent_ns[i] < hi]
+        return 100 * sum(ok[i] for i in idx) / len(idx) if idx else None
+
+    match = flood._GEN_LINE.search(gen_out.read_text(errors="replace"))
+    if match is None:
+        raise flood.BenchError(f"floodgen output: {gen_out.read_text(errors='replace')[-500:]}")
+    flooded, seconds = int(match.group(1)), float(match.group(5))
+    # Answers to the flood's MACs: every reply to port 68 in this phase not to a renewal
+    # (xdp_answers counts them as stale); nearly all of them come during the flood.
+    flood_answers = answers.stale
+    values: Values = {
+        "renewals_before_pct": pct(0, t_flood),
+        "renewals_flood_pct": pct(t_flood, t_end),
+        "new_served": 1.0 if "new_s" in probe else 0.0,
+        "new_s": probe.get("new_s"),
+        "recovery_s": recovery(sent_ns, ok, sent.count, t_end),
+        "flood_offered_per_s": flooded / seconds if seconds else None,
+        "flood_answered_per_s": flood_answers * 1e9 / (t_end - t_flood),
+        "renew_rate": rate,
+        "cpu_us_per_answer": None,
+    }
+    if c0 is not None and c1 is not None and answers.acks + flood_answers:
+        values["cpu_us_per_answer"] = (c1[0] - c0[0]) / (answers.acks + flood_answers) * 1e6
+    notes = []
+    if c0 is not None and c_end is not None:
+        notes.append(f"{s.server} run {s.run + 1}: server CPU {c_end[0] - c0[0]:.1f} s, "
+                     f"waiting {c_end[1] - c0[1]:.1f} s, until the flood's end")  # fmt: skip
+    if sent.rate < PACER_SHORT * rate:
+        notes.append(f"{s.server} run {s.run + 1}: renewals paced at {sent.rate:.0f}/s of "
+                     f"{rate:.0f}/s")  # fmt: skip
+    if s.daemon is not None:
+        notes.append(f"brushtail run {s.run + 1}: counters over the part: {counts_since(s, k0)}")
+    return values, notes
+
+
+def recovery(sent_ns: Sequence[int], ok: list[bool], count: int, t_end: int) -> float | None:
+    """Seconds from the flood's end to the first renewal from which every renewal sent in
+    the next 0.5 s was answered (0: answers never stopped after it); None if that never
+    happened before the renewals stopped."""
+    span = int(RECOVERY_WINDOW * 1e9)
+    after = [i for i in range(count) if sent_ns[i] >= t_end]
+    for k, i in enumerate(after):
+        if sent_ns[after[-1]] < sent_ns[i] + span:
+            return None  # fewer than 0.5 s of renewals left
+        if all(ok[j] for j in after[k:] if sent_ns[j] < sent_ns[i] + span):
+            return max(0.0, (sent_ns[i] - t_end) / 1e9) if k else 0.0
+    return None
+
+
 # --- scenarios -----------------------------------------------------------------------------
 
 
@@ -508,12 +628,24 @@ METRICS: dict[str, dict[str, tuple[str, str, str]]] = {
         "kept_pct": ("subscribers renewing after it ACKed", "%", "higher"),
         "answered_down_pct": ("renewals answered while restarting", "%", "higher"),
     },
+    "flood": {
+        "renewals_before_pct": ("renewals ACKed within 2 s, before the flood", "%", "higher"),
+        "renewals_flood_pct": ("renewals ACKed within 2 s, during the flood", "%", "higher"),
+        "new_served": ("a new subscriber got a lease within 10 s (1: yes)", "", "higher"),
+        "new_s": ("seconds to that lease (1 s tries)", "s", "lower"),
+        "recovery_s": ("flood's end until 0.5 s of renewals all ACKed", "s", "lower"),
+        "flood_offered_per_s": ("flood DISCOVERs sent/s", "/s", "higher"),
+        "flood_answered_per_s": ("flood DISCOVERs answered/s", "/s", "lower"),
+        "renew_rate": ("renewals offered/s", "/s", "higher"),
+        "cpu_us_per_answer": ("server CPU us per answer (renewal ACKs + OFFERs)", "us", "lower"),
+    },
 }
 TITLES = {
     "renewals": "Renewals of known subscribers answered per second",
     "latency": "Renewal REQUEST-ACK latency from the client's side",
     "mix": "80% renewals of known subscribers + 20% new subscribers (DORA)",
     "restart": "Server restarted while known subscribers renew",
+    "flood": "Known subscribers' renewals under a random-MAC DISCOVER flood, all four servers",
 }
 SERIES = {
     "renewals": ("answered_vs_offered", "renewals offered/s", "renewals ACKed/s"),
@@ -555,7 +687,8 @@ class Collected:
                 server: sorted(curve.items()) for server, curve in self.points.items()
             })  # fmt: skip
         return Scenario(
-            scenario=self.part, title=TITLES[self.part], command=meta["command"],
+            scenario=SCENARIO_IDS.get(self.part, self.part), title=TITLES[self.part],
+            command=meta["command"],
             started=meta["started"], seconds=round(self.seconds, 1), revision=meta["revision"],
             runs=self.runs, metrics=metrics, series=series, skipped=skipped,
             notes=[*meta["notes"], *self.notes],
@@ -611,6 +744,23 @@ def measure_floor(ctx: Context, run: int, half_rate: float | None, col: Collecte
           file=sys.stderr, flush=True)  # fmt: skip
 
 
+def measure_flood(ctx: Context, server: str, run: int, gen: Path, col: Collected) -> None:
+    """Part flood on a server of its own: brushtail with its default rate limits."""
+    t0 = time.monotonic()
+    with session(server, run, ctx) as s:
+        c0 = cpu_of(s.pid)
+        values, notes = part_flood(s, ctx.args, gen)
+        c1 = cpu_of(s.pid)
+    col.put(server, run, values)
+    col.notes += notes
+    col.server_wait.setdefault(server, [None] * col.runs)[run] = (
+        c1[1] - c0[1] if c0 and c1 else None
+    )
+    col.seconds += time.monotonic() - t0
+    print("  flood: " + ", ".join(f"{k} {fmt(v)}" for k, v in values.items())
+          + f" [{time.monotonic() - t0:.0f} s]", file=sys.stderr, flush=True)  # fmt: skip
+
+
 def fmt(value: float | None) -> str:
     if value is None:
         return "-"
@@ -639,7 +789,8 @@ def revision(rev: str | None) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", default=",".join(PARTS), help="comma-separated: " + ",".join(PARTS))
+    p.add_argument("--part", default=",".join(PARTS[:-1]),
+                   help="comma-separated: " + ",".join(PARTS))  # fmt: skip
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="1 run, 300 subscribers, short steps")
     p.add_argument("--servers", default=",".join(SERVERS))
@@ -657,7 +808,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--restart-after", type=float, default=2.0)
     p.add_argument("--restart-limit", type=float, default=60.0,
                    help="seconds to wait for the first answer after the restart")  # fmt: skip
+    p.add_argument("--flood-renew-rate", type=float, default=200.0,
+                   help="part flood: renewals/s (capped per server)")  # fmt: skip
+    p.add_argument("--flood-rate", type=int, default=50_000, help="flood DISCOVERs/s")
+    p.add_argument("--flood-seconds", type=float, default=10.0)
+    p.add_argument("--flood-before", type=float, default=2.0)
+    p.add_argument("--flood-after", type=float, default=2.0)
     args = p.parse_args(argv)
+    ids = {v: k for k, v in SCENARIO_IDS.items()}  # bench/report.py asks by scenario id
+    args.part = ",".join(ids.get(x, x) for x in args.part.split(","))
     args.parts = [x for x in PARTS if x in args.part.split(",")]
     args.server_list = [x for x in SERVERS if x in args.servers.split(",")]
     unknown = set(args.part.split(",")) - set(PARTS) | set(args.servers.split(",")) - set(SERVERS)
@@ -669,6 +828,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.runs, args.subscribers, args.step, args.max_steps = 1, 300, 1.0, 4
         args.mix_steps = min(args.mix_steps, 4)
         args.latency_seconds, args.restart_before, args.restart_after = 1.5, 1.0, 1.5
+        args.flood_seconds, args.flood_before = 5.0, 1.5
     return args
 
 
@@ -702,27 +862,54 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_start": fastpath.loadavg()},
     }  # fmt: skip
     out = {part: Collected(part, args.runs) for part in args.parts}
+    if "flood" in out:
+        out["flood"].notes.append(
+            f"brushtail runs with its default rate limits ON here (rate_limit 10/s per client, "
+            f"relay_rate_limit 1000/s, the same budget per link for new subscribers' DISCOVERs), "
+            f"unlike the other parts: protection against floods is the point. Renewals at "
+            f"min({args.flood_renew_rate:g}/s, what the server surely sustains); floodgen sends "
+            f"{args.flood_rate:,}/s random-MAC DISCOVERs directly on the link for "
+            f"{args.flood_seconds:g} s; the new subscriber is relayed (perfdhcp, 1 s tries from "
+            f"1 s into the flood), so it does not share the flooded link's budget"
+        )
     snapshot, source = fastpath.source_snapshot(raw_argv)
     meta["notes"].append(f"brushtaild and bpf/: {source}")
     progs = None
     try:
         progs = ClientPrograms()
         ctx = Context(args, progs, snapshot)
+        flood_ctx = Context(args, progs, snapshot, rate_limits=True)
+        gen = snapshot / "floodgen"
+        if "flood" in args.parts:
+            subprocess.run(["gcc", "-O2", "-Wall", "-o", str(gen), str(flood.GEN_C)],
+                           check=True, capture_output=True, timeout=60)  # fmt: skip
+        parts = [x for x in args.parts if x != "flood"]
         for run in range(args.runs):
             for server in servers:
+                if "flood" in args.parts:
+                    print(f"run {run + 1} {server} (flood)", file=sys.stderr, flush=True)
+                    try:
+                        measure_flood(flood_ctx, server, run, gen, out["flood"])
+                    except (flood.BenchError, RuntimeError, OSError, subprocess.SubprocessError,
+                            KeyError, ValueError) as exc:  # fmt: skip
+                        msg = f"{server} run {run + 1} (flood): ERROR {type(exc).__name__}: {exc}"
+                        print("  " + msg, file=sys.stderr, flush=True)
+                        out["flood"].notes.append(msg[:500])
+                if not parts:
+                    continue
                 t0 = time.monotonic()
                 print(f"run {run + 1} {server}", file=sys.stderr, flush=True)
                 try:
                     with session(server, run, ctx) as s:
                         setup = time.monotonic() - t0
                         print(f"  set up in {setup:.0f} s", file=sys.stderr, flush=True)
-                        measure_session(s, args.parts, args, out, setup)
+                        measure_session(s, parts, args, out, setup)
                 except (flood.BenchError, RuntimeError, OSError, subprocess.SubprocessError,
                         KeyError, ValueError) as exc:  # fmt: skip
                     msg = f"{server} run {run + 1}: ERROR {type(exc).__name__}: {exc}"
                     print("  " + msg, file=sys.stderr, flush=True)
-                    for col in out.values():
-                        col.notes.append(msg[:500])
+                    for part in parts:
+                        out[part].notes.append(msg[:500])
             if "latency" in out and "brushtail" in servers:
                 halves = out["latency"].values.get("half_rate", {}).get("brushtail", [])
                 half = halves[run] if run < len(halves) else None
@@ -743,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             path = args.json
         elif args.json_dir:
-            path = args.json_dir / f"{part}.json"
+            path = args.json_dir / f"{SCENARIO_IDS.get(part, part)}.json"
         else:
             path = fastpath.RESULTS_DIR / f"subscribers-{part}-{stamp}.json"
         scenario.write(path)

@@ -41,6 +41,7 @@ class Context:
     args: argparse.Namespace
     progs: ClientPrograms
     snapshot: Path
+    rate_limits: bool = False  # brushtail with its default rate limits (part flood)
 
 
 @dataclass
@@ -72,7 +73,9 @@ def start_brushtail(
                         env={"PYTHONPATH": str(ctx.snapshot)})  # fmt: skip
     text = daemon.config_file.read_text().replace(str(daemon.pin_dir), str(pin_dir))
     text = text.replace("subnet: 198.18.0.0/16", "subnet: 198.18.0.0/15")
-    daemon.config_file.write_text(text + "  rate_limit: 0\n  relay_rate_limit: 0\n")
+    if not ctx.rate_limits:
+        text += "  rate_limit: 0\n  relay_rate_limit: 0\n"
+    daemon.config_file.write_text(text)
     daemon.pin_dir = pin_dir
     stack.enter_context(daemon)
 
