@@ -7,7 +7,8 @@ docs/BENCHMARKS.md and its plots (docs/bench/*.png) from their JSON (bench/scena
 
 Each script runs as a subprocess, in turn (never two at once: they pin to the same CPUs),
 with `--runs N --json PATH` (or `--quick`): bench/slowpath.py (dora), bench/fastpath.py
-(kernel), bench/subscribers.py (renewals, latency, mix, restart), bench/flood.py (flood),
+(kernel), bench/subscribers.py (renewals, latency, mix, restart, flood_peers), bench/flood.py
+(flood),
 bench/startup.py (startup). A script that is missing, fails or writes no JSON is reported as
 not run, with the tail of its output, and the report still renders. Everything a run makes
 goes to bench/results/report-<stamp>/: manifest.json (machine, command, per script: wall
@@ -99,8 +100,8 @@ JOBS = (
     Job(
         "subscribers",
         "bench/subscribers.py",
-        ("renewals", "latency", "mix", "restart"),
-        660,
+        ("renewals", "latency", "mix", "restart", "flood_peers"),
+        840,
         json_dir=True,
     ),
     Job("flood", "bench/flood.py", ("flood",), 180),
@@ -117,6 +118,7 @@ TITLES = {
     "latency": "Renewal REQUEST-ACK latency from the client's side",
     "mix": "80% renewals of known subscribers + 20% new subscribers (DORA)",
     "restart": "Server restarted while known subscribers renew",
+    "flood_peers": "Renewals of known subscribers under a random-MAC DISCOVER flood, all servers",
     "flood": "Random-MAC DISCOVER flood while known subscribers renew",
     "startup": "1,000,000 known subscribers: start to READY, memory",
 }
@@ -164,6 +166,20 @@ METHODS = {
     "restart": (
         "Known subscribers renew while the server is stopped (SIGTERM) and started again on "
         "the same state: renewals lost and the time without answers."
+    ),
+    "flood_peers": (
+        "Each server started for this alone, brushtail with its default rate limits ON (the "
+        "other scenarios turn them off; protection against floods is the point). Known "
+        "subscribers renew at a moderate paced rate (200/s; dnsmasq 60/s and dhcpd 150/s, what "
+        "they surely sustain); after 2 s, bench/floodgen.c sends 50,000 DISCOVERs/s from random "
+        "MACs directly on the same link for 10 s. The shares of renewals ACKed within 2 s "
+        "before and during the flood; whether a new subscriber (a relayed DORA by perfdhcp, "
+        "1 s tries from 1 s into the flood) got a lease within 10 s, and how fast; recovery, "
+        "from the flood's end to the first renewal from which 0.5 s of renewals were all "
+        "ACKed; the flood's DISCOVERs answered per second (counted on the client veth, a fact "
+        "rather than a win or a loss); the server process's CPU time over the flood's wall "
+        "time (schedstat; work in softirq, XDP and the kernel's stack, is not in it). No CPU "
+        "per answer: a server that drops the flood answers less of it."
     ),
     "flood": (
         "brushtaild with its fast path: known subscribers renew while bench/floodgen.c sends "
@@ -480,7 +496,10 @@ def _targets(scenarios: dict[str, Scenario]) -> list[Target]:
 
 # Never read as a win or a loss: facts about the run rather than the server, and restart_s,
 # which ends at READY for brushtail but at the fork for the peers, whose start returns at once.
-NOT_COMPARED = frozenset({"cpu_wait_pct", "restart_s"})
+# flood_peers' flood answered per second is neither: answering a flood is not serving anyone.
+NOT_COMPARED = frozenset({
+    "cpu_wait_pct", "restart_s", "renew_rate", "flood_offered_per_s", "flood_answered_per_s"
+})  # fmt: skip
 
 
 def comparisons(scenario: Scenario) -> list[tuple[float, str, bool]]:
