@@ -574,6 +574,9 @@ def part_flood(s: Session, args: argparse.Namespace, gen: Path) -> tuple[Values,
         values["server_cpu_pct"] = 100 * (c_end[0] - c0[0]) * 1e9 / (t_end - t_flood)
         notes.append(f"{s.server} run {s.run + 1}: server CPU {c_end[0] - c0[0]:.1f} s, "
                      f"waiting {c_end[1] - c0[1]:.1f} s, during the flood")  # fmt: skip
+    if values["recovery_s"] is None:
+        notes.append(f"{s.server} run {s.run + 1}: renewals not all answered over any 0.5 s "
+                     f"within {args.flood_after:g} s of the flood's end")  # fmt: skip
     if probe.get("new_s", 0.0) > args.flood_seconds - 1.0:
         notes.append(f"{s.server} run {s.run + 1}: the new subscriber got its lease only "
                      f"after the flood ended ({probe['new_s']:.1f} s)")  # fmt: skip
