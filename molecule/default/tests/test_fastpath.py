@@ -92,7 +92,7 @@ def test_journal_says_fast_path_attached(host):
     journal = _journal(host)
     assert re.search(
         rf"^fast path attached to {interface} in native mode: \d+ entries, \d+ stale removed, "
-        r"compiled and loaded in [\d.]+s$",
+        r"compiled and loaded in [\d.]+s, maps loaded in [\d.]+s$",
         journal,
         re.MULTILINE,
     ), journal[-3000:]
