@@ -424,8 +424,7 @@ class Server:
         shapes: dict[tuple[str, bool, tuple[int, ...]], tuple[PoolAllocator, KernelAnswer] | None]
         shapes = {}
         for lease in leases:
-            relayed = lease.relay != 0 or lease.relay_info != b""
-            key = (lease.pool, relayed, lease.vlans)
+            key = (lease.pool, lease.relayed, lease.vlans)
             if key in shapes:
                 shared = shapes[key]
             else:
